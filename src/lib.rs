@@ -1,0 +1,1 @@
+//! crmsync library core.

@@ -1,0 +1,2 @@
+//! crmsync command line.
+fn main() {}
