@@ -1,0 +1,281 @@
+//! Command-line interface: argument types and one function per command.
+
+use crate::config::{self, CONFIG_ENV, DEFAULT_CONFIG_FILE};
+use crate::endpoint::postgres::PgEndpoint;
+use crate::engine::{Engine, EntityReport, Mode};
+use crate::plan::{DbKind, Plan, Side};
+use crate::report::{self, RunReport};
+use crate::state::StateStore;
+use crate::{exit, exit_code};
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "crmsync",
+    version,
+    about = "Keeps a Sage CRM database and an external business database in step"
+)]
+pub struct Cli {
+    /// The config file.
+    #[arg(long, global = true, env = CONFIG_ENV, default_value = DEFAULT_CONFIG_FILE)]
+    pub config: PathBuf,
+    /// Write a JSON summary of the run to this file.
+    #[arg(long, global = true)]
+    pub report: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate the config, connect to both databases and compare the
+    /// mapping with both live schemas.
+    Check,
+    /// Show what a sync would do, writing nothing.
+    Plan {
+        #[arg(long)]
+        entity: Option<String>,
+    },
+    /// One incremental run.
+    Sync {
+        #[arg(long)]
+        entity: Option<String>,
+    },
+    /// Watermarks, last runs, open rejects and conflicts.
+    Status,
+}
+
+impl Command {
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Check => "check",
+            Command::Plan { .. } => "plan",
+            Command::Sync { .. } => "sync",
+            Command::Status => "status",
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CRMSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.with_target(false).try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Loads and validates the config file.
+pub fn load_plan(file: &std::path::Path) -> anyhow::Result<Plan> {
+    let raw = config::load(file)?;
+    Ok(Plan::build(file, raw)?)
+}
+
+/// Runs one command and returns its exit code (errors are the caller's to
+/// print).
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let started = Instant::now();
+    let started_at = chrono::Utc::now();
+    let mut warnings = Vec::new();
+    let mut entities = Vec::new();
+    let result = runtime.block_on(dispatch(&cli, &mut warnings, &mut entities));
+    if let Some(path) = &cli.report {
+        let report = RunReport {
+            command: cli.command.name().to_string(),
+            started_at,
+            seconds: started.elapsed().as_secs_f64(),
+            exit_code: match &result {
+                Ok(c) => *c,
+                Err(e) => exit_code(e),
+            },
+            error: result.as_ref().err().map(|e| format!("{e:#}")),
+            warnings,
+            entities,
+        };
+        report
+            .write(path)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    result
+}
+
+async fn dispatch(
+    cli: &Cli,
+    warnings: &mut Vec<String>,
+    entities: &mut Vec<EntityReport>,
+) -> anyhow::Result<i32> {
+    let plan = load_plan(&cli.config)?;
+    match &cli.command {
+        Command::Check => check(plan, warnings).await,
+        Command::Plan { entity } => sync(plan, entity.as_deref(), Mode::DryRun, entities).await,
+        Command::Sync { entity } => sync(plan, entity.as_deref(), Mode::Apply, entities).await,
+        Command::Status => status(plan).await,
+    }
+}
+
+async fn check(plan: Plan, warnings: &mut Vec<String>) -> anyhow::Result<i32> {
+    let n = plan.entities.len();
+    println!(
+        "config {}: valid ({n} entit{})",
+        plan.file.display(),
+        if n == 1 { "y" } else { "ies" }
+    );
+    let engine = Engine::connect(plan).await?;
+    println!("CRM database {}: connected", engine.crm.describe());
+    println!(
+        "external database {}: connected",
+        engine.external.describe()
+    );
+    let (bound, findings) = engine.bind(None).await?;
+    for b in &bound {
+        println!(
+            "entity {:?}: {} -> {}, {} fields mapped, direction {:?}",
+            b.name(),
+            b.crm_table.qualified(),
+            b.external_table.qualified(),
+            b.fields.len(),
+            b.plan.direction
+        );
+        let crm_nulls = engine.crm.count_null_changes(&b.crm_scan()).await?;
+        let ext_nulls = engine
+            .external
+            .count_null_changes(&b.external_scan())
+            .await?;
+        for (n, side, col) in [
+            (crm_nulls, "CRM", &b.crm_change.name),
+            (ext_nulls, "external", &b.external_change.name),
+        ] {
+            if n > 0 {
+                let w = format!(
+                    "entity {:?}: {n} {side} rows have no {col} and are never seen by an incremental \
+                     sync; set {col} on them (or run verify --repair)",
+                    b.name()
+                );
+                warnings.push(w);
+            }
+        }
+    }
+    warnings.extend(findings.warnings);
+    for w in warnings.iter() {
+        println!("warning: {w}");
+    }
+    println!("check passed");
+    Ok(exit::OK)
+}
+
+async fn sync(
+    plan: Plan,
+    entity: Option<&str>,
+    mode: Mode,
+    out: &mut Vec<EntityReport>,
+) -> anyhow::Result<i32> {
+    let engine = Engine::connect(plan).await?;
+    let reports = engine.sync(entity, mode).await?;
+    let dry = mode == Mode::DryRun;
+    let mut code = exit::OK;
+    for r in &reports {
+        println!("{}", report::human(r, dry));
+        if dry {
+            for s in &r.samples {
+                let fields: Vec<String> =
+                    s.fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                println!(
+                    "  {} CRM {}{}: {}",
+                    s.action,
+                    s.crm_key,
+                    s.external_key
+                        .as_ref()
+                        .map(|k| format!(" -> external {k}"))
+                        .unwrap_or_default(),
+                    fields.join(", ")
+                );
+            }
+        }
+        if r.open_rejects > 0 {
+            code = exit::UNFINISHED;
+        }
+    }
+    *out = reports;
+    Ok(code)
+}
+
+async fn status(plan: Plan) -> anyhow::Result<i32> {
+    let conn = plan.connection(plan.state_side).clone();
+    if conn.kind != DbKind::Postgres {
+        anyhow::bail!("the state store on SQL Server is not supported by this build yet");
+    }
+    let name = if plan.state_side == Side::Crm {
+        "CRM"
+    } else {
+        "external"
+    };
+    let store = PgEndpoint::connect(name, &conn, &plan.state_schema).await?;
+    let status = match store.status().await {
+        Ok(s) => s,
+        Err(_) => {
+            println!(
+                "no runs yet (the state schema {} does not exist)",
+                plan.state_schema
+            );
+            return Ok(exit::OK);
+        }
+    };
+    println!("watermarks:");
+    for w in &status.watermarks {
+        println!(
+            "  {} {}: {} / key {} (saved {})",
+            w.entity,
+            w.side,
+            w.ts,
+            w.key,
+            w.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    println!("entities:");
+    let mut code = exit::OK;
+    for c in &status.counts {
+        println!(
+            "  {}: {} links, {} open rejects, {} open conflicts",
+            c.entity, c.links, c.open_rejects, c.open_conflicts
+        );
+        if c.open_rejects > 0 || c.open_conflicts > 0 {
+            code = exit::UNFINISHED;
+        }
+    }
+    println!("last runs:");
+    for r in &status.last_runs {
+        println!(
+            "  #{} {} {}: started {}, {}",
+            r.id,
+            r.entity,
+            r.command,
+            r.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+            match (&r.finished_at, &r.outcome) {
+                (Some(f), Some(o)) => format!("{o} at {}", f.format("%H:%M:%S")),
+                _ => "did not finish (crashed or still running)".into(),
+            }
+        );
+    }
+    Ok(code)
+}

@@ -1,0 +1,573 @@
+//! The PostgreSQL endpoint: pooled connections (bb8), catalog
+//! introspection, keyset change reads, batched writes in one transaction,
+//! and the state store when `[state]` lives here.
+
+mod state;
+pub mod types;
+
+use super::{Applied, Assign, Endpoint, EndpointError, Lower, Result, Scan, TableInfo, WriteBatch};
+use crate::plan::{Connection, Tls};
+use crate::state::{KeyRef, LinkBatch};
+use crate::value::{floor_to_precision, SqlType, Value};
+use async_trait::async_trait;
+use bb8::Pool;
+use bb8_postgres::PostgresConnectionManager;
+use futures_util::future::try_join_all;
+use secrecy::ExposeSecret;
+use std::collections::HashMap;
+use std::time::Duration;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Config, NoTls, Statement};
+
+pub use types::sql_type;
+
+type PgPool = Pool<PostgresConnectionManager<NoTls>>;
+
+/// A PostgreSQL database, as the CRM side or the external side.
+pub struct PgEndpoint {
+    side: &'static str,
+    config: Config,
+    pool: PgPool,
+    target: String,
+    /// The state schema, when the state store lives in this database.
+    state_schema: String,
+}
+
+impl std::fmt::Debug for PgEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEndpoint")
+            .field("side", &self.side)
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+/// Quotes an identifier taken from the catalog.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+fn qualified(t: &TableInfo) -> String {
+    format!("{}.{}", quote(&t.schema), quote(&t.name))
+}
+
+fn is_retryable(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        Some(code) => {
+            *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+        }
+        None => e.is_closed(),
+    }
+}
+
+impl PgEndpoint {
+    /// Connects (checking the server answers and the login works) and
+    /// builds the pool.
+    pub async fn connect(
+        side: &'static str,
+        conn: &Connection,
+        state_schema: &str,
+    ) -> Result<PgEndpoint> {
+        let mut config: Config = conn.url.parse().map_err(|e| EndpointError::Connect {
+            side,
+            target: conn.url.clone(),
+            reason: "the url is not a valid PostgreSQL url".into(),
+            source: Some(Box::new(e)),
+        })?;
+        if let Some(pw) = &conn.password {
+            config.password(pw.expose_secret());
+        }
+        config.application_name("crmsync");
+        config.options(format!("-c TimeZone={}", conn.timezone.name()));
+        config.connect_timeout(Duration::from_secs(10));
+        let target = describe(&config);
+        if conn.tls == Tls::Require {
+            return Err(EndpointError::Connect {
+                side,
+                target,
+                reason: "tls = \"require\" is not supported for PostgreSQL yet; \
+                         use tls = \"disable\" on a trusted network"
+                    .into(),
+                source: None,
+            });
+        }
+        // One direct connection first, so that a failure says why.
+        match config.connect(NoTls).await {
+            Ok((client, connection)) => {
+                drop(client);
+                let _ = connection.await;
+            }
+            Err(e) => {
+                let reason = match e.code() {
+                    Some(c)
+                        if *c == SqlState::INVALID_PASSWORD
+                            || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
+                    {
+                        "login failed: check the user in the url and the password \
+                         (password_env / password_file)"
+                            .to_string()
+                    }
+                    Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+                        "the database in the url does not exist".to_string()
+                    }
+                    _ => "check the host, port and that the server is running and reachable"
+                        .to_string(),
+                };
+                return Err(EndpointError::Connect {
+                    side,
+                    target,
+                    reason,
+                    source: Some(Box::new(e)),
+                });
+            }
+        }
+        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
+        let pool = Pool::builder()
+            .max_size(8)
+            .connection_timeout(Duration::from_secs(30))
+            .build(manager)
+            .await
+            .map_err(|e| EndpointError::Connect {
+                side,
+                target: target.clone(),
+                reason: "cannot open the connection pool".into(),
+                source: Some(Box::new(e)),
+            })?;
+        Ok(PgEndpoint {
+            side,
+            config,
+            pool,
+            target,
+            state_schema: state_schema.to_string(),
+        })
+    }
+
+    fn query_error(&self, what: impl Into<String>, e: tokio_postgres::Error) -> EndpointError {
+        EndpointError::Query {
+            side: self.side,
+            what: what.into(),
+            retryable: is_retryable(&e),
+            source: Box::new(e),
+        }
+    }
+
+    async fn conn(&self) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>> {
+        self.pool.get().await.map_err(|e| EndpointError::Query {
+            side: self.side,
+            what: "getting a connection from the pool".into(),
+            retryable: true,
+            source: Box::new(e),
+        })
+    }
+
+    fn select_list(scan: &Scan) -> String {
+        scan.columns
+            .iter()
+            .map(|c| {
+                let ty = scan.table.column(c).map(|ci| ci.ty.clone());
+                match ty {
+                    Ok(SqlType::Other(_)) => format!("{}::text", quote(c)),
+                    _ => quote(c),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn filter_sql(scan: &Scan) -> String {
+        scan.filter
+            .as_ref()
+            .map(|f| format!(" AND ({f})"))
+            .unwrap_or_default()
+    }
+}
+
+fn describe(config: &Config) -> String {
+    let host = config
+        .get_hosts()
+        .first()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(s) => s.clone(),
+            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+        })
+        .unwrap_or_else(|| "localhost".into());
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!(
+        "postgres://{}@{host}:{port}/{}",
+        config.get_user().unwrap_or(""),
+        config.get_dbname().unwrap_or("")
+    )
+}
+
+fn rows_to_values(
+    rows: Vec<tokio_postgres::Row>,
+) -> Result<Vec<Vec<Value>>, tokio_postgres::Error> {
+    rows.into_iter()
+        .map(|r| (0..r.len()).map(|i| r.try_get::<_, Value>(i)).collect())
+        .collect()
+}
+
+fn insert_sql(batch: &WriteBatch, cols: &[(String, Assign)]) -> String {
+    let mut names = Vec::new();
+    let mut exprs = Vec::new();
+    let mut n = 0;
+    for (c, a) in cols {
+        names.push(quote(c));
+        exprs.push(assign_expr(&batch.table, c, a, &mut n));
+    }
+    format!(
+        "INSERT INTO {} ({}) VALUES ({}) RETURNING {}",
+        qualified(&batch.table),
+        names.join(", "),
+        exprs.join(", "),
+        quote(&batch.key)
+    )
+}
+
+fn update_sql(batch: &WriteBatch, set: &[(String, Assign)]) -> String {
+    let mut n = 0;
+    let sets: Vec<String> = set
+        .iter()
+        .map(|(c, a)| format!("{} = {}", quote(c), assign_expr(&batch.table, c, a, &mut n)))
+        .collect();
+    format!(
+        "UPDATE {} SET {} WHERE {} = ${}",
+        qualified(&batch.table),
+        sets.join(", "),
+        quote(&batch.key),
+        n + 1
+    )
+}
+
+fn assign_expr(table: &TableInfo, column: &str, a: &Assign, n: &mut usize) -> String {
+    match a {
+        Assign::Value(_) => {
+            *n += 1;
+            format!("${n}")
+        }
+        Assign::Now => match table.column(column).map(|c| &c.ty) {
+            Ok(SqlType::TimestampTz) => "CURRENT_TIMESTAMP".into(),
+            Ok(SqlType::Date) => "CURRENT_DATE".into(),
+            _ => "LOCALTIMESTAMP".into(),
+        },
+        Assign::AllocateId { .. } => {
+            *n += 1;
+            format!("eware_get_identity_id(${n})")
+        }
+    }
+}
+
+fn params_of(cols: &[(String, Assign)]) -> Vec<Value> {
+    cols.iter()
+        .filter_map(|(_, a)| match a {
+            Assign::Value(v) => Some(v.clone()),
+            Assign::AllocateId { table } => Some(Value::Text(table.clone())),
+            Assign::Now => None,
+        })
+        .collect()
+}
+
+fn refs(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
+    values.iter().map(|v| v as &(dyn ToSql + Sync)).collect()
+}
+
+#[async_trait]
+impl Endpoint for PgEndpoint {
+    fn describe(&self) -> String {
+        self.target.clone()
+    }
+
+    async fn table(&self, schema: Option<&str>, name: &str) -> Result<Option<TableInfo>> {
+        let conn = self.conn().await?;
+        let found = conn
+            .query(
+                "SELECT c.oid, n.nspname::text, c.relname::text, \
+                        greatest(c.reltuples, 0)::bigint \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.relkind IN ('r', 'p', 'v', 'f', 'm') \
+                   AND lower(c.relname) = lower($1) \
+                   AND (CASE WHEN $2::text IS NULL \
+                             THEN n.nspname = ANY (current_schemas(false)) \
+                             ELSE lower(n.nspname) = lower($2::text) END)",
+                &[&name, &schema],
+            )
+            .await
+            .map_err(|e| self.query_error(format!("looking up table {name}"), e))?;
+        let row = match found.as_slice() {
+            [] => return Ok(None),
+            [one] => one,
+            many => {
+                let names: Vec<String> = many
+                    .iter()
+                    .map(|r| format!("{}.{}", r.get::<_, String>(1), r.get::<_, String>(2)))
+                    .collect();
+                return Err(EndpointError::Schema(format!(
+                    "table name {name} matches {} tables ({}); name it exactly with its schema",
+                    names.len(),
+                    names.join(", ")
+                )));
+            }
+        };
+        let oid: u32 = row.get(0);
+        let mut info = TableInfo {
+            schema: row.get(1),
+            name: row.get(2),
+            columns: Vec::new(),
+            primary_key: Vec::new(),
+            indexes: Vec::new(),
+            row_estimate: row.get(3),
+        };
+        let cols = conn
+            .query(
+                "SELECT a.attname::text, t.typname::text, a.atttypmod, NOT a.attnotnull, \
+                        a.atthasdef, a.attidentity <> '' \
+                 FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
+                 WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attnum",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| self.query_error(format!("reading the columns of {name}"), e))?;
+        for c in cols {
+            let typname: String = c.get(1);
+            info.columns.push(super::ColumnInfo {
+                name: c.get(0),
+                ty: sql_type(&typname, c.get(2)),
+                nullable: c.get(3),
+                has_default: c.get(4),
+                identity: c.get(5),
+            });
+        }
+        let ixs = conn
+            .query(
+                "SELECT i.indisprimary, \
+                        array(SELECT a.attname::text \
+                              FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord) \
+                              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                              ORDER BY k.ord) \
+                 FROM pg_index i WHERE i.indrelid = $1 ORDER BY i.indexrelid",
+                &[&oid],
+            )
+            .await
+            .map_err(|e| self.query_error(format!("reading the indexes of {name}"), e))?;
+        for ix in ixs {
+            let cols: Vec<String> = ix.get(1);
+            if ix.get::<_, bool>(0) {
+                info.primary_key = cols.clone();
+            }
+            info.indexes.push(cols);
+        }
+        Ok(Some(info))
+    }
+
+    async fn clock(&self, ty: &SqlType) -> Result<Value> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one("SELECT LOCALTIMESTAMP, CURRENT_TIMESTAMP", &[])
+            .await
+            .map_err(|e| self.query_error("reading the server clock", e))?;
+        Ok(match ty {
+            SqlType::TimestampTz => Value::TimestampTz(row.get(1)),
+            SqlType::Timestamp { precision } => {
+                Value::Timestamp(floor_to_precision(row.get(0), *precision))
+            }
+            _ => Value::Timestamp(row.get(0)),
+        })
+    }
+
+    async fn read_changes(
+        &self,
+        scan: &Scan,
+        lower: &Lower,
+        upto: &Value,
+        limit: usize,
+    ) -> Result<Vec<Vec<Value>>> {
+        let chg = quote(&scan.change);
+        let key = quote(&scan.key);
+        let (cond, params): (String, Vec<&(dyn ToSql + Sync)>) = match lower {
+            Lower::Start => (String::new(), vec![upto]),
+            Lower::From(ts) => (format!(" AND {chg} >= $2"), vec![upto, ts]),
+            Lower::After { ts, key: k } => {
+                (format!(" AND ({chg}, {key}) > ($2, $3)"), vec![upto, ts, k])
+            }
+        };
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {chg} IS NOT NULL AND {chg} <= $1{cond}{} \
+             ORDER BY {chg}, {key} LIMIT {limit}",
+            Self::select_list(scan),
+            qualified(&scan.table),
+            Self::filter_sql(scan),
+        );
+        let conn = self.conn().await?;
+        let rows = conn.query(&sql, &params).await.map_err(|e| {
+            self.query_error(format!("reading changes of {}", scan.table.qualified()), e)
+        })?;
+        rows_to_values(rows).map_err(|e| self.query_error("decoding changed rows", e))
+    }
+
+    async fn fetch(&self, scan: &Scan, column: &str, keys: &[Value]) -> Result<Vec<Vec<Value>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {} = ANY($1){}",
+            Self::select_list(scan),
+            qualified(&scan.table),
+            quote(column),
+            Self::filter_sql(scan),
+        );
+        let conn = self.conn().await?;
+        let keys: Vec<Value> = keys.to_vec();
+        let rows = conn.query(&sql, &[&keys]).await.map_err(|e| {
+            self.query_error(format!("fetching rows of {}", scan.table.qualified()), e)
+        })?;
+        rows_to_values(rows).map_err(|e| self.query_error("decoding rows", e))
+    }
+
+    async fn count_null_changes(&self, scan: &Scan) -> Result<i64> {
+        let sql = format!(
+            "SELECT count(*) FROM {} WHERE {} IS NULL{}",
+            qualified(&scan.table),
+            quote(&scan.change),
+            Self::filter_sql(scan)
+        );
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| self.query_error("counting rows without a change time", e))?;
+        Ok(row.get(0))
+    }
+
+    async fn check_filter(&self, scan: &Scan) -> Result<()> {
+        let sql = format!(
+            "EXPLAIN SELECT 1 FROM {} WHERE true{}",
+            qualified(&scan.table),
+            Self::filter_sql(scan)
+        );
+        let conn = self.conn().await?;
+        conn.query(&sql, &[]).await.map(|_| ()).map_err(|e| {
+            EndpointError::Schema(format!(
+                "the filter {:?} is not valid for {}: {}",
+                scan.filter.as_deref().unwrap_or(""),
+                scan.table.qualified(),
+                e.as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_else(|| e.to_string())
+            ))
+        })
+    }
+
+    async fn apply(&self, batch: &WriteBatch, links: Option<&LinkBatch>) -> Result<Applied> {
+        let mut conn = self.conn().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(|e| self.query_error("starting a transaction", e))?;
+        let table = batch.table.qualified();
+        let mut statements: HashMap<String, Statement> = HashMap::new();
+        // Prepare each distinct statement shape once, then pipeline.
+        let mut insert_sqls = Vec::with_capacity(batch.inserts.len());
+        for ins in &batch.inserts {
+            let sql = insert_sql(batch, &ins.columns);
+            if !statements.contains_key(&sql) {
+                let st = tx.prepare(&sql).await.map_err(|e| {
+                    self.query_error(format!("preparing an insert into {table}"), e)
+                })?;
+                statements.insert(sql.clone(), st);
+            }
+            insert_sqls.push(sql);
+        }
+        let mut update_sqls = Vec::with_capacity(batch.updates.len());
+        for up in &batch.updates {
+            let sql = update_sql(batch, &up.set);
+            if !statements.contains_key(&sql) {
+                let st = tx
+                    .prepare(&sql)
+                    .await
+                    .map_err(|e| self.query_error(format!("preparing an update of {table}"), e))?;
+                statements.insert(sql.clone(), st);
+            }
+            update_sqls.push(sql);
+        }
+        let insert_params: Vec<Vec<Value>> = batch
+            .inserts
+            .iter()
+            .map(|i| params_of(&i.columns))
+            .collect();
+        let inserted = try_join_all(insert_sqls.iter().zip(&insert_params).map(|(sql, p)| {
+            let st = &statements[sql];
+            let tx = &tx;
+            async move { tx.query_one(st, &refs(p)).await }
+        }))
+        .await
+        .map_err(|e| self.query_error(format!("inserting into {table}"), e))?;
+        let inserted_keys: Vec<Value> = inserted
+            .into_iter()
+            .map(|r| r.try_get::<_, Value>(0))
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.query_error("decoding inserted keys", e))?;
+        let update_params: Vec<Vec<Value>> = batch
+            .updates
+            .iter()
+            .map(|u| {
+                let mut p = params_of(&u.set);
+                p.push(u.key.clone());
+                p
+            })
+            .collect();
+        try_join_all(update_sqls.iter().zip(&update_params).map(|(sql, p)| {
+            let st = &statements[sql];
+            let tx = &tx;
+            async move { tx.execute(st, &refs(p)).await }
+        }))
+        .await
+        .map_err(|e| self.query_error(format!("updating {table}"), e))?;
+        if !batch.deletes.is_empty() {
+            let sql = format!(
+                "DELETE FROM {} WHERE {} = ANY($1)",
+                qualified(&batch.table),
+                quote(&batch.key)
+            );
+            tx.execute(&sql, &[&batch.deletes])
+                .await
+                .map_err(|e| self.query_error(format!("deleting from {table}"), e))?;
+        }
+        if let Some(links) = links {
+            let resolved = resolve_links(links, &inserted_keys);
+            state::write_links_in(&tx, &resolved)
+                .await
+                .map_err(|e| self.query_error("writing links", e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| self.query_error(format!("committing writes to {table}"), e))?;
+        Ok(Applied { inserted_keys })
+    }
+}
+
+/// Replaces `KeyRef::Inserted` with the keys the inserts got.
+pub(crate) fn resolve_links(links: &LinkBatch, inserted: &[Value]) -> LinkBatch {
+    let fix = |k: &KeyRef| match k {
+        KeyRef::Inserted(i) => KeyRef::Known(inserted[*i].key_string()),
+        known => known.clone(),
+    };
+    LinkBatch {
+        schema: links.schema.clone(),
+        entity: links.entity.clone(),
+        links: links
+            .links
+            .iter()
+            .map(|l| crate::state::LinkWrite {
+                crm_key: fix(&l.crm_key),
+                external_key: fix(&l.external_key),
+                shadow: l.shadow.clone(),
+                deleted: l.deleted,
+            })
+            .collect(),
+    }
+}

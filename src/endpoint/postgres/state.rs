@@ -1,0 +1,516 @@
+//! The state store on PostgreSQL: schema `[state] schema`, versioned
+//! migrations, and an advisory lock per entity held on a connection of its
+//! own for the length of a run.
+
+use super::{quote, PgEndpoint};
+use crate::endpoint::EndpointError;
+use crate::plan::Side;
+use crate::state::{
+    EntityCounts, KeyRef, Link, LinkBatch, LockGuard, RejectInfo, RunInfo, StateStore, Status,
+    Watermark, WatermarkInfo, SCHEMA_VERSION,
+};
+use crate::value::Value;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use tokio_postgres::{GenericClient, NoTls};
+
+/// Schema version n is reached by running `MIGRATIONS[n - 1]`; `{s}`
+/// stands for the quoted schema name.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE {s}.runs (
+    run_id      bigserial PRIMARY KEY,
+    entity      text NOT NULL,
+    command     text NOT NULL,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    outcome     text,
+    summary     jsonb
+);
+CREATE INDEX ON {s}.runs (entity, run_id);
+CREATE TABLE {s}.watermarks (
+    entity     text NOT NULL,
+    side       text NOT NULL,
+    ts         jsonb NOT NULL,
+    key        jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (entity, side)
+);
+CREATE TABLE {s}.links (
+    entity       text NOT NULL,
+    crm_key      text NOT NULL,
+    external_key text NOT NULL,
+    shadow       jsonb NOT NULL,
+    deleted      boolean NOT NULL DEFAULT false,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (entity, crm_key),
+    UNIQUE (entity, external_key)
+);
+CREATE TABLE {s}.rejects (
+    entity      text NOT NULL,
+    side        text NOT NULL,
+    key         text NOT NULL,
+    reason      text NOT NULL,
+    first_run   bigint,
+    last_run    bigint,
+    first_seen  timestamptz NOT NULL DEFAULT now(),
+    last_seen   timestamptz NOT NULL DEFAULT now(),
+    resolved_at timestamptz,
+    PRIMARY KEY (entity, side, key)
+);
+CREATE TABLE {s}.conflicts (
+    conflict_id         bigserial PRIMARY KEY,
+    entity              text NOT NULL,
+    crm_key             text NOT NULL,
+    external_key        text NOT NULL,
+    field               text NOT NULL,
+    base_value          jsonb,
+    crm_value           jsonb,
+    external_value      jsonb,
+    crm_changed_at      timestamptz,
+    external_changed_at timestamptz,
+    winner              text,
+    run_id              bigint,
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    resolved_at         timestamptz,
+    resolution          text
+);
+CREATE INDEX ON {s}.conflicts (entity) WHERE resolved_at IS NULL;
+"#];
+
+fn to_json(v: &Value) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
+}
+
+fn from_json(j: serde_json::Value) -> Result<Value, EndpointError> {
+    serde_json::from_value(j).map_err(|e| {
+        EndpointError::Schema(format!(
+            "the state store holds a value crmsync cannot read: {e}"
+        ))
+    })
+}
+
+/// Writes links inside the caller's transaction.
+pub(crate) async fn write_links_in<C: GenericClient>(
+    client: &C,
+    batch: &LinkBatch,
+) -> Result<(), tokio_postgres::Error> {
+    if batch.links.is_empty() {
+        return Ok(());
+    }
+    let mut crm = Vec::with_capacity(batch.links.len());
+    let mut ext = Vec::with_capacity(batch.links.len());
+    let mut shadow = Vec::with_capacity(batch.links.len());
+    let mut deleted = Vec::with_capacity(batch.links.len());
+    for l in &batch.links {
+        let known = |k: &KeyRef| match k {
+            KeyRef::Known(s) => s.clone(),
+            KeyRef::Inserted(i) => unreachable!("link to insert {i} was not resolved"),
+        };
+        crm.push(known(&l.crm_key));
+        ext.push(known(&l.external_key));
+        shadow.push(serde_json::to_value(&l.shadow).unwrap_or_default());
+        deleted.push(l.deleted);
+    }
+    let s = quote(&batch.schema);
+    let sql = format!(
+        "INSERT INTO {s}.links AS l (entity, crm_key, external_key, shadow, deleted) \
+         SELECT $1, c, e, sh, d FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::bool[]) AS u(c, e, sh, d) \
+         ON CONFLICT (entity, crm_key) DO UPDATE SET external_key = excluded.external_key, \
+           shadow = excluded.shadow, deleted = excluded.deleted, updated_at = now()"
+    );
+    client
+        .execute(&sql, &[&batch.entity, &crm, &ext, &shadow, &deleted])
+        .await?;
+    Ok(())
+}
+
+impl PgEndpoint {
+    fn s(&self) -> String {
+        quote(&self.state_schema)
+    }
+
+    fn state_error(&self, what: &str, e: tokio_postgres::Error) -> EndpointError {
+        self.query_error(format!("{what} (state store {})", self.state_schema), e)
+    }
+
+    async fn links_by(
+        &self,
+        column: &str,
+        entity: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Link>, EndpointError> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let conn = self.conn().await?;
+        let sql = format!(
+            "SELECT crm_key, external_key, shadow, deleted FROM {}.links \
+             WHERE entity = $1 AND {column} = ANY($2)",
+            self.s()
+        );
+        let rows = conn
+            .query(&sql, &[&entity, &keys])
+            .await
+            .map_err(|e| self.state_error("reading links", e))?;
+        let mut out = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let shadow: serde_json::Value = r.get(2);
+            let shadow = serde_json::from_value(shadow).map_err(|e| {
+                EndpointError::Schema(format!("a shadow in the state store is unreadable: {e}"))
+            })?;
+            let link = Link {
+                crm_key: r.get(0),
+                external_key: r.get(1),
+                shadow,
+                deleted: r.get(3),
+            };
+            let k = if column == "crm_key" {
+                link.crm_key.clone()
+            } else {
+                link.external_key.clone()
+            };
+            out.insert(k, link);
+        }
+        Ok(out)
+    }
+}
+
+/// Holds the dedicated connection whose session owns the advisory lock.
+struct PgLock {
+    _client: tokio_postgres::Client,
+}
+
+#[async_trait]
+impl StateStore for PgEndpoint {
+    async fn migrate(&self) -> Result<(), EndpointError> {
+        let mut conn = self.conn().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(|e| self.state_error("starting the migration", e))?;
+        let s = self.s();
+        tx.batch_execute(&format!(
+            "SELECT pg_advisory_xact_lock(hashtext('crmsync-migrate'));
+             CREATE SCHEMA IF NOT EXISTS {s};
+             CREATE TABLE IF NOT EXISTS {s}.schema_version (version int NOT NULL);"
+        ))
+        .await
+        .map_err(|e| self.state_error("creating the state schema", e))?;
+        let version: i32 = tx
+            .query_opt(&format!("SELECT version FROM {s}.schema_version"), &[])
+            .await
+            .map_err(|e| self.state_error("reading the state schema version", e))?
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if version > SCHEMA_VERSION {
+            return Err(EndpointError::Schema(format!(
+                "the state schema {} is at version {version}, newer than this crmsync \
+                 understands ({SCHEMA_VERSION}); upgrade crmsync",
+                self.state_schema
+            )));
+        }
+        for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tx.batch_execute(&m.replace("{s}", &s)).await.map_err(|e| {
+                self.state_error(
+                    &format!("migrating the state schema to version {}", i + 1),
+                    e,
+                )
+            })?;
+        }
+        if version < SCHEMA_VERSION {
+            tx.execute(&format!("DELETE FROM {s}.schema_version"), &[])
+                .await
+                .map_err(|e| self.state_error("recording the state schema version", e))?;
+            tx.execute(
+                &format!("INSERT INTO {s}.schema_version VALUES ($1)"),
+                &[&SCHEMA_VERSION],
+            )
+            .await
+            .map_err(|e| self.state_error("recording the state schema version", e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| self.state_error("committing the migration", e))
+    }
+
+    async fn lock(&self, entity: &str) -> Result<Option<LockGuard>, EndpointError> {
+        let (client, connection) =
+            self.config
+                .connect(NoTls)
+                .await
+                .map_err(|e| EndpointError::Connect {
+                    side: self.side,
+                    target: self.target.clone(),
+                    reason: "cannot open the lock connection".into(),
+                    source: Some(Box::new(e)),
+                })?;
+        tokio::spawn(connection);
+        let key = format!("{}:{entity}", self.state_schema);
+        let got: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtext('crmsync'), hashtext($1))",
+                &[&key],
+            )
+            .await
+            .map_err(|e| self.state_error("taking the run lock", e))?
+            .get(0);
+        Ok(got.then(|| LockGuard(Box::new(PgLock { _client: client }))))
+    }
+
+    async fn start_run(&self, entity: &str, command: &str) -> Result<i64, EndpointError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one(
+                &format!(
+                    "INSERT INTO {}.runs (entity, command) VALUES ($1, $2) RETURNING run_id",
+                    self.s()
+                ),
+                &[&entity, &command],
+            )
+            .await
+            .map_err(|e| self.state_error("recording the run", e))?;
+        Ok(row.get(0))
+    }
+
+    async fn finish_run(
+        &self,
+        run: i64,
+        outcome: &str,
+        summary: &serde_json::Value,
+    ) -> Result<(), EndpointError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            &format!(
+                "UPDATE {}.runs SET finished_at = now(), outcome = $2, summary = $3 WHERE run_id = $1",
+                self.s()
+            ),
+            &[&run, &outcome, summary],
+        )
+        .await
+        .map_err(|e| self.state_error("recording the end of the run", e))?;
+        Ok(())
+    }
+
+    async fn watermark(
+        &self,
+        entity: &str,
+        side: Side,
+    ) -> Result<Option<Watermark>, EndpointError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                &format!(
+                    "SELECT ts, key FROM {}.watermarks WHERE entity = $1 AND side = $2",
+                    self.s()
+                ),
+                &[&entity, &side.as_str()],
+            )
+            .await
+            .map_err(|e| self.state_error("reading the watermark", e))?;
+        match row {
+            None => Ok(None),
+            Some(r) => Ok(Some(Watermark {
+                ts: from_json(r.get(0))?,
+                key: from_json(r.get(1))?,
+            })),
+        }
+    }
+
+    async fn set_watermark(
+        &self,
+        entity: &str,
+        side: Side,
+        mark: &Watermark,
+    ) -> Result<(), EndpointError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            &format!(
+                "INSERT INTO {}.watermarks (entity, side, ts, key) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (entity, side) DO UPDATE SET ts = excluded.ts, key = excluded.key, \
+                 updated_at = now()",
+                self.s()
+            ),
+            &[
+                &entity,
+                &side.as_str(),
+                &to_json(&mark.ts),
+                &to_json(&mark.key),
+            ],
+        )
+        .await
+        .map_err(|e| self.state_error("saving the watermark", e))?;
+        Ok(())
+    }
+
+    async fn links_by_crm(
+        &self,
+        entity: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Link>, EndpointError> {
+        self.links_by("crm_key", entity, keys).await
+    }
+
+    async fn links_by_external(
+        &self,
+        entity: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Link>, EndpointError> {
+        self.links_by("external_key", entity, keys).await
+    }
+
+    async fn write_links(&self, batch: &LinkBatch) -> Result<(), EndpointError> {
+        let conn = self.conn().await?;
+        write_links_in(&*conn, batch)
+            .await
+            .map_err(|e| self.state_error("writing links", e))
+    }
+
+    async fn open_rejects(
+        &self,
+        entity: &str,
+        side: Side,
+    ) -> Result<Vec<RejectInfo>, EndpointError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT side, key, reason FROM {}.rejects \
+                     WHERE entity = $1 AND side = $2 AND resolved_at IS NULL ORDER BY key",
+                    self.s()
+                ),
+                &[&entity, &side.as_str()],
+            )
+            .await
+            .map_err(|e| self.state_error("reading rejects", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RejectInfo {
+                side: r.get(0),
+                key: r.get(1),
+                reason: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn record_rejects(
+        &self,
+        entity: &str,
+        run: i64,
+        side: Side,
+        rejects: &[(String, String)],
+    ) -> Result<(), EndpointError> {
+        if rejects.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<&str> = rejects.iter().map(|(k, _)| k.as_str()).collect();
+        let reasons: Vec<&str> = rejects.iter().map(|(_, r)| r.as_str()).collect();
+        let conn = self.conn().await?;
+        conn.execute(
+            &format!(
+                "INSERT INTO {}.rejects AS r (entity, side, key, reason, first_run, last_run) \
+                 SELECT $1, $2, k, why, $3, $3 FROM unnest($4::text[], $5::text[]) AS u(k, why) \
+                 ON CONFLICT (entity, side, key) DO UPDATE SET reason = excluded.reason, \
+                   last_run = excluded.last_run, last_seen = now(), resolved_at = NULL",
+                self.s()
+            ),
+            &[&entity, &side.as_str(), &run, &keys, &reasons],
+        )
+        .await
+        .map_err(|e| self.state_error("recording rejects", e))?;
+        Ok(())
+    }
+
+    async fn clear_rejects(
+        &self,
+        entity: &str,
+        side: Side,
+        keys: &[String],
+    ) -> Result<(), EndpointError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let conn = self.conn().await?;
+        conn.execute(
+            &format!(
+                "UPDATE {}.rejects SET resolved_at = now() \
+                 WHERE entity = $1 AND side = $2 AND key = ANY($3) AND resolved_at IS NULL",
+                self.s()
+            ),
+            &[&entity, &side.as_str(), &keys],
+        )
+        .await
+        .map_err(|e| self.state_error("closing rejects", e))?;
+        Ok(())
+    }
+
+    async fn status(&self) -> Result<Status, EndpointError> {
+        let conn = self.conn().await?;
+        let s = self.s();
+        let wms = conn
+            .query(
+                &format!("SELECT entity, side, ts, key, updated_at FROM {s}.watermarks ORDER BY entity, side"),
+                &[],
+            )
+            .await
+            .map_err(|e| self.state_error("reading watermarks", e))?;
+        let mut watermarks = Vec::new();
+        for r in wms {
+            watermarks.push(WatermarkInfo {
+                entity: r.get(0),
+                side: r.get(1),
+                ts: from_json(r.get(2))?.display(),
+                key: from_json(r.get(3))?.display(),
+                updated_at: r.get(4),
+            });
+        }
+        let counts = conn
+            .query(
+                &format!(
+                    "WITH e AS (SELECT entity FROM {s}.runs UNION SELECT entity FROM {s}.links) \
+                     SELECT e.entity, \
+                       (SELECT count(*) FROM {s}.links l WHERE l.entity = e.entity AND NOT l.deleted), \
+                       (SELECT count(*) FROM {s}.rejects r WHERE r.entity = e.entity AND r.resolved_at IS NULL), \
+                       (SELECT count(*) FROM {s}.conflicts c WHERE c.entity = e.entity AND c.resolved_at IS NULL) \
+                     FROM e ORDER BY e.entity"
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| self.state_error("counting links", e))?
+            .into_iter()
+            .map(|r| EntityCounts {
+                entity: r.get(0),
+                links: r.get(1),
+                open_rejects: r.get(2),
+                open_conflicts: r.get(3),
+            })
+            .collect();
+        let last_runs = conn
+            .query(
+                &format!(
+                    "SELECT DISTINCT ON (entity, command) run_id, entity, command, started_at, \
+                            finished_at, outcome, summary \
+                     FROM {s}.runs ORDER BY entity, command, run_id DESC"
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| self.state_error("reading runs", e))?
+            .into_iter()
+            .map(|r| RunInfo {
+                id: r.get(0),
+                entity: r.get(1),
+                command: r.get(2),
+                started_at: r.get(3),
+                finished_at: r.get(4),
+                outcome: r.get(5),
+                summary: r.get(6),
+            })
+            .collect();
+        Ok(Status {
+            watermarks,
+            counts,
+            last_runs,
+        })
+    }
+}

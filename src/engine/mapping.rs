@@ -1,0 +1,100 @@
+//! Field mapping between a CRM row and the canonical form kept in shadows
+//! (the external column's type and representation).
+
+use crate::plan::{OnTruncate, Transform};
+use crate::schema::BoundField;
+use crate::state::Shadow;
+use crate::value::{CoerceError, Value};
+
+/// Why one value could not be mapped.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FieldProblem {
+    /// The row is set aside (recorded in rejects) and retried later.
+    Reject(String),
+    /// The whole batch must not be applied (`on_truncate = "fail"`).
+    Fail(String),
+}
+
+/// A mapped row: canonical values by field, and how many were truncated.
+#[derive(Debug, Clone, Default)]
+pub struct Mapped {
+    pub values: Shadow,
+    pub truncated: usize,
+}
+
+fn coerce_problem(field: &BoundField, target: &str, e: CoerceError) -> FieldProblem {
+    let msg = format!("field {}: {e} ({target})", field.plan.crm);
+    match (&e, field.plan.on_truncate) {
+        (CoerceError::TooLong { .. }, OnTruncate::Fail) => FieldProblem::Fail(msg),
+        _ => FieldProblem::Reject(msg),
+    }
+}
+
+/// The canonical form of a CRM value of `field`.
+pub fn crm_to_canonical(
+    field: &BoundField,
+    v: Value,
+    zones: crate::value::Zones,
+) -> Result<(Value, bool), FieldProblem> {
+    let v = match field.plan.transform {
+        Transform::Checkbox => match v {
+            Value::Text(s) => Value::Bool(s.trim().eq_ignore_ascii_case("y")),
+            Value::Null => Value::Bool(false),
+            other => other,
+        },
+        Transform::Trim => match v {
+            Value::Text(s) => Value::Text(s.trim().to_string()),
+            other => other,
+        },
+        Transform::None => v,
+    };
+    let v = if field.plan.values.is_empty() || v.is_null() {
+        v
+    } else {
+        let key = v.key_string();
+        match field.plan.values.iter().find(|(crm, _)| *crm == key) {
+            Some((_, ext)) => Value::Text(ext.clone()),
+            None => {
+                return Err(FieldProblem::Reject(format!(
+                    "field {}: value {key:?} has no entry in values; add it to the mapping",
+                    field.plan.crm
+                )))
+            }
+        }
+    };
+    let target = format!("external column {}", field.external.name);
+    let strict = v.clone().coerce(&field.external.ty, Some(zones), false);
+    match strict {
+        Ok(out) => Ok((out, false)),
+        Err(CoerceError::TooLong { .. }) if field.plan.on_truncate == OnTruncate::Truncate => {
+            let out = v
+                .coerce(&field.external.ty, Some(zones), true)
+                .map_err(|e| coerce_problem(field, &target, e))?;
+            Ok((out, true))
+        }
+        Err(e) => Err(coerce_problem(field, &target, e)),
+    }
+}
+
+/// Maps the fields of a CRM row that flow towards the external side.
+/// `get` returns the row's value of a CRM column.
+pub fn map_crm_row<'a>(
+    fields: impl Iterator<Item = &'a BoundField>,
+    zones: crate::value::Zones,
+    mut get: impl FnMut(&BoundField) -> Value,
+) -> Result<Mapped, FieldProblem> {
+    let mut out = Mapped::default();
+    for f in fields {
+        let (v, truncated) = crm_to_canonical(f, get(f), zones)?;
+        out.truncated += usize::from(truncated);
+        out.values.insert(f.name.clone(), v);
+    }
+    Ok(out)
+}
+
+/// The canonical form of a value read from the external side.
+pub fn external_to_canonical(field: &BoundField, v: Value) -> Value {
+    v.clone()
+        .coerce(&field.external.ty, None, true)
+        .unwrap_or(v)
+}

@@ -1,0 +1,370 @@
+//! The sync engine: change windows, diff against shadows, and writes,
+//! entity by entity. Watermarks and shadows advance only after the writes
+//! they describe have committed.
+
+mod mapping;
+mod to_external;
+
+pub use mapping::{crm_to_canonical, FieldProblem};
+
+use crate::endpoint::postgres::PgEndpoint;
+use crate::endpoint::{Endpoint, EndpointError, Lower};
+use crate::plan::{DbKind, Plan, Side};
+use crate::schema::{self, BindError, BoundEntity, Findings};
+use crate::state::{Link, RejectInfo, StateStore, Watermark};
+use crate::value::Value;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// Whether a run writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Apply,
+    /// `plan`: compute everything, write nothing (not even state).
+    DryRun,
+}
+
+/// Runtime failures of a run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    #[error(
+        "entity {entity:?}: another crmsync run of this entity is in progress (it holds the run lock); \
+         this run did nothing. Wait for it to finish, or schedule runs further apart"
+    )]
+    Busy { entity: String },
+    #[error("entity {entity:?}: row {key}: {message}; nothing from this batch was applied (on_truncate = \"fail\")")]
+    Fail {
+        entity: String,
+        key: String,
+        message: String,
+    },
+    #[error("the {side} database is {kind}, which this build of crmsync cannot use yet; use a postgres:// database")]
+    Unsupported {
+        side: &'static str,
+        kind: &'static str,
+    },
+}
+
+/// One sample action, shown by `plan`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Sample {
+    pub action: &'static str,
+    pub crm_key: String,
+    pub external_key: Option<String>,
+    pub fields: BTreeMap<String, String>,
+}
+
+pub const MAX_SAMPLES: usize = 10;
+
+/// What a run did (or, for `plan`, would do) to one entity.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct EntityReport {
+    pub entity: String,
+    pub read: u64,
+    pub inserted: u64,
+    pub updated: u64,
+    pub deleted: u64,
+    /// Rows found already present on the target (a retry after a crash)
+    /// and linked instead of inserted again.
+    pub adopted: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
+    pub truncated: u64,
+    pub open_rejects: u64,
+    pub watermark: Option<String>,
+    pub samples: Vec<Sample>,
+}
+
+impl EntityReport {
+    pub fn changes(&self) -> u64 {
+        self.inserted + self.updated + self.deleted + self.adopted
+    }
+
+    fn sample(&mut self, s: Sample) {
+        if self.samples.len() < MAX_SAMPLES {
+            self.samples.push(s);
+        }
+    }
+}
+
+/// Everything a run needs: the plan, both databases and the state store.
+pub struct Engine {
+    pub plan: Plan,
+    pub crm: Arc<dyn Endpoint>,
+    pub external: Arc<dyn Endpoint>,
+    pub state: Arc<dyn StateStore>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("crm", &self.crm.describe())
+            .field("external", &self.external.describe())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Connects to both databases.
+    pub async fn connect(plan: Plan) -> Result<Engine, EngineError> {
+        let connect = |side: Side| {
+            let conn = plan.connection(side).clone();
+            let schema = plan.state_schema.clone();
+            async move {
+                match conn.kind {
+                    DbKind::Postgres => {
+                        let name = if side == Side::Crm { "CRM" } else { "external" };
+                        Ok(Arc::new(PgEndpoint::connect(name, &conn, &schema).await?))
+                    }
+                    DbKind::Mssql => Err(EngineError::Unsupported {
+                        side: if side == Side::Crm { "CRM" } else { "external" },
+                        kind: "SQL Server",
+                    }),
+                }
+            }
+        };
+        let (crm, external) = tokio::try_join!(connect(Side::Crm), connect(Side::External))?;
+        let state: Arc<dyn StateStore> = match plan.state_side {
+            Side::Crm => crm.clone(),
+            Side::External => external.clone(),
+        };
+        Ok(Engine {
+            plan,
+            crm,
+            external,
+            state,
+        })
+    }
+
+    pub async fn bind(
+        &self,
+        only: Option<&str>,
+    ) -> Result<(Vec<BoundEntity>, Findings), EngineError> {
+        Ok(schema::bind(&self.plan, only, &*self.crm, &*self.external).await?)
+    }
+
+    /// One incremental run (or its dry run) of each selected entity.
+    pub async fn sync(
+        &self,
+        only: Option<&str>,
+        mode: Mode,
+    ) -> Result<Vec<EntityReport>, EngineError> {
+        let (entities, findings) = self.bind(only).await?;
+        // `check` prints these; a scheduled run keeps its log quiet.
+        for w in &findings.warnings {
+            tracing::debug!("{w}");
+        }
+        let state = match mode {
+            Mode::Apply => {
+                self.state.migrate().await?;
+                StateView::Store(&*self.state)
+            }
+            Mode::DryRun => StateView::ReadOnly(&*self.state),
+        };
+        let mut reports = Vec::new();
+        for e in &entities {
+            reports.push(self.sync_entity(e, &state, mode).await?);
+        }
+        Ok(reports)
+    }
+
+    async fn sync_entity(
+        &self,
+        e: &BoundEntity,
+        state: &StateView<'_>,
+        mode: Mode,
+    ) -> Result<EntityReport, EngineError> {
+        let _lock = match mode {
+            Mode::Apply => {
+                Some(
+                    self.state
+                        .lock(e.name())
+                        .await?
+                        .ok_or_else(|| EngineError::Busy {
+                            entity: e.name().to_string(),
+                        })?,
+                )
+            }
+            Mode::DryRun => None,
+        };
+        let run = state.start_run(e.name(), mode).await?;
+        let mut report = EntityReport {
+            entity: e.name().to_string(),
+            ..Default::default()
+        };
+        let result = async {
+            if e.plan.direction.crm_to_external() {
+                to_external::run(self, e, state, run, mode, &mut report).await?;
+            }
+            report.open_rejects = state.open_rejects(e.name(), Side::Crm).await?.len() as u64;
+            Ok::<_, EngineError>(())
+        }
+        .await;
+        let outcome = match &result {
+            Ok(()) if report.open_rejects > 0 => "finished with rejects",
+            Ok(()) => "ok",
+            Err(_) => "failed",
+        };
+        let summary = serde_json::to_value(&report).unwrap_or_default();
+        state.finish_run(run, outcome, &summary).await?;
+        result.map(|()| report)
+    }
+}
+
+/// The state store as a run sees it: read-only (and empty if never
+/// created) for a dry run.
+enum StateView<'a> {
+    Store(&'a dyn StateStore),
+    ReadOnly(&'a dyn StateStore),
+}
+
+impl StateView<'_> {
+    fn store(&self) -> &dyn StateStore {
+        match self {
+            StateView::Store(s) | StateView::ReadOnly(s) => *s,
+        }
+    }
+
+    fn writes(&self) -> bool {
+        matches!(self, StateView::Store(_))
+    }
+
+    /// Reads from a state schema that may not exist yet (dry run before the
+    /// first sync) count as empty.
+    fn empty_if_missing<T: Default>(
+        &self,
+        r: Result<T, EndpointError>,
+    ) -> Result<T, EndpointError> {
+        match (self, r) {
+            (StateView::ReadOnly(_), Err(EndpointError::Query { source, .. }))
+                if source
+                    .downcast_ref::<tokio_postgres::Error>()
+                    .and_then(|e| e.code())
+                    .is_some_and(|c| {
+                        *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE
+                            || *c == tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME
+                    }) =>
+            {
+                Ok(T::default())
+            }
+            (_, r) => r,
+        }
+    }
+
+    async fn start_run(&self, entity: &str, mode: Mode) -> Result<i64, EndpointError> {
+        match (self, mode) {
+            (StateView::Store(s), Mode::Apply) => s.start_run(entity, "sync").await,
+            _ => Ok(0),
+        }
+    }
+
+    async fn finish_run(
+        &self,
+        run: i64,
+        outcome: &str,
+        summary: &serde_json::Value,
+    ) -> Result<(), EndpointError> {
+        match self {
+            StateView::Store(s) => s.finish_run(run, outcome, summary).await,
+            StateView::ReadOnly(_) => Ok(()),
+        }
+    }
+
+    async fn watermark(
+        &self,
+        entity: &str,
+        side: Side,
+    ) -> Result<Option<Watermark>, EndpointError> {
+        let r = self.store().watermark(entity, side).await;
+        self.empty_if_missing(r)
+    }
+
+    async fn links_by_crm(
+        &self,
+        entity: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Link>, EndpointError> {
+        let r = self.store().links_by_crm(entity, keys).await;
+        self.empty_if_missing(r)
+    }
+
+    async fn open_rejects(
+        &self,
+        entity: &str,
+        side: Side,
+    ) -> Result<Vec<RejectInfo>, EndpointError> {
+        let r = self.store().open_rejects(entity, side).await;
+        self.empty_if_missing(r)
+    }
+}
+
+/// The window of one change read: from the watermark minus the overlap to
+/// the source clock minus the settle delay.
+async fn window(
+    ep: &dyn Endpoint,
+    scan: &crate::endpoint::Scan,
+    mark: Option<&Watermark>,
+    settle: std::time::Duration,
+    overlap: std::time::Duration,
+) -> Result<(Lower, Value), EndpointError> {
+    let now = ep.clock(&scan.change_ty).await?;
+    let upto = now.minus(settle);
+    let lower = match mark {
+        Some(m) => Lower::From(m.ts.minus(overlap)),
+        None => Lower::Start,
+    };
+    Ok((lower, upto))
+}
+
+/// The later of two watermarks (a re-read of the overlap never moves a
+/// watermark back).
+fn later(old: Option<&Watermark>, new: Watermark) -> Watermark {
+    match old {
+        Some(o) => {
+            let ord = o.ts.cmp_same(&new.ts).map(|c| {
+                c.then(
+                    o.key
+                        .cmp_same(&new.key)
+                        .unwrap_or(std::cmp::Ordering::Equal),
+                )
+            });
+            if ord == Some(std::cmp::Ordering::Greater) {
+                o.clone()
+            } else {
+                new
+            }
+        }
+        None => new,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    fn wm(sec: u32, key: i64) -> Watermark {
+        Watermark {
+            ts: Value::Timestamp(
+                NaiveDate::from_ymd_opt(2026, 1, 1)
+                    .unwrap()
+                    .and_hms_opt(0, 0, sec)
+                    .unwrap(),
+            ),
+            key: Value::Int(key),
+        }
+    }
+
+    #[test]
+    fn watermarks_never_move_back() {
+        assert_eq!(later(Some(&wm(5, 1)), wm(4, 9)), wm(5, 1));
+        assert_eq!(later(Some(&wm(5, 1)), wm(5, 2)), wm(5, 2));
+        assert_eq!(later(Some(&wm(5, 3)), wm(5, 2)), wm(5, 3));
+        assert_eq!(later(None, wm(1, 1)), wm(1, 1));
+    }
+}

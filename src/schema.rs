@@ -1,0 +1,545 @@
+//! Binds a validated plan to the live catalogs of both databases: every
+//! configured name is looked up (case-insensitively), every mapping's types
+//! are checked, and the result carries only the catalogs' own spellings.
+
+use crate::crm::SystemColumns;
+use crate::endpoint::{ColumnInfo, Endpoint, EndpointError, Lookup, Scan, TableInfo};
+use crate::plan::{Direction, EntityPlan, FieldPlan, Plan, Side, Transform};
+use crate::value::{Family, SqlType, Value, Zones};
+use std::sync::Arc;
+
+/// One mapped field with both columns resolved.
+#[derive(Debug, Clone)]
+pub struct BoundField {
+    /// The shadow key: the CRM column, lower case.
+    pub name: String,
+    pub crm: ColumnInfo,
+    pub external: ColumnInfo,
+    pub plan: FieldPlan,
+}
+
+/// Sage CRM system columns present on the table (real names).
+#[derive(Debug, Clone, Default)]
+pub struct CrmSystem {
+    pub created_by: Option<String>,
+    pub created_date: Option<String>,
+    pub updated_by: Option<String>,
+    pub updated_date: Option<String>,
+    pub timestamp: Option<String>,
+    pub secterr: Option<String>,
+}
+
+/// An entity ready to run: both tables and all columns resolved.
+#[derive(Debug, Clone)]
+pub struct BoundEntity {
+    pub plan: EntityPlan,
+    pub crm_table: Arc<TableInfo>,
+    pub crm_key: ColumnInfo,
+    pub crm_change: ColumnInfo,
+    pub crm_deleted: Option<ColumnInfo>,
+    pub crm_link: Option<ColumnInfo>,
+    pub crm_system: CrmSystem,
+    pub external_table: Arc<TableInfo>,
+    pub external_key: ColumnInfo,
+    pub external_crm_id: Option<ColumnInfo>,
+    pub external_change: ColumnInfo,
+    pub external_deleted: Option<ColumnInfo>,
+    pub fields: Vec<BoundField>,
+    pub crm_defaults: Vec<(String, Value)>,
+    pub external_defaults: Vec<(String, Value)>,
+    /// Zones to move wall-clock values from CRM to external and back.
+    pub to_external: Zones,
+    pub to_crm: Zones,
+}
+
+impl BoundEntity {
+    pub fn name(&self) -> &str {
+        &self.plan.name
+    }
+
+    /// The CRM read: key, change column, deleted flag, then the mapped
+    /// columns.
+    pub fn crm_scan(&self) -> Scan {
+        let mut columns = vec![self.crm_key.name.clone(), self.crm_change.name.clone()];
+        if let Some(d) = &self.crm_deleted {
+            columns.push(d.name.clone());
+        }
+        for f in &self.fields {
+            if !columns.contains(&f.crm.name) {
+                columns.push(f.crm.name.clone());
+            }
+        }
+        Scan {
+            table: self.crm_table.clone(),
+            columns,
+            key: self.crm_key.name.clone(),
+            change: self.crm_change.name.clone(),
+            change_ty: self.crm_change.ty.clone(),
+            filter: self.plan.crm_filter.clone(),
+        }
+    }
+
+    /// The external read: key, change column, CRM id, deleted flag, then
+    /// the mapped columns.
+    pub fn external_scan(&self) -> Scan {
+        let mut columns = vec![
+            self.external_key.name.clone(),
+            self.external_change.name.clone(),
+        ];
+        for c in [&self.external_crm_id, &self.external_deleted]
+            .into_iter()
+            .flatten()
+        {
+            if !columns.contains(&c.name) {
+                columns.push(c.name.clone());
+            }
+        }
+        for f in &self.fields {
+            if !columns.contains(&f.external.name) {
+                columns.push(f.external.name.clone());
+            }
+        }
+        Scan {
+            table: self.external_table.clone(),
+            columns,
+            key: self.external_key.name.clone(),
+            change: self.external_change.name.clone(),
+            change_ty: self.external_change.ty.clone(),
+            filter: self.plan.external_filter.clone(),
+        }
+    }
+}
+
+/// What `bind` found: errors stop a run, warnings are reported.
+#[derive(Debug, Default)]
+pub struct Findings {
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// The configuration does not fit the live schema.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: the configuration does not match the live database schema:\n  {}", problems.join("\n  "))]
+pub struct SchemaMismatch {
+    pub file: String,
+    pub problems: Vec<String>,
+}
+
+fn lookup_column(
+    f: &mut Findings,
+    at: &str,
+    side: &str,
+    table: &TableInfo,
+    key: &str,
+    name: &str,
+) -> Option<ColumnInfo> {
+    match table.column(name) {
+        Ok(c) => Some(c.clone()),
+        Err(Lookup::Missing { suggestion }) => {
+            let hint = suggestion
+                .map(|s| format!(" (did you mean {s}?)"))
+                .unwrap_or_default();
+            f.errors.push(format!(
+                "{at}: {key}: column {name:?} does not exist in the {side} table {}{hint}",
+                table.qualified()
+            ));
+            None
+        }
+        Err(Lookup::Ambiguous(names)) => {
+            f.errors.push(format!(
+                "{at}: {key}: column {name:?} matches several columns of {} ({}), which differ only in case",
+                table.qualified(),
+                names.join(", ")
+            ));
+            None
+        }
+    }
+}
+
+async fn lookup_table(
+    f: &mut Findings,
+    at: &str,
+    side: &str,
+    ep: &dyn Endpoint,
+    key: &str,
+    schema: Option<&str>,
+    name: &str,
+) -> Result<Option<TableInfo>, EndpointError> {
+    match ep.table(schema, name).await {
+        Ok(Some(t)) => Ok(Some(t)),
+        Ok(None) => {
+            let full = match schema {
+                Some(s) => format!("{s}.{name}"),
+                None => name.to_string(),
+            };
+            f.errors.push(format!(
+                "{at}: {key}: table {full:?} does not exist in the {side} database {}",
+                ep.describe()
+            ));
+            Ok(None)
+        }
+        Err(EndpointError::Schema(m)) => {
+            f.errors.push(format!("{at}: {key}: {m}"));
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Checks that data can flow between the two columns in `direction`.
+fn check_types(f: &mut Findings, at: &str, field: &FieldPlan, crm: &ColumnInfo, ext: &ColumnInfo) {
+    let (cf, ef) = (crm.ty.family(), ext.ty.family());
+    let ok = match field.transform {
+        Transform::Checkbox => {
+            cf == Family::Text && matches!(ef, Family::Bool | Family::Number | Family::Text)
+        }
+        _ if !field.values.is_empty() => cf == Family::Text || cf == Family::Number,
+        _ => {
+            cf == ef
+                || (field.direction == Direction::CrmToExternal && ef == Family::Text)
+                || (field.direction == Direction::ExternalToCrm && cf == Family::Text)
+        }
+    };
+    if !ok {
+        f.errors.push(format!(
+            "{at}: cannot map {} {} to {} {}: the types do not fit{}",
+            crm.name,
+            crm.ty.describe(),
+            ext.name,
+            ext.ty.describe(),
+            if field.transform == Transform::Checkbox {
+                " (checkbox needs a CRM text column and a boolean external column)"
+            } else {
+                "; map columns of the same kind or add a transform"
+            }
+        ));
+    }
+    if let (
+        SqlType::Text {
+            max_len: Some(a), ..
+        },
+        SqlType::Text {
+            max_len: Some(b), ..
+        },
+    ) = (&crm.ty, &ext.ty)
+    {
+        if field.direction.crm_to_external() && a > b {
+            f.warnings.push(format!(
+                "{at}: {} holds up to {a} but {} only {b}; longer values follow on_truncate",
+                crm.name, ext.name
+            ));
+        }
+        if field.direction.external_to_crm() && b > a {
+            f.warnings.push(format!(
+                "{at}: {} holds up to {b} but {} only {a}; longer values follow on_truncate",
+                ext.name, crm.name
+            ));
+        }
+    }
+}
+
+/// Binds one entity; problems go to `f`, and `None` comes back if any
+/// name could not be resolved.
+pub async fn bind_entity(
+    plan: &Plan,
+    e: &EntityPlan,
+    crm: &dyn Endpoint,
+    ext: &dyn Endpoint,
+    f: &mut Findings,
+) -> Result<Option<BoundEntity>, EndpointError> {
+    let at = format!("entity {:?}", e.name);
+    let crm_t = lookup_table(
+        f,
+        &at,
+        "CRM",
+        crm,
+        "crm_table",
+        e.crm_table.schema.as_deref(),
+        &e.crm_table.name,
+    )
+    .await?;
+    let ext_t = lookup_table(
+        f,
+        &at,
+        "external",
+        ext,
+        "external_table",
+        e.external_table.schema.as_deref(),
+        &e.external_table.name,
+    )
+    .await?;
+    let (Some(crm_t), Some(ext_t)) = (crm_t, ext_t) else {
+        return Ok(None);
+    };
+    let errors_before = f.errors.len();
+    let crm_key = match &e.crm_key {
+        Some(k) => lookup_column(f, &at, "CRM", &crm_t, "crm_key", k),
+        None => match crm_t.primary_key.as_slice() {
+            [one] => crm_t.column(one).ok().cloned(),
+            _ => {
+                f.errors.push(format!(
+                    "{at}: {} has no single-column primary key; set crm_key",
+                    crm_t.qualified()
+                ));
+                None
+            }
+        },
+    };
+    let crm_change = lookup_column(
+        f,
+        &at,
+        "CRM",
+        &crm_t,
+        "crm_updated_column",
+        &e.crm_updated_column,
+    );
+    let crm_deleted = crm_t.column(&e.crm_deleted_column).ok().cloned();
+    if crm_deleted.is_none() {
+        f.warnings.push(format!(
+            "{at}: {} has no column {}; CRM deletes cannot be seen",
+            crm_t.qualified(),
+            e.crm_deleted_column
+        ));
+    }
+    let crm_link = e
+        .crm_link_column
+        .as_ref()
+        .and_then(|c| lookup_column(f, &at, "CRM", &crm_t, "crm_link_column", c));
+    let sys = SystemColumns::for_prefix(&e.crm_prefix);
+    let opt = |n: &str| crm_t.column(n).ok().map(|c| c.name.clone());
+    let crm_system = CrmSystem {
+        created_by: opt(&sys.created_by),
+        created_date: opt(&sys.created_date),
+        updated_by: opt(&sys.updated_by),
+        updated_date: opt(&sys.updated_date),
+        timestamp: opt(&sys.timestamp),
+        secterr: opt(&sys.secterr),
+    };
+    let external_key = lookup_column(f, &at, "external", &ext_t, "external_key", &e.external_key);
+    let external_crm_id = e
+        .external_crm_id_column
+        .as_ref()
+        .and_then(|c| lookup_column(f, &at, "external", &ext_t, "external_crm_id_column", c));
+    let external_change = lookup_column(
+        f,
+        &at,
+        "external",
+        &ext_t,
+        "external_updated_column",
+        &e.external_updated_column,
+    );
+    let external_deleted = e
+        .external_deleted_column
+        .as_ref()
+        .and_then(|c| lookup_column(f, &at, "external", &ext_t, "external_deleted_column", c));
+    for (key, col) in [
+        ("crm_updated_column", &crm_change),
+        ("external_updated_column", &external_change),
+    ] {
+        if let Some(c) = col {
+            if !c.ty.is_timestamp() {
+                f.errors.push(format!(
+                    "{at}: {key}: {} is {}, not a timestamp; name the column that records when a row changed",
+                    c.name,
+                    c.ty.describe()
+                ));
+            }
+        }
+    }
+    let mut fields = Vec::new();
+    for (i, fp) in e.fields.iter().enumerate() {
+        let fat = format!("{at}: field {} ({})", i + 1, fp.crm);
+        let c = lookup_column(f, &fat, "CRM", &crm_t, "crm", &fp.crm);
+        let x = lookup_column(f, &fat, "external", &ext_t, "external", &fp.external);
+        if let (Some(c), Some(x)) = (c, x) {
+            if crate::crm::NEVER_WRITE
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(&c.name))
+                && fp.direction.external_to_crm()
+            {
+                f.errors.push(format!(
+                    "{fat}: {} is maintained by Sage CRM triggers and must never be written",
+                    c.name
+                ));
+            }
+            check_types(f, &fat, fp, &c, &x);
+            fields.push(BoundField {
+                name: c.name.to_lowercase(),
+                crm: c,
+                external: x,
+                plan: fp.clone(),
+            });
+        }
+    }
+    let to_external = Zones {
+        from: plan.crm.timezone,
+        to: plan.external.timezone,
+    };
+    let to_crm = Zones {
+        from: plan.external.timezone,
+        to: plan.crm.timezone,
+    };
+    let mut defaults = |side: &str, table: &TableInfo, list: &[(String, Value)], zones| {
+        let mut out = Vec::new();
+        for (col, v) in list {
+            if let Some(c) = lookup_column(f, &at, side, table, &format!("{side}_defaults"), col) {
+                match v.clone().coerce(&c.ty, Some(zones), false) {
+                    Ok(v) => out.push((c.name.clone(), v)),
+                    Err(err) => f.errors.push(format!("{at}: {side}_defaults.{col}: {err}")),
+                }
+            }
+        }
+        out
+    };
+    let crm_defaults = defaults("crm", &crm_t, &e.crm_defaults, to_crm);
+    let external_defaults = defaults("external", &ext_t, &e.external_defaults, to_external);
+    for (c, x) in &e.match_on {
+        lookup_column(f, &at, "CRM", &crm_t, "match_on.crm", c);
+        lookup_column(f, &at, "external", &ext_t, "match_on.external", x);
+    }
+    if let Some(k) = &external_key {
+        let mapped = fields.iter().any(|fl| fl.external.name == k.name);
+        if e.direction.crm_to_external()
+            && e.insert_into_external
+            && !(k.identity || k.has_default || mapped)
+        {
+            f.errors.push(format!(
+                "{at}: external_key {} has no default or identity and no field is mapped to it, \
+                 so crmsync cannot insert rows; give it a default or map a field to it",
+                k.name
+            ));
+        }
+    }
+    if let Some(c) = &crm_change {
+        if !crm_t.has_index_starting_with(&c.name) {
+            f.warnings.push(format!(
+                "{at}: no index on {} starts with {}; every incremental run will scan the whole table. \
+                 Add one: CREATE INDEX ON {} ({}, {})",
+                crm_t.qualified(),
+                c.name,
+                crm_t.qualified(),
+                c.name,
+                crm_key.as_ref().map(|k| k.name.as_str()).unwrap_or("key")
+            ));
+        }
+    }
+    if let Some(c) = &external_change {
+        if e.direction.external_to_crm() && !ext_t.has_index_starting_with(&c.name) {
+            f.warnings.push(format!(
+                "{at}: no index on {} starts with {}; every incremental run will scan the whole table. \
+                 Add one: CREATE INDEX ON {} ({}, {})",
+                ext_t.qualified(),
+                c.name,
+                ext_t.qualified(),
+                c.name,
+                external_key.as_ref().map(|k| k.name.as_str()).unwrap_or("key")
+            ));
+        }
+    }
+    if f.errors.len() > errors_before {
+        return Ok(None);
+    }
+    let (Some(crm_key), Some(crm_change), Some(external_key), Some(external_change)) =
+        (crm_key, crm_change, external_key, external_change)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(BoundEntity {
+        plan: e.clone(),
+        crm_table: Arc::new(crm_t),
+        crm_key,
+        crm_change,
+        crm_deleted,
+        crm_link,
+        crm_system,
+        external_table: Arc::new(ext_t),
+        external_key,
+        external_crm_id,
+        external_change,
+        external_deleted,
+        fields,
+        crm_defaults,
+        external_defaults,
+        to_external,
+        to_crm,
+    }))
+}
+
+/// Binds the selected entities; any error makes the whole bind fail with
+/// every problem listed.
+pub async fn bind(
+    plan: &Plan,
+    only: Option<&str>,
+    crm: &dyn Endpoint,
+    ext: &dyn Endpoint,
+) -> Result<(Vec<BoundEntity>, Findings), BindError> {
+    let mut f = Findings::default();
+    let mut out = Vec::new();
+    for e in selected(plan, only).map_err(BindError::Mismatch)? {
+        if let Some(b) = bind_entity(plan, e, crm, ext, &mut f).await? {
+            out.push(b);
+        }
+    }
+    if f.errors.is_empty() {
+        for b in &out {
+            for (scan, side) in [
+                (b.crm_scan(), Side::Crm),
+                (b.external_scan(), Side::External),
+            ] {
+                if scan.filter.is_none() {
+                    continue;
+                }
+                let ep = if side == Side::Crm { crm } else { ext };
+                if let Err(err) = ep.check_filter(&scan).await {
+                    match err {
+                        EndpointError::Schema(m) => f.errors.push(format!(
+                            "entity {:?}: {}_filter: {m}",
+                            b.name(),
+                            side.as_str()
+                        )),
+                        other => return Err(other.into()),
+                    }
+                }
+            }
+        }
+    }
+    if !f.errors.is_empty() {
+        return Err(BindError::Mismatch(SchemaMismatch {
+            file: plan.file.display().to_string(),
+            problems: f.errors,
+        }));
+    }
+    Ok((out, f))
+}
+
+/// The entities a command applies to.
+pub fn selected<'p>(
+    plan: &'p Plan,
+    only: Option<&str>,
+) -> Result<Vec<&'p EntityPlan>, SchemaMismatch> {
+    match only {
+        None => Ok(plan.entities.iter().collect()),
+        Some(name) => match plan.entity(name) {
+            Some(e) => Ok(vec![e]),
+            None => Err(SchemaMismatch {
+                file: plan.file.display().to_string(),
+                problems: vec![format!(
+                    "--entity {name:?} is not configured (entities: {})",
+                    plan.entities
+                        .iter()
+                        .map(|e| e.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )],
+            }),
+        },
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(transparent)]
+    Mismatch(#[from] SchemaMismatch),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
+}

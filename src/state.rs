@@ -1,0 +1,179 @@
+//! crmsync's own state: runs, watermarks, links with their shadows,
+//! rejected rows and conflicts. Kept in one of the two databases (the
+//! `[state] side`), in its own schema, created and migrated automatically.
+
+use crate::endpoint::EndpointError;
+use crate::plan::Side;
+use crate::value::Value;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+
+/// The state schema's version; `migrate` brings older schemas up to it.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Where change reading stopped: a `(change time, key)` position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Watermark {
+    pub ts: Value,
+    pub key: Value,
+}
+
+/// The values last synced for one link, by field (the CRM column name in
+/// lower case), in canonical (external) form.
+pub type Shadow = BTreeMap<String, Value>;
+
+/// A linked pair of rows and what was last synced between them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Link {
+    pub crm_key: String,
+    pub external_key: String,
+    pub shadow: Shadow,
+    /// The pair has been deleted (on whichever side deletes propagate to).
+    pub deleted: bool,
+}
+
+/// A key known now, or the key the n-th insert of the same batch gets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyRef {
+    Known(String),
+    Inserted(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct LinkWrite {
+    pub crm_key: KeyRef,
+    pub external_key: KeyRef,
+    pub shadow: Shadow,
+    pub deleted: bool,
+}
+
+/// Links to write for one entity, possibly inside a data transaction.
+#[derive(Debug, Clone)]
+pub struct LinkBatch {
+    pub schema: String,
+    pub entity: String,
+    pub links: Vec<LinkWrite>,
+}
+
+/// Held for the whole run; dropping it releases the lock.
+pub struct LockGuard(pub Box<dyn Send + Sync>);
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LockGuard")
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    pub id: i64,
+    pub entity: String,
+    pub command: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub outcome: Option<String>,
+    pub summary: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WatermarkInfo {
+    pub entity: String,
+    pub side: String,
+    pub ts: String,
+    pub key: String,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EntityCounts {
+    pub entity: String,
+    pub links: i64,
+    pub open_rejects: i64,
+    pub open_conflicts: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub watermarks: Vec<WatermarkInfo>,
+    pub counts: Vec<EntityCounts>,
+    pub last_runs: Vec<RunInfo>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RejectInfo {
+    pub side: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// The state store. Every method is a short transaction of its own;
+/// `lock` holds a database lock until the guard is dropped.
+#[async_trait]
+pub trait StateStore: Send + Sync {
+    /// Creates or upgrades the state schema.
+    async fn migrate(&self) -> Result<(), EndpointError>;
+
+    /// Takes the run lock of `entity`, or `None` if another run holds it.
+    async fn lock(&self, entity: &str) -> Result<Option<LockGuard>, EndpointError>;
+
+    async fn start_run(&self, entity: &str, command: &str) -> Result<i64, EndpointError>;
+
+    async fn finish_run(
+        &self,
+        run: i64,
+        outcome: &str,
+        summary: &serde_json::Value,
+    ) -> Result<(), EndpointError>;
+
+    async fn watermark(&self, entity: &str, side: Side)
+        -> Result<Option<Watermark>, EndpointError>;
+
+    async fn set_watermark(
+        &self,
+        entity: &str,
+        side: Side,
+        mark: &Watermark,
+    ) -> Result<(), EndpointError>;
+
+    async fn links_by_crm(
+        &self,
+        entity: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Link>, EndpointError>;
+
+    async fn links_by_external(
+        &self,
+        entity: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Link>, EndpointError>;
+
+    /// Writes links whose keys are all `KeyRef::Known`.
+    async fn write_links(&self, batch: &LinkBatch) -> Result<(), EndpointError>;
+
+    async fn open_rejects(
+        &self,
+        entity: &str,
+        side: Side,
+    ) -> Result<Vec<RejectInfo>, EndpointError>;
+
+    /// Records rejected rows (or refreshes their reason) for a run.
+    async fn record_rejects(
+        &self,
+        entity: &str,
+        run: i64,
+        side: Side,
+        rejects: &[(String, String)],
+    ) -> Result<(), EndpointError>;
+
+    /// Closes rejects for rows that have now gone through.
+    async fn clear_rejects(
+        &self,
+        entity: &str,
+        side: Side,
+        keys: &[String],
+    ) -> Result<(), EndpointError>;
+
+    async fn status(&self) -> Result<Status, EndpointError>;
+}
