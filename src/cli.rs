@@ -212,7 +212,7 @@ async fn sync(
                 );
             }
         }
-        if r.open_rejects > 0 {
+        if r.unfinished() {
             code = exit::UNFINISHED;
         }
     }

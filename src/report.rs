@@ -29,9 +29,35 @@ impl RunReport {
 pub fn human(e: &EntityReport, dry_run: bool) -> String {
     let verb = if dry_run { "would write" } else { "wrote" };
     let mut out = format!(
-        "{}: read {}, {verb} {} (inserted {}, updated {}, deleted {}, linked existing {}), unchanged {}, rejected {}",
-        e.entity, e.read, e.changes(), e.inserted, e.updated, e.deleted, e.adopted, e.unchanged, e.rejected
+        "{}: read {}, {verb} {} (external: inserted {}, updated {}, deleted {}; CRM: inserted {}, updated {}, deleted {}; linked existing {}), unchanged {}, rejected {}",
+        e.entity,
+        e.read,
+        e.changes(),
+        e.inserted,
+        e.updated,
+        e.deleted,
+        e.crm_inserted,
+        e.crm_updated,
+        e.crm_deleted,
+        e.adopted,
+        e.unchanged,
+        e.rejected
     );
+    if e.conflicts > 0 {
+        out.push_str(&format!(", conflicts {}", e.conflicts));
+    }
+    if e.open_conflicts > 0 {
+        out.push_str(&format!(
+            "; {} conflicts wait for `crmsync conflicts resolve`",
+            e.open_conflicts
+        ));
+    }
+    if e.deletes_refused > 0 {
+        out.push_str(&format!(
+            "; {} external rows are gone, more than max_delete_ratio allows: their deletes were NOT carried into CRM (check the external table, then raise max_delete_ratio for one run if they are real)",
+            e.deletes_refused
+        ));
+    }
     if e.truncated > 0 {
         out.push_str(&format!(", truncated {} values", e.truncated));
     }

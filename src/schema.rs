@@ -57,12 +57,14 @@ impl BoundEntity {
         &self.plan.name
     }
 
-    /// The CRM read: key, change column, deleted flag, then the mapped
-    /// columns.
+    /// The CRM read: key, change column, deleted flag, link column, then
+    /// the mapped columns.
     pub fn crm_scan(&self) -> Scan {
         let mut columns = vec![self.crm_key.name.clone(), self.crm_change.name.clone()];
-        if let Some(d) = &self.crm_deleted {
-            columns.push(d.name.clone());
+        for c in [&self.crm_deleted, &self.crm_link].into_iter().flatten() {
+            if !columns.contains(&c.name) {
+                columns.push(c.name.clone());
+            }
         }
         for f in &self.fields {
             if !columns.contains(&f.crm.name) {

@@ -108,6 +108,33 @@ pub struct RejectInfo {
     pub reason: String,
 }
 
+/// One same-field clash, as logged.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictRecord {
+    pub crm_key: String,
+    pub external_key: String,
+    pub field: String,
+    pub base: Option<Value>,
+    pub crm: Value,
+    pub external: Value,
+    pub crm_changed_at: Option<DateTime<Utc>>,
+    pub external_changed_at: Option<DateTime<Utc>>,
+    /// `None`: left open for `crmsync conflicts resolve` (policy manual).
+    pub winner: Option<Side>,
+}
+
+/// A logged conflict with its id and state.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConflictInfo {
+    pub id: i64,
+    pub entity: String,
+    pub record: ConflictRecord,
+    pub run: Option<i64>,
+    pub created_at: DateTime<Utc>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub resolution: Option<String>,
+}
+
 /// The state store. Every method is a short transaction of its own;
 /// `lock` holds a database lock until the guard is dropped.
 #[async_trait]
@@ -176,4 +203,27 @@ pub trait StateStore: Send + Sync {
     ) -> Result<(), EndpointError>;
 
     async fn status(&self) -> Result<Status, EndpointError>;
+
+    /// Logs conflicts; those with a winner are logged as already resolved.
+    async fn record_conflicts(
+        &self,
+        entity: &str,
+        run: i64,
+        conflicts: &[ConflictRecord],
+    ) -> Result<(), EndpointError>;
+
+    /// Open conflicts of `entity` by CRM key (all of them when `crm_keys`
+    /// is `None`).
+    async fn open_conflicts(
+        &self,
+        entity: &str,
+        crm_keys: Option<&[String]>,
+    ) -> Result<Vec<ConflictInfo>, EndpointError>;
+
+    async fn conflict(&self, id: i64) -> Result<Option<ConflictInfo>, EndpointError>;
+
+    async fn close_conflict(&self, id: i64, resolution: &str) -> Result<(), EndpointError>;
+
+    /// Every live link of `entity` as (CRM key, external key).
+    async fn live_links(&self, entity: &str) -> Result<Vec<(String, String)>, EndpointError>;
 }

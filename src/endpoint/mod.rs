@@ -258,6 +258,18 @@ pub trait Endpoint: Send + Sync {
     /// Rows of `scan` whose `column` equals one of `keys` (filter applied).
     async fn fetch(&self, scan: &Scan, column: &str, keys: &[Value]) -> Result<Vec<Vec<Value>>>;
 
+    /// Rows of `scan` (filter applied) where every `column = value` holds
+    /// (`Value::Null` means IS NULL); at most `limit`.
+    async fn find(
+        &self,
+        scan: &Scan,
+        conditions: &[(String, Value)],
+        limit: usize,
+    ) -> Result<Vec<Vec<Value>>>;
+
+    /// Every key of the scan's table (no filter), as key strings.
+    async fn keys(&self, scan: &Scan) -> Result<Vec<String>>;
+
     /// Rows whose change column is NULL (they never enter a window).
     async fn count_null_changes(&self, scan: &Scan) -> Result<i64>;
 

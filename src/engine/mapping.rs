@@ -98,3 +98,64 @@ pub fn external_to_canonical(field: &BoundField, v: Value) -> Value {
         .coerce(&field.external.ty, None, true)
         .unwrap_or(v)
 }
+
+/// The CRM value for a canonical value of `field` (the reverse mapping).
+pub fn canonical_to_crm(
+    field: &BoundField,
+    v: Value,
+    zones: crate::value::Zones,
+) -> Result<(Value, bool), FieldProblem> {
+    let v = match field.plan.transform {
+        Transform::Checkbox => match v {
+            Value::Bool(true) => Value::Text("Y".into()),
+            Value::Int(i) if i != 0 => Value::Text("Y".into()),
+            Value::Text(ref s)
+                if matches!(
+                    s.trim().to_ascii_lowercase().as_str(),
+                    "y" | "t" | "true" | "1"
+                ) =>
+            {
+                Value::Text("Y".into())
+            }
+            _ => Value::Null,
+        },
+        _ => v,
+    };
+    let v = if field.plan.values.is_empty() || v.is_null() {
+        v
+    } else {
+        let key = v.key_string();
+        match field.plan.values.iter().find(|(_, ext)| *ext == key) {
+            Some((crm, _)) => Value::Text(crm.clone()),
+            None => return Err(FieldProblem::Reject(format!(
+                "field {}: external value {key:?} has no entry in values; add it to the mapping",
+                field.plan.crm
+            ))),
+        }
+    };
+    let target = format!("CRM column {}", field.crm.name);
+    match v.clone().coerce(&field.crm.ty, Some(zones), false) {
+        Ok(out) => Ok((out, false)),
+        Err(CoerceError::TooLong { .. }) if field.plan.on_truncate == OnTruncate::Truncate => {
+            let out = v
+                .coerce(&field.crm.ty, Some(zones), true)
+                .map_err(|e| coerce_problem(field, &target, e))?;
+            Ok((out, true))
+        }
+        Err(e) => Err(coerce_problem(field, &target, e)),
+    }
+}
+
+/// What the CRM side would read back, in canonical form, after being
+/// written `canonical`: equal to `canonical` unless the mapping is lossy
+/// (truncation, checkbox), so lossy fields are not mistaken for changes.
+pub fn crm_round_trip(
+    field: &BoundField,
+    canonical: &Value,
+    e: &crate::schema::BoundEntity,
+) -> Value {
+    canonical_to_crm(field, canonical.clone(), e.to_crm)
+        .and_then(|(crm, _)| crm_to_canonical(field, crm, e.to_external))
+        .map(|(v, _)| v)
+        .unwrap_or_else(|_| canonical.clone())
+}

@@ -2,10 +2,13 @@
 //! entity by entity. Watermarks and shadows advance only after the writes
 //! they describe have committed.
 
+mod deletes;
 mod mapping;
-mod to_external;
+mod merge;
+mod pass;
 
-pub use mapping::{crm_to_canonical, FieldProblem};
+pub use mapping::{canonical_to_crm, crm_to_canonical, FieldProblem};
+pub use merge::{merge, winner, Merged, View};
 
 use crate::endpoint::postgres::PgEndpoint;
 use crate::endpoint::{Endpoint, EndpointError, Lower};
@@ -73,16 +76,36 @@ pub struct EntityReport {
     /// and linked instead of inserted again.
     pub adopted: u64,
     pub unchanged: u64,
+    pub crm_inserted: u64,
+    pub crm_updated: u64,
+    pub crm_deleted: u64,
+    /// Same-field clashes met in this run (each is in the conflict log).
+    pub conflicts: u64,
+    /// External rows gone that were not carried into CRM because they
+    /// were more than `max_delete_ratio` of the links.
+    pub deletes_refused: u64,
     pub rejected: u64,
     pub truncated: u64,
     pub open_rejects: u64,
+    pub open_conflicts: u64,
     pub watermark: Option<String>,
     pub samples: Vec<Sample>,
 }
 
 impl EntityReport {
     pub fn changes(&self) -> u64 {
-        self.inserted + self.updated + self.deleted + self.adopted
+        self.inserted
+            + self.updated
+            + self.deleted
+            + self.adopted
+            + self.crm_inserted
+            + self.crm_updated
+            + self.crm_deleted
+    }
+
+    /// Whether the run leaves something for a person to look at.
+    pub fn unfinished(&self) -> bool {
+        self.open_rejects > 0 || self.open_conflicts > 0 || self.deletes_refused > 0
     }
 
     fn sample(&mut self, s: Sample) {
@@ -199,14 +222,21 @@ impl Engine {
         };
         let result = async {
             if e.plan.direction.crm_to_external() {
-                to_external::run(self, e, state, run, mode, &mut report).await?;
+                pass::run(self, e, state, run, mode, Side::Crm, &mut report).await?;
             }
-            report.open_rejects = state.open_rejects(e.name(), Side::Crm).await?.len() as u64;
+            if e.plan.direction.external_to_crm() {
+                pass::run(self, e, state, run, mode, Side::External, &mut report).await?;
+                deletes::external_hard_deletes(self, e, state, mode, &mut report).await?;
+            }
+            report.open_rejects = (state.open_rejects(e.name(), Side::Crm).await?.len()
+                + state.open_rejects(e.name(), Side::External).await?.len())
+                as u64;
+            report.open_conflicts = state.open_conflicts(e.name(), &[]).await?.len() as u64;
             Ok::<_, EngineError>(())
         }
         .await;
         let outcome = match &result {
-            Ok(()) if report.open_rejects > 0 => "finished with rejects",
+            Ok(()) if report.unfinished() => "finished with rejects, conflicts or refused deletes",
             Ok(()) => "ok",
             Err(_) => "failed",
         };
@@ -299,6 +329,32 @@ impl StateView<'_> {
         side: Side,
     ) -> Result<Vec<RejectInfo>, EndpointError> {
         let r = self.store().open_rejects(entity, side).await;
+        self.empty_if_missing(r)
+    }
+
+    async fn links_by_external(
+        &self,
+        entity: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Link>, EndpointError> {
+        let r = self.store().links_by_external(entity, keys).await;
+        self.empty_if_missing(r)
+    }
+
+    /// Open conflicts of these CRM keys (of every key when `crm_keys` is
+    /// empty).
+    async fn open_conflicts(
+        &self,
+        entity: &str,
+        crm_keys: &[String],
+    ) -> Result<Vec<crate::state::ConflictInfo>, EndpointError> {
+        let keys = (!crm_keys.is_empty()).then_some(crm_keys);
+        let r = self.store().open_conflicts(entity, keys).await;
+        self.empty_if_missing(r)
+    }
+
+    async fn live_links(&self, entity: &str) -> Result<Vec<(String, String)>, EndpointError> {
+        let r = self.store().live_links(entity).await;
         self.empty_if_missing(r)
     }
 }

@@ -428,6 +428,55 @@ impl Endpoint for PgEndpoint {
         rows_to_values(rows).map_err(|e| self.query_error("decoding rows", e))
     }
 
+    async fn find(
+        &self,
+        scan: &Scan,
+        conditions: &[(String, Value)],
+        limit: usize,
+    ) -> Result<Vec<Vec<Value>>> {
+        let mut conds = Vec::new();
+        let mut params: Vec<&(dyn ToSql + Sync)> = Vec::new();
+        for (c, v) in conditions {
+            if v.is_null() {
+                conds.push(format!("{} IS NULL", quote(c)));
+            } else {
+                params.push(v);
+                conds.push(format!("{} = ${}", quote(c), params.len()));
+            }
+        }
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {}{} ORDER BY {} LIMIT {limit}",
+            Self::select_list(scan),
+            qualified(&scan.table),
+            if conds.is_empty() {
+                "true".to_string()
+            } else {
+                conds.join(" AND ")
+            },
+            Self::filter_sql(scan),
+            quote(&scan.key),
+        );
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(&sql, &params)
+            .await
+            .map_err(|e| self.query_error(format!("searching {}", scan.table.qualified()), e))?;
+        rows_to_values(rows).map_err(|e| self.query_error("decoding rows", e))
+    }
+
+    async fn keys(&self, scan: &Scan) -> Result<Vec<String>> {
+        let sql = format!(
+            "SELECT {}::text FROM {}",
+            quote(&scan.key),
+            qualified(&scan.table)
+        );
+        let conn = self.conn().await?;
+        let rows = conn.query(&sql, &[]).await.map_err(|e| {
+            self.query_error(format!("reading the keys of {}", scan.table.qualified()), e)
+        })?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
     async fn count_null_changes(&self, scan: &Scan) -> Result<i64> {
         let sql = format!(
             "SELECT count(*) FROM {} WHERE {} IS NULL{}",

@@ -6,8 +6,8 @@ use super::{quote, PgEndpoint};
 use crate::endpoint::EndpointError;
 use crate::plan::Side;
 use crate::state::{
-    EntityCounts, KeyRef, Link, LinkBatch, LockGuard, RejectInfo, RunInfo, StateStore, Status,
-    Watermark, WatermarkInfo, SCHEMA_VERSION,
+    ConflictInfo, ConflictRecord, EntityCounts, KeyRef, Link, LinkBatch, LockGuard, RejectInfo,
+    RunInfo, StateStore, Status, Watermark, WatermarkInfo, SCHEMA_VERSION,
 };
 use crate::value::Value;
 use async_trait::async_trait;
@@ -173,6 +173,38 @@ impl PgEndpoint {
         }
         Ok(out)
     }
+}
+
+const CONFLICT_COLUMNS: &str = "conflict_id, entity, crm_key, external_key, field, base_value, \
+     crm_value, external_value, crm_changed_at, external_changed_at, winner, run_id, created_at, \
+     resolved_at, resolution";
+
+fn conflict_from_row(r: &tokio_postgres::Row) -> Result<ConflictInfo, EndpointError> {
+    let opt = |j: Option<serde_json::Value>| j.map(from_json).transpose();
+    let winner: Option<String> = r.get(10);
+    Ok(ConflictInfo {
+        id: r.get(0),
+        entity: r.get(1),
+        record: ConflictRecord {
+            crm_key: r.get(2),
+            external_key: r.get(3),
+            field: r.get(4),
+            base: opt(r.get(5))?,
+            crm: opt(r.get(6))?.unwrap_or(Value::Null),
+            external: opt(r.get(7))?.unwrap_or(Value::Null),
+            crm_changed_at: r.get(8),
+            external_changed_at: r.get(9),
+            winner: match winner.as_deref() {
+                Some("crm") => Some(Side::Crm),
+                Some("external") => Some(Side::External),
+                _ => None,
+            },
+        },
+        run: r.get(11),
+        created_at: r.get(12),
+        resolved_at: r.get(13),
+        resolution: r.get(14),
+    })
 }
 
 /// Holds the dedicated connection whose session owns the advisory lock.
@@ -512,5 +544,123 @@ impl StateStore for PgEndpoint {
             counts,
             last_runs,
         })
+    }
+
+    async fn record_conflicts(
+        &self,
+        entity: &str,
+        run: i64,
+        conflicts: &[ConflictRecord],
+    ) -> Result<(), EndpointError> {
+        if conflicts.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(|e| self.state_error("logging conflicts", e))?;
+        let st = tx
+            .prepare(&format!(
+                "INSERT INTO {}.conflicts (entity, crm_key, external_key, field, base_value, \
+                   crm_value, external_value, crm_changed_at, external_changed_at, winner, run_id, \
+                   resolved_at, resolution) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                   CASE WHEN $10::text IS NULL THEN NULL ELSE now() END, \
+                   CASE WHEN $10::text IS NULL THEN NULL ELSE 'policy: ' || $10::text || ' wins' END)",
+                self.s()
+            ))
+            .await
+            .map_err(|e| self.state_error("logging conflicts", e))?;
+        for c in conflicts {
+            let winner = c.winner.map(|w| w.as_str());
+            tx.execute(
+                &st,
+                &[
+                    &entity,
+                    &c.crm_key,
+                    &c.external_key,
+                    &c.field,
+                    &c.base.as_ref().map(to_json),
+                    &to_json(&c.crm),
+                    &to_json(&c.external),
+                    &c.crm_changed_at,
+                    &c.external_changed_at,
+                    &winner,
+                    &run,
+                ],
+            )
+            .await
+            .map_err(|e| self.state_error("logging conflicts", e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| self.state_error("logging conflicts", e))
+    }
+
+    async fn open_conflicts(
+        &self,
+        entity: &str,
+        crm_keys: Option<&[String]>,
+    ) -> Result<Vec<ConflictInfo>, EndpointError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT {CONFLICT_COLUMNS} FROM {}.conflicts \
+                     WHERE entity = $1 AND resolved_at IS NULL \
+                       AND ($2::text[] IS NULL OR crm_key = ANY($2)) ORDER BY conflict_id",
+                    self.s()
+                ),
+                &[&entity, &crm_keys],
+            )
+            .await
+            .map_err(|e| self.state_error("reading open conflicts", e))?;
+        rows.iter().map(conflict_from_row).collect()
+    }
+
+    async fn conflict(&self, id: i64) -> Result<Option<ConflictInfo>, EndpointError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                &format!(
+                    "SELECT {CONFLICT_COLUMNS} FROM {}.conflicts WHERE conflict_id = $1",
+                    self.s()
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(|e| self.state_error("reading a conflict", e))?;
+        row.as_ref().map(conflict_from_row).transpose()
+    }
+
+    async fn close_conflict(&self, id: i64, resolution: &str) -> Result<(), EndpointError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            &format!(
+                "UPDATE {}.conflicts SET resolved_at = now(), resolution = $2 \
+                 WHERE conflict_id = $1 AND resolved_at IS NULL",
+                self.s()
+            ),
+            &[&id, &resolution],
+        )
+        .await
+        .map_err(|e| self.state_error("closing a conflict", e))?;
+        Ok(())
+    }
+
+    async fn live_links(&self, entity: &str) -> Result<Vec<(String, String)>, EndpointError> {
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(
+                &format!(
+                    "SELECT crm_key, external_key FROM {}.links WHERE entity = $1 AND NOT deleted",
+                    self.s()
+                ),
+                &[&entity],
+            )
+            .await
+            .map_err(|e| self.state_error("reading links", e))?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }

@@ -1,0 +1,100 @@
+//! External hard deletes: invisible to a timestamp scan, found by
+//! comparing the external key set with the live links, and guarded by
+//! `max_delete_ratio` so that a partial read never looks like a mass delete.
+
+use super::{Engine, EngineError, EntityReport, Mode, Sample, StateView};
+use crate::crm::write as crm_write;
+use crate::endpoint::{Update, WriteBatch};
+use crate::plan::{CrmDelete, Side};
+use crate::schema::BoundEntity;
+use crate::state::{KeyRef, LinkBatch, LinkWrite};
+use crate::value::Value;
+use std::collections::{BTreeMap, HashSet};
+
+pub(super) async fn external_hard_deletes(
+    engine: &Engine,
+    e: &BoundEntity,
+    state: &StateView<'_>,
+    mode: Mode,
+    report: &mut EntityReport,
+) -> Result<(), EngineError> {
+    if e.plan.delete_into_crm != CrmDelete::Soft {
+        return Ok(());
+    }
+    let links = state.live_links(e.name()).await?;
+    if links.is_empty() {
+        return Ok(());
+    }
+    let present: HashSet<String> = engine
+        .external
+        .keys(&e.external_scan())
+        .await?
+        .into_iter()
+        .collect();
+    let missing: Vec<&(String, String)> =
+        links.iter().filter(|(_, x)| !present.contains(x)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let ratio = missing.len() as f64 / links.len() as f64;
+    if ratio > e.plan.max_delete_ratio {
+        report.deletes_refused += missing.len() as u64;
+        tracing::warn!(
+            "entity {:?}: {} of {} linked external rows are gone ({:.1}%), more than max_delete_ratio \
+             ({:.1}%); no delete was carried into CRM",
+            e.name(),
+            missing.len(),
+            links.len(),
+            ratio * 100.0,
+            e.plan.max_delete_ratio * 100.0
+        );
+        return Ok(());
+    }
+    let crm_keys: Vec<String> = missing.iter().map(|(c, _)| c.clone()).collect();
+    let shadows = state.links_by_crm(e.name(), &crm_keys).await?;
+    let mut batch = WriteBatch::new(e.crm_table.clone(), e.crm_key.name.clone());
+    let mut link_writes = Vec::new();
+    for (crm_key, ext_key) in missing {
+        let Ok(key) = Value::from_key_string(crm_key, &e.crm_key.ty) else {
+            continue;
+        };
+        batch.updates.push(Update {
+            key,
+            set: crm_write::soft_delete(e, engine.plan.crm_user_id),
+        });
+        report.crm_deleted += 1;
+        report.sample(Sample {
+            action: "delete in CRM (external row gone)",
+            crm_key: crm_key.to_string(),
+            external_key: Some(ext_key.clone()),
+            fields: BTreeMap::new(),
+        });
+        link_writes.push(LinkWrite {
+            crm_key: KeyRef::Known(crm_key.to_string()),
+            external_key: KeyRef::Known(ext_key.clone()),
+            shadow: shadows
+                .get(crm_key)
+                .map(|l| l.shadow.clone())
+                .unwrap_or_default(),
+            deleted: true,
+        });
+    }
+    if mode == Mode::DryRun {
+        return Ok(());
+    }
+    let links = LinkBatch {
+        schema: engine.plan.state_schema.clone(),
+        entity: e.name().to_string(),
+        links: link_writes,
+    };
+    match engine.plan.state_side {
+        Side::Crm => {
+            engine.crm.apply(&batch, Some(&links)).await?;
+        }
+        Side::External => {
+            engine.crm.apply(&batch, None).await?;
+            state.store().write_links(&links).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1093 @@
+//! One pass over one side's change window: read it page by page, merge
+//! each changed row with its linked counterpart against the shadow, link or
+//! insert unlinked rows, carry deletes, and write both sides.
+//!
+//! Write order per page: first the side that does not hold the state
+//! store, then the state side together with the links in one transaction.
+//! A crash in between leaves shadows behind the data, which the next run
+//! merges as "both sides changed to the same value": nothing is lost or
+//! duplicated.
+
+use super::mapping::{canonical_to_crm, external_to_canonical, map_crm_row, FieldProblem};
+use super::merge::{merge, Merged, View};
+use super::{later, window, Engine, EngineError, EntityReport, Mode, Sample, StateView};
+use crate::crm::write as crm_write;
+use crate::endpoint::{Assign, EndpointError, Insert, Lower, Scan, Update, WriteBatch};
+use crate::plan::{CrmDelete, ExternalDelete, Side};
+use crate::schema::BoundEntity;
+use crate::state::{ConflictRecord, KeyRef, Link, LinkBatch, LinkWrite, Shadow, Watermark};
+use crate::value::{SqlType, Value};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+/// One incremental pass of entity `e` over the change window of `source`.
+pub(super) async fn run(
+    engine: &Engine,
+    e: &BoundEntity,
+    state: &StateView<'_>,
+    run: i64,
+    mode: Mode,
+    source: Side,
+    report: &mut EntityReport,
+) -> Result<(), EngineError> {
+    let (scan, ep) = match source {
+        Side::Crm => (e.crm_scan(), &*engine.crm),
+        Side::External => (e.external_scan(), &*engine.external),
+    };
+    let key_ty = match source {
+        Side::Crm => &e.crm_key.ty,
+        Side::External => &e.external_key.ty,
+    };
+    let ctx = Ctx {
+        engine,
+        e,
+        state,
+        run,
+        mode,
+        source,
+    };
+    // Rows rejected earlier are retried first, by key.
+    let open = state.open_rejects(e.name(), source).await?;
+    if !open.is_empty() {
+        let keys: Vec<Value> = open
+            .iter()
+            .filter_map(|r| Value::from_key_string(&r.key, key_ty).ok())
+            .collect();
+        let rows = ep.fetch(&scan, &scan.key, &keys).await?;
+        let retried: HashSet<String> = open.iter().map(|r| r.key.clone()).collect();
+        ctx.page(&scan, rows, &retried, report).await?;
+    }
+    let mark = state.watermark(e.name(), source).await?;
+    let (mut lower, upto) = window(ep, &scan, mark.as_ref(), e.plan.settle, e.plan.overlap).await?;
+    let mut current = mark.clone();
+    loop {
+        let rows = ep
+            .read_changes(&scan, &lower, &upto, e.plan.batch_size)
+            .await?;
+        let n = rows.len();
+        let Some(last) = rows.last() else { break };
+        let next = Watermark {
+            ts: last[1].clone(),
+            key: last[0].clone(),
+        };
+        ctx.page(&scan, rows, &HashSet::new(), report).await?;
+        let advanced = later(current.as_ref(), next.clone());
+        if state.writes() && Some(&advanced) != current.as_ref() {
+            state
+                .store()
+                .set_watermark(e.name(), source, &advanced)
+                .await?;
+        }
+        current = Some(advanced);
+        lower = Lower::After {
+            ts: next.ts,
+            key: next.key,
+        };
+        if n < e.plan.batch_size {
+            break;
+        }
+    }
+    if source == Side::Crm {
+        report.watermark = current.map(|m| format!("{} / {}", m.ts.display(), m.key.display()));
+    }
+    Ok(())
+}
+
+/// The value that marks a row deleted in a flag column of type `ty`.
+pub(super) fn deleted_flag(ty: &SqlType, deleted: bool) -> Value {
+    match ty {
+        SqlType::Bool => Value::Bool(deleted),
+        SqlType::Int { .. } | SqlType::Decimal { .. } => Value::Int(i64::from(deleted)),
+        _ => {
+            if deleted {
+                Value::Text("Y".into())
+            } else {
+                Value::Null
+            }
+        }
+    }
+}
+
+fn is_deleted(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Int(0)) | Some(Value::Bool(false)) => false,
+        Some(Value::Text(s)) => matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "y" | "1" | "t" | "true"
+        ),
+        Some(_) => true,
+    }
+}
+
+fn bad_link(e: &BoundEntity, key: &str, err: impl std::fmt::Display) -> EngineError {
+    EngineError::Endpoint(EndpointError::Schema(format!(
+        "entity {:?}: a link holds key {key:?}, which does not fit the key column: {err}",
+        e.name()
+    )))
+}
+
+/// Everything one page decided, to be written at the end.
+struct Writes {
+    crm: WriteBatch,
+    ext: WriteBatch,
+    links: Vec<LinkWrite>,
+    /// CRM rows whose link column gets the key of the n-th external insert.
+    link_column_after_insert: Vec<(Value, usize)>,
+    rejects: Vec<(String, String)>,
+    cleared: Vec<String>,
+    conflicts: Vec<ConflictRecord>,
+    settled: Vec<(String, String)>,
+}
+
+/// A row read from one side, with what the pass needs of it.
+struct Row<'r> {
+    values: &'r [Value],
+    scan: &'r Scan,
+}
+
+impl Row<'_> {
+    fn get(&self, column: &str) -> Value {
+        self.scan
+            .position(column)
+            .map(|p| self.values[p].clone())
+            .unwrap_or(Value::Null)
+    }
+}
+
+struct Ctx<'a> {
+    engine: &'a Engine,
+    e: &'a BoundEntity,
+    state: &'a StateView<'a>,
+    run: i64,
+    mode: Mode,
+    source: Side,
+}
+
+impl Ctx<'_> {
+    /// The canonical form of a CRM row, and how many values were cut to
+    /// fit the external columns.
+    fn crm_view(&self, row: &Row<'_>) -> Result<(View, usize), FieldProblem> {
+        let e = self.e;
+        let mapped = map_crm_row(e.fields.iter(), e.to_external, |f| row.get(&f.crm.name))?;
+        Ok((
+            View {
+                values: mapped.values,
+                changed_at: row
+                    .get(&e.crm_change.name)
+                    .to_utc(self.engine.plan.crm.timezone),
+            },
+            mapped.truncated,
+        ))
+    }
+
+    fn ext_view(&self, row: &Row<'_>) -> View {
+        let e = self.e;
+        let mut values = Shadow::new();
+        for f in &e.fields {
+            values.insert(
+                f.name.clone(),
+                external_to_canonical(f, row.get(&f.external.name)),
+            );
+        }
+        View {
+            values,
+            changed_at: row
+                .get(&e.external_change.name)
+                .to_utc(self.engine.plan.external.timezone),
+        }
+    }
+
+    /// Whether any field can flow from `side` (so its rows must be read to
+    /// merge).
+    fn flows_from(&self, side: Side) -> bool {
+        self.e.fields.iter().any(|f| match side {
+            Side::Crm => f.plan.direction.crm_to_external(),
+            Side::External => f.plan.direction.external_to_crm(),
+        })
+    }
+
+    fn other_scan(&self) -> Scan {
+        let mut s = match self.source {
+            Side::Crm => self.e.external_scan(),
+            Side::External => self.e.crm_scan(),
+        };
+        // The link, not the filter, decides what belongs to a pair.
+        s.filter = None;
+        s
+    }
+
+    /// Diffs one page of source rows and writes the result.
+    async fn page(
+        &self,
+        scan: &Scan,
+        rows: Vec<Vec<Value>>,
+        retried: &HashSet<String>,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let e = self.e;
+        report.read += rows.len() as u64;
+        let keys: Vec<String> = rows.iter().map(|r| r[0].key_string()).collect();
+        let links = match self.source {
+            Side::Crm => self.state.links_by_crm(e.name(), &keys).await?,
+            Side::External => self.state.links_by_external(e.name(), &keys).await?,
+        };
+        let other = self.other_scan();
+        let other_side = match self.source {
+            Side::Crm => Side::External,
+            Side::External => Side::Crm,
+        };
+        let other_ep = match other_side {
+            Side::Crm => &*self.engine.crm,
+            Side::External => &*self.engine.external,
+        };
+        let other_key_ty = match other_side {
+            Side::Crm => &e.crm_key.ty,
+            Side::External => &e.external_key.ty,
+        };
+        // Counterparts of linked rows, when fields flow back from them.
+        let mut counterparts: HashMap<String, Vec<Value>> = HashMap::new();
+        if self.flows_from(other_side) {
+            let mut wanted = Vec::new();
+            for l in links.values().filter(|l| !l.deleted) {
+                let k = match other_side {
+                    Side::Crm => &l.crm_key,
+                    Side::External => &l.external_key,
+                };
+                wanted.push(
+                    Value::from_key_string(k, other_key_ty).map_err(|err| bad_link(e, k, err))?,
+                );
+            }
+            for r in other_ep.fetch(&other, &other.key, &wanted).await? {
+                counterparts.insert(r[0].key_string(), r);
+            }
+        }
+        // Open manual conflicts hold their fields.
+        let crm_keys: Vec<String> = match self.source {
+            Side::Crm => keys.clone(),
+            Side::External => links.values().map(|l| l.crm_key.clone()).collect(),
+        };
+        let mut held: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        if !crm_keys.is_empty() {
+            for c in self.state.open_conflicts(e.name(), &crm_keys).await? {
+                held.entry(c.record.crm_key.clone())
+                    .or_default()
+                    .insert(c.record.field.clone(), c.id);
+            }
+        }
+
+        let mut w = Writes {
+            crm: WriteBatch::new(e.crm_table.clone(), e.crm_key.name.clone()),
+            ext: WriteBatch::new(e.external_table.clone(), e.external_key.name.clone()),
+            links: Vec::new(),
+            link_column_after_insert: Vec::new(),
+            rejects: Vec::new(),
+            cleared: Vec::new(),
+            conflicts: Vec::new(),
+            settled: Vec::new(),
+        };
+        let mut unlinked = Vec::new();
+        for values in &rows {
+            let row = Row { values, scan };
+            let ks = values[0].key_string();
+            if retried.contains(&ks) {
+                w.cleared.push(ks.clone());
+            }
+            let deleted = match self.source {
+                Side::Crm => e
+                    .crm_deleted
+                    .as_ref()
+                    .is_some_and(|d| is_deleted(Some(&row.get(&d.name)))),
+                Side::External => e
+                    .external_deleted
+                    .as_ref()
+                    .is_some_and(|d| is_deleted(Some(&row.get(&d.name)))),
+            };
+            let link = links.get(&ks);
+            if deleted {
+                match link.filter(|l| !l.deleted) {
+                    Some(l) => self.delete_pair(l, &mut w, report)?,
+                    None => report.unchanged += 1,
+                }
+                continue;
+            }
+            match link {
+                Some(l) if !l.deleted => {
+                    let other_key = match other_side {
+                        Side::Crm => &l.crm_key,
+                        Side::External => &l.external_key,
+                    };
+                    let counterpart = counterparts.get(other_key);
+                    if self.flows_from(other_side) && counterpart.is_none() {
+                        // Gone on the other side: delete detection decides.
+                        report.unchanged += 1;
+                        continue;
+                    }
+                    let other_row = counterpart.map(|v| Row {
+                        values: v,
+                        scan: &other,
+                    });
+                    let (crm_row, ext_row) = match self.source {
+                        Side::Crm => (Some(row), other_row),
+                        Side::External => (other_row, Some(row)),
+                    };
+                    if let Some(r) = &crm_row {
+                        if self.source == Side::External
+                            && e.crm_deleted
+                                .as_ref()
+                                .is_some_and(|d| is_deleted(Some(&r.get(&d.name))))
+                        {
+                            report.unchanged += 1;
+                            continue;
+                        }
+                    }
+                    if let Some(r) = &ext_row {
+                        if self.source == Side::Crm
+                            && e.external_deleted
+                                .as_ref()
+                                .is_some_and(|d| is_deleted(Some(&r.get(&d.name))))
+                        {
+                            report.unchanged += 1;
+                            continue;
+                        }
+                    }
+                    let (crm_view, truncated) =
+                        match crm_row.as_ref().map(|r| self.crm_view(r)).transpose() {
+                            Ok(Some((v, t))) => (Some(v), t),
+                            Ok(None) => (None, 0),
+                            Err(p) => {
+                                self.problem(&ks, p, &mut w, report)?;
+                                continue;
+                            }
+                        };
+                    let ext_view = ext_row.as_ref().map(|r| self.ext_view(r));
+                    let held_fields = held.get(&l.crm_key);
+                    let held_names: HashSet<String> = held_fields
+                        .map(|h| h.keys().cloned().collect())
+                        .unwrap_or_default();
+                    let m = merge(
+                        e,
+                        &l.crm_key,
+                        &l.external_key,
+                        &l.shadow,
+                        crm_view.as_ref(),
+                        ext_view.as_ref(),
+                        &held_names,
+                    );
+                    for f in &m.settled {
+                        w.settled.push((l.crm_key.clone(), f.clone()));
+                    }
+                    if !m.to_external.is_empty() {
+                        report.truncated += truncated as u64;
+                    }
+                    if let Err(p) = self.apply_merge(l, m, "update", &mut w, report) {
+                        self.problem(&ks, p, &mut w, report)?;
+                    }
+                }
+                Some(l)
+                    if self.source == Side::Crm
+                        && e.plan.delete_into_external == ExternalDelete::Soft =>
+                {
+                    // A CRM row brought back after a delete: un-flag it.
+                    self.revive(l, &row, &mut w, report)?;
+                }
+                Some(_) if self.source == Side::External => {
+                    // Deleted pairs are not brought back from outside.
+                    report.unchanged += 1;
+                }
+                _ => unlinked.push(values),
+            }
+        }
+        for values in unlinked {
+            let row = Row { values, scan };
+            match self.source {
+                Side::Crm => self.unlinked_crm(&row, &mut w, report).await?,
+                Side::External => self.unlinked_external(&row, &mut w, report).await?,
+            }
+        }
+        if self.mode == Mode::DryRun {
+            report.conflicts += w.conflicts.len() as u64;
+            return Ok(());
+        }
+        self.write(w).await
+    }
+
+    /// A row that cannot be mapped: reject it, or stop the batch.
+    fn problem(
+        &self,
+        key: &str,
+        p: FieldProblem,
+        w: &mut Writes,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        match p {
+            FieldProblem::Reject(why) => {
+                report.rejected += 1;
+                w.cleared.retain(|k| k != key);
+                w.rejects.push((key.to_string(), why));
+                Ok(())
+            }
+            FieldProblem::Fail(message) => Err(EngineError::Fail {
+                entity: self.e.name().to_string(),
+                key: key.to_string(),
+                message,
+            }),
+        }
+    }
+
+    /// Queues the writes a merge decided, and the new shadow.
+    fn apply_merge(
+        &self,
+        l: &Link,
+        m: Merged,
+        action: &'static str,
+        w: &mut Writes,
+        report: &mut EntityReport,
+    ) -> Result<(), FieldProblem> {
+        let e = self.e;
+        let user = self.engine.plan.crm_user_id;
+        let mut fields = BTreeMap::new();
+        if !m.to_crm.is_empty() {
+            let mut set = Vec::new();
+            for (i, v) in &m.to_crm {
+                let f = &e.fields[*i];
+                let (crm_v, truncated) = canonical_to_crm(f, v.clone(), e.to_crm)?;
+                report.truncated += u64::from(truncated);
+                fields.insert(f.crm.name.clone(), crm_v.display());
+                set.push((f.crm.name.clone(), Assign::Value(crm_v)));
+            }
+            crm_write::touch(e, user, &mut set);
+            let key = Value::from_key_string(&l.crm_key, &e.crm_key.ty)
+                .map_err(|err| FieldProblem::Reject(format!("CRM key {}: {err}", l.crm_key)))?;
+            w.crm.updates.push(Update { key, set });
+            report.crm_updated += 1;
+        }
+        if !m.to_external.is_empty() {
+            let mut set = Vec::new();
+            for (i, v) in &m.to_external {
+                let f = &e.fields[*i];
+                fields.insert(f.external.name.clone(), v.display());
+                set.push((f.external.name.clone(), Assign::Value(v.clone())));
+            }
+            set.push((e.external_change.name.clone(), Assign::Now));
+            let key =
+                Value::from_key_string(&l.external_key, &e.external_key.ty).map_err(|err| {
+                    FieldProblem::Reject(format!("external key {}: {err}", l.external_key))
+                })?;
+            w.ext.updates.push(Update { key, set });
+            report.updated += 1;
+        }
+        if m.writes() {
+            report.sample(Sample {
+                action,
+                crm_key: l.crm_key.clone(),
+                external_key: Some(l.external_key.clone()),
+                fields,
+            });
+        } else {
+            report.unchanged += 1;
+        }
+        report.conflicts += m.conflicts.len() as u64;
+        w.conflicts.extend(m.conflicts);
+        if m.shadow != l.shadow || l.deleted {
+            w.links.push(LinkWrite {
+                crm_key: KeyRef::Known(l.crm_key.clone()),
+                external_key: KeyRef::Known(l.external_key.clone()),
+                shadow: m.shadow,
+                deleted: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// The source row of a live pair was deleted: carry it across.
+    fn delete_pair(
+        &self,
+        l: &Link,
+        w: &mut Writes,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let e = self.e;
+        let carried = match self.source {
+            Side::Crm => {
+                let key = Value::from_key_string(&l.external_key, &e.external_key.ty)
+                    .map_err(|err| bad_link(e, &l.external_key, err))?;
+                match e.plan.delete_into_external {
+                    ExternalDelete::Hard => {
+                        w.ext.deletes.push(key);
+                        true
+                    }
+                    ExternalDelete::Soft => match &e.external_deleted {
+                        Some(d) => {
+                            w.ext.updates.push(Update {
+                                key,
+                                set: vec![
+                                    (d.name.clone(), Assign::Value(deleted_flag(&d.ty, true))),
+                                    (e.external_change.name.clone(), Assign::Now),
+                                ],
+                            });
+                            true
+                        }
+                        None => false,
+                    },
+                    ExternalDelete::Ignore => false,
+                }
+            }
+            Side::External => match e.plan.delete_into_crm {
+                CrmDelete::Soft if e.plan.direction.external_to_crm() => {
+                    let key = Value::from_key_string(&l.crm_key, &e.crm_key.ty)
+                        .map_err(|err| bad_link(e, &l.crm_key, err))?;
+                    w.crm.updates.push(Update {
+                        key,
+                        set: crm_write::soft_delete(e, self.engine.plan.crm_user_id),
+                    });
+                    true
+                }
+                _ => false,
+            },
+        };
+        if carried {
+            match self.source {
+                Side::Crm => report.deleted += 1,
+                Side::External => report.crm_deleted += 1,
+            }
+            report.sample(Sample {
+                action: "delete",
+                crm_key: l.crm_key.clone(),
+                external_key: Some(l.external_key.clone()),
+                fields: BTreeMap::new(),
+            });
+        } else {
+            report.unchanged += 1;
+        }
+        w.links.push(LinkWrite {
+            crm_key: KeyRef::Known(l.crm_key.clone()),
+            external_key: KeyRef::Known(l.external_key.clone()),
+            shadow: l.shadow.clone(),
+            deleted: true,
+        });
+        Ok(())
+    }
+
+    /// A CRM row live again after its pair was soft-deleted outside.
+    fn revive(
+        &self,
+        l: &Link,
+        row: &Row<'_>,
+        w: &mut Writes,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let e = self.e;
+        let view = match self.crm_view(row) {
+            Ok((v, t)) => {
+                report.truncated += t as u64;
+                v
+            }
+            Err(p) => return self.problem(&l.crm_key, p, w, report),
+        };
+        let key = Value::from_key_string(&l.external_key, &e.external_key.ty)
+            .map_err(|err| bad_link(e, &l.external_key, err))?;
+        let mut set: Vec<(String, Assign)> = e
+            .fields
+            .iter()
+            .filter(|f| f.plan.direction.crm_to_external())
+            .map(|f| {
+                (
+                    f.external.name.clone(),
+                    Assign::Value(view.values[&f.name].clone()),
+                )
+            })
+            .collect();
+        if let Some(d) = &e.external_deleted {
+            set.push((d.name.clone(), Assign::Value(deleted_flag(&d.ty, false))));
+        }
+        set.push((e.external_change.name.clone(), Assign::Now));
+        w.ext.updates.push(Update { key, set });
+        report.updated += 1;
+        w.links.push(LinkWrite {
+            crm_key: KeyRef::Known(l.crm_key.clone()),
+            external_key: KeyRef::Known(l.external_key.clone()),
+            shadow: view.values,
+            deleted: false,
+        });
+        Ok(())
+    }
+
+    /// Links a source row to an existing counterpart (no shadow yet: every
+    /// difference is merged by policy).
+    fn adopt(
+        &self,
+        crm_key: &str,
+        ext_key: &str,
+        crm: &View,
+        ext: &View,
+        w: &mut Writes,
+        report: &mut EntityReport,
+    ) -> Result<(), FieldProblem> {
+        let link = Link {
+            crm_key: crm_key.to_string(),
+            external_key: ext_key.to_string(),
+            shadow: Shadow::new(),
+            // Not stored yet: marked so that `apply_merge` writes it.
+            deleted: true,
+        };
+        let m = merge(
+            self.e,
+            crm_key,
+            ext_key,
+            &Shadow::new(),
+            Some(crm),
+            Some(ext),
+            &HashSet::new(),
+        );
+        report.adopted += 1;
+        self.apply_merge(&link, m, "link", w, report)
+    }
+
+    /// An unlinked live CRM row: a link column naming an external row
+    /// links to it; an external row carrying its CRM id (an insert whose
+    /// link was lost) is adopted; otherwise it is inserted.
+    async fn unlinked_crm(
+        &self,
+        row: &Row<'_>,
+        w: &mut Writes,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let e = self.e;
+        let crm_key = row.values[0].clone();
+        let ks = crm_key.key_string();
+        let (view, truncated) = match self.crm_view(row) {
+            Ok(v) => v,
+            Err(p) => return self.problem(&ks, p, w, report),
+        };
+        let ext_scan = self.other_scan();
+        // 1. The CRM row names its external row.
+        if let Some(lc) = &e.crm_link {
+            let claimed = row.get(&lc.name);
+            if !claimed.is_null() && e.plan.direction.external_to_crm() {
+                let claim = claimed.key_string();
+                let taken = self
+                    .state
+                    .links_by_external(e.name(), std::slice::from_ref(&claim))
+                    .await?;
+                if let Some(other) = taken.get(&claim).filter(|l| l.crm_key != ks && !l.deleted) {
+                    return self.problem(
+                        &ks,
+                        FieldProblem::Reject(format!(
+                            "{} = {claim:?}, but that external row is already linked to CRM row {}; \
+                             the link column must be unique among live rows",
+                            lc.name, other.crm_key
+                        )),
+                        w,
+                        report,
+                    );
+                }
+                let key = Value::from_key_string(&claim, &e.external_key.ty).ok();
+                let found = match key {
+                    Some(k) => {
+                        self.engine
+                            .external
+                            .fetch(&ext_scan, &ext_scan.key, &[k])
+                            .await?
+                    }
+                    None => Vec::new(),
+                };
+                return match found.first() {
+                    Some(x) => {
+                        let ext_view = self.ext_view(&Row {
+                            values: x,
+                            scan: &ext_scan,
+                        });
+                        let r = self.adopt(&ks, &claim, &view, &ext_view, w, report);
+                        r.or_else(|p| self.problem(&ks, p, w, report))
+                    }
+                    None => self.problem(
+                        &ks,
+                        FieldProblem::Reject(format!(
+                            "{} = {claim:?}, but the external table has no row with that key; \
+                             clear the column or correct it",
+                            lc.name
+                        )),
+                        w,
+                        report,
+                    ),
+                };
+            }
+        }
+        // 2. An earlier insert whose link was lost carries the CRM id.
+        if let Some(id_col) = &e.external_crm_id {
+            if let Ok(id) = crm_key.clone().coerce(&id_col.ty, None, false) {
+                let found = self
+                    .engine
+                    .external
+                    .find(&ext_scan, &[(id_col.name.clone(), id)], 2)
+                    .await?;
+                if let Some(x) = found.first() {
+                    let ext_view = self.ext_view(&Row {
+                        values: x,
+                        scan: &ext_scan,
+                    });
+                    let r = self.adopt(&ks, &x[0].key_string(), &view, &ext_view, w, report);
+                    if r.is_ok() {
+                        self.queue_link_column(&crm_key, KeyRef::Known(x[0].key_string()), w);
+                    }
+                    return r.or_else(|p| self.problem(&ks, p, w, report));
+                }
+            }
+        }
+        if !(e.plan.insert_into_external && e.plan.direction.crm_to_external()) {
+            report.unchanged += 1;
+            return Ok(());
+        }
+        // 3. Insert.
+        let mut columns: Vec<(String, Assign)> = Vec::new();
+        let mut fields = BTreeMap::new();
+        let mut shadow = Shadow::new();
+        for f in e
+            .fields
+            .iter()
+            .filter(|f| f.plan.direction.crm_to_external())
+        {
+            let v = view.values[&f.name].clone();
+            fields.insert(f.external.name.clone(), v.display());
+            shadow.insert(f.name.clone(), v.clone());
+            columns.push((f.external.name.clone(), Assign::Value(v)));
+        }
+        if let Some(id_col) = &e.external_crm_id {
+            let id = crm_key
+                .clone()
+                .coerce(&id_col.ty, None, false)
+                .map_err(|err| {
+                    EngineError::Endpoint(EndpointError::Schema(format!(
+                        "entity {:?}: CRM id {ks} does not fit external_crm_id_column {}: {err}",
+                        e.name(),
+                        id_col.name
+                    )))
+                })?;
+            columns.push((id_col.name.clone(), Assign::Value(id)));
+        }
+        for (c, v) in &e.external_defaults {
+            if !columns.iter().any(|(n, _)| n == c) {
+                columns.push((c.clone(), Assign::Value(v.clone())));
+            }
+        }
+        if let Some(d) = &e.external_deleted {
+            if !columns.iter().any(|(n, _)| *n == d.name) && !d.has_default {
+                columns.push((d.name.clone(), Assign::Value(deleted_flag(&d.ty, false))));
+            }
+        }
+        if !columns.iter().any(|(n, _)| *n == e.external_change.name) {
+            columns.push((e.external_change.name.clone(), Assign::Now));
+        }
+        let index = w.ext.inserts.len();
+        w.ext.inserts.push(Insert { columns });
+        report.inserted += 1;
+        report.truncated += truncated as u64;
+        report.sample(Sample {
+            action: "insert",
+            crm_key: ks.clone(),
+            external_key: None,
+            fields,
+        });
+        w.links.push(LinkWrite {
+            crm_key: KeyRef::Known(ks),
+            external_key: KeyRef::Inserted(index),
+            shadow,
+            deleted: false,
+        });
+        self.queue_link_column(&crm_key, KeyRef::Inserted(index), w);
+        Ok(())
+    }
+
+    /// Two-way entities record the external key in the CRM link column.
+    fn queue_link_column(&self, crm_key: &Value, ext_key: KeyRef, w: &mut Writes) {
+        let e = self.e;
+        let Some(lc) = &e.crm_link else { return };
+        if !e.plan.direction.external_to_crm() {
+            return;
+        }
+        match ext_key {
+            KeyRef::Inserted(i) => w.link_column_after_insert.push((crm_key.clone(), i)),
+            KeyRef::Known(k) => w.crm.updates.push(Update {
+                key: crm_key.clone(),
+                set: vec![(lc.name.clone(), Assign::Value(Value::Text(k)))],
+            }),
+        }
+    }
+
+    /// An unlinked live external row: a CRM row whose link column holds
+    /// its key, or exactly one `match_on` match, is linked; otherwise it is
+    /// inserted into CRM.
+    async fn unlinked_external(
+        &self,
+        row: &Row<'_>,
+        w: &mut Writes,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let e = self.e;
+        let ks = row.values[0].key_string();
+        let ext_view = self.ext_view(row);
+        let crm_scan = self.other_scan();
+        let live = e
+            .crm_deleted
+            .as_ref()
+            .map(|d| (d.name.clone(), Value::Null));
+        if let Some(lc) = &e.crm_link {
+            let link_value = Value::Text(ks.clone())
+                .coerce(&lc.ty, None, false)
+                .unwrap_or(Value::Text(ks.clone()));
+            let mut conds = vec![(lc.name.clone(), link_value)];
+            conds.extend(live.clone());
+            let found = self.engine.crm.find(&crm_scan, &conds, 2).await?;
+            match found.as_slice() {
+                [one] => {
+                    let crm_key = one[0].key_string();
+                    let taken = self.state.links_by_crm(e.name(), std::slice::from_ref(&crm_key)).await?;
+                    if taken.get(&crm_key).is_some_and(|l| !l.deleted) {
+                        return self.problem(
+                            &ks,
+                            FieldProblem::Reject(format!(
+                                "CRM row {crm_key} names this row in {} but is linked to another external row",
+                                lc.name
+                            )),
+                            w,
+                            report,
+                        );
+                    }
+                    let crm_view = match self.crm_view(&Row { values: one, scan: &crm_scan }) {
+                        Ok((v, _)) => v,
+                        Err(p) => return self.problem(&ks, p, w, report),
+                    };
+                    let r = self.adopt(&crm_key, &ks, &crm_view, &ext_view, w, report);
+                    return r.or_else(|p| self.problem(&ks, p, w, report));
+                }
+                [] => {}
+                _ => {
+                    return self.problem(
+                        &ks,
+                        FieldProblem::Reject(format!(
+                            "several live CRM rows hold {ks:?} in {}; it must be unique among live rows",
+                            lc.name
+                        )),
+                        w,
+                        report,
+                    )
+                }
+            }
+        }
+        if !e.plan.match_on.is_empty() {
+            let mut conds = Vec::new();
+            for (c, x) in &e.plan.match_on {
+                let (Ok(cc), Ok(xc)) = (e.crm_table.column(c), e.external_table.column(x)) else {
+                    continue;
+                };
+                let v = row.get(&xc.name).coerce(&cc.ty, Some(e.to_crm), false);
+                match v {
+                    Ok(Value::Null) | Err(_) => {
+                        conds.clear();
+                        break;
+                    }
+                    Ok(v) => conds.push((cc.name.clone(), v)),
+                }
+            }
+            if !conds.is_empty() {
+                if let Some(lc) = &e.crm_link {
+                    conds.push((lc.name.clone(), Value::Null));
+                }
+                conds.extend(live.clone());
+                let found = self.engine.crm.find(&crm_scan, &conds, 2).await?;
+                match found.as_slice() {
+                    [one] => {
+                        let crm_key = one[0].key_string();
+                        let taken = self
+                            .state
+                            .links_by_crm(e.name(), std::slice::from_ref(&crm_key))
+                            .await?;
+                        if taken.get(&crm_key).is_none_or(|l| l.deleted) {
+                            let crm_view = match self.crm_view(&Row {
+                                values: one,
+                                scan: &crm_scan,
+                            }) {
+                                Ok((v, _)) => v,
+                                Err(p) => return self.problem(&ks, p, w, report),
+                            };
+                            if let Err(p) =
+                                self.adopt(&crm_key, &ks, &crm_view, &ext_view, w, report)
+                            {
+                                return self.problem(&ks, p, w, report);
+                            }
+                            self.queue_link_column(&one[0], KeyRef::Known(ks), w);
+                            return Ok(());
+                        }
+                    }
+                    [] => {}
+                    _ => {
+                        return self.problem(
+                            &ks,
+                            FieldProblem::Reject(
+                                "match_on matches more than one unlinked CRM row; link it by hand \
+                                 (set the CRM link column) or make the match stricter"
+                                    .into(),
+                            ),
+                            w,
+                            report,
+                        )
+                    }
+                }
+            }
+        }
+        if !(e.plan.insert_into_crm && e.plan.direction.external_to_crm()) {
+            report.unchanged += 1;
+            return Ok(());
+        }
+        let user = self.engine.plan.crm_user_id;
+        let mut columns: Vec<(String, Assign)> = Vec::new();
+        let mut fields = BTreeMap::new();
+        let mut shadow = Shadow::new();
+        for f in e
+            .fields
+            .iter()
+            .filter(|f| f.plan.direction.external_to_crm())
+        {
+            let v = ext_view.values[&f.name].clone();
+            let (crm_v, truncated) = match canonical_to_crm(f, v.clone(), e.to_crm) {
+                Ok(x) => x,
+                Err(p) => return self.problem(&ks, p, w, report),
+            };
+            report.truncated += u64::from(truncated);
+            fields.insert(f.crm.name.clone(), crm_v.display());
+            shadow.insert(f.name.clone(), v);
+            columns.push((f.crm.name.clone(), Assign::Value(crm_v)));
+        }
+        if let Some(lc) = &e.crm_link {
+            let v = Value::Text(ks.clone())
+                .coerce(&lc.ty, None, false)
+                .unwrap_or(Value::Text(ks.clone()));
+            columns.push((lc.name.clone(), Assign::Value(v)));
+        }
+        crm_write::complete_insert(e, user, self.engine.plan.id_strategy, &mut columns);
+        let index = w.crm.inserts.len();
+        w.crm.inserts.push(Insert { columns });
+        report.crm_inserted += 1;
+        report.sample(Sample {
+            action: "insert into CRM",
+            crm_key: String::new(),
+            external_key: Some(ks.clone()),
+            fields,
+        });
+        w.links.push(LinkWrite {
+            crm_key: KeyRef::Inserted(index),
+            external_key: KeyRef::Known(ks),
+            shadow,
+            deleted: false,
+        });
+        Ok(())
+    }
+
+    /// Writes a page's decisions: the non-state side first, then the state
+    /// side with the links in one transaction.
+    async fn write(&self, w: Writes) -> Result<(), EngineError> {
+        let engine = self.engine;
+        let e = self.e;
+        let store = self.state.store();
+        let mut links = LinkBatch {
+            schema: engine.plan.state_schema.clone(),
+            entity: e.name().to_string(),
+            links: w.links,
+        };
+        let Writes {
+            crm: mut crm_batch,
+            ext: ext_batch,
+            link_column_after_insert,
+            rejects,
+            cleared,
+            conflicts,
+            settled,
+            ..
+        } = w;
+        let state_side = engine.plan.state_side;
+        match state_side {
+            Side::External => {
+                // CRM first; resolve CRM inserts' keys into the links.
+                if !crm_batch.is_empty() {
+                    let applied = engine.crm.apply(&crm_batch, None).await?;
+                    resolve(&mut links, Side::Crm, &applied.inserted_keys);
+                }
+                let applied = if !ext_batch.is_empty() || !links.links.is_empty() {
+                    let a = engine.external.apply(&ext_batch, Some(&links)).await?;
+                    a.inserted_keys
+                } else {
+                    Vec::new()
+                };
+                if !link_column_after_insert.is_empty() {
+                    let mut after = WriteBatch::new(e.crm_table.clone(), e.crm_key.name.clone());
+                    if let Some(lc) = &e.crm_link {
+                        for (crm_key, i) in link_column_after_insert {
+                            after.updates.push(Update {
+                                key: crm_key,
+                                set: vec![(
+                                    lc.name.clone(),
+                                    Assign::Value(Value::Text(applied[i].key_string())),
+                                )],
+                            });
+                        }
+                    }
+                    engine.crm.apply(&after, None).await?;
+                }
+            }
+            Side::Crm => {
+                let applied = if !ext_batch.is_empty() {
+                    engine.external.apply(&ext_batch, None).await?.inserted_keys
+                } else {
+                    Vec::new()
+                };
+                resolve(&mut links, Side::External, &applied);
+                if let Some(lc) = &e.crm_link {
+                    for (crm_key, i) in link_column_after_insert {
+                        crm_batch.updates.push(Update {
+                            key: crm_key,
+                            set: vec![(
+                                lc.name.clone(),
+                                Assign::Value(Value::Text(applied[i].key_string())),
+                            )],
+                        });
+                    }
+                }
+                if !crm_batch.is_empty() || !links.links.is_empty() {
+                    engine.crm.apply(&crm_batch, Some(&links)).await?;
+                }
+            }
+        }
+        store
+            .record_rejects(e.name(), self.run, self.source, &rejects)
+            .await?;
+        store.clear_rejects(e.name(), self.source, &cleared).await?;
+        store
+            .record_conflicts(e.name(), self.run, &conflicts)
+            .await?;
+        if !settled.is_empty() {
+            let keys: Vec<String> = settled.iter().map(|(k, _)| k.clone()).collect();
+            for c in store.open_conflicts(e.name(), Some(&keys)).await? {
+                if settled
+                    .iter()
+                    .any(|(k, f)| *k == c.record.crm_key && *f == c.record.field)
+                {
+                    store.close_conflict(c.id, "both sides now agree").await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Replaces `KeyRef::Inserted` on `side` with the keys its inserts got.
+fn resolve(links: &mut LinkBatch, side: Side, inserted: &[Value]) {
+    for l in &mut links.links {
+        let k = match side {
+            Side::Crm => &mut l.crm_key,
+            Side::External => &mut l.external_key,
+        };
+        if let KeyRef::Inserted(i) = *k {
+            *k = KeyRef::Known(inserted[i].key_string());
+        }
+    }
+}
