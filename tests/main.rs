@@ -1,0 +1,17 @@
+//! crmsync's integration tests: one binary, run against real PostgreSQL
+//! databases that the tests create themselves (a private throwaway
+//! cluster, or the server named by CRMSYNC_TEST_PG_URL).
+
+/// Shared set-up: databases with the schema files loaded, configs,
+/// in-process and binary runners, comparisons of both sides.
+mod common;
+/// A run killed mid-way, and lost links, converge on the next run.
+mod crash;
+/// Bad inputs: exit codes 1 and 2, messages, passwords kept out of output.
+mod errors;
+/// Incremental sync: timestamp ties across pages, runs with nothing to
+/// do, late commits, soft deletes, crm_filter, dry runs.
+mod sync;
+/// Values that must arrive unchanged: Unicode, NULLs, maximum lengths,
+/// datetime edges.
+mod values;

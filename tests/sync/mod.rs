@@ -1,0 +1,314 @@
+//! Incremental CRM → external sync: paging through timestamp ties, runs
+//! with nothing to do, late commits, soft deletes, filters, dry runs.
+
+use crate::common::{assert_converged, count, insert_companies, Env, Opts, WORLDWIDE};
+
+/// 10,000 suppliers, 2,000 of which share one Comp_UpdatedDate, in pages
+/// of 100: page boundaries fall inside the tie group twenty times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_rows_with_a_2000_row_timestamp_tie_arrive_exactly_once() {
+    let env = Env::new(Opts {
+        batch_size: 100,
+        ..Opts::default()
+    })
+    .await;
+    let n = insert_companies(
+        &env.crm,
+        10_000,
+        "CASE WHEN i BETWEEN 4001 AND 6000 THEN timestamp '2026-01-01 11:00:15' \
+              ELSE timestamp '2026-01-01 11:00:00' + i * interval '3 ms' END",
+        "Supplier",
+    )
+    .await;
+    assert_eq!(n, 10_000);
+    let ties: i64 = env
+        .crm
+        .query_one(
+            "SELECT count(*) FROM company WHERE comp_updateddate = '2026-01-01 11:00:15'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ties, 2_000, "the tie group is in place");
+    // Soft-deleted rows never synced before must not arrive.
+    env.crm
+        .execute(
+            "UPDATE company SET comp_deleted = 1 WHERE comp_companyid % 1000 = 7",
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let report = env.sync().await;
+    assert_eq!(report.read, 10_000);
+    assert_eq!(report.inserted, 9_990);
+    assert_eq!(report.rejected, 0);
+    assert_eq!(assert_converged(&env).await, 9_990);
+    assert_eq!(count(&env.erp, "erp.supplier").await, 9_990);
+}
+
+/// A second run over unchanged data re-reads the overlap window but
+/// writes nothing: no counters move and no external row is rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_sync_without_changes_writes_nothing() {
+    let env = Env::new(Opts {
+        batch_size: 50,
+        ..Opts::default()
+    })
+    .await;
+    insert_companies(
+        &env.crm,
+        500,
+        "timestamp '2026-01-01 11:00:00' + (i / 10) * interval '7 ms'",
+        "Supplier",
+    )
+    .await;
+    let first = env.sync().await;
+    assert_eq!(first.inserted, 500);
+    let fingerprint =
+        "SELECT string_agg(supplier_id || ':' || xmin::text || ':' || updated_at::text, ',' \
+                       ORDER BY supplier_id) FROM erp.supplier";
+    let before: String = env.erp.query_one(fingerprint, &[]).await.unwrap().get(0);
+    let links_before: String = env
+        .erp
+        .query_one(
+            "SELECT string_agg(crm_key || ':' || xmin::text, ',' ORDER BY crm_key) FROM crmsync.links",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+
+    let second = env.sync().await;
+    // Every row lies inside the 5 minute overlap, so all are read again.
+    assert_eq!(second.read, 500, "the overlap window is re-read");
+    assert_eq!(second.unchanged, 500);
+    assert_eq!(second.changes(), 0, "{second:?}");
+    assert_eq!(
+        (
+            second.inserted,
+            second.updated,
+            second.deleted,
+            second.adopted
+        ),
+        (0, 0, 0, 0)
+    );
+    let after: String = env.erp.query_one(fingerprint, &[]).await.unwrap().get(0);
+    assert_eq!(before, after, "erp.supplier rows were rewritten");
+    let links_after: String = env
+        .erp
+        .query_one(
+            "SELECT string_agg(crm_key || ':' || xmin::text, ',' ORDER BY crm_key) FROM crmsync.links",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(links_before, links_after, "links were rewritten");
+}
+
+/// A transaction stamps rows with a time below what the first run reads
+/// past, and commits only after that run: the next run, re-reading the
+/// overlap, picks both the insert and the update up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_commit_below_the_watermark_is_picked_up_by_the_next_run() {
+    let env = Env::new(Opts::default()).await;
+    insert_companies(
+        &env.crm,
+        200,
+        "timestamp '2026-01-01 11:00:00' + i * interval '1 s'",
+        "Supplier",
+    )
+    .await;
+    let late = crate::common::connect(&env.crm_url).await;
+    late.batch_execute(&format!(
+        "BEGIN;
+         INSERT INTO company (comp_name, comp_type, comp_status, comp_createddate,
+             comp_updateddate, comp_timestamp, comp_secterr)
+         VALUES ('Late Supplier', 'Supplier', 'Active', timestamp '2026-01-01 11:01:00',
+             timestamp '2026-01-01 11:01:00', timestamp '2026-01-01 11:01:00', {WORLDWIDE});
+         UPDATE company SET comp_name = 'Renamed Late', comp_updateddate = timestamp '2026-01-01 11:01:00'
+          WHERE comp_name = 'Company 10';"
+    ))
+    .await
+    .unwrap();
+
+    let first = env.sync().await;
+    assert_eq!(first.inserted, 200);
+    let mark = first
+        .watermark
+        .clone()
+        .expect("a watermark after reading rows");
+    assert!(
+        mark.starts_with("2026-01-01 11:03:20"),
+        "the first run read past the late rows' stamp: {mark}"
+    );
+    let late_rows: i64 = env
+        .erp
+        .query_one(
+            "SELECT count(*) FROM erp.supplier WHERE name IN ('Late Supplier', 'Renamed Late')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        late_rows, 0,
+        "uncommitted rows are invisible to the first run"
+    );
+
+    late.batch_execute("COMMIT").await.unwrap();
+    let second = env.sync().await;
+    assert_eq!((second.inserted, second.updated), (1, 1), "{second:?}");
+    assert_converged(&env).await;
+}
+
+async fn soft_delete_case(delete: &'static str) -> Env {
+    let env = Env::new(Opts {
+        delete_into_external: delete,
+        ..Opts::default()
+    })
+    .await;
+    insert_companies(
+        &env.crm,
+        30,
+        "timestamp '2026-01-01 11:00:00' + i * interval '1 s'",
+        "Supplier",
+    )
+    .await;
+    // Customers are outside crm_filter.
+    env.crm
+        .execute(
+            "UPDATE company SET comp_type = 'Customer' WHERE comp_name IN ('Company 1', 'Company 2')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let first = env.sync().await;
+    assert_eq!(first.inserted, 28);
+    assert_converged(&env).await;
+    // Sage CRM's soft delete: the flag and a new UpdatedDate. A customer
+    // is touched too; it must stay out.
+    env.crm
+        .batch_execute(
+            "UPDATE company SET comp_deleted = 1, comp_updateddate = timestamp '2026-01-01 11:02:00'
+              WHERE comp_name IN ('Company 5', 'Company 6');
+             UPDATE company SET comp_status = 'Inactive', comp_updateddate = timestamp '2026-01-01 11:02:00'
+              WHERE comp_name = 'Company 1';",
+        )
+        .await
+        .unwrap();
+    let second = env.sync().await;
+    assert_eq!(second.deleted, 2, "{second:?}");
+    assert_eq!((second.inserted, second.updated), (0, 0), "{second:?}");
+    assert_converged(&env).await;
+    let customers: i64 = env
+        .erp
+        .query_one(
+            "SELECT count(*) FROM erp.supplier WHERE name IN ('Company 1', 'Company 2')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(customers, 0, "rows outside crm_filter arrived");
+    // A third run must not delete again.
+    let third = env.sync().await;
+    assert_eq!(third.changes(), 0, "{third:?}");
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_soft_delete_becomes_a_hard_delete() {
+    let env = soft_delete_case("hard").await;
+    let rows: i64 = env
+        .erp
+        .query_one(
+            "SELECT count(*) FROM erp.supplier WHERE name IN ('Company 5', 'Company 6')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "hard delete leaves no row");
+    assert_eq!(count(&env.erp, "erp.supplier").await, 26);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_soft_delete_sets_the_external_deleted_flag() {
+    let env = soft_delete_case("soft").await;
+    let flagged: Vec<String> = env
+        .erp
+        .query(
+            "SELECT name FROM erp.supplier WHERE is_deleted ORDER BY name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(flagged, ["Company 5", "Company 6"]);
+    assert_eq!(count(&env.erp, "erp.supplier").await, 28);
+}
+
+/// A deleted row that comes back to life in CRM (Deleted back to NULL)
+/// is written again: re-inserted after a hard delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeleted_crm_row_comes_back_after_a_hard_delete() {
+    let env = soft_delete_case("hard").await;
+    env.crm
+        .execute(
+            "UPDATE company SET comp_deleted = NULL, comp_updateddate = timestamp '2026-01-01 11:03:00'
+              WHERE comp_name = 'Company 5'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let r = env.sync().await;
+    assert_eq!(r.inserted, 1, "{r:?}");
+    assert_eq!(assert_converged(&env).await, 27);
+}
+
+/// `plan` computes the changes but writes nothing, not even crmsync's own
+/// state schema; `sync` afterwards writes what `plan` announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_writes_nothing_not_even_state() {
+    let env = Env::new(Opts::default()).await;
+    insert_companies(
+        &env.crm,
+        12,
+        "timestamp '2026-01-01 11:00:00' + i * interval '1 s'",
+        "Supplier",
+    )
+    .await;
+    let out = env.run_binary(&["plan"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("would write 12"), "{stdout}");
+    assert_eq!(count(&env.erp, "erp.supplier").await, 0);
+    let schemas: i64 = env
+        .erp
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'crmsync'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(schemas, 0, "plan created the state schema");
+
+    let out = env.run_binary(&["sync"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:?}",
+        crate::common::output_text(&out)
+    );
+    assert_eq!(assert_converged(&env).await, 12);
+    let out = env.run_binary(&["status"], &[]);
+    let (stdout, _) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("supplier: 12 links"), "{stdout}");
+}
