@@ -1,0 +1,406 @@
+//! T-SQL DDL: CREATE TABLE and CREATE INDEX become PostgreSQL DDL plus rows in
+//! the side catalog, and a per-table trigger that applies SQL Server's storage
+//! rules (datetime rounding, nvarchar(n) length in UTF-16 units, nchar
+//! padding, tinyint and bit ranges).
+
+use crate::catalog::parse_decl;
+use crate::error::SqlError;
+use crate::sqltype::SqlType;
+use crate::translate::{map_object_name, object_base_name, pg_ident, Env, Translator};
+use sqlparser::ast::{
+    ColumnOption, CreateIndex, CreateTable, Expr, ObjectName, TableConstraint, VisitMut,
+};
+use tokio_postgres::Client;
+
+/// Translates a standalone expression (defaults, CHECK, index filters).
+fn expr_sql(e: &Expr, env: &Env<'_>) -> Result<String, SqlError> {
+    let mut e = e.clone();
+    let mut t = Translator::new(env);
+    let _ = e.visit(&mut t);
+    if !t.binds.is_empty() {
+        return Err(SqlError::new(
+            1054,
+            15,
+            "Variables are not allowed in this DDL expression.",
+        ));
+    }
+    Ok(e.to_string())
+}
+
+fn pg_name(n: &ObjectName) -> String {
+    let mut n = n.clone();
+    map_object_name(&mut n);
+    let s = n.to_string();
+    if s.contains('.') {
+        s
+    } else {
+        format!("\"dbo\".{s}")
+    }
+}
+
+struct Col {
+    name: String,
+    ty: SqlType,
+    nullable: bool,
+    identity: Option<(i64, i64)>,
+    default: Option<String>,
+}
+
+fn identity_params(text: &str) -> (i64, i64) {
+    let nums: Vec<i64> = text
+        .split(|c: char| !(c.is_ascii_digit() || c == '-'))
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match nums.as_slice() {
+        [seed, inc, ..] => (*seed, *inc),
+        _ => (1, 1),
+    }
+}
+
+/// Runs CREATE TABLE.
+pub async fn create_table(
+    pg: &Client,
+    ct: &CreateTable,
+    env: &Env<'_>,
+    database: &str,
+) -> Result<(), SqlError> {
+    let table = pg_name(&ct.name);
+    let declared = object_base_name(&ct.name);
+    let schema = if ct.name.0.len() >= 2 {
+        ct.name.0[ct.name.0.len() - 2]
+            .to_string()
+            .trim_matches(['[', ']', '"'])
+            .to_string()
+    } else {
+        "dbo".to_string()
+    };
+    let mut cols = Vec::new();
+    let mut constraints: Vec<String> = Vec::new();
+    let mut pk_cols: Vec<String> = Vec::new();
+    let mut key_names: Vec<(String, String)> = Vec::new(); // (pg constraint name, declared)
+    for (i, c) in ct.columns.iter().enumerate() {
+        let decl = c.data_type.to_string();
+        let ty = parse_decl(&decl).ok_or_else(|| {
+            SqlError::new(
+                2715,
+                16,
+                format!(
+                    "Column, parameter, or variable #{}: Cannot find data type {decl}.",
+                    i + 1
+                ),
+            )
+        })?;
+        let mut col = Col {
+            name: c.name.value.clone(),
+            ty,
+            nullable: true,
+            identity: None,
+            default: None,
+        };
+        for o in &c.options {
+            match &o.option {
+                ColumnOption::Null => col.nullable = true,
+                ColumnOption::NotNull => col.nullable = false,
+                ColumnOption::Default(e) => col.default = Some(expr_sql(e, env)?),
+                ColumnOption::Identity(_) => {
+                    col.identity = Some(identity_params(&o.option.to_string()));
+                    col.nullable = false;
+                }
+                ColumnOption::PrimaryKey(_) => {
+                    pk_cols.push(pg_ident(&col.name));
+                    col.nullable = false;
+                    if let Some(n) = &o.name {
+                        key_names.push((n.value.to_lowercase(), n.value.clone()));
+                    }
+                }
+                ColumnOption::Unique(_) => {
+                    let name = o
+                        .name
+                        .as_ref()
+                        .map(|n| n.value.clone())
+                        .unwrap_or_else(|| format!("UQ__{declared}__{}", col.name));
+                    key_names.push((name.to_lowercase(), name.clone()));
+                    constraints.push(format!(
+                        "CONSTRAINT {} UNIQUE NULLS NOT DISTINCT ({})",
+                        pg_ident(&name),
+                        pg_ident(&col.name)
+                    ));
+                }
+                ColumnOption::ForeignKey(fk) => {
+                    let cols = if fk.referred_columns.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "({})",
+                            fk.referred_columns
+                                .iter()
+                                .map(|c| pg_ident(&c.value))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    let name = o
+                        .name
+                        .as_ref()
+                        .map(|n| format!("CONSTRAINT {} ", pg_ident(&n.value)))
+                        .unwrap_or_default();
+                    constraints.push(format!(
+                        "{name}FOREIGN KEY ({}) REFERENCES {}{cols}",
+                        pg_ident(&col.name),
+                        pg_name(&fk.foreign_table)
+                    ));
+                }
+                ColumnOption::Check(ck) => {
+                    constraints.push(format!("CHECK ({})", expr_sql(&ck.expr, env)?));
+                }
+                ColumnOption::Collation(_) => {}
+                other => {
+                    return Err(SqlError::unsupported(format!("column option {other}")));
+                }
+            }
+        }
+        cols.push(col);
+    }
+    for tc in &ct.constraints {
+        match tc {
+            TableConstraint::PrimaryKey(pk) => {
+                for c in &pk.columns {
+                    pk_cols.push(pg_ident(
+                        c.column.expr.to_string().trim_matches(['[', ']', '"']),
+                    ));
+                }
+                if let Some(n) = &pk.name {
+                    key_names.push((n.value.to_lowercase(), n.value.clone()));
+                }
+            }
+            TableConstraint::Unique(u) => {
+                let list: Vec<String> = u
+                    .columns
+                    .iter()
+                    .map(|c| pg_ident(c.column.expr.to_string().trim_matches(['[', ']', '"'])))
+                    .collect();
+                let name = u
+                    .name
+                    .as_ref()
+                    .map(|n| n.value.clone())
+                    .unwrap_or_else(|| format!("UQ__{declared}__{}", constraints.len()));
+                key_names.push((name.to_lowercase(), name.clone()));
+                constraints.push(format!(
+                    "CONSTRAINT {} UNIQUE NULLS NOT DISTINCT ({})",
+                    pg_ident(&name),
+                    list.join(", ")
+                ));
+            }
+            TableConstraint::ForeignKey(fk) => {
+                let name = fk
+                    .name
+                    .as_ref()
+                    .map(|n| format!("CONSTRAINT {} ", pg_ident(&n.value)))
+                    .unwrap_or_default();
+                constraints.push(format!(
+                    "{name}FOREIGN KEY ({}) REFERENCES {} ({})",
+                    fk.columns
+                        .iter()
+                        .map(|c| pg_ident(&c.value))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    pg_name(&fk.foreign_table),
+                    fk.referred_columns
+                        .iter()
+                        .map(|c| pg_ident(&c.value))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            TableConstraint::Check(ck) => {
+                let name = ck
+                    .name
+                    .as_ref()
+                    .map(|n| format!("CONSTRAINT {} ", pg_ident(&n.value)))
+                    .unwrap_or_default();
+                constraints.push(format!("{name}CHECK ({})", expr_sql(&ck.expr, env)?));
+            }
+            other => return Err(SqlError::unsupported(format!("table constraint {other}"))),
+        }
+    }
+    if !pk_cols.is_empty() {
+        let declared_pk = key_names
+            .iter()
+            .find(|(_, d)| d.to_uppercase().starts_with("PK"))
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| format!("PK__{declared}"));
+        if !key_names.iter().any(|(_, d)| *d == declared_pk) {
+            key_names.push((declared_pk.to_lowercase(), declared_pk.clone()));
+        }
+        constraints.push(format!(
+            "CONSTRAINT {} PRIMARY KEY ({})",
+            pg_ident(&declared_pk),
+            pk_cols.join(", ")
+        ));
+    }
+    let mut defs: Vec<String> = cols
+        .iter()
+        .map(|c| {
+            let mut s = format!("{} {}", pg_ident(&c.name), c.ty.pg_type());
+            if let Some((seed, inc)) = c.identity {
+                s.push_str(&format!(" GENERATED BY DEFAULT AS IDENTITY (START WITH {seed} INCREMENT BY {inc} MINVALUE {})", seed.min(1)));
+            }
+            if let Some(d) = &c.default {
+                s.push_str(&format!(" DEFAULT {d}"));
+            }
+            s.push_str(if c.nullable { " NULL" } else { " NOT NULL" });
+            s
+        })
+        .collect();
+    defs.extend(constraints);
+    let create = format!("CREATE TABLE {table} ({})", defs.join(", "));
+    let trigger = trigger_sql(&table, &declared, &schema, database, &cols);
+    let txn = format!("{create};\n{trigger}");
+    pg.batch_execute(&txn)
+        .await
+        .map_err(|e| crate::session::map_pg_error(&e, None))?;
+    // Record the declared types.
+    let attrs = pg
+        .query(
+            "SELECT attname::text, attnum FROM pg_attribute WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped",
+            &[&table],
+        )
+        .await
+        .map_err(|e| crate::session::map_pg_error(&e, None))?;
+    for (i, c) in cols.iter().enumerate() {
+        let attnum: i16 = attrs
+            .iter()
+            .find(|r| r.get::<_, String>(0) == c.name.to_lowercase())
+            .map(|r| r.get(1))
+            .unwrap_or(0);
+        let (seed, inc) = match c.identity {
+            Some((s, i)) => (Some(s), Some(i)),
+            None => (None, None),
+        };
+        let decl = c.ty.declaration();
+        let ordinal = (i + 1) as i32;
+        pg.execute(
+            "INSERT INTO mssql_standin.columns (table_oid, attnum, table_schema, table_name, column_name, ordinal, type_decl, is_nullable, is_identity, seed, increment, default_text) \
+             VALUES ($1::text::regclass::oid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            &[&table, &attnum, &schema, &declared, &c.name, &ordinal, &decl, &c.nullable, &c.identity.is_some(), &seed, &inc, &c.default],
+        )
+        .await
+        .map_err(|e| crate::session::map_pg_error(&e, None))?;
+    }
+    for (pgname, declared_name) in key_names {
+        pg.execute(
+            "INSERT INTO mssql_standin.indexes (index_oid, table_oid, name, is_primary_key, is_unique_constraint) \
+             SELECT i.indexrelid, i.indrelid, $2, i.indisprimary, NOT i.indisprimary \
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             WHERE i.indrelid = $1::text::regclass AND c.relname = $3 ON CONFLICT DO NOTHING",
+            &[&table, &declared_name, &pgname],
+        )
+        .await
+        .map_err(|e| crate::session::map_pg_error(&e, None))?;
+    }
+    Ok(())
+}
+
+fn sql_str(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// The BEFORE INSERT OR UPDATE trigger that stores values as SQL Server would.
+fn trigger_sql(table: &str, declared: &str, schema: &str, database: &str, cols: &[Col]) -> String {
+    let mut body = String::new();
+    let qualified = format!("{database}.{schema}.{declared}");
+    for c in cols {
+        let f = format!("NEW.{}", pg_ident(&c.name));
+        let overflow = |ty: &str, min: i64, max: i64| {
+            format!(
+                "IF {f} < {min} OR {f} > {max} THEN RAISE EXCEPTION USING ERRCODE = 'M0220', MESSAGE = format('Arithmetic overflow error for data type {ty}, value = %s.', {f}); END IF;\n"
+            )
+        };
+        match c.ty {
+            SqlType::DateTime => body.push_str(&format!("{f} := mssql_standin.dt({f});\n")),
+            SqlType::SmallDateTime => body.push_str(&format!("{f} := mssql_standin.sdt({f});\n")),
+            SqlType::TinyInt => body.push_str(&overflow("tinyint", 0, 255)),
+            SqlType::Bit => body.push_str(&format!("{f} := sign(abs({f}));\n")),
+            SqlType::NVarChar(Some(n))
+            | SqlType::VarChar(Some(n))
+            | SqlType::NChar(n)
+            | SqlType::Char(n) => {
+                body.push_str(&format!(
+                    "IF mssql_standin.utf16_len(rtrim({f}, ' ')) > {n} THEN RAISE EXCEPTION USING ERRCODE = 'M2628', MESSAGE = format('String or binary data would be truncated in table ''%s'', column ''%s''. Truncated value: ''%s''.', {}, {}, left({f}, {n})); END IF;\n",
+                    sql_str(&qualified),
+                    sql_str(&c.name)
+                ));
+                // SQL Server trims trailing spaces that do not fit, and pads nchar.
+                body.push_str(&format!(
+                    "IF mssql_standin.utf16_len({f}) > {n} THEN {f} := rtrim({f}, ' '); END IF;\n"
+                ));
+                if matches!(c.ty, SqlType::NChar(_) | SqlType::Char(_)) {
+                    body.push_str(&format!("{f} := rpad({f}, {n});\n"));
+                }
+            }
+            _ => {}
+        }
+    }
+    let fname = format!(
+        "mssql_standin.{}",
+        pg_ident(&format!("trg_{schema}_{declared}"))
+    );
+    format!(
+        "CREATE FUNCTION {fname}() RETURNS trigger LANGUAGE plpgsql AS $trg$\nBEGIN\n{body}RETURN NEW;\nEND\n$trg$;\n\
+         CREATE TRIGGER standin_storage BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {fname}();"
+    )
+}
+
+/// Runs CREATE [UNIQUE] INDEX.
+pub async fn create_index(pg: &Client, ci: &CreateIndex, env: &Env<'_>) -> Result<(), SqlError> {
+    let table = pg_name(&ci.table_name);
+    let name = ci
+        .name
+        .as_ref()
+        .map(object_base_name)
+        .ok_or_else(|| SqlError::syntax("INDEX"))?;
+    let cols: Vec<String> = ci
+        .columns
+        .iter()
+        .map(|c| {
+            let base = pg_ident(c.column.expr.to_string().trim_matches(['[', ']', '"']));
+            if c.column.options.to_string().contains("DESC") {
+                format!("{base} DESC")
+            } else {
+                base
+            }
+        })
+        .collect();
+    let schema = table.split('.').next().unwrap_or("\"dbo\"").to_string();
+    // Index names are per table in SQL Server; PostgreSQL needs them unique
+    // per schema, so the table's name is prefixed.
+    let pg_index = pg_ident(&format!("{}__{}", object_base_name(&ci.table_name), name));
+    let mut sql = format!(
+        "CREATE {}INDEX {pg_index} ON {table} ({})",
+        if ci.unique { "UNIQUE " } else { "" },
+        cols.join(", ")
+    );
+    if ci.unique {
+        sql.push_str(" NULLS NOT DISTINCT");
+    }
+    let filter = match &ci.predicate {
+        Some(p) => Some(expr_sql(p, env)?),
+        None => None,
+    };
+    if let Some(f) = &filter {
+        sql.push_str(&format!(" WHERE {f}"));
+    }
+    pg.batch_execute(&sql)
+        .await
+        .map_err(|e| crate::session::map_pg_error(&e, None))?;
+    let qualified = format!("{schema}.{pg_index}");
+    let filter_text = ci.predicate.as_ref().map(|p| format!("({p})"));
+    pg.execute(
+        "INSERT INTO mssql_standin.indexes (index_oid, table_oid, name, is_primary_key, is_unique_constraint, filter) \
+         VALUES ($1::text::regclass::oid, $2::text::regclass::oid, $3, false, false, $4)",
+        &[&qualified, &table, &name, &filter_text],
+    )
+    .await
+    .map_err(|e| crate::session::map_pg_error(&e, None))?;
+    Ok(())
+}

@@ -1,0 +1,1483 @@
+//! One TDS session: its PostgreSQL connection, SET options, transaction
+//! state and variables, and the execution of batches, RPC calls and bulk
+//! loads into a TDS token stream.
+
+use crate::batch::{self, Node};
+use crate::catalog::Catalog;
+use crate::ddl;
+use crate::error::SqlError;
+use crate::pgvalue::{self, Bind};
+use crate::sqltype::{SqlType, Value};
+use crate::tds::token::{self, Column, DONE_COUNT, DONE_ERROR, DONE_INXACT, DONE_MORE};
+use crate::translate::{self, Env, Translated, Vars};
+use sqlparser::ast::Statement;
+use sqlparser::dialect::MsSqlDialect;
+use sqlparser::parser::Parser;
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::RwLock;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Client;
+
+/// Server-wide state shared by sessions.
+pub struct Shared {
+    pub catalog: RwLock<Catalog>,
+    pub database: String,
+}
+
+/// The token stream of one response being built.
+pub struct Out {
+    pub buf: Vec<u8>,
+    rpc: bool,
+    last_done: Option<usize>,
+}
+
+impl Out {
+    pub fn new(rpc: bool) -> Self {
+        Out {
+            buf: Vec::new(),
+            rpc,
+            last_done: None,
+        }
+    }
+
+    fn done(&mut self, status: u16, count: u64) {
+        self.last_done = Some(self.buf.len());
+        if self.rpc {
+            token::done_in_proc(&mut self.buf, status | DONE_MORE, 0xC1, count);
+        } else {
+            token::done(&mut self.buf, status | DONE_MORE, 0xC1, count);
+        }
+    }
+
+    /// Ends a batch response: the last DONE carries no MORE bit.
+    pub fn finish_batch(mut self, inxact: bool) -> Vec<u8> {
+        match self.last_done {
+            Some(pos) if !self.rpc => {
+                let status =
+                    u16::from_le_bytes([self.buf[pos + 1], self.buf[pos + 2]]) & !DONE_MORE;
+                self.buf[pos + 1..pos + 3].copy_from_slice(&status.to_le_bytes());
+            }
+            _ if !self.rpc => {
+                token::done(&mut self.buf, if inxact { DONE_INXACT } else { 0 }, 0, 0)
+            }
+            _ => {}
+        }
+        self.buf
+    }
+
+    /// Ends an RPC response with its return status.
+    pub fn finish_rpc(mut self, status: i32, error: bool) -> Vec<u8> {
+        token::return_status(&mut self.buf, status);
+        token::done_proc(&mut self.buf, if error { DONE_ERROR } else { 0 }, 0, 0);
+        self.buf
+    }
+}
+
+/// The batch stops here (the error has been written).
+#[derive(Debug)]
+pub struct Abort;
+
+/// Target of an `INSERT BULK` awaiting its BulkLoad packet.
+#[derive(Debug, Clone)]
+pub struct BulkTarget {
+    pub table: String,
+}
+
+pub struct Session {
+    pub pg: Client,
+    pub shared: Arc<Shared>,
+    pub spid: u16,
+    pub user: String,
+    nocount: bool,
+    xact_abort: bool,
+    trancount: i32,
+    descriptor: u64,
+    next_descriptor: u64,
+    identity_insert: HashSet<String>,
+    scope_identity: Option<i64>,
+    rowcount: i64,
+    last_error: i32,
+    tx_locks: Vec<(i64, bool)>,
+    pub bulk: Option<BulkTarget>,
+    return_status: Option<i32>,
+}
+
+/// Errors that end the whole batch, not only the statement (compile errors
+/// and conversion errors, as SQL Server does without XACT_ABORT).
+fn aborts_batch(number: u32) -> bool {
+    matches!(
+        number,
+        102 | 137 | 156 | 207 | 208 | 241 | 245 | 8114 | 8169 | 1205 | 206
+    )
+}
+
+/// Maps a PostgreSQL error to the SQL Server error a client would get.
+pub fn map_pg_error(e: &tokio_postgres::Error, cat: Option<&Catalog>) -> SqlError {
+    if let Some(c) = pgvalue::conversion_error(e) {
+        return c;
+    }
+    let Some(db) = e.as_db_error() else {
+        return SqlError::new(50000, 16, format!("PostgreSQL: {e}"));
+    };
+    let code = db.code().code();
+    let msg = db.message();
+    let quoted = |s: &str| -> String { s.split('"').nth(1).unwrap_or(s).to_string() };
+    let table_name = |t: Option<&str>| -> String {
+        let t = t.unwrap_or("");
+        cat.and_then(|c| c.table(t))
+            .map(|t| t.name.clone())
+            .unwrap_or_else(|| t.to_string())
+    };
+    let dup_value = || {
+        db.detail()
+            .and_then(|d| d.split('=').nth(1))
+            .map(|v| v.trim_end_matches(" already exists.").to_string())
+            .unwrap_or_default()
+    };
+    if let Some(num) = code.strip_prefix('M').and_then(|n| n.parse::<u32>().ok()) {
+        return SqlError::new(num, 16, msg);
+    }
+    match code {
+        "23505" => {
+            let constraint = db.constraint().unwrap_or("");
+            let table = format!("dbo.{}", table_name(db.table()));
+            if constraint.starts_with("pk") || constraint.starts_with("uq") {
+                let kind = if constraint.starts_with("pk") { "PRIMARY KEY" } else { "UNIQUE KEY" };
+                SqlError::new(2627, 14, format!(
+                    "Violation of {kind} constraint '{constraint}'. Cannot insert duplicate key in object '{table}'. The duplicate key value is {}.",
+                    dup_value()
+                ))
+            } else {
+                let index = constraint.split("__").nth(1).unwrap_or(constraint);
+                SqlError::new(2601, 14, format!(
+                    "Cannot insert duplicate key row in object '{table}' with unique index '{index}'. The duplicate key value is {}.",
+                    dup_value()
+                ))
+            }
+        }
+        "23503" => SqlError::new(547, 16, format!(
+            "The statement conflicted with the FOREIGN KEY constraint \"{}\". The conflict occurred in table \"dbo.{}\".",
+            db.constraint().unwrap_or(""),
+            table_name(db.table())
+        )),
+        "23514" => SqlError::new(547, 16, format!(
+            "The statement conflicted with the CHECK constraint \"{}\". The conflict occurred in table \"dbo.{}\".",
+            db.constraint().unwrap_or(""),
+            table_name(db.table())
+        )),
+        "23502" => {
+            let table = table_name(db.table());
+            let column = db
+                .column()
+                .and_then(|c| cat.and_then(|k| k.table(&table)).and_then(|t| t.column(c)).map(|c| c.name.clone()))
+                .unwrap_or_else(|| db.column().unwrap_or("").to_string());
+            SqlError::new(515, 16, format!(
+                "Cannot insert the value NULL into column '{column}', table 'dbo.{table}'; column does not allow nulls. INSERT fails."
+            ))
+        }
+        "42703" => {
+            let col = quoted(msg);
+            let col = col.rsplit('.').next().unwrap_or(&col).to_string();
+            SqlError::new(207, 16, format!("Invalid column name '{col}'."))
+        }
+        "42P01" => {
+            let t = quoted(msg);
+            let t = t.rsplit('.').next().unwrap_or(&t).to_string();
+            SqlError::new(208, 16, format!("Invalid object name '{t}'."))
+        }
+        "40P01" => SqlError::new(1205, 13,
+            "Transaction (Process ID 51) was deadlocked on lock resources with another process and has been chosen as the deadlock victim. Rerun the transaction."),
+        "55P03" => SqlError::new(1222, 16, "Lock request time out period exceeded."),
+        "22P02" | "22007" | "22008" => {
+            if msg.contains("integer") || msg.contains("smallint") || msg.contains("bigint") {
+                SqlError::new(245, 16, format!("Conversion failed when converting the varchar value '{}' to data type int.", quoted(msg)))
+            } else if msg.contains("numeric") || msg.contains("double") || msg.contains("real") {
+                SqlError::new(8114, 16, "Error converting data type varchar to numeric.")
+            } else if msg.contains("uuid") {
+                SqlError::new(8169, 16, "Conversion failed when converting from a character string to uniqueidentifier.")
+            } else {
+                SqlError::new(241, 16, "Conversion failed when converting date and/or time from character string.")
+            }
+        }
+        "22003" => SqlError::new(8115, 16, "Arithmetic overflow error converting expression to data type numeric."),
+        "22012" => SqlError::new(8134, 16, "Divide by zero error encountered."),
+        "22001" => SqlError::new(2628, 16, format!("String or binary data would be truncated. {msg}")),
+        "42601" => SqlError::new(102, 15, format!("Incorrect syntax: {msg}")),
+        "42883" => SqlError::new(195, 15, format!("Not a recognized built-in function: {msg}")),
+        "42P07" => SqlError::new(2714, 16, format!("There is already an object named '{}' in the database.", quoted(msg))),
+        "42704" => SqlError::new(3701, 11, format!("Cannot drop the object because it does not exist or you do not have permission: {msg}")),
+        "57014" => SqlError::new(3617, 16, "The query was cancelled."),
+        _ => SqlError::new(50000, 16, format!("PostgreSQL {code}: {msg}")),
+    }
+}
+
+/// SQL Server names objects and columns in messages as the query wrote
+/// them; PostgreSQL reports them folded to lower case.
+fn spell_as_written(mut e: SqlError, text: &str) -> SqlError {
+    if e.number != 207 && e.number != 208 {
+        return e;
+    }
+    let Some(name) = e.message.split('\'').nth(1).map(str::to_string) else {
+        return e;
+    };
+    let lower = text.to_lowercase();
+    if let Some(pos) = lower.find(&name) {
+        // Extend to a preceding schema qualifier, as SQL Server shows it.
+        let mut start = pos;
+        let bytes = text.as_bytes();
+        while start > 0
+            && (bytes[start - 1].is_ascii_alphanumeric()
+                || matches!(bytes[start - 1], b'_' | b'.' | b'[' | b']'))
+        {
+            start -= 1;
+        }
+        let written = text[start..pos + name.len()].replace(['[', ']'], "");
+        e.message = e.message.replacen(&name, &written, 1);
+    }
+    e
+}
+
+fn parse_one(text: &str) -> Result<Statement, SqlError> {
+    let mut stmts = Parser::parse_sql(&MsSqlDialect {}, text).map_err(|e| {
+        let m = e.to_string();
+        let near = m
+            .split("found: ")
+            .nth(1)
+            .and_then(|s| s.split(" at ").next())
+            .unwrap_or("")
+            .to_string();
+        SqlError::new(102, 15, format!("Incorrect syntax near '{near}'. ({m})"))
+    })?;
+    match stmts.len() {
+        1 => Ok(stmts.remove(0)),
+        _ => Err(SqlError::syntax(text.chars().take(30).collect::<String>())),
+    }
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| c.is_whitespace() || c == ';' || c == '(' || c == ')' || c == ',')
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_uppercase())
+        .collect()
+}
+
+/// Parses `@name = value` / positional EXEC arguments as T-SQL expressions.
+fn parse_exec_args(
+    text: &str,
+) -> Result<Vec<(Option<String>, sqlparser::ast::Expr, bool)>, SqlError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut p = Parser::new(&MsSqlDialect {})
+        .try_with_sql(text)
+        .map_err(|e| SqlError::new(102, 15, e.to_string()))?;
+    let exprs = p
+        .parse_comma_separated(|p| {
+            let e = p.parse_expr()?;
+            let output = p.parse_keyword(sqlparser::keywords::Keyword::OUTPUT)
+                || p.parse_keyword(sqlparser::keywords::Keyword::OUT);
+            Ok((e, output))
+        })
+        .map_err(|e| SqlError::new(102, 15, e.to_string()))?;
+    Ok(exprs
+        .into_iter()
+        .map(|(e, out)| match e {
+            sqlparser::ast::Expr::BinaryOp { left, op: sqlparser::ast::BinaryOperator::Eq, right }
+                if matches!(left.as_ref(), sqlparser::ast::Expr::Identifier(i) if i.value.starts_with('@')) =>
+            {
+                let name = match *left {
+                    sqlparser::ast::Expr::Identifier(i) => i.value.to_lowercase(),
+                    _ => String::new(),
+                };
+                (Some(name), *right, out)
+            }
+            other => (None, other, out),
+        })
+        .collect())
+}
+
+impl Session {
+    pub fn new(pg: Client, shared: Arc<Shared>, spid: u16, user: String) -> Self {
+        Session {
+            pg,
+            shared,
+            spid,
+            user,
+            nocount: false,
+            xact_abort: false,
+            trancount: 0,
+            descriptor: 0,
+            next_descriptor: 1,
+            identity_insert: HashSet::new(),
+            scope_identity: None,
+            rowcount: 0,
+            last_error: 0,
+            tx_locks: Vec::new(),
+            bulk: None,
+            return_status: None,
+        }
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.trancount > 0
+    }
+
+    pub fn descriptor(&self) -> u64 {
+        self.descriptor
+    }
+
+    fn inxact(&self) -> u16 {
+        if self.trancount > 0 {
+            DONE_INXACT
+        } else {
+            0
+        }
+    }
+
+    /// Runs a SQL batch (or the statement of sp_executesql with `vars`).
+    pub async fn run_batch(&mut self, sql: &str, mut vars: Vars, out: &mut Out) -> bool {
+        let nodes = match batch::build(&batch::split(sql)) {
+            Ok(n) => n,
+            Err(near) => {
+                let e = SqlError::syntax(near);
+                token::error(&mut out.buf, &e);
+                out.done(DONE_ERROR, 0);
+                return true;
+            }
+        };
+        let mut failed = false;
+        let _ = self.run_nodes(&nodes, &mut vars, out, &mut failed).await;
+        failed
+    }
+
+    fn run_nodes<'a>(
+        &'a mut self,
+        nodes: &'a [Node],
+        vars: &'a mut Vars,
+        out: &'a mut Out,
+        failed: &'a mut bool,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Abort>> + Send + 'a>> {
+        Box::pin(async move {
+            for n in nodes {
+                if self.return_status.is_some() {
+                    break;
+                }
+                match n {
+                    Node::Stmt(text) => self.run_statement(text, vars, out, failed).await?,
+                    Node::Block(b) => self.run_nodes(b, vars, out, failed).await?,
+                    Node::If {
+                        cond,
+                        then,
+                        otherwise,
+                    } => {
+                        let v = match self
+                            .eval_scalar(
+                                &format!("SELECT CASE WHEN {cond} THEN 1 ELSE 0 END"),
+                                vars,
+                            )
+                            .await
+                        {
+                            Ok(v) => v,
+                            Err(e) => return Err(self.fail(e, out, failed).await),
+                        };
+                        if v == Value::Int(1) {
+                            self.run_nodes(std::slice::from_ref(then.as_ref()), vars, out, failed)
+                                .await?;
+                        } else if let Some(o) = otherwise {
+                            self.run_nodes(std::slice::from_ref(o.as_ref()), vars, out, failed)
+                                .await?;
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Writes an error; rolls back what SQL Server would roll back; tells
+    /// whether the batch goes on.
+    async fn handle_error(
+        &mut self,
+        e: SqlError,
+        out: &mut Out,
+        failed: &mut bool,
+    ) -> Result<(), Abort> {
+        *failed = true;
+        self.last_error = e.number as i32;
+        token::error(&mut out.buf, &e);
+        let doom = self.trancount > 0 && (self.xact_abort || e.number == 1205);
+        if doom {
+            self.rollback_all(out).await;
+        }
+        out.done(DONE_ERROR | self.inxact(), 0);
+        if doom || aborts_batch(e.number) {
+            Err(Abort)
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn fail(&mut self, e: SqlError, out: &mut Out, failed: &mut bool) -> Abort {
+        let _ = self.handle_error(e, out, failed).await;
+        Abort
+    }
+
+    async fn rollback_all(&mut self, out: &mut Out) {
+        let _ = self.pg.batch_execute("ROLLBACK").await;
+        self.release_tx_locks().await;
+        self.trancount = 0;
+        token::envchange_transaction(&mut out.buf, 10, self.descriptor);
+        self.descriptor = 0;
+    }
+
+    async fn release_tx_locks(&mut self) {
+        for (key, shared) in std::mem::take(&mut self.tx_locks) {
+            let f = if shared {
+                "pg_advisory_unlock_shared"
+            } else {
+                "pg_advisory_unlock"
+            };
+            let _ = self.pg.execute(&format!("SELECT {f}($1)"), &[&key]).await;
+        }
+    }
+
+    async fn run_statement(
+        &mut self,
+        text: &str,
+        vars: &mut Vars,
+        out: &mut Out,
+        failed: &mut bool,
+    ) -> Result<(), Abort> {
+        let w = words(text);
+        let first = w.first().map(String::as_str).unwrap_or("");
+        let second = w.get(1).map(String::as_str).unwrap_or("");
+        // Statements that manage state themselves.
+        let r = match (first, second) {
+            ("BEGIN", "TRAN" | "TRANSACTION") => self.begin_tran(out).await,
+            ("COMMIT", _) => self.commit_tran(out).await,
+            ("ROLLBACK", _) => self.rollback_tran(out).await,
+            ("SET", _) => self.set_option(text, &w, vars).await,
+            ("DECLARE", _) => self.declare(text, vars).await,
+            ("PRINT", _) => {
+                match self
+                    .eval_scalar(&format!("SELECT {}", &text[5..]), vars)
+                    .await
+                {
+                    Ok(v) => {
+                        token::info(&mut out.buf, 0, &v.describe());
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            ("RETURN", _) => {
+                let rest = text[6..].trim();
+                let v = if rest.is_empty() {
+                    Ok(Value::Int(0))
+                } else {
+                    self.eval_scalar(&format!("SELECT {rest}"), vars).await
+                };
+                v.map(|v| {
+                    self.return_status = Some(match v {
+                        Value::Int(i) => i as i32,
+                        _ => 0,
+                    });
+                })
+            }
+            ("USE", _) => Ok(()),
+            _ => {
+                let savepoint = self.trancount > 0;
+                if savepoint {
+                    if let Err(e) = self.pg.batch_execute("SAVEPOINT standin_stmt").await {
+                        return self.handle_error(map_pg_error(&e, None), out, failed).await;
+                    }
+                }
+                let r = self.run_work(text, &w, vars, out).await;
+                if savepoint {
+                    let undo = if r.is_err() {
+                        "ROLLBACK TO SAVEPOINT standin_stmt"
+                    } else {
+                        "RELEASE SAVEPOINT standin_stmt"
+                    };
+                    let _ = self.pg.batch_execute(undo).await;
+                }
+                r
+            }
+        };
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = spell_as_written(e, text);
+                self.handle_error(e, out, failed).await
+            }
+        }
+    }
+
+    async fn begin_tran(&mut self, out: &mut Out) -> Result<(), SqlError> {
+        if self.trancount == 0 {
+            self.pg
+                .batch_execute("BEGIN")
+                .await
+                .map_err(|e| map_pg_error(&e, None))?;
+            self.descriptor = self.next_descriptor;
+            self.next_descriptor += 1;
+            token::envchange_transaction(&mut out.buf, 8, self.descriptor);
+        }
+        self.trancount += 1;
+        out.done(self.inxact(), 0);
+        Ok(())
+    }
+
+    async fn commit_tran(&mut self, out: &mut Out) -> Result<(), SqlError> {
+        if self.trancount == 0 {
+            return Err(SqlError::new(
+                3902,
+                16,
+                "The COMMIT TRANSACTION request has no corresponding BEGIN TRANSACTION.",
+            ));
+        }
+        self.trancount -= 1;
+        if self.trancount == 0 {
+            let r = self.pg.batch_execute("COMMIT").await;
+            self.release_tx_locks().await;
+            token::envchange_transaction(&mut out.buf, 9, self.descriptor);
+            self.descriptor = 0;
+            r.map_err(|e| map_pg_error(&e, None))?;
+        }
+        out.done(self.inxact(), 0);
+        Ok(())
+    }
+
+    async fn rollback_tran(&mut self, out: &mut Out) -> Result<(), SqlError> {
+        if self.trancount == 0 {
+            return Err(SqlError::new(
+                3903,
+                16,
+                "The ROLLBACK TRANSACTION request has no corresponding BEGIN TRANSACTION.",
+            ));
+        }
+        self.rollback_all(out).await;
+        out.done(0, 0);
+        Ok(())
+    }
+
+    async fn set_option(
+        &mut self,
+        text: &str,
+        w: &[String],
+        vars: &mut Vars,
+    ) -> Result<(), SqlError> {
+        let opt = w.get(1).map(String::as_str).unwrap_or("");
+        let on = w.last().map(|s| s == "ON").unwrap_or(false);
+        if opt.starts_with('@') {
+            // SET @v = expr
+            let rest = text.trim_start()[3..].trim_start();
+            let (name, expr) = rest
+                .split_once('=')
+                .ok_or_else(|| SqlError::syntax("SET"))?;
+            let name = name.trim().to_lowercase();
+            let v = self
+                .eval_scalar(&format!("SELECT {}", expr.trim()), vars)
+                .await?;
+            return self.assign(vars, &name, v);
+        }
+        match opt {
+            "NOCOUNT" => self.nocount = on,
+            "XACT_ABORT" => self.xact_abort = on,
+            "IDENTITY_INSERT" => {
+                let table = w
+                    .get(2)
+                    .map(|t| {
+                        t.trim_matches(['[', ']'])
+                            .rsplit('.')
+                            .next()
+                            .unwrap_or("")
+                            .trim_matches(['[', ']'])
+                            .to_lowercase()
+                    })
+                    .unwrap_or_default();
+                let cat = self.shared.catalog.read().await;
+                let Some(t) = cat.table(&table) else {
+                    return Err(SqlError::new(
+                        208,
+                        16,
+                        format!("Invalid object name '{table}'."),
+                    ));
+                };
+                if t.identity_column().is_none() {
+                    return Err(SqlError::new(8106, 16, format!("Table '{}' does not have the identity property. Cannot perform SET operation.", t.name)));
+                }
+                if on {
+                    self.identity_insert.insert(table);
+                } else {
+                    self.identity_insert.remove(&table);
+                }
+            }
+            "LOCK_TIMEOUT" => {
+                let ms: i64 = w.get(2).and_then(|s| s.parse().ok()).unwrap_or(-1);
+                let v = if ms < 0 { 0 } else { ms.max(1) };
+                self.pg
+                    .batch_execute(&format!("SET lock_timeout = {v}"))
+                    .await
+                    .map_err(|e| map_pg_error(&e, None))?;
+            }
+            "TRANSACTION" => {
+                let level = w[2..].join(" ");
+                let pg_level = if level.contains("SERIALIZABLE") {
+                    "SERIALIZABLE"
+                } else if level.contains("REPEATABLE") || level.contains("SNAPSHOT") {
+                    "REPEATABLE READ"
+                } else {
+                    "READ COMMITTED"
+                };
+                self.pg
+                    .batch_execute(&format!(
+                        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL {pg_level}"
+                    ))
+                    .await
+                    .map_err(|e| map_pg_error(&e, None))?;
+            }
+            // Options whose SQL Server defaults the stand-in always follows.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn assign(&self, vars: &mut Vars, name: &str, v: Value) -> Result<(), SqlError> {
+        match vars.get_mut(name) {
+            Some(slot) => {
+                slot.1 = v;
+                Ok(())
+            }
+            None => Err(SqlError::new(
+                137,
+                15,
+                format!("Must declare the scalar variable \"{name}\"."),
+            )),
+        }
+    }
+
+    async fn declare(&mut self, text: &str, vars: &mut Vars) -> Result<(), SqlError> {
+        let body = text.trim_start()[7..].trim();
+        // Split on commas outside parentheses.
+        let mut parts = Vec::new();
+        let mut depth = 0;
+        let mut start = 0;
+        for (i, c) in body.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                ',' if depth == 0 => {
+                    parts.push(&body[start..i]);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        parts.push(&body[start..]);
+        for p in parts {
+            let p = p.trim();
+            let (decl, init) = match p.split_once('=') {
+                Some((d, i)) => (d.trim(), Some(i.trim())),
+                None => (p, None),
+            };
+            let mut it = decl.splitn(2, char::is_whitespace);
+            let name = it.next().unwrap_or("").to_lowercase();
+            let ty_text = it.next().unwrap_or("").trim();
+            let ty_text = ty_text
+                .strip_prefix("AS ")
+                .or_else(|| ty_text.strip_prefix("as "))
+                .unwrap_or(ty_text);
+            let ty = crate::catalog::parse_decl(ty_text).ok_or_else(|| {
+                SqlError::new(
+                    2715,
+                    16,
+                    format!("Column, parameter, or variable: Cannot find data type {ty_text}."),
+                )
+            })?;
+            vars.insert(name.clone(), (Some(ty), Value::Null));
+            if let Some(init) = init {
+                let v = self.eval_scalar(&format!("SELECT {init}"), vars).await?;
+                self.assign(vars, &name, v)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn env<'a>(&'a self, cat: &'a Catalog, vars: &'a Vars) -> Env<'a> {
+        Env {
+            catalog: cat,
+            vars,
+            scope_identity: self.scope_identity,
+            trancount: self.trancount,
+            rowcount: self.rowcount,
+            error: self.last_error,
+            spid: self.spid,
+            user: &self.user,
+            database: &self.shared.database,
+        }
+    }
+
+    /// Evaluates `SELECT expr` to one value.
+    pub async fn eval_scalar(&mut self, select: &str, vars: &Vars) -> Result<Value, SqlError> {
+        let stmt = parse_one(select)?;
+        let cat = self.shared.catalog.read().await;
+        let tr = translate::translate_statement(stmt, &self.env(&cat, vars))?;
+        drop(cat);
+        let rows = self.query(&tr).await?;
+        Ok(match rows.first() {
+            Some(r) if !r.is_empty() => pgvalue::read(r, 0).map_err(|e| map_pg_error(&e, None))?,
+            _ => Value::Null,
+        })
+    }
+
+    async fn query(&self, tr: &Translated) -> Result<Vec<tokio_postgres::Row>, SqlError> {
+        let binds: Vec<Bind<'_>> = tr.binds.iter().map(Bind).collect();
+        let refs: Vec<&(dyn ToSql + Sync)> =
+            binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+        let cat = self.shared.catalog.read().await;
+        self.pg
+            .query(&tr.sql, &refs)
+            .await
+            .map_err(|e| map_pg_error(&e, Some(&cat)))
+    }
+
+    /// SELECT / INSERT / UPDATE / DELETE / EXEC / DDL.
+    async fn run_work(
+        &mut self,
+        text: &str,
+        w: &[String],
+        vars: &mut Vars,
+        out: &mut Out,
+    ) -> Result<(), SqlError> {
+        let first = w.first().map(String::as_str).unwrap_or("");
+        match first {
+            "EXEC" | "EXECUTE" => return self.exec_proc(text, vars, out).await,
+            "DROP" => return self.drop(w, out).await,
+            "INSERT" if w.get(1).map(String::as_str) == Some("BULK") => {
+                let table = text.split_whitespace().nth(2).unwrap_or("").to_string();
+                let table = table.split('(').next().unwrap_or("").to_string();
+                self.bulk = Some(BulkTarget { table });
+                out.done(self.inxact(), 0);
+                return Ok(());
+            }
+            "CREATE" if w.iter().take(4).any(|x| x == "PROCEDURE" || x == "PROC") => {
+                // The stand-in's procedures are built in; creating one of them is accepted.
+                let name = w
+                    .iter()
+                    .skip_while(|x| *x != "PROCEDURE" && *x != "PROC")
+                    .nth(1)
+                    .cloned()
+                    .unwrap_or_default();
+                let base = name
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches(['[', ']'])
+                    .to_lowercase();
+                if base == "eware_get_identity_id" {
+                    out.done(self.inxact(), 0);
+                    return Ok(());
+                }
+                return Err(SqlError::unsupported(format!(
+                    "CREATE PROCEDURE {name} (only built-in procedures exist)"
+                )));
+            }
+            _ => {}
+        }
+        let cleaned;
+        let text = if first == "CREATE" {
+            cleaned = text
+                .split_whitespace()
+                .filter(|t| {
+                    !t.eq_ignore_ascii_case("NONCLUSTERED") && !t.eq_ignore_ascii_case("CLUSTERED")
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            cleaned.as_str()
+        } else {
+            text
+        };
+        let stmt = parse_one(text)?;
+        match &stmt {
+            Statement::CreateTable(ct) => {
+                let cat = self.shared.catalog.read().await;
+                let empty = Vars::new();
+                let env = self.env(&cat, &empty);
+                ddl::create_table(&self.pg, ct, &env, &self.shared.database).await?;
+                drop(cat);
+                self.reload_catalog().await?;
+                out.done(self.inxact(), 0);
+                return Ok(());
+            }
+            Statement::CreateIndex(ci) => {
+                let cat = self.shared.catalog.read().await;
+                let empty = Vars::new();
+                let env = self.env(&cat, &empty);
+                ddl::create_index(&self.pg, ci, &env).await?;
+                out.done(self.inxact(), 0);
+                return Ok(());
+            }
+            _ => {}
+        }
+        self.run_dml(stmt, vars, out).await
+    }
+
+    pub async fn reload_catalog(&self) -> Result<(), SqlError> {
+        let cat = Catalog::load(&self.pg)
+            .await
+            .map_err(|e| map_pg_error(&e, None))?;
+        *self.shared.catalog.write().await = cat;
+        Ok(())
+    }
+
+    async fn drop(&mut self, w: &[String], out: &mut Out) -> Result<(), SqlError> {
+        let kind = w.get(1).map(String::as_str).unwrap_or("");
+        let mut names: Vec<&String> = w.iter().skip(2).collect();
+        let if_exists = names.first().map(|s| s.as_str()) == Some("IF");
+        if if_exists {
+            names.drain(..2.min(names.len()));
+        }
+        let pg_name = |n: &str| -> String {
+            let parts: Vec<String> = n
+                .split('.')
+                .map(|p| translate::pg_ident(p.trim_matches(['[', ']', '"'])))
+                .collect();
+            if parts.len() >= 2 {
+                parts[parts.len() - 2..].join(".")
+            } else {
+                format!("\"dbo\".{}", parts.join(""))
+            }
+        };
+        let sql = match kind {
+            "TABLE" => format!(
+                "DROP TABLE {}{}",
+                if if_exists { "IF EXISTS " } else { "" },
+                names
+                    .iter()
+                    .map(|n| pg_name(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "INDEX" => {
+                // DROP INDEX name ON table
+                let idx = names.first().map(|s| s.as_str()).unwrap_or("");
+                let table = names.get(2).map(|s| s.as_str()).unwrap_or("");
+                let tbase = table
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches(['[', ']']);
+                let schema = pg_name(table)
+                    .split('.')
+                    .next()
+                    .unwrap_or("\"dbo\"")
+                    .to_string();
+                format!(
+                    "DROP INDEX {}{schema}.{}",
+                    if if_exists { "IF EXISTS " } else { "" },
+                    translate::pg_ident(&format!("{tbase}__{}", idx.trim_matches(['[', ']'])))
+                )
+            }
+            "PROCEDURE" | "PROC" => {
+                out.done(self.inxact(), 0);
+                return Ok(());
+            }
+            other => return Err(SqlError::unsupported(format!("DROP {other}"))),
+        };
+        let cat = self.shared.catalog.read().await;
+        let r = self.pg.batch_execute(&sql).await.map_err(|e| {
+            let mut err = map_pg_error(&e, Some(&cat));
+            if err.number == 208 || err.number == 3701 {
+                let name = names.first().map(|s| s.as_str()).unwrap_or("");
+                err = SqlError::new(3701, 11, format!("Cannot drop the {} '{name}', because it does not exist or you do not have permission.", kind.to_lowercase()));
+            }
+            err
+        });
+        drop(cat);
+        r?;
+        let _ = self
+            .pg
+            .batch_execute(
+                "DELETE FROM mssql_standin.columns WHERE table_oid NOT IN (SELECT oid FROM pg_class); \
+                 DELETE FROM mssql_standin.indexes WHERE index_oid NOT IN (SELECT oid FROM pg_class)",
+            )
+            .await;
+        self.reload_catalog().await?;
+        out.done(self.inxact(), 0);
+        Ok(())
+    }
+
+    async fn run_dml(
+        &mut self,
+        mut stmt: Statement,
+        vars: &mut Vars,
+        out: &mut Out,
+    ) -> Result<(), SqlError> {
+        // IDENTITY bookkeeping for INSERT.
+        let mut ident_col: Option<String> = None;
+        let mut explicit_identity = false;
+        let mut target_table: Option<crate::catalog::TableInfo> = None;
+        if let Statement::Insert(ins) = &mut stmt {
+            let tname = match &ins.table {
+                sqlparser::ast::TableObject::TableName(n) => translate::object_base_name(n),
+                _ => String::new(),
+            };
+            let cat = self.shared.catalog.read().await;
+            if let Some(t) = cat.table(&tname) {
+                target_table = Some(t.clone());
+                if let Some(ic) = t.identity_column() {
+                    explicit_identity = ins
+                        .columns
+                        .iter()
+                        .any(|c| translate::object_base_name(c).eq_ignore_ascii_case(&ic.name));
+                    let allowed = self.identity_insert.contains(&t.name.to_lowercase());
+                    if explicit_identity && !allowed {
+                        return Err(SqlError::new(544, 16, format!(
+                            "Cannot insert explicit value for identity column in table '{}' when IDENTITY_INSERT is set to OFF.",
+                            t.name
+                        )));
+                    }
+                    if allowed && !explicit_identity {
+                        return Err(SqlError::new(545, 16, format!(
+                            "Explicit value must be specified for identity column in table '{}' either when IDENTITY_INSERT is set to ON or when a replication user is inserting into a NOT FOR REPLICATION identity column.",
+                            t.name
+                        )));
+                    }
+                    ident_col = Some(ic.name.clone());
+                }
+            }
+        }
+        let is_query = matches!(stmt, Statement::Query(_));
+        let has_output = match &stmt {
+            Statement::Insert(i) => i.output.is_some(),
+            Statement::Update(u) => u.output.is_some(),
+            Statement::Delete(d) => d.output.is_some(),
+            _ => false,
+        };
+        let cat = self.shared.catalog.read().await;
+        let mut tr = translate::translate_statement(stmt, &self.env(&cat, vars))?;
+        drop(cat);
+        // OUTPUT column types come from the target table.
+        if let Some(t) = &target_table {
+            for (i, name) in tr.names.iter().enumerate() {
+                if let (Some(n), Some(slot)) = (name, tr.hints.get_mut(i)) {
+                    if slot.is_none() {
+                        *slot = t.column(n).map(|c| c.ty);
+                    }
+                }
+            }
+        }
+        // Capture the identity value generated by an INSERT.
+        if let Some(ic) = &ident_col {
+            let extra = format!("{} AS \"__standin_identity\"", translate::pg_ident(ic));
+            if has_output {
+                tr.sql.push_str(&format!(", {extra}"));
+            } else {
+                tr.sql.push_str(&format!(" RETURNING {extra}"));
+            }
+        }
+        let returns_rows = is_query || has_output || ident_col.is_some();
+        if !returns_rows {
+            let binds: Vec<Bind<'_>> = tr.binds.iter().map(Bind).collect();
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+            let cat = self.shared.catalog.read().await;
+            let n = self
+                .pg
+                .execute(&tr.sql, &refs)
+                .await
+                .map_err(|e| map_pg_error(&e, Some(&cat)))?;
+            drop(cat);
+            self.rowcount = n as i64;
+            self.done_count(out, n);
+            return Ok(());
+        }
+        let rows = self.query(&tr).await?;
+        let n = rows.len() as u64;
+        self.rowcount = n as i64;
+        if let Some(ic) = &ident_col {
+            let idx = rows.first().map(|r| r.len() - 1);
+            if let (Some(last), Some(idx)) = (rows.last(), idx) {
+                if let Ok(Value::Int(v)) = pgvalue::read(last, idx) {
+                    self.scope_identity = Some(v);
+                }
+            }
+            if explicit_identity {
+                if let Some(t) = &target_table {
+                    let table = format!(
+                        "{}.{}",
+                        translate::pg_ident(&t.schema),
+                        translate::pg_ident(&t.name)
+                    );
+                    let col = translate::pg_ident(ic);
+                    let _ = self.pg.batch_execute(&format!(
+                        "SELECT setval(pg_get_serial_sequence('{table}', '{}'), m) FROM (SELECT max({col}) AS m FROM {table}) x WHERE m IS NOT NULL",
+                        ic.to_lowercase()
+                    )).await;
+                }
+            }
+        }
+        let visible = if ident_col.is_some() {
+            rows.first().map(|r| r.len() - 1).unwrap_or(0)
+        } else {
+            rows.first().map(|r| r.len()).unwrap_or(0)
+        };
+        if is_query && tr.assigns.iter().any(Option::is_some) {
+            if let Some(last) = rows.last() {
+                for (i, a) in tr.assigns.iter().enumerate() {
+                    if let Some(name) = a {
+                        let v = pgvalue::read(last, i).map_err(|e| map_pg_error(&e, None))?;
+                        self.assign(vars, name, v)?;
+                    }
+                }
+            }
+            return Ok(());
+        }
+        if is_query || has_output {
+            // Column metadata even for an empty result, from the prepared statement.
+            let stmt = self
+                .pg
+                .prepare(&tr.sql)
+                .await
+                .map_err(|e| map_pg_error(&e, None))?;
+            let cols = self
+                .describe(
+                    &stmt,
+                    &tr,
+                    &rows,
+                    if ident_col.is_some() {
+                        stmt.columns().len() - 1
+                    } else {
+                        stmt.columns().len()
+                    },
+                )
+                .await;
+            let _ = visible;
+            token::colmetadata(&mut out.buf, &cols);
+            for r in &rows {
+                let vals: Result<Vec<Value>, _> =
+                    (0..cols.len()).map(|i| pgvalue::read(r, i)).collect();
+                let vals = vals.map_err(|e| map_pg_error(&e, None))?;
+                token::row(&mut out.buf, &cols, &vals)
+                    .map_err(|e| SqlError::new(8114, 16, e.to_string()))?;
+            }
+        }
+        self.done_count(out, n);
+        Ok(())
+    }
+
+    fn done_count(&self, out: &mut Out, n: u64) {
+        if self.nocount {
+            out.done(self.inxact(), n);
+        } else {
+            out.done(DONE_COUNT | self.inxact(), n);
+        }
+    }
+
+    /// Result column names and SQL Server types.
+    async fn describe(
+        &self,
+        stmt: &tokio_postgres::Statement,
+        tr: &Translated,
+        rows: &[tokio_postgres::Row],
+        count: usize,
+    ) -> Vec<Column> {
+        let cat = self.shared.catalog.read().await;
+        stmt.columns()
+            .iter()
+            .take(count)
+            .enumerate()
+            .map(|(i, c)| {
+                let declared = c
+                    .table_oid()
+                    .zip(c.column_id())
+                    .and_then(|(o, a)| cat.column_by_attnum(o, a));
+                let hint = tr.hints.get(i).copied().flatten();
+                let name = match tr.names.get(i).cloned().flatten() {
+                    Some(n) => n,
+                    None => match declared {
+                        Some((_, col)) if col.name.to_lowercase() == c.name() => col.name.clone(),
+                        _ => c.name().to_string(),
+                    },
+                };
+                let name = if name.starts_with("__unnamed_") {
+                    String::new()
+                } else {
+                    name
+                };
+                let (ty, nullable, identity) = match (declared, hint) {
+                    (Some((_, col)), _) => (col.ty, col.nullable, col.identity),
+                    (None, Some(h)) => (h, true, false),
+                    (None, None) => {
+                        let mut vals = Vec::new();
+                        for r in rows {
+                            if let Ok(v) = pgvalue::read(r, i) {
+                                vals.push(v);
+                            }
+                        }
+                        (
+                            pgvalue::default_type(c.type_(), c.type_modifier(), &mut vals.iter()),
+                            true,
+                            false,
+                        )
+                    }
+                };
+                Column {
+                    name,
+                    ty,
+                    nullable,
+                    identity,
+                }
+            })
+            .collect()
+    }
+
+    /// EXEC [@ret =] procedure args.
+    async fn exec_proc(
+        &mut self,
+        text: &str,
+        vars: &mut Vars,
+        out: &mut Out,
+    ) -> Result<(), SqlError> {
+        let rest = text.trim_start();
+        let rest = rest[rest.find(char::is_whitespace).unwrap_or(rest.len())..].trim_start();
+        let (ret_var, rest) = if rest.starts_with('@') {
+            let (lhs, rhs) = rest
+                .split_once('=')
+                .ok_or_else(|| SqlError::syntax("EXEC"))?;
+            (Some(lhs.trim().to_lowercase()), rhs.trim_start())
+        } else {
+            (None, rest)
+        };
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        let name = rest[..end].to_string();
+        let args = parse_exec_args(&rest[end..])?;
+        // Evaluate argument values.
+        let mut params: Vec<(Option<String>, Value)> = Vec::new();
+        for (n, e, _out) in args {
+            let v = match &e {
+                sqlparser::ast::Expr::Identifier(i) if i.value.starts_with('@') => vars
+                    .get(&i.value.to_lowercase())
+                    .map(|x| x.1.clone())
+                    .ok_or_else(|| {
+                        SqlError::new(
+                            137,
+                            15,
+                            format!("Must declare the scalar variable \"{}\".", i.value),
+                        )
+                    })?,
+                other => self.eval_scalar(&format!("SELECT {other}"), vars).await?,
+            };
+            params.push((n, v));
+        }
+        let status = self.call_builtin(&name, params, out).await?;
+        if let Some(r) = ret_var {
+            self.assign(vars, &r, Value::Int(i64::from(status)))?;
+        }
+        Ok(())
+    }
+
+    /// Runs a built-in procedure; returns its return status.
+    pub async fn call_builtin(
+        &mut self,
+        name: &str,
+        params: Vec<(Option<String>, Value)>,
+        out: &mut Out,
+    ) -> Result<i32, SqlError> {
+        let base = name
+            .rsplit('.')
+            .next()
+            .unwrap_or("")
+            .trim_matches(['[', ']'])
+            .to_lowercase();
+        let get = |key: &str, pos: usize| -> Value {
+            params
+                .iter()
+                .find(|(n, _)| n.as_deref() == Some(key))
+                .map(|x| x.1.clone())
+                .or_else(|| {
+                    params
+                        .get(pos)
+                        .filter(|(n, _)| n.is_none())
+                        .map(|x| x.1.clone())
+                })
+                .unwrap_or(Value::Null)
+        };
+        let text = |v: Value| match v {
+            Value::Text(s) => s,
+            Value::Null => String::new(),
+            other => other.describe(),
+        };
+        match base.as_str() {
+            "eware_get_identity_id" => {
+                let table = text(get("@table_name", 0));
+                let rows = self
+                    .pg
+                    .query(
+                        "UPDATE dbo.sql_identity i SET id_nextid = i.id_nextid + 1 FROM dbo.custom_tables t \
+                         WHERE t.bord_tableid = i.id_tableid AND t.bord_name = $1::text RETURNING i.id_nextid - 1",
+                        &[&table],
+                    )
+                    .await
+                    .map_err(|e| map_pg_error(&e, None))?;
+                match rows.first() {
+                    Some(r) => Ok(r.get::<_, i32>(0)),
+                    None => {
+                        token::error(
+                            &mut out.buf,
+                            &SqlError::new(
+                                50000,
+                                16,
+                                format!(
+                                    "eware_get_identity_id: no SQL_Identity row for table {table}"
+                                ),
+                            ),
+                        );
+                        out.done(DONE_ERROR | self.inxact(), 0);
+                        Ok(0)
+                    }
+                }
+            }
+            "sp_getapplock" => {
+                self.getapplock(
+                    text(get("@resource", 0)),
+                    text(get("@lockmode", 1)),
+                    text(get("@lockowner", 2)),
+                    get("@locktimeout", 3),
+                )
+                .await
+            }
+            "sp_releaseapplock" => {
+                self.releaseapplock(text(get("@resource", 0)), text(get("@lockowner", 1)), out)
+                    .await
+            }
+            _ => Err(SqlError::new(
+                2812,
+                16,
+                format!("Could not find stored procedure '{name}'."),
+            )),
+        }
+    }
+
+    async fn getapplock(
+        &mut self,
+        resource: String,
+        mode: String,
+        owner: String,
+        timeout: Value,
+    ) -> Result<i32, SqlError> {
+        let session = owner.eq_ignore_ascii_case("session");
+        if !session && self.trancount == 0 {
+            return Err(SqlError::new(1223, 16, format!(
+                "Cannot acquire the application lock (Database Principal: 'public', Resource: '{resource}') for a transaction owner outside a transaction."
+            )));
+        }
+        let shared =
+            mode.eq_ignore_ascii_case("shared") || mode.eq_ignore_ascii_case("intentshared");
+        let timeout_ms: i64 = match timeout {
+            Value::Int(i) => i,
+            _ => -1,
+        };
+        let key: i64 = self
+            .pg
+            .query_one("SELECT hashtextextended($1::text, 0)", &[&resource])
+            .await
+            .map_err(|e| map_pg_error(&e, None))?
+            .get(0);
+        let try_fn = if shared {
+            "pg_try_advisory_lock_shared"
+        } else {
+            "pg_try_advisory_lock"
+        };
+        let start = std::time::Instant::now();
+        let mut waited = false;
+        loop {
+            let got: bool = self
+                .pg
+                .query_one(&format!("SELECT {try_fn}($1)"), &[&key])
+                .await
+                .map_err(|e| map_pg_error(&e, None))?
+                .get(0);
+            if got {
+                if !session {
+                    self.tx_locks.push((key, shared));
+                }
+                return Ok(if waited { 1 } else { 0 });
+            }
+            if timeout_ms >= 0 && start.elapsed().as_millis() as i64 >= timeout_ms {
+                return Ok(-1);
+            }
+            waited = true;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn releaseapplock(
+        &mut self,
+        resource: String,
+        owner: String,
+        out: &mut Out,
+    ) -> Result<i32, SqlError> {
+        let session = owner.eq_ignore_ascii_case("session");
+        let key: i64 = self
+            .pg
+            .query_one("SELECT hashtextextended($1::text, 0)", &[&resource])
+            .await
+            .map_err(|e| map_pg_error(&e, None))?
+            .get(0);
+        let pos = if session {
+            None
+        } else {
+            self.tx_locks.iter().position(|(k, _)| *k == key)
+        };
+        let shared = pos.map(|p| self.tx_locks[p].1).unwrap_or(false);
+        if !session && pos.is_none() {
+            token::error(&mut out.buf, &SqlError::new(1223, 16, format!(
+                "Cannot release the application lock (Database Principal: 'public', Resource: '{resource}') because it is not currently held."
+            )));
+            return Ok(-999);
+        }
+        let f = if shared {
+            "pg_advisory_unlock_shared"
+        } else {
+            "pg_advisory_unlock"
+        };
+        let ok: bool = self
+            .pg
+            .query_one(&format!("SELECT {f}($1)"), &[&key])
+            .await
+            .map_err(|e| map_pg_error(&e, None))?
+            .get(0);
+        if let Some(p) = pos {
+            self.tx_locks.remove(p);
+        }
+        if !ok {
+            token::error(&mut out.buf, &SqlError::new(1223, 16, format!(
+                "Cannot release the application lock (Database Principal: 'public', Resource: '{resource}') because it is not currently held."
+            )));
+            return Ok(-999);
+        }
+        Ok(0)
+    }
+
+    /// Takes the return status a RETURN statement set, if any.
+    pub fn take_return_status(&mut self) -> Option<i32> {
+        self.return_status.take()
+    }
+
+    /// Copies rows of a BulkLoad message into the target table.
+    pub async fn bulk_load(
+        &mut self,
+        cols: &[(String, SqlType)],
+        rows: &[Vec<Value>],
+        out: &mut Out,
+    ) -> bool {
+        let Some(target) = self.bulk.take() else {
+            token::error(
+                &mut out.buf,
+                &SqlError::new(4804, 16, "BulkLoad data arrived without INSERT BULK."),
+            );
+            out.done(DONE_ERROR, 0);
+            return true;
+        };
+        let r = self.copy_rows(&target.table, cols, rows).await;
+        match r {
+            Ok(n) => {
+                out.done(DONE_COUNT | self.inxact(), n);
+                false
+            }
+            Err(e) => {
+                token::error(&mut out.buf, &e);
+                out.done(DONE_ERROR | self.inxact(), 0);
+                true
+            }
+        }
+    }
+
+    async fn copy_rows(
+        &self,
+        table: &str,
+        cols: &[(String, SqlType)],
+        rows: &[Vec<Value>],
+    ) -> Result<u64, SqlError> {
+        use futures_util::SinkExt;
+        let parts: Vec<String> = table
+            .split('.')
+            .map(|p| translate::pg_ident(p.trim_matches(['[', ']', '"'])))
+            .collect();
+        let table = if parts.len() >= 2 {
+            parts[parts.len() - 2..].join(".")
+        } else {
+            format!("\"dbo\".{}", parts.join(""))
+        };
+        let col_list: Vec<String> = cols.iter().map(|(n, _)| translate::pg_ident(n)).collect();
+        let sql = format!("COPY {table} ({}) FROM STDIN", col_list.join(", "));
+        let cat = self.shared.catalog.read().await;
+        let sink = self
+            .pg
+            .copy_in(&sql)
+            .await
+            .map_err(|e| map_pg_error(&e, Some(&cat)))?;
+        let mut buf = Vec::with_capacity(1 << 20);
+        let mut sink = Box::pin(sink);
+        for r in rows {
+            for (i, v) in r.iter().enumerate() {
+                if i > 0 {
+                    buf.push(b'\t');
+                }
+                copy_text(&mut buf, v);
+            }
+            buf.push(b'\n');
+            if buf.len() > (1 << 20) {
+                sink.send(bytes::Bytes::from(std::mem::take(&mut buf)))
+                    .await
+                    .map_err(|e| map_pg_error(&e, Some(&cat)))?;
+            }
+        }
+        if !buf.is_empty() {
+            sink.send(bytes::Bytes::from(buf))
+                .await
+                .map_err(|e| map_pg_error(&e, Some(&cat)))?;
+        }
+        sink.as_mut()
+            .finish()
+            .await
+            .map_err(|e| map_pg_error(&e, Some(&cat)))
+    }
+}
+
+/// Appends a value in COPY text format.
+fn copy_text(buf: &mut Vec<u8>, v: &Value) {
+    let s = match v {
+        Value::Null => {
+            buf.extend_from_slice(b"\\N");
+            return;
+        }
+        Value::Bool(b) => u8::from(*b).to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Float(f) => f.to_string(),
+        Value::Decimal(d) => d.to_string(),
+        Value::Text(s) => s.clone(),
+        Value::Bytes(b) => format!(
+            "\\x{}",
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        ),
+        Value::DateTime(d) => d.format("%Y-%m-%d %H:%M:%S%.f").to_string(),
+        Value::Date(d) => d.to_string(),
+        Value::Time(t) => t.format("%H:%M:%S%.f").to_string(),
+        Value::DateTimeOffset(d) => d.to_rfc3339(),
+        Value::Uuid(u) => u.to_string(),
+    };
+    for c in s.bytes() {
+        match c {
+            b'\\' => buf.extend_from_slice(b"\\\\"),
+            b'\t' => buf.extend_from_slice(b"\\t"),
+            b'\n' => buf.extend_from_slice(b"\\n"),
+            b'\r' => buf.extend_from_slice(b"\\r"),
+            _ => buf.push(c),
+        }
+    }
+}

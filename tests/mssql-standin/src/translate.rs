@@ -1,0 +1,743 @@
+//! Rewrites parsed T-SQL (sqlparser's MsSql dialect) into PostgreSQL SQL:
+//! identifiers folded to lower case, `@variables` bound as parameters,
+//! T-SQL functions mapped to PostgreSQL or to `mssql_standin.*` helpers, and
+//! each select item's SQL Server type inferred where PostgreSQL cannot tell.
+
+use crate::catalog::{parse_decl, Catalog};
+use crate::error::SqlError;
+use crate::sqltype::{SqlType, Value};
+use sqlparser::ast::{
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, LimitClause,
+    ObjectName, ObjectNamePart, OutputClause, Query, SelectItem, SetExpr, Statement, TableFactor,
+    TopQuantity, Value as SqlValue, VisitMut, VisitorMut,
+};
+use std::collections::HashMap;
+use std::ops::ControlFlow;
+
+/// A variable or parameter visible to the statement: declared type (None for
+/// an untyped NULL) and value.
+pub type Vars = HashMap<String, (Option<SqlType>, Value)>;
+
+/// Session facts the translation substitutes as literals.
+pub struct Env<'a> {
+    pub catalog: &'a Catalog,
+    pub vars: &'a Vars,
+    pub scope_identity: Option<i64>,
+    pub trancount: i32,
+    pub rowcount: i64,
+    pub error: i32,
+    pub spid: u16,
+    pub user: &'a str,
+    pub database: &'a str,
+}
+
+/// A statement ready for PostgreSQL.
+#[derive(Debug)]
+pub struct Translated {
+    pub sql: String,
+    pub binds: Vec<Value>,
+    /// Per top-level select item: the SQL Server type inferred from T-SQL.
+    pub hints: Vec<Option<SqlType>>,
+    /// Per top-level select item: the column name SQL Server would report.
+    pub names: Vec<Option<String>>,
+    /// Variables assigned by `SELECT @v = …`, by select item position.
+    pub assigns: Vec<Option<String>>,
+}
+
+/// An expression node whose Display is the given SQL text verbatim.
+fn raw(s: impl Into<String>) -> Expr {
+    Expr::Identifier(Ident::new(s.into()))
+}
+
+fn is_raw(id: &Ident) -> bool {
+    id.quote_style.is_none()
+        && id
+            .value
+            .chars()
+            .any(|c| matches!(c, '"' | '(' | ' ' | '$' | ':' | '\''))
+}
+
+/// Quotes an identifier for PostgreSQL, folded to lower case.
+pub fn pg_ident(name: &str) -> String {
+    format!("\"{}\"", name.to_lowercase().replace('"', "\"\""))
+}
+
+/// Quotes an identifier for PostgreSQL keeping its case (aliases).
+fn pg_alias(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn quoted_lower(id: &Ident) -> Ident {
+    Ident::with_quote('"', id.value.to_lowercase())
+}
+
+/// Maps a T-SQL object name to its PostgreSQL relation.
+pub fn map_object_name(name: &mut ObjectName) {
+    let mut parts: Vec<Ident> = name
+        .0
+        .iter()
+        .filter_map(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(i.clone()),
+            _ => None,
+        })
+        .collect();
+    if parts.is_empty() || parts.iter().any(is_raw) {
+        return;
+    }
+    // server.database.schema.table: keep schema and table.
+    if parts.len() > 2 {
+        parts = parts.split_off(parts.len() - 2);
+    }
+    if parts.len() == 2 && parts[0].value.is_empty() {
+        parts.remove(0);
+    }
+    let mut out: Vec<Ident> = parts.iter().map(quoted_lower).collect();
+    if out.len() == 2 {
+        let schema = out[0].value.as_str();
+        let mapped = match schema {
+            "sys" => Some("mssql_sys"),
+            "information_schema" => Some("mssql_information_schema"),
+            _ => None,
+        };
+        if let Some(m) = mapped {
+            out[0] = Ident::with_quote('"', m);
+        }
+    }
+    name.0 = out.into_iter().map(ObjectNamePart::Identifier).collect();
+}
+
+/// Last part of an object name, as written.
+pub fn object_base_name(name: &ObjectName) -> String {
+    name.0
+        .last()
+        .and_then(|p| match p {
+            ObjectNamePart::Identifier(i) => Some(i.value.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn func_args(args: &FunctionArguments) -> Vec<String> {
+    match args {
+        FunctionArguments::List(l) => l.args.iter().map(|a| a.to_string()).collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn func_arg_exprs(args: &FunctionArguments) -> Vec<&Expr> {
+    match args {
+        FunctionArguments::List(l) => l
+            .args
+            .iter()
+            .filter_map(|a| match a {
+                FunctionArg::Unnamed(FunctionArgExpr::Expr(e)) => Some(e),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The date part names DATEADD/DATEDIFF accept, as PostgreSQL interval units.
+fn date_part(p: &str) -> Option<&'static str> {
+    Some(match p.to_lowercase().trim_matches('\'') {
+        "year" | "yy" | "yyyy" => "year",
+        "quarter" | "qq" | "q" => "quarter",
+        "month" | "mm" | "m" => "month",
+        "day" | "dd" | "d" | "dayofyear" | "dy" | "y" => "day",
+        "week" | "wk" | "ww" => "week",
+        "hour" | "hh" => "hour",
+        "minute" | "mi" | "n" => "minute",
+        "second" | "ss" | "s" => "second",
+        "millisecond" | "ms" => "millisecond",
+        "microsecond" | "mcs" => "microsecond",
+        _ => return None,
+    })
+}
+
+/// PostgreSQL text for converting `e` to the SQL Server type `t`.
+pub fn cast_sql(e: &str, t: &SqlType) -> String {
+    match t {
+        SqlType::DateTime => format!("mssql_standin.dt(CAST({e} AS timestamp))"),
+        SqlType::SmallDateTime => format!("mssql_standin.sdt(CAST({e} AS timestamp))"),
+        SqlType::NVarChar(Some(n)) | SqlType::VarChar(Some(n)) => {
+            format!("left(CAST({e} AS text), {n})")
+        }
+        SqlType::NChar(n) | SqlType::Char(n) => format!("rpad(CAST({e} AS text), {n})"),
+        SqlType::NVarChar(None) | SqlType::VarChar(None) => format!("CAST({e} AS text)"),
+        SqlType::Bit => format!("CAST(sign(abs(CAST({e} AS numeric))) AS int2)"),
+        other => format!("CAST({e} AS {})", other.pg_type()),
+    }
+}
+
+fn convert_style_sql(e: &str, style: &str) -> Option<String> {
+    let fmt = match style.trim() {
+        "120" | "20" => "YYYY-MM-DD HH24:MI:SS",
+        "121" | "21" => "YYYY-MM-DD HH24:MI:SS.MS",
+        "126" => "YYYY-MM-DD\"T\"HH24:MI:SS.MS",
+        "23" => "YYYY-MM-DD",
+        "112" => "YYYYMMDD",
+        "108" | "8" => "HH24:MI:SS",
+        _ => return None,
+    };
+    Some(format!("to_char({e}, '{fmt}')"))
+}
+
+/// Rewrites one parsed statement in place.
+pub struct Translator<'a> {
+    env: &'a Env<'a>,
+    pub binds: Vec<Value>,
+    by_name: HashMap<String, usize>,
+    error: Option<SqlError>,
+}
+
+impl<'a> Translator<'a> {
+    pub fn new(env: &'a Env<'a>) -> Self {
+        Translator {
+            env,
+            binds: Vec::new(),
+            by_name: HashMap::new(),
+            error: None,
+        }
+    }
+
+    fn bind(&mut self, name: &str) -> Result<String, SqlError> {
+        let key = name.to_lowercase();
+        let Some((ty, value)) = self.env.vars.get(&key) else {
+            return Err(SqlError::new(
+                137,
+                15,
+                format!("Must declare the scalar variable \"{name}\"."),
+            ));
+        };
+        let idx = match self.by_name.get(&key) {
+            Some(i) => *i,
+            None => {
+                self.binds.push(value.clone());
+                self.by_name.insert(key, self.binds.len());
+                self.binds.len()
+            }
+        };
+        Ok(match ty {
+            Some(t) if !t.is_character() => format!("CAST(${idx} AS {})", t.pg_cast()),
+            Some(_) => format!("CAST(${idx} AS text)"),
+            None => format!("${idx}"),
+        })
+    }
+
+    fn is_string_operand(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Value(v) => matches!(
+                v.value,
+                SqlValue::SingleQuotedString(_) | SqlValue::NationalStringLiteral(_)
+            ),
+            Expr::Identifier(id) if id.value.starts_with('@') => matches!(
+                self.env.vars.get(&id.value.to_lowercase()),
+                Some((Some(t), _)) if t.is_character()
+            ),
+            _ => false,
+        }
+    }
+
+    fn is_non_character(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Value(v) => matches!(v.value, SqlValue::Number(..)),
+            Expr::Identifier(id) if id.value.starts_with('@') => matches!(
+                self.env.vars.get(&id.value.to_lowercase()),
+                Some((Some(t), _)) if !t.is_character()
+            ),
+            Expr::Identifier(id) => self
+                .env
+                .catalog
+                .column_type_by_name(&id.value)
+                .map(|t| !t.is_character())
+                .unwrap_or(false),
+            Expr::CompoundIdentifier(ids) => ids
+                .last()
+                .and_then(|id| self.env.catalog.column_type_by_name(&id.value))
+                .map(|t| !t.is_character())
+                .unwrap_or(false),
+            _ => false,
+        }
+    }
+
+    fn system_variable(&self, name: &str) -> Result<String, SqlError> {
+        Ok(match name.to_uppercase().as_str() {
+            "@@TRANCOUNT" => format!("CAST({} AS int4)", self.env.trancount),
+            "@@ROWCOUNT" => format!("CAST({} AS int4)", self.env.rowcount),
+            "@@ERROR" => format!("CAST({} AS int4)", self.env.error),
+            "@@SPID" => format!("CAST({} AS int2)", self.env.spid),
+            "@@IDENTITY" => identity_literal(self.env.scope_identity),
+            "@@VERSION" => "'Microsoft SQL Server 2022 (mssql-standin over PostgreSQL)'".into(),
+            "@@SERVERNAME" => "'mssql-standin'".into(),
+            "@@LANGUAGE" => "'us_english'".into(),
+            other => {
+                return Err(SqlError::new(
+                    137,
+                    15,
+                    format!("Must declare the scalar variable \"{other}\"."),
+                ))
+            }
+        })
+    }
+
+    fn rewrite_function(
+        &mut self,
+        f: &sqlparser::ast::Function,
+    ) -> Result<Option<String>, SqlError> {
+        let name = object_base_name(&f.name).to_uppercase();
+        let args = func_args(&f.args);
+        let a = |i: usize| args.get(i).cloned().unwrap_or_else(|| "NULL".into());
+        Ok(Some(match name.as_str() {
+            "GETDATE" | "CURRENT_TIMESTAMP" => "mssql_standin.getdate()".into(),
+            "GETUTCDATE" => "mssql_standin.getutcdate()".into(),
+            "SYSDATETIME" => "localtimestamp".into(),
+            "SYSUTCDATETIME" => "(now() AT TIME ZONE 'UTC')".into(),
+            "SYSDATETIMEOFFSET" => "now()".into(),
+            "ISNULL" => format!("COALESCE({}, {})", a(0), a(1)),
+            "NEWID" => "gen_random_uuid()".into(),
+            "LEN" => format!("mssql_standin.len({})", a(0)),
+            "DATALENGTH" => format!("mssql_standin.datalength({})", a(0)),
+            "COUNT" => {
+                let inner = f.args.to_string();
+                format!("CAST(count{inner} AS int4)")
+            }
+            "COUNT_BIG" => format!("count{}", f.args),
+            "SCOPE_IDENTITY" => identity_literal(self.env.scope_identity),
+            "OBJECT_ID" => match args.len() {
+                1 => format!("mssql_standin.object_id({})", a(0)),
+                _ => format!("mssql_standin.object_id({}, {})", a(0), a(1)),
+            },
+            "COLUMNPROPERTY" => {
+                format!("mssql_standin.columnproperty({}, {}, {})", a(0), a(1), a(2))
+            }
+            "CHARINDEX" => format!("CAST(strpos({}, {}) AS int4)", a(1), a(0)),
+            "YEAR" | "MONTH" | "DAY" => {
+                format!(
+                    "CAST(extract({} FROM {}) AS int4)",
+                    name.to_lowercase(),
+                    a(0)
+                )
+            }
+            "DATEADD" => {
+                let part = date_part(&a(0)).ok_or_else(|| {
+                    SqlError::new(
+                        155,
+                        15,
+                        format!("'{}' is not a recognized dateadd option.", a(0)),
+                    )
+                })?;
+                format!("({} + ({}) * interval '1 {part}')", a(2), a(1))
+            }
+            "DATEDIFF" => {
+                let part = date_part(&a(0)).ok_or_else(|| {
+                    SqlError::new(
+                        155,
+                        15,
+                        format!("'{}' is not a recognized datediff option.", a(0)),
+                    )
+                })?;
+                format!("mssql_standin.datediff('{part}', CAST({} AS timestamp), CAST({} AS timestamp))", a(1), a(2))
+            }
+            "IIF" => format!("(CASE WHEN {} THEN {} ELSE {} END)", a(0), a(1), a(2)),
+            "DB_NAME" => format!("'{}'", self.env.database.replace('\'', "''")),
+            "SUSER_SNAME" | "SUSER_NAME" | "USER_NAME" | "SYSTEM_USER" | "CURRENT_USER" => {
+                format!("'{}'", self.env.user.replace('\'', "''"))
+            }
+            "CEILING" => format!("ceiling({})", a(0)),
+            "SPACE" => format!("repeat(' ', {})", a(0)),
+            "REPLICATE" => format!("repeat({}, {})", a(0), a(1)),
+            "STR" => format!("CAST({} AS text)", a(0)),
+            "ERROR_MESSAGE" | "ERROR_NUMBER" => "NULL".into(),
+            _ => return Ok(None),
+        }))
+    }
+}
+
+fn identity_literal(v: Option<i64>) -> String {
+    match v {
+        Some(i) => format!("CAST({i} AS numeric(38,0))"),
+        None => "CAST(NULL AS numeric(38,0))".into(),
+    }
+}
+
+impl VisitorMut for Translator<'_> {
+    type Break = ();
+
+    fn post_visit_relation(&mut self, relation: &mut ObjectName) -> ControlFlow<()> {
+        map_object_name(relation);
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_table_factor(&mut self, tf: &mut TableFactor) -> ControlFlow<()> {
+        if let TableFactor::Table {
+            with_hints, alias, ..
+        } = tf
+        {
+            with_hints.clear();
+            if let Some(a) = alias {
+                a.name = quoted_lower(&a.name);
+            }
+        }
+        if let TableFactor::Derived { alias: Some(a), .. } = tf {
+            a.name = quoted_lower(&a.name);
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
+        if let SetExpr::Select(s) = q.body.as_mut() {
+            if let Some(top) = s.top.take() {
+                if top.percent || top.with_ties {
+                    self.error = Some(SqlError::unsupported("TOP … PERCENT / WITH TIES"));
+                    return ControlFlow::Break(());
+                }
+                let limit = match top.quantity {
+                    Some(TopQuantity::Expr(e)) => e,
+                    Some(TopQuantity::Constant(n)) => raw(n.to_string()),
+                    None => return ControlFlow::Continue(()),
+                };
+                q.limit_clause = Some(LimitClause::LimitOffset {
+                    limit: Some(limit),
+                    offset: None,
+                    limit_by: vec![],
+                });
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        // Decide string comparisons before operands are rewritten.
+        if let Expr::BinaryOp { left, op, right } = e {
+            match op {
+                BinaryOperator::Eq | BinaryOperator::NotEq => {
+                    let l_str = self.is_string_operand(left);
+                    let r_str = self.is_string_operand(right);
+                    if (l_str && !self.is_non_character(right))
+                        || (r_str && !self.is_non_character(left))
+                    {
+                        // Mark by wrapping in a function call the post visit finishes.
+                        let l = std::mem::replace(left.as_mut(), raw("NULL"));
+                        let r = std::mem::replace(right.as_mut(), raw("NULL"));
+                        **left = Expr::Nested(Box::new(l));
+                        **right = Expr::Nested(Box::new(r));
+                        *op = BinaryOperator::Custom(
+                            if *op == BinaryOperator::Eq {
+                                "=~trim"
+                            } else {
+                                "<>~trim"
+                            }
+                            .into(),
+                        );
+                    }
+                }
+                BinaryOperator::Plus
+                    if self.is_string_operand(left) || self.is_string_operand(right) =>
+                {
+                    *op = BinaryOperator::StringConcat;
+                }
+                _ => {}
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        let result: Result<Option<Expr>, SqlError> = (|| {
+            Ok(match e {
+                Expr::Identifier(id) if is_raw(id) => None,
+                Expr::Identifier(id) if id.value.starts_with("@@") => Some(raw(self.system_variable(&id.value)?)),
+                Expr::Identifier(id) if id.value.starts_with('@') => Some(raw(self.bind(&id.value)?)),
+                Expr::Identifier(id) if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("DEFAULT") => None,
+                Expr::Identifier(id) if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("CURRENT_TIMESTAMP") => {
+                    Some(raw("mssql_standin.getdate()"))
+                }
+                Expr::Identifier(id) => Some(Expr::Identifier(quoted_lower(id))),
+                Expr::CompoundIdentifier(ids) => Some(Expr::CompoundIdentifier(
+                    ids.iter().map(quoted_lower).collect(),
+                )),
+                Expr::Value(v) => match &v.value {
+                    SqlValue::NationalStringLiteral(s) => {
+                        Some(raw(format!("'{}'", s.replace('\'', "''"))))
+                    }
+                    _ => None,
+                },
+                Expr::Function(f) => self.rewrite_function(f)?.map(raw),
+                Expr::Cast { expr, data_type, .. } => {
+                    let t = parse_decl(&data_type.to_string())
+                        .ok_or_else(|| SqlError::new(243, 16, format!("Type {data_type} is not a defined system type.")))?;
+                    Some(raw(cast_sql(&expr.to_string(), &t)))
+                }
+                Expr::Convert { expr, data_type: Some(dt), styles, .. } => {
+                    let t = parse_decl(&dt.to_string())
+                        .ok_or_else(|| SqlError::new(243, 16, format!("Type {dt} is not a defined system type.")))?;
+                    let inner = expr.to_string();
+                    let styled = if t.is_character() && !styles.is_empty() && !inner.starts_with('\'') {
+                        convert_style_sql(&inner, &styles[0].to_string())
+                    } else {
+                        None
+                    };
+                    Some(raw(match styled {
+                        Some(s) => cast_sql(&s, &t),
+                        None => cast_sql(&inner, &t),
+                    }))
+                }
+                Expr::BinaryOp { left, op: BinaryOperator::Custom(m), right } if m.ends_with("~trim") => Some(raw(format!(
+                    "(mssql_standin.rt({left}) {} (mssql_standin.rt({right}) COLLATE mssql_standin.ci_as))",
+                    m.trim_end_matches("~trim")
+                ))),
+                Expr::Like { negated, expr, pattern, .. } => Some(raw(format!(
+                    "({}mssql_standin.like({expr}, {pattern}))",
+                    if *negated { "NOT " } else { "" }
+                ))),
+                _ => None,
+            })
+        })();
+        match result {
+            Ok(Some(new)) => *e = new,
+            Ok(None) => {}
+            Err(err) => {
+                self.error = Some(err);
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+}
+
+/// Infers the SQL Server type of a T-SQL expression where it is evident.
+pub fn hint(e: &Expr, env: &Env<'_>) -> Option<SqlType> {
+    match e {
+        Expr::Nested(e) => hint(e, env),
+        Expr::Cast { data_type, .. } => parse_decl(&data_type.to_string()),
+        Expr::Convert {
+            data_type: Some(dt),
+            ..
+        } => parse_decl(&dt.to_string()),
+        Expr::Identifier(id) if id.value.starts_with("@@") => {
+            match id.value.to_uppercase().as_str() {
+                "@@IDENTITY" => Some(SqlType::Decimal(38, 0)),
+                "@@SPID" => Some(SqlType::SmallInt),
+                "@@VERSION" | "@@SERVERNAME" | "@@LANGUAGE" => Some(SqlType::NVarChar(Some(128))),
+                _ => Some(SqlType::Int),
+            }
+        }
+        Expr::Identifier(id) if id.value.starts_with('@') => {
+            env.vars.get(&id.value.to_lowercase()).and_then(|(t, _)| *t)
+        }
+        Expr::Identifier(id) => env.catalog.column_type_by_name(&id.value),
+        Expr::CompoundIdentifier(ids) => ids
+            .last()
+            .and_then(|i| env.catalog.column_type_by_name(&i.value)),
+        Expr::Value(v) => match &v.value {
+            SqlValue::NationalStringLiteral(s) => Some(SqlType::NVarChar(Some(
+                crate::sqltype::utf16_len(s).max(1) as u16,
+            ))),
+            SqlValue::SingleQuotedString(s) => Some(SqlType::VarChar(Some(s.len().max(1) as u16))),
+            SqlValue::Number(n, _) => {
+                if !n.contains('.') {
+                    match n.parse::<i64>() {
+                        Ok(i) if i32::try_from(i).is_ok() => Some(SqlType::Int),
+                        _ => Some(SqlType::Decimal(n.len().min(38) as u8, 0)),
+                    }
+                } else {
+                    let scale = n.len() - n.find('.').unwrap_or(0) - 1;
+                    Some(SqlType::Decimal((n.len() - 1).min(38) as u8, scale as u8))
+                }
+            }
+            _ => None,
+        },
+        Expr::Function(f) => {
+            let name = object_base_name(&f.name).to_uppercase();
+            let first = func_arg_exprs(&f.args).first().and_then(|a| hint(a, env));
+            match name.as_str() {
+                "GETDATE" | "GETUTCDATE" | "CURRENT_TIMESTAMP" => Some(SqlType::DateTime),
+                "SYSDATETIME" | "SYSUTCDATETIME" => Some(SqlType::DateTime2(7)),
+                "SYSDATETIMEOFFSET" => Some(SqlType::DateTimeOffset(7)),
+                "COUNT" | "LEN" | "DATALENGTH" | "OBJECT_ID" | "COLUMNPROPERTY" | "DATEDIFF"
+                | "CHARINDEX" | "YEAR" | "MONTH" | "DAY" => Some(SqlType::Int),
+                "COUNT_BIG" => Some(SqlType::BigInt),
+                "SCOPE_IDENTITY" | "IDENT_CURRENT" => Some(SqlType::Decimal(38, 0)),
+                "NEWID" => Some(SqlType::UniqueIdentifier),
+                "ISNULL" | "COALESCE" | "MAX" | "MIN" | "UPPER" | "LOWER" | "LTRIM" | "RTRIM"
+                | "DATEADD" | "ABS" => {
+                    if name == "DATEADD" {
+                        func_arg_exprs(&f.args).get(2).and_then(|a| hint(a, env))
+                    } else {
+                        first
+                    }
+                }
+                "SUM" => match first {
+                    Some(SqlType::Int | SqlType::SmallInt | SqlType::TinyInt) => Some(SqlType::Int),
+                    Some(SqlType::Decimal(_, s)) => Some(SqlType::Decimal(38, s)),
+                    other => other,
+                },
+                "DB_NAME" | "SUSER_SNAME" | "SUSER_NAME" | "USER_NAME" => {
+                    Some(SqlType::NVarChar(Some(128)))
+                }
+                _ => None,
+            }
+        }
+        Expr::Case { conditions, .. } => conditions.first().and_then(|r| hint(&r.result, env)),
+        _ => None,
+    }
+}
+
+/// The output of `translate_statement`.
+pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Translated, SqlError> {
+    let mut hints = Vec::new();
+    let mut names = Vec::new();
+    let mut assigns = Vec::new();
+    // Per-statement preparation that needs the original T-SQL.
+    match &mut stmt {
+        Statement::Query(q) => {
+            if let SetExpr::Select(s) = q.body.as_mut() {
+                prepare_projection(&mut s.projection, env, &mut hints, &mut names, &mut assigns);
+            }
+            // ORDER BY may name a select alias.
+        }
+        Statement::Insert(ins) => {
+            for c in ins.columns.iter_mut() {
+                map_column_name(c);
+            }
+            if let Some(out) = ins.output.take() {
+                let items = output_items(out)?;
+                let mut items = items;
+                prepare_projection(&mut items, env, &mut hints, &mut names, &mut assigns);
+                ins.returning = Some(items);
+            }
+        }
+        Statement::Update(up) => {
+            for a in up.assignments.iter_mut() {
+                if let sqlparser::ast::AssignmentTarget::ColumnName(n) = &mut a.target {
+                    map_column_name(n);
+                }
+            }
+            if let Some(out) = up.output.take() {
+                let mut items = output_items(out)?;
+                prepare_projection(&mut items, env, &mut hints, &mut names, &mut assigns);
+                up.returning = Some(items);
+            }
+        }
+        Statement::Delete(del) => {
+            if let Some(out) = del.output.take() {
+                let mut items = output_items(out)?;
+                prepare_projection(&mut items, env, &mut hints, &mut names, &mut assigns);
+                del.returning = Some(items);
+            }
+        }
+        _ => {}
+    }
+    let mut t = Translator::new(env);
+    let _ = stmt.visit(&mut t);
+    if let Some(e) = t.error {
+        return Err(e);
+    }
+    Ok(Translated {
+        sql: stmt.to_string(),
+        binds: t.binds,
+        hints,
+        names,
+        assigns,
+    })
+}
+
+fn map_column_name(n: &mut ObjectName) {
+    for p in n.0.iter_mut() {
+        if let ObjectNamePart::Identifier(i) = p {
+            *i = quoted_lower(i);
+        }
+    }
+}
+
+/// OUTPUT INSERTED.x / DELETED.x items become RETURNING items.
+fn output_items(out: OutputClause) -> Result<Vec<SelectItem>, SqlError> {
+    let (items, into) = match out {
+        OutputClause::Output {
+            select_items,
+            into_table,
+            ..
+        } => (select_items, into_table),
+        OutputClause::Returning { select_items, .. } => (select_items, None),
+    };
+    if into.is_some() {
+        return Err(SqlError::unsupported("OUTPUT … INTO"));
+    }
+    let strip = |e: Expr| -> Expr {
+        match e {
+            Expr::CompoundIdentifier(ids)
+                if ids.len() == 2
+                    && (ids[0].value.eq_ignore_ascii_case("inserted")
+                        || ids[0].value.eq_ignore_ascii_case("deleted")) =>
+            {
+                Expr::Identifier(ids[1].clone())
+            }
+            other => other,
+        }
+    };
+    Ok(items
+        .into_iter()
+        .map(|i| match i {
+            SelectItem::UnnamedExpr(e) => SelectItem::UnnamedExpr(strip(e)),
+            SelectItem::ExprWithAlias { expr, alias } => SelectItem::ExprWithAlias {
+                expr: strip(expr),
+                alias,
+            },
+            SelectItem::QualifiedWildcard(_, opts) => SelectItem::Wildcard(opts),
+            other => other,
+        })
+        .collect())
+}
+
+/// Gives every select item the column name SQL Server reports, and records
+/// type hints and `@variable =` assignments.
+fn prepare_projection(
+    items: &mut [SelectItem],
+    env: &Env<'_>,
+    hints: &mut Vec<Option<SqlType>>,
+    names: &mut Vec<Option<String>>,
+    assigns: &mut Vec<Option<String>>,
+) {
+    for (i, item) in items.iter_mut().enumerate() {
+        match item {
+            SelectItem::UnnamedExpr(e) => {
+                hints.push(hint(e, env));
+                assigns.push(None);
+                let name = match e {
+                    Expr::Identifier(id) if !id.value.starts_with('@') => Some(id.value.clone()),
+                    Expr::CompoundIdentifier(ids) => ids.last().map(|i| i.value.clone()),
+                    _ => None,
+                };
+                let alias = match &name {
+                    Some(n) => n.clone(),
+                    None => format!("__unnamed_{i}"),
+                };
+                names.push(Some(name.unwrap_or_default()));
+                *item = SelectItem::ExprWithAlias {
+                    expr: e.clone(),
+                    alias: Ident::new(pg_alias(&alias)),
+                };
+            }
+            SelectItem::ExprWithAlias { expr, alias } => {
+                hints.push(hint(expr, env));
+                if alias.value.starts_with('@') {
+                    assigns.push(Some(alias.value.to_lowercase()));
+                    names.push(Some(String::new()));
+                    *alias = Ident::new(pg_alias(&format!("__assign_{i}")));
+                } else {
+                    assigns.push(None);
+                    names.push(Some(alias.value.clone()));
+                    *alias = Ident::new(pg_alias(&alias.value));
+                }
+            }
+            _ => {
+                // A wildcard: positions after it are unknown.
+                hints.push(None);
+                names.push(None);
+                assigns.push(None);
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! The stand-in's test suite: one binary, one module per area.
+
+mod support;
+
+// TDS protocol: login, batches, RPC, types, transactions.
+mod protocol;

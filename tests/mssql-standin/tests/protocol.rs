@@ -1,0 +1,201 @@
+//! TDS protocol conformance as tiberius sees it: login, batches, RPC with
+//! typed parameters, result types, DONE row counts, errors, transactions.
+
+use crate::support::*;
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+use tiberius::{ColumnType, Query};
+
+#[tokio::test]
+async fn login_and_simple_select() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    let row = c
+        .simple_query("SELECT 1 AS one, N'x' AS txt")
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.get::<i32, _>("one"), Some(1));
+    assert_eq!(row.get::<&str, _>("txt"), Some("x"));
+}
+
+#[tokio::test]
+async fn wrong_password_is_error_18456() {
+    let s = standin().await;
+    match connect_with(s.port(), "wrong").await {
+        Err(tiberius::error::Error::Server(e)) => {
+            assert_eq!(e.code(), 18456);
+            assert_eq!(e.class(), 14);
+        }
+        Err(other) => panic!("expected login error, got {other}"),
+        Ok(_) => panic!("login with a wrong password succeeded"),
+    }
+}
+
+#[tokio::test]
+async fn create_insert_select_with_parameters() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.T (Id int IDENTITY(1,1) NOT NULL PRIMARY KEY, Name nvarchar(60) NULL, \
+         Amount numeric(24,6) NULL, Seen datetime NULL, Flag bit NULL, Tiny tinyint NULL, \
+         Big bigint NULL, Small smallint NULL, D date NULL, D2 datetime2(7) NULL, M money NULL, \
+         U uniqueidentifier NULL, Note nvarchar(max) NULL, C nchar(1) NULL, V varchar(20) NULL)",
+    )
+    .await;
+    let dt = NaiveDate::from_ymd_opt(2024, 5, 6)
+        .unwrap()
+        .and_hms_milli_opt(7, 8, 9, 123)
+        .unwrap();
+    let u = uuid::Uuid::new_v4();
+    let long: String = "é".repeat(5000);
+    let amount = Decimal::new(-1234567891, 6);
+    let money = Decimal::new(123456, 4);
+    let r = c
+        .execute(
+            "INSERT INTO dbo.T (Name, Amount, Seen, Flag, Tiny, Big, Small, D, D2, M, U, Note, C, V) \
+             VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14)",
+            &[
+                &"Zoë 😀",
+                &amount,
+                &dt,
+                &true,
+                &200u8,
+                &9_000_000_000i64,
+                &-3i16,
+                &dt.date(),
+                &dt,
+                &money,
+                &u,
+                &long.as_str(),
+                &"Y",
+                &"abc",
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.rows_affected(), &[1]);
+    let mut q = Query::new("INSERT INTO dbo.T (Name) VALUES (@P1)");
+    q.bind(Option::<&str>::None);
+    q.execute(&mut c).await.unwrap();
+
+    let stream = c
+        .query("SELECT * FROM dbo.T WHERE Id = @P1", &[&1i32])
+        .await
+        .unwrap();
+    let row = stream.into_row().await.unwrap().unwrap();
+    let types: Vec<(String, ColumnType)> = row
+        .columns()
+        .iter()
+        .map(|c| (c.name().to_string(), c.column_type()))
+        .collect();
+    assert_eq!(types[0], ("Id".to_string(), ColumnType::Int4));
+    assert_eq!(types[1].1, ColumnType::NVarchar);
+    assert_eq!(types[2].1, ColumnType::Decimaln);
+    assert_eq!(types[3].1, ColumnType::Datetimen);
+    assert_eq!(types[4].1, ColumnType::Bitn);
+    assert_eq!(row.get::<&str, _>("Name"), Some("Zoë 😀"));
+    assert_eq!(
+        row.get::<Decimal, _>("Amount"),
+        Some(Decimal::new(-1234567891, 6))
+    );
+    // datetime keeps 1/300 s: .123 becomes .123333...
+    let seen: chrono::NaiveDateTime = row.get("Seen").unwrap();
+    assert_eq!(seen.format("%H:%M:%S%.3f").to_string(), "07:08:09.123");
+    assert_eq!(row.get::<bool, _>("Flag"), Some(true));
+    assert_eq!(row.get::<u8, _>("Tiny"), Some(200));
+    assert_eq!(row.get::<i64, _>("Big"), Some(9_000_000_000));
+    assert_eq!(row.get::<i16, _>("Small"), Some(-3));
+    assert_eq!(row.get::<NaiveDate, _>("D"), Some(dt.date()));
+    assert_eq!(row.get::<chrono::NaiveDateTime, _>("D2"), Some(dt));
+    assert_eq!(row.get::<f64, _>("M"), Some(12.3456));
+    assert_eq!(row.get::<uuid::Uuid, _>("U"), Some(u));
+    assert_eq!(
+        row.get::<&str, _>("Note").map(|s| s.chars().count()),
+        Some(5000)
+    );
+    assert_eq!(row.get::<&str, _>("C"), Some("Y"));
+    assert_eq!(row.get::<&str, _>("V"), Some("abc"));
+
+    let row = c
+        .query(
+            "SELECT Name, Amount, Seen FROM dbo.T WHERE Id = @P1",
+            &[&2i32],
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.get::<&str, _>(0), None);
+    assert_eq!(row.get::<Decimal, _>(1), None);
+    assert_eq!(row.get::<chrono::NaiveDateTime, _>(2), None);
+}
+
+#[tokio::test]
+async fn done_tokens_carry_row_counts() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(&mut c, "CREATE TABLE t (a int NOT NULL)").await;
+    let r = c
+        .execute(
+            "INSERT INTO t (a) VALUES (@P1), (@P2); UPDATE t SET a = a + 1 WHERE a > @P3; DELETE FROM t",
+            &[&1i32, &2i32, &1i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.rows_affected(), &[2, 1, 2]);
+}
+
+#[tokio::test]
+async fn transactions_commit_and_roll_back() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(&mut c, "CREATE TABLE t (a int NOT NULL)").await;
+    exec(&mut c, "BEGIN TRAN; INSERT INTO t VALUES (1); ROLLBACK").await;
+    exec(&mut c, "BEGIN TRANSACTION").await;
+    c.execute("INSERT INTO t VALUES (@P1)", &[&2i32])
+        .await
+        .unwrap();
+    let n = c
+        .simple_query("SELECT @@TRANCOUNT")
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(n, Some(1));
+    exec(&mut c, "COMMIT").await;
+    let rows = c
+        .simple_query("SELECT a FROM t ORDER BY a")
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap();
+    let vals: Vec<i32> = rows.iter().filter_map(|r| r.get::<i32, _>(0)).collect();
+    assert_eq!(vals, vec![2]);
+}
+
+#[tokio::test]
+async fn errors_carry_sql_server_numbers() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    let e = server_error(&mut c, "SELECT * FROM dbo.NoSuchTable").await;
+    assert_eq!((e.code(), e.class()), (208, 16));
+    assert_eq!(e.message(), "Invalid object name 'dbo.NoSuchTable'.");
+    let e = server_error(&mut c, "CREATE TABLE t (a int); SELECT Nope FROM t").await;
+    assert_eq!(
+        (e.code(), e.message()),
+        (207, "Invalid column name 'Nope'.")
+    );
+    // The connection stays usable after an error.
+    exec(&mut c, "SELECT 1").await;
+}
