@@ -21,6 +21,12 @@ CREATE TABLE IF NOT EXISTS mssql_standin.columns (
   seed int8,
   increment int8,
   default_text text,
+  data_type text NOT NULL DEFAULT '',
+  char_length int,
+  max_length int NOT NULL DEFAULT 0,
+  num_precision int NOT NULL DEFAULT 0,
+  num_scale int NOT NULL DEFAULT 0,
+  system_type_id int NOT NULL DEFAULT 0,
   PRIMARY KEY (table_oid, attnum)
 );
 CREATE TABLE IF NOT EXISTS mssql_standin.indexes (

@@ -23,6 +23,8 @@ pub struct TableInfo {
     pub schema: String,
     pub name: String,
     pub columns: Vec<ColumnInfo>,
+    /// A catalog view (sys, INFORMATION_SCHEMA), not a user table.
+    pub system: bool,
 }
 
 impl TableInfo {
@@ -76,15 +78,19 @@ impl Catalog {
                 None => {
                     let schema: String = r.get(1);
                     let name: String = r.get(2);
+                    let system = schema == "sys" || schema == "INFORMATION_SCHEMA";
                     cat.tables.push(TableInfo {
                         oid,
                         schema: schema.clone(),
                         name: name.clone(),
                         columns: Vec::new(),
+                        system,
                     });
                     let i = cat.tables.len() - 1;
                     cat.by_oid.insert(oid, i);
-                    cat.by_name.insert(name.to_lowercase(), i);
+                    if !system {
+                        cat.by_name.insert(name.to_lowercase(), i);
+                    }
                     i
                 }
             };
@@ -116,7 +122,7 @@ impl Catalog {
     /// non-character column of it.
     pub fn is_character_column(&self, name: &str) -> bool {
         let mut any = false;
-        for t in &self.tables {
+        for t in self.tables.iter().filter(|t| !t.system) {
             if let Some(c) = t.column(name) {
                 if !c.ty.is_character() {
                     return false;
@@ -130,7 +136,7 @@ impl Catalog {
     /// The declared type of a column name if every table agrees on it.
     pub fn column_type_by_name(&self, name: &str) -> Option<SqlType> {
         let mut found = None;
-        for t in &self.tables {
+        for t in self.tables.iter().filter(|t| !t.system) {
             if let Some(c) = t.column(name) {
                 match found {
                     None => found = Some(c.ty),

@@ -279,10 +279,15 @@ pub async fn create_table(
         };
         let decl = c.ty.declaration();
         let ordinal = (i + 1) as i32;
+        let (precision, scale) = c.ty.precision_scale();
         pg.execute(
-            "INSERT INTO mssql_standin.columns (table_oid, attnum, table_schema, table_name, column_name, ordinal, type_decl, is_nullable, is_identity, seed, increment, default_text) \
-             VALUES ($1::text::regclass::oid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            &[&table, &attnum, &schema, &declared, &c.name, &ordinal, &decl, &c.nullable, &c.identity.is_some(), &seed, &inc, &c.default],
+            "INSERT INTO mssql_standin.columns (table_oid, attnum, table_schema, table_name, column_name, ordinal, type_decl, is_nullable, is_identity, seed, increment, default_text, \
+             data_type, char_length, max_length, num_precision, num_scale, system_type_id) \
+             VALUES ($1::text::regclass::oid, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
+            &[
+                &table, &attnum, &schema, &declared, &c.name, &ordinal, &decl, &c.nullable, &c.identity.is_some(), &seed, &inc, &c.default,
+                &c.ty.name(), &c.ty.char_length(), &c.ty.max_length(), &precision, &scale, &c.ty.system_type_id(),
+            ],
         )
         .await
         .map_err(|e| crate::session::map_pg_error(&e, None))?;

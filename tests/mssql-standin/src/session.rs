@@ -238,6 +238,25 @@ fn spell_as_written(mut e: SqlError, text: &str) -> SqlError {
     e
 }
 
+/// Removes whole words, keeping all other text, comments and line breaks.
+fn strip_words(text: &str, drop: &[&str]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    for ch in text.chars().chain(std::iter::once(' ')) {
+        if ch.is_ascii_alphanumeric() || ch == '_' {
+            word.push(ch);
+            continue;
+        }
+        if !drop.iter().any(|d| d.eq_ignore_ascii_case(&word)) {
+            out.push_str(&word);
+        }
+        word.clear();
+        out.push(ch);
+    }
+    out.pop();
+    out
+}
+
 fn parse_one(text: &str) -> Result<Statement, SqlError> {
     let mut stmts = Parser::parse_sql(&MsSqlDialect {}, text).map_err(|e| {
         let m = e.to_string();
@@ -338,7 +357,19 @@ impl Session {
 
     /// Runs a SQL batch (or the statement of sp_executesql with `vars`).
     pub async fn run_batch(&mut self, sql: &str, mut vars: Vars, out: &mut Out) -> bool {
-        let nodes = match batch::build(&batch::split(sql)) {
+        let pieces = batch::split(sql);
+        // CREATE PROCEDURE takes the whole batch as its body.
+        if let Some(p) = pieces.first() {
+            let w = words(&p.text);
+            if p.head == "CREATE" && w.iter().take(4).any(|x| x == "PROCEDURE" || x == "PROC") {
+                let mut failed = false;
+                let _ = self
+                    .run_statement(&p.text, &mut vars, out, &mut failed)
+                    .await;
+                return failed;
+            }
+        }
+        let nodes = match batch::build(&pieces) {
             Ok(n) => n,
             Err(near) => {
                 let e = SqlError::syntax(near);
@@ -789,13 +820,7 @@ impl Session {
         }
         let cleaned;
         let text = if first == "CREATE" {
-            cleaned = text
-                .split_whitespace()
-                .filter(|t| {
-                    !t.eq_ignore_ascii_case("NONCLUSTERED") && !t.eq_ignore_ascii_case("CLUSTERED")
-                })
-                .collect::<Vec<_>>()
-                .join(" ");
+            cleaned = strip_words(text, &["NONCLUSTERED", "CLUSTERED"]);
             cleaned.as_str()
         } else {
             text

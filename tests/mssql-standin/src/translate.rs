@@ -140,7 +140,7 @@ fn func_arg_exprs(args: &FunctionArguments) -> Vec<&Expr> {
 
 /// The date part names DATEADD/DATEDIFF accept, as PostgreSQL interval units.
 fn date_part(p: &str) -> Option<&'static str> {
-    Some(match p.to_lowercase().trim_matches('\'') {
+    Some(match p.to_lowercase().trim_matches(['\'', '"']) {
         "year" | "yy" | "yyyy" => "year",
         "quarter" | "qq" | "q" => "quarter",
         "month" | "mm" | "m" => "month",
@@ -180,6 +180,12 @@ fn convert_style_sql(e: &str, style: &str) -> Option<String> {
         "108" | "8" => "HH24:MI:SS",
         _ => return None,
     };
+    // SQL Server rounds to the shown precision; to_char truncates.
+    if fmt.ends_with(".MS") {
+        return Some(format!(
+            "to_char({e} + interval '500 microseconds', '{fmt}')"
+        ));
+    }
     Some(format!("to_char({e}, '{fmt}')"))
 }
 
@@ -435,7 +441,46 @@ impl VisitorMut for Translator<'_> {
                 BinaryOperator::Plus
                     if self.is_string_operand(left) || self.is_string_operand(right) =>
                 {
-                    *op = BinaryOperator::StringConcat;
+                    // nvarchar + number converts the string to the number's
+                    // type (data type precedence); two strings concatenate.
+                    let number = |e: &Expr| match e {
+                        Expr::Value(v) => match &v.value {
+                            SqlValue::Number(n, _) => {
+                                Some(if n.contains('.') { "numeric" } else { "int4" })
+                            }
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    if let Some(t) = number(right) {
+                        let l = std::mem::replace(left.as_mut(), raw("NULL"));
+                        **left = Expr::Cast {
+                            kind: sqlparser::ast::CastKind::Cast,
+                            expr: Box::new(l),
+                            data_type: sqlparser::ast::DataType::Custom(
+                                ObjectName(vec![ObjectNamePart::Identifier(Ident::new(
+                                    if t == "int4" { "int" } else { "decimal(38,10)" },
+                                ))]),
+                                vec![],
+                            ),
+                            format: None,
+                        };
+                    } else if let Some(t) = number(left) {
+                        let r = std::mem::replace(right.as_mut(), raw("NULL"));
+                        **right = Expr::Cast {
+                            kind: sqlparser::ast::CastKind::Cast,
+                            expr: Box::new(r),
+                            data_type: sqlparser::ast::DataType::Custom(
+                                ObjectName(vec![ObjectNamePart::Identifier(Ident::new(
+                                    if t == "int4" { "int" } else { "decimal(38,10)" },
+                                ))]),
+                                vec![],
+                            ),
+                            format: None,
+                        };
+                    } else {
+                        *op = BinaryOperator::StringConcat;
+                    }
                 }
                 _ => {}
             }

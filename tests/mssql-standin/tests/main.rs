@@ -4,3 +4,6 @@ mod support;
 
 // TDS protocol: login, batches, RPC, types, transactions.
 mod protocol;
+
+// SQL Server semantics that replicators depend on.
+mod semantics;

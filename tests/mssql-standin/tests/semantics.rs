@@ -1,0 +1,610 @@
+//! The SQL Server behaviours replicators trip over, each pinned to what real
+//! SQL Server does (the comment on each test cites Microsoft's documentation
+//! page by its title).
+
+use crate::support::*;
+use chrono::{NaiveDate, NaiveDateTime};
+use tiberius::ColumnType;
+
+fn ts(s: &str) -> NaiveDateTime {
+    NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").unwrap()
+}
+
+/// 1. SQL Server: datetime is "rounded to increments of .000, .003, or .007
+/// seconds" ("datetime (Transact-SQL)"). Under compatibility level 130 and
+/// later a datetime compared with a datetime2 is converted exactly, so
+/// .857 stored becomes .8566667 and `col >= @p` with @p = .857 misses the row
+/// ("SQL Server 2016 improvements in handling some data types and uncommon
+/// operations"; "ALTER DATABASE Compatibility Level").
+#[tokio::test]
+async fn datetime_rounds_to_300ths_and_compares_at_datetime2_precision() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(&mut c, "CREATE TABLE t (id int NOT NULL, d datetime NULL)").await;
+    exec(
+        &mut c,
+        "INSERT INTO t VALUES (1, '2024-01-01 10:00:00.857'), (2, '2024-01-01 10:00:00.001'), \
+         (3, '2024-01-01 10:00:00.002'), (4, '2024-01-01 10:00:00.005'), (5, '2024-01-01 23:59:59.999')",
+    )
+    .await;
+    let shown: Vec<String> = rows(
+        &mut c,
+        "SELECT CONVERT(varchar(23), d, 121) FROM t ORDER BY id",
+    )
+    .await
+    .iter()
+    .map(|r| r.get::<&str, _>(0).unwrap().to_string())
+    .collect();
+    assert_eq!(
+        shown,
+        [
+            "2024-01-01 10:00:00.857",
+            "2024-01-01 10:00:00.000",
+            "2024-01-01 10:00:00.003",
+            "2024-01-01 10:00:00.007",
+            "2024-01-02 00:00:00.000"
+        ]
+    );
+    // The stored value is 257/300 s: tiberius decodes .856666...
+    let d: NaiveDateTime = scalar(&mut c, "SELECT d FROM t WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(d.format("%H:%M:%S%.6f").to_string(), "10:00:00.856666");
+    // tiberius binds chrono values as datetime2(7): the row is missed ...
+    let p = ts("2024-01-01 10:00:00.857");
+    let n = c
+        .query("SELECT COUNT(*) FROM t WHERE id = 1 AND d >= @P1", &[&p])
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(
+        n,
+        Some(0),
+        "datetime .857 compared with datetime2 .857 must not match"
+    );
+    // ... unless the parameter is cast to the column's type.
+    let n = c
+        .query(
+            "SELECT COUNT(*) FROM t WHERE id = 1 AND d >= CAST(@P1 AS datetime)",
+            &[&p],
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(n, Some(1));
+    // Parameters stored into datetime are rounded too.
+    c.execute(
+        "INSERT INTO t VALUES (6, @P1)",
+        &[&ts("2024-01-01 10:00:00.0049")],
+    )
+    .await
+    .unwrap();
+    let shown: Option<String> = text(
+        &mut c,
+        "SELECT CONVERT(varchar(23), d, 121) FROM t WHERE id = 6",
+    )
+    .await;
+    assert_eq!(shown.as_deref(), Some("2024-01-01 10:00:00.003"));
+}
+
+/// 2. SQL Server: nvarchar(n) holds n byte-pairs (UTF-16 code units), so a
+/// character outside the BMP takes two ("nchar and nvarchar (Transact-SQL)");
+/// a longer value raises error 2628, level 16, and the statement is
+/// aborted ("MSSQLSERVER_2628").
+#[tokio::test]
+async fn nvarchar_length_counts_utf16_units_and_overflow_is_2628() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE t (id int NOT NULL, v nvarchar(3) NULL)",
+    )
+    .await;
+    c.execute("INSERT INTO t VALUES (1, @P1)", &[&"😀a"])
+        .await
+        .unwrap();
+    let e = match c
+        .execute("INSERT INTO t VALUES (2, @P1), (3, N'ok')", &[&"😀ab"])
+        .await
+    {
+        Err(tiberius::error::Error::Server(e)) => e,
+        other => panic!("expected 2628, got {other:?}"),
+    };
+    assert_eq!((e.code(), e.class()), (2628, 16));
+    assert!(e.message().contains("column 'v'"), "{}", e.message());
+    // The whole statement was aborted, nothing of it stored.
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM t").await,
+        Some(1)
+    );
+    assert_eq!(scalar::<i32>(&mut c, "SELECT LEN(v) FROM t").await, Some(3));
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT DATALENGTH(v) FROM t").await,
+        Some(6)
+    );
+}
+
+/// 3. SQL Server with SQL_Latin1_General_CP1_CI_AS compares case-insensitively
+/// and accent-sensitively ("Collation and Unicode support"), and `=` ignores
+/// trailing spaces ("How SQL Server compares strings with trailing spaces").
+#[tokio::test]
+async fn ci_as_collation_compares_and_orders_like_sql_server() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(&mut c, "CREATE TABLE t (v nvarchar(20) NULL)").await;
+    exec(
+        &mut c,
+        "INSERT INTO t VALUES (N'b'), (N'A'), (N'c'), (N'é'), (N'e')",
+    )
+    .await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM t WHERE v = N'a'").await,
+        Some(1)
+    );
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM t WHERE v = N'E'").await,
+        Some(1)
+    );
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM t WHERE v = N'b   '").await,
+        Some(1)
+    );
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM t WHERE v LIKE N'B%'").await,
+        Some(1)
+    );
+    let n = c
+        .query("SELECT COUNT(*) FROM t WHERE v = @P1", &[&"C"])
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(n, Some(1));
+    let order: Vec<String> = rows(&mut c, "SELECT v FROM t ORDER BY v")
+        .await
+        .iter()
+        .map(|r| r.get::<&str, _>(0).unwrap().to_string())
+        .collect();
+    assert_eq!(order, ["A", "b", "c", "e", "é"]);
+    // A unique index sees 'X' and 'x' as the same key.
+    exec(
+        &mut c,
+        "CREATE TABLE u (k nvarchar(10) NULL); CREATE UNIQUE INDEX IX_k ON u (k)",
+    )
+    .await;
+    exec(&mut c, "INSERT INTO u VALUES (N'X')").await;
+    let e = server_error(&mut c, "INSERT INTO u VALUES (N'x')").await;
+    assert_eq!(e.code(), 2601);
+}
+
+/// 4. SQL Server: OUTPUT INSERTED returns the generated key ("OUTPUT Clause
+/// (Transact-SQL)"); SCOPE_IDENTITY() returns numeric(38,0) ("SCOPE_IDENTITY
+/// (Transact-SQL)"); COLUMNPROPERTY(..., 'IsIdentity') tells identity columns
+/// ("COLUMNPROPERTY (Transact-SQL)"); explicit values need SET IDENTITY_INSERT
+/// ON, else error 544 ("SET IDENTITY_INSERT (Transact-SQL)").
+#[tokio::test]
+async fn identity_output_scope_identity_columnproperty_identity_insert() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.T (Id int IDENTITY(10,5) NOT NULL PRIMARY KEY, Name nvarchar(20) NULL)",
+    )
+    .await;
+    let id: Option<i32> = scalar(
+        &mut c,
+        "INSERT INTO dbo.T (Name) OUTPUT INSERTED.Id VALUES (N'a')",
+    )
+    .await;
+    assert_eq!(id, Some(10));
+    let row = c
+        .simple_query("INSERT INTO dbo.T (Name) VALUES (N'b'); SELECT SCOPE_IDENTITY() AS id")
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    let col = &row.columns()[0];
+    assert!(matches!(
+        col.column_type(),
+        ColumnType::Decimaln | ColumnType::Numericn
+    ));
+    assert_eq!(row.get::<rust_decimal::Decimal, _>(0), Some(15.into()));
+    assert_eq!(
+        scalar::<i32>(
+            &mut c,
+            "SELECT COLUMNPROPERTY(OBJECT_ID('dbo.T'), 'Id', 'IsIdentity')"
+        )
+        .await,
+        Some(1)
+    );
+    assert_eq!(
+        scalar::<i32>(
+            &mut c,
+            "SELECT COLUMNPROPERTY(OBJECT_ID('T'), 'Name', 'IsIdentity')"
+        )
+        .await,
+        Some(0)
+    );
+    let e = server_error(&mut c, "INSERT INTO dbo.T (Id, Name) VALUES (100, N'x')").await;
+    assert_eq!(e.code(), 544);
+    exec(
+        &mut c,
+        "SET IDENTITY_INSERT dbo.T ON; INSERT INTO dbo.T (Id, Name) VALUES (100, N'x'); SET IDENTITY_INSERT dbo.T OFF",
+    )
+    .await;
+    let id: Option<i32> = scalar(
+        &mut c,
+        "INSERT INTO dbo.T (Name) OUTPUT INSERTED.Id VALUES (N'c')",
+    )
+    .await;
+    assert_eq!(id, Some(105), "identity continues after the explicit value");
+}
+
+/// 5. Sage CRM allocates ids with `EXEC @id = eware_get_identity_id 'Table'`
+/// over SQL_Identity (Id_TableId, Id_NextId); the value comes back as the
+/// procedure's return status ("RETURN (Transact-SQL)", "EXECUTE
+/// (Transact-SQL)": `@return_status`).
+#[tokio::test]
+async fn eware_get_identity_id_allocates_from_sql_identity() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    load_crm_schema(&mut c).await;
+    let sql = "DECLARE @id int; EXEC @id = eware_get_identity_id 'Company'; SELECT @id";
+    assert_eq!(scalar::<i32>(&mut c, sql).await, Some(1));
+    assert_eq!(scalar::<i32>(&mut c, sql).await, Some(2));
+    assert_eq!(
+        scalar::<i32>(
+            &mut c,
+            "SELECT Id_NextId FROM SQL_Identity WHERE Id_TableId = 5"
+        )
+        .await,
+        Some(3)
+    );
+    let e = server_error(
+        &mut c,
+        "DECLARE @id int; EXEC @id = eware_get_identity_id 'NoSuchTable'",
+    )
+    .await;
+    assert_eq!(e.code(), 50000);
+}
+
+/// 6. SQL Server: sp_getapplock returns 0 when granted synchronously and -1
+/// when @LockTimeout expires; a Transaction-owned lock needs a transaction
+/// and is released at its end; sp_releaseapplock returns 0
+/// ("sp_getapplock (Transact-SQL)", "sp_releaseapplock (Transact-SQL)").
+#[tokio::test]
+async fn applocks_grant_time_out_and_release() {
+    let s = standin().await;
+    let mut a = connect(&s).await;
+    let mut b = connect(&s).await;
+    let get = "DECLARE @r int; EXEC @r = sp_getapplock @Resource = 'crmsync:supplier', @LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 0; SELECT @r";
+    assert_eq!(scalar::<i32>(&mut a, get).await, Some(0));
+    assert_eq!(scalar::<i32>(&mut b, get).await, Some(-1));
+    let rel = "DECLARE @r int; EXEC @r = sp_releaseapplock @Resource = 'crmsync:supplier', @LockOwner = 'Session'; SELECT @r";
+    assert_eq!(scalar::<i32>(&mut a, rel).await, Some(0));
+    assert_eq!(scalar::<i32>(&mut b, get).await, Some(0));
+    assert_eq!(scalar::<i32>(&mut b, rel).await, Some(0));
+    // Transaction-owned: held until COMMIT.
+    let tget = "DECLARE @r int; EXEC @r = sp_getapplock @Resource = 'r2', @LockMode = 'Exclusive', @LockTimeout = 0; SELECT @r";
+    exec(&mut a, "BEGIN TRAN").await;
+    assert_eq!(scalar::<i32>(&mut a, tget).await, Some(0));
+    exec(&mut b, "BEGIN TRAN").await;
+    assert_eq!(scalar::<i32>(&mut b, tget).await, Some(-1));
+    exec(&mut a, "COMMIT").await;
+    assert_eq!(scalar::<i32>(&mut b, tget).await, Some(0));
+    exec(&mut b, "ROLLBACK").await;
+}
+
+/// 7. SQL Server's error numbers and severities ("Database engine events and
+/// errors"), and statement- versus transaction-level rollback: without
+/// XACT_ABORT only the failing statement is rolled back; with SET XACT_ABORT
+/// ON the whole transaction is ("SET XACT_ABORT (Transact-SQL)").
+#[tokio::test]
+async fn error_numbers_and_xact_abort() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE p (id int NOT NULL PRIMARY KEY, name nvarchar(10) NOT NULL, code nvarchar(10) NULL); \
+         CREATE UNIQUE INDEX IX_p_code ON p (code); \
+         CREATE TABLE ch (id int NOT NULL, pid int NULL REFERENCES p (id))",
+    )
+    .await;
+    exec(&mut c, "INSERT INTO p VALUES (1, N'a', N'x')").await;
+    let cases: &[(&str, u32, u8)] = &[
+        ("INSERT INTO p VALUES (1, N'b', NULL)", 2627, 14),
+        ("INSERT INTO p VALUES (2, N'b', N'X')", 2601, 14),
+        ("INSERT INTO ch VALUES (1, 99)", 547, 16),
+        ("INSERT INTO p (id, name) VALUES (3, NULL)", 515, 16),
+        ("SELECT nope FROM p", 207, 16),
+        ("SELECT * FROM nope", 208, 16),
+        ("SELECT CAST('abc' AS int)", 245, 16),
+    ];
+    for (sql, code, class) in cases {
+        let e = server_error(&mut c, sql).await;
+        assert_eq!(
+            (e.code(), e.class()),
+            (*code, *class),
+            "{sql}: {}",
+            e.message()
+        );
+    }
+    let e = match c.query("SELECT @P1 + 1.5", &[&"abc"]).await {
+        Err(tiberius::error::Error::Server(e)) => e,
+        other => panic!("expected 8114, got {:?}", other.map(|_| ())),
+    };
+    assert_eq!(e.code(), 8114);
+    // Without XACT_ABORT the failed statement alone is undone. (Codes differ:
+    // a SQL Server unique index admits one NULL only.)
+    run_ignoring_errors(&mut c, "BEGIN TRAN; INSERT INTO p VALUES (10, N'a', N'c10'); INSERT INTO p VALUES (1, N'dup', NULL); INSERT INTO p VALUES (11, N'b', N'c11'); COMMIT").await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM p WHERE id IN (10, 11)").await,
+        Some(2)
+    );
+    assert_eq!(scalar::<i32>(&mut c, "SELECT @@TRANCOUNT").await, Some(0));
+    // With XACT_ABORT the whole transaction is.
+    run_ignoring_errors(&mut c, "SET XACT_ABORT ON; BEGIN TRAN; INSERT INTO p VALUES (20, N'a', N'c20'); INSERT INTO p VALUES (1, N'dup', NULL); INSERT INTO p VALUES (21, N'b', N'c21'); COMMIT").await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM p WHERE id IN (20, 21)").await,
+        Some(0)
+    );
+    assert_eq!(scalar::<i32>(&mut c, "SELECT @@TRANCOUNT").await, Some(0));
+}
+
+/// 7 (continued). SQL Server reports a deadlock victim with error 1205,
+/// severity 13, and rolls its transaction back ("MSSQLSERVER_1205").
+#[tokio::test]
+async fn deadlock_victim_is_1205_and_rolled_back() {
+    let s = standin().await;
+    let mut a = connect(&s).await;
+    let mut b = connect(&s).await;
+    exec(&mut a, "CREATE TABLE d (id int NOT NULL PRIMARY KEY, v int NULL); INSERT INTO d VALUES (1, 0), (2, 0)").await;
+    exec(&mut a, "BEGIN TRAN; UPDATE d SET v = 1 WHERE id = 1").await;
+    exec(&mut b, "BEGIN TRAN; UPDATE d SET v = 2 WHERE id = 2").await;
+    let ta = tokio::spawn(async move {
+        let r = a
+            .simple_query("UPDATE d SET v = 1 WHERE id = 2")
+            .await
+            .map(|_| ());
+        (a, r)
+    });
+    // b now closes the cycle; one of the two is chosen as the victim.
+    let rb = b
+        .simple_query("UPDATE d SET v = 2 WHERE id = 1")
+        .await
+        .map(|_| ());
+    let (mut a, ra) = ta.await.unwrap();
+    let (victim, survivor) = match (ra, rb) {
+        (Err(tiberius::error::Error::Server(e)), Ok(())) => ((e, &mut a), &mut b),
+        (Ok(()), Err(tiberius::error::Error::Server(e))) => ((e, &mut b), &mut a),
+        other => panic!("expected exactly one deadlock victim, got {other:?}"),
+    };
+    assert_eq!((victim.0.code(), victim.0.class()), (1205, 13));
+    assert_eq!(scalar::<i32>(victim.1, "SELECT @@TRANCOUNT").await, Some(0));
+    exec(survivor, "COMMIT").await;
+}
+
+/// 8. SQL Server: COUNT returns int and COUNT_BIG bigint ("COUNT
+/// (Transact-SQL)", "COUNT_BIG (Transact-SQL)"); GETDATE() is the server's
+/// local time, SYSUTCDATETIME() UTC ("Date and time data types and
+/// functions"); TOP, OFFSET-FETCH ("SELECT - ORDER BY Clause"), ISNULL, CAST
+/// and CONVERT, LEN ignores trailing spaces ("LEN (Transact-SQL)"),
+/// DATALENGTH counts bytes ("DATALENGTH (Transact-SQL)"), SET NOCOUNT.
+#[tokio::test]
+async fn builtin_functions_and_paging() {
+    // UTC+14 all year: GETDATE() must be 14 hours ahead of SYSUTCDATETIME().
+    let s = standin_with(false, "Pacific/Kiritimati").await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE t (id int NOT NULL, v nvarchar(10) NULL)",
+    )
+    .await;
+    exec(
+        &mut c,
+        "INSERT INTO t VALUES (1, N'a'), (2, NULL), (3, N'c  '), (4, N'd'), (5, N'e')",
+    )
+    .await;
+    let r = c
+        .simple_query("SELECT COUNT(*), COUNT_BIG(*), GETDATE(), SYSUTCDATETIME(), SYSDATETIMEOFFSET() FROM t")
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    let types: Vec<ColumnType> = r.columns().iter().map(|c| c.column_type()).collect();
+    assert_eq!(
+        &types[..3],
+        &[ColumnType::Int4, ColumnType::Int8, ColumnType::Datetimen]
+    );
+    assert_eq!(types[3], ColumnType::Datetime2);
+    assert_eq!(types[4], ColumnType::DatetimeOffsetn);
+    assert_eq!(r.get::<i32, _>(0), Some(5));
+    assert_eq!(r.get::<i64, _>(1), Some(5));
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT DATEDIFF(hour, SYSUTCDATETIME(), GETDATE())").await,
+        Some(14)
+    );
+    let ids: Vec<i32> = rows(&mut c, "SELECT TOP (2) id FROM t ORDER BY id DESC")
+        .await
+        .iter()
+        .map(|r| r.get(0).unwrap())
+        .collect();
+    assert_eq!(ids, [5, 4]);
+    let ids: Vec<i32> = rows(
+        &mut c,
+        "SELECT id FROM t ORDER BY id OFFSET 1 ROWS FETCH NEXT 2 ROWS ONLY",
+    )
+    .await
+    .iter()
+    .map(|r| r.get(0).unwrap())
+    .collect();
+    assert_eq!(ids, [2, 3]);
+    assert_eq!(
+        text(&mut c, "SELECT ISNULL(v, N'none') FROM t WHERE id = 2").await,
+        Some("none".to_string())
+    );
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT LEN(v) FROM t WHERE id = 3").await,
+        Some(1)
+    );
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT DATALENGTH(v) FROM t WHERE id = 3").await,
+        Some(6)
+    );
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT CAST(N'42' AS int) + CONVERT(int, '1')").await,
+        Some(43)
+    );
+    assert_eq!(
+        scalar::<NaiveDate>(&mut c, "SELECT CAST('2024-02-29T10:11:12' AS date)").await,
+        NaiveDate::from_ymd_opt(2024, 2, 29)
+    );
+    // SET NOCOUNT ON: @@ROWCOUNT still counts.
+    assert_eq!(
+        scalar::<i32>(
+            &mut c,
+            "SET NOCOUNT ON; UPDATE t SET v = N'z' WHERE id > 3; SELECT @@ROWCOUNT"
+        )
+        .await,
+        Some(2)
+    );
+}
+
+/// 9. crmsync's `check` reads INFORMATION_SCHEMA.TABLES/COLUMNS and the sys
+/// views: SQL Server reports nvarchar lengths in characters (-1 for max) in
+/// INFORMATION_SCHEMA ("COLUMNS (Transact-SQL)") and in bytes in
+/// sys.columns.max_length ("sys.columns (Transact-SQL)"); sys.indexes marks
+/// primary keys, unique and filtered indexes ("sys.indexes (Transact-SQL)").
+#[tokio::test]
+async fn catalog_views_report_sql_server_types() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    load_crm_schema(&mut c).await;
+    let r = rows(
+        &mut c,
+        "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH, IS_NULLABLE, NUMERIC_PRECISION, NUMERIC_SCALE \
+         FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_NAME = 'Company' ORDER BY ORDINAL_POSITION",
+    )
+    .await;
+    let first = &r[0];
+    assert_eq!(first.get::<&str, _>("COLUMN_NAME"), Some("Comp_CompanyId"));
+    assert_eq!(first.get::<&str, _>("DATA_TYPE"), Some("int"));
+    assert_eq!(first.get::<&str, _>("IS_NULLABLE"), Some("NO"));
+    assert_eq!(first.get::<u8, _>("NUMERIC_PRECISION"), Some(10));
+    let name = r
+        .iter()
+        .find(|r| r.get::<&str, _>(0) == Some("Comp_Name"))
+        .unwrap();
+    assert_eq!(name.get::<&str, _>(1), Some("nvarchar"));
+    assert_eq!(name.get::<i32, _>(2), Some(60));
+    let n: Option<i32> = scalar(
+        &mut c,
+        "SELECT COUNT(*) FROM INFORMATION_SCHEMA.TABLES WHERE TABLE_NAME = 'company'",
+    )
+    .await;
+    assert_eq!(n, Some(1));
+    let r = rows(
+        &mut c,
+        "SELECT c.name, c.max_length, c.is_identity, t.name AS type_name FROM sys.columns c \
+         JOIN sys.types t ON t.user_type_id = c.user_type_id \
+         WHERE c.object_id = OBJECT_ID('dbo.Company') AND c.name IN ('Comp_CompanyId', 'Comp_Name', 'Comp_UpdatedDate', 'Oppo_Note') ORDER BY c.column_id",
+    )
+    .await;
+    let got: Vec<(String, i16, bool, String)> = r
+        .iter()
+        .map(|r| {
+            (
+                r.get::<&str, _>(0).unwrap().into(),
+                r.get(1).unwrap(),
+                r.get(2).unwrap(),
+                r.get::<&str, _>(3).unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("Comp_CompanyId".to_string(), 4, true, "int".to_string()),
+            ("Comp_Name".to_string(), 120, false, "nvarchar".to_string()),
+            (
+                "Comp_UpdatedDate".to_string(),
+                8,
+                false,
+                "datetime".to_string()
+            ),
+        ]
+    );
+    let r = rows(
+        &mut c,
+        "SELECT i.name, i.is_unique, i.is_primary_key, i.has_filter FROM sys.indexes i \
+         WHERE i.object_id = OBJECT_ID('Company') ORDER BY i.index_id",
+    )
+    .await;
+    assert_eq!(r[0].get::<bool, _>("is_primary_key"), Some(true));
+    let link = r
+        .iter()
+        .find(|r| r.get::<&str, _>(0) == Some("IDX_comp_supplierid"))
+        .expect("filtered index listed");
+    assert_eq!(link.get::<bool, _>("is_unique"), Some(true));
+    assert_eq!(link.get::<bool, _>("has_filter"), Some(true));
+    let cols: Vec<String> = rows(
+        &mut c,
+        "SELECT c.name FROM sys.indexes i JOIN sys.index_columns ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id \
+         JOIN sys.columns c ON c.object_id = ic.object_id AND c.column_id = ic.column_id \
+         WHERE i.name = 'IDX_Comp_QUICKFIND_Deleted_UpdatedDate' ORDER BY ic.key_ordinal",
+    )
+    .await
+    .iter()
+    .map(|r| r.get::<&str, _>(0).unwrap().to_string())
+    .collect();
+    assert_eq!(cols, ["Comp_Deleted", "Comp_UpdatedDate"]);
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT OBJECT_ID('dbo.NoSuchTable')").await,
+        None
+    );
+}
+
+/// 10. DDL: crmsync's sql/mssql/crm_schema.sql (CREATE TABLE with IDENTITY,
+/// PRIMARY KEY, NULL/NOT NULL; CREATE [UNIQUE] INDEX with a filter; a
+/// CREATE PROCEDURE batch) loads unchanged, as with `sqlcmd -i`
+/// ("CREATE TABLE (Transact-SQL)", "CREATE INDEX (Transact-SQL)").
+#[tokio::test]
+async fn crm_schema_loads_unchanged() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    load_crm_schema(&mut c).await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM dbo.Users").await,
+        Some(2)
+    );
+    assert_eq!(
+        text(
+            &mut c,
+            "SELECT Terr_Caption FROM Territories WHERE Terr_TerritoryID = -2147483640"
+        )
+        .await,
+        Some("Worldwide".to_string())
+    );
+    exec(
+        &mut c,
+        "DROP INDEX IDX_Comp_Name ON dbo.Company; DROP TABLE dbo.Cases",
+    )
+    .await;
+    let e = server_error(&mut c, "SELECT * FROM dbo.Cases").await;
+    assert_eq!(e.code(), 208);
+}
