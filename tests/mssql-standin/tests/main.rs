@@ -7,3 +7,6 @@ mod protocol;
 
 // SQL Server semantics that replicators depend on.
 mod semantics;
+
+// The stand-in as a program.
+mod binary;
