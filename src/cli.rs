@@ -55,6 +55,33 @@ pub enum Command {
     },
     /// Watermarks, last runs, open rejects and conflicts.
     Status,
+    /// List open conflicts, or resolve one by taking a side's value.
+    Conflicts {
+        #[command(subcommand)]
+        action: ConflictsAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConflictsAction {
+    /// Open conflicts with their base, CRM and external values.
+    List {
+        #[arg(long)]
+        entity: Option<String>,
+    },
+    /// Resolve conflict ID: write the chosen side's current value to the
+    /// other side.
+    Resolve {
+        id: i64,
+        #[arg(long, value_enum)]
+        take: Take,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Take {
+    Crm,
+    External,
 }
 
 impl Command {
@@ -64,6 +91,7 @@ impl Command {
             Command::Plan { .. } => "plan",
             Command::Sync { .. } => "sync",
             Command::Status => "status",
+            Command::Conflicts { .. } => "conflicts",
         }
     }
 }
@@ -131,6 +159,7 @@ async fn dispatch(
         Command::Plan { entity } => sync(plan, entity.as_deref(), Mode::DryRun, entities).await,
         Command::Sync { entity } => sync(plan, entity.as_deref(), Mode::Apply, entities).await,
         Command::Status => status(plan).await,
+        Command::Conflicts { action } => conflicts(plan, action).await,
     }
 }
 
@@ -278,4 +307,59 @@ async fn status(plan: Plan) -> anyhow::Result<i32> {
         );
     }
     Ok(code)
+}
+
+async fn conflicts(plan: Plan, action: &ConflictsAction) -> anyhow::Result<i32> {
+    match action {
+        ConflictsAction::List { entity } => {
+            let names: Vec<String> = crate::schema::selected(&plan, entity.as_deref())?
+                .iter()
+                .map(|e| e.name.clone())
+                .collect();
+            let engine = Engine::connect(plan).await?;
+            let mut n = 0;
+            for name in names {
+                let open = match engine.state.open_conflicts(&name, None).await {
+                    Ok(o) => o,
+                    Err(_) => continue,
+                };
+                for c in open {
+                    n += 1;
+                    let r = &c.record;
+                    println!(
+                        "#{} {} CRM {} / external {}: field {}: base {}, CRM {}, external {} (run {}, {})",
+                        c.id,
+                        c.entity,
+                        r.crm_key,
+                        r.external_key,
+                        r.field,
+                        r.base.as_ref().map(|v| v.display()).unwrap_or_else(|| "-".into()),
+                        r.crm.display(),
+                        r.external.display(),
+                        c.run.unwrap_or(0),
+                        c.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+                    );
+                }
+            }
+            if n == 0 {
+                println!("no open conflicts");
+            } else {
+                println!("resolve one with: crmsync conflicts resolve ID --take crm|external");
+            }
+            Ok(exit::OK)
+        }
+        ConflictsAction::Resolve { id, take } => {
+            let side = match take {
+                Take::Crm => Side::Crm,
+                Take::External => Side::External,
+            };
+            let engine = Engine::connect(plan).await?;
+            let c = engine.resolve_conflict(*id, side).await?;
+            println!(
+                "conflict #{id} resolved: {} of CRM {} / external {} now holds the {side} value on both sides",
+                c.record.field, c.record.crm_key, c.record.external_key
+            );
+            Ok(exit::OK)
+        }
+    }
 }

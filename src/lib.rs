@@ -35,6 +35,9 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
                 c.downcast_ref::<engine::EngineError>(),
                 Some(engine::EngineError::Bind(schema::BindError::Mismatch(_)))
                     | Some(engine::EngineError::Unsupported { .. })
+                    | Some(engine::EngineError::Resolve(
+                        engine::ResolveError::Unknown(_) | engine::ResolveError::Closed(..)
+                    ))
             )
     });
     if config_error {

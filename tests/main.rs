@@ -12,6 +12,9 @@ mod errors;
 /// Incremental sync: timestamp ties across pages, runs with nothing to
 /// do, late commits, soft deletes, crm_filter, dry runs.
 mod sync;
+/// Two-way sync: CRM writes by Sage's rules, merge, conflict policies,
+/// the delete-ratio guard, oversize values, and a property test.
+mod two_way;
 /// Values that must arrive unchanged: Unicode, NULLs, maximum lengths,
 /// datetime edges.
 mod values;

@@ -127,10 +127,12 @@ pub fn canonical_to_crm(
         let key = v.key_string();
         match field.plan.values.iter().find(|(_, ext)| *ext == key) {
             Some((crm, _)) => Value::Text(crm.clone()),
-            None => return Err(FieldProblem::Reject(format!(
+            None => {
+                return Err(FieldProblem::Reject(format!(
                 "field {}: external value {key:?} has no entry in values; add it to the mapping",
                 field.plan.crm
-            ))),
+            )))
+            }
         }
     };
     let target = format!("CRM column {}", field.crm.name);

@@ -2,11 +2,13 @@
 //! entity by entity. Watermarks and shadows advance only after the writes
 //! they describe have committed.
 
+mod conflicts;
 mod deletes;
 mod mapping;
 mod merge;
 mod pass;
 
+pub use conflicts::ResolveError;
 pub use mapping::{canonical_to_crm, crm_to_canonical, FieldProblem};
 pub use merge::{merge, winner, Merged, View};
 
@@ -35,6 +37,8 @@ pub enum EngineError {
     Endpoint(#[from] EndpointError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Resolve(#[from] conflicts::ResolveError),
     #[error(
         "entity {entity:?}: another crmsync run of this entity is in progress (it holds the run lock); \
          this run did nothing. Wait for it to finish, or schedule runs further apart"

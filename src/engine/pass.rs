@@ -360,6 +360,20 @@ impl Ctx<'_> {
                             }
                         };
                     let ext_view = ext_row.as_ref().map(|r| self.ext_view(r));
+                    // A crash between the external insert and the CRM link
+                    // column update leaves the column empty: repair it.
+                    if let (Some(lc), Some(r)) = (&e.crm_link, &crm_row) {
+                        if r.get(&lc.name).key_string() != l.external_key
+                            || r.get(&lc.name).is_null()
+                        {
+                            let key = r.values[0].clone();
+                            self.queue_link_column(
+                                &key,
+                                KeyRef::Known(l.external_key.clone()),
+                                &mut w,
+                            );
+                        }
+                    }
                     let held_fields = held.get(&l.crm_key);
                     let held_names: HashSet<String> = held_fields
                         .map(|h| h.keys().cloned().collect())
