@@ -63,6 +63,15 @@ pub fn crm_to_canonical(
         }
     };
     let target = format!("external column {}", field.external.name);
+    if v.is_null() && !field.external.nullable {
+        // Left to the database, one such row would fail its whole batch
+        // on every run; set aside, it waits in rejects for a fix in CRM.
+        return Err(FieldProblem::Reject(format!(
+            "field {}: the value is empty (NULL) but {target} is NOT NULL; \
+             fill it in CRM or map a column that allows NULL",
+            field.plan.crm
+        )));
+    }
     let strict = v.clone().coerce(&field.external.ty, Some(zones), false);
     match strict {
         Ok(out) => Ok((out, false)),

@@ -299,3 +299,32 @@ async fn second_concurrent_run_exits_1_saying_another_run_holds_the_lock() {
     assert_exit(&env.run_binary(&["sync"], &[]), 0);
     assert_eq!(count(&env.erp, "erp.supplier").await, 5);
 }
+
+/// `--entity` naming no configured entity is a usage error that lists the
+/// configured ones; the `--report` file is written for it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_entity_is_exit_2_listing_the_configured_ones_and_reported() {
+    let env = Env::new(Opts::default()).await;
+    let report = env.dir.path().join("report.json");
+    let out = env.run_binary(
+        &[
+            "--report",
+            report.to_str().unwrap(),
+            "sync",
+            "--entity",
+            "suplier",
+        ],
+        &[],
+    );
+    let (_, stderr) = assert_exit(&out, 2);
+    assert!(stderr.contains("\"suplier\""), "{stderr}");
+    assert!(stderr.contains("entities: supplier"), "{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(json["exit_code"], 2);
+    assert!(
+        json["error"].as_str().unwrap().contains("suplier"),
+        "{json}"
+    );
+    assert_eq!(count(&env.erp, "erp.supplier").await, 0);
+}

@@ -312,3 +312,115 @@ async fn plan_writes_nothing_not_even_state() {
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("supplier: 12 links"), "{stdout}");
 }
+
+/// A value outside the field's `values` map rejects that row only: the run
+/// finishes with exit 3, `status` lists the reject, and once the value is
+/// fixed in CRM the row is retried by key (no new UpdatedDate needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_row_gives_exit_3_and_is_retried_once_fixed() {
+    let env = Env::new(Opts::default()).await;
+    insert_companies(
+        &env.crm,
+        5,
+        "timestamp '2026-01-01 10:00:00' + i * interval '1 s'",
+        "Supplier",
+    )
+    .await;
+    env.crm
+        .execute(
+            "UPDATE company SET comp_status = 'Prospect' WHERE comp_name = 'Company 3'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = env.run_binary(&["sync"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(stdout.contains("rejected 1"), "{stdout}");
+    assert_eq!(count(&env.erp, "erp.supplier").await, 4);
+    let out = env.run_binary(&["status"], &[]);
+    let (stdout, _) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(stdout.contains("1 open rejects"), "{stdout}");
+    let reason: String = env
+        .erp
+        .query_one(
+            "SELECT reason FROM crmsync.rejects WHERE resolved_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("Prospect"), "{reason}");
+
+    env.crm
+        .execute(
+            "UPDATE company SET comp_status = 'Active' WHERE comp_name = 'Company 3'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = env.run_binary(&["sync"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:?}",
+        crate::common::output_text(&out)
+    );
+    assert_eq!(assert_converged(&env).await, 5);
+}
+
+/// Regression: a CRM NULL headed for a NOT NULL external column failed
+/// the whole batch on every run (exit 1 forever, nothing after that row
+/// ever synced). It is now a reject of that row alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_into_a_not_null_external_column_rejects_the_row_instead_of_failing_every_run() {
+    let env = Env::new(Opts::default()).await;
+    insert_companies(
+        &env.crm,
+        5,
+        "timestamp '2026-01-01 10:00:00' + i * interval '1 s'",
+        "Supplier",
+    )
+    .await;
+    env.crm
+        .execute(
+            "UPDATE company SET comp_name = NULL WHERE comp_name = 'Company 3'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = env.run_binary(&["sync"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert_eq!(count(&env.erp, "erp.supplier").await, 4);
+    let reason: String = env
+        .erp
+        .query_one(
+            "SELECT reason FROM crmsync.rejects WHERE resolved_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        reason.contains("NOT NULL") && reason.contains("name"),
+        "{reason}"
+    );
+
+    env.crm
+        .execute(
+            "UPDATE company SET comp_name = 'Company 3' WHERE comp_name IS NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = env.run_binary(&["sync"], &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:?}",
+        crate::common::output_text(&out)
+    );
+    assert_eq!(assert_converged(&env).await, 5);
+}

@@ -231,3 +231,79 @@ async fn datetime_edge_values_and_255_character_text_survive_unchanged() {
     let second = env.sync().await;
     assert_eq!(second.changes(), 0, "{second:?}");
 }
+
+/// Sage CRM dates are the server's local time. With `[crm] timezone =
+/// "Europe/London"` and the external side in UTC, a CRM value becomes the
+/// instant it meant: BST is UTC+1 in summer; in the spring gap (a wall
+/// time that never happened) the time moves forward an hour; in the
+/// autumn overlap the earlier instant is taken. A timestamp column
+/// without zone on the external side gets the UTC wall clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_local_times_become_the_instants_they_meant_in_the_crm_zone() {
+    let env = Env::new(Opts {
+        entity_override: Some(DATED_ENTITY.into()),
+        ..Opts::default()
+    })
+    .await;
+    let text = env
+        .config_text(&Opts {
+            entity_override: Some(DATED_ENTITY.into()),
+            ..Opts::default()
+        })
+        .replacen("timezone = \"UTC\"", "timezone = \"Europe/London\"", 1);
+    assert!(text.contains("Europe/London"));
+    std::fs::write(&env.config, text).unwrap();
+    env.erp.batch_execute(DATED_TABLE).await.unwrap();
+    // (CRM local value, the UTC instant it stands for)
+    let cases = [
+        ("2026-01-15 12:00:00", "2026-01-15 12:00:00"), // GMT
+        ("2026-07-01 12:00:00.003", "2026-07-01 11:00:00.003"), // BST
+        ("2026-03-29 01:30:00", "2026-03-29 01:30:00"), // gap: 02:30 BST
+        ("2026-10-25 01:30:00", "2026-10-25 00:30:00"), // overlap: the BST one
+    ];
+    for (i, (local, _)) in cases.iter().enumerate() {
+        let local = ts(local);
+        env.crm
+            .execute(
+                "INSERT INTO company (comp_name, comp_type, comp_intlastsyncdate,
+                     comp_createddate, comp_updateddate, comp_timestamp, comp_secterr)
+                 VALUES ($1, 'Supplier', $2, $2,
+                     timestamp '2026-01-01 11:00:00' + $3 * interval '1 s',
+                     timestamp '2026-01-01 11:00:00' + $3 * interval '1 s', $4)",
+                &[
+                    &format!("Zoned {i}") as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &local,
+                    &(i as f64),
+                    &WORLDWIDE,
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    let first = env.sync().await;
+    assert_eq!(
+        (first.inserted, first.rejected),
+        (cases.len() as u64, 0),
+        "{first:?}"
+    );
+    for (i, (local, utc)) in cases.iter().enumerate() {
+        let row = env
+            .erp
+            .query_one(
+                "SELECT created, last_sync FROM erp.dated WHERE name = $1",
+                &[&format!("Zoned {i}")],
+            )
+            .await
+            .unwrap();
+        let created: DateTime<Utc> = row.get(0);
+        let last_sync: NaiveDateTime = row.get(1);
+        assert_eq!(
+            created.naive_utc(),
+            ts(utc),
+            "created of CRM {local} (London)"
+        );
+        assert_eq!(last_sync, ts(utc), "last_sync of CRM {local} (London)");
+    }
+    let second = env.sync().await;
+    assert_eq!(second.changes(), 0, "{second:?}");
+}
