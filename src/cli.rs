@@ -186,6 +186,38 @@ async fn check(plan: Plan, warnings: &mut Vec<String>) -> anyhow::Result<i32> {
             b.fields.len(),
             b.plan.direction
         );
+        // Rows crmsync creates must stay inside the filters, or the next
+        // run would not see them.
+        if b.plan.direction.external_to_crm() && b.plan.insert_into_crm {
+            let mut values = b.crm_defaults.clone();
+            if let Some(t) = &b.crm_system.secterr {
+                values.push((t.clone(), crate::value::Value::Int(b.plan.secterr)));
+            }
+            if engine.crm.filter_accepts(&b.crm_scan(), &values).await? == Some(false) {
+                warnings.push(format!(
+                    "entity {:?}: rows crmsync creates in CRM would not match crm_filter {:?}; \
+                     set the columns it tests in crm_defaults (e.g. crm_defaults = {{ Comp_Type = \"Supplier\" }})",
+                    b.name(),
+                    b.plan.crm_filter.as_deref().unwrap_or("")
+                ));
+            }
+        }
+        if b.plan.direction.crm_to_external() && b.plan.insert_into_external {
+            let values = b.external_defaults.clone();
+            if engine
+                .external
+                .filter_accepts(&b.external_scan(), &values)
+                .await?
+                == Some(false)
+            {
+                warnings.push(format!(
+                    "entity {:?}: rows crmsync creates in the external table would not match external_filter {:?}; \
+                     set the columns it tests in external_defaults",
+                    b.name(),
+                    b.plan.external_filter.as_deref().unwrap_or("")
+                ));
+            }
+        }
         let crm_nulls = engine.crm.count_null_changes(&b.crm_scan()).await?;
         let ext_nulls = engine
             .external

@@ -273,6 +273,11 @@ pub trait Endpoint: Send + Sync {
     /// Rows whose change column is NULL (they never enter a window).
     async fn count_null_changes(&self, scan: &Scan) -> Result<i64>;
 
+    /// Whether a row holding only `values` (every other column NULL) would
+    /// pass the scan's filter; `None` if it cannot be told.
+    async fn filter_accepts(&self, scan: &Scan, values: &[(String, Value)])
+        -> Result<Option<bool>>;
+
     /// Checks that the scan's filter is valid SQL for this table.
     async fn check_filter(&self, scan: &Scan) -> Result<()>;
 

@@ -779,3 +779,26 @@ async fn oversize_value_with_fail_stops_the_batch() {
         "nothing from that batch is applied"
     );
 }
+
+#[tokio::test]
+async fn check_warns_when_rows_created_in_crm_would_fall_outside_crm_filter() {
+    let env = two_way_env(&TwoWay::default()).await;
+    let out = env.run_binary(&["check"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("would not match"), "{stdout}");
+    // Without Comp_Type in crm_defaults a new CRM row is no supplier.
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        text.replace("crm_defaults = { Comp_Type = \"Supplier\" }\n", ""),
+    )
+    .unwrap();
+    let out = env.run_binary(&["check"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("would not match crm_filter") && stdout.contains("crm_defaults"),
+        "{stdout}"
+    );
+}

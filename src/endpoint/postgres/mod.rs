@@ -492,6 +492,34 @@ impl Endpoint for PgEndpoint {
         Ok(row.get(0))
     }
 
+    async fn filter_accepts(
+        &self,
+        scan: &Scan,
+        values: &[(String, Value)],
+    ) -> Result<Option<bool>> {
+        let Some(filter) = &scan.filter else {
+            return Ok(Some(true));
+        };
+        let mut row = serde_json::Map::new();
+        for (c, v) in values {
+            let j = match v {
+                Value::Null => serde_json::Value::Null,
+                Value::Bool(b) => serde_json::Value::Bool(*b),
+                Value::Int(i) => serde_json::Value::from(*i),
+                other => serde_json::Value::String(other.key_string()),
+            };
+            row.insert(c.clone(), j);
+        }
+        let sql = format!(
+            "SELECT coalesce(({filter}), false) FROM jsonb_populate_record(NULL::{}, $1) AS {}",
+            qualified(&scan.table),
+            quote(&scan.table.name)
+        );
+        let conn = self.conn().await?;
+        let row = serde_json::Value::Object(row);
+        Ok(conn.query_one(&sql, &[&row]).await.ok().map(|r| r.get(0)))
+    }
+
     async fn check_filter(&self, scan: &Scan) -> Result<()> {
         let sql = format!(
             "EXPLAIN SELECT 1 FROM {} WHERE true{}",
