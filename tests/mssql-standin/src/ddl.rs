@@ -351,7 +351,7 @@ fn trigger_sql(table: &str, declared: &str, schema: &str, database: &str, cols: 
         pg_ident(&format!("trg_{schema}_{declared}"))
     );
     format!(
-        "CREATE FUNCTION {fname}() RETURNS trigger LANGUAGE plpgsql AS $trg$\nBEGIN\n{body}RETURN NEW;\nEND\n$trg$;\n\
+        "CREATE OR REPLACE FUNCTION {fname}() RETURNS trigger LANGUAGE plpgsql AS $trg$\nBEGIN\n{body}RETURN NEW;\nEND\n$trg$;\n\
          CREATE TRIGGER standin_storage BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {fname}();"
     )
 }

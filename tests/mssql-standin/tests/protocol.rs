@@ -199,3 +199,45 @@ async fn errors_carry_sql_server_numbers() {
     // The connection stays usable after an error.
     exec(&mut c, "SELECT 1").await;
 }
+
+async fn connect_encrypted(port: u16, level: tiberius::EncryptionLevel) -> Tds {
+    let config = tiberius_config(port, PASSWORD, level);
+    let tcp = tokio::net::TcpStream::connect(config.get_addr())
+        .await
+        .unwrap();
+    tiberius::Client::connect(
+        config,
+        tokio_util::compat::TokioAsyncWriteCompatExt::compat_write(tcp),
+    )
+    .await
+    .expect("TLS connect")
+}
+
+/// TLS inside PRELOGIN: full encryption (ENCRYPT_ON) and login-only
+/// encryption (ENCRYPT_OFF), both with a self-signed certificate.
+#[tokio::test]
+async fn tls_full_and_login_only() {
+    let s = standin_with(true, "UTC").await;
+    for level in [
+        tiberius::EncryptionLevel::Required,
+        tiberius::EncryptionLevel::Off,
+    ] {
+        let mut c = connect_encrypted(s.port(), level).await;
+        exec(&mut c, "CREATE TABLE IF_NOT_USED_YET (a int)").await;
+        let big = "x".repeat(20_000);
+        let row = c
+            .query("SELECT @P1 AS v, 7 AS n", &[&big.as_str()])
+            .await
+            .unwrap()
+            .into_row()
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.get::<&str, _>("v").map(str::len), Some(20_000));
+        assert_eq!(row.get::<i32, _>("n"), Some(7));
+        exec(&mut c, "DROP TABLE IF_NOT_USED_YET").await;
+    }
+    // A client that refuses encryption still gets in when the server offers it.
+    let mut c = connect(&s).await;
+    assert_eq!(scalar::<i32>(&mut c, "SELECT 1").await, Some(1));
+}
