@@ -216,7 +216,33 @@ fn check_types(f: &mut Findings, at: &str, field: &FieldPlan, crm: &ColumnInfo, 
             }
         ));
     }
-    if let (
+    if !field.values.is_empty() {
+        // Only the mapped values travel: check those, not the columns.
+        for (c, x) in &field.values {
+            let checks = [
+                (x, ext, field.direction.crm_to_external()),
+                (c, crm, field.direction.external_to_crm()),
+            ];
+            for (v, col, flows) in checks {
+                if let (
+                    true,
+                    SqlType::Text {
+                        max_len: Some(max),
+                        unit,
+                        ..
+                    },
+                ) = (flows, &col.ty)
+                {
+                    if crate::value::text_len(v, *unit) > *max as usize {
+                        f.errors.push(format!(
+                            "{at}: values: {v:?} is longer than {} holds ({max})",
+                            col.name
+                        ));
+                    }
+                }
+            }
+        }
+    } else if let (
         SqlType::Text {
             max_len: Some(a), ..
         },

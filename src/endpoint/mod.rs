@@ -203,6 +203,8 @@ pub enum EndpointError {
         side: &'static str,
         what: String,
         retryable: bool,
+        /// The statement named a table or schema that does not exist.
+        missing_object: bool,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },

@@ -275,17 +275,13 @@ impl StateView<'_> {
         r: Result<T, EndpointError>,
     ) -> Result<T, EndpointError> {
         match (self, r) {
-            (StateView::ReadOnly(_), Err(EndpointError::Query { source, .. }))
-                if source
-                    .downcast_ref::<tokio_postgres::Error>()
-                    .and_then(|e| e.code())
-                    .is_some_and(|c| {
-                        *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE
-                            || *c == tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME
-                    }) =>
-            {
-                Ok(T::default())
-            }
+            (
+                StateView::ReadOnly(_),
+                Err(EndpointError::Query {
+                    missing_object: true,
+                    ..
+                }),
+            ) => Ok(T::default()),
             (_, r) => r,
         }
     }

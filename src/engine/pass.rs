@@ -244,9 +244,10 @@ impl Ctx<'_> {
             Side::Crm => &e.crm_key.ty,
             Side::External => &e.external_key.ty,
         };
-        // Counterparts of linked rows, when fields flow back from them.
+        // Counterparts of linked rows: to merge with, and to notice a row
+        // that vanished on the other side.
         let mut counterparts: HashMap<String, Vec<Value>> = HashMap::new();
-        if self.flows_from(other_side) {
+        if links.values().any(|l| !l.deleted) {
             let mut wanted = Vec::new();
             for l in links.values().filter(|l| !l.deleted) {
                 let k = match other_side {
@@ -317,9 +318,15 @@ impl Ctx<'_> {
                         Side::External => &l.external_key,
                     };
                     let counterpart = counterparts.get(other_key);
-                    if self.flows_from(other_side) && counterpart.is_none() {
-                        // Gone on the other side: delete detection decides.
-                        report.unchanged += 1;
+                    if counterpart.is_none() {
+                        if self.source == Side::Crm && !self.flows_from(Side::External) {
+                            // The external copy of a CRM-owned row vanished:
+                            // send the row again instead of updating nothing.
+                            unlinked.push(values);
+                        } else {
+                            // Gone on the other side: delete detection decides.
+                            report.unchanged += 1;
+                        }
                         continue;
                     }
                     let other_row = counterpart.map(|v| Row {

@@ -328,3 +328,35 @@ async fn unknown_entity_is_exit_2_listing_the_configured_ones_and_reported() {
     );
     assert_eq!(count(&env.erp, "erp.supplier").await, 0);
 }
+
+/// A write the database refuses fails the run (exit 1) with the reason,
+/// but never quotes the row: PostgreSQL's DETAIL ("Key (email)=(...)
+/// already exists") would put customer data into logs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_write_fails_without_quoting_row_data() {
+    let env = Env::new(Opts::default()).await;
+    env.erp
+        .batch_execute("CREATE UNIQUE INDEX ON erp.supplier (email)")
+        .await
+        .unwrap();
+    insert_companies(&env.crm, 2, "timestamp '2026-01-01 10:00:00'", "Supplier").await;
+    env.crm
+        .batch_execute("UPDATE company SET comp_emailaddress = 'private.person@example.com'")
+        .await
+        .unwrap();
+    let out = env.run_binary(&["sync"], &[]);
+    let (stdout, stderr) = assert_exit(&out, 1);
+    assert!(
+        stderr.contains("23505") || stderr.contains("duplicate key"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("private.person") && !stdout.contains("private.person"),
+        "row data leaked: {stderr}"
+    );
+    assert_eq!(
+        count(&env.erp, "erp.supplier").await,
+        0,
+        "nothing of the batch applied"
+    );
+}

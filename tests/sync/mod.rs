@@ -424,3 +424,29 @@ async fn null_into_a_not_null_external_column_rejects_the_row_instead_of_failing
     );
     assert_eq!(assert_converged(&env).await, 5);
 }
+
+/// Regression: a CRM change to a row whose external copy was deleted
+/// outside crmsync was counted as an update that updated nothing, and the
+/// row never came back. The CRM owns the row, so it is sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_to_a_row_deleted_outside_crmsync_sends_it_again() {
+    let env = Env::new(Opts::default()).await;
+    insert_companies(&env.crm, 5, "timestamp '2026-01-01 10:00:00'", "Supplier").await;
+    env.sync().await;
+    env.erp
+        .execute("DELETE FROM erp.supplier WHERE crm_company_id = 3", &[])
+        .await
+        .unwrap();
+    env.crm
+        .execute(
+            "UPDATE company SET comp_name = 'Company 3 renamed', comp_updateddate = timestamp '2026-01-01 10:05:00'
+              WHERE comp_companyid = 3",
+            &[],
+        )
+        .await
+        .unwrap();
+    let r = env.sync().await;
+    assert_eq!((r.inserted, r.updated), (1, 0), "{r:?}");
+    assert_eq!(assert_converged(&env).await, 5);
+    assert_eq!(env.sync().await.changes(), 0);
+}

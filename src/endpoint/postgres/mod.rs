@@ -52,6 +52,42 @@ fn qualified(t: &TableInfo) -> String {
     format!("{}.{}", quote(&t.schema), quote(&t.name))
 }
 
+/// A PostgreSQL error as crmsync reports it: severity, message, SQLSTATE
+/// and hint, but never the server's DETAIL, which can quote row data
+/// ("Failing row contains ...") into logs.
+#[derive(Debug)]
+pub struct DbFailure(String);
+
+impl std::fmt::Display for DbFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DbFailure {}
+
+impl From<&tokio_postgres::Error> for DbFailure {
+    fn from(e: &tokio_postgres::Error) -> DbFailure {
+        match e.as_db_error() {
+            Some(db) => DbFailure(format!(
+                "{}: {} (SQLSTATE {}){}",
+                db.severity(),
+                db.message(),
+                db.code().code(),
+                db.hint()
+                    .map(|h| format!("; hint: {h}"))
+                    .unwrap_or_default()
+            )),
+            None => {
+                let cause = std::error::Error::source(e)
+                    .map(|c| format!(": {c}"))
+                    .unwrap_or_default();
+                DbFailure(format!("{e}{cause}"))
+            }
+        }
+    }
+}
+
 fn is_retryable(e: &tokio_postgres::Error) -> bool {
     match e.code() {
         Some(code) => {
@@ -76,7 +112,7 @@ impl PgEndpoint {
             side,
             target: conn.url.clone(),
             reason: "the url is not a valid PostgreSQL url".into(),
-            source: Some(Box::new(e)),
+            source: Some(Box::new(DbFailure::from(&e))),
         })?;
         if let Some(pw) = &conn.password {
             config.password(pw.expose_secret());
@@ -121,7 +157,7 @@ impl PgEndpoint {
                     side,
                     target,
                     reason,
-                    source: Some(Box::new(e)),
+                    source: Some(Box::new(DbFailure::from(&e))),
                 });
             }
         }
@@ -135,7 +171,7 @@ impl PgEndpoint {
                 side,
                 target: target.clone(),
                 reason: "cannot open the connection pool".into(),
-                source: Some(Box::new(e)),
+                source: Some(Box::new(DbFailure::from(&e))),
             })?;
         Ok(PgEndpoint {
             side,
@@ -147,11 +183,15 @@ impl PgEndpoint {
     }
 
     fn query_error(&self, what: impl Into<String>, e: tokio_postgres::Error) -> EndpointError {
+        let missing_object = e.code().is_some_and(|c| {
+            *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME
+        });
         EndpointError::Query {
             side: self.side,
             what: what.into(),
             retryable: is_retryable(&e),
-            source: Box::new(e),
+            missing_object,
+            source: Box::new(DbFailure::from(&e)),
         }
     }
 
@@ -160,6 +200,7 @@ impl PgEndpoint {
             side: self.side,
             what: "getting a connection from the pool".into(),
             retryable: true,
+            missing_object: false,
             source: Box::new(e),
         })
     }

@@ -274,7 +274,7 @@ impl StateStore for PgEndpoint {
                     side: self.side,
                     target: self.target.clone(),
                     reason: "cannot open the lock connection".into(),
-                    source: Some(Box::new(e)),
+                    source: Some(Box::new(super::DbFailure::from(&e))),
                 })?;
         tokio::spawn(connection);
         let key = format!("{}:{entity}", self.state_schema);
