@@ -205,6 +205,9 @@ pub enum EndpointError {
         retryable: bool,
         /// The statement named a table or schema that does not exist.
         missing_object: bool,
+        /// The database refused the data itself (a constraint, a value it
+        /// cannot store), not the statement or the connection.
+        refused_row: bool,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
@@ -215,6 +218,18 @@ pub enum EndpointError {
 impl EndpointError {
     /// The one place that decides what is worth retrying: deadlocks,
     /// serialization failures and dropped connections.
+    /// Whether the failure lies in the rows written, so that writing them
+    /// one by one isolates the culprit.
+    pub fn refused_row(&self) -> bool {
+        matches!(
+            self,
+            EndpointError::Query {
+                refused_row: true,
+                ..
+            }
+        )
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             EndpointError::Query { retryable, .. } => *retryable,

@@ -54,7 +54,7 @@ pub(super) async fn run(
             .collect();
         let rows = ep.fetch(&scan, &scan.key, &keys).await?;
         let retried: HashSet<String> = open.iter().map(|r| r.key.clone()).collect();
-        ctx.page(&scan, rows, &retried, report).await?;
+        ctx.page(&scan, &rows, &retried, report).await?;
     }
     let mark = state.watermark(e.name(), source).await?;
     let (mut lower, upto) = window(ep, &scan, mark.as_ref(), e.plan.settle, e.plan.overlap).await?;
@@ -69,7 +69,7 @@ pub(super) async fn run(
             ts: last[1].clone(),
             key: last[0].clone(),
         };
-        ctx.page(&scan, rows, &HashSet::new(), report).await?;
+        ctx.page(&scan, &rows, &HashSet::new(), report).await?;
         let advanced = later(current.as_ref(), next.clone());
         if state.writes() && Some(&advanced) != current.as_ref() {
             state
@@ -216,11 +216,46 @@ impl Ctx<'_> {
         s
     }
 
-    /// Diffs one page of source rows and writes the result.
+    /// Diffs one page of source rows and writes the result. When a
+    /// database refuses a row (a constraint, a value it cannot take), the
+    /// page is written again row by row and only the refused rows are set
+    /// aside as rejects, to be retried on later runs.
     async fn page(
         &self,
         scan: &Scan,
-        rows: Vec<Vec<Value>>,
+        rows: &[Vec<Value>],
+        retried: &HashSet<String>,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let before = report.clone();
+        match self.page_once(scan, rows, retried, report).await {
+            Err(EngineError::Endpoint(err)) if err.refused_row() && self.mode == Mode::Apply => {
+                *report = before;
+                if let [row] = rows {
+                    let key = row[0].key_string();
+                    let reason = crate::report::with_causes(&err);
+                    tracing::warn!("entity {:?}: row {key} set aside: {reason}", self.e.name());
+                    report.read += 1;
+                    report.rejected += 1;
+                    self.state
+                        .store()
+                        .record_rejects(self.e.name(), self.run, self.source, &[(key, reason)])
+                        .await?;
+                    return Ok(());
+                }
+                for row in rows {
+                    Box::pin(self.page(scan, std::slice::from_ref(row), retried, report)).await?;
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn page_once(
+        &self,
+        scan: &Scan,
+        rows: &[Vec<Value>],
         retried: &HashSet<String>,
         report: &mut EntityReport,
     ) -> Result<(), EngineError> {
@@ -287,7 +322,7 @@ impl Ctx<'_> {
             settled: Vec::new(),
         };
         let mut unlinked = Vec::new();
-        for values in &rows {
+        for values in rows {
             let row = Row { values, scan };
             let ks = values[0].key_string();
             if retried.contains(&ks) {

@@ -191,6 +191,11 @@ impl PgEndpoint {
             what: what.into(),
             retryable: is_retryable(&e),
             missing_object,
+            // SQLSTATE classes 22 (data exception) and 23 (integrity
+            // constraint violation).
+            refused_row: e
+                .code()
+                .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
             source: Box::new(DbFailure::from(&e)),
         }
     }
@@ -201,6 +206,7 @@ impl PgEndpoint {
             what: "getting a connection from the pool".into(),
             retryable: true,
             missing_object: false,
+            refused_row: false,
             source: Box::new(e),
         })
     }
