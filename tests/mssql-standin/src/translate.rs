@@ -400,7 +400,9 @@ impl VisitorMut for Translator<'_> {
                 }
                 let limit = match top.quantity {
                     Some(TopQuantity::Expr(e)) => e,
-                    Some(TopQuantity::Constant(n)) => raw(n.to_string()),
+                    Some(TopQuantity::Constant(n)) => {
+                        Expr::value(SqlValue::Number(n.to_string(), false))
+                    }
                     None => return ControlFlow::Continue(()),
                 };
                 q.limit_clause = Some(LimitClause::LimitOffset {

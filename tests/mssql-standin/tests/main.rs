@@ -10,3 +10,6 @@ mod semantics;
 
 // The stand-in as a program.
 mod binary;
+
+// Pools and bulk loads, as crmsync uses tiberius.
+mod clients;

@@ -105,9 +105,12 @@ pub fn colmetadata(out: &mut Vec<u8>, cols: &[Column]) {
         if c.nullable {
             flags |= 0x0001;
         }
-        flags |= 0x0008; // updateable: unknown (2) = 0b10 << 2
+        // usUpdateable (bits 2-3): identity columns are read-only (0), other
+        // columns "unknown" (2), as SQL Server reports them outside browse mode.
         if c.identity {
             flags |= 0x0010;
+        } else {
+            flags |= 0x0008;
         }
         out.extend_from_slice(&flags.to_le_bytes());
         write_type_info(out, &c.ty);
