@@ -61,7 +61,9 @@ pub async fn fresh_database(prefix: &str) -> String {
         .unwrap_or_else(|e| panic!("connect to test server: {e}"));
     let handle = tokio::spawn(conn);
     client
-        .batch_execute(&format!("CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'"))
+        .batch_execute(&format!(
+            "CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'"
+        ))
         .await
         .unwrap_or_else(|e| panic!("create test database {name}: {e}"));
     drop(client);
@@ -162,7 +164,15 @@ fn start_private_cluster() -> Result<Server, String> {
     }
     let out = command_as_pg_user(&bin.join("initdb"), root)
         .args(["-D", &data.to_string_lossy()])
-        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"])
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        ])
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("run initdb: {e}"))?;
@@ -258,7 +268,10 @@ mod tests {
             .await
             .unwrap();
         tokio::spawn(conn);
-        let row = client.query_one("SELECT current_database()", &[]).await.unwrap();
+        let row = client
+            .query_one("SELECT current_database()", &[])
+            .await
+            .unwrap();
         let name: String = row.get(0);
         assert!(a.ends_with(&name));
     }
