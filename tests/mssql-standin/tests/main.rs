@@ -13,3 +13,6 @@ mod binary;
 
 // Pools and bulk loads, as crmsync uses tiberius.
 mod clients;
+
+// Cross-checks with FreeTDS tsql and python-tds.
+mod crosscheck;
