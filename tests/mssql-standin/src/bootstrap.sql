@@ -47,6 +47,13 @@ CREATE OR REPLACE FUNCTION mssql_standin.dt(timestamp) RETURNS timestamp
 LANGUAGE sql IMMUTABLE STRICT AS
 $$ SELECT $1::date + make_interval(secs => (round(extract(epoch FROM $1::time) * 300) / 300.0)::float8) $$;
 
+-- A datetime value as 100 ns units since 1900-01-01, converted the way SQL
+-- Server converts datetime to datetime2(7): exact 1/300 s ticks, rounded.
+CREATE OR REPLACE FUNCTION mssql_standin.dt100(timestamp) RETURNS int8
+LANGUAGE sql IMMUTABLE STRICT AS
+$$ SELECT ($1::date - date '1900-01-01')::int8 * 864000000000
+          + round(round(extract(epoch FROM $1::time) * 300) * 100000 / 3.0)::int8 $$;
+
 CREATE OR REPLACE FUNCTION mssql_standin.sdt(timestamp) RETURNS timestamp
 LANGUAGE sql IMMUTABLE STRICT AS
 $$ SELECT date_trunc('minute', $1 + interval '30 seconds') $$;

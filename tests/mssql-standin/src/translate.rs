@@ -207,6 +207,73 @@ impl<'a> Translator<'a> {
         }
     }
 
+    /// A `datetime` column compared with a `datetime2` value: SQL Server
+    /// (compatibility level 130+) converts the column exactly to datetime2(7)
+    /// (.857 stored as 257/300 s becomes .8566667), so both sides are compared
+    /// in 100 ns units here, below PostgreSQL's microsecond precision.
+    fn datetime_vs_datetime2(&mut self, e: &Expr) -> Option<Expr> {
+        let Expr::BinaryOp { left, op, right } = e else {
+            return None;
+        };
+        let sym = match op {
+            BinaryOperator::Eq => "=",
+            BinaryOperator::NotEq => "<>",
+            BinaryOperator::Gt => ">",
+            BinaryOperator::GtEq => ">=",
+            BinaryOperator::Lt => "<",
+            BinaryOperator::LtEq => "<=",
+            _ => return None,
+        };
+        let column = |e: &Expr| -> Option<String> {
+            let parts: Vec<&Ident> = match e {
+                Expr::Identifier(i) if !i.value.starts_with('@') && !is_raw(i) => vec![i],
+                Expr::CompoundIdentifier(ids) => ids.iter().collect(),
+                _ => return None,
+            };
+            let last = parts.last()?;
+            (self.env.catalog.column_type_by_name(&last.value) == Some(SqlType::DateTime)).then(
+                || {
+                    parts
+                        .iter()
+                        .map(|p| pg_ident(&p.value))
+                        .collect::<Vec<_>>()
+                        .join(".")
+                },
+            )
+        };
+        let datetime2 = |e: &Expr| -> Option<i64> {
+            let Expr::Identifier(i) = e else { return None };
+            match self.env.vars.get(&i.value.to_lowercase()) {
+                Some((Some(SqlType::DateTime2(_)), Value::DateTime(d))) => Some(units_100ns(d)),
+                _ => None,
+            }
+        };
+        let (col, units, sym) = match (
+            column(left),
+            datetime2(right),
+            column(right),
+            datetime2(left),
+        ) {
+            (Some(c), Some(u), _, _) => (c, u, sym.to_string()),
+            (_, _, Some(c), Some(u)) => {
+                let flipped = match sym {
+                    ">" => "<",
+                    ">=" => "<=",
+                    "<" => ">",
+                    "<=" => ">=",
+                    other => other,
+                };
+                (c, u, flipped.to_string())
+            }
+            _ => return None,
+        };
+        self.binds.push(Value::Int(units));
+        let idx = self.binds.len();
+        Some(raw(format!(
+            "(mssql_standin.dt100({col}) {sym} CAST(${idx} AS int8))"
+        )))
+    }
+
     fn bind(&mut self, name: &str) -> Result<String, SqlError> {
         let key = name.to_lowercase();
         let Some((ty, value)) = self.env.vars.get(&key) else {
@@ -360,6 +427,17 @@ impl<'a> Translator<'a> {
     }
 }
 
+/// A timestamp as 100 ns units since 1900-01-01 (datetime2(7) precision).
+fn units_100ns(d: &chrono::NaiveDateTime) -> i64 {
+    use chrono::Timelike;
+    let base = chrono::NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or_default();
+    let days = (d.date() - base).num_days();
+    let t = d.time();
+    days * 864_000_000_000
+        + i64::from(t.num_seconds_from_midnight()) * 10_000_000
+        + i64::from(t.nanosecond() / 100)
+}
+
 fn identity_literal(v: Option<i64>) -> String {
     match v {
         Some(i) => format!("CAST({i} AS numeric(38,0))"),
@@ -416,6 +494,10 @@ impl VisitorMut for Translator<'_> {
     }
 
     fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        if let Some(new) = self.datetime_vs_datetime2(e) {
+            *e = new;
+            return ControlFlow::Continue(());
+        }
         // Decide string comparisons before operands are rewritten.
         if let Expr::BinaryOp { left, op, right } = e {
             match op {

@@ -80,6 +80,36 @@ async fn datetime_rounds_to_300ths_and_compares_at_datetime2_precision() {
         .unwrap()
         .get::<i32, _>(0);
     assert_eq!(n, Some(1));
+    // Read back through tiberius (.856666666) and bound again as datetime2(7)
+    // (.8566666), the value is still below the column's exact .8566667: a
+    // `>` watermark query re-reads the row forever, as on SQL Server.
+    let n = c
+        .query("SELECT COUNT(*) FROM t WHERE id = 1 AND d > @P1", &[&d])
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(
+        n,
+        Some(1),
+        "datetime .8566667 > datetime2 .8566666 on SQL Server"
+    );
+    let n = c
+        .query(
+            "SELECT COUNT(*) FROM t WHERE id = 1 AND d > CAST(@P1 AS datetime)",
+            &[&d],
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(n, Some(0));
     // Parameters stored into datetime are rounded too.
     c.execute(
         "INSERT INTO t VALUES (6, @P1)",
