@@ -154,7 +154,7 @@ impl Server {
         }
     }
 
-    async fn after_prelogin<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    async fn after_prelogin<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &self,
         mut sock: S,
     ) -> Result<(), Error> {
@@ -164,7 +164,7 @@ impl Server {
         self.after_login_message(sock, msg).await
     }
 
-    async fn after_login_message<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    async fn after_login_message<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &self,
         mut sock: S,
         msg: tds::Message,
@@ -221,69 +221,137 @@ impl Server {
         tds::write_message(&mut sock, packet_type::TABULAR_RESULT, &out, packet_size).await?;
         let spid = self.next_spid.fetch_add(1, Ordering::Relaxed);
         let mut session = Session::new(pg, self.shared.clone(), spid, l.username.clone());
-        let r = self.requests(&mut sock, &mut session, packet_size).await;
+        let r = self.requests(sock, &mut session, packet_size).await;
         drop(session);
         conn_task.abort();
         r
     }
 
-    async fn requests<S: AsyncRead + AsyncWrite + Unpin + Send>(
+    /// Serves requests until the client goes away. A reader task forwards
+    /// incoming messages, so that an ATTENTION arriving while a request runs
+    /// cancels it (MS-TDS 3.2.5.7): the PostgreSQL query is cancelled and the
+    /// reply is a DONE with the ATTN bit.
+    async fn requests<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &self,
-        sock: &mut S,
+        sock: S,
         session: &mut Session,
         packet_size: usize,
     ) -> Result<(), Error> {
-        while let Some(msg) = tds::read_message(sock).await? {
-            let reply = match msg.kind {
-                packet_type::SQL_BATCH => {
-                    let sql = rpc::parse_sql_batch(&msg.payload)?;
-                    let mut out = Out::new(false);
-                    session.run_batch(&sql, Vars::new(), &mut out).await;
-                    let _ = session.take_return_status();
-                    out.finish_batch(session.in_transaction())
-                }
-                packet_type::RPC => {
-                    let calls = rpc::parse_rpc(&msg.payload)?;
-                    let mut buf = Vec::new();
-                    for call in calls {
-                        buf.extend(self.rpc_call(session, call).await);
-                    }
-                    buf
-                }
-                packet_type::BULK_LOAD => {
-                    let mut out = Out::new(false);
-                    match parse_bulk(&msg.payload) {
-                        Ok((cols, rows)) => {
-                            session.bulk_load(&cols, &rows, &mut out).await;
-                        }
-                        Err(e) => {
-                            token::error(&mut out.buf, &SqlError::new(4815, 16, format!("Received an invalid column length from the bcp client: {e}")));
+        let (mut rd, mut wr) = tokio::io::split(sock);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<tds::Message, Error>>(4);
+        let reader = tokio::spawn(async move {
+            loop {
+                match tds::read_message(&mut rd).await {
+                    Ok(Some(m)) => {
+                        if tx.send(Ok(m)).await.is_err() {
+                            break;
                         }
                     }
-                    out.finish_batch(session.in_transaction())
+                    Ok(None) => break,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        break;
+                    }
                 }
-                packet_type::ATTENTION => {
-                    let mut b = Vec::new();
-                    token::done(&mut b, token::DONE_ATTN, 0, 0);
-                    b
+            }
+        });
+        let result = async {
+            while let Some(msg) = rx.recv().await {
+                let msg = msg?;
+                let mut attn = Vec::new();
+                token::done(&mut attn, token::DONE_ATTN, 0, 0);
+                if msg.kind == packet_type::ATTENTION {
+                    // Nothing is running: acknowledge at once.
+                    tds::write_message(&mut wr, packet_type::TABULAR_RESULT, &attn, packet_size)
+                        .await?;
+                    continue;
                 }
-                other => {
-                    let mut b = Vec::new();
-                    token::error(
-                        &mut b,
-                        &SqlError::new(
-                            40000,
-                            16,
-                            format!("mssql-standin does not support TDS packet type {other:#04x}"),
-                        ),
-                    );
-                    token::done(&mut b, token::DONE_ERROR, 0, 0);
-                    b
-                }
-            };
-            tds::write_message(sock, packet_type::TABULAR_RESULT, &reply, packet_size).await?;
+                let cancel = session.pg.cancel_token();
+                let work = self.handle(session, msg);
+                tokio::pin!(work);
+                let mut attention = false;
+                let reply = loop {
+                    tokio::select! {
+                        r = &mut work => break r?,
+                        m = rx.recv(), if !attention => match m {
+                            Some(Ok(m)) if m.kind == packet_type::ATTENTION => {
+                                attention = true;
+                                let _ = cancel.cancel_query(tokio_postgres::NoTls).await;
+                            }
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => return Err(e),
+                            None => attention = true,
+                        },
+                    }
+                };
+                let reply = if attention { attn } else { reply };
+                tds::write_message(&mut wr, packet_type::TABULAR_RESULT, &reply, packet_size)
+                    .await?;
+            }
+            Ok(())
         }
-        Ok(())
+        .await;
+        reader.abort();
+        result
+    }
+
+    async fn handle(&self, session: &mut Session, msg: tds::Message) -> Result<Vec<u8>, Error> {
+        Ok(match msg.kind {
+            packet_type::SQL_BATCH => {
+                let sql = rpc::parse_sql_batch(&msg.payload)?;
+                let mut out = Out::new(false);
+                session.run_batch(&sql, Vars::new(), &mut out).await;
+                let _ = session.take_return_status();
+                out.finish_batch(session.in_transaction())
+            }
+            packet_type::RPC => {
+                let calls = rpc::parse_rpc(&msg.payload)?;
+                let mut buf = Vec::new();
+                for call in calls {
+                    buf.extend(self.rpc_call(session, call).await);
+                }
+                buf
+            }
+            packet_type::BULK_LOAD => {
+                let mut out = Out::new(false);
+                match parse_bulk(&msg.payload) {
+                    Ok((cols, rows)) => {
+                        session.bulk_load(&cols, &rows, &mut out).await;
+                    }
+                    Err(e) => {
+                        token::error(
+                            &mut out.buf,
+                            &SqlError::new(
+                                4815,
+                                16,
+                                format!(
+                                    "Received an invalid column length from the bcp client: {e}"
+                                ),
+                            ),
+                        );
+                    }
+                }
+                out.finish_batch(session.in_transaction())
+            }
+            packet_type::ATTENTION => {
+                let mut b = Vec::new();
+                token::done(&mut b, token::DONE_ATTN, 0, 0);
+                b
+            }
+            other => {
+                let mut b = Vec::new();
+                token::error(
+                    &mut b,
+                    &SqlError::new(
+                        40000,
+                        16,
+                        format!("mssql-standin does not support TDS packet type {other:#04x}"),
+                    ),
+                );
+                token::done(&mut b, token::DONE_ERROR, 0, 0);
+                b
+            }
+        })
     }
 
     async fn rpc_call(&self, session: &mut Session, call: rpc::RpcCall) -> Vec<u8> {

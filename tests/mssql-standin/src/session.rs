@@ -108,7 +108,7 @@ pub struct Session {
 fn aborts_batch(number: u32) -> bool {
     matches!(
         number,
-        102 | 137 | 156 | 207 | 208 | 241 | 245 | 8114 | 8169 | 1205 | 206
+        102 | 137 | 156 | 207 | 208 | 241 | 245 | 8114 | 8169 | 1205 | 206 | 3617
     )
 }
 
@@ -518,6 +518,7 @@ impl Session {
                 })
             }
             ("USE", _) => Ok(()),
+            ("WAITFOR", "DELAY") => self.waitfor_delay(text).await,
             _ => {
                 let savepoint = self.trancount > 0;
                 if savepoint {
@@ -544,6 +545,30 @@ impl Session {
                 self.handle_error(e, out, failed).await
             }
         }
+    }
+
+    /// WAITFOR DELAY 'hh:mm:ss[.mmm]', as a cancellable PostgreSQL sleep.
+    async fn waitfor_delay(&mut self, text: &str) -> Result<(), SqlError> {
+        let arg = text
+            .split('\'')
+            .nth(1)
+            .ok_or_else(|| SqlError::syntax("DELAY"))?;
+        let mut secs = 0f64;
+        for part in arg.split(':') {
+            let v: f64 = part.trim().parse().map_err(|_| {
+                SqlError::new(
+                    148,
+                    15,
+                    "Incorrect time syntax in time string used with WAITFOR.",
+                )
+            })?;
+            secs = secs * 60.0 + v;
+        }
+        self.pg
+            .execute("SELECT pg_sleep($1)", &[&secs])
+            .await
+            .map_err(|e| map_pg_error(&e, None))?;
+        Ok(())
     }
 
     async fn begin_tran(&mut self, out: &mut Out) -> Result<(), SqlError> {

@@ -247,3 +247,51 @@ async fn tiberius_tsql_and_python_tds_read_the_same_data() {
     }
     println!("cross-checked with {checked} of 2 independent clients");
 }
+
+const PYTHON_CANCEL: &str = r#"
+import sys
+import pytds
+port, password = int(sys.argv[1]), sys.argv[2]
+with pytds.connect(server='127.0.0.1', port=port, database='CRM', user='sa', password=password, autocommit=True, timeout=1) as conn:
+    cur = conn.cursor()
+    try:
+        cur.execute("WAITFOR DELAY '00:02:00'; INSERT INTO t VALUES (1)")
+        print('finished')
+    except pytds.TimeoutError:
+        print('timeout')
+    cur = conn.cursor()
+    cur.execute("SELECT 42")
+    print(cur.fetchone()[0])
+"#;
+
+/// python-tds sends ATTENTION when its query timeout expires; SQL Server
+/// stops the batch and answers with a DONE carrying the ATTN bit, and the
+/// connection stays usable ("MS-TDS 2.2.1.7 Attention").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attention_cancels_a_running_batch() {
+    if !python_has_pytds() {
+        println!(
+            "SKIPPED attention check: python3 module pytds not installed (pip install python-tds)"
+        );
+        return;
+    }
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(&mut c, "CREATE TABLE t (a int)").await;
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_CANCEL, &s.port().to_string(), PASSWORD])
+        .output()
+        .expect("run python3");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python-tds failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["timeout", "42"]);
+    // The batch stopped at the WAITFOR: its INSERT never ran.
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM t").await,
+        Some(0)
+    );
+}
