@@ -6,6 +6,7 @@ use crate::engine::{Engine, EntityReport, Mode};
 use crate::plan::{DbKind, Plan, Side};
 use crate::report::{self, RunReport};
 use crate::state::StateStore;
+use crate::value::Value;
 use crate::{exit, exit_code};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -302,14 +303,46 @@ async fn status(plan: Plan) -> anyhow::Result<i32> {
             return Ok(exit::OK);
         }
     };
+    // Lag: each side's own clock minus its watermark, where the side
+    // answers (status works without them).
+    let mut clocks = std::collections::HashMap::new();
+    for side in [Side::Crm, Side::External] {
+        let c = plan.connection(side);
+        if c.kind != DbKind::Postgres {
+            continue;
+        }
+        if let Ok(ep) = PgEndpoint::connect(side.as_str(), c, &plan.state_schema).await {
+            use crate::endpoint::Endpoint;
+            let naive = ep
+                .clock(&crate::value::SqlType::Timestamp { precision: 6 })
+                .await;
+            let tz = ep.clock(&crate::value::SqlType::TimestampTz).await;
+            if let (Ok(n), Ok(t)) = (naive, tz) {
+                clocks.insert(side.as_str(), (n, t));
+            }
+        }
+    }
+    let lag = |w: &crate::state::WatermarkInfo| -> String {
+        let Some((naive, tz)) = clocks.get(w.side.as_str()) else {
+            return String::new();
+        };
+        let secs = match (&w.ts_value, naive, tz) {
+            (Value::Timestamp(m), Value::Timestamp(now), _) => (*now - *m).num_milliseconds(),
+            (Value::TimestampTz(m), _, Value::TimestampTz(now)) => (*now - *m).num_milliseconds(),
+            _ => return String::new(),
+        } as f64
+            / 1000.0;
+        format!(", {secs:.1} s behind the {} clock", w.side)
+    };
     println!("watermarks:");
     for w in &status.watermarks {
         println!(
-            "  {} {}: {} / key {} (saved {})",
+            "  {} {}: {} / key {}{} (saved {})",
             w.entity,
             w.side,
             w.ts,
             w.key,
+            lag(w),
             w.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
         );
     }

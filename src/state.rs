@@ -82,6 +82,8 @@ pub struct WatermarkInfo {
     pub entity: String,
     pub side: String,
     pub ts: String,
+    #[serde(skip)]
+    pub ts_value: Value,
     pub key: String,
     pub updated_at: DateTime<Utc>,
 }

@@ -311,6 +311,8 @@ async fn plan_writes_nothing_not_even_state() {
     let (stdout, _) = crate::common::output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}");
     assert!(stdout.contains("supplier: 12 links"), "{stdout}");
+    // The lag is the CRM clock minus the watermark (rows stamped in 2026-01).
+    assert!(stdout.contains("s behind the crm clock"), "{stdout}");
 }
 
 /// A value outside the field's `values` map rejects that row only: the run

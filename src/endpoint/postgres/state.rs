@@ -487,10 +487,12 @@ impl StateStore for PgEndpoint {
             .map_err(|e| self.state_error("reading watermarks", e))?;
         let mut watermarks = Vec::new();
         for r in wms {
+            let ts = from_json(r.get(2))?;
             watermarks.push(WatermarkInfo {
                 entity: r.get(0),
                 side: r.get(1),
-                ts: from_json(r.get(2))?.display(),
+                ts: ts.display(),
+                ts_value: ts,
                 key: from_json(r.get(3))?.display(),
                 updated_at: r.get(4),
             });
