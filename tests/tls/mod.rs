@@ -124,6 +124,45 @@ async fn require_without_tls_ca_file_rejects_an_unknown_ca() {
     assert!(stderr.contains("tls_ca_file"), "names the key: {stderr}");
 }
 
+/// `require` checks the host name too: the right CA is not enough when the
+/// certificate was issued for another name. The url names a host the
+/// certificate does not; `hostaddr` still reaches the test server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_rejects_a_certificate_for_another_host_name() {
+    let tls = &testkit::tls_server().server;
+    let env = Env::on_servers(
+        tls,
+        tls,
+        Opts {
+            external_extra: REQUIRE_WITH_CA.into(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    ca_into(&env);
+    let renamed = format!(
+        "{}?hostaddr=127.0.0.1",
+        env.erp_url
+            .replace("@127.0.0.1:", "@db.wrong-name.invalid:")
+    );
+    let text = env
+        .config_text(&Opts {
+            external_extra: REQUIRE_WITH_CA.into(),
+            ..Opts::default()
+        })
+        .replace(&env.erp_url, &renamed);
+    std::fs::write(&env.config, text).unwrap();
+    let (_, stderr) = assert_exit(&env.run_binary(&["sync"], &[]), 1);
+    assert!(
+        stderr.contains("db.wrong-name.invalid"),
+        "names the host: {stderr}"
+    );
+    assert!(
+        stderr.contains("does not name the host"),
+        "says what is wrong: {stderr}"
+    );
+}
+
 /// `require` never falls back to clear text.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn require_against_a_plain_server_fails_saying_it_offers_no_tls() {

@@ -88,11 +88,16 @@ pub fn explain(conn: &Connection, e: &tokio_postgres::Error) -> Option<String> {
                         Some(ca) => format!("the CA in tls_ca_file {}", ca.path.display()),
                         None => "the system's root certificates (no tls_ca_file is set)".into(),
                     };
+                    let advice = if is_name_mismatch(why) {
+                        "use a host name in the url that the certificate names, or have the \
+                         server's certificate reissued for this name"
+                    } else {
+                        "set tls_ca_file to the PEM file of the CA that signed the server's \
+                         certificate"
+                    };
                     format!(
-                        "the server's TLS certificate was rejected ({}): it was checked \
-                         against {trusted}; set tls_ca_file to the PEM file of the CA that \
-                         signed the server's certificate, and connect by the host name the \
-                         certificate names",
+                        "the server's TLS certificate was rejected ({}); it was checked \
+                         against {trusted}: {advice}",
                         certificate_problem(why)
                     )
                 }
@@ -123,6 +128,14 @@ fn rustls_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error
     })
 }
 
+fn is_name_mismatch(e: &rustls::CertificateError) -> bool {
+    matches!(
+        e,
+        rustls::CertificateError::NotValidForName
+            | rustls::CertificateError::NotValidForNameContext { .. }
+    )
+}
+
 fn certificate_problem(e: &rustls::CertificateError) -> String {
     use rustls::CertificateError as C;
     match e {
@@ -131,7 +144,7 @@ fn certificate_problem(e: &rustls::CertificateError) -> String {
         C::Expired | C::ExpiredContext { .. } => "expired".into(),
         C::NotValidYet | C::NotValidYetContext { .. } => "not valid yet".into(),
         C::NotValidForName | C::NotValidForNameContext { .. } => {
-            "not valid for the host name in the url".into()
+            "it does not name the host in the url".into()
         }
         C::Revoked => "revoked".into(),
         other => format!("{other:?}"),
