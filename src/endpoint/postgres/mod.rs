@@ -1,4 +1,4 @@
-//! The PostgreSQL endpoint: pooled connections (bb8), catalog
+//! The PostgreSQL endpoint: pooled connections (bb8, TLS as `tls` says), catalog
 //! introspection, keyset change reads, batched writes in one transaction,
 //! and the state store when `[state]` lives here.
 
