@@ -209,7 +209,8 @@ fn make_certificates() -> Result<(String, String, String), rcgen::Error> {
     let issuer = Issuer::new(ca, ca_key);
     let server_key = KeyPair::generate()?;
     let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
-    leaf.distinguished_name.push(DnType::CommonName, "localhost");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
     let leaf_cert = leaf.signed_by(&server_key, &issuer)?;
     Ok((ca_cert.pem(), leaf_cert.pem(), server_key.serialize_pem()))
 }
