@@ -42,6 +42,9 @@ pub struct RawCrm {
     pub id_strategy: Option<String>,
     /// `disable` | `prefer` | `require`.
     pub tls: Option<String>,
+    /// PEM file with the CA certificate(s) that `require` verifies the
+    /// server against instead of the system roots.
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +55,7 @@ pub struct RawExternal {
     pub password_file: Option<PathBuf>,
     pub timezone: Option<String>,
     pub tls: Option<String>,
+    pub tls_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

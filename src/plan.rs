@@ -1,11 +1,13 @@
 //! The validated, resolved configuration. `Plan::build` is pure (it reads
-//! only the environment and password files) and collects every problem in
+//! only the environment, password files and CA files) and collects every problem in
 //! the file before any connection opens.
 
 use crate::config::{self, RawConfig, RawEntity, RawField};
 use crate::crm;
 use crate::value::Value;
 use chrono_tz::Tz;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use secrecy::SecretString;
 use std::collections::BTreeSet;
 use std::fmt;
@@ -116,6 +118,65 @@ pub struct Connection {
     pub password: Option<SecretString>,
     pub timezone: Tz,
     pub tls: Tls,
+    /// The certificates of `tls_ca_file`, read during validation; only
+    /// with `tls = "require"`.
+    pub tls_ca: Option<TlsCa>,
+}
+
+/// The CA certificates a `require` connection trusts instead of the
+/// system roots.
+#[derive(Clone)]
+pub struct TlsCa {
+    /// The file as resolved against the config file's directory.
+    pub path: PathBuf,
+    pub certs: Vec<CertificateDer<'static>>,
+}
+
+impl fmt::Debug for TlsCa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsCa")
+            .field("path", &self.path)
+            .field("certs", &self.certs.len())
+            .finish()
+    }
+}
+
+impl TlsCa {
+    /// Reads `path` as PEM certificates; the message says what is wrong
+    /// with the file.
+    pub fn read(path: &Path) -> Result<TlsCa, String> {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("tls_ca_file {}: cannot read it ({e})", path.display()))?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                format!(
+                    "tls_ca_file {}: not a PEM certificate file ({e})",
+                    path.display()
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(format!(
+                "tls_ca_file {}: holds no certificate (expected one or more \
+                 -----BEGIN CERTIFICATE----- blocks)",
+                path.display()
+            ));
+        }
+        let mut roots = rustls::RootCertStore::empty();
+        let (_, bad) = roots.add_parsable_certificates(certs.iter().cloned());
+        if bad > 0 {
+            return Err(format!(
+                "tls_ca_file {}: {bad} of its {} certificates cannot be used as a CA \
+                 (not a valid X.509 certificate)",
+                path.display(),
+                certs.len()
+            ));
+        }
+        Ok(TlsCa {
+            path: path.to_path_buf(),
+            certs,
+        })
+    }
 }
 
 /// A table name as configured, optionally schema-qualified.
@@ -360,6 +421,7 @@ struct ConnectionKeys<'a> {
     password_file: &'a Option<PathBuf>,
     timezone: &'a Option<String>,
     tls: &'a Option<String>,
+    tls_ca_file: &'a Option<PathBuf>,
 }
 
 fn connection(
@@ -374,6 +436,7 @@ fn connection(
         password_file,
         timezone,
         tls,
+        tls_ca_file,
     } = keys;
     let kind = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         DbKind::Postgres
@@ -409,11 +472,7 @@ fn connection(
             }
         },
         (None, Some(file)) => {
-            let path = if file.is_absolute() {
-                file.clone()
-            } else {
-                config_dir.join(file)
-            };
+            let path = resolve(config_dir, file);
             match std::fs::read_to_string(&path) {
                 Ok(p) => {
                     let p = p.trim_end_matches(['\r', '\n']).to_string();
@@ -452,12 +511,39 @@ fn connection(
             ("require", Tls::Require),
         ],
     );
+    let tls_ca = tls_ca_file.as_ref().and_then(|file| {
+        if tls != Tls::Require {
+            c.push(
+                at,
+                "tls_ca_file is set, but only tls = \"require\" verifies the server's \
+                 certificate; set tls = \"require\" or remove tls_ca_file",
+            );
+            return None;
+        }
+        match TlsCa::read(&resolve(config_dir, file)) {
+            Ok(ca) => Some(ca),
+            Err(msg) => {
+                c.push(at, msg);
+                None
+            }
+        }
+    });
     Connection {
         kind,
         url: url.to_string(),
         password,
         timezone,
         tls,
+        tls_ca,
+    }
+}
+
+/// `file` as written in the config, relative to the config's directory.
+fn resolve(config_dir: &Path, file: &Path) -> PathBuf {
+    if file.is_absolute() {
+        file.to_path_buf()
+    } else {
+        config_dir.join(file)
     }
 }
 
@@ -498,6 +584,7 @@ impl Plan {
                 password_file: &raw.crm.password_file,
                 timezone: &raw.crm.timezone,
                 tls: &raw.crm.tls,
+                tls_ca_file: &raw.crm.tls_ca_file,
             },
             dir,
         );
@@ -538,6 +625,7 @@ impl Plan {
                 password_file: &raw.external.password_file,
                 timezone: &raw.external.timezone,
                 tls: &raw.external.tls,
+                tls_ca_file: &raw.external.tls_ca_file,
             },
             dir,
         );

@@ -12,6 +12,9 @@ mod errors;
 /// Incremental sync: timestamp ties across pages, runs with nothing to
 /// do, late commits, soft deletes, crm_filter, dry runs.
 mod sync;
+/// TLS to PostgreSQL: require with a CA file, unknown CAs, plain servers,
+/// prefer's fallback, bad tls_ca_file values (a second cluster with ssl on).
+mod tls;
 /// Two-way sync: CRM writes by Sage's rules, merge, conflict policies,
 /// the delete-ratio guard, oversize values, and a property test.
 mod two_way;

@@ -115,8 +115,19 @@ impl Env {
     /// Fresh databases with sql/postgres/crm_schema.sql and
     /// sql/examples/erp_schema.sql loaded, and a config with `opts`.
     pub async fn new(opts: Opts) -> Env {
-        let crm_url = testkit::fresh_database("crm").await;
-        let erp_url = testkit::fresh_database("erp").await;
+        let server = testkit::server();
+        Env::on_servers(server, server, opts).await
+    }
+
+    /// Like `new`, with the CRM database on `crm_server` and the ERP
+    /// database on `erp_server`.
+    pub async fn on_servers(
+        crm_server: &testkit::Server,
+        erp_server: &testkit::Server,
+        opts: Opts,
+    ) -> Env {
+        let crm_url = testkit::fresh_database_on(crm_server, "crm").await;
+        let erp_url = testkit::fresh_database_on(erp_server, "erp").await;
         let crm = connect(&crm_url).await;
         let erp = connect(&erp_url).await;
         // Sage CRM dates are local time; the tests use UTC on both sides.

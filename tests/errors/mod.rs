@@ -150,20 +150,6 @@ async fn unreachable_server_is_a_runtime_error_naming_it() {
     assert!(stderr.contains("reachable"), "says what to check: {stderr}");
 }
 
-/// `tls = "require"` is refused for PostgreSQL in this version, with a
-/// message saying so, rather than silently connecting in clear text.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_require_is_refused_for_postgres() {
-    let env = Env::new(Opts {
-        external_extra: "tls = \"require\"".into(),
-        ..Opts::default()
-    })
-    .await;
-    let (_, stderr) = assert_exit(&env.run_binary(&["sync"], &[]), 1);
-    assert!(stderr.contains("tls = \"require\""), "{stderr}");
-    assert!(stderr.contains("external"), "{stderr}");
-}
-
 /// A role that must log in with a password. On the tests' private cluster
 /// (trust authentication) a pg_hba.conf line is put in front for this role
 /// only; on a server given by CRMSYNC_TEST_PG_URL that file is not ours to

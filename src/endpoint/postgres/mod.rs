@@ -1,12 +1,13 @@
-//! The PostgreSQL endpoint: pooled connections (bb8), catalog
+//! The PostgreSQL endpoint: pooled connections (bb8, TLS as `tls` says), catalog
 //! introspection, keyset change reads, batched writes in one transaction,
 //! and the state store when `[state]` lives here.
 
 mod state;
+mod tls;
 pub mod types;
 
 use super::{Applied, Assign, Endpoint, EndpointError, Lower, Result, Scan, TableInfo, WriteBatch};
-use crate::plan::{Connection, Tls};
+use crate::plan::Connection;
 use crate::state::{KeyRef, LinkBatch};
 use crate::value::{floor_to_precision, SqlType, Value};
 use async_trait::async_trait;
@@ -18,16 +19,18 @@ use std::collections::HashMap;
 use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Config, NoTls, Statement};
+use tokio_postgres::{Config, Statement};
 
 pub use types::sql_type;
 
-type PgPool = Pool<PostgresConnectionManager<NoTls>>;
+type PgPool = Pool<PostgresConnectionManager<tls::Connector>>;
 
 /// A PostgreSQL database, as the CRM side or the external side.
 pub struct PgEndpoint {
     side: &'static str,
     config: Config,
+    /// The connector of the pool, reused for the lock connection.
+    tls: tls::Connector,
     pool: PgPool,
     target: String,
     /// The state schema, when the state store lives in this database.
@@ -120,19 +123,16 @@ impl PgEndpoint {
         config.application_name("crmsync");
         config.options(format!("-c TimeZone={}", conn.timezone.name()));
         config.connect_timeout(Duration::from_secs(10));
+        config.ssl_mode(tls::ssl_mode(conn.tls));
         let target = describe(&config);
-        if conn.tls == Tls::Require {
-            return Err(EndpointError::Connect {
-                side,
-                target,
-                reason: "tls = \"require\" is not supported for PostgreSQL yet; \
-                         use tls = \"disable\" on a trusted network"
-                    .into(),
-                source: None,
-            });
-        }
+        let connector = tls::connector(conn).map_err(|reason| EndpointError::Connect {
+            side,
+            target: target.clone(),
+            reason,
+            source: None,
+        })?;
         // One direct connection first, so that a failure says why.
-        match config.connect(NoTls).await {
+        match config.connect(connector.clone()).await {
             Ok((client, connection)) => {
                 drop(client);
                 let _ = connection.await;
@@ -150,8 +150,10 @@ impl PgEndpoint {
                     Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
                         "the database in the url does not exist".to_string()
                     }
-                    _ => "check the host, port and that the server is running and reachable"
-                        .to_string(),
+                    _ => tls::explain(conn, &e).unwrap_or_else(|| {
+                        "check the host, port and that the server is running and reachable"
+                            .to_string()
+                    }),
                 };
                 return Err(EndpointError::Connect {
                     side,
@@ -161,7 +163,7 @@ impl PgEndpoint {
                 });
             }
         }
-        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
+        let manager = PostgresConnectionManager::new(config.clone(), connector.clone());
         let pool = Pool::builder()
             .max_size(8)
             .connection_timeout(Duration::from_secs(30))
@@ -176,6 +178,7 @@ impl PgEndpoint {
         Ok(PgEndpoint {
             side,
             config,
+            tls: connector,
             pool,
             target,
             state_schema: state_schema.to_string(),
@@ -200,7 +203,9 @@ impl PgEndpoint {
         }
     }
 
-    async fn conn(&self) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>> {
+    async fn conn(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<tls::Connector>>> {
         self.pool.get().await.map_err(|e| EndpointError::Query {
             side: self.side,
             what: "getting a connection from the pool".into(),

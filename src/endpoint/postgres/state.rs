@@ -12,7 +12,7 @@ use crate::state::{
 use crate::value::Value;
 use async_trait::async_trait;
 use std::collections::HashMap;
-use tokio_postgres::{GenericClient, NoTls};
+use tokio_postgres::GenericClient;
 
 /// Schema version n is reached by running `MIGRATIONS[n - 1]`; `{s}`
 /// stands for the quoted schema name.
@@ -268,7 +268,7 @@ impl StateStore for PgEndpoint {
     async fn lock(&self, entity: &str) -> Result<Option<LockGuard>, EndpointError> {
         let (client, connection) =
             self.config
-                .connect(NoTls)
+                .connect(self.tls.clone())
                 .await
                 .map_err(|e| EndpointError::Connect {
                     side: self.side,

@@ -4,8 +4,12 @@
 //!
 //! The private cluster is started by a small shell watchdog that stops it
 //! when the test process goes away, even if that process is killed.
+//!
+//! For TLS tests, `tls_server` starts a second private cluster with
+//! `ssl = on` and a server certificate signed by a throwaway CA.
 
 use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,7 +28,17 @@ pub struct Server {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The private cluster with `ssl = on`.
+#[derive(Debug, Clone)]
+pub struct TlsServer {
+    pub server: Server,
+    /// The throwaway CA that signed the server certificate (PEM); the
+    /// certificate names `localhost` and `127.0.0.1`.
+    pub ca_pem: String,
+}
+
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+static TLS_SERVER: OnceLock<Result<TlsServer, String>> = OnceLock::new();
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// The server for this test process, started on first use.
@@ -41,10 +55,24 @@ pub fn server() -> &'static Server {
     }
 }
 
+/// The TLS cluster for this test process, started on first use. It is
+/// always a private cluster (also when `CRMSYNC_TEST_PG_URL` is set), since
+/// its certificate must be one the tests made.
+pub fn tls_server() -> &'static TlsServer {
+    match TLS_SERVER.get_or_init(start_tls_cluster) {
+        Ok(s) => s,
+        Err(e) => panic!("cannot start a throwaway PostgreSQL with TLS for the tests: {e}"),
+    }
+}
+
 /// A fresh, empty database with a random name; dropped by nobody (the
 /// private cluster goes away with the test process).
 pub async fn fresh_database(prefix: &str) -> String {
-    let server = server();
+    fresh_database_on(server(), prefix).await
+}
+
+/// Like `fresh_database`, on `server`.
+pub async fn fresh_database_on(server: &Server, prefix: &str) -> String {
     let name = format!(
         "{}_{}_{}_{}",
         prefix,
@@ -141,6 +169,72 @@ fn command_as_pg_user(program: &Path, root: bool) -> Command {
 }
 
 fn start_private_cluster() -> Result<Server, String> {
+    start_cluster(|_, _| Ok(()), "")
+}
+
+/// A private cluster with `ssl = on`: a CA and a server certificate made
+/// here, written into the data directory before the server starts.
+fn start_tls_cluster() -> Result<TlsServer, String> {
+    let (ca_pem, cert_pem, key_pem) = make_certificates().map_err(|e| format!("rcgen: {e}"))?;
+    let server = start_cluster(
+        |data, root| {
+            // The server refuses a key readable by others.
+            for (name, text) in [("server.crt", &cert_pem), ("server.key", &key_pem)] {
+                let path = data.join(name);
+                std::fs::write(&path, text)
+                    .map_err(|e| format!("write {}: {e}", path.display()))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+                if root {
+                    chown_postgres(&path)?;
+                }
+            }
+            Ok(())
+        },
+        "-c ssl=on",
+    )?;
+    Ok(TlsServer { server, ca_pem })
+}
+
+/// (CA certificate, server certificate, server key), all PEM.
+fn make_certificates() -> Result<(String, String, String), rcgen::Error> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "crmsync test CA");
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, ca_key);
+    let server_key = KeyPair::generate()?;
+    let mut leaf = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])?;
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let leaf_cert = leaf.signed_by(&server_key, &issuer)?;
+    Ok((ca_cert.pem(), leaf_cert.pem(), server_key.serialize_pem()))
+}
+
+fn chown_postgres(path: &Path) -> Result<(), String> {
+    let st = Command::new("chown")
+        .args(["postgres:", &path.to_string_lossy()])
+        .status()
+        .map_err(|e| format!("chown {}: {e}", path.display()))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("chown postgres {} failed", path.display()))
+    }
+}
+
+/// Starts a cluster: initdb, then `setup(data_dir, running_as_root)`, then
+/// postgres with the usual options plus `extra_options`.
+fn start_cluster(
+    setup: impl FnOnce(&Path, bool) -> Result<(), String>,
+    extra_options: &str,
+) -> Result<Server, String> {
     let bin = pg_bin_dir()?;
     let root = is_root();
     let base = std::env::temp_dir().join(format!(
@@ -154,13 +248,7 @@ fn start_private_cluster() -> Result<Server, String> {
     let data = base.join("data");
     std::fs::create_dir_all(&base).map_err(|e| format!("create {}: {e}", base.display()))?;
     if root {
-        let st = Command::new("chown")
-            .args(["postgres:", &base.to_string_lossy()])
-            .status()
-            .map_err(|e| format!("chown {}: {e}", base.display()))?;
-        if !st.success() {
-            return Err(format!("chown postgres {} failed", base.display()));
-        }
+        chown_postgres(&base)?;
     }
     let out = command_as_pg_user(&bin.join("initdb"), root)
         .args(["-D", &data.to_string_lossy()])
@@ -183,6 +271,7 @@ fn start_private_cluster() -> Result<Server, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
+    setup(&data, root)?;
     let port = free_port()?;
     let postgres = bin.join("postgres");
     let log = base.join("postgres.log");
@@ -191,7 +280,7 @@ fn start_private_cluster() -> Result<Server, String> {
     let script = format!(
         "{postgres} -D '{data}' -p {port} -k '{base}' -c listen_addresses=127.0.0.1 \
          -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
-         -c max_connections=300 -c shared_buffers=128MB >'{log}' 2>&1 &\n\
+         -c max_connections=300 -c shared_buffers=128MB {extra_options} >'{log}' 2>&1 &\n\
          pg=$!\n\
          while [ -d /proc/{parent} ] && kill -0 $pg 2>/dev/null; do sleep 0.5; done\n\
          kill -INT $pg 2>/dev/null; wait $pg 2>/dev/null; rm -rf '{base}'\n",
