@@ -248,6 +248,45 @@ impl<'a> Translator<'a> {
                 _ => None,
             }
         };
+        // A string compared with a datetime column is converted to datetime
+        // (data type precedence), so it is rounded to 1/300 s first.
+        let string_side = |e: &Expr| -> bool {
+            match e {
+                Expr::Value(v) => matches!(
+                    v.value,
+                    SqlValue::SingleQuotedString(_) | SqlValue::NationalStringLiteral(_)
+                ),
+                Expr::Identifier(i) if i.value.starts_with('@') => matches!(
+                    self.env.vars.get(&i.value.to_lowercase()),
+                    Some((Some(t), _)) if t.is_character()
+                ),
+                _ => false,
+            }
+        };
+        let text_sql = |this: &mut Self, e: &Expr| -> Option<String> {
+            match e {
+                Expr::Value(v) => match &v.value {
+                    SqlValue::SingleQuotedString(s) | SqlValue::NationalStringLiteral(s) => {
+                        Some(format!("'{}'", s.replace('\'', "''")))
+                    }
+                    _ => None,
+                },
+                Expr::Identifier(i) => this.bind(&i.value).ok(),
+                _ => None,
+            }
+        };
+        if let (Some(c), true) = (column(left), string_side(right)) {
+            let other = text_sql(self, right)?;
+            return Some(raw(format!(
+                "({c} {sym} mssql_standin.dt(CAST({other} AS timestamp)))"
+            )));
+        }
+        if let (Some(c), true) = (column(right), string_side(left)) {
+            let other = text_sql(self, left)?;
+            return Some(raw(format!(
+                "(mssql_standin.dt(CAST({other} AS timestamp)) {sym} {c})"
+            )));
+        }
         let (col, units, sym) = match (
             column(left),
             datetime2(right),

@@ -110,6 +110,28 @@ async fn datetime_rounds_to_300ths_and_compares_at_datetime2_precision() {
         .unwrap()
         .get::<i32, _>(0);
     assert_eq!(n, Some(0));
+    // A string compared with a datetime column is converted to datetime first.
+    assert_eq!(
+        scalar::<i32>(
+            &mut c,
+            "SELECT COUNT(*) FROM t WHERE d = '2024-01-01 10:00:00.857'"
+        )
+        .await,
+        Some(1)
+    );
+    let n = c
+        .query(
+            "SELECT COUNT(*) FROM t WHERE d = @P1",
+            &[&"2024-01-01 10:00:00.857"],
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(n, Some(1));
     // Parameters stored into datetime are rounded too.
     c.execute(
         "INSERT INTO t VALUES (6, @P1)",

@@ -101,3 +101,75 @@ pub fn parse_rpc(payload: &[u8]) -> Result<Vec<RpcCall>, Error> {
     }
     Ok(calls)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random bytes (no RNG dependency needed).
+    fn noise(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (x >> 33) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn malformed_client_messages_are_errors_not_panics() {
+        // A valid RPC prefix (ALL_HEADERS, sp_executesql id) followed by noise
+        // reaches the type and value decoders.
+        let mut prefix = vec![
+            22, 0, 0, 0, 18, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+        ];
+        prefix.extend_from_slice(&[0xFF, 0xFF, 10, 0, 0, 0]);
+        for seed in 0..3000u64 {
+            let len = (seed % 300) as usize;
+            let junk = noise(seed, len);
+            let _ = parse_rpc(&junk);
+            let _ = parse_sql_batch(&junk);
+            let _ = crate::tds::login::parse_login7(&junk);
+            let _ = crate::tds::login::parse_prelogin(&junk);
+            let mut rpc = prefix.clone();
+            rpc.extend_from_slice(&junk);
+            let _ = parse_rpc(&rpc);
+        }
+    }
+
+    #[test]
+    fn rpc_parameters_decode() {
+        // sp_executesql N'SELECT @P1', N'@P1 int', @P1 = 7
+        let mut m = vec![
+            22, 0, 0, 0, 18, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0,
+        ];
+        m.extend_from_slice(&[0xFF, 0xFF, 10, 0, 0, 0]);
+        let text = |m: &mut Vec<u8>, s: &str| {
+            m.push(0); // unnamed
+            m.push(0); // status
+            m.extend_from_slice(&[0xE7, 0x40, 0x1F]);
+            m.extend_from_slice(&crate::tds::types::COLLATION);
+            let b: Vec<u8> = s.encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+            m.extend_from_slice(&(b.len() as u16).to_le_bytes());
+            m.extend_from_slice(&b);
+        };
+        text(&mut m, "SELECT @P1");
+        text(&mut m, "@P1 int");
+        m.push(3);
+        m.extend_from_slice(&[b'@', 0, b'P', 0, b'1', 0]);
+        m.push(0);
+        m.extend_from_slice(&[0x26, 4, 4, 7, 0, 0, 0]);
+        let calls = parse_rpc(&m).unwrap();
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].proc_id, Some(SP_EXECUTESQL));
+        assert_eq!(calls[0].params.len(), 3);
+        assert_eq!(calls[0].params[0].value, Value::Text("SELECT @P1".into()));
+        assert_eq!(calls[0].params[2].name, "@P1");
+        assert_eq!(calls[0].params[2].value, Value::Int(7));
+    }
+}

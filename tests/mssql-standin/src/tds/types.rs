@@ -544,8 +544,11 @@ fn read_le(b: &[u8]) -> u64 {
 }
 
 fn time_from_units(units: u64, scale: u8) -> Result<NaiveTime, Error> {
-    let ns = units * 10u64.pow(9 - u32::from(scale));
-    let secs = (ns / 1_000_000_000) as u32;
+    let ns = units
+        .checked_mul(10u64.pow(9 - u32::from(scale.min(7))))
+        .ok_or_else(|| protocol("time of day out of range"))?;
+    let secs =
+        u32::try_from(ns / 1_000_000_000).map_err(|_| protocol("time of day out of range"))?;
     NaiveTime::from_num_seconds_from_midnight_opt(secs, (ns % 1_000_000_000) as u32)
         .ok_or_else(|| protocol("time of day out of range"))
 }
@@ -614,7 +617,9 @@ pub fn read_value(r: &mut Reader<'_>, wt: &WireType) -> Result<Value, Error> {
         SqlType::DateTime if len == 8 => {
             let days = i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]]));
             let ticks = u64::from(u32::from_le_bytes([b[4], b[5], b[6], b[7]]));
-            let date = day_zero_1900() + chrono::Duration::days(days);
+            let date = day_zero_1900()
+                .checked_add_signed(chrono::Duration::days(days))
+                .ok_or_else(|| protocol("datetime out of range"))?;
             let ns = (ticks * 10_000_000 + 1) / 3;
             Value::DateTime(
                 date.and_hms_opt(0, 0, 0).unwrap_or_default()
@@ -624,7 +629,9 @@ pub fn read_value(r: &mut Reader<'_>, wt: &WireType) -> Result<Value, Error> {
         SqlType::SmallDateTime if len == 4 => {
             let days = i64::from(u16::from_le_bytes([b[0], b[1]]));
             let mins = i64::from(u16::from_le_bytes([b[2], b[3]]));
-            let date = day_zero_1900() + chrono::Duration::days(days);
+            let date = day_zero_1900()
+                .checked_add_signed(chrono::Duration::days(days))
+                .ok_or_else(|| protocol("datetime out of range"))?;
             Value::DateTime(
                 date.and_hms_opt(0, 0, 0).unwrap_or_default() + chrono::Duration::minutes(mins),
             )
