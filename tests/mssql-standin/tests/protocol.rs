@@ -4,7 +4,7 @@
 use crate::support::*;
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
-use tiberius::{ColumnType, Query};
+use tiberius::ColumnType;
 
 #[tokio::test]
 async fn login_and_simple_select() {
@@ -79,9 +79,29 @@ async fn create_insert_select_with_parameters() {
         .await
         .unwrap();
     assert_eq!(r.rows_affected(), &[1]);
-    let mut q = Query::new("INSERT INTO dbo.T (Name) VALUES (@P1)");
-    q.bind(Option::<&str>::None);
-    q.execute(&mut c).await.unwrap();
+    // A row of typed NULLs, one per type.
+    c.execute(
+        "INSERT INTO dbo.T (Name, Amount, Seen, Flag, Tiny, Big, Small, D, D2, M, U, Note, C, V) \
+         VALUES (@P1, @P2, @P3, @P4, @P5, @P6, @P7, @P8, @P9, @P10, @P11, @P12, @P13, @P14)",
+        &[
+            &Option::<&str>::None,
+            &Option::<Decimal>::None,
+            &Option::<chrono::NaiveDateTime>::None,
+            &Option::<bool>::None,
+            &Option::<u8>::None,
+            &Option::<i64>::None,
+            &Option::<i16>::None,
+            &Option::<NaiveDate>::None,
+            &Option::<chrono::NaiveDateTime>::None,
+            &Option::<Decimal>::None,
+            &Option::<uuid::Uuid>::None,
+            &Option::<&str>::None,
+            &Option::<&str>::None,
+            &Option::<&str>::None,
+        ],
+    )
+    .await
+    .unwrap();
 
     let stream = c
         .query("SELECT * FROM dbo.T WHERE Id = @P1", &[&1i32])
@@ -135,6 +155,25 @@ async fn create_insert_select_with_parameters() {
     assert_eq!(row.get::<&str, _>(0), None);
     assert_eq!(row.get::<Decimal, _>(1), None);
     assert_eq!(row.get::<chrono::NaiveDateTime, _>(2), None);
+    let row = c
+        .query("SELECT * FROM dbo.T WHERE Id = @P1", &[&2i32])
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.get::<bool, _>("Flag"), None);
+    assert_eq!(row.get::<u8, _>("Tiny"), None);
+    assert_eq!(row.get::<i64, _>("Big"), None);
+    assert_eq!(row.get::<i16, _>("Small"), None);
+    assert_eq!(row.get::<NaiveDate, _>("D"), None);
+    assert_eq!(row.get::<chrono::NaiveDateTime, _>("D2"), None);
+    assert_eq!(row.get::<f64, _>("M"), None);
+    assert_eq!(row.get::<uuid::Uuid, _>("U"), None);
+    assert_eq!(row.get::<&str, _>("Note"), None);
+    assert_eq!(row.get::<&str, _>("C"), None);
+    assert_eq!(row.get::<&str, _>("V"), None);
 }
 
 #[tokio::test]
@@ -240,4 +279,43 @@ async fn tls_full_and_login_only() {
     // A client that refuses encryption still gets in when the server offers it.
     let mut c = connect(&s).await;
     assert_eq!(scalar::<i32>(&mut c, "SELECT 1").await, Some(1));
+}
+
+/// tiberius 0.13 speaks the same TDS: login, RPC parameters, typed results.
+#[tokio::test]
+async fn tiberius_0_13_connects_and_binds() {
+    let s = standin().await;
+    let mut config = tiberius13::Config::new();
+    config.host("127.0.0.1");
+    config.port(s.port());
+    config.authentication(tiberius13::AuthMethod::sql_server(USER, PASSWORD));
+    config.encryption(tiberius13::EncryptionLevel::NotSupported);
+    let tcp = tokio::net::TcpStream::connect(config.get_addr())
+        .await
+        .unwrap();
+    let mut c = tiberius13::Client::connect(
+        config,
+        tokio_util::compat::TokioAsyncWriteCompatExt::compat_write(tcp),
+    )
+    .await
+    .expect("tiberius 0.13 connects");
+    let at = NaiveDate::from_ymd_opt(2024, 1, 2)
+        .unwrap()
+        .and_hms_opt(3, 4, 5)
+        .unwrap();
+    let row = c
+        .query(
+            "SELECT @P1 + 1 AS n, @P2 AS s, @P3 AS d, COUNT(*) AS c",
+            &[&41i32, &"😀", &at],
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.get::<i32, _>("n"), Some(42));
+    assert_eq!(row.get::<&str, _>("s"), Some("😀"));
+    assert_eq!(row.get::<chrono::NaiveDateTime, _>("d"), Some(at));
+    assert_eq!(row.get::<i32, _>("c"), Some(1));
 }
