@@ -16,3 +16,6 @@ mod clients;
 
 // Cross-checks with FreeTDS tsql and python-tds.
 mod crosscheck;
+
+// Queries shaped like a sync endpoint's.
+mod queries;

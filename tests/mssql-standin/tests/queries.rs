@@ -1,0 +1,113 @@
+//! T-SQL of the shapes a sync endpoint sends (keyset pages, IN lists,
+//! updates stamped with GETDATE(), soft deletes), run against crm_schema.sql.
+
+use crate::support::*;
+use chrono::NaiveDateTime;
+
+#[tokio::test]
+async fn keyset_paging_updates_and_soft_deletes() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    load_crm_schema(&mut c).await;
+    let t0 =
+        NaiveDateTime::parse_from_str("2024-05-01 08:00:00.000", "%Y-%m-%d %H:%M:%S%.f").unwrap();
+    for i in 0..7i32 {
+        // Pairs of rows share a timestamp, as rows of one transaction do.
+        let at = t0 + chrono::Duration::seconds(i64::from(i / 2));
+        c.execute(
+            "INSERT INTO dbo.Company (Comp_Name, Comp_Type, Comp_UpdatedDate, Comp_SecTerr) VALUES (@P1, @P2, @P3, @P4)",
+            &[&format!("Company {i}"), &"Supplier", &at, &-2147483640i32],
+        )
+        .await
+        .unwrap();
+    }
+    // Keyset pages of 3 over (Comp_UpdatedDate, Comp_CompanyId).
+    let page_sql = "SELECT TOP (@P1) c.Comp_CompanyId, c.Comp_UpdatedDate FROM dbo.Company AS c WITH (NOLOCK) \
+         WHERE c.Comp_UpdatedDate IS NOT NULL AND c.Comp_Type = 'supplier   ' \
+         AND (c.Comp_UpdatedDate > CAST(@P2 AS datetime) OR (c.Comp_UpdatedDate = CAST(@P2 AS datetime) AND c.Comp_CompanyId > @P3)) \
+         ORDER BY c.Comp_UpdatedDate, c.Comp_CompanyId";
+    let mut seen = Vec::new();
+    let mut mark = (t0 - chrono::Duration::days(1), 0i32);
+    loop {
+        let page = c
+            .query(page_sql, &[&3i32, &mark.0, &mark.1])
+            .await
+            .unwrap()
+            .into_first_result()
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        for r in &page {
+            let id: i32 = r.get("Comp_CompanyId").unwrap();
+            let at: NaiveDateTime = r.get("Comp_UpdatedDate").unwrap();
+            seen.push(id);
+            mark = (at, id);
+        }
+    }
+    assert_eq!(seen, (1..=7).collect::<Vec<_>>(), "every row exactly once");
+
+    // IN list of parameters, update stamped by the server clock.
+    let r = c
+        .execute(
+            "UPDATE dbo.Company SET Comp_Name = @P1 + N' (updated)', Comp_UpdatedBy = @P2, Comp_UpdatedDate = GETDATE(), \
+             Comp_TimeStamp = GETDATE() WHERE Comp_CompanyId IN (@P3, @P4, @P5)",
+            &[&"X", &2i32, &1i32, &3i32, &5i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.rows_affected(), &[3]);
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM dbo.Company WHERE [Comp_Name] = N'x (UPDATED)' AND Comp_UpdatedDate = Comp_TimeStamp").await,
+        Some(3)
+    );
+    // Soft delete, then the live-row filter Sage CRM's views use.
+    c.execute(
+        "UPDATE dbo.Company SET Comp_Deleted = 1 WHERE Comp_CompanyId = @P1",
+        &[&2i32],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        scalar::<i32>(
+            &mut c,
+            "SELECT COUNT(*) FROM dbo.Company WHERE Comp_Deleted IS NULL"
+        )
+        .await,
+        Some(6)
+    );
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM dbo.Company c WHERE EXISTS (SELECT 1 FROM dbo.Users u WHERE u.User_UserId = c.Comp_UpdatedBy)").await,
+        Some(3)
+    );
+    // A value that does not fit tinyint is SQL Server's arithmetic overflow.
+    let e = match c
+        .execute(
+            "UPDATE dbo.Company SET Comp_Deleted = @P1 WHERE Comp_CompanyId = 1",
+            &[&300i32],
+        )
+        .await
+    {
+        Err(tiberius::error::Error::Server(e)) => e,
+        other => panic!("expected an overflow error, got {other:?}"),
+    };
+    assert_eq!(e.code(), 220);
+    // The linking column is unique among live rows only (filtered index).
+    exec(
+        &mut c,
+        "UPDATE dbo.Company SET comp_supplierid = N'S-1' WHERE Comp_CompanyId = 2",
+    )
+    .await;
+    exec(
+        &mut c,
+        "UPDATE dbo.Company SET comp_supplierid = N's-1' WHERE Comp_CompanyId = 4",
+    )
+    .await;
+    let e = server_error(
+        &mut c,
+        "UPDATE dbo.Company SET comp_supplierid = N'S-1' WHERE Comp_CompanyId = 6",
+    )
+    .await;
+    assert_eq!(e.code(), 2601);
+}
