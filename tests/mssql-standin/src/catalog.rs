@@ -38,12 +38,22 @@ impl TableInfo {
     }
 }
 
+/// What a unique index enforces, for error 2627 versus 2601.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexKind {
+    PrimaryKey,
+    UniqueConstraint,
+    Index,
+}
+
 /// Every declared table of one database.
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
     pub tables: Vec<TableInfo>,
     by_oid: HashMap<u32, usize>,
     by_name: HashMap<String, usize>,
+    /// PostgreSQL index (and key constraint) name -> declared name.
+    index_names: HashMap<String, (String, IndexKind)>,
 }
 
 /// DDL of the side tables, functions and collation the stand-in needs.
@@ -96,7 +106,27 @@ impl Catalog {
             };
             cat.tables[idx].columns.push(col);
         }
+        let rows = client
+            .query(
+                "SELECT k.relname::text, x.name, x.is_primary_key, x.is_unique_constraint \
+                 FROM mssql_standin.indexes x JOIN pg_class k ON k.oid = x.index_oid",
+                &[],
+            )
+            .await?;
+        for r in rows {
+            let kind = match (r.get::<_, bool>(2), r.get::<_, bool>(3)) {
+                (true, _) => IndexKind::PrimaryKey,
+                (false, true) => IndexKind::UniqueConstraint,
+                _ => IndexKind::Index,
+            };
+            cat.index_names.insert(r.get(0), (r.get(1), kind));
+        }
         Ok(cat)
+    }
+
+    /// The declared name of an index or key constraint, by PostgreSQL name.
+    pub fn index_name(&self, pg_name: &str) -> Option<(&str, IndexKind)> {
+        self.index_names.get(pg_name).map(|(n, k)| (n.as_str(), *k))
     }
 
     pub fn table_by_oid(&self, oid: u32) -> Option<&TableInfo> {

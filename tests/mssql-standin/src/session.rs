@@ -140,16 +140,19 @@ pub fn map_pg_error(e: &tokio_postgres::Error, cat: Option<&Catalog>) -> SqlErro
     }
     match code {
         "23505" => {
-            let constraint = db.constraint().unwrap_or("");
+            let pg_constraint = db.constraint().unwrap_or("");
+            let (constraint, kind) = cat
+                .and_then(|c| c.index_name(pg_constraint))
+                .unwrap_or((pg_constraint, crate::catalog::IndexKind::Index));
             let table = format!("dbo.{}", table_name(db.table()));
-            if constraint.starts_with("pk") || constraint.starts_with("uq") {
-                let kind = if constraint.starts_with("pk") { "PRIMARY KEY" } else { "UNIQUE KEY" };
+            if kind != crate::catalog::IndexKind::Index {
+                let kind = if kind == crate::catalog::IndexKind::PrimaryKey { "PRIMARY KEY" } else { "UNIQUE KEY" };
                 SqlError::new(2627, 14, format!(
                     "Violation of {kind} constraint '{constraint}'. Cannot insert duplicate key in object '{table}'. The duplicate key value is {}.",
                     dup_value()
                 ))
             } else {
-                let index = constraint.split("__").nth(1).unwrap_or(constraint);
+                let index = constraint;
                 SqlError::new(2601, 14, format!(
                     "Cannot insert duplicate key row in object '{table}' with unique index '{index}'. The duplicate key value is {}.",
                     dup_value()

@@ -394,6 +394,18 @@ async fn error_numbers_and_xact_abort() {
             e.message()
         );
     }
+    let e = server_error(&mut c, "INSERT INTO p VALUES (2, N'b', N'X')").await;
+    assert_eq!(
+        e.message(),
+        "Cannot insert duplicate key row in object 'dbo.p' with unique index 'IX_p_code'. The duplicate key value is (X)."
+    );
+    let e = server_error(&mut c, "INSERT INTO p VALUES (1, N'b', NULL)").await;
+    assert!(
+        e.message()
+            .starts_with("Violation of PRIMARY KEY constraint 'PK__p'."),
+        "{}",
+        e.message()
+    );
     let e = match c.query("SELECT @P1 + 1.5", &[&"abc"]).await {
         Err(tiberius::error::Error::Server(e)) => e,
         other => panic!("expected 8114, got {:?}", other.map(|_| ())),
