@@ -220,7 +220,13 @@ impl Server {
         token::done(&mut out, 0, 0, 0);
         tds::write_message(&mut sock, packet_type::TABULAR_RESULT, &out, packet_size).await?;
         let spid = self.next_spid.fetch_add(1, Ordering::Relaxed);
-        let mut session = Session::new(pg, self.shared.clone(), spid, l.username.clone());
+        let mut session = Session::new(
+            pg,
+            self.shared.clone(),
+            spid,
+            l.username.clone(),
+            db.clone(),
+        );
         let r = self.requests(sock, &mut session, packet_size).await;
         drop(session);
         conn_task.abort();

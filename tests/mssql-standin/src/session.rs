@@ -89,6 +89,8 @@ pub struct Session {
     pub shared: Arc<Shared>,
     pub spid: u16,
     pub user: String,
+    /// The database the client logged in to (what DB_NAME() reports).
+    pub database: String,
     nocount: bool,
     xact_abort: bool,
     trancount: i32,
@@ -321,12 +323,13 @@ fn parse_exec_args(
 }
 
 impl Session {
-    pub fn new(pg: Client, shared: Arc<Shared>, spid: u16, user: String) -> Self {
+    pub fn new(pg: Client, shared: Arc<Shared>, spid: u16, user: String, database: String) -> Self {
         Session {
             pg,
             shared,
             spid,
             user,
+            database,
             nocount: false,
             xact_abort: false,
             trancount: 0,
@@ -775,7 +778,7 @@ impl Session {
             error: self.last_error,
             spid: self.spid,
             user: &self.user,
-            database: &self.shared.database,
+            database: &self.database,
         }
     }
 
@@ -1122,9 +1125,12 @@ impl Session {
         Ok(())
     }
 
+    /// DONE for a statement that affected `n` rows. Under SET NOCOUNT ON
+    /// the count is not valid (no DONE_COUNT bit, MS-TDS 2.2.7.6), so none
+    /// is sent.
     fn done_count(&self, out: &mut Out, n: u64) {
         if self.nocount {
-            out.done(self.inxact(), n);
+            out.done(self.inxact(), 0);
         } else {
             out.done(DONE_COUNT | self.inxact(), n);
         }

@@ -538,7 +538,19 @@ async fn builtin_functions_and_paging() {
         scalar::<NaiveDate>(&mut c, "SELECT CAST('2024-02-29T10:11:12' AS date)").await,
         NaiveDate::from_ymd_opt(2024, 2, 29)
     );
-    // SET NOCOUNT ON: @@ROWCOUNT still counts.
+    // DB_NAME() is the database the client logged in to.
+    assert_eq!(
+        text(&mut c, "SELECT DB_NAME()").await.as_deref(),
+        Some("CRM")
+    );
+    // SET NOCOUNT ON: no row counts in DONE, but @@ROWCOUNT still counts.
+    exec(&mut c, "SET NOCOUNT ON").await;
+    let r = c
+        .execute("UPDATE t SET v = N'y' WHERE id > @P1", &[&3i32])
+        .await
+        .unwrap();
+    assert_eq!(r.total(), 0);
+    exec(&mut c, "SET NOCOUNT OFF").await;
     assert_eq!(
         scalar::<i32>(
             &mut c,
