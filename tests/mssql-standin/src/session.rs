@@ -409,13 +409,25 @@ impl Session {
                         then,
                         otherwise,
                     } => {
-                        let v = match self
+                        let savepoint = self.trancount > 0;
+                        if savepoint {
+                            let _ = self.pg.batch_execute("SAVEPOINT standin_cond").await;
+                        }
+                        let v = self
                             .eval_scalar(
                                 &format!("SELECT CASE WHEN {cond} THEN 1 ELSE 0 END"),
                                 vars,
                             )
-                            .await
-                        {
+                            .await;
+                        if savepoint {
+                            let undo = if v.is_err() {
+                                "ROLLBACK TO SAVEPOINT standin_cond"
+                            } else {
+                                "RELEASE SAVEPOINT standin_cond"
+                            };
+                            let _ = self.pg.batch_execute(undo).await;
+                        }
+                        let v = match v {
                             Ok(v) => v,
                             Err(e) => return Err(self.fail(e, out, failed).await),
                         };
@@ -490,7 +502,18 @@ impl Session {
         let w = words(text);
         let first = w.first().map(String::as_str).unwrap_or("");
         let second = w.get(1).map(String::as_str).unwrap_or("");
-        // Statements that manage state themselves.
+        // Inside a transaction every statement runs under a savepoint, so a
+        // failing one rolls back only itself (SQL Server without XACT_ABORT).
+        let tx_control = matches!(
+            (first, second),
+            ("BEGIN", "TRAN" | "TRANSACTION") | ("COMMIT", _) | ("ROLLBACK", _) | ("USE", _)
+        );
+        let savepoint = !tx_control && self.trancount > 0;
+        if savepoint {
+            if let Err(e) = self.pg.batch_execute("SAVEPOINT standin_stmt").await {
+                return self.handle_error(map_pg_error(&e, None), out, failed).await;
+            }
+        }
         let r = match (first, second) {
             ("BEGIN", "TRAN" | "TRANSACTION") => self.begin_tran(out).await,
             ("COMMIT", _) => self.commit_tran(out).await,
@@ -525,25 +548,16 @@ impl Session {
             }
             ("USE", _) => Ok(()),
             ("WAITFOR", "DELAY") => self.waitfor_delay(text).await,
-            _ => {
-                let savepoint = self.trancount > 0;
-                if savepoint {
-                    if let Err(e) = self.pg.batch_execute("SAVEPOINT standin_stmt").await {
-                        return self.handle_error(map_pg_error(&e, None), out, failed).await;
-                    }
-                }
-                let r = self.run_work(text, &w, vars, out).await;
-                if savepoint {
-                    let undo = if r.is_err() {
-                        "ROLLBACK TO SAVEPOINT standin_stmt"
-                    } else {
-                        "RELEASE SAVEPOINT standin_stmt"
-                    };
-                    let _ = self.pg.batch_execute(undo).await;
-                }
-                r
-            }
+            _ => self.run_work(text, &w, vars, out).await,
         };
+        if savepoint && self.trancount > 0 {
+            let undo = if r.is_err() {
+                "ROLLBACK TO SAVEPOINT standin_stmt"
+            } else {
+                "RELEASE SAVEPOINT standin_stmt"
+            };
+            let _ = self.pg.batch_execute(undo).await;
+        }
         match r {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -1306,6 +1320,7 @@ impl Session {
                     text(get("@lockmode", 1)),
                     text(get("@lockowner", 2)),
                     get("@locktimeout", 3),
+                    out,
                 )
                 .await
             }
@@ -1327,12 +1342,14 @@ impl Session {
         mode: String,
         owner: String,
         timeout: Value,
+        out: &mut Out,
     ) -> Result<i32, SqlError> {
         let session = owner.eq_ignore_ascii_case("session");
         if !session && self.trancount == 0 {
-            return Err(SqlError::new(1223, 16, format!(
-                "Cannot acquire the application lock (Database Principal: 'public', Resource: '{resource}') for a transaction owner outside a transaction."
-            )));
+            // Msg 15626 is informational (severity 10); the call returns -999.
+            token::message(&mut out.buf, &SqlError::new(15626, 10,
+                "You attempted to acquire a transactional application lock without an active transaction."));
+            return Ok(-999);
         }
         let shared =
             mode.eq_ignore_ascii_case("shared") || mode.eq_ignore_ascii_case("intentshared");

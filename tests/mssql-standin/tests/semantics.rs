@@ -335,8 +335,10 @@ async fn eware_get_identity_id_allocates_from_sql_identity() {
 
 /// 6. SQL Server: sp_getapplock returns 0 when granted synchronously and -1
 /// when @LockTimeout expires; a Transaction-owned lock needs a transaction
-/// and is released at its end; sp_releaseapplock returns 0
-/// ("sp_getapplock (Transact-SQL)", "sp_releaseapplock (Transact-SQL)").
+/// (else -999 and informational Msg 15626) and is released at its end;
+/// sp_releaseapplock returns 0, or -999 with Msg 1223 for a lock not held
+/// ("sp_getapplock (Transact-SQL)", "sp_releaseapplock (Transact-SQL)",
+/// "Database engine events and errors").
 #[tokio::test]
 async fn applocks_grant_time_out_and_release() {
     let s = standin().await;
@@ -349,6 +351,16 @@ async fn applocks_grant_time_out_and_release() {
     assert_eq!(scalar::<i32>(&mut a, rel).await, Some(0));
     assert_eq!(scalar::<i32>(&mut b, get).await, Some(0));
     assert_eq!(scalar::<i32>(&mut b, rel).await, Some(0));
+    // Transaction-owned outside a transaction: -999 with informational Msg 15626.
+    let tget0 = "DECLARE @r int; EXEC @r = sp_getapplock @Resource = 'r2', @LockMode = 'Exclusive', @LockTimeout = 0; SELECT @r";
+    assert_eq!(scalar::<i32>(&mut a, tget0).await, Some(-999));
+    // Releasing a lock not held: -999 with error 1223.
+    let e = server_error(
+        &mut a,
+        "EXEC sp_releaseapplock @Resource = 'never', @LockOwner = 'Session'",
+    )
+    .await;
+    assert_eq!((e.code(), e.class()), (1223, 16));
     // Transaction-owned: held until COMMIT.
     let tget = "DECLARE @r int; EXEC @r = sp_getapplock @Resource = 'r2', @LockMode = 'Exclusive', @LockTimeout = 0; SELECT @r";
     exec(&mut a, "BEGIN TRAN").await;
@@ -419,6 +431,14 @@ async fn error_numbers_and_xact_abort() {
         Some(2)
     );
     assert_eq!(scalar::<i32>(&mut c, "SELECT @@TRANCOUNT").await, Some(0));
+    // A failing expression outside DML (SET, IF) also rolls back only itself.
+    run_ignoring_errors(&mut c, "BEGIN TRAN; INSERT INTO p VALUES (30, N'a', N'c30'); DECLARE @x int; SET @x = CAST('zz' AS int)").await;
+    run_ignoring_errors(&mut c, "IF CAST('zz' AS int) = 1 PRINT 'no'").await;
+    exec(&mut c, "INSERT INTO p VALUES (31, N'b', N'c31'); COMMIT").await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM p WHERE id IN (30, 31)").await,
+        Some(2)
+    );
     // With XACT_ABORT the whole transaction is.
     run_ignoring_errors(&mut c, "SET XACT_ABORT ON; BEGIN TRAN; INSERT INTO p VALUES (20, N'a', N'c20'); INSERT INTO p VALUES (1, N'dup', NULL); INSERT INTO p VALUES (21, N'b', N'c21'); COMMIT").await;
     assert_eq!(

@@ -74,7 +74,7 @@ pub fn envchange_transaction(out: &mut Vec<u8>, kind: u8, descriptor: u64) {
     envchange(out, body);
 }
 
-fn message(out: &mut Vec<u8>, token: u8, e: &SqlError) {
+fn message_token(out: &mut Vec<u8>, token: u8, e: &SqlError) {
     let mut body = Vec::new();
     body.extend_from_slice(&e.number.to_le_bytes());
     body.push(e.state);
@@ -89,11 +89,16 @@ fn message(out: &mut Vec<u8>, token: u8, e: &SqlError) {
 }
 
 pub fn error(out: &mut Vec<u8>, e: &SqlError) {
-    message(out, 0xAA, e);
+    message_token(out, 0xAA, e);
+}
+
+/// An INFO token for a message of severity 10 or below.
+pub fn message(out: &mut Vec<u8>, e: &SqlError) {
+    message_token(out, 0xAB, e);
 }
 
 pub fn info(out: &mut Vec<u8>, number: u32, text: &str) {
-    message(out, 0xAB, &SqlError::new(number, 0, text));
+    message_token(out, 0xAB, &SqlError::new(number, 0, text));
 }
 
 pub fn colmetadata(out: &mut Vec<u8>, cols: &[Column]) {
