@@ -59,6 +59,8 @@ pub enum Error {
     Postgres(#[from] tokio_postgres::Error),
     #[error("TLS failed: {0}")]
     Tls(String),
+    #[error("bad configuration: {0}")]
+    Config(String),
 }
 
 /// Shorthand for a protocol error.

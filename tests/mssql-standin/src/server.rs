@@ -67,6 +67,10 @@ struct Server {
 
 /// Prepares the database and starts listening on `bind` (port 0 picks a free port).
 pub async fn start(config: Config, bind: SocketAddr) -> Result<StandIn, Error> {
+    let timezone: chrono_tz::Tz = config
+        .timezone
+        .parse()
+        .map_err(|_| Error::Config(format!("{:?} is not an IANA time zone", config.timezone)))?;
     let (client, conn) = tokio_postgres::connect(&config.pg_url, tokio_postgres::NoTls).await?;
     let task = tokio::spawn(conn);
     client.batch_execute(BOOTSTRAP).await?;
@@ -88,6 +92,7 @@ pub async fn start(config: Config, bind: SocketAddr) -> Result<StandIn, Error> {
         shared: Arc::new(Shared {
             catalog: RwLock::new(catalog),
             database,
+            timezone,
         }),
         next_spid: AtomicU16::new(51),
         tls,

@@ -23,6 +23,8 @@ use tokio_postgres::Client;
 pub struct Shared {
     pub catalog: RwLock<Catalog>,
     pub database: String,
+    /// The zone of GETDATE() and of datetimeoffset results.
+    pub timezone: chrono_tz::Tz,
 }
 
 /// The token stream of one response being built.
@@ -810,14 +812,29 @@ impl Session {
     }
 
     async fn query(&self, tr: &Translated) -> Result<Vec<tokio_postgres::Row>, SqlError> {
+        Ok(self.query_prepared(tr).await?.1)
+    }
+
+    /// Prepares (for the result columns' types) and runs a statement.
+    async fn query_prepared(
+        &self,
+        tr: &Translated,
+    ) -> Result<(tokio_postgres::Statement, Vec<tokio_postgres::Row>), SqlError> {
         let binds: Vec<Bind<'_>> = tr.binds.iter().map(Bind).collect();
         let refs: Vec<&(dyn ToSql + Sync)> =
             binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
         let cat = self.shared.catalog.read().await;
-        self.pg
-            .query(&tr.sql, &refs)
+        let stmt = self
+            .pg
+            .prepare(&tr.sql)
             .await
-            .map_err(|e| map_pg_error(&e, Some(&cat)))
+            .map_err(|e| map_pg_error(&e, Some(&cat)))?;
+        let rows = self
+            .pg
+            .query(&stmt, &refs)
+            .await
+            .map_err(|e| map_pg_error(&e, Some(&cat)))?;
+        Ok((stmt, rows))
     }
 
     /// SELECT / INSERT / UPDATE / DELETE / EXEC / DDL.
@@ -1065,7 +1082,7 @@ impl Session {
             self.done_count(out, n);
             return Ok(());
         }
-        let rows = self.query(&tr).await?;
+        let (stmt, rows) = self.query_prepared(&tr).await?;
         let n = rows.len() as u64;
         self.rowcount = n as i64;
         if let Some(ic) = &ident_col {
@@ -1108,11 +1125,6 @@ impl Session {
         }
         if is_query || has_output {
             // Column metadata even for an empty result, from the prepared statement.
-            let stmt = self
-                .pg
-                .prepare(&tr.sql)
-                .await
-                .map_err(|e| map_pg_error(&e, None))?;
             let cols = self
                 .describe(
                     &stmt,
@@ -1130,7 +1142,14 @@ impl Session {
             for r in &rows {
                 let vals: Result<Vec<Value>, _> =
                     (0..cols.len()).map(|i| pgvalue::read(r, i)).collect();
-                let vals = vals.map_err(|e| map_pg_error(&e, None))?;
+                let mut vals = vals.map_err(|e| map_pg_error(&e, None))?;
+                for v in vals.iter_mut() {
+                    // datetimeoffset values carry the server's zone offset, as
+                    // SYSDATETIMEOFFSET() does on SQL Server.
+                    if let Value::DateTimeOffset(d) = v {
+                        *d = d.with_timezone(&self.shared.timezone).fixed_offset();
+                    }
+                }
                 token::row(&mut out.buf, &cols, &vals)
                     .map_err(|e| SqlError::new(8114, 16, e.to_string()))?;
             }

@@ -523,6 +523,10 @@ async fn builtin_functions_and_paging() {
         scalar::<i32>(&mut c, "SELECT DATEDIFF(hour, SYSUTCDATETIME(), GETDATE())").await,
         Some(14)
     );
+    // SYSDATETIMEOFFSET() carries the server's offset.
+    let off: Option<chrono::DateTime<chrono::FixedOffset>> =
+        scalar(&mut c, "SELECT SYSDATETIMEOFFSET()").await;
+    assert_eq!(off.map(|d| d.offset().local_minus_utc()), Some(14 * 3600));
     let ids: Vec<i32> = rows(&mut c, "SELECT TOP (2) id FROM t ORDER BY id DESC")
         .await
         .iter()
