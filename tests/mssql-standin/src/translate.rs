@@ -351,6 +351,20 @@ impl<'a> Translator<'a> {
         }
     }
 
+    /// A column reference that the catalog knows as character data.
+    fn is_character_column(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Identifier(id) if !id.value.starts_with('@') => {
+                self.env.catalog.is_character_column(&id.value)
+            }
+            Expr::CompoundIdentifier(ids) => ids
+                .last()
+                .map(|id| self.env.catalog.is_character_column(&id.value))
+                .unwrap_or(false),
+            _ => false,
+        }
+    }
+
     fn is_non_character(&self, e: &Expr) -> bool {
         match e {
             Expr::Value(v) => matches!(v.value, SqlValue::Number(..)),
@@ -543,8 +557,11 @@ impl VisitorMut for Translator<'_> {
                 BinaryOperator::Eq | BinaryOperator::NotEq => {
                     let l_str = self.is_string_operand(left);
                     let r_str = self.is_string_operand(right);
+                    let both_columns =
+                        self.is_character_column(left) && self.is_character_column(right);
                     if (l_str && !self.is_non_character(right))
                         || (r_str && !self.is_non_character(left))
+                        || both_columns
                     {
                         // Mark by wrapping in a function call the post visit finishes.
                         let l = std::mem::replace(left.as_mut(), raw("NULL"));

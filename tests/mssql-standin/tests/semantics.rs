@@ -229,6 +229,16 @@ async fn ci_as_collation_compares_and_orders_like_sql_server() {
         .map(|r| r.get::<&str, _>(0).unwrap().to_string())
         .collect();
     assert_eq!(order, ["A", "b", "c", "e", "é"]);
+    // Column to column, too: 'b' joins 'B  '.
+    exec(
+        &mut c,
+        "CREATE TABLE w (k nvarchar(10) NULL); INSERT INTO w VALUES (N'B  ')",
+    )
+    .await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM t JOIN w ON w.k = t.v").await,
+        Some(1)
+    );
     // A unique index sees 'X' and 'x' as the same key.
     exec(
         &mut c,
