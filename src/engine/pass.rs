@@ -92,6 +92,11 @@ pub(super) async fn run(
     Ok(())
 }
 
+/// How often a page is written again after a retryable failure, and the
+/// first wait (doubled each time).
+const RETRIES: u32 = 3;
+const RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// The value that marks a row deleted in a flag column of type `ty`.
 pub(super) fn deleted_flag(ty: &SqlType, deleted: bool) -> Value {
     match ty {
@@ -228,7 +233,26 @@ impl Ctx<'_> {
         report: &mut EntityReport,
     ) -> Result<(), EngineError> {
         let before = report.clone();
-        match self.page_once(scan, rows, retried, report).await {
+        let mut attempt = 0;
+        let result = loop {
+            match self.page_once(scan, rows, retried, report).await {
+                Err(EngineError::Endpoint(err)) if err.is_retryable() && attempt < RETRIES => {
+                    // A deadlock, serialization failure or dropped
+                    // connection: the page is idempotent, so write it again.
+                    attempt += 1;
+                    *report = before.clone();
+                    let wait = RETRY_WAIT * 2u32.pow(attempt - 1);
+                    tracing::warn!(
+                        "entity {:?}: {}; retrying the page in {wait:?} (attempt {attempt} of {RETRIES})",
+                        self.e.name(),
+                        crate::report::with_causes(&err)
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                other => break other,
+            }
+        };
+        match result {
             Err(EngineError::Endpoint(err)) if err.refused_row() && self.mode == Mode::Apply => {
                 *report = before;
                 if let [row] = rows {

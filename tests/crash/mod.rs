@@ -163,3 +163,69 @@ async fn lost_links_after_a_crash_are_adopted_not_duplicated() {
     assert_eq!(assert_converged(&env).await, 300);
     assert_eq!(count(&env.crm, "crmsync.links").await, 300);
 }
+
+/// A deadlock with another writer of the external table aborts crmsync's
+/// transaction (PostgreSQL picks the session whose deadlock_timeout runs
+/// out first as the victim; the test's own is long). The page is written
+/// again after a short wait and the run succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlock_victim_page_is_retried_and_the_run_succeeds() {
+    let env = Env::new(Opts::default()).await;
+    insert_companies(&env.crm, 2, "timestamp '2026-01-01 10:00:00'", "Supplier").await;
+    env.sync().await;
+    env.crm
+        .batch_execute(
+            "UPDATE company SET comp_name = comp_name || ' renamed', \
+             comp_updateddate = timestamp '2026-01-01 10:05:00' + comp_companyid * interval '1 second'",
+        )
+        .await
+        .unwrap();
+    // Another writer locks row 2, which crmsync will update after row 1.
+    let other = connect(&env.erp_url).await;
+    other
+        .batch_execute(
+            "SET deadlock_timeout = '60s'; BEGIN; \
+             UPDATE erp.supplier SET kind = kind WHERE crm_company_id = 2",
+        )
+        .await
+        .unwrap();
+    let child = binary(&env.config, &["sync"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until crmsync holds row 1 and waits for row 2.
+    let mut waiting = false;
+    for _ in 0..200 {
+        let n: i64 = env
+            .erp
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE application_name = 'crmsync' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            waiting = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(waiting, "crmsync never waited for the locked row");
+    // Now close the cycle: this waits for row 1 until crmsync is aborted.
+    other
+        .batch_execute("UPDATE erp.supplier SET kind = kind WHERE crm_company_id = 1; COMMIT")
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("retrying the page"), "{stderr}");
+    assert!(stderr.contains("40P01"), "the deadlock is named: {stderr}");
+    assert_eq!(assert_converged(&env).await, 2);
+}
