@@ -498,7 +498,10 @@ impl Endpoint for PgEndpoint {
         );
         let conn = self.conn().await?;
         let rows = conn.query(&sql, &params).await.map_err(|e| {
-            self.query_error(format!("reading {} in key order", scan.table.qualified()), e)
+            self.query_error(
+                format!("reading {} in key order", scan.table.qualified()),
+                e,
+            )
         })?;
         rows_to_values(rows).map_err(|e| self.query_error("decoding rows", e))
     }
