@@ -2,7 +2,7 @@
 //! back, rows without a change time and rows deleted by hand are reported
 //! (writing nothing), and `verify --repair` gets both sides back in step.
 
-use crate::common::{output_text, Env};
+use crate::common::{assert_converged, insert_companies, output_text, Env, Opts};
 use crate::two_way::{crm_insert, ext_insert, sync, two_way_env, TwoWay};
 use std::process::Output;
 use tokio_postgres::Client;
@@ -350,4 +350,49 @@ async fn an_external_row_deleted_by_hand_is_a_link_without_its_row() {
         .unwrap()
         .get(0);
     assert_eq!(deleted, Some(1));
+}
+
+#[tokio::test]
+async fn one_way_drift_is_repaired_from_the_owning_side_across_pages() {
+    // 20 rows in pages of 7: the comparison pages both tables.
+    let env = Env::new(Opts {
+        batch_size: 7,
+        ..Default::default()
+    })
+    .await;
+    insert_companies(
+        &env.crm,
+        20,
+        "localtimestamp(3) - interval '1 hour'",
+        "Supplier",
+    )
+    .await;
+    let r = env.sync().await;
+    assert_eq!(r.inserted, 20, "{r:?}");
+    assert_converged(&env).await;
+    // Edited in the ERP, where nothing flows back from; one row deleted.
+    env.erp
+        .batch_execute(
+            "UPDATE erp.supplier SET website = 'https://elsewhere.example' WHERE crm_company_id IN (3, 17); \
+             DELETE FROM erp.supplier WHERE crm_company_id = 9",
+        )
+        .await
+        .unwrap();
+
+    let (code, stdout, v) = verify(&env, &[]);
+    assert_eq!(code, 3, "{stdout}");
+    assert_eq!(v["crm_rows"], 20, "{v}");
+    assert_eq!(v["external_rows"], 19, "{v}");
+    assert_eq!(v["differ"], 2, "{v}");
+    assert_eq!(v["agree"], 17, "{v}");
+    assert_eq!(v["missing_external"], 1, "{v}");
+
+    let (code, stdout, v) = verify(&env, &["--repair"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(v["repair"]["crm_touched"], 3, "{v}");
+    assert_eq!(v["repair"]["external_touched"], 0, "{v}");
+    assert_eq!(v["repair"]["remaining"]["agree"], 20, "{v}");
+    assert_converged(&env).await;
+    let (code, stdout, _) = verify(&env, &[]);
+    assert_eq!(code, 0, "{stdout}");
 }
