@@ -743,3 +743,33 @@ impl<'a> Compare<'a> {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deleted_pairs_are_not_drift_and_a_repair_is_judged_by_what_remains() {
+        let mut found = VerifyCounts {
+            pairs: 3,
+            agree: 3,
+            deleted_pairs: 2,
+            ..Default::default()
+        };
+        assert!(!found.drift());
+        found.null_change_external = 1;
+        assert!(found.drift());
+        let mut report = VerifyReport {
+            entity: "supplier".into(),
+            found,
+            ..Default::default()
+        };
+        assert!(report.unfinished());
+        report.repair = Some(RepairReport::default());
+        assert!(!report.unfinished(), "the repair left nothing open");
+        if let Some(r) = &mut report.repair {
+            r.sync.open_conflicts = 1;
+        }
+        assert!(report.unfinished(), "a conflict the repair met stays open");
+    }
+}

@@ -396,3 +396,30 @@ async fn one_way_drift_is_repaired_from_the_owning_side_across_pages() {
     let (code, stdout, _) = verify(&env, &[]);
     assert_eq!(code, 0, "{stdout}");
 }
+
+#[tokio::test]
+async fn a_repair_that_meets_a_manual_conflict_exits_3_and_leaves_it_open() {
+    let (env, crm_ids, _) = synced_env(&TwoWay {
+        conflict: "manual",
+        ..Default::default()
+    })
+    .await;
+    age_rows(&env).await;
+    without_stamping(
+        &env,
+        &format!(
+            "UPDATE erp.supplier SET name = 'x' WHERE crm_company_id = {}",
+            crm_ids[0]
+        ),
+    )
+    .await;
+    let (code, stdout, v) = verify(&env, &["--repair"]);
+    assert_eq!(code, 3, "{stdout}");
+    assert_eq!(v["differ"], 1, "{v}");
+    assert_eq!(v["repair"]["sync"]["open_conflicts"], 1, "{v}");
+    assert_eq!(v["repair"]["remaining"]["differ"], 1, "{v}");
+    assert!(stdout.contains("STILL DRIFTING"), "{stdout}");
+    // Neither side was overwritten: the conflict waits for a person.
+    assert_eq!(crm_name(&env.crm, crm_ids[0]).await, "Acme Ltd");
+    assert_eq!(ext_name_of_crm(&env.erp, crm_ids[0]).await, "x");
+}
