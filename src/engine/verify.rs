@@ -194,16 +194,13 @@ impl Engine {
         repair: bool,
     ) -> Result<VerifyReport, EngineError> {
         // Held while repairs are written, so no sync runs in between.
-        let lock = match repair {
-            true => Some(
-                self.state
-                    .lock(e.name())
-                    .await?
-                    .ok_or_else(|| EngineError::Busy {
-                        entity: e.name().to_string(),
-                    })?,
-            ),
-            false => None,
+        let lock = if repair {
+            let guard = self.state.lock(e.name()).await?;
+            Some(guard.ok_or_else(|| EngineError::Busy {
+                entity: e.name().to_string(),
+            })?)
+        } else {
+            None
         };
         let mut first = Compare::new(self, e, state, repair).run().await?;
         let mut report = VerifyReport {
@@ -481,7 +478,6 @@ impl<'a> Compare<'a> {
                     Some(l) if seen.contains(&l.crm_key) => {}
                     Some(l) => match outside.get(&l.crm_key) {
                         Some(crm_row) => {
-                            self.counts.crm_rows += 1;
                             let outcome = self.compare(&crm_any, crm_row, &scan, Some(row));
                             self.record(l, outcome);
                         }
