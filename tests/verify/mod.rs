@@ -423,3 +423,33 @@ async fn a_repair_that_meets_a_manual_conflict_exits_3_and_leaves_it_open() {
     assert_eq!(crm_name(&env.crm, crm_ids[0]).await, "Acme Ltd");
     assert_eq!(ext_name_of_crm(&env.erp, crm_ids[0]).await, "x");
 }
+
+#[tokio::test]
+async fn pairs_whose_crm_row_left_the_filter_are_compared_and_vanished_crm_rows_reported() {
+    let (env, crm_ids, _) = synced_env(&TwoWay::default()).await;
+    env.crm
+        .batch_execute(&format!(
+            "UPDATE company SET comp_type = 'Customer', comp_name = 'Renamed' WHERE comp_companyid = {}; \
+             DELETE FROM company WHERE comp_companyid = {}",
+            crm_ids[0], crm_ids[1]
+        ))
+        .await
+        .unwrap();
+    let (code, stdout, v) = verify(&env, &[]);
+    assert_eq!(code, 3, "{stdout}");
+    assert_eq!(v["crm_rows"], 3, "{v}");
+    assert_eq!(
+        v["pairs"], 4,
+        "the pair outside crm_filter is compared too: {v}"
+    );
+    assert_eq!(v["differ"], 1, "{v}");
+    assert_eq!(v["missing_crm"], 1, "{v}");
+    assert!(
+        stdout.contains(&format!("missing CRM row CRM {} /", crm_ids[1])),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(r#"comp_name: CRM "Renamed" / external "Acme Ltd""#),
+        "{stdout}"
+    );
+}
