@@ -54,6 +54,16 @@ pub enum Command {
         #[arg(long)]
         entity: Option<String>,
     },
+    /// Compare both sides in full and report drift; with --repair, make
+    /// the next sync fix it and run that sync.
+    Verify {
+        #[arg(long)]
+        entity: Option<String>,
+        /// Clear drifted fields from the shadows, set missing change times,
+        /// touch rows that were missed, then sync.
+        #[arg(long)]
+        repair: bool,
+    },
     /// Watermarks, last runs, open rejects and conflicts.
     Status,
     /// List open conflicts, or resolve one by taking a side's value.
@@ -91,6 +101,7 @@ impl Command {
             Command::Check => "check",
             Command::Plan { .. } => "plan",
             Command::Sync { .. } => "sync",
+            Command::Verify { .. } => "verify",
             Command::Status => "status",
             Command::Conflicts { .. } => "conflicts",
         }
@@ -128,7 +139,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let started_at = chrono::Utc::now();
     let mut warnings = Vec::new();
     let mut entities = Vec::new();
-    let result = runtime.block_on(dispatch(&cli, &mut warnings, &mut entities));
+    let mut verified = Vec::new();
+    let result = runtime.block_on(dispatch(&cli, &mut warnings, &mut entities, &mut verified));
     if let Some(path) = &cli.report {
         let report = RunReport {
             command: cli.command.name().to_string(),
@@ -141,6 +153,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             error: result.as_ref().err().map(|e| format!("{e:#}")),
             warnings,
             entities,
+            verify: verified,
         };
         report
             .write(path)
@@ -153,12 +166,16 @@ async fn dispatch(
     cli: &Cli,
     warnings: &mut Vec<String>,
     entities: &mut Vec<EntityReport>,
+    verified: &mut Vec<crate::engine::VerifyReport>,
 ) -> anyhow::Result<i32> {
     let plan = load_plan(&cli.config)?;
     match &cli.command {
         Command::Check => check(plan, warnings).await,
         Command::Plan { entity } => sync(plan, entity.as_deref(), Mode::DryRun, entities).await,
         Command::Sync { entity } => sync(plan, entity.as_deref(), Mode::Apply, entities).await,
+        Command::Verify { entity, repair } => {
+            verify(plan, entity.as_deref(), *repair, verified).await
+        }
         Command::Status => status(plan).await,
         Command::Conflicts { action } => conflicts(plan, action).await,
     }
@@ -273,6 +290,27 @@ async fn sync(
                     fields.join(", ")
                 );
             }
+        }
+        if r.unfinished() {
+            code = exit::UNFINISHED;
+        }
+    }
+    *out = reports;
+    Ok(code)
+}
+
+async fn verify(
+    plan: Plan,
+    entity: Option<&str>,
+    repair: bool,
+    out: &mut Vec<crate::engine::VerifyReport>,
+) -> anyhow::Result<i32> {
+    let engine = Engine::connect(plan).await?;
+    let reports = engine.verify(entity, repair).await?;
+    let mut code = exit::OK;
+    for r in &reports {
+        for line in report::human_verify(r) {
+            println!("{line}");
         }
         if r.unfinished() {
             code = exit::UNFINISHED;

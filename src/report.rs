@@ -1,7 +1,7 @@
 //! The JSON summary written by `--report FILE`, and the human summary
 //! printed on stdout.
 
-use crate::engine::EntityReport;
+use crate::engine::{Drift, EntityReport, VerifyCounts, VerifyReport};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::path::Path;
@@ -16,6 +16,10 @@ pub struct RunReport {
     pub error: Option<String>,
     pub warnings: Vec<String>,
     pub entities: Vec<EntityReport>,
+    /// `verify` only: per entity, what the comparison found and, with
+    /// `--repair`, what the repair did and what remains.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verify: Vec<VerifyReport>,
 }
 
 impl RunReport {
@@ -77,6 +81,82 @@ pub fn human(e: &EntityReport, dry_run: bool) -> String {
         out.push_str(&format!(
             "; {} rows are rejected and will be retried (see `crmsync status`)",
             e.open_rejects
+        ));
+    }
+    out
+}
+
+/// The comparison counts of `verify` on one line.
+fn verify_counts(c: &VerifyCounts) -> String {
+    format!(
+        "compared {} CRM and {} external rows; {} pairs: {} agree, {} differ; {} deleted on both sides; \
+         not linked: {} CRM, {} external rows; links without their row: {} CRM, {} external; \
+         rows without a change time: {} CRM, {} external",
+        c.crm_rows,
+        c.external_rows,
+        c.pairs,
+        c.agree,
+        c.differ,
+        c.deleted_pairs,
+        c.unlinked_crm,
+        c.unlinked_external,
+        c.missing_crm,
+        c.missing_external,
+        c.null_change_crm,
+        c.null_change_external
+    )
+}
+
+fn drift_line(d: &Drift) -> String {
+    let mut out = format!(
+        "  {} CRM {} / external {}",
+        d.kind,
+        d.crm_key.as_deref().unwrap_or("-"),
+        d.external_key.as_deref().unwrap_or("-")
+    );
+    let fields: Vec<String> = d
+        .fields
+        .iter()
+        .map(|f| format!("{}: CRM {} / external {}", f.field, f.crm, f.external))
+        .collect();
+    if !fields.is_empty() {
+        out.push_str(": ");
+        out.push_str(&fields.join("; "));
+    }
+    out
+}
+
+/// The lines `verify` prints for one entity: what it found with samples,
+/// and with `--repair` what it did and what remains.
+pub fn human_verify(v: &VerifyReport) -> Vec<String> {
+    let verdict = if v.found.drift() { "DRIFT" } else { "in step" };
+    let mut out = vec![format!(
+        "{}: {verdict}: {}",
+        v.entity,
+        verify_counts(&v.found)
+    )];
+    out.extend(v.samples.iter().map(drift_line));
+    if let Some(r) = &v.repair {
+        out.push(format!(
+            "{}: repair: cleared {} link shadows, touched {} CRM and {} external rows, then synced",
+            v.entity, r.shadows_cleared, r.crm_touched, r.external_touched
+        ));
+        out.push(human(&r.sync, false));
+        let verdict = if r.remaining.drift() {
+            "STILL DRIFTING"
+        } else {
+            "in step"
+        };
+        out.push(format!(
+            "{}: after repair: {verdict}: {}",
+            v.entity,
+            verify_counts(&r.remaining)
+        ));
+        out.extend(r.remaining_samples.iter().map(drift_line));
+    } else if v.found.drift() {
+        out.push(format!(
+            "{}: run `crmsync verify --entity {} --repair` to have the next sync fix this",
+            v.entity, v.entity
         ));
     }
     out

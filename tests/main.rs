@@ -21,3 +21,6 @@ mod two_way;
 /// Values that must arrive unchanged: Unicode, NULLs, maximum lengths,
 /// datetime edges.
 mod values;
+/// Full comparison of both sides: drift reported without writing, and
+/// `verify --repair` bringing both sides back in step.
+mod verify;

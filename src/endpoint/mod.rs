@@ -252,6 +252,11 @@ pub type Result<T, E = EndpointError> = std::result::Result<T, E>;
 ///   database) they are written in that transaction too.
 /// - Writes are idempotent in effect: updates set absolute values and
 ///   deletes of missing rows are no-ops.
+/// - `read_page` returns rows in ascending key order, strictly after the
+///   given key, filter applied, never more than `limit`, in the same column
+///   order and decoding as `fetch`. Rows of any change time (NULL too) are
+///   returned: it is the full read of `verify`, paged so that memory stays
+///   flat however large the table.
 /// - Calls may run concurrently; each takes its own pooled connection.
 #[async_trait]
 pub trait Endpoint: Send + Sync {
@@ -274,6 +279,15 @@ pub trait Endpoint: Send + Sync {
 
     /// Rows of `scan` whose `column` equals one of `keys` (filter applied).
     async fn fetch(&self, scan: &Scan, column: &str, keys: &[Value]) -> Result<Vec<Vec<Value>>>;
+
+    /// Rows of `scan` (filter applied) whose key is greater than `after`
+    /// (all rows when `None`), in key order; at most `limit`.
+    async fn read_page(
+        &self,
+        scan: &Scan,
+        after: Option<&Value>,
+        limit: usize,
+    ) -> Result<Vec<Vec<Value>>>;
 
     /// Rows of `scan` (filter applied) where every `column = value` holds
     /// (`Value::Null` means IS NULL); at most `limit`.

@@ -7,10 +7,12 @@ mod deletes;
 mod mapping;
 mod merge;
 mod pass;
+mod verify;
 
 pub use conflicts::ResolveError;
 pub use mapping::{canonical_to_crm, crm_to_canonical, FieldProblem};
 pub use merge::{merge, winner, Merged, View};
+pub use verify::{Drift, FieldDiff, RepairReport, VerifyCounts, VerifyReport};
 
 use crate::endpoint::postgres::PgEndpoint;
 use crate::endpoint::{Endpoint, EndpointError, Lower};

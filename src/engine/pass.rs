@@ -112,7 +112,7 @@ pub(super) fn deleted_flag(ty: &SqlType, deleted: bool) -> Value {
     }
 }
 
-fn is_deleted(v: Option<&Value>) -> bool {
+pub(super) fn is_deleted(v: Option<&Value>) -> bool {
     match v {
         None | Some(Value::Null) => false,
         Some(Value::Int(0)) | Some(Value::Bool(false)) => false,

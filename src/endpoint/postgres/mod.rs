@@ -480,6 +480,37 @@ impl Endpoint for PgEndpoint {
         rows_to_values(rows).map_err(|e| self.query_error("decoding rows", e))
     }
 
+    async fn read_page(
+        &self,
+        scan: &Scan,
+        after: Option<&Value>,
+        limit: usize,
+    ) -> Result<Vec<Vec<Value>>> {
+        let key = quote(&scan.key);
+        let cond = match after {
+            Some(_) => format!("{key} > $1"),
+            None => "true".into(),
+        };
+        let params: Vec<&(dyn ToSql + Sync)> = after
+            .into_iter()
+            .map(|k| k as &(dyn ToSql + Sync))
+            .collect();
+        let sql = format!(
+            "SELECT {} FROM {} WHERE {cond}{} ORDER BY {key} LIMIT {limit}",
+            Self::select_list(scan),
+            qualified(&scan.table),
+            Self::filter_sql(scan),
+        );
+        let conn = self.conn().await?;
+        let rows = conn.query(&sql, &params).await.map_err(|e| {
+            self.query_error(
+                format!("reading {} in key order", scan.table.qualified()),
+                e,
+            )
+        })?;
+        rows_to_values(rows).map_err(|e| self.query_error("decoding rows", e))
+    }
+
     async fn find(
         &self,
         scan: &Scan,
