@@ -192,12 +192,19 @@ impl Server {
             tds::write_message(&mut sock, packet_type::TABULAR_RESULT, &out, 4096).await?;
             return Ok(());
         }
+        let db = if l.database.is_empty() {
+            self.shared.database.clone()
+        } else {
+            l.database.clone()
+        };
         let (pg, conn) =
             tokio_postgres::connect(&self.config.pg_url, tokio_postgres::NoTls).await?;
         let conn_task = tokio::spawn(conn);
         pg.batch_execute(&format!(
-            "SET TimeZone = '{}'; SET search_path = dbo, public; SET DateStyle = ISO",
-            self.config.timezone.replace('\'', "''")
+            "SET TimeZone = '{}'; SET search_path = dbo, public; SET DateStyle = ISO; \
+             SET mssql_standin.database = '{}'",
+            self.config.timezone.replace('\'', "''"),
+            db.replace('\'', "''")
         ))
         .await?;
         let packet_size = (l.packet_size as usize).clamp(512, tds::MAX_PACKET_SIZE);
@@ -205,11 +212,6 @@ impl Server {
             4096
         } else {
             packet_size
-        };
-        let db = if l.database.is_empty() {
-            self.shared.database.clone()
-        } else {
-            l.database.clone()
         };
         token::envchange_text(&mut out, 1, &db, "master");
         token::info(

@@ -471,6 +471,29 @@ impl<'a> Translator<'a> {
                 format!("'{}'", self.env.user.replace('\'', "''"))
             }
             "CEILING" => format!("ceiling({})", a(0)),
+            "SERVERPROPERTY" => {
+                let v = match a(0).trim_matches('\'').to_lowercase().as_str() {
+                    "productversion" => "'16.0.1000.6'",
+                    "productmajorversion" => "'16'",
+                    "edition" => "'Developer Edition (64-bit)'",
+                    "engineedition" => "'3'",
+                    "collation" => "'SQL_Latin1_General_CP1_CI_AS'",
+                    "servername" | "machinename" => "'mssql-standin'",
+                    _ => "NULL",
+                };
+                format!("CAST({v} AS text)")
+            }
+            "DATABASEPROPERTYEX" => {
+                match args
+                    .get(1)
+                    .map(|s| s.trim_matches('\'').to_lowercase())
+                    .as_deref()
+                {
+                    Some("collation") => "CAST('SQL_Latin1_General_CP1_CI_AS' AS text)".into(),
+                    Some("status") => "CAST('ONLINE' AS text)".into(),
+                    _ => "CAST(NULL AS text)".into(),
+                }
+            }
             "SPACE" => format!("repeat(' ', {})", a(0)),
             "REPLICATE" => format!("repeat({}, {})", a(0), a(1)),
             "STR" => format!("CAST({} AS text)", a(0)),
@@ -758,6 +781,7 @@ pub fn hint(e: &Expr, env: &Env<'_>) -> Option<SqlType> {
                     Some(SqlType::Decimal(_, s)) => Some(SqlType::Decimal(38, s)),
                     other => other,
                 },
+                "SERVERPROPERTY" | "DATABASEPROPERTYEX" => Some(SqlType::NVarChar(Some(128))),
                 "DB_NAME" | "SUSER_SNAME" | "SUSER_NAME" | "USER_NAME" => {
                     Some(SqlType::NVarChar(Some(128)))
                 }

@@ -29,6 +29,14 @@ SELECT current_database()::text AS table_catalog, c.table_schema, c.table_name, 
 FROM mssql_standin.columns c JOIN pg_class k ON k.oid = c.table_oid
 WHERE c.table_schema NOT IN ('sys', 'INFORMATION_SCHEMA');
 
+-- One database, at SQL Server 2022's compatibility level (datetime
+-- comparisons follow level 130+ rules).
+CREATE OR REPLACE VIEW mssql_sys.databases AS
+SELECT COALESCE(NULLIF(current_setting('mssql_standin.database', true), ''), current_database())::text AS name,
+       5 AS database_id, 160::int2 AS compatibility_level,
+       'SQL_Latin1_General_CP1_CI_AS'::text AS collation_name, 0::int2 AS is_read_only,
+       'ONLINE'::text AS state_desc;
+
 CREATE OR REPLACE VIEW mssql_sys.schemas AS
 SELECT n.oid::int AS schema_id, n.nspname::text AS name FROM pg_namespace n WHERE n.nspname = 'dbo';
 
@@ -113,7 +121,7 @@ SELECT a.attrelid, a.attnum,
             WHEN a.attname::text LIKE 'is\_%' OR a.attname::text LIKE 'has\_%' THEN 'bit'
             WHEN a.atttypid = 'int4'::regtype THEN 'int'
             WHEN a.atttypid = 'int2'::regtype AND a.attname::text = 'precision' THEN 'tinyint'
-            WHEN a.atttypid = 'int2'::regtype AND a.attname::text IN ('scale', 'type', 'system_type_id', 'numeric_precision') THEN 'tinyint'
+            WHEN a.atttypid = 'int2'::regtype AND a.attname::text IN ('scale', 'type', 'system_type_id', 'numeric_precision', 'compatibility_level') THEN 'tinyint'
             WHEN a.atttypid = 'int2'::regtype THEN 'smallint'
             WHEN a.atttypid = 'int8'::regtype THEN 'bigint'
             WHEN a.attname::text IN ('type') THEN 'char(2)'

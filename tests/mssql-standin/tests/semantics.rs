@@ -572,10 +572,25 @@ async fn builtin_functions_and_paging() {
         scalar::<NaiveDate>(&mut c, "SELECT CAST('2024-02-29T10:11:12' AS date)").await,
         NaiveDate::from_ymd_opt(2024, 2, 29)
     );
-    // DB_NAME() is the database the client logged in to.
+    // DB_NAME() is the database the client logged in to; it runs at a
+    // compatibility level of 130 or later ("ALTER DATABASE Compatibility Level").
     assert_eq!(
         text(&mut c, "SELECT DB_NAME()").await.as_deref(),
         Some("CRM")
+    );
+    assert_eq!(
+        scalar::<u8>(
+            &mut c,
+            "SELECT compatibility_level FROM sys.databases WHERE name = DB_NAME()"
+        )
+        .await,
+        Some(160)
+    );
+    assert_eq!(
+        text(&mut c, "SELECT SERVERPROPERTY('ProductMajorVersion')")
+            .await
+            .as_deref(),
+        Some("16")
     );
     // SET NOCOUNT ON: no row counts in DONE, but @@ROWCOUNT still counts.
     exec(&mut c, "SET NOCOUNT ON").await;
