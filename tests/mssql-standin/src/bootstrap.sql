@@ -100,8 +100,11 @@ LANGUAGE sql STABLE AS $$
   )
   SELECT c.oid::int FROM p, pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
   WHERE c.relname = lower(parts[array_length(parts, 1)])
-    AND n.nspname = CASE WHEN array_length(parts, 1) >= 2
-                         THEN lower(parts[array_length(parts, 1) - 1]) ELSE 'dbo' END
+    AND CASE WHEN parts[array_length(parts, 1)] LIKE '#%'
+             -- tempdb..#t: the session's own temporary table
+             THEN c.relnamespace = pg_my_temp_schema()
+             ELSE n.nspname = CASE WHEN array_length(parts, 1) >= 2
+                                   THEN lower(parts[array_length(parts, 1) - 1]) ELSE 'dbo' END END
     AND c.relkind IN ('r', 'v', 'p', 'i')
     AND (kind IS NULL OR (upper(trim(kind)) = 'U' AND c.relkind IN ('r', 'p'))
          OR (upper(trim(kind)) = 'V' AND c.relkind = 'v'))

@@ -31,7 +31,7 @@ fn pg_name(n: &ObjectName) -> String {
     let mut n = n.clone();
     map_object_name(&mut n);
     let s = n.to_string();
-    if s.contains('.') {
+    if s.contains('.') || s.starts_with("\"#") {
         s
     } else {
         format!("\"dbo\".{s}")
@@ -253,7 +253,12 @@ pub async fn create_table(
         })
         .collect();
     defs.extend(constraints);
-    let create = format!("CREATE TABLE {table} ({})", defs.join(", "));
+    let temp = declared.starts_with('#');
+    let create = format!(
+        "CREATE {}TABLE {table} ({})",
+        if temp { "TEMP " } else { "" },
+        defs.join(", ")
+    );
     let trigger = trigger_sql(&table, &declared, &schema, database, &cols);
     let txn = format!("{create};\n{trigger}");
     pg.batch_execute(&txn)
@@ -346,8 +351,14 @@ fn trigger_sql(table: &str, declared: &str, schema: &str, database: &str, cols: 
             _ => {}
         }
     }
+    // A #temp table's trigger function is the session's own, too.
     let fname = format!(
-        "mssql_standin.{}",
+        "{}.{}",
+        if declared.starts_with('#') {
+            "pg_temp"
+        } else {
+            "mssql_standin"
+        },
         pg_ident(&format!("trg_{schema}_{declared}"))
     );
     format!(

@@ -934,6 +934,8 @@ impl Session {
                 .collect();
             if parts.len() >= 2 {
                 parts[parts.len() - 2..].join(".")
+            } else if n.starts_with('#') {
+                parts.join("")
             } else {
                 format!("\"dbo\".{}", parts.join(""))
             }
@@ -1505,6 +1507,8 @@ impl Session {
             .collect();
         let table = if parts.len() >= 2 {
             parts[parts.len() - 2..].join(".")
+        } else if table.starts_with('#') {
+            parts.join("")
         } else {
             format!("\"dbo\".{}", parts.join(""))
         };

@@ -84,6 +84,19 @@ pub fn map_object_name(name: &mut ObjectName) {
     if parts.is_empty() || parts.iter().any(is_raw) {
         return;
     }
+    // #temp tables live in the session's own schema: no qualifier.
+    if parts
+        .last()
+        .map(|p| p.value.starts_with('#'))
+        .unwrap_or(false)
+    {
+        let last = parts
+            .last()
+            .map(quoted_lower)
+            .unwrap_or_else(|| Ident::new(""));
+        name.0 = vec![ObjectNamePart::Identifier(last)];
+        return;
+    }
     // server.database.schema.table: keep schema and table.
     if parts.len() > 2 {
         parts = parts.split_off(parts.len() - 2);

@@ -111,3 +111,54 @@ async fn keyset_paging_updates_and_soft_deletes() {
     .await;
     assert_eq!(e.code(), 2601);
 }
+
+/// Session-scoped #temp tables, the usual staging area for bulk loads
+/// ("CREATE TABLE (Transact-SQL)": temporary tables): visible to their
+/// session only, loadable with bulk_insert, found by OBJECT_ID('tempdb..#t').
+#[tokio::test]
+async fn temp_tables_are_per_session_and_bulk_loadable() {
+    let s = standin().await;
+    let mut a = connect(&s).await;
+    let mut b = connect(&s).await;
+    exec(&mut a, "CREATE TABLE #stage (Id int NOT NULL PRIMARY KEY, Name nvarchar(20) NULL, At datetime NULL)").await;
+    let mut req = a
+        .bulk_insert("#stage")
+        .await
+        .expect("bulk insert into #stage");
+    for i in 0..50i32 {
+        use tiberius::IntoRow;
+        let mut row = (i, format!("n{i}")).into_row();
+        row.push(tiberius::ColumnData::DateTime(None));
+        req.send(row).await.unwrap();
+    }
+    assert_eq!(req.finalize().await.unwrap().total(), 50);
+    assert_eq!(
+        scalar::<i32>(&mut a, "SELECT COUNT(*) FROM #stage WHERE Name LIKE N'N1%'").await,
+        Some(11)
+    );
+    assert_eq!(
+        scalar::<i32>(
+            &mut a,
+            "SELECT CASE WHEN OBJECT_ID('tempdb..#stage') IS NOT NULL THEN 1 ELSE 0 END"
+        )
+        .await,
+        Some(1)
+    );
+    assert_eq!(
+        scalar::<i32>(
+            &mut b,
+            "SELECT CASE WHEN OBJECT_ID('tempdb..#stage') IS NOT NULL THEN 1 ELSE 0 END"
+        )
+        .await,
+        Some(0)
+    );
+    let e = server_error(&mut b, "SELECT * FROM #stage").await;
+    assert_eq!(e.code(), 208);
+    exec(
+        &mut a,
+        "IF OBJECT_ID('tempdb..#stage') IS NOT NULL DROP TABLE #stage",
+    )
+    .await;
+    let e = server_error(&mut a, "SELECT * FROM #stage").await;
+    assert_eq!(e.code(), 208);
+}
