@@ -11,7 +11,7 @@ use super::{sync, try_sync, two_way_env, TwoWay};
 use crate::common::Env;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +86,8 @@ fn crm_status(s: Option<&str>) -> Option<&'static str> {
 
 #[derive(Debug, Clone)]
 struct Pair {
+    /// Created by the test in CRM (else in the external table).
+    from_crm: bool,
     crm: Option<i32>,
     ext: Option<i64>,
     crm_vals: Vals,
@@ -129,6 +131,7 @@ async fn apply(env: &Env, pairs: &mut Vec<Pair>, op: &Op) {
             )
             .await;
             pairs.push(Pair {
+                from_crm: true,
                 crm: Some(id),
                 ext: None,
                 crm_vals: vals.clone(),
@@ -143,6 +146,7 @@ async fn apply(env: &Env, pairs: &mut Vec<Pair>, op: &Op) {
             let id =
                 super::ext_insert(&env.erp, &vals.name, vals.status, vals.phone.as_deref()).await;
             pairs.push(Pair {
+                from_crm: false,
                 crm: None,
                 ext: Some(id),
                 crm_vals: vals.clone(),
@@ -384,11 +388,63 @@ async fn check_converged(env: &Env, pairs: &[Pair]) -> Result<(), TestCaseError>
             "live external row {x} has no CRM row"
         );
     }
-    // Every row the test created is there exactly once.
-    let created_crm = pairs.iter().filter(|p| p.crm.is_some() || p.live()).count();
-    let created_ext = pairs.iter().filter(|p| p.ext.is_some() || p.live()).count();
-    prop_assert_eq!(crm.len(), created_crm, "CRM rows: {:?}", pairs);
-    prop_assert_eq!(ext.len(), created_ext, "external rows");
+    // Every row is either one the test created, or crmsync's one copy of
+    // a row the test created on the other side: nothing duplicated.
+    let crm_origin: HashSet<i32> = pairs
+        .iter()
+        .filter(|p| p.from_crm)
+        .filter_map(|p| p.crm)
+        .collect();
+    let ext_origin: HashSet<i64> = pairs
+        .iter()
+        .filter(|p| !p.from_crm)
+        .filter_map(|p| p.ext)
+        .collect();
+    let mut copies_of_crm = HashSet::new();
+    for r in env
+        .erp
+        .query("SELECT supplier_id, crm_company_id FROM erp.supplier", &[])
+        .await
+        .unwrap()
+    {
+        let (x, crm_id): (i64, Option<i32>) = (r.get(0), r.get(1));
+        if ext_origin.contains(&x) {
+            continue;
+        }
+        prop_assert!(
+            crm_id.is_some_and(|c| crm_origin.contains(&c)),
+            "external row {x} was created neither by the test nor as a copy of a CRM row"
+        );
+        prop_assert!(
+            copies_of_crm.insert(crm_id),
+            "CRM row {crm_id:?} was copied out twice"
+        );
+    }
+    for (id, (_, link)) in &crm {
+        if crm_origin.contains(id) {
+            continue;
+        }
+        prop_assert!(
+            link.as_ref()
+                .and_then(|l| l.parse::<i64>().ok())
+                .is_some_and(|x| ext_origin.contains(&x)),
+            "CRM row {id} was created neither by the test nor as a copy of an external row"
+        );
+    }
+    // Nothing lost: every live pair is live on both sides.
+    for p in pairs.iter().filter(|p| p.live()) {
+        let (Some(c), Some(x)) = (p.crm, p.ext) else {
+            return Err(TestCaseError::fail(format!("pair never completed: {p:?}")));
+        };
+        prop_assert!(
+            crm.get(&c).is_some_and(|(s, _)| !s.deleted),
+            "CRM row {c} lost"
+        );
+        prop_assert!(
+            ext.get(&x).is_some_and(|s| !s.deleted),
+            "external row {x} lost"
+        );
+    }
     Ok(())
 }
 
