@@ -245,6 +245,10 @@ fn continues_statement(
             .iter()
             .any(|t| t.word.as_deref() == Some(kw))
     };
+    // MERGE's WHEN clauses hold UPDATE/INSERT/DELETE; T-SQL ends MERGE with ';'.
+    if head == "MERGE" {
+        return true;
+    }
     match w {
         "SELECT" => {
             matches!(prev, Some("UNION" | "ALL" | "EXCEPT" | "INTERSECT"))

@@ -831,8 +831,13 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
             }
         }
         Statement::Update(up) => {
+            rewrite_update_from(up)?;
             for a in up.assignments.iter_mut() {
                 if let sqlparser::ast::AssignmentTarget::ColumnName(n) = &mut a.target {
+                    // PostgreSQL names SET targets without a table qualifier.
+                    if n.0.len() > 1 {
+                        n.0 = n.0.split_off(n.0.len() - 1);
+                    }
                     map_column_name(n);
                 }
             }
@@ -842,7 +847,15 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
                 up.returning = Some(items);
             }
         }
+        Statement::Merge(m) => {
+            // PostgreSQL requires MERGE INTO; T-SQL makes INTO optional.
+            m.into = true;
+            if m.output.is_some() {
+                return Err(SqlError::unsupported("MERGE … OUTPUT"));
+            }
+        }
         Statement::Delete(del) => {
+            rewrite_delete_from(del)?;
             if let Some(out) = del.output.take() {
                 let mut items = output_items(out)?;
                 prepare_projection(&mut items, env, &mut hints, &mut names, &mut assigns);
@@ -863,6 +876,156 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
         names,
         assigns,
     })
+}
+
+/// T-SQL `UPDATE a SET … FROM t AS a JOIN u ON cond WHERE w` becomes
+/// PostgreSQL's `UPDATE t AS a SET … FROM u WHERE cond AND w`.
+fn rewrite_update_from(up: &mut sqlparser::ast::Update) -> Result<(), SqlError> {
+    use sqlparser::ast::{JoinConstraint, JoinOperator, TableWithJoins, UpdateTableFromKind};
+    let target = match &up.table.relation {
+        TableFactor::Table {
+            name, alias: None, ..
+        } if up.table.joins.is_empty() => object_base_name(name).to_lowercase(),
+        _ => return Ok(()),
+    };
+    let Some(UpdateTableFromKind::AfterSet(froms)) = &up.from else {
+        return Ok(());
+    };
+    let names_target = |tf: &TableFactor| -> bool {
+        match tf {
+            TableFactor::Table { name, alias, .. } => match alias {
+                Some(a) => a.name.value.to_lowercase() == target,
+                None => object_base_name(name).to_lowercase() == target,
+            },
+            _ => false,
+        }
+    };
+    let Some(pos) = froms.iter().position(|f| names_target(&f.relation)) else {
+        return Ok(());
+    };
+    let mut froms = froms.clone();
+    let chain = froms.remove(pos);
+    let mut conditions = Vec::new();
+    let mut rest: Vec<TableWithJoins> = Vec::new();
+    for j in chain.joins {
+        match j.join_operator {
+            JoinOperator::Join(JoinConstraint::On(e))
+            | JoinOperator::Inner(JoinConstraint::On(e)) => {
+                conditions.push(e);
+                rest.push(TableWithJoins {
+                    relation: j.relation,
+                    joins: vec![],
+                });
+            }
+            other => {
+                return Err(SqlError::unsupported(format!(
+                    "UPDATE … FROM with a join other than INNER JOIN … ON ({other:?})"
+                )))
+            }
+        }
+    }
+    rest.extend(froms);
+    up.table = TableWithJoins {
+        relation: chain.relation,
+        joins: vec![],
+    };
+    up.from = if rest.is_empty() {
+        None
+    } else {
+        Some(UpdateTableFromKind::AfterSet(rest))
+    };
+    if let Some(w) = up.selection.take() {
+        conditions.push(w);
+    }
+    up.selection = conditions.into_iter().reduce(|a, b| Expr::BinaryOp {
+        left: Box::new(Expr::Nested(Box::new(a))),
+        op: BinaryOperator::And,
+        right: Box::new(Expr::Nested(Box::new(b))),
+    });
+    Ok(())
+}
+
+/// Splits a join chain into its relations and inner-join conditions.
+fn flatten_joins(
+    joins: Vec<sqlparser::ast::Join>,
+    what: &str,
+) -> Result<(Vec<sqlparser::ast::TableWithJoins>, Vec<Expr>), SqlError> {
+    use sqlparser::ast::{JoinConstraint, JoinOperator, TableWithJoins};
+    let mut rels = Vec::new();
+    let mut conds = Vec::new();
+    for j in joins {
+        match j.join_operator {
+            JoinOperator::Join(JoinConstraint::On(e))
+            | JoinOperator::Inner(JoinConstraint::On(e)) => {
+                conds.push(e);
+                rels.push(TableWithJoins {
+                    relation: j.relation,
+                    joins: vec![],
+                });
+            }
+            other => {
+                return Err(SqlError::unsupported(format!(
+                    "{what} … FROM with a join other than INNER JOIN … ON ({other:?})"
+                )))
+            }
+        }
+    }
+    Ok((rels, conds))
+}
+
+fn and_all(conds: Vec<Expr>) -> Option<Expr> {
+    conds.into_iter().reduce(|a, b| Expr::BinaryOp {
+        left: Box::new(Expr::Nested(Box::new(a))),
+        op: BinaryOperator::And,
+        right: Box::new(Expr::Nested(Box::new(b))),
+    })
+}
+
+/// T-SQL `DELETE a FROM t AS a JOIN u ON cond WHERE w` becomes
+/// PostgreSQL's `DELETE FROM t AS a USING u WHERE cond AND w`.
+fn rewrite_delete_from(del: &mut sqlparser::ast::Delete) -> Result<(), SqlError> {
+    use sqlparser::ast::{FromTable, TableWithJoins};
+    let Some(target) = del
+        .tables
+        .first()
+        .map(|t| object_base_name(t).to_lowercase())
+    else {
+        return Ok(());
+    };
+    let froms = match &del.from {
+        FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f.clone(),
+    };
+    let names_target = |tf: &TableFactor| -> bool {
+        match tf {
+            TableFactor::Table { name, alias, .. } => match alias {
+                Some(a) => a.name.value.to_lowercase() == target,
+                None => object_base_name(name).to_lowercase() == target,
+            },
+            _ => false,
+        }
+    };
+    let Some(pos) = froms.iter().position(|f| names_target(&f.relation)) else {
+        return Err(SqlError::new(
+            4104,
+            16,
+            format!("The multi-part identifier \"{target}\" could not be bound."),
+        ));
+    };
+    let mut froms = froms;
+    let chain = froms.remove(pos);
+    let (mut rest, mut conds) = flatten_joins(chain.joins, "DELETE")?;
+    rest.extend(froms);
+    del.tables.clear();
+    del.from = FromTable::WithFromKeyword(vec![TableWithJoins {
+        relation: chain.relation,
+        joins: vec![],
+    }]);
+    del.using = if rest.is_empty() { None } else { Some(rest) };
+    if let Some(w) = del.selection.take() {
+        conds.push(w);
+    }
+    del.selection = and_all(conds);
+    Ok(())
 }
 
 fn map_column_name(n: &mut ObjectName) {
@@ -961,5 +1124,50 @@ fn prepare_projection(
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlparser::dialect::MsSqlDialect;
+    use sqlparser::parser::Parser;
+
+    fn pg(sql: &str) -> String {
+        let cat = Catalog::default();
+        let vars = Vars::new();
+        let env = Env {
+            catalog: &cat,
+            vars: &vars,
+            scope_identity: None,
+            trancount: 0,
+            rowcount: 0,
+            error: 0,
+            spid: 51,
+            user: "sa",
+            database: "CRM",
+        };
+        let stmt = Parser::parse_sql(&MsSqlDialect {}, sql).unwrap().remove(0);
+        translate_statement(stmt, &env).unwrap().sql
+    }
+
+    #[test]
+    fn t_sql_shapes_become_postgresql() {
+        assert_eq!(
+            pg("SELECT TOP 5 [Comp_Name] FROM dbo.Company WITH (NOLOCK)"),
+            "SELECT \"comp_name\" AS \"Comp_Name\" FROM \"dbo\".\"company\" LIMIT 5"
+        );
+        assert_eq!(
+            pg("MERGE dbo.M AS t USING dbo.S AS s ON t.Id = s.Id WHEN MATCHED THEN DELETE"),
+            "MERGE INTO \"dbo\".\"m\" AS \"t\" USING \"dbo\".\"s\" AS \"s\" ON \"t\".\"id\" = \"s\".\"id\" WHEN MATCHED THEN DELETE"
+        );
+        assert_eq!(
+            pg("DELETE m FROM dbo.M AS m INNER JOIN dbo.Gone g ON g.Id = m.Id"),
+            "DELETE FROM \"dbo\".\"m\" AS \"m\" USING \"dbo\".\"gone\" \"g\" WHERE \"g\".\"id\" = \"m\".\"id\""
+        );
+        assert_eq!(
+            pg("UPDATE t SET t.Name = s.Name FROM dbo.T AS t JOIN #s s ON s.Id = t.Id"),
+            "UPDATE \"dbo\".\"t\" AS \"t\" SET \"name\" = \"s\".\"name\" FROM \"#s\" \"s\" WHERE \"s\".\"id\" = \"t\".\"id\""
+        );
     }
 }

@@ -154,6 +154,27 @@ async fn temp_tables_are_per_session_and_bulk_loadable() {
     );
     let e = server_error(&mut b, "SELECT * FROM #stage").await;
     assert_eq!(e.code(), 208);
+    // Set-based apply from the staging table, in T-SQL's UPDATE … FROM form.
+    exec(
+        &mut a,
+        "CREATE TABLE dbo.Target (Id int NOT NULL PRIMARY KEY, Name nvarchar(20) NULL); \
+                  INSERT INTO dbo.Target VALUES (1, N'old'), (2, N'old'), (99, N'keep')",
+    )
+    .await;
+    let r = a
+        .execute(
+            "UPDATE t SET t.Name = s.Name FROM dbo.Target AS t INNER JOIN #stage s ON s.Id = t.Id WHERE s.Id < @P1",
+            &[&50i32],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.rows_affected(), &[2]);
+    let names: Vec<String> = rows(&mut a, "SELECT Name FROM dbo.Target ORDER BY Id")
+        .await
+        .iter()
+        .map(|r| r.get::<&str, _>(0).unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["n1", "n2", "keep"]);
     exec(
         &mut a,
         "IF OBJECT_ID('tempdb..#stage') IS NOT NULL DROP TABLE #stage",
@@ -161,4 +182,50 @@ async fn temp_tables_are_per_session_and_bulk_loadable() {
     .await;
     let e = server_error(&mut a, "SELECT * FROM #stage").await;
     assert_eq!(e.code(), 208);
+}
+
+/// T-SQL's DELETE alias FROM … JOIN and MERGE … ; ("DELETE (Transact-SQL)",
+/// "MERGE (Transact-SQL)").
+#[tokio::test]
+async fn delete_from_join_and_merge() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.M (Id int NOT NULL PRIMARY KEY, V nvarchar(10) NULL); \
+         CREATE TABLE dbo.Gone (Id int NOT NULL); \
+         INSERT INTO dbo.M VALUES (1, N'a'), (2, N'b'), (3, N'c'); INSERT INTO dbo.Gone VALUES (2)",
+    )
+    .await;
+    let r = c
+        .execute(
+            "DELETE m FROM dbo.M AS m INNER JOIN dbo.Gone g ON g.Id = m.Id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.rows_affected(), &[1]);
+    let r = c
+        .execute(
+            "MERGE dbo.M AS t USING (SELECT @P1 AS Id, @P2 AS V) AS s ON t.Id = s.Id \
+             WHEN MATCHED THEN UPDATE SET V = s.V \
+             WHEN NOT MATCHED THEN INSERT (Id, V) VALUES (s.Id, s.V);",
+            &[&4i32, &"d"],
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.rows_affected(), &[1]);
+    let got: Vec<(i32, String)> = rows(&mut c, "SELECT Id, V FROM dbo.M ORDER BY Id")
+        .await
+        .iter()
+        .map(|r| (r.get(0).unwrap(), r.get::<&str, _>(1).unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, "a".to_string()),
+            (3, "c".to_string()),
+            (4, "d".to_string())
+        ]
+    );
 }
