@@ -111,6 +111,25 @@ LANGUAGE sql STABLE AS $$
   LIMIT 1
 $$;
 
+-- IDENT_CURRENT('table'): the last identity value generated for the table
+-- by any session, or the seed if none was.
+CREATE OR REPLACE FUNCTION mssql_standin.ident_current(name text) RETURNS numeric
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+  oid_ int := mssql_standin.object_id(name);
+  col text;
+  seq text;
+  v numeric;
+  called bool;
+BEGIN
+  SELECT lower(c.column_name) INTO col FROM mssql_standin.columns c
+   WHERE c.table_oid = oid_::oid AND c.is_identity;
+  IF col IS NULL THEN RETURN NULL; END IF;
+  seq := pg_get_serial_sequence(oid_::oid::regclass::text, col);
+  EXECUTE format('SELECT last_value, is_called FROM %s', seq) INTO v, called;
+  RETURN v;
+END $$;
+
 CREATE OR REPLACE FUNCTION mssql_standin.columnproperty(id int, col text, prop text) RETURNS int
 LANGUAGE sql STABLE AS $$
   SELECT CASE lower(prop)

@@ -447,6 +447,10 @@ impl<'a> Translator<'a> {
                 1 => format!("mssql_standin.object_id({})", a(0)),
                 _ => format!("mssql_standin.object_id({}, {})", a(0), a(1)),
             },
+            "IDENT_CURRENT" => format!(
+                "CAST(mssql_standin.ident_current({}) AS numeric(38,0))",
+                a(0)
+            ),
             "COLUMNPROPERTY" => {
                 format!("mssql_standin.columnproperty({}, {}, {})", a(0), a(1), a(2))
             }

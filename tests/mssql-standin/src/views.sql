@@ -37,6 +37,24 @@ SELECT COALESCE(NULLIF(current_setting('mssql_standin.database', true), ''), cur
        'SQL_Latin1_General_CP1_CI_AS'::text AS collation_name, 0::int2 AS is_read_only,
        'ONLINE'::text AS state_desc;
 
+CREATE OR REPLACE VIEW mssql_information_schema.table_constraints AS
+SELECT current_database()::text AS constraint_catalog, 'dbo'::text AS constraint_schema, x.name AS constraint_name,
+       current_database()::text AS table_catalog, 'dbo'::text AS table_schema,
+       (SELECT DISTINCT c.table_name FROM mssql_standin.columns c WHERE c.table_oid = x.table_oid) AS table_name,
+       (CASE WHEN x.is_primary_key THEN 'PRIMARY KEY' ELSE 'UNIQUE' END)::text AS constraint_type
+FROM mssql_standin.indexes x JOIN pg_class k ON k.oid = x.index_oid
+WHERE x.is_primary_key OR x.is_unique_constraint;
+
+CREATE OR REPLACE VIEW mssql_information_schema.key_column_usage AS
+SELECT current_database()::text AS constraint_catalog, 'dbo'::text AS constraint_schema, x.name AS constraint_name,
+       current_database()::text AS table_catalog, 'dbo'::text AS table_schema, c.table_name, c.column_name,
+       k.ord::int AS ordinal_position
+FROM mssql_standin.indexes x
+JOIN pg_index i ON i.indexrelid = x.index_oid
+CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+JOIN mssql_standin.columns c ON c.table_oid = i.indrelid AND c.attnum = k.attnum
+WHERE x.is_primary_key OR x.is_unique_constraint;
+
 CREATE OR REPLACE VIEW mssql_sys.schemas AS
 SELECT n.oid::int AS schema_id, n.nspname::text AS name FROM pg_namespace n WHERE n.nspname = 'dbo';
 

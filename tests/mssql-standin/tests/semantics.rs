@@ -313,6 +313,10 @@ async fn identity_output_scope_identity_columnproperty_identity_insert() {
     )
     .await;
     assert_eq!(id, Some(105), "identity continues after the explicit value");
+    // IDENT_CURRENT: the last value generated for the table ("IDENT_CURRENT
+    // (Transact-SQL)").
+    let cur: Option<rust_decimal::Decimal> = scalar(&mut c, "SELECT IDENT_CURRENT('dbo.T')").await;
+    assert_eq!(cur, Some(105.into()));
 }
 
 /// 5. Sage CRM allocates ids with `EXEC @id = eware_get_identity_id 'Table'`
@@ -702,6 +706,16 @@ async fn catalog_views_report_sql_server_types() {
         scalar::<i32>(&mut c, "SELECT OBJECT_ID('dbo.NoSuchTable')").await,
         None
     );
+    // Primary keys as INFORMATION_SCHEMA shows them ("TABLE_CONSTRAINTS
+    // (Transact-SQL)", "KEY_COLUMN_USAGE (Transact-SQL)").
+    let pk = text(
+        &mut c,
+        "SELECT k.COLUMN_NAME FROM INFORMATION_SCHEMA.TABLE_CONSTRAINTS t \
+         JOIN INFORMATION_SCHEMA.KEY_COLUMN_USAGE k ON k.CONSTRAINT_NAME = t.CONSTRAINT_NAME \
+         WHERE t.TABLE_NAME = 'Person' AND t.CONSTRAINT_TYPE = 'PRIMARY KEY'",
+    )
+    .await;
+    assert_eq!(pk.as_deref(), Some("Pers_PersonId"));
 }
 
 /// 10. DDL: crmsync's sql/mssql/crm_schema.sql (CREATE TABLE with IDENTITY,
