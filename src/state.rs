@@ -49,6 +49,18 @@ pub struct LinkWrite {
     pub deleted: bool,
 }
 
+impl LinkWrite {
+    /// A write of a pair whose two keys are known.
+    pub fn pair(crm_key: &str, external_key: &str, shadow: Shadow, deleted: bool) -> LinkWrite {
+        LinkWrite {
+            crm_key: KeyRef::Known(crm_key.to_string()),
+            external_key: KeyRef::Known(external_key.to_string()),
+            shadow,
+            deleted,
+        }
+    }
+}
+
 /// Links to write for one entity, possibly inside a data transaction.
 #[derive(Debug, Clone)]
 pub struct LinkBatch {

@@ -7,7 +7,7 @@ use super::{Engine, EngineError};
 use crate::crm::write as crm_write;
 use crate::endpoint::{Assign, EndpointError, Update, WriteBatch};
 use crate::plan::Side;
-use crate::state::{ConflictInfo, KeyRef, LinkBatch, LinkWrite};
+use crate::state::{ConflictInfo, LinkBatch, LinkWrite};
 use crate::value::Value;
 
 /// Why a conflict could not be resolved.
@@ -117,12 +117,12 @@ impl Engine {
             .write_links(&LinkBatch {
                 schema: self.plan.state_schema.clone(),
                 entity: e.name().to_string(),
-                links: vec![LinkWrite {
-                    crm_key: KeyRef::Known(link.crm_key.clone()),
-                    external_key: KeyRef::Known(link.external_key.clone()),
+                links: vec![LinkWrite::pair(
+                    &link.crm_key,
+                    &link.external_key,
                     shadow,
-                    deleted: link.deleted,
-                }],
+                    link.deleted,
+                )],
             })
             .await?;
         self.state

@@ -7,7 +7,7 @@ use crate::crm::write as crm_write;
 use crate::endpoint::{Update, WriteBatch};
 use crate::plan::{CrmDelete, Side};
 use crate::schema::BoundEntity;
-use crate::state::{KeyRef, LinkBatch, LinkWrite};
+use crate::state::{LinkBatch, LinkWrite};
 use crate::value::Value;
 use std::collections::{BTreeMap, HashSet};
 
@@ -69,15 +69,15 @@ pub(super) async fn external_hard_deletes(
             external_key: Some(ext_key.clone()),
             fields: BTreeMap::new(),
         });
-        link_writes.push(LinkWrite {
-            crm_key: KeyRef::Known(crm_key.to_string()),
-            external_key: KeyRef::Known(ext_key.clone()),
-            shadow: shadows
+        link_writes.push(LinkWrite::pair(
+            crm_key,
+            ext_key,
+            shadows
                 .get(crm_key)
                 .map(|l| l.shadow.clone())
                 .unwrap_or_default(),
-            deleted: true,
-        });
+            true,
+        ));
     }
     if mode == Mode::DryRun {
         return Ok(());

@@ -62,22 +62,32 @@ pub fn crm_to_canonical(
             }
         }
     };
-    let target = format!("external column {}", field.external.name);
-    if v.is_null() && !field.external.nullable {
-        // Left to the database, one such row would fail its whole batch
-        // on every run; set aside, it waits in rejects for a fix in CRM.
+    fit(field, v, &field.external, "external", zones)
+}
+
+/// Converts `v` for `column` (of `side`): a NULL for a NOT NULL column is a
+/// reject (left to the database, one such row would fail its whole batch
+/// on every run); an oversize value follows the field's `on_truncate`.
+fn fit(
+    field: &BoundField,
+    v: Value,
+    column: &crate::endpoint::ColumnInfo,
+    side: &str,
+    zones: crate::value::Zones,
+) -> Result<(Value, bool), FieldProblem> {
+    let target = format!("{side} column {}", column.name);
+    if v.is_null() && !column.nullable {
         return Err(FieldProblem::Reject(format!(
             "field {}: the value is empty (NULL) but {target} is NOT NULL; \
-             fill it in CRM or map a column that allows NULL",
+             fill it in at the source or map a column that allows NULL",
             field.plan.crm
         )));
     }
-    let strict = v.clone().coerce(&field.external.ty, Some(zones), false);
-    match strict {
+    match v.clone().coerce(&column.ty, Some(zones), false) {
         Ok(out) => Ok((out, false)),
         Err(CoerceError::TooLong { .. }) if field.plan.on_truncate == OnTruncate::Truncate => {
             let out = v
-                .coerce(&field.external.ty, Some(zones), true)
+                .coerce(&column.ty, Some(zones), true)
                 .map_err(|e| coerce_problem(field, &target, e))?;
             Ok((out, true))
         }
@@ -144,17 +154,7 @@ pub fn canonical_to_crm(
             }
         }
     };
-    let target = format!("CRM column {}", field.crm.name);
-    match v.clone().coerce(&field.crm.ty, Some(zones), false) {
-        Ok(out) => Ok((out, false)),
-        Err(CoerceError::TooLong { .. }) if field.plan.on_truncate == OnTruncate::Truncate => {
-            let out = v
-                .coerce(&field.crm.ty, Some(zones), true)
-                .map_err(|e| coerce_problem(field, &target, e))?;
-            Ok((out, true))
-        }
-        Err(e) => Err(coerce_problem(field, &target, e)),
-    }
+    fit(field, v, &field.crm, "CRM", zones)
 }
 
 /// What the CRM side would read back, in canonical form, after being

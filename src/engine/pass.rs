@@ -569,12 +569,12 @@ impl Ctx<'_> {
         report.conflicts += m.conflicts.len() as u64;
         w.conflicts.extend(m.conflicts);
         if m.shadow != l.shadow || l.deleted {
-            w.links.push(LinkWrite {
-                crm_key: KeyRef::Known(l.crm_key.clone()),
-                external_key: KeyRef::Known(l.external_key.clone()),
-                shadow: m.shadow,
-                deleted: false,
-            });
+            w.links.push(LinkWrite::pair(
+                &l.crm_key,
+                &l.external_key,
+                m.shadow,
+                false,
+            ));
         }
         Ok(())
     }
@@ -639,12 +639,12 @@ impl Ctx<'_> {
         } else {
             report.unchanged += 1;
         }
-        w.links.push(LinkWrite {
-            crm_key: KeyRef::Known(l.crm_key.clone()),
-            external_key: KeyRef::Known(l.external_key.clone()),
-            shadow: l.shadow.clone(),
-            deleted: true,
-        });
+        w.links.push(LinkWrite::pair(
+            &l.crm_key,
+            &l.external_key,
+            l.shadow.clone(),
+            true,
+        ));
         Ok(())
     }
 
@@ -683,12 +683,12 @@ impl Ctx<'_> {
         set.push((e.external_change.name.clone(), Assign::Now));
         w.ext.updates.push(Update { key, set });
         report.updated += 1;
-        w.links.push(LinkWrite {
-            crm_key: KeyRef::Known(l.crm_key.clone()),
-            external_key: KeyRef::Known(l.external_key.clone()),
-            shadow: view.values,
-            deleted: false,
-        });
+        w.links.push(LinkWrite::pair(
+            &l.crm_key,
+            &l.external_key,
+            view.values,
+            false,
+        ));
         Ok(())
     }
 

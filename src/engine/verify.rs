@@ -19,7 +19,7 @@ use crate::crm::write as crm_write;
 use crate::endpoint::{Assign, Endpoint, Scan, Update, WriteBatch};
 use crate::plan::{CrmDelete, Direction, ExternalDelete, Side};
 use crate::schema::BoundEntity;
-use crate::state::{KeyRef, Link, LinkBatch, LinkWrite};
+use crate::state::{Link, LinkBatch, LinkWrite};
 use crate::value::Value;
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
@@ -551,12 +551,8 @@ impl<'a> Compare<'a> {
                     }
                     if shadow != l.shadow {
                         r.shadows_cleared += 1;
-                        r.links.push(LinkWrite {
-                            crm_key: KeyRef::Known(l.crm_key.clone()),
-                            external_key: KeyRef::Known(l.external_key.clone()),
-                            shadow,
-                            deleted: false,
-                        });
+                        r.links
+                            .push(LinkWrite::pair(&l.crm_key, &l.external_key, shadow, false));
                     }
                     let key = match side {
                         Side::Crm => Value::from_key_string(&l.crm_key, &e.crm_key.ty),
