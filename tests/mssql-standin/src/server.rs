@@ -271,6 +271,14 @@ impl Server {
         let result = async {
             while let Some(msg) = rx.recv().await {
                 let msg = msg?;
+                // RESETCONNECTION (MS-TDS 2.2.3.1.2): a pooled client starts
+                // afresh before this request; the reply begins with the
+                // reset's ENVCHANGEs (a rollback, then type 18).
+                let mut prefix = Vec::new();
+                if msg.reset {
+                    prefix = session.reset().await;
+                    prefix.extend_from_slice(&[0xE3, 3, 0, 18, 0, 0]);
+                }
                 let mut attn = Vec::new();
                 token::done(&mut attn, token::DONE_ATTN, 0, 0);
                 if msg.kind == packet_type::ATTENTION {
@@ -297,7 +305,12 @@ impl Server {
                         },
                     }
                 };
-                let reply = if attention { attn } else { reply };
+                let reply = if attention {
+                    attn
+                } else {
+                    prefix.extend(reply);
+                    prefix
+                };
                 tds::write_message(&mut wr, packet_type::TABULAR_RESULT, &reply, packet_size)
                     .await?;
             }
@@ -350,6 +363,12 @@ impl Server {
                 let mut b = Vec::new();
                 token::done(&mut b, token::DONE_ATTN, 0, 0);
                 b
+            }
+            packet_type::TRANSACTION_MANAGER => {
+                let req = rpc::parse_transaction_manager(&msg.payload)?;
+                let mut out = Out::new(false);
+                session.transaction_manager(req, &mut out).await;
+                out.finish_batch(session.in_transaction())
             }
             other => {
                 let mut b = Vec::new();

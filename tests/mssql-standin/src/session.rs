@@ -347,6 +347,34 @@ impl Session {
         }
     }
 
+    /// Back to the state of a new login: no open transaction, default SET
+    /// options, no IDENTITY_INSERT, no session application locks.
+    /// Returns the ENVCHANGE tokens the client must see (a rolled-back
+    /// transaction).
+    pub async fn reset(&mut self) -> Vec<u8> {
+        let mut tokens = Vec::new();
+        if self.trancount > 0 {
+            let _ = self.pg.batch_execute("ROLLBACK").await;
+            token::envchange_transaction(&mut tokens, 10, self.descriptor);
+            self.trancount = 0;
+            self.descriptor = 0;
+        }
+        self.tx_locks.clear();
+        let _ = self
+            .pg
+            .batch_execute("SELECT pg_advisory_unlock_all(); DISCARD TEMP")
+            .await;
+        self.nocount = false;
+        self.xact_abort = false;
+        self.identity_insert.clear();
+        self.scope_identity = None;
+        self.rowcount = 0;
+        self.last_error = 0;
+        self.bulk = None;
+        self.return_status = None;
+        tokens
+    }
+
     pub fn in_transaction(&self) -> bool {
         self.trancount > 0
     }
@@ -591,6 +619,73 @@ impl Session {
             .await
             .map_err(|e| map_pg_error(&e, None))?;
         Ok(())
+    }
+
+    /// Serves a Transaction Manager Request.
+    pub async fn transaction_manager(
+        &mut self,
+        req: crate::tds::rpc::TransactionRequest,
+        out: &mut Out,
+    ) {
+        use crate::tds::rpc::TransactionRequest as T;
+        let (first, begin_after) = match req {
+            T::Begin { isolation } => {
+                let r = match self.begin_tran(out).await {
+                    Ok(()) => self.set_isolation(isolation).await,
+                    Err(e) => Err(e),
+                };
+                (r, None)
+            }
+            T::Commit { then_begin } => (self.commit_all(out).await, then_begin),
+            T::Rollback { then_begin } => {
+                let r = if self.trancount > 0 {
+                    self.rollback_tran(out).await
+                } else {
+                    Ok(())
+                };
+                (r, then_begin)
+            }
+            T::Unsupported(kind) => (
+                Err(SqlError::unsupported(format!(
+                    "transaction manager request {kind}"
+                ))),
+                None,
+            ),
+        };
+        let r = match (first, begin_after) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(isolation)) => match self.begin_tran(out).await {
+                Ok(()) => self.set_isolation(isolation).await,
+                Err(e) => Err(e),
+            },
+            (Ok(()), None) => Ok(()),
+        };
+        if let Err(e) = r {
+            token::error(&mut out.buf, &e);
+            out.done(DONE_ERROR, 0);
+        }
+    }
+
+    /// Applies a TDS isolation level (MS-TDS 2.2.6.9) to the open transaction.
+    async fn set_isolation(&mut self, isolation: u8) -> Result<(), SqlError> {
+        let level = match isolation {
+            1 | 2 => "READ COMMITTED",
+            3 | 5 => "REPEATABLE READ",
+            4 => "SERIALIZABLE",
+            _ => return Ok(()),
+        };
+        self.pg
+            .batch_execute(&format!("SET TRANSACTION ISOLATION LEVEL {level}"))
+            .await
+            .map_err(|e| map_pg_error(&e, None))
+    }
+
+    /// Commits the whole transaction, whatever its nesting.
+    async fn commit_all(&mut self, out: &mut Out) -> Result<(), SqlError> {
+        if self.trancount > 1 {
+            self.trancount = 1;
+        }
+        self.commit_tran(out).await
     }
 
     async fn begin_tran(&mut self, out: &mut Out) -> Result<(), SqlError> {
@@ -1334,6 +1429,11 @@ impl Session {
                         Ok(0)
                     }
                 }
+            }
+            "sp_reset_connection" => {
+                let tokens = self.reset().await;
+                out.buf.extend(tokens);
+                Ok(0)
             }
             "sp_getapplock" => {
                 self.getapplock(

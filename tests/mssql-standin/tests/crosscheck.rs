@@ -295,3 +295,58 @@ async fn attention_cancels_a_running_batch() {
         Some(0)
     );
 }
+
+const PYTHON_POOL: &str = r#"
+import sys
+import pytds
+port, password = int(sys.argv[1]), sys.argv[2]
+def connect():
+    return pytds.connect(server='127.0.0.1', port=port, database='CRM', user='sa', password=password,
+                         autocommit=False, pooling=True)
+conn = connect()
+cur = conn.cursor()
+cur.execute("CREATE TABLE #left_behind (a int)")
+cur.execute("SET XACT_ABORT ON")
+conn.close()
+conn = connect()
+cur = conn.cursor()
+cur.execute("SELECT CASE WHEN OBJECT_ID('tempdb..#left_behind') IS NULL THEN 'clean' ELSE 'dirty' END")
+print(cur.fetchone()[0])
+# Without autocommit python-tds drives transactions with Transaction
+# Manager requests (TM_BEGIN_XACT, TM_COMMIT_XACT, TM_ROLLBACK_XACT).
+cur.execute("CREATE TABLE tm (a int)")
+conn.commit()
+cur.execute("INSERT INTO tm VALUES (1)")
+conn.rollback()
+cur.execute("INSERT INTO tm VALUES (2)")
+conn.commit()
+cur.execute("SELECT a FROM tm")
+print([r[0] for r in cur.fetchall()])
+conn.close()
+"#;
+
+/// A pooled python-tds connection is reset with sp_reset_connection before
+/// reuse: temporary tables and SET options of the previous user are gone;
+/// and transactions driven by Transaction Manager requests (MS-TDS 2.2.6.9)
+/// commit and roll back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_reset_and_transaction_manager_requests() {
+    if !python_has_pytds() {
+        println!(
+            "SKIPPED pool reset check: python3 module pytds not installed (pip install python-tds)"
+        );
+        return;
+    }
+    let s = standin().await;
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_POOL, &s.port().to_string(), PASSWORD])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python-tds failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["clean", "[2]"]);
+}
