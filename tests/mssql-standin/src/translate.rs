@@ -591,6 +591,26 @@ impl VisitorMut for Translator<'_> {
             *e = new;
             return ControlFlow::Continue(());
         }
+        // datetime ± number adds days ("datetime (Transact-SQL)": arithmetic
+        // with numbers counts in days).
+        if let Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Plus | BinaryOperator::Minus,
+            right,
+        } = e
+        {
+            let is_datetime = matches!(
+                hint(left, self.env),
+                Some(SqlType::DateTime | SqlType::SmallDateTime)
+            );
+            if let (true, Expr::Value(v)) = (is_datetime, right.as_ref()) {
+                if let SqlValue::Number(n, _) = &v.value {
+                    let days = raw(format!("(({n}) * interval '1 day')"));
+                    **right = days;
+                    return ControlFlow::Continue(());
+                }
+            }
+        }
         // Decide string comparisons before operands are rewritten.
         if let Expr::BinaryOp { left, op, right } = e {
             match op {

@@ -576,6 +576,11 @@ async fn builtin_functions_and_paging() {
         scalar::<NaiveDate>(&mut c, "SELECT CAST('2024-02-29T10:11:12' AS date)").await,
         NaiveDate::from_ymd_opt(2024, 2, 29)
     );
+    // datetime minus a number counts days.
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT DATEDIFF(day, GETDATE() - 7, GETDATE())").await,
+        Some(7)
+    );
     // DB_NAME() is the database the client logged in to; it runs at a
     // compatibility level of 130 or later ("ALTER DATABASE Compatibility Level").
     assert_eq!(
