@@ -835,6 +835,12 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
     let mut hints = Vec::new();
     let mut names = Vec::new();
     let mut assigns = Vec::new();
+    // UPDATE … OUTPUT DELETED.x reads the old row through a self-join.
+    if let Statement::Update(up) = &stmt {
+        if let Some(rewritten) = update_output_deleted(up)? {
+            stmt = rewritten;
+        }
+    }
     // Per-statement preparation that needs the original T-SQL.
     match &mut stmt {
         Statement::Query(q) => {
@@ -900,6 +906,94 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
         names,
         assigns,
     })
+}
+
+/// `UPDATE t SET … OUTPUT DELETED.c, INSERTED.c WHERE w` becomes
+/// `UPDATE t SET … FROM (SELECT ctid AS __ctid, c AS __d_c FROM t WHERE w)
+/// AS __old WHERE ctid = __old.__ctid OUTPUT __old.__d_c AS c, c`: PostgreSQL
+/// 15's RETURNING sees only new values, the self-join supplies the old ones.
+fn update_output_deleted(up: &sqlparser::ast::Update) -> Result<Option<Statement>, SqlError> {
+    let Some(OutputClause::Output {
+        select_items,
+        into_table,
+        ..
+    }) = &up.output
+    else {
+        return Ok(None);
+    };
+    let prefix_of = |e: &Expr| -> Option<(String, String)> {
+        match e {
+            Expr::CompoundIdentifier(ids) if ids.len() == 2 => {
+                Some((ids[0].value.to_lowercase(), ids[1].value.clone()))
+            }
+            _ => None,
+        }
+    };
+    let uses_deleted = select_items.iter().any(|i| match i {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+            prefix_of(e).map(|(p, _)| p == "deleted").unwrap_or(false)
+        }
+        SelectItem::QualifiedWildcard(..) => i.to_string().to_lowercase().starts_with("deleted"),
+        _ => false,
+    });
+    if !uses_deleted {
+        return Ok(None);
+    }
+    if into_table.is_some() || up.from.is_some() || !up.table.joins.is_empty() {
+        return Err(SqlError::unsupported(
+            "UPDATE … OUTPUT DELETED with FROM or INTO",
+        ));
+    }
+    let TableFactor::Table { name, .. } = &up.table.relation else {
+        return Err(SqlError::unsupported(
+            "UPDATE … OUTPUT DELETED of a derived table",
+        ));
+    };
+    let mut old_cols = Vec::new();
+    let mut outputs = Vec::new();
+    for item in select_items {
+        let (expr, alias) = match item {
+            SelectItem::UnnamedExpr(e) => (e, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            other => {
+                return Err(SqlError::unsupported(format!(
+                    "OUTPUT {other} with DELETED"
+                )))
+            }
+        };
+        let Some((prefix, col)) = prefix_of(expr) else {
+            return Err(SqlError::unsupported(format!(
+                "OUTPUT expression {expr} with DELETED"
+            )));
+        };
+        let shown = alias.unwrap_or_else(|| col.clone());
+        let shown = format!("[{}]", shown.replace(']', "]]"));
+        match prefix.as_str() {
+            "deleted" => {
+                let slot = format!("__d_{}", col.to_lowercase());
+                old_cols.push(format!("[{col}] AS {slot}"));
+                outputs.push(format!("__old.{slot} AS {shown}"));
+            }
+            "inserted" => outputs.push(format!("INSERTED.[{col}] AS {shown}")),
+            other => return Err(SqlError::unsupported(format!("OUTPUT {other}.{col}"))),
+        }
+    }
+    let assignments: Vec<String> = up.assignments.iter().map(|a| a.to_string()).collect();
+    let filter = up
+        .selection
+        .as_ref()
+        .map(|w| format!(" WHERE {w}"))
+        .unwrap_or_default();
+    let sql = format!(
+        "UPDATE {name} SET {} OUTPUT {} FROM (SELECT ctid AS __ctid, {} FROM {name}{filter}) AS __old WHERE ctid = __old.__ctid",
+        assignments.join(", "),
+        outputs.join(", "),
+        old_cols.join(", "),
+    );
+    let mut parsed =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::MsSqlDialect {}, &sql)
+            .map_err(|e| SqlError::unsupported(format!("UPDATE … OUTPUT DELETED rewrite: {e}")))?;
+    Ok(parsed.pop())
 }
 
 /// T-SQL `UPDATE a SET … FROM t AS a JOIN u ON cond WHERE w` becomes

@@ -229,3 +229,50 @@ async fn delete_from_join_and_merge() {
         ]
     );
 }
+
+/// UPDATE … OUTPUT DELETED.x, INSERTED.x returns each row's old and new
+/// values ("OUTPUT Clause (Transact-SQL)").
+#[tokio::test]
+async fn update_output_deleted_and_inserted() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.V (Id int NOT NULL PRIMARY KEY, Name nvarchar(20) NULL, N int NULL); \
+         INSERT INTO dbo.V VALUES (1, N'a', 10), (2, N'b', 20), (3, N'c', 30)",
+    )
+    .await;
+    let got = c
+        .query(
+            "UPDATE dbo.V SET Name = @P1, N = N + 1 OUTPUT DELETED.Name AS OldName, INSERTED.Name, DELETED.N, INSERTED.N AS NewN WHERE Id >= @P2",
+            &[&"z", &2i32],
+        )
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap();
+    let mut rows: Vec<(String, String, i32, i32)> = got
+        .iter()
+        .map(|r| {
+            (
+                r.get::<&str, _>("OldName").unwrap().to_string(),
+                r.get::<&str, _>("Name").unwrap().to_string(),
+                r.get::<i32, _>("N").unwrap(),
+                r.get::<i32, _>("NewN").unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("b".to_string(), "z".to_string(), 20, 21),
+            ("c".to_string(), "z".to_string(), 30, 31)
+        ]
+    );
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT SUM(N) FROM dbo.V").await,
+        Some(10 + 21 + 31)
+    );
+}
