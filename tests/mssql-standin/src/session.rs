@@ -1197,18 +1197,18 @@ impl Session {
                         translate::pg_ident(&t.name)
                     );
                     let col = translate::pg_ident(ic);
-                    let _ = self.pg.batch_execute(&format!(
-                        "SELECT setval(pg_get_serial_sequence('{table}', '{}'), m) FROM (SELECT max({col}) AS m FROM {table}) x WHERE m IS NOT NULL",
-                        ic.to_lowercase()
-                    )).await;
+                    // An explicit value above the current identity moves it on
+                    // ("SET IDENTITY_INSERT (Transact-SQL)").
+                    let _ = self
+                        .pg
+                        .execute(
+                            "SELECT mssql_standin.bump_identity($1::text, $2::text)",
+                            &[&table, &ic.to_lowercase()],
+                        )
+                        .await;
                 }
             }
         }
-        let visible = if ident_col.is_some() {
-            rows.first().map(|r| r.len() - 1).unwrap_or(0)
-        } else {
-            rows.first().map(|r| r.len()).unwrap_or(0)
-        };
         if is_query && tr.assigns.iter().any(Option::is_some) {
             if let Some(last) = rows.last() {
                 for (i, a) in tr.assigns.iter().enumerate() {
@@ -1234,7 +1234,6 @@ impl Session {
                     },
                 )
                 .await;
-            let _ = visible;
             token::colmetadata(&mut out.buf, &cols);
             for r in &rows {
                 let vals: Result<Vec<Value>, _> =

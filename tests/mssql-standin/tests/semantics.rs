@@ -313,10 +313,22 @@ async fn identity_output_scope_identity_columnproperty_identity_insert() {
     )
     .await;
     assert_eq!(id, Some(105), "identity continues after the explicit value");
+    // An explicit value below the current identity does not move it back.
+    exec(
+        &mut c,
+        "SET IDENTITY_INSERT dbo.T ON; INSERT INTO dbo.T (Id, Name) VALUES (7, N'low'); SET IDENTITY_INSERT dbo.T OFF",
+    )
+    .await;
+    let id: Option<i32> = scalar(
+        &mut c,
+        "INSERT INTO dbo.T (Name) OUTPUT INSERTED.Id VALUES (N'd')",
+    )
+    .await;
+    assert_eq!(id, Some(110));
     // IDENT_CURRENT: the last value generated for the table ("IDENT_CURRENT
     // (Transact-SQL)").
     let cur: Option<rust_decimal::Decimal> = scalar(&mut c, "SELECT IDENT_CURRENT('dbo.T')").await;
-    assert_eq!(cur, Some(105.into()));
+    assert_eq!(cur, Some(110.into()));
 }
 
 /// 5. Sage CRM allocates ids with `EXEC @id = eware_get_identity_id 'Table'`
