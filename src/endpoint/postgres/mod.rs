@@ -2,6 +2,7 @@
 //! introspection, keyset change reads, batched writes in one transaction,
 //! and the state store when `[state]` lives here.
 
+mod copy;
 mod state;
 pub mod types;
 
@@ -279,6 +280,10 @@ fn refs(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 impl Endpoint for PgEndpoint {
     fn describe(&self) -> String {
         self.target.clone()
+    }
+
+    fn bulk(&self) -> Option<&dyn super::bulk::Bulk> {
+        Some(self)
     }
 
     async fn table(&self, schema: Option<&str>, name: &str) -> Result<Option<TableInfo>> {

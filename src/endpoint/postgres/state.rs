@@ -6,8 +6,8 @@ use super::{quote, PgEndpoint};
 use crate::endpoint::EndpointError;
 use crate::plan::Side;
 use crate::state::{
-    Checkpoint, EntityCounts, KeyRef, Link, LinkBatch, LockGuard, RejectInfo, RunInfo, StateStore, Status,
-    Watermark, WatermarkInfo, SCHEMA_VERSION,
+    Checkpoint, EntityCounts, KeyRef, Link, LinkBatch, LockGuard, RejectInfo, RunInfo, StateStore,
+    Status, Watermark, WatermarkInfo, SCHEMA_VERSION,
 };
 use crate::value::Value;
 use async_trait::async_trait;
@@ -16,7 +16,8 @@ use tokio_postgres::{GenericClient, NoTls};
 
 /// Schema version n is reached by running `MIGRATIONS[n - 1]`; `{s}`
 /// stands for the quoted schema name.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE {s}.runs (
     run_id      bigserial PRIMARY KEY,
     entity      text NOT NULL,
@@ -75,7 +76,8 @@ CREATE TABLE {s}.conflicts (
     resolution          text
 );
 CREATE INDEX ON {s}.conflicts (entity) WHERE resolved_at IS NULL;
-"#, r#"
+"#,
+    r#"
 CREATE TABLE {s}.backfill_checkpoints (
     entity      text NOT NULL,
     direction   text NOT NULL,
@@ -87,7 +89,8 @@ CREATE TABLE {s}.backfill_checkpoints (
     finished_at timestamptz,
     PRIMARY KEY (entity, direction)
 );
-"#];
+"#,
+];
 
 fn to_json(v: &Value) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
