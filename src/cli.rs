@@ -53,8 +53,31 @@ pub enum Command {
         #[arg(long)]
         entity: Option<String>,
     },
+    /// One-shot bulk copy and linking of whole tables, resumable.
+    Backfill {
+        #[arg(long)]
+        entity: Option<String>,
+        #[arg(long, value_enum, default_value_t = BackfillDirectionArg::CrmToExternal)]
+        direction: BackfillDirectionArg,
+        /// Continue an interrupted backfill from its checkpoint (the default).
+        #[arg(long, conflicts_with = "restart")]
+        resume: bool,
+        /// Forget an interrupted backfill's checkpoint and start over.
+        #[arg(long)]
+        restart: bool,
+        /// Source rows per chunk (one transaction each).
+        #[arg(long, default_value_t = crate::engine::DEFAULT_CHUNK_ROWS)]
+        chunk_rows: usize,
+    },
     /// Watermarks, last runs, open rejects and conflicts.
     Status,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum BackfillDirectionArg {
+    CrmToExternal,
+    ExternalToCrm,
 }
 
 impl Command {
@@ -63,6 +86,7 @@ impl Command {
             Command::Check => "check",
             Command::Plan { .. } => "plan",
             Command::Sync { .. } => "sync",
+            Command::Backfill { .. } => "backfill",
             Command::Status => "status",
         }
     }
@@ -99,7 +123,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let started_at = chrono::Utc::now();
     let mut warnings = Vec::new();
     let mut entities = Vec::new();
-    let result = runtime.block_on(dispatch(&cli, &mut warnings, &mut entities));
+    let mut backfills = Vec::new();
+    let result = runtime.block_on(dispatch(&cli, &mut warnings, &mut entities, &mut backfills));
     if let Some(path) = &cli.report {
         let report = RunReport {
             command: cli.command.name().to_string(),
@@ -112,6 +137,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             error: result.as_ref().err().map(|e| format!("{e:#}")),
             warnings,
             entities,
+            backfill: backfills,
         };
         report
             .write(path)
@@ -124,12 +150,34 @@ async fn dispatch(
     cli: &Cli,
     warnings: &mut Vec<String>,
     entities: &mut Vec<EntityReport>,
+    backfills: &mut Vec<crate::engine::BackfillReport>,
 ) -> anyhow::Result<i32> {
     let plan = load_plan(&cli.config)?;
     match &cli.command {
         Command::Check => check(plan, warnings).await,
         Command::Plan { entity } => sync(plan, entity.as_deref(), Mode::DryRun, entities).await,
         Command::Sync { entity } => sync(plan, entity.as_deref(), Mode::Apply, entities).await,
+        Command::Backfill {
+            entity,
+            direction,
+            restart,
+            chunk_rows,
+            ..
+        } => {
+            let opts = crate::engine::BackfillOptions {
+                direction: match direction {
+                    BackfillDirectionArg::CrmToExternal => {
+                        crate::engine::BackfillDirection::CrmToExternal
+                    }
+                    BackfillDirectionArg::ExternalToCrm => {
+                        crate::engine::BackfillDirection::ExternalToCrm
+                    }
+                },
+                restart: *restart,
+                chunk_rows: *chunk_rows,
+            };
+            backfill(plan, entity.as_deref(), &opts, backfills).await
+        }
         Command::Status => status(plan).await,
     }
 }
@@ -213,6 +261,28 @@ async fn sync(
             }
         }
         if r.open_rejects > 0 {
+            code = exit::UNFINISHED;
+        }
+    }
+    *out = reports;
+    Ok(code)
+}
+
+async fn backfill(
+    plan: Plan,
+    entity: Option<&str>,
+    opts: &crate::engine::BackfillOptions,
+    out: &mut Vec<crate::engine::BackfillReport>,
+) -> anyhow::Result<i32> {
+    if opts.direction == crate::engine::BackfillDirection::ExternalToCrm {
+        return Err(crate::engine::BackfillError::NotYetSupported(opts.direction.as_str()).into());
+    }
+    let engine = Engine::connect(plan).await?;
+    let reports = engine.backfill(entity, opts).await?;
+    let mut code = exit::OK;
+    for r in &reports {
+        println!("{}", crate::report::backfill_human(r));
+        if r.rejected > 0 {
             code = exit::UNFINISHED;
         }
     }

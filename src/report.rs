@@ -16,6 +16,8 @@ pub struct RunReport {
     pub error: Option<String>,
     pub warnings: Vec<String>,
     pub entities: Vec<EntityReport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backfill: Vec<crate::engine::BackfillReport>,
 }
 
 impl RunReport {
@@ -40,6 +42,39 @@ pub fn human(e: &EntityReport, dry_run: bool) -> String {
             "; {} rows are rejected and will be retried (see `crmsync status`)",
             e.open_rejects
         ));
+    }
+    out
+}
+
+/// One line per backfilled entity, for people.
+pub fn backfill_human(b: &crate::engine::BackfillReport) -> String {
+    let mut out = format!(
+        "{}: backfill {}{}: read {}, linked existing {} (link column {}, CRM id {}, match_on {}), \
+         already linked {}, updated {}, inserted {}, rejected {}; {:.1}s, {:.0} rows/s",
+        b.entity,
+        b.direction,
+        if b.resumed {
+            format!(" (resumed after {} rows)", b.rows_done_before)
+        } else {
+            String::new()
+        },
+        b.read,
+        b.linked,
+        b.linked_by_link_column,
+        b.linked_by_crm_id,
+        b.linked_by_match,
+        b.already_linked,
+        b.updated,
+        b.inserted,
+        b.rejected,
+        b.seconds,
+        b.rows_per_second
+    );
+    if let Some(rss) = b.peak_rss_bytes {
+        out.push_str(&format!(", peak RSS {} MB", rss / (1024 * 1024)));
+    }
+    if b.rejected > 0 {
+        out.push_str("; rejected rows are listed by `crmsync status`");
     }
     out
 }

@@ -2,9 +2,13 @@
 //! entity by entity. Watermarks and shadows advance only after the writes
 //! they describe have committed.
 
+mod backfill;
 mod mapping;
 mod to_external;
 
+pub use backfill::{
+    BackfillDirection, BackfillError, BackfillOptions, BackfillReport, DEFAULT_CHUNK_ROWS,
+};
 pub use mapping::{crm_to_canonical, FieldProblem};
 
 use crate::endpoint::postgres::PgEndpoint;
