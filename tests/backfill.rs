@@ -177,18 +177,35 @@ async fn backfill_into_empty_table_then_sync_has_nothing_to_do() {
     let n = 50_000;
     let s = setup(n, "crm_wins", false).await;
     let (out, rep) = run(&s, "backfill", &["backfill"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(num(&rep, "/backfill/0/read"), n, "soft-deleted rows are skipped");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        num(&rep, "/backfill/0/read"),
+        n,
+        "soft-deleted rows are skipped"
+    );
     assert_eq!(num(&rep, "/backfill/0/inserted"), n);
     assert_eq!(num(&rep, "/backfill/0/linked"), 0);
     assert!(num(&rep, "/backfill/0/peak_rss_bytes") > 0);
     assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
     assert_eq!(
-        count(&s.erp, "SELECT count(DISTINCT crm_company_id) FROM erp.supplier").await,
+        count(
+            &s.erp,
+            "SELECT count(DISTINCT crm_company_id) FROM erp.supplier"
+        )
+        .await,
         n
     );
     assert_eq!(
-        count(&s.erp, "SELECT count(*) FROM crmsync.links WHERE entity = 'supplier'").await,
+        count(
+            &s.erp,
+            "SELECT count(*) FROM crmsync.links WHERE entity = 'supplier'"
+        )
+        .await,
         n
     );
     // The values arrived mapped.
@@ -206,9 +223,18 @@ async fn backfill_into_empty_table_then_sync_has_nothing_to_do() {
     assert_eq!(row.get::<_, String>(3), "S");
 
     let (out, rep) = run(&s, "sync", &["sync"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for field in ["inserted", "updated", "deleted", "adopted", "rejected"] {
-        assert_eq!(num(&rep, &format!("/entities/0/{field}")), 0, "{field} after backfill");
+        assert_eq!(
+            num(&rep, &format!("/entities/0/{field}")),
+            0,
+            "{field} after backfill"
+        );
     }
     assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
 }
@@ -238,18 +264,39 @@ async fn backfill_links_existing_rows_by_match_on_and_applies_the_conflict_polic
         let s = setup(n, policy, true).await;
         let existing = preexisting(&s, n).await;
         assert_eq!(existing, n * 3 / 10);
-        let differing = count(&s.erp, "SELECT count(*) FROM erp.supplier WHERE phone = 'ERP phone'").await;
+        let differing = count(
+            &s.erp,
+            "SELECT count(*) FROM erp.supplier WHERE phone = 'ERP phone'",
+        )
+        .await;
         assert!(differing > 0);
         let (out, rep) = run(&s, "backfill", &["backfill"]);
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(num(&rep, "/backfill/0/linked_by_match"), existing, "{policy}");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            num(&rep, "/backfill/0/linked_by_match"),
+            existing,
+            "{policy}"
+        );
         assert_eq!(num(&rep, "/backfill/0/inserted"), n - existing, "{policy}");
-        assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n, "{policy}: no duplicates");
+        assert_eq!(
+            count(&s.erp, "SELECT count(*) FROM erp.supplier").await,
+            n,
+            "{policy}: no duplicates"
+        );
         assert_eq!(
             count(&s.erp, "SELECT count(*) FROM (SELECT name FROM erp.supplier GROUP BY name HAVING count(*) > 1) d").await,
             0
         );
-        let still_erp = count(&s.erp, "SELECT count(*) FROM erp.supplier WHERE phone = 'ERP phone'").await;
+        let still_erp = count(
+            &s.erp,
+            "SELECT count(*) FROM erp.supplier WHERE phone = 'ERP phone'",
+        )
+        .await;
         match policy {
             "crm_wins" => {
                 assert_eq!(still_erp, 0, "crm_wins updates the external row");
@@ -262,10 +309,22 @@ async fn backfill_links_existing_rows_by_match_on_and_applies_the_conflict_polic
         }
         // A sync afterwards has nothing to redo (and keeps external_wins).
         let (out, rep) = run(&s, "sync", &["sync"]);
-        assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-        assert_eq!(num(&rep, "/entities/0/inserted") + num(&rep, "/entities/0/updated"), 0);
         assert_eq!(
-            count(&s.erp, "SELECT count(*) FROM erp.supplier WHERE phone = 'ERP phone'").await,
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            num(&rep, "/entities/0/inserted") + num(&rep, "/entities/0/updated"),
+            0
+        );
+        assert_eq!(
+            count(
+                &s.erp,
+                "SELECT count(*) FROM erp.supplier WHERE phone = 'ERP phone'"
+            )
+            .await,
             still_erp
         );
     }
@@ -297,7 +356,11 @@ async fn ambiguous_match_on_is_a_reject_not_a_guess() {
     assert_eq!(num(&rep, "/backfill/0/rejected"), 3);
     assert_eq!(num(&rep, "/backfill/0/linked_by_match"), 0);
     assert_eq!(
-        count(&s.erp, "SELECT count(*) FROM erp.supplier WHERE name = 'Supplier 7'").await,
+        count(
+            &s.erp,
+            "SELECT count(*) FROM erp.supplier WHERE name = 'Supplier 7'"
+        )
+        .await,
         2
     );
 }
@@ -331,27 +394,40 @@ async fn sigkill_during_backfill_then_rerun_resumes_with_exactly_one_copy() {
             done_at_kill = done;
             break;
         }
-        assert!(child.try_wait().unwrap().is_none(), "backfill ended before it could be killed");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backfill ended before it could be killed"
+        );
         assert!(Instant::now() < deadline, "backfill made no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     child.wait().unwrap();
     assert!(done_at_kill < n, "killed mid-run");
     let (out, rep) = run(&s, "resume", &["backfill"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(rep.pointer("/backfill/0/resumed"), Some(&Json::Bool(true)));
     let before = num(&rep, "/backfill/0/rows_done_before");
     assert!(before >= done_at_kill, "resumed from the checkpoint");
-    assert_eq!(num(&rep, "/backfill/0/read"), n - before, "did not start over");
+    assert_eq!(
+        num(&rep, "/backfill/0/read"),
+        n - before,
+        "did not start over"
+    );
     assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
     assert_eq!(
-        count(&s.erp, "SELECT count(DISTINCT crm_company_id) FROM erp.supplier").await,
+        count(
+            &s.erp,
+            "SELECT count(DISTINCT crm_company_id) FROM erp.supplier"
+        )
+        .await,
         n
     );
-    assert_eq!(
-        count(&s.erp, "SELECT count(*) FROM crmsync.links").await,
-        n
-    );
+    assert_eq!(count(&s.erp, "SELECT count(*) FROM crmsync.links").await, n);
     // --restart starts over, and finds everything linked already.
     let (out, rep) = run(&s, "restart", &["backfill", "--restart"]);
     assert_eq!(out.status.code(), Some(0));
@@ -386,7 +462,12 @@ async fn progress_is_a_bar_on_a_terminal_and_log_lines_when_redirected() {
         .env("CRMSYNC_LOG", "info")
         .output()
         .expect("script(1) from util-linux");
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let tty = String::from_utf8_lossy(&out.stdout);
     assert!(tty.contains("backfill supplier ["), "{tty}");
     assert!(!tty.contains("backfill supplier: starting"), "{tty}");

@@ -139,7 +139,7 @@ impl PgEndpoint {
                 let n = chunk.inserts.len() as i64;
                 let keys: Vec<Value> = tx
                     .query(
-                        "SELECT nextval($1::regclass) FROM generate_series(1, $2)",
+                        "SELECT nextval($1::text::regclass) FROM generate_series(1, $2::int8)",
                         &[&seq, &n],
                     )
                     .await
