@@ -793,9 +793,9 @@ async fn match_rows(
     let linked = engine.state.links_by_external(e.name(), &ext_keys).await?;
     for list in by_tuple.values_mut() {
         list.retain(|r| {
-            !linked
+            linked
                 .get(&r[0].key_string())
-                .is_some_and(|l: &Link| !l.deleted)
+                .is_none_or(|l: &Link| l.deleted)
         });
     }
     // CRM rows sharing a match value with another live CRM row.

@@ -43,7 +43,7 @@ impl PgEndpoint {
         tx: &tokio_postgres::Transaction<'_>,
         chunk: &ChunkWrite,
     ) -> Result<Keys> {
-        if chunk.columns.iter().any(|c| *c == chunk.key) {
+        if chunk.columns.contains(&chunk.key) {
             return Ok(Keys::Given);
         }
         let row = tx

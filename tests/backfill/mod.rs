@@ -7,8 +7,8 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 
-const CRM_SCHEMA: &str = include_str!("../sql/postgres/crm_schema.sql");
-const ERP_SCHEMA: &str = include_str!("../sql/examples/erp_schema.sql");
+const CRM_SCHEMA: &str = include_str!("../../sql/postgres/crm_schema.sql");
+const ERP_SCHEMA: &str = include_str!("../../sql/examples/erp_schema.sql");
 
 struct Setup {
     crm: Client,
@@ -377,8 +377,7 @@ async fn sigkill_during_backfill_then_rerun_resumes_with_exactly_one_copy() {
         .expect("spawn");
     let erp = connect(&s.erp_url).await;
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut done_at_kill = 0;
-    loop {
+    let done_at_kill = loop {
         let done = erp
             .query_opt(
                 "SELECT rows_done FROM crmsync.backfill_checkpoints WHERE entity = 'supplier'",
@@ -391,8 +390,7 @@ async fn sigkill_during_backfill_then_rerun_resumes_with_exactly_one_copy() {
             .unwrap_or(0);
         if done >= 5_000 {
             child.kill().expect("SIGKILL");
-            done_at_kill = done;
-            break;
+            break done;
         }
         assert!(
             child.try_wait().unwrap().is_none(),
@@ -400,7 +398,7 @@ async fn sigkill_during_backfill_then_rerun_resumes_with_exactly_one_copy() {
         );
         assert!(Instant::now() < deadline, "backfill made no progress");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
     child.wait().unwrap();
     assert!(done_at_kill < n, "killed mid-run");
     let (out, rep) = run(&s, "resume", &["backfill"]);
