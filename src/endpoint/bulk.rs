@@ -45,6 +45,9 @@ pub struct ChunkWrite {
     /// Links (with `KeyRef::Inserted(i)` for the i-th insert) and the
     /// checkpoint, when the state store lives in this database.
     pub links: Option<LinkBatch>,
+    /// Links whose CRM key has no row in the links table yet, written with
+    /// COPY (in the same transaction, like `links`).
+    pub fresh_links: Option<LinkBatch>,
     pub checkpoint: Option<CheckpointWrite>,
 }
 

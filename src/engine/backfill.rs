@@ -429,6 +429,7 @@ async fn write_chunk(
     report: &mut BackfillReport,
 ) -> Result<(), EngineError> {
     let state = &*engine.state;
+    let t = Instant::now();
     let keys: Vec<String> = rows.iter().map(|r| r[cols.key].key_string()).collect();
     let links = state.links_by_crm(e.name(), &keys).await?;
     let mut rejects: Vec<(String, String)> = Vec::new();
@@ -660,35 +661,60 @@ async fn write_chunk(
     report.inserted += inserts.len() as u64;
     report.rejected += rejects.len() as u64;
 
-    let links = LinkBatch {
+    // Links of inserted rows whose CRM key has no link row at all (not even
+    // a deleted one) are new for certain: they are copied, not upserted.
+    let (fresh, upsert): (Vec<LinkWrite>, Vec<LinkWrite>) =
+        link_writes.into_iter().partition(|l| {
+            matches!(l.external_key, KeyRef::Inserted(_))
+                && matches!(&l.crm_key, KeyRef::Known(k) if !links.contains_key(k))
+        });
+    let batch = |links: Vec<LinkWrite>| LinkBatch {
         schema: engine.plan.state_schema.clone(),
         entity: e.name().to_string(),
-        links: link_writes,
+        links,
     };
+    let (fresh, upsert) = (batch(fresh), batch(upsert));
     let cp = CheckpointWrite {
         schema: engine.plan.state_schema.clone(),
         entity: e.name().to_string(),
         direction: direction.to_string(),
         checkpoint: checkpoint.clone(),
     };
-    let chunk = ChunkWrite {
+    let mut chunk = ChunkWrite {
         table: e.external_table.clone(),
         key: e.external_key.name.clone(),
         columns: shape.columns.clone(),
         inserts,
         updates,
-        links: state_here.then(|| links.clone()),
-        checkpoint: state_here.then(|| cp.clone()),
+        links: Some(upsert),
+        fresh_links: Some(fresh),
+        checkpoint: Some(cp),
     };
+    let deferred = if state_here {
+        None
+    } else {
+        Some((
+            chunk.links.take(),
+            chunk.fresh_links.take(),
+            chunk.checkpoint.take(),
+        ))
+    };
+    tracing::debug!("chunk prepared in {:?}", t.elapsed());
     let keys = ext_bulk.write_chunk(&chunk).await?;
-    if !state_here {
+    tracing::debug!("chunk written in {:?}", t.elapsed());
+    drop(chunk);
+    if let Some((upsert, fresh, cp)) = deferred {
         // Not atomic with the data: a crash here is repaired on rerun by
         // finding the inserted rows by external_crm_id_column.
-        let resolved = crate::endpoint::postgres::resolve_links(&links, &keys);
-        state.write_links(&resolved).await?;
-        state
-            .save_checkpoint(e.name(), direction, &cp.checkpoint)
-            .await?;
+        for b in [upsert, fresh].into_iter().flatten() {
+            let resolved = crate::endpoint::postgres::resolve_links(&b, &keys);
+            state.write_links(&resolved).await?;
+        }
+        if let Some(cp) = cp {
+            state
+                .save_checkpoint(e.name(), direction, &cp.checkpoint)
+                .await?;
+        }
     }
     state
         .record_rejects(e.name(), run, Side::Crm, &rejects)

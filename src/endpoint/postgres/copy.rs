@@ -14,7 +14,6 @@ use crate::endpoint::{EndpointError, Result, Scan};
 use crate::value::Value;
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
-use futures_util::StreamExt;
 use std::collections::HashMap;
 use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
@@ -205,78 +204,150 @@ impl PgEndpoint {
     }
 }
 
+/// A JSON document already serialized, sent as json or jsonb.
+#[derive(Debug)]
+struct RawJson(String);
+
+impl ToSql for RawJson {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            out.extend_from_slice(&[1]);
+        }
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+impl PgEndpoint {
+    /// Copies links that are new for certain into the links table.
+    async fn copy_links(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        batch: &crate::state::LinkBatch,
+        inserted: &[Value],
+    ) -> Result<()> {
+        use crate::state::KeyRef;
+        let key = |k: &KeyRef| match k {
+            KeyRef::Known(s) => s.clone(),
+            KeyRef::Inserted(i) => inserted[*i].key_string(),
+        };
+        let rows: Vec<(String, String, RawJson, bool)> = batch
+            .links
+            .iter()
+            .map(|l| {
+                (
+                    key(&l.crm_key),
+                    key(&l.external_key),
+                    RawJson(serde_json::to_string(&l.shadow).unwrap_or_else(|_| "{}".into())),
+                    l.deleted,
+                )
+            })
+            .collect();
+        let columns: Vec<String> = ["entity", "crm_key", "external_key", "shadow", "deleted"]
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let types = [Type::TEXT, Type::TEXT, Type::TEXT, Type::JSONB, Type::BOOL];
+        let target = format!("{}.links", quote(&batch.schema));
+        let entity = batch.entity.clone();
+        let iter = rows.iter().map(|(c, x, s, d)| {
+            vec![
+                &entity as &(dyn ToSql + Sync),
+                c as &(dyn ToSql + Sync),
+                x as &(dyn ToSql + Sync),
+                s as &(dyn ToSql + Sync),
+                d as &(dyn ToSql + Sync),
+            ]
+        });
+        self.copy_rows(tx, &target, &columns, &types, iter).await
+    }
+}
+
 #[async_trait]
 impl Bulk for PgEndpoint {
     fn stream(&self, req: StreamRequest) -> mpsc::Receiver<Result<Rows>> {
+        // One keyset query per chunk, issued only when the channel has room:
+        // a single streaming query would let the driver buffer the whole
+        // table in memory when the writer is slower than the reader.
         let (tx, rx) = mpsc::channel(req.depth.max(1));
         let pool = self.pool.clone();
         let side = self.side;
-        let sql = format!(
-            "SELECT {} FROM {} WHERE {}{}{} ORDER BY {}",
+        let key = quote(&req.scan.key);
+        let base = format!(
+            "SELECT {} FROM {} WHERE true{}{}",
             Self::select_list(&req.scan),
             qualified(&req.scan.table),
-            if req.after.is_some() {
-                format!("{} > $1", quote(&req.scan.key))
-            } else {
-                "true".into()
-            },
             live_sql(req.deleted.as_deref()),
             Self::filter_sql(&req.scan),
-            quote(&req.scan.key),
         );
+        let limit = req.chunk_rows.max(1);
+        let first = format!("{base} ORDER BY {key} LIMIT {limit}");
+        let next = format!("{base} AND {key} > $1 ORDER BY {key} LIMIT {limit}");
         let what = format!("reading {}", req.scan.table.qualified());
+        let key_pos = req.scan.position(&req.scan.key).unwrap_or(0);
         tokio::spawn(async move {
-            let err =
-                |e: Box<dyn std::error::Error + Send + Sync>, retryable| EndpointError::Query {
-                    side,
-                    what: what.clone(),
-                    retryable,
-                    source: e,
-                };
+            let fail = |e: tokio_postgres::Error| EndpointError::Query {
+                side,
+                retryable: super::is_retryable(&e),
+                what: what.clone(),
+                source: Box::new(e),
+            };
             let conn = match pool.get().await {
                 Ok(c) => c,
                 Err(e) => {
-                    let _ = tx.send(Err(err(Box::new(e), true))).await;
+                    let _ = tx
+                        .send(Err(EndpointError::Query {
+                            side,
+                            what: what.clone(),
+                            retryable: true,
+                            source: Box::new(e),
+                        }))
+                        .await;
                     return;
                 }
             };
-            let params: Vec<&(dyn ToSql + Sync)> = match &req.after {
-                Some(k) => vec![k],
-                None => vec![],
-            };
-            let stream = match conn.query_raw(&sql, params).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let r = super::is_retryable(&e);
-                    let _ = tx.send(Err(err(Box::new(e), r))).await;
+            let (first, next) = match (conn.prepare(&first).await, conn.prepare(&next).await) {
+                (Ok(f), Ok(n)) => (f, n),
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = tx.send(Err(fail(e))).await;
                     return;
                 }
             };
-            let mut stream = std::pin::pin!(stream);
-            let mut chunk = Vec::with_capacity(req.chunk_rows);
-            while let Some(row) = stream.next().await {
-                let decoded = row.and_then(|r| {
-                    (0..r.len())
-                        .map(|i| r.try_get::<_, Value>(i))
-                        .collect::<Result<Vec<_>, _>>()
-                });
-                match decoded {
-                    Ok(v) => chunk.push(v),
+            let mut after = req.after;
+            loop {
+                let Ok(permit) = tx.reserve().await else {
+                    return;
+                };
+                let rows = match &after {
+                    None => conn.query(&first, &[]).await,
+                    Some(k) => conn.query(&next, &[k]).await,
+                };
+                let rows = match rows.and_then(super::rows_to_values) {
+                    Ok(r) => r,
                     Err(e) => {
-                        let r = super::is_retryable(&e);
-                        let _ = tx.send(Err(err(Box::new(e), r))).await;
+                        permit.send(Err(fail(e)));
                         return;
                     }
+                };
+                let n = rows.len();
+                if n == 0 {
+                    return;
                 }
-                if chunk.len() >= req.chunk_rows {
-                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(req.chunk_rows));
-                    if tx.send(Ok(full)).await.is_err() {
-                        return;
-                    }
+                after = Some(rows[n - 1][key_pos].clone());
+                permit.send(Ok(rows));
+                if n < limit {
+                    return;
                 }
-            }
-            if !chunk.is_empty() {
-                let _ = tx.send(Ok(chunk)).await;
             }
         });
         rx
@@ -346,13 +417,19 @@ impl Bulk for PgEndpoint {
         }))
         .await
         .map_err(|e| self.query_error(format!("updating {table}"), e))?;
+        let t = std::time::Instant::now();
         let keys = self.insert_chunk(&tx, chunk).await?;
+        tracing::debug!("chunk: {} rows copied in {:?}", keys.len(), t.elapsed());
         if let Some(links) = &chunk.links {
             let resolved = super::resolve_links(links, &keys);
             state::write_links_in(&tx, &resolved)
                 .await
                 .map_err(|e| self.query_error("writing links", e))?;
         }
+        if let Some(fresh) = chunk.fresh_links.as_ref().filter(|l| !l.links.is_empty()) {
+            self.copy_links(&tx, fresh, &keys).await?;
+        }
+        tracing::debug!("chunk: links written at {:?}", t.elapsed());
         if let Some(cp) = &chunk.checkpoint {
             state::save_checkpoint_in(&tx, &cp.schema, &cp.entity, &cp.direction, &cp.checkpoint)
                 .await
@@ -361,6 +438,7 @@ impl Bulk for PgEndpoint {
         tx.commit()
             .await
             .map_err(|e| self.query_error(format!("committing a backfill chunk of {table}"), e))?;
+        tracing::debug!("chunk: committed at {:?}", t.elapsed());
         Ok(keys)
     }
 }
