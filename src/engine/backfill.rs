@@ -352,32 +352,52 @@ async fn to_external(
     });
     let estimate = (e.crm_table.row_estimate.max(0) as u64).saturating_sub(report.rows_done_before);
     let mut progress = Progress::start(&format!("backfill {}", e.name()), estimate);
-    while let Some(chunk) = rx.recv().await {
-        let rows = chunk?;
-        let n = rows.len() as u64;
-        let last_key = rows.last().map(|r| r[cols.key].clone());
-        checkpoint.last_key = last_key;
-        checkpoint.rows_done += n as i64;
-        write_chunk(
-            engine,
-            e,
-            &cols,
-            &ext_scan,
-            &shape,
-            crm_bulk,
-            ext_bulk,
-            deleted.as_deref(),
-            rows,
-            &checkpoint,
-            direction,
-            state_here,
-            run,
-            report,
-        )
-        .await?;
-        report.read += n;
+    // Chunk k is committed while chunk k + 1 is linked and resolved;
+    // commits stay in order, so the checkpoint only moves forward.
+    let mut pending: Option<Prepared> = None;
+    loop {
+        let next = async {
+            match rx.recv().await {
+                None => Ok(None),
+                Some(chunk) => {
+                    let rows = chunk?;
+                    let n = rows.len() as u64;
+                    checkpoint.last_key = rows.last().map(|r| r[cols.key].clone());
+                    checkpoint.rows_done += n as i64;
+                    let p = prepare_chunk(
+                        engine,
+                        e,
+                        &cols,
+                        &ext_scan,
+                        &shape,
+                        crm_bulk,
+                        deleted.as_deref(),
+                        rows,
+                        &checkpoint,
+                        direction,
+                        state_here,
+                        report,
+                    )
+                    .await?;
+                    report.read += n;
+                    Ok::<_, EngineError>(Some(p))
+                }
+            }
+        };
+        let prepared = match pending.take() {
+            Some(p) => {
+                let (written, next) =
+                    tokio::join!(commit_chunk(engine, e, ext_bulk, p, direction, run), next);
+                progress.add(written?);
+                next?
+            }
+            None => next.await?,
+        };
+        match prepared {
+            Some(p) => pending = Some(p),
+            None => break,
+        }
         report.chunks += 1;
-        progress.add(n);
     }
     progress.finish();
     // The next sync starts where the snapshot began (minus its overlap).
@@ -409,25 +429,38 @@ async fn to_external(
     Ok(())
 }
 
-/// Links, resolves and writes one chunk, committing it with its links and
-/// the checkpoint.
+type Deferred = (
+    Option<LinkBatch>,
+    Option<LinkBatch>,
+    Option<CheckpointWrite>,
+);
+
+/// A chunk ready to commit.
+struct Prepared {
+    chunk: ChunkWrite,
+    /// Links and checkpoint written after the data when the state store
+    /// lives in the other database.
+    deferred: Option<Deferred>,
+    rejects: Vec<(String, String)>,
+    rows: u64,
+}
+
+/// Links and resolves one chunk: what is linked, updated and inserted.
 #[allow(clippy::too_many_arguments)]
-async fn write_chunk(
+async fn prepare_chunk(
     engine: &Engine,
     e: &BoundEntity,
     cols: &CrmColumns,
     ext_scan: &Scan,
     shape: &InsertShape,
     crm_bulk: &dyn Bulk,
-    ext_bulk: &dyn Bulk,
     deleted: Option<&str>,
     rows: Rows,
     checkpoint: &Checkpoint,
     direction: &str,
     state_here: bool,
-    run: i64,
     report: &mut BackfillReport,
-) -> Result<(), EngineError> {
+) -> Result<Prepared, EngineError> {
     let state = &*engine.state;
     let t = Instant::now();
     let keys: Vec<String> = rows.iter().map(|r| r[cols.key].key_string()).collect();
@@ -700,10 +733,29 @@ async fn write_chunk(
         ))
     };
     tracing::debug!("chunk prepared in {:?}", t.elapsed());
-    let keys = ext_bulk.write_chunk(&chunk).await?;
+    Ok(Prepared {
+        chunk,
+        deferred,
+        rejects,
+        rows: rows.len() as u64,
+    })
+}
+
+/// Commits a prepared chunk with its links and checkpoint.
+async fn commit_chunk(
+    engine: &Engine,
+    e: &BoundEntity,
+    ext_bulk: &dyn Bulk,
+    p: Prepared,
+    direction: &str,
+    run: i64,
+) -> Result<u64, EngineError> {
+    let state = &*engine.state;
+    let t = Instant::now();
+    let keys = ext_bulk.write_chunk(&p.chunk).await?;
     tracing::debug!("chunk written in {:?}", t.elapsed());
-    drop(chunk);
-    if let Some((upsert, fresh, cp)) = deferred {
+    drop(p.chunk);
+    if let Some((upsert, fresh, cp)) = p.deferred {
         // Not atomic with the data: a crash here is repaired on rerun by
         // finding the inserted rows by external_crm_id_column.
         for b in [upsert, fresh].into_iter().flatten() {
@@ -717,9 +769,9 @@ async fn write_chunk(
         }
     }
     state
-        .record_rejects(e.name(), run, Side::Crm, &rejects)
+        .record_rejects(e.name(), run, Side::Crm, &p.rejects)
         .await?;
-    Ok(())
+    Ok(p.rows)
 }
 
 /// The external columns whose canonical value in `target` differs from
