@@ -28,9 +28,9 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 /// Rows per chunk when `--chunk-rows` is not given.
-pub const DEFAULT_CHUNK_ROWS: usize = 20_000;
+pub const DEFAULT_CHUNK_ROWS: usize = 10_000;
 /// Chunks read ahead of the writer.
-pub const READ_AHEAD: usize = 2;
+pub const READ_AHEAD: usize = 1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
