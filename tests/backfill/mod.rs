@@ -260,7 +260,9 @@ async fn preexisting(s: &Setup, n: i64) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_links_existing_rows_by_match_on_and_applies_the_conflict_policy() {
     let n = 5_000;
-    for policy in ["crm_wins", "external_wins"] {
+    // The external rows are written after the CRM rows (an hour older), so
+    // newest_wins keeps them as external_wins does.
+    for policy in ["crm_wins", "external_wins", "newest_wins"] {
         let s = setup(n, policy, true).await;
         let existing = preexisting(&s, n).await;
         assert_eq!(existing, n * 3 / 10);
@@ -303,7 +305,10 @@ async fn backfill_links_existing_rows_by_match_on_and_applies_the_conflict_polic
                 assert_eq!(num(&rep, "/backfill/0/updated"), differing);
             }
             _ => {
-                assert_eq!(still_erp, differing, "external_wins leaves it");
+                assert_eq!(
+                    still_erp, differing,
+                    "{policy} leaves the newer external row"
+                );
                 assert_eq!(num(&rep, "/backfill/0/updated"), 0);
             }
         }
