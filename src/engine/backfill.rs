@@ -619,11 +619,12 @@ async fn prepare_chunk(
             _ if set.is_empty() => false,
             ConflictPolicy::CrmWins => true,
             ConflictPolicy::ExternalWins => false,
-            ConflictPolicy::NewestWins => {
-                let crm_ts = rows[c.row][cols.change].to_utc(engine.plan.crm.timezone);
-                let ext_ts = ext_row[1].to_utc(engine.plan.external.timezone);
-                crm_ts > ext_ts
-            }
+            ConflictPolicy::NewestWins => crm_is_newer(
+                &rows[c.row][cols.change],
+                engine.plan.crm.timezone,
+                &ext_row[1],
+                engine.plan.external.timezone,
+            ),
             ConflictPolicy::Manual => {
                 let fields: Vec<String> = set.iter().map(|(c, _)| c.clone()).collect();
                 rejects.push((
@@ -774,6 +775,21 @@ async fn commit_chunk(
     Ok(p.rows)
 }
 
+/// `newest_wins`: whether the CRM row changed after the external row,
+/// comparing in UTC. A row without a change time is never the newer one.
+fn crm_is_newer(
+    crm: &Value,
+    crm_zone: chrono_tz::Tz,
+    ext: &Value,
+    ext_zone: chrono_tz::Tz,
+) -> bool {
+    match (crm.to_utc(crm_zone), ext.to_utc(ext_zone)) {
+        (Some(c), Some(x)) => c > x,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
 /// The external columns whose canonical value in `target` differs from
 /// `base`, with `target`'s value.
 fn diff(e: &BoundEntity, base: &Shadow, target: &Shadow) -> Vec<(String, Value)> {
@@ -919,4 +935,37 @@ async fn match_rows(
         }
     }
     Ok(left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    fn wall(h: u32, m: u32) -> Value {
+        Value::Timestamp(
+            NaiveDate::from_ymd_opt(2026, 7, 1)
+                .unwrap()
+                .and_hms_opt(h, m, 0)
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn newest_wins_compares_both_sides_in_utc() {
+        let london = chrono_tz::Europe::London; // UTC+1 in July
+        let utc = chrono_tz::UTC;
+        // 12:30 London is 11:30 UTC: older than 12:00 UTC.
+        assert!(!crm_is_newer(&wall(12, 30), london, &wall(12, 0), utc));
+        // 13:30 London is 12:30 UTC: newer.
+        assert!(crm_is_newer(&wall(13, 30), london, &wall(12, 0), utc));
+        let tz = Value::TimestampTz(
+            chrono::DateTime::parse_from_rfc3339("2026-07-01T11:00:00Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+        );
+        assert!(crm_is_newer(&wall(12, 30), london, &tz, utc));
+        assert!(!crm_is_newer(&Value::Null, london, &tz, utc));
+        assert!(crm_is_newer(&wall(0, 0), london, &Value::Null, utc));
+    }
 }

@@ -477,6 +477,39 @@ async fn progress_is_a_bar_on_a_terminal_and_log_lines_when_redirected() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_with_the_state_in_the_crm_database() {
+    let n = 3_000;
+    let s = setup(n, "crm_wins", false).await;
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("side = \"external\"", "side = \"crm\""),
+    )
+    .unwrap();
+    let (out, rep) = run(&s, "backfill", &["backfill", "--chunk-rows", "1000"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(num(&rep, "/backfill/0/inserted"), n);
+    assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
+    assert_eq!(count(&s.crm, "SELECT count(*) FROM crmsync.links").await, n);
+    let (out, rep) = run(&s, "sync", &["sync"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        num(&rep, "/entities/0/inserted") + num(&rep, "/entities/0/updated"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_external_to_crm_is_not_yet_supported() {
     let s = setup(1, "crm_wins", false).await;
     let (out, rep) = run(&s, "e2c", &["backfill", "--direction", "external_to_crm"]);
