@@ -72,4 +72,9 @@ pub trait Bulk: Send + Sync {
     ) -> Result<Vec<Vec<Value>>>;
 
     async fn write_chunk(&self, chunk: &ChunkWrite) -> Result<Vec<Value>>;
+
+    /// Refreshes the planner statistics of `table` and, when given, of the
+    /// state schema's links table after a bulk load, so that the next
+    /// sync's key lookups use their indexes.
+    async fn analyze(&self, table: Option<&TableInfo>, state_schema: Option<&str>) -> Result<()>;
 }

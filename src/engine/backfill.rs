@@ -400,6 +400,15 @@ async fn to_external(
         report.chunks += 1;
     }
     progress.finish();
+    // Fresh statistics after the bulk load: without them the planner takes
+    // the new links table for empty and the next sync scans it whole.
+    let schema = engine.plan.state_schema.as_str();
+    ext_bulk
+        .analyze(Some(&e.external_table), state_here.then_some(schema))
+        .await?;
+    if !state_here {
+        crm_bulk.analyze(None, Some(schema)).await?;
+    }
     // The next sync starts where the snapshot began (minus its overlap).
     let old = state.watermark(e.name(), Side::Crm).await?;
     let max_key = checkpoint

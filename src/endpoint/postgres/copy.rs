@@ -380,6 +380,22 @@ impl Bulk for PgEndpoint {
         super::rows_to_values(rows).map_err(|e| self.query_error("decoding matches", e))
     }
 
+    async fn analyze(
+        &self,
+        table: Option<&crate::endpoint::TableInfo>,
+        state_schema: Option<&str>,
+    ) -> Result<()> {
+        let mut names: Vec<String> = table.map(qualified).into_iter().collect();
+        names.extend(state_schema.map(|s| format!("{}.links", quote(s))));
+        if names.is_empty() {
+            return Ok(());
+        }
+        let conn = self.conn().await?;
+        conn.batch_execute(&format!("ANALYZE {}", names.join(", ")))
+            .await
+            .map_err(|e| self.query_error(format!("analyzing {}", names.join(", ")), e))
+    }
+
     async fn write_chunk(&self, chunk: &ChunkWrite) -> Result<Vec<Value>> {
         let mut conn = self.conn().await?;
         let tx = conn
