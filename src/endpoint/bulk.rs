@@ -9,6 +9,10 @@ use async_trait::async_trait;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+/// Resolves when the previous chunk has committed; an error (the sender
+/// dropped) means it did not.
+pub type Turn = tokio::sync::oneshot::Receiver<()>;
+
 /// A chunk of rows in the scan's column order.
 pub type Rows = Vec<Vec<Value>>;
 
@@ -56,7 +60,11 @@ pub struct ChunkWrite {
 ///   and stops at the end of the table, at the first error (sent as the
 ///   last item), or when the receiver is dropped.
 /// - `write_chunk` commits all of a chunk or nothing, and returns the keys
-///   of the inserted rows in insert order.
+///   of the inserted rows in insert order. Several may run at once, each
+///   on its own connection; when `turn` is given, the chunk writes its
+///   checkpoint and commits only after `turn` resolves (the previous
+///   chunk committed), and rolls back if it fails, so that checkpoints
+///   commit in chunk order.
 #[async_trait]
 pub trait Bulk: Send + Sync {
     fn stream(&self, req: StreamRequest) -> mpsc::Receiver<Result<Rows>>;
@@ -71,7 +79,7 @@ pub trait Bulk: Send + Sync {
         deleted: Option<&str>,
     ) -> Result<Vec<Vec<Value>>>;
 
-    async fn write_chunk(&self, chunk: &ChunkWrite) -> Result<Vec<Value>>;
+    async fn write_chunk(&self, chunk: &ChunkWrite, turn: Option<Turn>) -> Result<Vec<Value>>;
 
     /// Refreshes the planner statistics of `table` and, when given, of the
     /// state schema's links table after a bulk load, so that the next

@@ -16,13 +16,14 @@
 
 use super::mapping::{external_to_canonical, map_crm_row, FieldProblem};
 use super::{later, Engine, EngineError};
-use crate::endpoint::bulk::{Bulk, CheckpointWrite, ChunkWrite, Rows, StreamRequest};
+use crate::endpoint::bulk::{Bulk, CheckpointWrite, ChunkWrite, Rows, StreamRequest, Turn};
 use crate::endpoint::{Assign, EndpointError, Scan, Update};
 use crate::plan::{ConflictPolicy, Side};
 use crate::progress::{peak_rss_bytes, Progress};
 use crate::schema::BoundEntity;
 use crate::state::{Checkpoint, KeyRef, Link, LinkBatch, LinkWrite, Shadow, Watermark};
 use crate::value::{SqlType, Value};
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -31,6 +32,9 @@ use std::time::Instant;
 pub const DEFAULT_CHUNK_ROWS: usize = 10_000;
 /// Chunks read ahead of the writer.
 pub const READ_AHEAD: usize = 1;
+/// Chunks written at once, each on its own connection and in its own
+/// transaction; they commit in order.
+pub const WRITERS: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -352,52 +356,75 @@ async fn to_external(
     });
     let estimate = (e.crm_table.row_estimate.max(0) as u64).saturating_sub(report.rows_done_before);
     let mut progress = Progress::start(&format!("backfill {}", e.name()), estimate);
-    // Chunk k is committed while chunk k + 1 is linked and resolved;
-    // commits stay in order, so the checkpoint only moves forward.
-    let mut pending: Option<Prepared> = None;
+    // Up to WRITERS chunks are written at once while the next one is
+    // linked and resolved. A chunk commits only after the one before it
+    // (its `turn`), so the checkpoint only moves forward and a crash never
+    // leaves a gap behind it. With the state store in the CRM database the
+    // links follow the data in separate writes, and one writer keeps them
+    // in order too.
+    let writers = if state_here { WRITERS } else { 1 };
+    let mut inflight = FuturesOrdered::new();
+    let mut prev: Option<Turn> = None;
     loop {
-        let next = async {
-            match rx.recv().await {
-                None => Ok(None),
-                Some(chunk) => {
-                    let rows = chunk?;
-                    let n = rows.len() as u64;
-                    checkpoint.last_key = rows.last().map(|r| r[cols.key].clone());
-                    checkpoint.rows_done += n as i64;
-                    let p = prepare_chunk(
-                        engine,
-                        e,
-                        &cols,
-                        &ext_scan,
-                        &shape,
-                        crm_bulk,
-                        deleted.as_deref(),
-                        rows,
-                        &checkpoint,
-                        direction,
-                        state_here,
-                        report,
-                    )
-                    .await?;
-                    report.read += n;
-                    Ok::<_, EngineError>(Some(p))
+        if inflight.len() >= writers {
+            if let Some(w) = inflight.next().await {
+                progress.add(w?);
+            }
+            continue;
+        }
+        let prepared = {
+            let next = async {
+                match rx.recv().await {
+                    None => Ok(None),
+                    Some(chunk) => {
+                        let rows = chunk?;
+                        let n = rows.len() as u64;
+                        checkpoint.last_key = rows.last().map(|r| r[cols.key].clone());
+                        checkpoint.rows_done += n as i64;
+                        let p = prepare_chunk(
+                            engine,
+                            e,
+                            &cols,
+                            &ext_scan,
+                            &shape,
+                            crm_bulk,
+                            deleted.as_deref(),
+                            rows,
+                            &checkpoint,
+                            direction,
+                            state_here,
+                            report,
+                        )
+                        .await?;
+                        report.read += n;
+                        Ok::<_, EngineError>(Some(p))
+                    }
+                }
+            };
+            let mut next = std::pin::pin!(next);
+            loop {
+                tokio::select! {
+                    r = &mut next => break r?,
+                    Some(w) = inflight.next(), if !inflight.is_empty() => progress.add(w?),
                 }
             }
         };
-        let prepared = match pending.take() {
-            Some(p) => {
-                let (written, next) =
-                    tokio::join!(commit_chunk(engine, e, ext_bulk, p, direction, run), next);
-                progress.add(written?);
-                next?
-            }
-            None => next.await?,
-        };
-        match prepared {
-            Some(p) => pending = Some(p),
-            None => break,
-        }
+        let Some(p) = prepared else { break };
         report.chunks += 1;
+        let (done, turn) = tokio::sync::oneshot::channel();
+        inflight.push_back(commit_chunk(
+            engine,
+            e,
+            ext_bulk,
+            p,
+            direction,
+            run,
+            prev.replace(turn),
+            done,
+        ));
+    }
+    while let Some(w) = inflight.next().await {
+        progress.add(w?);
     }
     progress.finish();
     // Fresh statistics after the bulk load: without them the planner takes
@@ -751,7 +778,8 @@ async fn prepare_chunk(
     })
 }
 
-/// Commits a prepared chunk with its links and checkpoint.
+/// Commits a prepared chunk with its links and checkpoint, after `turn`.
+#[allow(clippy::too_many_arguments)]
 async fn commit_chunk(
     engine: &Engine,
     e: &BoundEntity,
@@ -759,10 +787,14 @@ async fn commit_chunk(
     p: Prepared,
     direction: &str,
     run: i64,
+    turn: Option<Turn>,
+    done: tokio::sync::oneshot::Sender<()>,
 ) -> Result<u64, EngineError> {
     let state = &*engine.state;
     let t = Instant::now();
-    let keys = ext_bulk.write_chunk(&p.chunk).await?;
+    let keys = ext_bulk.write_chunk(&p.chunk, turn).await?;
+    // The next chunk may commit now.
+    let _ = done.send(());
     tracing::debug!("chunk written in {:?}", t.elapsed());
     drop(p.chunk);
     if let Some((upsert, fresh, cp)) = p.deferred {

@@ -9,7 +9,7 @@
 //! and moved with one `INSERT ... SELECT ... ORDER BY ... RETURNING`.
 
 use super::{params_of, qualified, quote, refs, state, update_sql, PgEndpoint};
-use crate::endpoint::bulk::{Bulk, ChunkWrite, Rows, StreamRequest};
+use crate::endpoint::bulk::{Bulk, ChunkWrite, Rows, StreamRequest, Turn};
 use crate::endpoint::{EndpointError, Result, Scan};
 use crate::value::Value;
 use async_trait::async_trait;
@@ -396,7 +396,7 @@ impl Bulk for PgEndpoint {
             .map_err(|e| self.query_error(format!("analyzing {}", names.join(", ")), e))
     }
 
-    async fn write_chunk(&self, chunk: &ChunkWrite) -> Result<Vec<Value>> {
+    async fn write_chunk(&self, chunk: &ChunkWrite, turn: Option<Turn>) -> Result<Vec<Value>> {
         let mut conn = self.conn().await?;
         let tx = conn
             .transaction()
@@ -446,6 +446,13 @@ impl Bulk for PgEndpoint {
             self.copy_links(&tx, fresh, &keys).await?;
         }
         tracing::debug!("chunk: links written at {:?}", t.elapsed());
+        if let Some(turn) = turn {
+            turn.await.map_err(|_| {
+                EndpointError::Schema(
+                    "an earlier backfill chunk did not commit; this one was rolled back".into(),
+                )
+            })?;
+        }
         if let Some(cp) = &chunk.checkpoint {
             state::save_checkpoint_in(&tx, &cp.schema, &cp.entity, &cp.direction, &cp.checkpoint)
                 .await
