@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 /// Rows per chunk when `--chunk-rows` is not given.
-pub const DEFAULT_CHUNK_ROWS: usize = 10_000;
+pub const DEFAULT_CHUNK_ROWS: usize = 8_000;
 /// Chunks read ahead of the writer.
 pub const READ_AHEAD: usize = 1;
 /// Chunks written at once, each on its own connection and in its own
