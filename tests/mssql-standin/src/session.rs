@@ -1196,7 +1196,6 @@ impl Session {
                         translate::pg_ident(&t.schema),
                         translate::pg_ident(&t.name)
                     );
-                    let col = translate::pg_ident(ic);
                     // An explicit value above the current identity moves it on
                     // ("SET IDENTITY_INSERT (Transact-SQL)").
                     let _ = self
