@@ -350,3 +350,52 @@ async fn pooled_reset_and_transaction_manager_requests() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.lines().collect::<Vec<_>>(), ["clean", "[2]"]);
 }
+
+const PYTHON_ERRORS: &str = r#"
+import sys
+import pytds
+port, password = int(sys.argv[1]), sys.argv[2]
+with pytds.connect(server='127.0.0.1', port=port, database='CRM', user='sa', password=password, autocommit=True) as conn:
+    cur = conn.cursor()
+    for sql in sys.argv[3:]:
+        try:
+            cur.execute(sql)
+            print('ok')
+        except pytds.Error as e:
+            print(e.msg_no, e.severity)
+"#;
+
+/// The same error numbers and severities reach a client that shares no code
+/// with tiberius ("Database engine events and errors").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_tds_sees_sql_server_error_numbers() {
+    if !python_has_pytds() {
+        println!("SKIPPED python-tds error check: python3 module pytds not installed (pip install python-tds)");
+        return;
+    }
+    let s = standin().await;
+    let port = s.port().to_string();
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_ERRORS, &port, PASSWORD])
+        .args([
+            "CREATE TABLE e (id int NOT NULL PRIMARY KEY, v nvarchar(2) NULL)",
+            "INSERT INTO e VALUES (1, N'a')",
+            "INSERT INTO e VALUES (1, N'b')",
+            "INSERT INTO e VALUES (2, N'abc')",
+            "INSERT INTO e (v) VALUES (N'x')",
+            "SELECT nope FROM e",
+            "SELECT * FROM nope",
+        ])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python-tds failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["ok", "ok", "2627 14", "2628 16", "515 16", "207 16", "208 16"]
+    );
+}
