@@ -547,6 +547,43 @@ impl VisitorMut for Translator<'_> {
     }
 
     fn post_visit_table_factor(&mut self, tf: &mut TableFactor) -> ControlFlow<()> {
+        // STRING_SPLIT(s, sep) (SQL Server 2016+): one row per piece, in a
+        // column named value.
+        if let TableFactor::Table {
+            name, args, alias, ..
+        } = tf
+        {
+            if object_base_name(name).eq_ignore_ascii_case("string_split") {
+                if let Some(fargs) = args.take() {
+                    let a: Vec<String> = fargs.args.iter().map(|x| x.to_string()).collect();
+                    let (Some(text), Some(sep)) = (a.first(), a.get(1)) else {
+                        self.error = Some(SqlError::new(
+                            174,
+                            15,
+                            "The STRING_SPLIT function requires 2 argument(s).",
+                        ));
+                        return ControlFlow::Break(());
+                    };
+                    *name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(format!(
+                        "unnest(string_to_array(CAST({text} AS text), CAST({sep} AS text)))"
+                    )))]);
+                    let alias_name = alias
+                        .as_ref()
+                        .map(|a| quoted_lower(&a.name))
+                        .unwrap_or_else(|| Ident::with_quote('"', "string_split"));
+                    *alias = Some(sqlparser::ast::TableAlias {
+                        at: None,
+                        explicit: true,
+                        name: alias_name,
+                        columns: vec![sqlparser::ast::TableAliasColumnDef {
+                            name: Ident::with_quote('"', "value"),
+                            data_type: None,
+                        }],
+                    });
+                    return ControlFlow::Continue(());
+                }
+            }
+        }
         if let TableFactor::Table {
             with_hints, alias, ..
         } = tf

@@ -48,6 +48,21 @@ async fn keyset_paging_updates_and_soft_deletes() {
     }
     assert_eq!(seen, (1..=7).collect::<Vec<_>>(), "every row exactly once");
 
+    // A key list passed as one string, split by STRING_SPLIT ("STRING_SPLIT
+    // (Transact-SQL)", SQL Server 2016+).
+    let n = c
+        .query(
+            "SELECT COUNT(*) FROM dbo.Company WHERE Comp_CompanyId IN (SELECT CAST(value AS int) FROM STRING_SPLIT(@P1, ','))",
+            &[&"2,4,6,99"],
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(n, Some(3));
     // IN list of parameters, update stamped by the server clock.
     let r = c
         .execute(
