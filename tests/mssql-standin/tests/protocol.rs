@@ -22,6 +22,8 @@ async fn login_and_simple_select() {
     assert_eq!(row.get::<&str, _>("txt"), Some("x"));
 }
 
+/// SQL Server answers a failed SQL login with error 18456, severity 14,
+/// "Login failed for user '…'." ("MSSQLSERVER_18456").
 #[tokio::test]
 async fn wrong_password_is_error_18456() {
     let s = standin().await;

@@ -737,8 +737,9 @@ async fn catalog_views_report_sql_server_types() {
 
 /// 10. DDL: crmsync's sql/mssql/crm_schema.sql (CREATE TABLE with IDENTITY,
 /// PRIMARY KEY, NULL/NOT NULL; CREATE [UNIQUE] INDEX with a filter; a
-/// CREATE PROCEDURE batch) loads unchanged, as with `sqlcmd -i`
-/// ("CREATE TABLE (Transact-SQL)", "CREATE INDEX (Transact-SQL)").
+/// CREATE PROCEDURE batch) loads unchanged, as with `sqlcmd -i`; DROP INDEX
+/// … ON and DROP TABLE; DEFAULT constraints ("CREATE TABLE (Transact-SQL)",
+/// "CREATE INDEX (Transact-SQL)", "DROP INDEX (Transact-SQL)").
 #[tokio::test]
 async fn crm_schema_loads_unchanged() {
     let s = standin().await;
@@ -761,6 +762,22 @@ async fn crm_schema_loads_unchanged() {
         "DROP INDEX IDX_Comp_Name ON dbo.Company; DROP TABLE dbo.Cases",
     )
     .await;
+    // DEFAULT constraints, named or not, fill omitted columns.
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.D (Id int NOT NULL, At datetime NOT NULL DEFAULT GETDATE(), \
+         S nvarchar(10) NULL DEFAULT N'x', N int NOT NULL CONSTRAINT DF_D_N DEFAULT (0)); \
+         INSERT INTO dbo.D (Id) VALUES (1)",
+    )
+    .await;
+    let r = rows(
+        &mut c,
+        "SELECT S, N, DATEDIFF(day, At, GETDATE()) FROM dbo.D",
+    )
+    .await;
+    assert_eq!(r[0].get::<&str, _>(0), Some("x"));
+    assert_eq!(r[0].get::<i32, _>(1), Some(0));
+    assert_eq!(r[0].get::<i32, _>(2), Some(0));
     let e = server_error(&mut c, "SELECT * FROM dbo.Cases").await;
     assert_eq!(e.code(), 208);
 }
