@@ -975,6 +975,45 @@ impl Session {
             }
             _ => {}
         }
+        // ALTER TABLE t ALTER COLUMN c type [NULL | NOT NULL]
+        if first == "ALTER" && w.get(3).map(String::as_str) == Some("ALTER") {
+            let raw: Vec<&str> = text.split_whitespace().collect();
+            if raw.len() >= 7 && w.get(4).map(String::as_str) == Some("COLUMN") {
+                let table = raw[2]
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches(['[', ']']);
+                let column = raw[5].trim_matches(['[', ']']);
+                let rest = raw[6..].join(" ");
+                let upper = rest.to_uppercase();
+                let (type_text, nullable) = if let Some(t) = upper.strip_suffix(" NOT NULL") {
+                    (rest[..t.len()].to_string(), false)
+                } else if let Some(t) = upper.strip_suffix(" NULL") {
+                    (rest[..t.len()].to_string(), true)
+                } else {
+                    (rest.clone(), true)
+                };
+                let type_text = type_text.trim_end_matches(';').trim().to_string();
+                let cat = self.shared.catalog.read().await;
+                let empty = Vars::new();
+                let env = self.env(&cat, &empty);
+                ddl::alter_column(
+                    &self.pg,
+                    table,
+                    column,
+                    &type_text,
+                    nullable,
+                    &env,
+                    &self.shared.database,
+                )
+                .await?;
+                drop(cat);
+                self.reload_catalog().await?;
+                out.done(self.inxact(), 0);
+                return Ok(());
+            }
+        }
         let cleaned;
         let text = if first == "CREATE" {
             cleaned = strip_words(text, &["NONCLUSTERED", "CLUSTERED"]);
@@ -999,6 +1038,16 @@ impl Session {
                 let empty = Vars::new();
                 let env = self.env(&cat, &empty);
                 ddl::create_index(&self.pg, ci, &env).await?;
+                out.done(self.inxact(), 0);
+                return Ok(());
+            }
+            Statement::AlterTable(at) => {
+                let cat = self.shared.catalog.read().await;
+                let empty = Vars::new();
+                let env = self.env(&cat, &empty);
+                ddl::alter_table(&self.pg, at, &env, &self.shared.database).await?;
+                drop(cat);
+                self.reload_catalog().await?;
                 out.done(self.inxact(), 0);
                 return Ok(());
             }

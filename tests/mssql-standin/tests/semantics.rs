@@ -738,7 +738,8 @@ async fn catalog_views_report_sql_server_types() {
 /// 10. DDL: crmsync's sql/mssql/crm_schema.sql (CREATE TABLE with IDENTITY,
 /// PRIMARY KEY, NULL/NOT NULL; CREATE [UNIQUE] INDEX with a filter; a
 /// CREATE PROCEDURE batch) loads unchanged, as with `sqlcmd -i`; DROP INDEX
-/// … ON and DROP TABLE; DEFAULT constraints ("CREATE TABLE (Transact-SQL)",
+/// … ON and DROP TABLE; ALTER TABLE ADD / ALTER COLUMN / DROP COLUMN; DEFAULT
+/// constraints ("CREATE TABLE (Transact-SQL)",
 /// "CREATE INDEX (Transact-SQL)", "DROP INDEX (Transact-SQL)").
 #[tokio::test]
 async fn crm_schema_loads_unchanged() {
@@ -762,6 +763,37 @@ async fn crm_schema_loads_unchanged() {
         "DROP INDEX IDX_Comp_Name ON dbo.Company; DROP TABLE dbo.Cases",
     )
     .await;
+    // ALTER TABLE: a column added (as Sage CRM's customizer does), widened,
+    // and dropped; the catalog and the length rules follow
+    // ("ALTER TABLE (Transact-SQL)").
+    exec(
+        &mut c,
+        "ALTER TABLE dbo.Company ADD comp_erpcode nvarchar(5) NULL",
+    )
+    .await;
+    let e = server_error(
+        &mut c,
+        "INSERT INTO dbo.Company (Comp_Name, comp_erpcode) VALUES (N'n', N'123456')",
+    )
+    .await;
+    assert_eq!(e.code(), 2628);
+    exec(
+        &mut c,
+        "ALTER TABLE dbo.Company ALTER COLUMN comp_erpcode nvarchar(10) NULL",
+    )
+    .await;
+    exec(
+        &mut c,
+        "INSERT INTO dbo.Company (Comp_Name, comp_erpcode) VALUES (N'n', N'123456')",
+    )
+    .await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT CHARACTER_MAXIMUM_LENGTH FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_NAME = 'Company' AND COLUMN_NAME = 'comp_erpcode'").await,
+        Some(10)
+    );
+    exec(&mut c, "ALTER TABLE dbo.Company DROP COLUMN comp_erpcode").await;
+    let e = server_error(&mut c, "SELECT comp_erpcode FROM dbo.Company").await;
+    assert_eq!(e.code(), 207);
     // DEFAULT constraints, named or not, fill omitted columns.
     exec(
         &mut c,
