@@ -171,6 +171,7 @@ async fn tiberius_tsql_and_python_tds_read_the_same_data() {
 
     if python_has_pytds() {
         let out = Command::new("python3")
+            .env("PYTHONIOENCODING", "utf-8")
             .args(["-c", PYTHON, &s.port().to_string(), PASSWORD, QUERY])
             .output()
             .expect("run python3");
@@ -200,6 +201,8 @@ async fn tiberius_tsql_and_python_tds_read_the_same_data() {
                 "-S", "standin", "-U", USER, "-P", PASSWORD, "-D", "CRM", "-o", "q",
             ])
             .env("FREETDSCONF", &conf)
+            // The comparison is of UTF-8 text, whatever the machine's locale.
+            .env("LC_ALL", "C.UTF-8")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
