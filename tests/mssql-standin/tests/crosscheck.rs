@@ -402,3 +402,55 @@ async fn python_tds_sees_sql_server_error_numbers() {
         ["ok", "ok", "2627 14", "2628 16", "515 16", "207 16", "208 16"]
     );
 }
+
+/// FreeTDS (GnuTLS) negotiates TLS inside PRELOGIN with the stand-in, as it
+/// does with SQL Server (`encryption = require`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tsql_connects_over_tls() {
+    if !tsql_installed() {
+        println!(
+            "SKIPPED tsql TLS check: FreeTDS tsql not installed (apt-get install freetds-bin)"
+        );
+        return;
+    }
+    let s = standin_with(true, "UTC").await;
+    let dir = std::env::temp_dir().join(format!(
+        "standin-freetds-tls-{}-{}",
+        std::process::id(),
+        s.port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("freetds.conf");
+    std::fs::write(
+        &conf,
+        format!("[standin]\n\thost = 127.0.0.1\n\tport = {}\n\ttds version = 7.4\n\tencryption = require\n", s.port()),
+    )
+    .unwrap();
+    let mut child = Command::new("tsql")
+        .args(["-S", "standin", "-U", USER, "-P", PASSWORD, "-o", "q"])
+        .env("FREETDSCONF", &conf)
+        .env("LC_ALL", "C.UTF-8")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tsql");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT N'over tls' AS t\ngo\nexit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>(),
+        ["t", "over tls"],
+        "tsql stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
