@@ -350,6 +350,36 @@ impl<'a> Translator<'a> {
         })
     }
 
+    /// Character data as far as the T-SQL shows: literals, string
+    /// parameters, character columns, string functions and concatenations.
+    fn is_stringish(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Nested(inner) => self.is_stringish(inner),
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Plus | BinaryOperator::StringConcat,
+                right,
+            } => self.is_stringish(left) || self.is_stringish(right),
+            Expr::Function(f) => {
+                let name = object_base_name(&f.name).to_uppercase();
+                match name.as_str() {
+                    "UPPER" | "LOWER" | "LTRIM" | "RTRIM" | "TRIM" | "LEFT" | "RIGHT"
+                    | "SUBSTRING" | "REPLACE" | "CONCAT" | "REPLICATE" | "SPACE" | "STR" => true,
+                    "ISNULL" | "COALESCE" => func_arg_exprs(&f.args)
+                        .first()
+                        .map(|a| self.is_stringish(a))
+                        .unwrap_or(false),
+                    _ => false,
+                }
+            }
+            Expr::Substring { .. } | Expr::Trim { .. } => true,
+            Expr::Cast { data_type, .. } => parse_decl(&data_type.to_string())
+                .map(|t| t.is_character())
+                .unwrap_or(false),
+            other => self.is_string_operand(other) || self.is_character_column(other),
+        }
+    }
+
     fn is_string_operand(&self, e: &Expr) -> bool {
         match e {
             Expr::Value(v) => matches!(
@@ -675,9 +705,7 @@ impl VisitorMut for Translator<'_> {
                         );
                     }
                 }
-                BinaryOperator::Plus
-                    if self.is_string_operand(left) || self.is_string_operand(right) =>
-                {
+                BinaryOperator::Plus if self.is_stringish(left) || self.is_stringish(right) => {
                     // nvarchar + number converts the string to the number's
                     // type (data type precedence); two strings concatenate.
                     let number = |e: &Expr| match e {

@@ -48,6 +48,11 @@ async fn keyset_paging_updates_and_soft_deletes() {
     }
     assert_eq!(seen, (1..=7).collect::<Vec<_>>(), "every row exactly once");
 
+    // + concatenates character data, columns included.
+    assert_eq!(
+        text(&mut c, "SELECT Comp_Type + N': ' + Comp_Name + N' (' + UPPER(Comp_Type) + N')' FROM dbo.Company WHERE Comp_CompanyId = 1").await.as_deref(),
+        Some("Supplier: Company 0 (SUPPLIER)")
+    );
     // A key list passed as one string, split by STRING_SPLIT ("STRING_SPLIT
     // (Transact-SQL)", SQL Server 2016+).
     let n = c
