@@ -909,10 +909,32 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
     // Per-statement preparation that needs the original T-SQL.
     match &mut stmt {
         Statement::Query(q) => {
+            let mut aliases = Vec::new();
             if let SetExpr::Select(s) = q.body.as_mut() {
+                for item in &s.projection {
+                    if let SelectItem::ExprWithAlias { alias, .. } = item {
+                        if !alias.value.starts_with('@') {
+                            aliases.push(alias.value.clone());
+                        }
+                    }
+                }
                 prepare_projection(&mut s.projection, env, &mut hints, &mut names, &mut assigns);
             }
-            // ORDER BY may name a select alias.
+            // ORDER BY may name a select alias, in any case.
+            if let Some(sqlparser::ast::OrderBy {
+                kind: sqlparser::ast::OrderByKind::Expressions(exprs),
+                ..
+            }) = q.order_by.as_mut()
+            {
+                for o in exprs.iter_mut() {
+                    if let Expr::Identifier(id) = &o.expr {
+                        if let Some(a) = aliases.iter().find(|a| a.eq_ignore_ascii_case(&id.value))
+                        {
+                            o.expr = raw(pg_alias(a));
+                        }
+                    }
+                }
+            }
         }
         Statement::Insert(ins) => {
             for c in ins.columns.iter_mut() {
@@ -1339,6 +1361,10 @@ mod tests {
         assert_eq!(
             pg("SELECT TOP 5 [Comp_Name] FROM dbo.Company WITH (NOLOCK)"),
             "SELECT \"comp_name\" AS \"Comp_Name\" FROM \"dbo\".\"company\" LIMIT 5"
+        );
+        assert_eq!(
+            pg("SELECT Comp_Name AS Name, Kind = Comp_Type FROM Company ORDER BY name DESC"),
+            "SELECT \"comp_name\" AS \"Name\", \"comp_type\" AS \"Kind\" FROM \"company\" ORDER BY \"Name\" DESC"
         );
         assert_eq!(
             pg("MERGE dbo.M AS t USING dbo.S AS s ON t.Id = s.Id WHEN MATCHED THEN DELETE"),
