@@ -197,8 +197,26 @@ impl Server {
         } else {
             l.database.clone()
         };
-        let (pg, conn) =
-            tokio_postgres::connect(&self.config.pg_url, tokio_postgres::NoTls).await?;
+        let (pg, conn) = match tokio_postgres::connect(&self.config.pg_url, tokio_postgres::NoTls)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                // The database behind the stand-in is gone: SQL Server's
+                // answer for a database it cannot open.
+                token::error(
+                        &mut out,
+                        &SqlError::new(
+                            4060,
+                            11,
+                            format!("Cannot open database \"{db}\" requested by the login. The login failed. ({e})"),
+                        ),
+                    );
+                token::done(&mut out, token::DONE_ERROR, 0, 0);
+                tds::write_message(&mut sock, packet_type::TABULAR_RESULT, &out, 4096).await?;
+                return Ok(());
+            }
+        };
         let conn_task = tokio::spawn(conn);
         pg.batch_execute(&format!(
             "SET TimeZone = '{}'; SET search_path = dbo, public; SET DateStyle = ISO; \
