@@ -326,6 +326,23 @@ impl<'a> Translator<'a> {
         )))
     }
 
+    /// A string parameter whose type PostgreSQL takes from its context (an
+    /// int column, say), so that it converts as SQL Server converts nvarchar
+    /// by data type precedence. A bind of its own, so that other uses of the
+    /// same variable keep their text type.
+    fn bind_uncast(&mut self, name: &str) -> Result<String, SqlError> {
+        let key = name.to_lowercase();
+        let Some((_, value)) = self.env.vars.get(&key) else {
+            return Err(SqlError::new(
+                137,
+                15,
+                format!("Must declare the scalar variable \"{name}\"."),
+            ));
+        };
+        self.binds.push(value.clone());
+        Ok(format!("${}", self.binds.len()))
+    }
+
     fn bind(&mut self, name: &str) -> Result<String, SqlError> {
         let key = name.to_lowercase();
         let Some((ty, value)) = self.env.vars.get(&key) else {
@@ -392,6 +409,23 @@ impl<'a> Translator<'a> {
             ),
             _ => false,
         }
+    }
+
+    /// A column reference that the catalog knows as non-character data.
+    fn is_non_character_column(&self, e: &Expr) -> bool {
+        let name = match e {
+            Expr::Identifier(id) if !id.value.starts_with('@') && !is_raw(id) => &id.value,
+            Expr::CompoundIdentifier(ids) => match ids.last() {
+                Some(id) => &id.value,
+                None => return false,
+            },
+            _ => return false,
+        };
+        self.env
+            .catalog
+            .column_type_by_name(name)
+            .map(|t| !t.is_character())
+            .unwrap_or(false)
     }
 
     /// A column reference that the catalog knows as character data.
@@ -550,6 +584,24 @@ impl<'a> Translator<'a> {
     }
 }
 
+/// Marks a variable reference to be bound without a text cast.
+const UNCAST: &str = "\u{1}uncast:";
+
+/// Marks `e` if it is a reference to a string-typed variable.
+fn mark_uncast(e: &mut Expr, env: &Env<'_>) {
+    if let Expr::Identifier(id) = e {
+        if id.value.starts_with('@') && !id.value.starts_with("@@") {
+            let is_string = matches!(
+                env.vars.get(&id.value.to_lowercase()),
+                Some((Some(t), _)) if t.is_character()
+            );
+            if is_string {
+                *e = Expr::Identifier(Ident::new(format!("{UNCAST}{}", id.value)));
+            }
+        }
+    }
+}
+
 /// A timestamp as 100 ns units since 1900-01-01 (datetime2(7) precision).
 fn units_100ns(d: &chrono::NaiveDateTime) -> i64 {
     use chrono::Timelike;
@@ -678,6 +730,37 @@ impl VisitorMut for Translator<'_> {
                 }
             }
         }
+        // A string parameter compared with a non-character column converts
+        // to the column's type.
+        match e {
+            Expr::BinaryOp { left, op, right }
+                if matches!(
+                    op,
+                    BinaryOperator::Eq
+                        | BinaryOperator::NotEq
+                        | BinaryOperator::Lt
+                        | BinaryOperator::LtEq
+                        | BinaryOperator::Gt
+                        | BinaryOperator::GtEq
+                ) =>
+            {
+                if self.is_non_character_column(left) {
+                    mark_uncast(right, self.env);
+                } else if self.is_non_character_column(right) {
+                    mark_uncast(left, self.env);
+                }
+            }
+            Expr::In {
+                expr,
+                target: sqlparser::ast::InTarget::List(list),
+                ..
+            } if self.is_non_character_column(expr) => {
+                for item in list.iter_mut() {
+                    mark_uncast(item, self.env);
+                }
+            }
+            _ => {}
+        }
         // Decide string comparisons before operands are rewritten.
         if let Expr::BinaryOp { left, op, right } = e {
             match op {
@@ -756,6 +839,9 @@ impl VisitorMut for Translator<'_> {
     fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
         let result: Result<Option<Expr>, SqlError> = (|| {
             Ok(match e {
+                Expr::Identifier(id) if id.value.starts_with(UNCAST) => {
+                    Some(raw(self.bind_uncast(&id.value[UNCAST.len()..])?))
+                }
                 Expr::Identifier(id) if is_raw(id) => None,
                 Expr::Identifier(id) if id.value.starts_with("@@") => Some(raw(self.system_variable(&id.value)?)),
                 Expr::Identifier(id) if id.value.starts_with('@') => Some(raw(self.bind(&id.value)?)),
@@ -940,6 +1026,16 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
             for c in ins.columns.iter_mut() {
                 map_column_name(c);
             }
+            // A string parameter stored into a column converts to its type.
+            if let Some(src) = ins.source.as_mut() {
+                if let SetExpr::Values(v) = src.body.as_mut() {
+                    for row in v.rows.iter_mut() {
+                        for e in row.iter_mut() {
+                            mark_uncast(e, env);
+                        }
+                    }
+                }
+            }
             if let Some(out) = ins.output.take() {
                 let items = output_items(out)?;
                 let mut items = items;
@@ -950,6 +1046,7 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
         Statement::Update(up) => {
             rewrite_update_from(up)?;
             for a in up.assignments.iter_mut() {
+                mark_uncast(&mut a.value, env);
                 if let sqlparser::ast::AssignmentTarget::ColumnName(n) = &mut a.target {
                     // PostgreSQL names SET targets without a table qualifier.
                     if n.0.len() > 1 {

@@ -296,3 +296,70 @@ async fn update_output_deleted_and_inserted() {
         Some(10 + 21 + 31)
     );
 }
+
+/// Keys kept as text (as crmsync's link table keeps them) bound as nvarchar
+/// against int columns: SQL Server converts the nvarchar to int by data type
+/// precedence, and fails with 245 only when the text is not a number ("Data
+/// type precedence (Transact-SQL)", "Data type conversion (Database Engine)").
+#[tokio::test]
+async fn string_parameters_convert_to_the_column_type() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.K (Id int NOT NULL PRIMARY KEY, Qty int NULL, Name nvarchar(10) NULL)",
+    )
+    .await;
+    c.execute(
+        "INSERT INTO dbo.K (Id, Qty, Name) VALUES (@P1, @P2, @P3)",
+        &[&"7", &"3", &"seven"],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO dbo.K (Id, Qty, Name) VALUES (@P1, @P2, @P3)",
+        &[&"8", &"4", &"8"],
+    )
+    .await
+    .unwrap();
+    c.execute("UPDATE dbo.K SET Qty = @P1 WHERE Id = @P2", &[&"30", &"7"])
+        .await
+        .unwrap();
+    let got = c
+        .query(
+            "SELECT Id, Qty FROM dbo.K WHERE Id IN (@P1, @P2) AND Qty >= @P3 ORDER BY Id",
+            &[&"7", &"8", &"4"],
+        )
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap();
+    let got: Vec<(i32, i32)> = got
+        .iter()
+        .map(|r| (r.get(0).unwrap(), r.get(1).unwrap()))
+        .collect();
+    assert_eq!(got, [(7, 30), (8, 4)]);
+    // The same parameter may meet an int and an nvarchar column.
+    let n = c
+        .query(
+            "SELECT COUNT(*) FROM dbo.K WHERE Id = @P1 OR Name = @P1",
+            &[&"8"],
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(n, Some(1));
+    let e = match c
+        .query("SELECT * FROM dbo.K WHERE Id = @P1", &[&"seven"])
+        .await
+    {
+        Err(tiberius::error::Error::Server(e)) => e,
+        other => panic!("expected 245, got {:?}", other.map(|_| ())),
+    };
+    assert_eq!(e.code(), 245);
+}
