@@ -733,17 +733,17 @@ impl VisitorMut for Translator<'_> {
         // A string parameter compared with a non-character column converts
         // to the column's type.
         match e {
-            Expr::BinaryOp { left, op, right }
-                if matches!(
-                    op,
+            Expr::BinaryOp {
+                left,
+                op:
                     BinaryOperator::Eq
-                        | BinaryOperator::NotEq
-                        | BinaryOperator::Lt
-                        | BinaryOperator::LtEq
-                        | BinaryOperator::Gt
-                        | BinaryOperator::GtEq
-                ) =>
-            {
+                    | BinaryOperator::NotEq
+                    | BinaryOperator::Lt
+                    | BinaryOperator::LtEq
+                    | BinaryOperator::Gt
+                    | BinaryOperator::GtEq,
+                right,
+            } => {
                 if self.is_non_character_column(left) {
                     mark_uncast(right, self.env);
                 } else if self.is_non_character_column(right) {
