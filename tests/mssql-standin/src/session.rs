@@ -95,6 +95,8 @@ pub struct Session {
     pub database: String,
     nocount: bool,
     xact_abort: bool,
+    /// SET LOCK_TIMEOUT in milliseconds; -1 waits forever.
+    lock_timeout: i64,
     trancount: i32,
     descriptor: u64,
     next_descriptor: u64,
@@ -334,6 +336,7 @@ impl Session {
             database,
             nocount: false,
             xact_abort: false,
+            lock_timeout: -1,
             trancount: 0,
             descriptor: 0,
             next_descriptor: 1,
@@ -366,6 +369,10 @@ impl Session {
             .await;
         self.nocount = false;
         self.xact_abort = false;
+        if self.lock_timeout >= 0 {
+            self.lock_timeout = -1;
+            let _ = self.pg.batch_execute("SET lock_timeout = 0").await;
+        }
         self.identity_insert.clear();
         self.scope_identity = None;
         self.rowcount = 0;
@@ -790,6 +797,8 @@ impl Session {
             }
             "LOCK_TIMEOUT" => {
                 let ms: i64 = w.get(2).and_then(|s| s.parse().ok()).unwrap_or(-1);
+                self.lock_timeout = ms;
+                // PostgreSQL's 0 means "wait forever"; SQL Server's means "don't wait".
                 let v = if ms < 0 { 0 } else { ms.max(1) };
                 self.pg
                     .batch_execute(&format!("SET lock_timeout = {v}"))
@@ -888,6 +897,7 @@ impl Session {
             rowcount: self.rowcount,
             error: self.last_error,
             spid: self.spid,
+            lock_timeout: self.lock_timeout,
             user: &self.user,
             database: &self.database,
         }
@@ -1521,9 +1531,10 @@ impl Session {
         }
         let shared =
             mode.eq_ignore_ascii_case("shared") || mode.eq_ignore_ascii_case("intentshared");
+        // The default @LockTimeout is the session's @@LOCK_TIMEOUT.
         let timeout_ms: i64 = match timeout {
             Value::Int(i) => i,
-            _ => -1,
+            _ => self.lock_timeout,
         };
         let key: i64 = self
             .pg

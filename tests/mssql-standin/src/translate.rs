@@ -27,6 +27,7 @@ pub struct Env<'a> {
     pub rowcount: i64,
     pub error: i32,
     pub spid: u16,
+    pub lock_timeout: i64,
     pub user: &'a str,
     pub database: &'a str,
 }
@@ -474,6 +475,7 @@ impl<'a> Translator<'a> {
             "@@VERSION" => "'Microsoft SQL Server 2022 (mssql-standin over PostgreSQL)'".into(),
             "@@SERVERNAME" => "'mssql-standin'".into(),
             "@@LANGUAGE" => "'us_english'".into(),
+            "@@LOCK_TIMEOUT" => format!("CAST({} AS int4)", self.env.lock_timeout),
             other => {
                 return Err(SqlError::new(
                     137,
@@ -1446,6 +1448,7 @@ mod tests {
             rowcount: 0,
             error: 0,
             spid: 51,
+            lock_timeout: -1,
             user: "sa",
             database: "CRM",
         };

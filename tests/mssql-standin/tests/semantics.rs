@@ -396,6 +396,26 @@ async fn applocks_grant_time_out_and_release() {
     exec(&mut a, "COMMIT").await;
     assert_eq!(scalar::<i32>(&mut b, tget).await, Some(0));
     exec(&mut b, "ROLLBACK").await;
+    // SET LOCK_TIMEOUT 0: a blocked statement fails with 1222 at once
+    // ("SET LOCK_TIMEOUT (Transact-SQL)"), and sp_getapplock's default
+    // @LockTimeout is @@LOCK_TIMEOUT.
+    exec(
+        &mut a,
+        "CREATE TABLE lk (id int NOT NULL PRIMARY KEY, v int NULL); INSERT INTO lk VALUES (1, 0)",
+    )
+    .await;
+    exec(&mut a, "BEGIN TRAN; UPDATE lk SET v = 1 WHERE id = 1").await;
+    exec(&mut b, "SET LOCK_TIMEOUT 0").await;
+    assert_eq!(
+        scalar::<i32>(&mut b, "SELECT @@LOCK_TIMEOUT").await,
+        Some(0)
+    );
+    let e = server_error(&mut b, "UPDATE lk SET v = 2 WHERE id = 1").await;
+    assert_eq!((e.code(), e.class()), (1222, 16));
+    let held = "DECLARE @r int; EXEC @r = sp_getapplock @Resource = 'r3', @LockMode = 'Exclusive', @LockOwner = 'Session'; SELECT @r";
+    assert_eq!(scalar::<i32>(&mut a, held).await, Some(0));
+    assert_eq!(scalar::<i32>(&mut b, held).await, Some(-1));
+    exec(&mut a, "COMMIT").await;
 }
 
 /// 7. SQL Server's error numbers and severities ("Database engine events and
