@@ -259,6 +259,11 @@ impl<'a> Translator<'a> {
             let Expr::Identifier(i) = e else { return None };
             match self.env.vars.get(&i.value.to_lowercase()) {
                 Some((Some(SqlType::DateTime2(_)), Value::DateTime(d))) => Some(units_100ns(d)),
+                // datetimeoffset outranks datetime: the column is read as
+                // if at offset +00:00, so the instant compares in UTC.
+                Some((Some(SqlType::DateTimeOffset(_)), Value::DateTimeOffset(d))) => {
+                    Some(units_100ns(&d.naive_utc()))
+                }
                 _ => None,
             }
         };
@@ -342,6 +347,68 @@ impl<'a> Translator<'a> {
         };
         self.binds.push(value.clone());
         Ok(format!("${}", self.binds.len()))
+    }
+
+    /// A datetime2 column compared with a datetimeoffset value: SQL Server
+    /// converts the column to datetimeoffset at +00:00, so the value's UTC
+    /// clock time is what the column is compared with.
+    fn datetime2_vs_offset(&mut self, e: &Expr) -> Option<Expr> {
+        let Expr::BinaryOp { left, op, right } = e else {
+            return None;
+        };
+        let sym = match op {
+            BinaryOperator::Eq => "=",
+            BinaryOperator::NotEq => "<>",
+            BinaryOperator::Gt => ">",
+            BinaryOperator::GtEq => ">=",
+            BinaryOperator::Lt => "<",
+            BinaryOperator::LtEq => "<=",
+            _ => return None,
+        };
+        let column = |e: &Expr| -> Option<String> {
+            let parts: Vec<&Ident> = match e {
+                Expr::Identifier(i) if !i.value.starts_with('@') && !is_raw(i) => vec![i],
+                Expr::CompoundIdentifier(ids) => ids.iter().collect(),
+                _ => return None,
+            };
+            let last = parts.last()?;
+            matches!(
+                self.env.catalog.column_type_by_name(&last.value),
+                Some(SqlType::DateTime2(_) | SqlType::SmallDateTime | SqlType::Date)
+            )
+            .then(|| {
+                parts
+                    .iter()
+                    .map(|p| pg_ident(&p.value))
+                    .collect::<Vec<_>>()
+                    .join(".")
+            })
+        };
+        let offset_value = |e: &Expr| -> Option<chrono::NaiveDateTime> {
+            let Expr::Identifier(i) = e else { return None };
+            match self.env.vars.get(&i.value.to_lowercase()) {
+                Some((Some(SqlType::DateTimeOffset(_)), Value::DateTimeOffset(d))) => {
+                    Some(d.naive_utc())
+                }
+                _ => None,
+            }
+        };
+        let (text, value) = match (
+            column(left),
+            offset_value(right),
+            column(right),
+            offset_value(left),
+        ) {
+            (Some(c), Some(v), _, _) => (format!("{c} {sym} CAST(${{}} AS timestamp)"), v),
+            (_, _, Some(c), Some(v)) => (format!("CAST(${{}} AS timestamp) {sym} {c}"), v),
+            _ => return None,
+        };
+        self.binds.push(Value::DateTime(value));
+        let idx = self.binds.len().to_string();
+        Some(raw(format!(
+            "({})",
+            text.replace("${}", &format!("${idx}"))
+        )))
     }
 
     fn bind(&mut self, name: &str) -> Result<String, SqlError> {
@@ -709,6 +776,10 @@ impl VisitorMut for Translator<'_> {
 
     fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
         if let Some(new) = self.datetime_vs_datetime2(e) {
+            *e = new;
+            return ControlFlow::Continue(());
+        }
+        if let Some(new) = self.datetime2_vs_offset(e) {
             *e = new;
             return ControlFlow::Continue(());
         }

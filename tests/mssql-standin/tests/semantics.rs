@@ -147,6 +147,46 @@ async fn datetime_rounds_to_300ths_and_compares_at_datetime2_precision() {
     assert_eq!(shown.as_deref(), Some("2024-01-01 10:00:00.003"));
 }
 
+/// 1 (continued). A datetimeoffset value (tiberius binds `DateTime<Utc>` so)
+/// outranks datetime and datetime2: the column is converted to
+/// datetimeoffset at +00:00, whatever the server's time zone, so
+/// `col = @utc` compares the column's clock time with the UTC clock time
+/// ("Data type precedence (Transact-SQL)", "datetimeoffset (Transact-SQL)":
+/// converting datetime to datetimeoffset).
+#[tokio::test]
+async fn datetime_columns_meet_datetimeoffset_parameters_at_utc() {
+    // British Summer Time is UTC+1 on this date: a zone-based conversion
+    // would be an hour off.
+    let s = standin_with(false, "Europe/London").await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE t (d datetime NULL, d2 datetime2(3) NULL); \
+         INSERT INTO t VALUES ('2024-07-01 12:00:00', '2024-07-01 12:00:00')",
+    )
+    .await;
+    let noon_utc = chrono::DateTime::parse_from_rfc3339("2024-07-01T12:00:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    for (col, at, expected) in [
+        ("d", noon_utc, 1),
+        ("d2", noon_utc, 1),
+        ("d", noon_utc - chrono::Duration::hours(1), 0),
+        ("d2", noon_utc - chrono::Duration::hours(1), 0),
+    ] {
+        let n = c
+            .query(format!("SELECT COUNT(*) FROM t WHERE {col} = @P1"), &[&at])
+            .await
+            .unwrap()
+            .into_row()
+            .await
+            .unwrap()
+            .unwrap()
+            .get::<i32, _>(0);
+        assert_eq!(n, Some(expected), "{col} = {at}");
+    }
+}
+
 /// 2. SQL Server: nvarchar(n) holds n byte-pairs (UTF-16 code units), so a
 /// character outside the BMP takes two ("nchar and nvarchar (Transact-SQL)");
 /// a longer value raises error 2628, level 16, and the statement is
