@@ -147,7 +147,8 @@ async fn datetime_rounds_to_300ths_and_compares_at_datetime2_precision() {
     assert_eq!(shown.as_deref(), Some("2024-01-01 10:00:00.003"));
 }
 
-/// 1 (continued). A datetimeoffset value (tiberius binds `DateTime<Utc>` so)
+/// 1 (continued). A datetimeoffset value (tiberius binds
+/// `DateTime<FixedOffset>` so; `DateTime<Utc>` goes as datetime2 in UTC)
 /// outranks datetime and datetime2: the column is converted to
 /// datetimeoffset at +00:00, whatever the server's time zone, so
 /// `col = @utc` compares the column's clock time with the UTC clock time
@@ -165,9 +166,8 @@ async fn datetime_columns_meet_datetimeoffset_parameters_at_utc() {
          INSERT INTO t VALUES ('2024-07-01 12:00:00', '2024-07-01 12:00:00')",
     )
     .await;
-    let noon_utc = chrono::DateTime::parse_from_rfc3339("2024-07-01T12:00:00Z")
-        .unwrap()
-        .with_timezone(&chrono::Utc);
+    // 14:00 at +02:00 is 12:00 UTC.
+    let noon_utc = chrono::DateTime::parse_from_rfc3339("2024-07-01T14:00:00+02:00").unwrap();
     for (col, at, expected) in [
         ("d", noon_utc, 1),
         ("d2", noon_utc, 1),
