@@ -323,7 +323,11 @@ async fn verify(
 async fn status(plan: Plan) -> anyhow::Result<i32> {
     let conn = plan.connection(plan.state_side).clone();
     if conn.kind != DbKind::Postgres {
-        anyhow::bail!("the state store on SQL Server is not supported by this build yet");
+        anyhow::bail!(
+            "[state] side = \"{}\" is a SQL Server database; crmsync keeps its state on \
+             PostgreSQL only: set side to the PostgreSQL side",
+            plan.state_side
+        );
     }
     let name = if plan.state_side == Side::Crm {
         "CRM"
@@ -346,11 +350,19 @@ async fn status(plan: Plan) -> anyhow::Result<i32> {
     let mut clocks = std::collections::HashMap::new();
     for side in [Side::Crm, Side::External] {
         let c = plan.connection(side);
-        if c.kind != DbKind::Postgres {
-            continue;
-        }
-        if let Ok(ep) = PgEndpoint::connect(side.as_str(), c, &plan.state_schema).await {
-            use crate::endpoint::Endpoint;
+        let ep: Option<Box<dyn crate::endpoint::Endpoint>> = match c.kind {
+            DbKind::Postgres => PgEndpoint::connect(side.as_str(), c, &plan.state_schema)
+                .await
+                .ok()
+                .map(|e| Box::new(e) as _),
+            DbKind::Mssql => crate::endpoint::mssql::MssqlEndpoint::connect(side.as_str(), c)
+                .await
+                .ok()
+                .map(|e| Box::new(e) as _),
+        };
+        if let Some(ep) = ep {
+            // SQL Server's datetime columns follow GETDATE(); the lag is
+            // the same to the millisecond either way.
             let naive = ep
                 .clock(&crate::value::SqlType::Timestamp { precision: 6 })
                 .await;

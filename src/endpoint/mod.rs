@@ -1,6 +1,7 @@
 //! The database endpoints: one small trait that both sides implement, and
 //! the catalog and batch types it speaks in. One folder per database kind.
 
+pub mod mssql;
 pub mod postgres;
 
 use crate::value::{SqlType, Value};
