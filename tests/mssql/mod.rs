@@ -160,6 +160,16 @@ fn go_batches(script: &str) -> Vec<String> {
     out.into_iter().filter(|b| !b.trim().is_empty()).collect()
 }
 
+/// The crmsync binary with `cmd`, run off the test's runtime: the
+/// stand-in serves from that runtime, so a blocking wait there would
+/// starve it.
+async fn run_binary_beside(env: &MsEnv, cmd: &'static str) -> std::process::Output {
+    let config = env.config.clone();
+    tokio::task::spawn_blocking(move || run_binary(&config, &[cmd], &[]))
+        .await
+        .unwrap()
+}
+
 /// How Sage CRM allocates the Company ids of the test database.
 #[derive(Clone, Copy, PartialEq)]
 enum Ids {
@@ -524,7 +534,7 @@ on_truncate = "reject""#,
 async fn state_on_sql_server_is_a_config_error() {
     let env = MsEnv::new(Ids::Identity).await;
     env.write_config(20, "", "", "crm");
-    let out = run_binary(&env.config, &["sync"], &[]);
+    let out = run_binary_beside(&env, "sync").await;
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
     assert!(
@@ -532,4 +542,88 @@ async fn state_on_sql_server_is_a_config_error() {
         "{stderr}"
     );
     assert!(!stderr.contains(&env.server.password), "{stderr}");
+}
+
+/// Updates both ways and an external hard delete (a soft delete in CRM),
+/// then `check` and `verify` against the live SQL Server catalog.
+#[tokio::test]
+async fn updates_deletes_check_and_verify_on_sql_server() {
+    let mut env = MsEnv::new(Ids::Identity).await;
+    env.write_config(
+        20,
+        r#"direction = "both"
+insert_into_crm = true
+delete_into_crm = "soft"
+max_delete_ratio = 1.0"#,
+        "",
+        "external",
+    );
+    let rows: Vec<(String, String)> = (0..5)
+        .map(|i| (format!("Company {i}"), format!("2024-05-01 08:00:0{i}.007")))
+        .collect();
+    env.insert_companies(&rows).await;
+    let first = env.sync().await;
+    assert_eq!(first.inserted, 5, "{first:?}");
+
+    // CRM renames company 1 the way Sage does (UpdatedDate moves); the ERP
+    // changes company 2's phone and deletes company 3 for real.
+    exec(
+        &mut env.crm,
+        "UPDATE dbo.Company SET Comp_Name = N'Renamed', Comp_UpdatedDate = GETDATE(), \
+         Comp_TimeStamp = GETDATE() WHERE Comp_CompanyId = 1",
+    )
+    .await;
+    env.erp
+        .execute(
+            "UPDATE erp.supplier SET phone = '+44 1' WHERE crm_company_id = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    env.erp
+        .execute("DELETE FROM erp.supplier WHERE crm_company_id = 3", &[])
+        .await
+        .unwrap();
+    let second = env.sync().await;
+    assert_eq!(
+        (second.updated, second.crm_updated, second.crm_deleted),
+        (1, 1, 1),
+        "{second:?}"
+    );
+    let name: String = env
+        .erp
+        .query_one(
+            "SELECT name FROM erp.supplier WHERE crm_company_id = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "Renamed");
+    let check = |sql: &str| format!("SELECT COUNT(*) FROM dbo.Company WHERE {sql}");
+    for cond in [
+        "Comp_CompanyId = 2 AND comp_phonenumber = N'+44 1' AND Comp_UpdatedBy = 1 \
+         AND Comp_UpdatedDate = Comp_TimeStamp AND Comp_UpdatedDate > '2025-01-01'",
+        "Comp_CompanyId = 3 AND Comp_Deleted = 1 AND Comp_UpdatedDate > '2025-01-01'",
+        "Comp_Deleted IS NULL",
+    ] {
+        let want = if cond == "Comp_Deleted IS NULL" { 4 } else { 1 };
+        assert_eq!(
+            scalar_i64(&mut env.crm, &check(cond)).await,
+            Some(want),
+            "{cond}"
+        );
+    }
+    let third = env.sync().await;
+    assert_eq!(
+        third.changes(),
+        0,
+        "no echo of crmsync's own writes: {third:?}"
+    );
+
+    for cmd in ["check", "verify"] {
+        let out = run_binary_beside(&env, cmd).await;
+        let (stdout, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(0), "{cmd}:\n{stdout}\n{stderr}");
+    }
 }
