@@ -32,6 +32,11 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Server::start_with(false).await
+    }
+
+    /// `standin_tls`: the stand-in offers TLS (a self-signed certificate).
+    async fn start_with(standin_tls: bool) -> Server {
         match std::env::var("CRMSYNC_TEST_MSSQL_URL") {
             Ok(url) => Server::real(&url).await,
             Err(_) => {
@@ -42,7 +47,7 @@ impl Server {
                         user: STANDIN_USER.into(),
                         password: STANDIN_PASSWORD.into(),
                         timezone: "UTC".into(),
-                        tls: false,
+                        tls: standin_tls,
                     },
                     "127.0.0.1:0".parse().unwrap(),
                 )
@@ -97,25 +102,32 @@ impl Server {
         config.port(self.port);
         config.database(&self.database);
         config.authentication(AuthMethod::sql_server(&self.user, &self.password));
-        config.encryption(if self._standin.is_some() {
-            EncryptionLevel::NotSupported
-        } else {
-            EncryptionLevel::Required
-        });
+        config.encryption(EncryptionLevel::Required);
         config.trust_cert();
         let tcp = TcpStream::connect(config.get_addr()).await.unwrap();
         tcp.set_nodelay(true).unwrap();
+        if let Ok(c) = Client::connect(config.clone(), tcp.compat_write()).await {
+            return c;
+        }
+        // A stand-in without TLS.
+        config.encryption(EncryptionLevel::NotSupported);
+        let tcp = TcpStream::connect(config.get_addr()).await.unwrap();
         Client::connect(config, tcp.compat_write())
             .await
             .expect("connect to the CRM's SQL Server")
     }
 
-    fn tls(&self) -> &'static str {
-        if self._standin.is_some() {
-            "disable"
-        } else {
-            "prefer"
-        }
+    /// `tls` of the config: the stand-in speaks plain TDS unless started
+    /// with TLS; a real server gets `prefer`.
+    fn tls(&self) -> String {
+        std::env::var("CRMSYNC_TEST_MSSQL_TLS").unwrap_or_else(|_| {
+            if self._standin.is_some() {
+                "disable"
+            } else {
+                "prefer"
+            }
+            .to_string()
+        })
     }
 }
 
@@ -191,7 +203,10 @@ struct MsEnv {
 
 impl MsEnv {
     async fn new(ids: Ids) -> MsEnv {
-        let server = Server::start().await;
+        MsEnv::on(Server::start().await, ids).await
+    }
+
+    async fn on(server: Server, ids: Ids) -> MsEnv {
         let mut crm = server.client().await;
         let schema = match ids {
             Ids::Identity => CRM_SCHEMA.to_string(),
@@ -625,5 +640,26 @@ max_delete_ratio = 1.0"#,
         let out = run_binary_beside(&env, cmd).await;
         let (stdout, stderr) = output_text(&out);
         assert_eq!(out.status.code(), Some(0), "{cmd}:\n{stdout}\n{stderr}");
+    }
+}
+
+/// `tls = "prefer"` (the default): TLS without verification where the
+/// server offers it, plain TDS where it does not.
+#[tokio::test]
+async fn tls_prefer_uses_tls_when_offered_and_falls_back_when_not() {
+    if std::env::var("CRMSYNC_TEST_MSSQL_URL").is_ok() {
+        return;
+    }
+    for standin_tls in [true, false] {
+        let mut env = MsEnv::on(Server::start_with(standin_tls).await, Ids::Identity).await;
+        env.write_config(20, "", "", "external");
+        let text = std::fs::read_to_string(&env.config)
+            .unwrap()
+            .replace("tls = \"disable\"", "tls = \"prefer\"");
+        std::fs::write(&env.config, text).unwrap();
+        env.insert_companies(&[("Acme".into(), "2024-05-01 08:00:00.003".into())])
+            .await;
+        let report = env.sync().await;
+        assert_eq!(report.inserted, 1, "stand-in tls {standin_tls}: {report:?}");
     }
 }
