@@ -109,8 +109,12 @@ impl Command {
 }
 
 fn init_logging(format: LogFormat) {
+    // tiberius logs every server error message, and SQL Server's messages
+    // for refused rows quote the row's values: it stays silent whatever
+    // CRMSYNC_LOG says (the endpoint reports errors without the values).
     let filter = tracing_subscriber::EnvFilter::try_from_env("CRMSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"))
+        .add_directive("tiberius=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

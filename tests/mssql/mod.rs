@@ -210,6 +210,11 @@ impl MsEnv {
     }
 
     async fn on(server: Server, ids: Ids) -> MsEnv {
+        MsEnv::with_schema(server, ids, |s| s).await
+    }
+
+    /// Like `on`, with crm_schema.sql changed by `tweak` first.
+    async fn with_schema(server: Server, ids: Ids, tweak: impl Fn(String) -> String) -> MsEnv {
         let mut crm = server.client().await;
         let schema = match ids {
             Ids::Identity => CRM_SCHEMA.to_string(),
@@ -219,7 +224,7 @@ impl MsEnv {
                 CRM_SCHEMA.replace(identity, "Comp_CompanyId int NOT NULL PRIMARY KEY")
             }
         };
-        for batch in go_batches(&schema) {
+        for batch in go_batches(&tweak(schema)) {
             exec(&mut crm, &batch).await;
         }
         let erp_url = testkit::fresh_database("erp").await;
@@ -697,4 +702,64 @@ async fn tls_prefer_uses_tls_when_offered_and_falls_back_when_not() {
         let report = env.sync().await;
         assert_eq!(report.inserted, 1, "stand-in tls {standin_tls}: {report:?}");
     }
+}
+
+/// A row SQL Server refuses (547: a CHECK constraint) is rejected on its
+/// own while the rest of its batch arrives; the reason names the error
+/// number, and neither it nor the binary's output quotes the row's value.
+#[tokio::test]
+async fn refused_rows_are_rejected_without_their_values_in_messages() {
+    let env = MsEnv::with_schema(Server::start().await, Ids::Identity, |s| {
+        let col = "    Comp_Name               nvarchar(60),";
+        assert!(s.contains(col), "crm_schema.sql changed");
+        s.replace(
+            col,
+            "    Comp_Name               nvarchar(60) CHECK (Comp_Name <> N'Forbidden Corp'),",
+        )
+    })
+    .await;
+    env.write_config(
+        20,
+        r#"direction = "external_to_crm"
+insert_into_crm = true"#,
+        "",
+        "external",
+    );
+    env.erp
+        .execute(
+            "INSERT INTO erp.supplier (name, kind) VALUES ('Forbidden Corp', 'S'), ('Fine', 'S')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let config = env.config.clone();
+        move || run_binary(&config, &["sync"], &[])
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("Forbidden Corp") && !stdout.contains("Forbidden Corp"),
+        "{stdout}\n{stderr}"
+    );
+    let reason: String = env
+        .erp
+        .query_one("SELECT reason FROM crmsync.rejects", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("547"), "{reason}");
+    assert!(!reason.contains("Forbidden Corp"), "{reason}");
+    let mut crm = env.server.client().await;
+    assert_eq!(
+        scalar_i64(
+            &mut crm,
+            "SELECT COUNT(*) FROM dbo.Company WHERE Comp_Name = N'Fine'"
+        )
+        .await,
+        Some(1),
+        "the other row of the batch arrived"
+    );
 }
