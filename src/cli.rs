@@ -133,8 +133,12 @@ impl Command {
 }
 
 fn init_logging(format: LogFormat) {
+    // tiberius logs every server error message, and SQL Server's messages
+    // for refused rows quote the row's values: it stays silent whatever
+    // CRMSYNC_LOG says (the endpoint reports errors without the values).
     let filter = tracing_subscriber::EnvFilter::try_from_env("CRMSYNC_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tokio_postgres=warn"))
+        .add_directive("tiberius=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -400,7 +404,11 @@ async fn backfill(
 async fn status(plan: Plan) -> anyhow::Result<i32> {
     let conn = plan.connection(plan.state_side).clone();
     if conn.kind != DbKind::Postgres {
-        anyhow::bail!("the state store on SQL Server is not supported by this build yet");
+        anyhow::bail!(
+            "[state] side = \"{}\" is a SQL Server database; crmsync keeps its state on \
+             PostgreSQL only: set side to the PostgreSQL side",
+            plan.state_side
+        );
     }
     let name = if plan.state_side == Side::Crm {
         "CRM"
@@ -423,11 +431,19 @@ async fn status(plan: Plan) -> anyhow::Result<i32> {
     let mut clocks = std::collections::HashMap::new();
     for side in [Side::Crm, Side::External] {
         let c = plan.connection(side);
-        if c.kind != DbKind::Postgres {
-            continue;
-        }
-        if let Ok(ep) = PgEndpoint::connect(side.as_str(), c, &plan.state_schema).await {
-            use crate::endpoint::Endpoint;
+        let ep: Option<Box<dyn crate::endpoint::Endpoint>> = match c.kind {
+            DbKind::Postgres => PgEndpoint::connect(side.as_str(), c, &plan.state_schema)
+                .await
+                .ok()
+                .map(|e| Box::new(e) as _),
+            DbKind::Mssql => crate::endpoint::mssql::MssqlEndpoint::connect(side.as_str(), c)
+                .await
+                .ok()
+                .map(|e| Box::new(e) as _),
+        };
+        if let Some(ep) = ep {
+            // SQL Server's datetime columns follow GETDATE(); the lag is
+            // the same to the millisecond either way.
             let naive = ep
                 .clock(&crate::value::SqlType::Timestamp { precision: 6 })
                 .await;

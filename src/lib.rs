@@ -36,7 +36,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
             || matches!(
                 c.downcast_ref::<engine::EngineError>(),
                 Some(engine::EngineError::Bind(schema::BindError::Mismatch(_)))
-                    | Some(engine::EngineError::Unsupported { .. })
+                    | Some(engine::EngineError::StateNotPostgres { .. })
                     | Some(engine::EngineError::Resolve(
                         engine::ResolveError::Unknown(_) | engine::ResolveError::Closed(..)
                     ))

@@ -636,6 +636,20 @@ impl Plan {
             Side::External,
             &[("crm", Side::Crm), ("external", Side::External)],
         );
+        let state_kind = match state_side {
+            Side::Crm => crm_conn.kind,
+            Side::External => external.kind,
+        };
+        if state_kind == DbKind::Mssql {
+            c.push(
+                "[state]",
+                format!(
+                    "side = \"{state_side}\" is a SQL Server database; crmsync keeps its state \
+                     (watermarks, links, shadows, run lock) on PostgreSQL only: set side to the \
+                     PostgreSQL side"
+                ),
+            );
+        }
         let state_schema = raw
             .state
             .schema

@@ -11,6 +11,10 @@ mod common;
 mod crash;
 /// Bad inputs: exit codes 1 and 2, messages, passwords kept out of output.
 mod errors;
+/// Sage CRM on SQL Server (the stand-in, or CRMSYNC_TEST_MSSQL_URL):
+/// datetime ties across pages, Sage's system columns under both id
+/// strategies, nvarchar lengths in UTF-16 units, the state side.
+mod mssql;
 /// Incremental sync: timestamp ties across pages, runs with nothing to
 /// do, late commits, soft deletes, crm_filter, dry runs.
 mod sync;

@@ -2,6 +2,7 @@
 //! the catalog and batch types it speaks in. One folder per database kind.
 
 pub mod bulk;
+pub mod mssql;
 pub mod postgres;
 
 use crate::value::{SqlType, Value};

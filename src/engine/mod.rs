@@ -18,6 +18,7 @@ pub use mapping::{canonical_to_crm, crm_to_canonical, FieldProblem};
 pub use merge::{merge, winner, Merged, View};
 pub use verify::{Drift, FieldDiff, RepairReport, VerifyCounts, VerifyReport};
 
+use crate::endpoint::mssql::MssqlEndpoint;
 use crate::endpoint::postgres::PgEndpoint;
 use crate::endpoint::{Endpoint, EndpointError, Lower};
 use crate::plan::{DbKind, Plan, Side};
@@ -56,11 +57,12 @@ pub enum EngineError {
         key: String,
         message: String,
     },
-    #[error("the {side} database is {kind}, which this build of crmsync cannot use yet; use a postgres:// database")]
-    Unsupported {
-        side: &'static str,
-        kind: &'static str,
-    },
+    #[error(
+        "[state] side = \"{side}\" points at a SQL Server database, but crmsync keeps its \
+         state (watermarks, links, shadows, run lock) on PostgreSQL only; set [state] side \
+         to the PostgreSQL side"
+    )]
+    StateNotPostgres { side: &'static str },
 }
 
 /// One sample action, shown by `plan`.
@@ -143,29 +145,42 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Connects to both databases.
+    /// Connects to both databases. crmsync's state lives on the
+    /// PostgreSQL side; the plan refuses a state side on SQL Server, and
+    /// this checks it again because a `Plan` can be built by hand.
     pub async fn connect(plan: Plan) -> Result<Engine, EngineError> {
+        let state_conn = plan.connection(plan.state_side);
+        if state_conn.kind != DbKind::Postgres {
+            return Err(EngineError::StateNotPostgres {
+                side: plan.state_side.as_str(),
+            });
+        }
         let connect = |side: Side| {
             let conn = plan.connection(side).clone();
             let schema = plan.state_schema.clone();
             async move {
-                match conn.kind {
+                let name = if side == Side::Crm { "CRM" } else { "external" };
+                Ok::<_, EngineError>(match conn.kind {
                     DbKind::Postgres => {
-                        let name = if side == Side::Crm { "CRM" } else { "external" };
-                        Ok(Arc::new(PgEndpoint::connect(name, &conn, &schema).await?))
+                        let pg = Arc::new(PgEndpoint::connect(name, &conn, &schema).await?);
+                        (pg.clone() as Arc<dyn Endpoint>, Some(pg))
                     }
-                    DbKind::Mssql => Err(EngineError::Unsupported {
-                        side: if side == Side::Crm { "CRM" } else { "external" },
-                        kind: "SQL Server",
-                    }),
-                }
+                    DbKind::Mssql => (
+                        Arc::new(MssqlEndpoint::connect(name, &conn).await?) as Arc<dyn Endpoint>,
+                        None,
+                    ),
+                })
             }
         };
-        let (crm, external) = tokio::try_join!(connect(Side::Crm), connect(Side::External))?;
+        let ((crm, crm_pg), (external, external_pg)) =
+            tokio::try_join!(connect(Side::Crm), connect(Side::External))?;
         let state: Arc<dyn StateStore> = match plan.state_side {
-            Side::Crm => crm.clone(),
-            Side::External => external.clone(),
-        };
+            Side::Crm => crm_pg,
+            Side::External => external_pg,
+        }
+        .ok_or(EngineError::StateNotPostgres {
+            side: plan.state_side.as_str(),
+        })?;
         Ok(Engine {
             plan,
             crm,

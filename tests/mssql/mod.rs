@@ -1,0 +1,765 @@
+//! Sage CRM on SQL Server: sql/mssql/crm_schema.sql loaded through the
+//! SQL Server stand-in (or the real server named by
+//! CRMSYNC_TEST_MSSQL_URL), synced with an ERP on PostgreSQL.
+
+use crate::common::{external_suppliers, output_text, run_binary, SUPPLIER_FIELDS, WORLDWIDE};
+use crmsync::engine::{Engine, EntityReport, Mode};
+use crmsync::value::Value;
+use mssql_standin::StandIn;
+use std::path::PathBuf;
+use tempfile::TempDir;
+use tiberius::{AuthMethod, Client, EncryptionLevel};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
+
+const CRM_SCHEMA: &str = include_str!("../../sql/mssql/crm_schema.sql");
+const ERP_SCHEMA: &str = include_str!("../../sql/examples/erp_schema.sql");
+const STANDIN_USER: &str = "sa";
+const STANDIN_PASSWORD: &str = "Str0ng!Passw0rd";
+
+type Tds = Client<Compat<TcpStream>>;
+
+/// Where the CRM database lives: a stand-in started for the test, or a
+/// database created for the test on the real server of
+/// CRMSYNC_TEST_MSSQL_URL (`mssql://user:password@host:port/database`).
+struct Server {
+    _standin: Option<StandIn>,
+    /// The server offers TLS (a real server always does).
+    offers_tls: bool,
+    user: String,
+    password: String,
+    host: String,
+    port: u16,
+    database: String,
+}
+
+impl Server {
+    async fn start() -> Server {
+        Server::start_with(false).await
+    }
+
+    /// `standin_tls`: the stand-in offers TLS (a self-signed certificate).
+    async fn start_with(standin_tls: bool) -> Server {
+        match std::env::var("CRMSYNC_TEST_MSSQL_URL") {
+            Ok(url) => Server::real(&url).await,
+            Err(_) => {
+                let pg_url = testkit::fresh_database("crmmssql").await;
+                let standin = mssql_standin::start(
+                    mssql_standin::Config {
+                        pg_url,
+                        user: STANDIN_USER.into(),
+                        password: STANDIN_PASSWORD.into(),
+                        timezone: "UTC".into(),
+                        tls: standin_tls,
+                    },
+                    "127.0.0.1:0".parse().unwrap(),
+                )
+                .await
+                .expect("start the SQL Server stand-in");
+                Server {
+                    offers_tls: standin_tls,
+                    user: STANDIN_USER.into(),
+                    password: STANDIN_PASSWORD.into(),
+                    host: "127.0.0.1".into(),
+                    port: standin.port(),
+                    database: "CRM".into(),
+                    _standin: Some(standin),
+                }
+            }
+        }
+    }
+
+    /// A fresh database on the real server.
+    async fn real(url: &str) -> Server {
+        let rest = url
+            .strip_prefix("mssql://")
+            .expect("CRMSYNC_TEST_MSSQL_URL starts with mssql://");
+        let (auth, hostdb) = rest.rsplit_once('@').expect("user:password@ in the url");
+        let (user, password) = auth.split_once(':').expect("user:password in the url");
+        let (hostport, database) = hostdb.split_once('/').expect("/database in the url");
+        let (host, port) = hostport
+            .rsplit_once(':')
+            .map(|(h, p)| (h, p.parse().expect("port")))
+            .unwrap_or((hostport, 1433));
+        let mut s = Server {
+            _standin: None,
+            offers_tls: true,
+            user: user.into(),
+            password: password.into(),
+            host: host.into(),
+            port,
+            database: database.into(),
+        };
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let fresh = format!("crmsync_test_{}_{nanos}", std::process::id());
+        let mut c = s.client().await;
+        exec(&mut c, &format!("CREATE DATABASE [{fresh}]")).await;
+        s.database = fresh;
+        s
+    }
+
+    async fn client(&self) -> Tds {
+        let mut config = tiberius::Config::new();
+        config.host(&self.host);
+        config.port(self.port);
+        config.database(&self.database);
+        config.authentication(AuthMethod::sql_server(&self.user, &self.password));
+        config.encryption(if self.offers_tls {
+            EncryptionLevel::Required
+        } else {
+            EncryptionLevel::NotSupported
+        });
+        config.trust_cert();
+        let tcp = TcpStream::connect(config.get_addr()).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        Client::connect(config, tcp.compat_write())
+            .await
+            .expect("connect to the CRM's SQL Server")
+    }
+
+    /// `tls` of the config: the stand-in speaks plain TDS unless started
+    /// with TLS; a real server gets `prefer`.
+    fn tls(&self) -> String {
+        std::env::var("CRMSYNC_TEST_MSSQL_TLS").unwrap_or_else(|_| {
+            if self._standin.is_some() {
+                "disable"
+            } else {
+                "prefer"
+            }
+            .to_string()
+        })
+    }
+}
+
+async fn exec(c: &mut Tds, sql: &str) {
+    let short: String = sql.chars().take(200).collect();
+    c.simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nin: {short}"))
+        .into_results()
+        .await
+        .unwrap_or_else(|e| panic!("{e}\nin: {short}"));
+}
+
+async fn scalar_i64(c: &mut Tds, sql: &str) -> Option<i64> {
+    let row = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .into_row()
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))?;
+    let data = row.into_iter().next()?;
+    match crmsync::endpoint::mssql::value_of(&data).unwrap() {
+        Value::Int(i) => Some(i),
+        Value::Null => None,
+        other => panic!("{sql}: not an integer: {other:?}"),
+    }
+}
+
+/// The batches of a T-SQL script, split on lines holding only GO.
+fn go_batches(script: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    for line in script.lines() {
+        if line.trim().eq_ignore_ascii_case("go") {
+            out.push(String::new());
+        } else {
+            let cur = out.last_mut().unwrap();
+            cur.push_str(line);
+            cur.push('\n');
+        }
+    }
+    out.into_iter().filter(|b| !b.trim().is_empty()).collect()
+}
+
+/// The crmsync binary with `cmd`, run off the test's runtime: the
+/// stand-in serves from that runtime, so a blocking wait there would
+/// starve it.
+async fn run_binary_beside(env: &MsEnv, cmd: &'static str) -> std::process::Output {
+    let config = env.config.clone();
+    tokio::task::spawn_blocking(move || run_binary(&config, &[cmd], &[]))
+        .await
+        .unwrap()
+}
+
+/// How Sage CRM allocates the Company ids of the test database.
+#[derive(Clone, Copy, PartialEq)]
+enum Ids {
+    Identity,
+    /// Comp_CompanyId without IDENTITY, as on older and upgraded installs:
+    /// ids come from eware_get_identity_id.
+    StoredProcedure,
+}
+
+/// A CRM on SQL Server, an ERP on PostgreSQL, and a config between them.
+struct MsEnv {
+    server: Server,
+    crm: Tds,
+    erp: tokio_postgres::Client,
+    dir: TempDir,
+    config: PathBuf,
+    erp_url: String,
+}
+
+impl MsEnv {
+    async fn new(ids: Ids) -> MsEnv {
+        MsEnv::on(Server::start().await, ids).await
+    }
+
+    async fn on(server: Server, ids: Ids) -> MsEnv {
+        MsEnv::with_schema(server, ids, |s| s).await
+    }
+
+    /// Like `on`, with crm_schema.sql changed by `tweak` first.
+    async fn with_schema(server: Server, ids: Ids, tweak: impl Fn(String) -> String) -> MsEnv {
+        let mut crm = server.client().await;
+        let schema = match ids {
+            Ids::Identity => CRM_SCHEMA.to_string(),
+            Ids::StoredProcedure => {
+                let identity = "Comp_CompanyId          int IDENTITY(1,1) NOT NULL PRIMARY KEY";
+                assert!(CRM_SCHEMA.contains(identity), "crm_schema.sql changed");
+                CRM_SCHEMA.replace(identity, "Comp_CompanyId int NOT NULL PRIMARY KEY")
+            }
+        };
+        for batch in go_batches(&tweak(schema)) {
+            exec(&mut crm, &batch).await;
+        }
+        let erp_url = testkit::fresh_database("erp").await;
+        let erp = crate::common::connect(&erp_url).await;
+        erp.batch_execute(ERP_SCHEMA)
+            .await
+            .expect("load erp_schema.sql");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("crm.pw"), &server.password).unwrap();
+        let config = dir.path().join("crmsync.toml");
+        MsEnv {
+            server,
+            crm,
+            erp,
+            dir,
+            config,
+            erp_url,
+        }
+    }
+
+    /// Writes the config: the usual supplier entity with `entity_extra`
+    /// keys, `crm_extra` lines in `[crm]`, and `state_side`.
+    fn write_config(
+        &self,
+        batch_size: usize,
+        entity_extra: &str,
+        crm_extra: &str,
+        state_side: &str,
+    ) {
+        let s = &self.server;
+        let text = format!(
+            r#"[crm]
+url = "mssql://{user}@{host}:{port}/{db}"
+password_file = "crm.pw"
+user_id = 1
+timezone = "UTC"
+tls = "{tls}"
+{crm_extra}
+
+[external]
+url = "{erp}"
+timezone = "UTC"
+
+[state]
+side = "{state_side}"
+
+[defaults]
+batch_size = {batch_size}
+settle = "0s"
+overlap = "5m"
+
+[[entity]]
+name = "supplier"
+crm_table = "Company"
+crm_link_column = "comp_supplierid"
+crm_filter = "Comp_Type = 'Supplier'"
+crm_defaults = {{ Comp_Type = "Supplier" }}
+external_table = "erp.supplier"
+external_key = "supplier_id"
+external_crm_id_column = "crm_company_id"
+external_updated_column = "updated_at"
+external_deleted_column = "is_deleted"
+external_filter = "kind = 'S'"
+external_defaults = {{ kind = "S" }}
+{entity_extra}
+{SUPPLIER_FIELDS}"#,
+            user = s.user,
+            host = s.host,
+            port = s.port,
+            db = s.database,
+            tls = s.tls(),
+            erp = self.erp_url,
+        );
+        assert!(self.dir.path().exists());
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    async fn sync(&self) -> EntityReport {
+        let plan = crmsync::cli::load_plan(&self.config).expect("the test config is valid");
+        let engine = Engine::connect(plan).await.expect("connect");
+        let mut reports = engine.sync(None, Mode::Apply).await.expect("sync");
+        reports.remove(0)
+    }
+
+    /// Inserts Sage-style supplier companies with `VALUES` rows of
+    /// (name, datetime literal).
+    async fn insert_companies(&mut self, rows: &[(String, String)]) {
+        for chunk in rows.chunks(500) {
+            let values: Vec<String> = chunk
+                .iter()
+                .map(|(name, at)| {
+                    format!(
+                        "(N'{name}', N'Supplier', N'Active', 1, '{at}', 1, '{at}', '{at}', {WORLDWIDE})"
+                    )
+                })
+                .collect();
+            exec(
+                &mut self.crm,
+                &format!(
+                    "INSERT INTO dbo.Company (Comp_Name, Comp_Type, Comp_Status, Comp_CreatedBy, \
+                     Comp_CreatedDate, Comp_UpdatedBy, Comp_UpdatedDate, Comp_TimeStamp, Comp_SecTerr) \
+                     VALUES {}",
+                    values.join(", ")
+                ),
+            )
+            .await;
+        }
+    }
+}
+
+/// The datetime vs datetime2 pitfall (DESIGN.md sections 3 and 7). Sage
+/// CRM's UpdatedDate is `datetime` (1/300 s ticks: .003, .007, .857 are
+/// really .00333…, .00666…, .85666…); tiberius sends chrono values as
+/// datetime2(7). Compared uncast, `Comp_UpdatedDate = @ts` is false for the
+/// row the watermark came from and `> @ts` is false for its whole group, so
+/// the 2,000 rows sharing .857 are lost once a page ends inside the group.
+/// This test fails if the CAST of the bounds to the column's type is
+/// removed from the endpoint's change read (checked by doing so).
+#[tokio::test]
+async fn datetime_ties_across_small_pages_arrive_exactly_once() {
+    let mut env = MsEnv::new(Ids::Identity).await;
+    env.write_config(50, r#"direction = "crm_to_external""#, "", "external");
+    let mut rows = Vec::new();
+    let millis = ["003", "007", "000", "857", "997"];
+    for i in 0..300 {
+        rows.push((
+            format!("Spread {i}"),
+            format!(
+                "2024-05-01 08:{:02}:{:02}.{}",
+                i / 60,
+                i % 60,
+                millis[i % 5]
+            ),
+        ));
+    }
+    for i in 0..2000 {
+        rows.push((format!("Tied {i}"), "2024-05-01 09:00:00.857".to_string()));
+    }
+    for i in 0..10 {
+        rows.push((format!("Late {i}"), "2024-05-01 09:00:01.003".to_string()));
+    }
+    env.insert_companies(&rows).await;
+    let first = env.sync().await;
+    assert_eq!(
+        first.inserted, 2310,
+        "every company inserted once: {first:?}"
+    );
+    let got = external_suppliers(&env.erp).await;
+    assert_eq!(got.len(), 2310);
+    assert_eq!(
+        got.keys().copied().collect::<Vec<_>>(),
+        (1..=2310).collect::<Vec<_>>()
+    );
+    assert_eq!(got[&301].name.as_deref(), Some("Tied 0"));
+    // The watermark sits on the last row, in the column's own precision.
+    assert_eq!(
+        first
+            .watermark
+            .as_deref()
+            .map(|w| w.contains("09:00:01.003")),
+        Some(true),
+        "{:?}",
+        first.watermark
+    );
+    let second = env.sync().await;
+    assert_eq!(
+        second.changes(),
+        0,
+        "a second run writes nothing: {second:?}"
+    );
+}
+
+/// An external row inserted into CRM gets Sage CRM's system columns.
+async fn external_insert_gets_sage_system_columns(ids: Ids) {
+    let mut env = MsEnv::new(ids).await;
+    let strategy = match ids {
+        Ids::Identity => "auto",
+        Ids::StoredProcedure => "stored_procedure",
+    };
+    env.write_config(
+        20,
+        r#"direction = "both"
+insert_into_crm = true
+secterr = -2147483640"#,
+        &format!("id_strategy = \"{strategy}\""),
+        "external",
+    );
+    if ids == Ids::StoredProcedure {
+        exec(
+            &mut env.crm,
+            "UPDATE dbo.SQL_Identity SET Id_NextId = 5000 WHERE Id_TableId = 5",
+        )
+        .await;
+    }
+    match ids {
+        Ids::Identity => {
+            env.insert_companies(&[("Initech".into(), "2024-05-01 08:00:00.003".into())])
+                .await
+        }
+        // Sage CRM's own rows of an install without IDENTITY carry ids
+        // from the procedure too.
+        Ids::StoredProcedure => {
+            exec(
+                &mut env.crm,
+                &format!(
+                    "DECLARE @id int; EXEC @id = eware_get_identity_id 'Company'; \
+                     INSERT INTO dbo.Company (Comp_CompanyId, Comp_Name, Comp_Type, Comp_CreatedBy, \
+                     Comp_CreatedDate, Comp_UpdatedBy, Comp_UpdatedDate, Comp_TimeStamp, Comp_SecTerr) \
+                     VALUES (@id, N'Initech', N'Supplier', 1, '2024-05-01 08:00:00.003', 1, \
+                     '2024-05-01 08:00:00.003', '2024-05-01 08:00:00.003', {WORLDWIDE})"
+                ),
+            )
+            .await
+        }
+    }
+    env.erp
+        .execute(
+            "INSERT INTO erp.supplier (name, status, kind, phone) VALUES ('Globex', 'A', 'S', '+1 555 0100')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = env.sync().await;
+    assert_eq!((report.inserted, report.crm_inserted), (1, 1), "{report:?}");
+    let supplier_id: i64 = env
+        .erp
+        .query_one(
+            "SELECT supplier_id FROM erp.supplier WHERE name = 'Globex'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let crm_id = scalar_i64(
+        &mut env.crm,
+        "SELECT Comp_CompanyId FROM dbo.Company WHERE Comp_Name = N'Globex'",
+    )
+    .await
+    .expect("Globex arrived in CRM");
+    let check = |sql: &str| {
+        format!("SELECT COUNT(*) FROM dbo.Company WHERE Comp_CompanyId = {crm_id} AND {sql}")
+    };
+    for cond in [
+        "Comp_CreatedBy = 1 AND Comp_UpdatedBy = 1".to_string(),
+        "Comp_CreatedDate IS NOT NULL AND Comp_CreatedDate = Comp_UpdatedDate AND Comp_UpdatedDate = Comp_TimeStamp".into(),
+        format!("Comp_SecTerr = {WORLDWIDE}"),
+        "Comp_Deleted IS NULL".into(),
+        "Comp_Type = N'Supplier' AND Comp_Status = N'Active' AND comp_phonenumber = N'+1 555 0100'".into(),
+        format!("comp_supplierid = N'{supplier_id}'"),
+        // GETDATE() of the server, not a time sent by crmsync.
+        "ABS(DATEDIFF(second, Comp_CreatedDate, GETDATE())) < 300".into(),
+    ] {
+        assert_eq!(scalar_i64(&mut env.crm, &check(&cond)).await, Some(1), "{cond}");
+    }
+    match ids {
+        Ids::Identity => assert_eq!(crm_id, 2),
+        Ids::StoredProcedure => {
+            // Initech took 5000.
+            assert_eq!(crm_id, 5001, "the id came from eware_get_identity_id");
+            assert_eq!(
+                scalar_i64(
+                    &mut env.crm,
+                    "SELECT Id_NextId FROM dbo.SQL_Identity WHERE Id_TableId = 5"
+                )
+                .await,
+                Some(5002)
+            );
+        }
+    }
+    let again = env.sync().await;
+    assert_eq!(again.changes(), 0, "no ping-pong: {again:?}");
+}
+
+#[tokio::test]
+async fn external_insert_into_crm_with_identity_ids() {
+    external_insert_gets_sage_system_columns(Ids::Identity).await;
+}
+
+#[tokio::test]
+async fn external_insert_into_crm_with_eware_get_identity_id() {
+    external_insert_gets_sage_system_columns(Ids::StoredProcedure).await;
+}
+
+/// Comp_Name is nvarchar(60): 60 UTF-16 code units, so 31 emoji (62
+/// units, but only 31 characters and fine in the ERP's varchar(60)) do
+/// not fit and are rejected; 30 emoji (60 units) do.
+#[tokio::test]
+async fn nvarchar_lengths_count_utf16_units() {
+    let env = MsEnv::new(Ids::Identity).await;
+    env.write_config(
+        20,
+        r#"direction = "external_to_crm"
+insert_into_crm = true
+on_truncate = "reject""#,
+        "",
+        "external",
+    );
+    let fits = "😀".repeat(30);
+    let too_long = "😀".repeat(31);
+    for name in [&fits, &too_long] {
+        env.erp
+            .execute(
+                "INSERT INTO erp.supplier (name, kind) VALUES ($1, 'S')",
+                &[name],
+            )
+            .await
+            .unwrap();
+    }
+    let report = env.sync().await;
+    assert_eq!(report.crm_inserted, 1, "{report:?}");
+    assert_eq!(report.rejected, 1, "{report:?}");
+    let mut c = env.server.client().await;
+    let row = c
+        .query(
+            "SELECT Comp_Name FROM dbo.Company WHERE Comp_Type = N'Supplier'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap();
+    assert_eq!(row.len(), 1);
+    assert_eq!(row[0].get::<&str, _>(0), Some(fits.as_str()));
+}
+
+/// The state store lives on PostgreSQL only: a `[state] side` on SQL
+/// Server is a config error (exit 2) that says what to do.
+#[tokio::test]
+async fn state_on_sql_server_is_a_config_error() {
+    let env = MsEnv::new(Ids::Identity).await;
+    env.write_config(20, "", "", "crm");
+    let out = run_binary_beside(&env, "sync").await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("[state]") && stderr.contains("PostgreSQL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&env.server.password), "{stderr}");
+}
+
+/// Updates both ways and an external hard delete (a soft delete in CRM),
+/// then `check` and `verify` against the live SQL Server catalog.
+#[tokio::test]
+async fn updates_deletes_check_and_verify_on_sql_server() {
+    let mut env = MsEnv::new(Ids::Identity).await;
+    env.write_config(
+        20,
+        r#"direction = "both"
+insert_into_crm = true
+delete_into_crm = "soft"
+max_delete_ratio = 1.0"#,
+        "",
+        "external",
+    );
+    let rows: Vec<(String, String)> = (0..5)
+        .map(|i| (format!("Company {i}"), format!("2024-05-01 08:00:0{i}.007")))
+        .collect();
+    env.insert_companies(&rows).await;
+    let first = env.sync().await;
+    assert_eq!(first.inserted, 5, "{first:?}");
+
+    // CRM renames company 1 the way Sage does (UpdatedDate moves); the ERP
+    // changes company 2's phone and deletes company 3 for real.
+    exec(
+        &mut env.crm,
+        "UPDATE dbo.Company SET Comp_Name = N'Renamed', Comp_UpdatedDate = GETDATE(), \
+         Comp_TimeStamp = GETDATE() WHERE Comp_CompanyId = 1",
+    )
+    .await;
+    env.erp
+        .execute(
+            "UPDATE erp.supplier SET phone = '+44 1' WHERE crm_company_id = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    env.erp
+        .execute("DELETE FROM erp.supplier WHERE crm_company_id = 3", &[])
+        .await
+        .unwrap();
+    let second = env.sync().await;
+    assert_eq!(
+        (second.updated, second.crm_updated, second.crm_deleted),
+        (1, 1, 1),
+        "{second:?}"
+    );
+    let name: String = env
+        .erp
+        .query_one(
+            "SELECT name FROM erp.supplier WHERE crm_company_id = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "Renamed");
+    let check = |sql: &str| format!("SELECT COUNT(*) FROM dbo.Company WHERE {sql}");
+    for cond in [
+        "Comp_CompanyId = 2 AND comp_phonenumber = N'+44 1' AND Comp_UpdatedBy = 1 \
+         AND Comp_UpdatedDate = Comp_TimeStamp AND Comp_UpdatedDate > '2025-01-01'",
+        "Comp_CompanyId = 3 AND Comp_Deleted = 1 AND Comp_UpdatedDate > '2025-01-01'",
+        "Comp_Deleted IS NULL",
+    ] {
+        let want = if cond == "Comp_Deleted IS NULL" { 4 } else { 1 };
+        assert_eq!(
+            scalar_i64(&mut env.crm, &check(cond)).await,
+            Some(want),
+            "{cond}"
+        );
+    }
+    let third = env.sync().await;
+    assert_eq!(
+        third.changes(),
+        0,
+        "no echo of crmsync's own writes: {third:?}"
+    );
+
+    // The filter runs on SQL Server against a row of only the given values.
+    let plan = crmsync::cli::load_plan(&env.config).unwrap();
+    let engine = Engine::connect(plan).await.unwrap();
+    let (bound, _) = engine.bind(None).await.unwrap();
+    let scan = bound[0].crm_scan();
+    let ty = |t: &str| vec![("Comp_Type".to_string(), Value::Text(t.into()))];
+    // The stand-in passes bracketed aliases inside a derived table
+    // (`FROM (SELECT … AS [Comp_Type]) AS [Company]`) to PostgreSQL
+    // unconverted (error 102); until it learns them the answer there is
+    // "cannot tell". A real server must answer.
+    let supplier = engine
+        .crm
+        .filter_accepts(&scan, &ty("Supplier"))
+        .await
+        .unwrap();
+    let customer = engine
+        .crm
+        .filter_accepts(&scan, &ty("Customer"))
+        .await
+        .unwrap();
+    if env.server._standin.is_some() && supplier.is_none() {
+        assert_eq!(customer, None);
+    } else {
+        assert_eq!((supplier, customer), (Some(true), Some(false)));
+    }
+    assert_eq!(engine.crm.count_null_changes(&scan).await.unwrap(), 0);
+    engine.crm.check_filter(&scan).await.unwrap();
+    let mut bad = scan.clone();
+    bad.filter = Some("Comp_Typo = 'Supplier'".into());
+    let err = engine.crm.check_filter(&bad).await.unwrap_err().to_string();
+    assert!(err.contains("207"), "{err}");
+
+    for cmd in ["check", "plan", "verify", "status"] {
+        let out = run_binary_beside(&env, cmd).await;
+        let (stdout, stderr) = output_text(&out);
+        assert_eq!(out.status.code(), Some(0), "{cmd}:\n{stdout}\n{stderr}");
+    }
+}
+
+/// `tls = "prefer"` (the default): TLS without verification where the
+/// server offers it, plain TDS where it does not.
+#[tokio::test]
+async fn tls_prefer_uses_tls_when_offered_and_falls_back_when_not() {
+    if std::env::var("CRMSYNC_TEST_MSSQL_URL").is_ok() {
+        return;
+    }
+    for standin_tls in [true, false] {
+        let mut env = MsEnv::on(Server::start_with(standin_tls).await, Ids::Identity).await;
+        env.write_config(20, "", "", "external");
+        let text = std::fs::read_to_string(&env.config)
+            .unwrap()
+            .replace("tls = \"disable\"", "tls = \"prefer\"");
+        std::fs::write(&env.config, text).unwrap();
+        env.insert_companies(&[("Acme".into(), "2024-05-01 08:00:00.003".into())])
+            .await;
+        let report = env.sync().await;
+        assert_eq!(report.inserted, 1, "stand-in tls {standin_tls}: {report:?}");
+    }
+}
+
+/// A row SQL Server refuses (547: a CHECK constraint) is rejected on its
+/// own while the rest of its batch arrives; the reason names the error
+/// number, and neither it nor the binary's output quotes the row's value.
+#[tokio::test]
+async fn refused_rows_are_rejected_without_their_values_in_messages() {
+    let env = MsEnv::with_schema(Server::start().await, Ids::Identity, |s| {
+        let col = "    Comp_Name               nvarchar(60),";
+        assert!(s.contains(col), "crm_schema.sql changed");
+        s.replace(
+            col,
+            "    Comp_Name               nvarchar(60) CHECK (Comp_Name <> N'Forbidden Corp'),",
+        )
+    })
+    .await;
+    env.write_config(
+        20,
+        r#"direction = "external_to_crm"
+insert_into_crm = true"#,
+        "",
+        "external",
+    );
+    env.erp
+        .execute(
+            "INSERT INTO erp.supplier (name, kind) VALUES ('Forbidden Corp', 'S'), ('Fine', 'S')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let config = env.config.clone();
+        move || run_binary(&config, &["sync"], &[])
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        !stderr.contains("Forbidden Corp") && !stdout.contains("Forbidden Corp"),
+        "{stdout}\n{stderr}"
+    );
+    let reason: String = env
+        .erp
+        .query_one("SELECT reason FROM crmsync.rejects", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("547"), "{reason}");
+    assert!(!reason.contains("Forbidden Corp"), "{reason}");
+    let mut crm = env.server.client().await;
+    assert_eq!(
+        scalar_i64(
+            &mut crm,
+            "SELECT COUNT(*) FROM dbo.Company WHERE Comp_Name = N'Fine'"
+        )
+        .await,
+        Some(1),
+        "the other row of the batch arrived"
+    );
+}
