@@ -64,6 +64,22 @@ pub enum Command {
         #[arg(long)]
         repair: bool,
     },
+    /// One-shot bulk copy and linking of whole tables, resumable.
+    Backfill {
+        #[arg(long)]
+        entity: Option<String>,
+        #[arg(long, value_enum, default_value_t = BackfillDirectionArg::CrmToExternal)]
+        direction: BackfillDirectionArg,
+        /// Continue an interrupted backfill from its checkpoint (the default).
+        #[arg(long, conflicts_with = "restart")]
+        resume: bool,
+        /// Forget an interrupted backfill's checkpoint and start over.
+        #[arg(long)]
+        restart: bool,
+        /// Source rows per chunk (one transaction each).
+        #[arg(long, default_value_t = crate::engine::DEFAULT_CHUNK_ROWS)]
+        chunk_rows: usize,
+    },
     /// Watermarks, last runs, open rejects and conflicts.
     Status,
     /// List open conflicts, or resolve one by taking a side's value.
@@ -95,9 +111,17 @@ pub enum Take {
     External,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum BackfillDirectionArg {
+    CrmToExternal,
+    ExternalToCrm,
+}
+
 impl Command {
     fn name(&self) -> &'static str {
         match self {
+            Command::Backfill { .. } => "backfill",
             Command::Check => "check",
             Command::Plan { .. } => "plan",
             Command::Sync { .. } => "sync",
@@ -117,7 +141,8 @@ fn init_logging(format: LogFormat) {
         .add_directive("tiberius=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = match format {
         LogFormat::Human => builder.with_target(false).try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -144,7 +169,14 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let mut warnings = Vec::new();
     let mut entities = Vec::new();
     let mut verified = Vec::new();
-    let result = runtime.block_on(dispatch(&cli, &mut warnings, &mut entities, &mut verified));
+    let mut backfills = Vec::new();
+    let result = runtime.block_on(dispatch(
+        &cli,
+        &mut warnings,
+        &mut entities,
+        &mut verified,
+        &mut backfills,
+    ));
     if let Some(path) = &cli.report {
         let report = RunReport {
             command: cli.command.name().to_string(),
@@ -156,6 +188,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             },
             error: result.as_ref().err().map(|e| format!("{e:#}")),
             warnings,
+            backfill: backfills,
             entities,
             verify: verified,
         };
@@ -171,12 +204,34 @@ async fn dispatch(
     warnings: &mut Vec<String>,
     entities: &mut Vec<EntityReport>,
     verified: &mut Vec<crate::engine::VerifyReport>,
+    backfills: &mut Vec<crate::engine::BackfillReport>,
 ) -> anyhow::Result<i32> {
     let plan = load_plan(&cli.config)?;
     match &cli.command {
         Command::Check => check(plan, warnings).await,
         Command::Plan { entity } => sync(plan, entity.as_deref(), Mode::DryRun, entities).await,
         Command::Sync { entity } => sync(plan, entity.as_deref(), Mode::Apply, entities).await,
+        Command::Backfill {
+            entity,
+            direction,
+            restart,
+            chunk_rows,
+            ..
+        } => {
+            let opts = crate::engine::BackfillOptions {
+                direction: match direction {
+                    BackfillDirectionArg::CrmToExternal => {
+                        crate::engine::BackfillDirection::CrmToExternal
+                    }
+                    BackfillDirectionArg::ExternalToCrm => {
+                        crate::engine::BackfillDirection::ExternalToCrm
+                    }
+                },
+                restart: *restart,
+                chunk_rows: *chunk_rows,
+            };
+            backfill(plan, entity.as_deref(), &opts, backfills).await
+        }
         Command::Verify { entity, repair } => {
             verify(plan, entity.as_deref(), *repair, verified).await
         }
@@ -317,6 +372,28 @@ async fn verify(
             println!("{line}");
         }
         if r.unfinished() {
+            code = exit::UNFINISHED;
+        }
+    }
+    *out = reports;
+    Ok(code)
+}
+
+async fn backfill(
+    plan: Plan,
+    entity: Option<&str>,
+    opts: &crate::engine::BackfillOptions,
+    out: &mut Vec<crate::engine::BackfillReport>,
+) -> anyhow::Result<i32> {
+    if opts.direction == crate::engine::BackfillDirection::ExternalToCrm {
+        return Err(crate::engine::BackfillError::NotYetSupported(opts.direction.as_str()).into());
+    }
+    let engine = Engine::connect(plan).await?;
+    let reports = engine.backfill(entity, opts).await?;
+    let mut code = exit::OK;
+    for r in &reports {
+        println!("{}", crate::report::backfill_human(r));
+        if r.rejected > 0 {
             code = exit::UNFINISHED;
         }
     }

@@ -8,6 +8,7 @@ pub mod crm;
 pub mod endpoint;
 pub mod engine;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod schema;
 pub mod state;
@@ -31,6 +32,7 @@ pub fn exit_code(err: &anyhow::Error) -> i32 {
         c.is::<config::LoadError>()
             || c.is::<plan::ConfigErrors>()
             || c.is::<schema::SchemaMismatch>()
+            || c.is::<engine::BackfillError>()
             || matches!(
                 c.downcast_ref::<engine::EngineError>(),
                 Some(engine::EngineError::Bind(schema::BindError::Mismatch(_)))

@@ -16,6 +16,8 @@ pub struct RunReport {
     pub error: Option<String>,
     pub warnings: Vec<String>,
     pub entities: Vec<EntityReport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub backfill: Vec<crate::engine::BackfillReport>,
     /// `verify` only: per entity, what the comparison found and, with
     /// `--repair`, what the repair did and what remains.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -158,6 +160,39 @@ pub fn human_verify(v: &VerifyReport) -> Vec<String> {
             "{}: run `crmsync verify --entity {} --repair` to have the next sync fix this",
             v.entity, v.entity
         ));
+    }
+    out
+}
+
+/// One line per backfilled entity, for people.
+pub fn backfill_human(b: &crate::engine::BackfillReport) -> String {
+    let mut out = format!(
+        "{}: backfill {}{}: read {}, linked existing {} (link column {}, CRM id {}, match_on {}), \
+         already linked {}, updated {}, inserted {}, rejected {}; {:.1}s, {:.0} rows/s",
+        b.entity,
+        b.direction,
+        if b.resumed {
+            format!(" (resumed after {} rows)", b.rows_done_before)
+        } else {
+            String::new()
+        },
+        b.read,
+        b.linked,
+        b.linked_by_link_column,
+        b.linked_by_crm_id,
+        b.linked_by_match,
+        b.already_linked,
+        b.updated,
+        b.inserted,
+        b.rejected,
+        b.seconds,
+        b.rows_per_second
+    );
+    if let Some(rss) = b.peak_rss_bytes {
+        out.push_str(&format!(", peak RSS {} MB", rss / (1024 * 1024)));
+    }
+    if b.rejected > 0 {
+        out.push_str("; rejected rows are listed by `crmsync status`");
     }
     out
 }

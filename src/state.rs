@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
 /// The state schema's version; `migrate` brings older schemas up to it.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Where change reading stopped: a `(change time, key)` position.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +149,17 @@ pub struct ConflictInfo {
     pub resolution: Option<String>,
 }
 
+/// Where a backfill of one entity in one direction stands: the source
+/// clock its snapshot began at, and the last source key whose chunk has
+/// committed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub snapshot_ts: Value,
+    pub last_key: Option<Value>,
+    pub rows_done: i64,
+    pub finished: bool,
+}
+
 /// The state store. Every method is a short transaction of its own;
 /// `lock` holds a database lock until the guard is dropped.
 #[async_trait]
@@ -217,6 +228,25 @@ pub trait StateStore: Send + Sync {
     ) -> Result<(), EndpointError>;
 
     async fn status(&self) -> Result<Status, EndpointError>;
+
+    /// The backfill checkpoint of `entity` in `direction`, if any.
+    async fn checkpoint(
+        &self,
+        entity: &str,
+        direction: &str,
+    ) -> Result<Option<Checkpoint>, EndpointError>;
+
+    /// Saves a checkpoint outside any data transaction (the start of a
+    /// backfill, or its chunks when the state lives on the other side).
+    async fn save_checkpoint(
+        &self,
+        entity: &str,
+        direction: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), EndpointError>;
+
+    /// Forgets the checkpoint (`backfill --restart`).
+    async fn clear_checkpoint(&self, entity: &str, direction: &str) -> Result<(), EndpointError>;
 
     /// Logs conflicts; those with a winner are logged as already resolved.
     async fn record_conflicts(

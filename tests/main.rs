@@ -2,6 +2,8 @@
 //! databases that the tests create themselves (a private throwaway
 //! cluster, or the server named by CRMSYNC_TEST_PG_URL).
 
+/// `crmsync backfill`: bulk copy, linking, resume, progress output.
+mod backfill;
 /// Shared set-up: databases with the schema files loaded, configs,
 /// in-process and binary runners, comparisons of both sides.
 mod common;

@@ -1,6 +1,7 @@
 //! The database endpoints: one small trait that both sides implement, and
 //! the catalog and batch types it speaks in. One folder per database kind.
 
+pub mod bulk;
 pub mod mssql;
 pub mod postgres;
 
@@ -318,6 +319,11 @@ pub trait Endpoint: Send + Sync {
         batch: &WriteBatch,
         links: Option<&crate::state::LinkBatch>,
     ) -> Result<Applied>;
+
+    /// The bulk interface of `backfill`, where this database has one.
+    fn bulk(&self) -> Option<&dyn bulk::Bulk> {
+        None
+    }
 }
 
 #[cfg(test)]

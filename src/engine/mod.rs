@@ -2,6 +2,7 @@
 //! entity by entity. Watermarks and shadows advance only after the writes
 //! they describe have committed.
 
+mod backfill;
 mod conflicts;
 mod deletes;
 mod mapping;
@@ -9,6 +10,9 @@ mod merge;
 mod pass;
 mod verify;
 
+pub use backfill::{
+    BackfillDirection, BackfillError, BackfillOptions, BackfillReport, DEFAULT_CHUNK_ROWS,
+};
 pub use conflicts::ResolveError;
 pub use mapping::{canonical_to_crm, crm_to_canonical, FieldProblem};
 pub use merge::{merge, winner, Merged, View};

@@ -465,9 +465,11 @@ impl Ctx<'_> {
                 }
                 Some(l)
                     if self.source == Side::Crm
-                        && e.plan.delete_into_external == ExternalDelete::Soft =>
+                        && e.plan.delete_into_external != ExternalDelete::Hard =>
                 {
-                    // A CRM row brought back after a delete: un-flag it.
+                    // A CRM row brought back after a delete whose external
+                    // row was flagged or left alone: write it again in place
+                    // (after a hard delete it is inserted anew, below).
                     self.revive(l, &row, &mut w, report)?;
                 }
                 Some(_) if self.source == Side::External => {

@@ -452,3 +452,45 @@ async fn change_to_a_row_deleted_outside_crmsync_sends_it_again() {
     assert_eq!(assert_converged(&env).await, 5);
     assert_eq!(env.sync().await.changes(), 0);
 }
+
+/// Regression: with delete_into_external = "ignore" the external row stays
+/// when its CRM row is deleted; when the CRM row came back it was taken
+/// for a new row and inserted a second time (without an
+/// external_crm_id_column to find the first). It is now written in place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undeleted_crm_row_with_ignored_delete_is_not_inserted_twice() {
+    let opts = Opts {
+        delete_into_external: "ignore",
+        entity_override: Some(format!(
+            "external_table = \"erp.supplier\"\nexternal_key = \"supplier_id\"\n\
+             external_updated_column = \"updated_at\"\n{}",
+            crate::common::SUPPLIER_FIELDS
+        )),
+        ..Opts::default()
+    };
+    let env = Env::new(opts).await;
+    insert_companies(&env.crm, 3, "timestamp '2026-01-01 11:00:00'", "Supplier").await;
+    env.sync().await;
+    for (deleted, at) in [("1", "11:01:00"), ("NULL", "11:02:00")] {
+        env.crm
+            .batch_execute(&format!(
+                "UPDATE company SET comp_deleted = {deleted}, comp_name = 'Back ' || comp_companyid, \
+                 comp_updateddate = timestamp '2026-01-01 {at}' WHERE comp_companyid = 2"
+            ))
+            .await
+            .unwrap();
+        env.sync().await;
+    }
+    assert_eq!(count(&env.erp, "erp.supplier").await, 3, "no second copy");
+    let names: i64 = env
+        .erp
+        .query_one(
+            "SELECT count(*) FROM erp.supplier WHERE name = 'Back 2'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(names, 1, "the row came back with its new values");
+    assert_eq!(env.sync().await.changes(), 0);
+}

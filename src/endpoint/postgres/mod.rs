@@ -2,6 +2,7 @@
 //! introspection, keyset change reads, batched writes in one transaction,
 //! and the state store when `[state]` lives here.
 
+mod copy;
 mod state;
 mod tls;
 pub mod types;
@@ -88,6 +89,30 @@ impl From<&tokio_postgres::Error> for DbFailure {
                 DbFailure(format!("{e}{cause}"))
             }
         }
+    }
+}
+
+/// A failed statement as crmsync reports it, with what the engine needs to
+/// know about it.
+pub(crate) fn query_failure(
+    side: &'static str,
+    what: String,
+    e: tokio_postgres::Error,
+) -> EndpointError {
+    let missing_object = e
+        .code()
+        .is_some_and(|c| *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME);
+    EndpointError::Query {
+        side,
+        what,
+        retryable: is_retryable(&e),
+        missing_object,
+        // SQLSTATE classes 22 (data exception) and 23 (integrity
+        // constraint violation).
+        refused_row: e
+            .code()
+            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
+        source: Box::new(DbFailure::from(&e)),
     }
 }
 
@@ -186,21 +211,7 @@ impl PgEndpoint {
     }
 
     fn query_error(&self, what: impl Into<String>, e: tokio_postgres::Error) -> EndpointError {
-        let missing_object = e.code().is_some_and(|c| {
-            *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME
-        });
-        EndpointError::Query {
-            side: self.side,
-            what: what.into(),
-            retryable: is_retryable(&e),
-            missing_object,
-            // SQLSTATE classes 22 (data exception) and 23 (integrity
-            // constraint violation).
-            refused_row: e
-                .code()
-                .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
-            source: Box::new(DbFailure::from(&e)),
-        }
+        query_failure(self.side, what.into(), e)
     }
 
     async fn conn(
@@ -331,6 +342,10 @@ fn refs(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 impl Endpoint for PgEndpoint {
     fn describe(&self) -> String {
         self.target.clone()
+    }
+
+    fn bulk(&self) -> Option<&dyn super::bulk::Bulk> {
+        Some(self)
     }
 
     async fn table(&self, schema: Option<&str>, name: &str) -> Result<Option<TableInfo>> {

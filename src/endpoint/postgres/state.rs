@@ -6,8 +6,8 @@ use super::{quote, PgEndpoint};
 use crate::endpoint::EndpointError;
 use crate::plan::Side;
 use crate::state::{
-    ConflictInfo, ConflictRecord, EntityCounts, KeyRef, Link, LinkBatch, LockGuard, RejectInfo,
-    RunInfo, StateStore, Status, Watermark, WatermarkInfo, SCHEMA_VERSION,
+    Checkpoint, ConflictInfo, ConflictRecord, EntityCounts, KeyRef, Link, LinkBatch, LockGuard,
+    RejectInfo, RunInfo, StateStore, Status, Watermark, WatermarkInfo, SCHEMA_VERSION,
 };
 use crate::value::Value;
 use async_trait::async_trait;
@@ -16,7 +16,8 @@ use tokio_postgres::GenericClient;
 
 /// Schema version n is reached by running `MIGRATIONS[n - 1]`; `{s}`
 /// stands for the quoted schema name.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE {s}.runs (
     run_id      bigserial PRIMARY KEY,
     entity      text NOT NULL,
@@ -75,7 +76,21 @@ CREATE TABLE {s}.conflicts (
     resolution          text
 );
 CREATE INDEX ON {s}.conflicts (entity) WHERE resolved_at IS NULL;
-"#];
+"#,
+    r#"
+CREATE TABLE {s}.backfill_checkpoints (
+    entity      text NOT NULL,
+    direction   text NOT NULL,
+    snapshot_ts jsonb NOT NULL,
+    last_key    jsonb,
+    rows_done   bigint NOT NULL DEFAULT 0,
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    PRIMARY KEY (entity, direction)
+);
+"#,
+];
 
 fn to_json(v: &Value) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
@@ -120,6 +135,40 @@ pub(crate) async fn write_links_in<C: GenericClient>(
     );
     client
         .execute(&sql, &[&batch.entity, &crm, &ext, &shadow, &deleted])
+        .await?;
+    Ok(())
+}
+
+/// Saves a backfill checkpoint inside the caller's transaction, so that it
+/// commits together with the chunk it describes.
+pub(crate) async fn save_checkpoint_in<C: GenericClient>(
+    client: &C,
+    schema: &str,
+    entity: &str,
+    direction: &str,
+    cp: &Checkpoint,
+) -> Result<(), tokio_postgres::Error> {
+    let last_key = cp.last_key.as_ref().map(to_json);
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {}.backfill_checkpoints AS c \
+                   (entity, direction, snapshot_ts, last_key, rows_done, finished_at) \
+                 VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END) \
+                 ON CONFLICT (entity, direction) DO UPDATE SET snapshot_ts = excluded.snapshot_ts, \
+                   last_key = excluded.last_key, rows_done = excluded.rows_done, \
+                   finished_at = excluded.finished_at, updated_at = now()",
+                quote(schema)
+            ),
+            &[
+                &entity,
+                &direction,
+                &to_json(&cp.snapshot_ts),
+                &last_key,
+                &cp.rows_done,
+                &cp.finished,
+            ],
+        )
         .await?;
     Ok(())
 }
@@ -664,5 +713,58 @@ impl StateStore for PgEndpoint {
             .await
             .map_err(|e| self.state_error("reading links", e))?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn checkpoint(
+        &self,
+        entity: &str,
+        direction: &str,
+    ) -> Result<Option<Checkpoint>, EndpointError> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(
+                &format!(
+                    "SELECT snapshot_ts, last_key, rows_done, finished_at IS NOT NULL \
+                     FROM {}.backfill_checkpoints WHERE entity = $1 AND direction = $2",
+                    self.s()
+                ),
+                &[&entity, &direction],
+            )
+            .await
+            .map_err(|e| self.state_error("reading the backfill checkpoint", e))?;
+        let Some(r) = row else { return Ok(None) };
+        let last_key: Option<serde_json::Value> = r.get(1);
+        Ok(Some(Checkpoint {
+            snapshot_ts: from_json(r.get(0))?,
+            last_key: last_key.map(from_json).transpose()?,
+            rows_done: r.get(2),
+            finished: r.get(3),
+        }))
+    }
+
+    async fn save_checkpoint(
+        &self,
+        entity: &str,
+        direction: &str,
+        checkpoint: &Checkpoint,
+    ) -> Result<(), EndpointError> {
+        let conn = self.conn().await?;
+        save_checkpoint_in(&*conn, &self.state_schema, entity, direction, checkpoint)
+            .await
+            .map_err(|e| self.state_error("saving the backfill checkpoint", e))
+    }
+
+    async fn clear_checkpoint(&self, entity: &str, direction: &str) -> Result<(), EndpointError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            &format!(
+                "DELETE FROM {}.backfill_checkpoints WHERE entity = $1 AND direction = $2",
+                self.s()
+            ),
+            &[&entity, &direction],
+        )
+        .await
+        .map_err(|e| self.state_error("forgetting the backfill checkpoint", e))?;
+        Ok(())
     }
 }

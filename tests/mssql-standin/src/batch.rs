@@ -249,6 +249,10 @@ fn continues_statement(
     if head == "MERGE" {
         return true;
     }
+    // ALTER TABLE t ALTER COLUMN … / DROP COLUMN … / ADD … DEFAULT …
+    if head == "ALTER" && matches!(w, "ALTER" | "DROP" | "SET" | "WITH") {
+        return true;
+    }
     match w {
         "SELECT" => {
             matches!(prev, Some("UNION" | "ALL" | "EXCEPT" | "INTERSECT"))

@@ -130,6 +130,28 @@ BEGIN
   RETURN v;
 END $$;
 
+-- After explicit inserts under IDENTITY_INSERT: move the identity past the
+-- largest value, never back.
+CREATE OR REPLACE FUNCTION mssql_standin.bump_identity(tbl text, col text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+  seq text := pg_get_serial_sequence(tbl, col);
+  m bigint;
+  cur bigint;
+  called bool;
+  inc bigint;
+BEGIN
+  IF seq IS NULL THEN RETURN; END IF;
+  EXECUTE format('SELECT max(%I) FROM %s', col, tbl) INTO m;
+  IF m IS NULL THEN RETURN; END IF;
+  EXECUTE format('SELECT last_value, is_called FROM %s', seq) INTO cur, called;
+  SELECT seqincrement INTO inc FROM pg_sequence WHERE seqrelid = seq::regclass;
+  IF NOT called THEN cur := cur - inc; END IF;
+  IF (inc > 0 AND m > cur) OR (inc < 0 AND m < cur) THEN
+    PERFORM setval(seq, m, true);
+  END IF;
+END $$;
+
 CREATE OR REPLACE FUNCTION mssql_standin.columnproperty(id int, col text, prop text) RETURNS int
 LANGUAGE sql STABLE AS $$
   SELECT CASE lower(prop)

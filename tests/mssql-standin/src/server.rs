@@ -197,8 +197,26 @@ impl Server {
         } else {
             l.database.clone()
         };
-        let (pg, conn) =
-            tokio_postgres::connect(&self.config.pg_url, tokio_postgres::NoTls).await?;
+        let (pg, conn) = match tokio_postgres::connect(&self.config.pg_url, tokio_postgres::NoTls)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                // The database behind the stand-in is gone: SQL Server's
+                // answer for a database it cannot open.
+                token::error(
+                        &mut out,
+                        &SqlError::new(
+                            4060,
+                            11,
+                            format!("Cannot open database \"{db}\" requested by the login. The login failed. ({e})"),
+                        ),
+                    );
+                token::done(&mut out, token::DONE_ERROR, 0, 0);
+                tds::write_message(&mut sock, packet_type::TABULAR_RESULT, &out, 4096).await?;
+                return Ok(());
+            }
+        };
         let conn_task = tokio::spawn(conn);
         pg.batch_execute(&format!(
             "SET TimeZone = '{}'; SET search_path = dbo, public; SET DateStyle = ISO; \
@@ -271,6 +289,14 @@ impl Server {
         let result = async {
             while let Some(msg) = rx.recv().await {
                 let msg = msg?;
+                // RESETCONNECTION (MS-TDS 2.2.3.1.2): a pooled client starts
+                // afresh before this request; the reply begins with the
+                // reset's ENVCHANGEs (a rollback, then type 18).
+                let mut prefix = Vec::new();
+                if msg.reset {
+                    prefix = session.reset().await;
+                    prefix.extend_from_slice(&[0xE3, 3, 0, 18, 0, 0]);
+                }
                 let mut attn = Vec::new();
                 token::done(&mut attn, token::DONE_ATTN, 0, 0);
                 if msg.kind == packet_type::ATTENTION {
@@ -297,7 +323,12 @@ impl Server {
                         },
                     }
                 };
-                let reply = if attention { attn } else { reply };
+                let reply = if attention {
+                    attn
+                } else {
+                    prefix.extend(reply);
+                    prefix
+                };
                 tds::write_message(&mut wr, packet_type::TABULAR_RESULT, &reply, packet_size)
                     .await?;
             }
@@ -350,6 +381,12 @@ impl Server {
                 let mut b = Vec::new();
                 token::done(&mut b, token::DONE_ATTN, 0, 0);
                 b
+            }
+            packet_type::TRANSACTION_MANAGER => {
+                let req = rpc::parse_transaction_manager(&msg.payload)?;
+                let mut out = Out::new(false);
+                session.transaction_manager(req, &mut out).await;
+                out.finish_batch(session.in_transaction())
             }
             other => {
                 let mut b = Vec::new();

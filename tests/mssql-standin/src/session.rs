@@ -95,6 +95,8 @@ pub struct Session {
     pub database: String,
     nocount: bool,
     xact_abort: bool,
+    /// SET LOCK_TIMEOUT in milliseconds; -1 waits forever.
+    lock_timeout: i64,
     trancount: i32,
     descriptor: u64,
     next_descriptor: u64,
@@ -334,6 +336,7 @@ impl Session {
             database,
             nocount: false,
             xact_abort: false,
+            lock_timeout: -1,
             trancount: 0,
             descriptor: 0,
             next_descriptor: 1,
@@ -345,6 +348,38 @@ impl Session {
             bulk: None,
             return_status: None,
         }
+    }
+
+    /// Back to the state of a new login: no open transaction, default SET
+    /// options, no IDENTITY_INSERT, no session application locks.
+    /// Returns the ENVCHANGE tokens the client must see (a rolled-back
+    /// transaction).
+    pub async fn reset(&mut self) -> Vec<u8> {
+        let mut tokens = Vec::new();
+        if self.trancount > 0 {
+            let _ = self.pg.batch_execute("ROLLBACK").await;
+            token::envchange_transaction(&mut tokens, 10, self.descriptor);
+            self.trancount = 0;
+            self.descriptor = 0;
+        }
+        self.tx_locks.clear();
+        let _ = self
+            .pg
+            .batch_execute("SELECT pg_advisory_unlock_all(); DISCARD TEMP")
+            .await;
+        self.nocount = false;
+        self.xact_abort = false;
+        if self.lock_timeout >= 0 {
+            self.lock_timeout = -1;
+            let _ = self.pg.batch_execute("SET lock_timeout = 0").await;
+        }
+        self.identity_insert.clear();
+        self.scope_identity = None;
+        self.rowcount = 0;
+        self.last_error = 0;
+        self.bulk = None;
+        self.return_status = None;
+        tokens
     }
 
     pub fn in_transaction(&self) -> bool {
@@ -593,6 +628,73 @@ impl Session {
         Ok(())
     }
 
+    /// Serves a Transaction Manager Request.
+    pub async fn transaction_manager(
+        &mut self,
+        req: crate::tds::rpc::TransactionRequest,
+        out: &mut Out,
+    ) {
+        use crate::tds::rpc::TransactionRequest as T;
+        let (first, begin_after) = match req {
+            T::Begin { isolation } => {
+                let r = match self.begin_tran(out).await {
+                    Ok(()) => self.set_isolation(isolation).await,
+                    Err(e) => Err(e),
+                };
+                (r, None)
+            }
+            T::Commit { then_begin } => (self.commit_all(out).await, then_begin),
+            T::Rollback { then_begin } => {
+                let r = if self.trancount > 0 {
+                    self.rollback_tran(out).await
+                } else {
+                    Ok(())
+                };
+                (r, then_begin)
+            }
+            T::Unsupported(kind) => (
+                Err(SqlError::unsupported(format!(
+                    "transaction manager request {kind}"
+                ))),
+                None,
+            ),
+        };
+        let r = match (first, begin_after) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Some(isolation)) => match self.begin_tran(out).await {
+                Ok(()) => self.set_isolation(isolation).await,
+                Err(e) => Err(e),
+            },
+            (Ok(()), None) => Ok(()),
+        };
+        if let Err(e) = r {
+            token::error(&mut out.buf, &e);
+            out.done(DONE_ERROR, 0);
+        }
+    }
+
+    /// Applies a TDS isolation level (MS-TDS 2.2.6.9) to the open transaction.
+    async fn set_isolation(&mut self, isolation: u8) -> Result<(), SqlError> {
+        let level = match isolation {
+            1 | 2 => "READ COMMITTED",
+            3 | 5 => "REPEATABLE READ",
+            4 => "SERIALIZABLE",
+            _ => return Ok(()),
+        };
+        self.pg
+            .batch_execute(&format!("SET TRANSACTION ISOLATION LEVEL {level}"))
+            .await
+            .map_err(|e| map_pg_error(&e, None))
+    }
+
+    /// Commits the whole transaction, whatever its nesting.
+    async fn commit_all(&mut self, out: &mut Out) -> Result<(), SqlError> {
+        if self.trancount > 1 {
+            self.trancount = 1;
+        }
+        self.commit_tran(out).await
+    }
+
     async fn begin_tran(&mut self, out: &mut Out) -> Result<(), SqlError> {
         if self.trancount == 0 {
             self.pg
@@ -695,6 +797,8 @@ impl Session {
             }
             "LOCK_TIMEOUT" => {
                 let ms: i64 = w.get(2).and_then(|s| s.parse().ok()).unwrap_or(-1);
+                self.lock_timeout = ms;
+                // PostgreSQL's 0 means "wait forever"; SQL Server's means "don't wait".
                 let v = if ms < 0 { 0 } else { ms.max(1) };
                 self.pg
                     .batch_execute(&format!("SET lock_timeout = {v}"))
@@ -793,6 +897,7 @@ impl Session {
             rowcount: self.rowcount,
             error: self.last_error,
             spid: self.spid,
+            lock_timeout: self.lock_timeout,
             user: &self.user,
             database: &self.database,
         }
@@ -880,6 +985,45 @@ impl Session {
             }
             _ => {}
         }
+        // ALTER TABLE t ALTER COLUMN c type [NULL | NOT NULL]
+        if first == "ALTER" && w.get(3).map(String::as_str) == Some("ALTER") {
+            let raw: Vec<&str> = text.split_whitespace().collect();
+            if raw.len() >= 7 && w.get(4).map(String::as_str) == Some("COLUMN") {
+                let table = raw[2]
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or("")
+                    .trim_matches(['[', ']']);
+                let column = raw[5].trim_matches(['[', ']']);
+                let rest = raw[6..].join(" ");
+                let upper = rest.to_uppercase();
+                let (type_text, nullable) = if let Some(t) = upper.strip_suffix(" NOT NULL") {
+                    (rest[..t.len()].to_string(), false)
+                } else if let Some(t) = upper.strip_suffix(" NULL") {
+                    (rest[..t.len()].to_string(), true)
+                } else {
+                    (rest.clone(), true)
+                };
+                let type_text = type_text.trim_end_matches(';').trim().to_string();
+                let cat = self.shared.catalog.read().await;
+                let empty = Vars::new();
+                let env = self.env(&cat, &empty);
+                ddl::alter_column(
+                    &self.pg,
+                    table,
+                    column,
+                    &type_text,
+                    nullable,
+                    &env,
+                    &self.shared.database,
+                )
+                .await?;
+                drop(cat);
+                self.reload_catalog().await?;
+                out.done(self.inxact(), 0);
+                return Ok(());
+            }
+        }
         let cleaned;
         let text = if first == "CREATE" {
             cleaned = strip_words(text, &["NONCLUSTERED", "CLUSTERED"]);
@@ -904,6 +1048,16 @@ impl Session {
                 let empty = Vars::new();
                 let env = self.env(&cat, &empty);
                 ddl::create_index(&self.pg, ci, &env).await?;
+                out.done(self.inxact(), 0);
+                return Ok(());
+            }
+            Statement::AlterTable(at) => {
+                let cat = self.shared.catalog.read().await;
+                let empty = Vars::new();
+                let env = self.env(&cat, &empty);
+                ddl::alter_table(&self.pg, at, &env, &self.shared.database).await?;
+                drop(cat);
+                self.reload_catalog().await?;
                 out.done(self.inxact(), 0);
                 return Ok(());
             }
@@ -1101,19 +1255,18 @@ impl Session {
                         translate::pg_ident(&t.schema),
                         translate::pg_ident(&t.name)
                     );
-                    let col = translate::pg_ident(ic);
-                    let _ = self.pg.batch_execute(&format!(
-                        "SELECT setval(pg_get_serial_sequence('{table}', '{}'), m) FROM (SELECT max({col}) AS m FROM {table}) x WHERE m IS NOT NULL",
-                        ic.to_lowercase()
-                    )).await;
+                    // An explicit value above the current identity moves it on
+                    // ("SET IDENTITY_INSERT (Transact-SQL)").
+                    let _ = self
+                        .pg
+                        .execute(
+                            "SELECT mssql_standin.bump_identity($1::text, $2::text)",
+                            &[&table, &ic.to_lowercase()],
+                        )
+                        .await;
                 }
             }
         }
-        let visible = if ident_col.is_some() {
-            rows.first().map(|r| r.len() - 1).unwrap_or(0)
-        } else {
-            rows.first().map(|r| r.len()).unwrap_or(0)
-        };
         if is_query && tr.assigns.iter().any(Option::is_some) {
             if let Some(last) = rows.last() {
                 for (i, a) in tr.assigns.iter().enumerate() {
@@ -1139,7 +1292,6 @@ impl Session {
                     },
                 )
                 .await;
-            let _ = visible;
             token::colmetadata(&mut out.buf, &cols);
             for r in &rows {
                 let vals: Result<Vec<Value>, _> =
@@ -1335,6 +1487,11 @@ impl Session {
                     }
                 }
             }
+            "sp_reset_connection" => {
+                let tokens = self.reset().await;
+                out.buf.extend(tokens);
+                Ok(0)
+            }
             "sp_getapplock" => {
                 self.getapplock(
                     text(get("@resource", 0)),
@@ -1374,9 +1531,10 @@ impl Session {
         }
         let shared =
             mode.eq_ignore_ascii_case("shared") || mode.eq_ignore_ascii_case("intentshared");
+        // The default @LockTimeout is the session's @@LOCK_TIMEOUT.
         let timeout_ms: i64 = match timeout {
             Value::Int(i) => i,
-            _ => -1,
+            _ => self.lock_timeout,
         };
         let key: i64 = self
             .pg

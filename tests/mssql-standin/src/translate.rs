@@ -27,6 +27,7 @@ pub struct Env<'a> {
     pub rowcount: i64,
     pub error: i32,
     pub spid: u16,
+    pub lock_timeout: i64,
     pub user: &'a str,
     pub database: &'a str,
 }
@@ -258,6 +259,11 @@ impl<'a> Translator<'a> {
             let Expr::Identifier(i) = e else { return None };
             match self.env.vars.get(&i.value.to_lowercase()) {
                 Some((Some(SqlType::DateTime2(_)), Value::DateTime(d))) => Some(units_100ns(d)),
+                // datetimeoffset outranks datetime: the column is read as
+                // if at offset +00:00, so the instant compares in UTC.
+                Some((Some(SqlType::DateTimeOffset(_)), Value::DateTimeOffset(d))) => {
+                    Some(units_100ns(&d.naive_utc()))
+                }
                 _ => None,
             }
         };
@@ -326,6 +332,85 @@ impl<'a> Translator<'a> {
         )))
     }
 
+    /// A string parameter whose type PostgreSQL takes from its context (an
+    /// int column, say), so that it converts as SQL Server converts nvarchar
+    /// by data type precedence. A bind of its own, so that other uses of the
+    /// same variable keep their text type.
+    fn bind_uncast(&mut self, name: &str) -> Result<String, SqlError> {
+        let key = name.to_lowercase();
+        let Some((_, value)) = self.env.vars.get(&key) else {
+            return Err(SqlError::new(
+                137,
+                15,
+                format!("Must declare the scalar variable \"{name}\"."),
+            ));
+        };
+        self.binds.push(value.clone());
+        Ok(format!("${}", self.binds.len()))
+    }
+
+    /// A datetime2 column compared with a datetimeoffset value: SQL Server
+    /// converts the column to datetimeoffset at +00:00, so the value's UTC
+    /// clock time is what the column is compared with.
+    fn datetime2_vs_offset(&mut self, e: &Expr) -> Option<Expr> {
+        let Expr::BinaryOp { left, op, right } = e else {
+            return None;
+        };
+        let sym = match op {
+            BinaryOperator::Eq => "=",
+            BinaryOperator::NotEq => "<>",
+            BinaryOperator::Gt => ">",
+            BinaryOperator::GtEq => ">=",
+            BinaryOperator::Lt => "<",
+            BinaryOperator::LtEq => "<=",
+            _ => return None,
+        };
+        let column = |e: &Expr| -> Option<String> {
+            let parts: Vec<&Ident> = match e {
+                Expr::Identifier(i) if !i.value.starts_with('@') && !is_raw(i) => vec![i],
+                Expr::CompoundIdentifier(ids) => ids.iter().collect(),
+                _ => return None,
+            };
+            let last = parts.last()?;
+            matches!(
+                self.env.catalog.column_type_by_name(&last.value),
+                Some(SqlType::DateTime2(_) | SqlType::SmallDateTime | SqlType::Date)
+            )
+            .then(|| {
+                parts
+                    .iter()
+                    .map(|p| pg_ident(&p.value))
+                    .collect::<Vec<_>>()
+                    .join(".")
+            })
+        };
+        let offset_value = |e: &Expr| -> Option<chrono::NaiveDateTime> {
+            let Expr::Identifier(i) = e else { return None };
+            match self.env.vars.get(&i.value.to_lowercase()) {
+                Some((Some(SqlType::DateTimeOffset(_)), Value::DateTimeOffset(d))) => {
+                    Some(d.naive_utc())
+                }
+                _ => None,
+            }
+        };
+        let (text, value) = match (
+            column(left),
+            offset_value(right),
+            column(right),
+            offset_value(left),
+        ) {
+            (Some(c), Some(v), _, _) => (format!("{c} {sym} CAST(${{}} AS timestamp)"), v),
+            (_, _, Some(c), Some(v)) => (format!("CAST(${{}} AS timestamp) {sym} {c}"), v),
+            _ => return None,
+        };
+        self.binds.push(Value::DateTime(value));
+        let idx = self.binds.len().to_string();
+        Some(raw(format!(
+            "({})",
+            text.replace("${}", &format!("${idx}"))
+        )))
+    }
+
     fn bind(&mut self, name: &str) -> Result<String, SqlError> {
         let key = name.to_lowercase();
         let Some((ty, value)) = self.env.vars.get(&key) else {
@@ -350,6 +435,36 @@ impl<'a> Translator<'a> {
         })
     }
 
+    /// Character data as far as the T-SQL shows: literals, string
+    /// parameters, character columns, string functions and concatenations.
+    fn is_stringish(&self, e: &Expr) -> bool {
+        match e {
+            Expr::Nested(inner) => self.is_stringish(inner),
+            Expr::BinaryOp {
+                left,
+                op: BinaryOperator::Plus | BinaryOperator::StringConcat,
+                right,
+            } => self.is_stringish(left) || self.is_stringish(right),
+            Expr::Function(f) => {
+                let name = object_base_name(&f.name).to_uppercase();
+                match name.as_str() {
+                    "UPPER" | "LOWER" | "LTRIM" | "RTRIM" | "TRIM" | "LEFT" | "RIGHT"
+                    | "SUBSTRING" | "REPLACE" | "CONCAT" | "REPLICATE" | "SPACE" | "STR" => true,
+                    "ISNULL" | "COALESCE" => func_arg_exprs(&f.args)
+                        .first()
+                        .map(|a| self.is_stringish(a))
+                        .unwrap_or(false),
+                    _ => false,
+                }
+            }
+            Expr::Substring { .. } | Expr::Trim { .. } => true,
+            Expr::Cast { data_type, .. } => parse_decl(&data_type.to_string())
+                .map(|t| t.is_character())
+                .unwrap_or(false),
+            other => self.is_string_operand(other) || self.is_character_column(other),
+        }
+    }
+
     fn is_string_operand(&self, e: &Expr) -> bool {
         match e {
             Expr::Value(v) => matches!(
@@ -362,6 +477,23 @@ impl<'a> Translator<'a> {
             ),
             _ => false,
         }
+    }
+
+    /// A column reference that the catalog knows as non-character data.
+    fn is_non_character_column(&self, e: &Expr) -> bool {
+        let name = match e {
+            Expr::Identifier(id) if !id.value.starts_with('@') && !is_raw(id) => &id.value,
+            Expr::CompoundIdentifier(ids) => match ids.last() {
+                Some(id) => &id.value,
+                None => return false,
+            },
+            _ => return false,
+        };
+        self.env
+            .catalog
+            .column_type_by_name(name)
+            .map(|t| !t.is_character())
+            .unwrap_or(false)
     }
 
     /// A column reference that the catalog knows as character data.
@@ -410,6 +542,7 @@ impl<'a> Translator<'a> {
             "@@VERSION" => "'Microsoft SQL Server 2022 (mssql-standin over PostgreSQL)'".into(),
             "@@SERVERNAME" => "'mssql-standin'".into(),
             "@@LANGUAGE" => "'us_english'".into(),
+            "@@LOCK_TIMEOUT" => format!("CAST({} AS int4)", self.env.lock_timeout),
             other => {
                 return Err(SqlError::new(
                     137,
@@ -520,6 +653,24 @@ impl<'a> Translator<'a> {
     }
 }
 
+/// Marks a variable reference to be bound without a text cast.
+const UNCAST: &str = "\u{1}uncast:";
+
+/// Marks `e` if it is a reference to a string-typed variable.
+fn mark_uncast(e: &mut Expr, env: &Env<'_>) {
+    if let Expr::Identifier(id) = e {
+        if id.value.starts_with('@') && !id.value.starts_with("@@") {
+            let is_string = matches!(
+                env.vars.get(&id.value.to_lowercase()),
+                Some((Some(t), _)) if t.is_character()
+            );
+            if is_string {
+                *e = Expr::Identifier(Ident::new(format!("{UNCAST}{}", id.value)));
+            }
+        }
+    }
+}
+
 /// A timestamp as 100 ns units since 1900-01-01 (datetime2(7) precision).
 fn units_100ns(d: &chrono::NaiveDateTime) -> i64 {
     use chrono::Timelike;
@@ -547,6 +698,43 @@ impl VisitorMut for Translator<'_> {
     }
 
     fn post_visit_table_factor(&mut self, tf: &mut TableFactor) -> ControlFlow<()> {
+        // STRING_SPLIT(s, sep) (SQL Server 2016+): one row per piece, in a
+        // column named value.
+        if let TableFactor::Table {
+            name, args, alias, ..
+        } = tf
+        {
+            if object_base_name(name).eq_ignore_ascii_case("string_split") {
+                if let Some(fargs) = args.take() {
+                    let a: Vec<String> = fargs.args.iter().map(|x| x.to_string()).collect();
+                    let (Some(text), Some(sep)) = (a.first(), a.get(1)) else {
+                        self.error = Some(SqlError::new(
+                            174,
+                            15,
+                            "The STRING_SPLIT function requires 2 argument(s).",
+                        ));
+                        return ControlFlow::Break(());
+                    };
+                    *name = ObjectName(vec![ObjectNamePart::Identifier(Ident::new(format!(
+                        "unnest(string_to_array(CAST({text} AS text), CAST({sep} AS text)))"
+                    )))]);
+                    let alias_name = alias
+                        .as_ref()
+                        .map(|a| quoted_lower(&a.name))
+                        .unwrap_or_else(|| Ident::with_quote('"', "string_split"));
+                    *alias = Some(sqlparser::ast::TableAlias {
+                        at: None,
+                        explicit: true,
+                        name: alias_name,
+                        columns: vec![sqlparser::ast::TableAliasColumnDef {
+                            name: Ident::with_quote('"', "value"),
+                            data_type: None,
+                        }],
+                    });
+                    return ControlFlow::Continue(());
+                }
+            }
+        }
         if let TableFactor::Table {
             with_hints, alias, ..
         } = tf
@@ -591,6 +779,61 @@ impl VisitorMut for Translator<'_> {
             *e = new;
             return ControlFlow::Continue(());
         }
+        if let Some(new) = self.datetime2_vs_offset(e) {
+            *e = new;
+            return ControlFlow::Continue(());
+        }
+        // datetime ± number adds days ("datetime (Transact-SQL)": arithmetic
+        // with numbers counts in days).
+        if let Expr::BinaryOp {
+            left,
+            op: BinaryOperator::Plus | BinaryOperator::Minus,
+            right,
+        } = e
+        {
+            let is_datetime = matches!(
+                hint(left, self.env),
+                Some(SqlType::DateTime | SqlType::SmallDateTime)
+            );
+            if let (true, Expr::Value(v)) = (is_datetime, right.as_ref()) {
+                if let SqlValue::Number(n, _) = &v.value {
+                    let days = raw(format!("(({n}) * interval '1 day')"));
+                    **right = days;
+                    return ControlFlow::Continue(());
+                }
+            }
+        }
+        // A string parameter compared with a non-character column converts
+        // to the column's type.
+        match e {
+            Expr::BinaryOp {
+                left,
+                op:
+                    BinaryOperator::Eq
+                    | BinaryOperator::NotEq
+                    | BinaryOperator::Lt
+                    | BinaryOperator::LtEq
+                    | BinaryOperator::Gt
+                    | BinaryOperator::GtEq,
+                right,
+            } => {
+                if self.is_non_character_column(left) {
+                    mark_uncast(right, self.env);
+                } else if self.is_non_character_column(right) {
+                    mark_uncast(left, self.env);
+                }
+            }
+            Expr::In {
+                expr,
+                target: sqlparser::ast::InTarget::List(list),
+                ..
+            } if self.is_non_character_column(expr) => {
+                for item in list.iter_mut() {
+                    mark_uncast(item, self.env);
+                }
+            }
+            _ => {}
+        }
         // Decide string comparisons before operands are rewritten.
         if let Expr::BinaryOp { left, op, right } = e {
             match op {
@@ -618,9 +861,7 @@ impl VisitorMut for Translator<'_> {
                         );
                     }
                 }
-                BinaryOperator::Plus
-                    if self.is_string_operand(left) || self.is_string_operand(right) =>
-                {
+                BinaryOperator::Plus if self.is_stringish(left) || self.is_stringish(right) => {
                     // nvarchar + number converts the string to the number's
                     // type (data type precedence); two strings concatenate.
                     let number = |e: &Expr| match e {
@@ -671,6 +912,9 @@ impl VisitorMut for Translator<'_> {
     fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
         let result: Result<Option<Expr>, SqlError> = (|| {
             Ok(match e {
+                Expr::Identifier(id) if id.value.starts_with(UNCAST) => {
+                    Some(raw(self.bind_uncast(&id.value[UNCAST.len()..])?))
+                }
                 Expr::Identifier(id) if is_raw(id) => None,
                 Expr::Identifier(id) if id.value.starts_with("@@") => Some(raw(self.system_variable(&id.value)?)),
                 Expr::Identifier(id) if id.value.starts_with('@') => Some(raw(self.bind(&id.value)?)),
@@ -815,17 +1059,55 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
     let mut hints = Vec::new();
     let mut names = Vec::new();
     let mut assigns = Vec::new();
+    // UPDATE … OUTPUT DELETED.x reads the old row through a self-join.
+    if let Statement::Update(up) = &stmt {
+        if let Some(rewritten) = update_output_deleted(up)? {
+            stmt = rewritten;
+        }
+    }
     // Per-statement preparation that needs the original T-SQL.
     match &mut stmt {
         Statement::Query(q) => {
+            let mut aliases = Vec::new();
             if let SetExpr::Select(s) = q.body.as_mut() {
+                for item in &s.projection {
+                    if let SelectItem::ExprWithAlias { alias, .. } = item {
+                        if !alias.value.starts_with('@') {
+                            aliases.push(alias.value.clone());
+                        }
+                    }
+                }
                 prepare_projection(&mut s.projection, env, &mut hints, &mut names, &mut assigns);
             }
-            // ORDER BY may name a select alias.
+            // ORDER BY may name a select alias, in any case.
+            if let Some(sqlparser::ast::OrderBy {
+                kind: sqlparser::ast::OrderByKind::Expressions(exprs),
+                ..
+            }) = q.order_by.as_mut()
+            {
+                for o in exprs.iter_mut() {
+                    if let Expr::Identifier(id) = &o.expr {
+                        if let Some(a) = aliases.iter().find(|a| a.eq_ignore_ascii_case(&id.value))
+                        {
+                            o.expr = raw(pg_alias(a));
+                        }
+                    }
+                }
+            }
         }
         Statement::Insert(ins) => {
             for c in ins.columns.iter_mut() {
                 map_column_name(c);
+            }
+            // A string parameter stored into a column converts to its type.
+            if let Some(src) = ins.source.as_mut() {
+                if let SetExpr::Values(v) = src.body.as_mut() {
+                    for row in v.rows.iter_mut() {
+                        for e in row.iter_mut() {
+                            mark_uncast(e, env);
+                        }
+                    }
+                }
             }
             if let Some(out) = ins.output.take() {
                 let items = output_items(out)?;
@@ -837,6 +1119,7 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
         Statement::Update(up) => {
             rewrite_update_from(up)?;
             for a in up.assignments.iter_mut() {
+                mark_uncast(&mut a.value, env);
                 if let sqlparser::ast::AssignmentTarget::ColumnName(n) = &mut a.target {
                     // PostgreSQL names SET targets without a table qualifier.
                     if n.0.len() > 1 {
@@ -880,6 +1163,94 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
         names,
         assigns,
     })
+}
+
+/// `UPDATE t SET … OUTPUT DELETED.c, INSERTED.c WHERE w` becomes
+/// `UPDATE t SET … FROM (SELECT ctid AS __ctid, c AS __d_c FROM t WHERE w)
+/// AS __old WHERE ctid = __old.__ctid OUTPUT __old.__d_c AS c, c`: PostgreSQL
+/// 15's RETURNING sees only new values, the self-join supplies the old ones.
+fn update_output_deleted(up: &sqlparser::ast::Update) -> Result<Option<Statement>, SqlError> {
+    let Some(OutputClause::Output {
+        select_items,
+        into_table,
+        ..
+    }) = &up.output
+    else {
+        return Ok(None);
+    };
+    let prefix_of = |e: &Expr| -> Option<(String, String)> {
+        match e {
+            Expr::CompoundIdentifier(ids) if ids.len() == 2 => {
+                Some((ids[0].value.to_lowercase(), ids[1].value.clone()))
+            }
+            _ => None,
+        }
+    };
+    let uses_deleted = select_items.iter().any(|i| match i {
+        SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => {
+            prefix_of(e).map(|(p, _)| p == "deleted").unwrap_or(false)
+        }
+        SelectItem::QualifiedWildcard(..) => i.to_string().to_lowercase().starts_with("deleted"),
+        _ => false,
+    });
+    if !uses_deleted {
+        return Ok(None);
+    }
+    if into_table.is_some() || up.from.is_some() || !up.table.joins.is_empty() {
+        return Err(SqlError::unsupported(
+            "UPDATE … OUTPUT DELETED with FROM or INTO",
+        ));
+    }
+    let TableFactor::Table { name, .. } = &up.table.relation else {
+        return Err(SqlError::unsupported(
+            "UPDATE … OUTPUT DELETED of a derived table",
+        ));
+    };
+    let mut old_cols = Vec::new();
+    let mut outputs = Vec::new();
+    for item in select_items {
+        let (expr, alias) = match item {
+            SelectItem::UnnamedExpr(e) => (e, None),
+            SelectItem::ExprWithAlias { expr, alias } => (expr, Some(alias.value.clone())),
+            other => {
+                return Err(SqlError::unsupported(format!(
+                    "OUTPUT {other} with DELETED"
+                )))
+            }
+        };
+        let Some((prefix, col)) = prefix_of(expr) else {
+            return Err(SqlError::unsupported(format!(
+                "OUTPUT expression {expr} with DELETED"
+            )));
+        };
+        let shown = alias.unwrap_or_else(|| col.clone());
+        let shown = format!("[{}]", shown.replace(']', "]]"));
+        match prefix.as_str() {
+            "deleted" => {
+                let slot = format!("__d_{}", col.to_lowercase());
+                old_cols.push(format!("[{col}] AS {slot}"));
+                outputs.push(format!("__old.{slot} AS {shown}"));
+            }
+            "inserted" => outputs.push(format!("INSERTED.[{col}] AS {shown}")),
+            other => return Err(SqlError::unsupported(format!("OUTPUT {other}.{col}"))),
+        }
+    }
+    let assignments: Vec<String> = up.assignments.iter().map(|a| a.to_string()).collect();
+    let filter = up
+        .selection
+        .as_ref()
+        .map(|w| format!(" WHERE {w}"))
+        .unwrap_or_default();
+    let sql = format!(
+        "UPDATE {name} SET {} OUTPUT {} FROM (SELECT ctid AS __ctid, {} FROM {name}{filter}) AS __old WHERE ctid = __old.__ctid",
+        assignments.join(", "),
+        outputs.join(", "),
+        old_cols.join(", "),
+    );
+    let mut parsed =
+        sqlparser::parser::Parser::parse_sql(&sqlparser::dialect::MsSqlDialect {}, &sql)
+            .map_err(|e| SqlError::unsupported(format!("UPDATE … OUTPUT DELETED rewrite: {e}")))?;
+    Ok(parsed.pop())
 }
 
 /// T-SQL `UPDATE a SET … FROM t AS a JOIN u ON cond WHERE w` becomes
@@ -1148,6 +1519,7 @@ mod tests {
             rowcount: 0,
             error: 0,
             spid: 51,
+            lock_timeout: -1,
             user: "sa",
             database: "CRM",
         };
@@ -1160,6 +1532,10 @@ mod tests {
         assert_eq!(
             pg("SELECT TOP 5 [Comp_Name] FROM dbo.Company WITH (NOLOCK)"),
             "SELECT \"comp_name\" AS \"Comp_Name\" FROM \"dbo\".\"company\" LIMIT 5"
+        );
+        assert_eq!(
+            pg("SELECT Comp_Name AS Name, Kind = Comp_Type FROM Company ORDER BY name DESC"),
+            "SELECT \"comp_name\" AS \"Name\", \"comp_type\" AS \"Kind\" FROM \"company\" ORDER BY \"Name\" DESC"
         );
         assert_eq!(
             pg("MERGE dbo.M AS t USING dbo.S AS s ON t.Id = s.Id WHEN MATCHED THEN DELETE"),

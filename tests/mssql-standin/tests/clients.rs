@@ -96,4 +96,9 @@ async fn bulk_insert_of_100000_rows() {
     assert_eq!(row.get::<&str, _>(4), Some("2024-01-01 12:00:00.857"));
     let name: Option<String> = text(&mut c, "SELECT Name FROM dbo.Bulk WHERE N = 12345").await;
     assert_eq!(name.as_deref(), Some("name 12345 é"));
+    // And all of it back in one result set (thousands of packets).
+    let all = rows(&mut c, "SELECT N, Name, Amount FROM dbo.Bulk ORDER BY N").await;
+    assert_eq!(all.len(), 100_000);
+    assert_eq!(all[99_999].get::<i32, _>(0), Some(99_999));
+    assert_eq!(all[99_999].get::<&str, _>(1), Some("name 99999 é"));
 }

@@ -171,6 +171,7 @@ async fn tiberius_tsql_and_python_tds_read_the_same_data() {
 
     if python_has_pytds() {
         let out = Command::new("python3")
+            .env("PYTHONIOENCODING", "utf-8")
             .args(["-c", PYTHON, &s.port().to_string(), PASSWORD, QUERY])
             .output()
             .expect("run python3");
@@ -200,6 +201,8 @@ async fn tiberius_tsql_and_python_tds_read_the_same_data() {
                 "-S", "standin", "-U", USER, "-P", PASSWORD, "-D", "CRM", "-o", "q",
             ])
             .env("FREETDSCONF", &conf)
+            // The comparison is of UTF-8 text, whatever the machine's locale.
+            .env("LC_ALL", "C.UTF-8")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -293,5 +296,161 @@ async fn attention_cancels_a_running_batch() {
     assert_eq!(
         scalar::<i32>(&mut c, "SELECT COUNT(*) FROM t").await,
         Some(0)
+    );
+}
+
+const PYTHON_POOL: &str = r#"
+import sys
+import pytds
+port, password = int(sys.argv[1]), sys.argv[2]
+def connect():
+    return pytds.connect(server='127.0.0.1', port=port, database='CRM', user='sa', password=password,
+                         autocommit=False, pooling=True)
+conn = connect()
+cur = conn.cursor()
+cur.execute("CREATE TABLE #left_behind (a int)")
+cur.execute("SET XACT_ABORT ON")
+conn.close()
+conn = connect()
+cur = conn.cursor()
+cur.execute("SELECT CASE WHEN OBJECT_ID('tempdb..#left_behind') IS NULL THEN 'clean' ELSE 'dirty' END")
+print(cur.fetchone()[0])
+# Without autocommit python-tds drives transactions with Transaction
+# Manager requests (TM_BEGIN_XACT, TM_COMMIT_XACT, TM_ROLLBACK_XACT).
+cur.execute("CREATE TABLE tm (a int)")
+conn.commit()
+cur.execute("INSERT INTO tm VALUES (1)")
+conn.rollback()
+cur.execute("INSERT INTO tm VALUES (2)")
+conn.commit()
+cur.execute("SELECT a FROM tm")
+print([r[0] for r in cur.fetchall()])
+conn.close()
+"#;
+
+/// A pooled python-tds connection is reset with sp_reset_connection before
+/// reuse: temporary tables and SET options of the previous user are gone;
+/// and transactions driven by Transaction Manager requests (MS-TDS 2.2.6.9)
+/// commit and roll back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_reset_and_transaction_manager_requests() {
+    if !python_has_pytds() {
+        println!(
+            "SKIPPED pool reset check: python3 module pytds not installed (pip install python-tds)"
+        );
+        return;
+    }
+    let s = standin().await;
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_POOL, &s.port().to_string(), PASSWORD])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python-tds failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["clean", "[2]"]);
+}
+
+const PYTHON_ERRORS: &str = r#"
+import sys
+import pytds
+port, password = int(sys.argv[1]), sys.argv[2]
+with pytds.connect(server='127.0.0.1', port=port, database='CRM', user='sa', password=password, autocommit=True) as conn:
+    cur = conn.cursor()
+    for sql in sys.argv[3:]:
+        try:
+            cur.execute(sql)
+            print('ok')
+        except pytds.Error as e:
+            print(e.msg_no, e.severity)
+"#;
+
+/// The same error numbers and severities reach a client that shares no code
+/// with tiberius ("Database engine events and errors").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_tds_sees_sql_server_error_numbers() {
+    if !python_has_pytds() {
+        println!("SKIPPED python-tds error check: python3 module pytds not installed (pip install python-tds)");
+        return;
+    }
+    let s = standin().await;
+    let port = s.port().to_string();
+    let out = Command::new("python3")
+        .args(["-c", PYTHON_ERRORS, &port, PASSWORD])
+        .args([
+            "CREATE TABLE e (id int NOT NULL PRIMARY KEY, v nvarchar(2) NULL)",
+            "INSERT INTO e VALUES (1, N'a')",
+            "INSERT INTO e VALUES (1, N'b')",
+            "INSERT INTO e VALUES (2, N'abc')",
+            "INSERT INTO e (v) VALUES (N'x')",
+            "SELECT nope FROM e",
+            "SELECT * FROM nope",
+        ])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "python-tds failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["ok", "ok", "2627 14", "2628 16", "515 16", "207 16", "208 16"]
+    );
+}
+
+/// FreeTDS (GnuTLS) negotiates TLS inside PRELOGIN with the stand-in, as it
+/// does with SQL Server (`encryption = require`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tsql_connects_over_tls() {
+    if !tsql_installed() {
+        println!(
+            "SKIPPED tsql TLS check: FreeTDS tsql not installed (apt-get install freetds-bin)"
+        );
+        return;
+    }
+    let s = standin_with(true, "UTC").await;
+    let dir = std::env::temp_dir().join(format!(
+        "standin-freetds-tls-{}-{}",
+        std::process::id(),
+        s.port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("freetds.conf");
+    std::fs::write(
+        &conf,
+        format!("[standin]\n\thost = 127.0.0.1\n\tport = {}\n\ttds version = 7.4\n\tencryption = require\n", s.port()),
+    )
+    .unwrap();
+    let mut child = Command::new("tsql")
+        .args(["-S", "standin", "-U", USER, "-P", PASSWORD, "-o", "q"])
+        .env("FREETDSCONF", &conf)
+        .env("LC_ALL", "C.UTF-8")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run tsql");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"SELECT N'over tls' AS t\ngo\nexit\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>(),
+        ["t", "over tls"],
+        "tsql stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -22,6 +22,8 @@ async fn login_and_simple_select() {
     assert_eq!(row.get::<&str, _>("txt"), Some("x"));
 }
 
+/// SQL Server answers a failed SQL login with error 18456, severity 14,
+/// "Login failed for user '…'." ("MSSQLSERVER_18456").
 #[tokio::test]
 async fn wrong_password_is_error_18456() {
     let s = standin().await;
@@ -318,4 +320,47 @@ async fn tiberius_0_13_connects_and_binds() {
     assert_eq!(row.get::<&str, _>("s"), Some("😀"));
     assert_eq!(row.get::<chrono::NaiveDateTime, _>("d"), Some(at));
     assert_eq!(row.get::<i32, _>("c"), Some(1));
+}
+
+/// A database that cannot be opened fails the login with error 4060
+/// ("MSSQLSERVER_4060"), not with a dropped connection.
+#[tokio::test]
+async fn unreachable_database_fails_login_with_4060() {
+    let pg_url = testkit::fresh_database("standin_gone").await;
+    let s = mssql_standin::start(
+        mssql_standin::Config {
+            pg_url: pg_url.clone(),
+            user: USER.into(),
+            password: PASSWORD.into(),
+            timezone: "UTC".into(),
+            tls: false,
+        },
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let db = pg_url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_string();
+    let (admin, conn) =
+        tokio_postgres::connect(&testkit::server().admin_url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+    let task = tokio::spawn(conn);
+    admin
+        .batch_execute(&format!("DROP DATABASE \"{db}\" WITH (FORCE)"))
+        .await
+        .unwrap();
+    drop(admin);
+    let _ = task.await;
+    match connect_with(s.port(), PASSWORD).await {
+        Err(tiberius::error::Error::Server(e)) => assert_eq!(e.code(), 4060),
+        Err(other) => panic!("expected error 4060, got {other}"),
+        Ok(_) => panic!("login to a dropped database succeeded"),
+    }
 }

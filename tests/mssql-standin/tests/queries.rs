@@ -48,6 +48,26 @@ async fn keyset_paging_updates_and_soft_deletes() {
     }
     assert_eq!(seen, (1..=7).collect::<Vec<_>>(), "every row exactly once");
 
+    // + concatenates character data, columns included.
+    assert_eq!(
+        text(&mut c, "SELECT Comp_Type + N': ' + Comp_Name + N' (' + UPPER(Comp_Type) + N')' FROM dbo.Company WHERE Comp_CompanyId = 1").await.as_deref(),
+        Some("Supplier: Company 0 (SUPPLIER)")
+    );
+    // A key list passed as one string, split by STRING_SPLIT ("STRING_SPLIT
+    // (Transact-SQL)", SQL Server 2016+).
+    let n = c
+        .query(
+            "SELECT COUNT(*) FROM dbo.Company WHERE Comp_CompanyId IN (SELECT CAST(value AS int) FROM STRING_SPLIT(@P1, ','))",
+            &[&"2,4,6,99"],
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(n, Some(3));
     // IN list of parameters, update stamped by the server clock.
     let r = c
         .execute(
@@ -228,4 +248,118 @@ async fn delete_from_join_and_merge() {
             (4, "d".to_string())
         ]
     );
+}
+
+/// UPDATE … OUTPUT DELETED.x, INSERTED.x returns each row's old and new
+/// values ("OUTPUT Clause (Transact-SQL)").
+#[tokio::test]
+async fn update_output_deleted_and_inserted() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.V (Id int NOT NULL PRIMARY KEY, Name nvarchar(20) NULL, N int NULL); \
+         INSERT INTO dbo.V VALUES (1, N'a', 10), (2, N'b', 20), (3, N'c', 30)",
+    )
+    .await;
+    let got = c
+        .query(
+            "UPDATE dbo.V SET Name = @P1, N = N + 1 OUTPUT DELETED.Name AS OldName, INSERTED.Name, DELETED.N, INSERTED.N AS NewN WHERE Id >= @P2",
+            &[&"z", &2i32],
+        )
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap();
+    let mut rows: Vec<(String, String, i32, i32)> = got
+        .iter()
+        .map(|r| {
+            (
+                r.get::<&str, _>("OldName").unwrap().to_string(),
+                r.get::<&str, _>("Name").unwrap().to_string(),
+                r.get::<i32, _>("N").unwrap(),
+                r.get::<i32, _>("NewN").unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    assert_eq!(
+        rows,
+        [
+            ("b".to_string(), "z".to_string(), 20, 21),
+            ("c".to_string(), "z".to_string(), 30, 31)
+        ]
+    );
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT SUM(N) FROM dbo.V").await,
+        Some(10 + 21 + 31)
+    );
+}
+
+/// Keys kept as text (as crmsync's link table keeps them) bound as nvarchar
+/// against int columns: SQL Server converts the nvarchar to int by data type
+/// precedence, and fails with 245 only when the text is not a number ("Data
+/// type precedence (Transact-SQL)", "Data type conversion (Database Engine)").
+#[tokio::test]
+async fn string_parameters_convert_to_the_column_type() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.K (Id int NOT NULL PRIMARY KEY, Qty int NULL, Name nvarchar(10) NULL)",
+    )
+    .await;
+    c.execute(
+        "INSERT INTO dbo.K (Id, Qty, Name) VALUES (@P1, @P2, @P3)",
+        &[&"7", &"3", &"seven"],
+    )
+    .await
+    .unwrap();
+    c.execute(
+        "INSERT INTO dbo.K (Id, Qty, Name) VALUES (@P1, @P2, @P3)",
+        &[&"8", &"4", &"8"],
+    )
+    .await
+    .unwrap();
+    c.execute("UPDATE dbo.K SET Qty = @P1 WHERE Id = @P2", &[&"30", &"7"])
+        .await
+        .unwrap();
+    let got = c
+        .query(
+            "SELECT Id, Qty FROM dbo.K WHERE Id IN (@P1, @P2) AND Qty >= @P3 ORDER BY Id",
+            &[&"7", &"8", &"4"],
+        )
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap();
+    let got: Vec<(i32, i32)> = got
+        .iter()
+        .map(|r| (r.get(0).unwrap(), r.get(1).unwrap()))
+        .collect();
+    assert_eq!(got, [(7, 30), (8, 4)]);
+    // The same parameter may meet an int and an nvarchar column.
+    let n = c
+        .query(
+            "SELECT COUNT(*) FROM dbo.K WHERE Id = @P1 OR Name = @P1",
+            &[&"8"],
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(n, Some(1));
+    let e = match c
+        .query("SELECT * FROM dbo.K WHERE Id = @P1", &[&"seven"])
+        .await
+    {
+        Err(tiberius::error::Error::Server(e)) => e,
+        other => panic!("expected 245, got {:?}", other.map(|_| ())),
+    };
+    assert_eq!(e.code(), 245);
 }

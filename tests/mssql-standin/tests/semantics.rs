@@ -147,6 +147,46 @@ async fn datetime_rounds_to_300ths_and_compares_at_datetime2_precision() {
     assert_eq!(shown.as_deref(), Some("2024-01-01 10:00:00.003"));
 }
 
+/// 1 (continued). A datetimeoffset value (tiberius binds
+/// `DateTime<FixedOffset>` so; `DateTime<Utc>` goes as datetime2 in UTC)
+/// outranks datetime and datetime2: the column is converted to
+/// datetimeoffset at +00:00, whatever the server's time zone, so
+/// `col = @utc` compares the column's clock time with the UTC clock time
+/// ("Data type precedence (Transact-SQL)", "datetimeoffset (Transact-SQL)":
+/// converting datetime to datetimeoffset).
+#[tokio::test]
+async fn datetime_columns_meet_datetimeoffset_parameters_at_utc() {
+    // British Summer Time is UTC+1 on this date: a zone-based conversion
+    // would be an hour off.
+    let s = standin_with(false, "Europe/London").await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE t (d datetime NULL, d2 datetime2(3) NULL); \
+         INSERT INTO t VALUES ('2024-07-01 12:00:00', '2024-07-01 12:00:00')",
+    )
+    .await;
+    // 14:00 at +02:00 is 12:00 UTC.
+    let noon_utc = chrono::DateTime::parse_from_rfc3339("2024-07-01T14:00:00+02:00").unwrap();
+    for (col, at, expected) in [
+        ("d", noon_utc, 1),
+        ("d2", noon_utc, 1),
+        ("d", noon_utc - chrono::Duration::hours(1), 0),
+        ("d2", noon_utc - chrono::Duration::hours(1), 0),
+    ] {
+        let n = c
+            .query(format!("SELECT COUNT(*) FROM t WHERE {col} = @P1"), &[&at])
+            .await
+            .unwrap()
+            .into_row()
+            .await
+            .unwrap()
+            .unwrap()
+            .get::<i32, _>(0);
+        assert_eq!(n, Some(expected), "{col} = {at}");
+    }
+}
+
 /// 2. SQL Server: nvarchar(n) holds n byte-pairs (UTF-16 code units), so a
 /// character outside the BMP takes two ("nchar and nvarchar (Transact-SQL)");
 /// a longer value raises error 2628, level 16, and the statement is
@@ -313,10 +353,22 @@ async fn identity_output_scope_identity_columnproperty_identity_insert() {
     )
     .await;
     assert_eq!(id, Some(105), "identity continues after the explicit value");
+    // An explicit value below the current identity does not move it back.
+    exec(
+        &mut c,
+        "SET IDENTITY_INSERT dbo.T ON; INSERT INTO dbo.T (Id, Name) VALUES (7, N'low'); SET IDENTITY_INSERT dbo.T OFF",
+    )
+    .await;
+    let id: Option<i32> = scalar(
+        &mut c,
+        "INSERT INTO dbo.T (Name) OUTPUT INSERTED.Id VALUES (N'd')",
+    )
+    .await;
+    assert_eq!(id, Some(110));
     // IDENT_CURRENT: the last value generated for the table ("IDENT_CURRENT
     // (Transact-SQL)").
     let cur: Option<rust_decimal::Decimal> = scalar(&mut c, "SELECT IDENT_CURRENT('dbo.T')").await;
-    assert_eq!(cur, Some(105.into()));
+    assert_eq!(cur, Some(110.into()));
 }
 
 /// 5. Sage CRM allocates ids with `EXEC @id = eware_get_identity_id 'Table'`
@@ -384,6 +436,26 @@ async fn applocks_grant_time_out_and_release() {
     exec(&mut a, "COMMIT").await;
     assert_eq!(scalar::<i32>(&mut b, tget).await, Some(0));
     exec(&mut b, "ROLLBACK").await;
+    // SET LOCK_TIMEOUT 0: a blocked statement fails with 1222 at once
+    // ("SET LOCK_TIMEOUT (Transact-SQL)"), and sp_getapplock's default
+    // @LockTimeout is @@LOCK_TIMEOUT.
+    exec(
+        &mut a,
+        "CREATE TABLE lk (id int NOT NULL PRIMARY KEY, v int NULL); INSERT INTO lk VALUES (1, 0)",
+    )
+    .await;
+    exec(&mut a, "BEGIN TRAN; UPDATE lk SET v = 1 WHERE id = 1").await;
+    exec(&mut b, "SET LOCK_TIMEOUT 0").await;
+    assert_eq!(
+        scalar::<i32>(&mut b, "SELECT @@LOCK_TIMEOUT").await,
+        Some(0)
+    );
+    let e = server_error(&mut b, "UPDATE lk SET v = 2 WHERE id = 1").await;
+    assert_eq!((e.code(), e.class()), (1222, 16));
+    let held = "DECLARE @r int; EXEC @r = sp_getapplock @Resource = 'r3', @LockMode = 'Exclusive', @LockOwner = 'Session'; SELECT @r";
+    assert_eq!(scalar::<i32>(&mut a, held).await, Some(0));
+    assert_eq!(scalar::<i32>(&mut b, held).await, Some(-1));
+    exec(&mut a, "COMMIT").await;
 }
 
 /// 7. SQL Server's error numbers and severities ("Database engine events and
@@ -576,6 +648,11 @@ async fn builtin_functions_and_paging() {
         scalar::<NaiveDate>(&mut c, "SELECT CAST('2024-02-29T10:11:12' AS date)").await,
         NaiveDate::from_ymd_opt(2024, 2, 29)
     );
+    // datetime minus a number counts days.
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT DATEDIFF(day, GETDATE() - 7, GETDATE())").await,
+        Some(7)
+    );
     // DB_NAME() is the database the client logged in to; it runs at a
     // compatibility level of 130 or later ("ALTER DATABASE Compatibility Level").
     assert_eq!(
@@ -720,8 +797,10 @@ async fn catalog_views_report_sql_server_types() {
 
 /// 10. DDL: crmsync's sql/mssql/crm_schema.sql (CREATE TABLE with IDENTITY,
 /// PRIMARY KEY, NULL/NOT NULL; CREATE [UNIQUE] INDEX with a filter; a
-/// CREATE PROCEDURE batch) loads unchanged, as with `sqlcmd -i`
-/// ("CREATE TABLE (Transact-SQL)", "CREATE INDEX (Transact-SQL)").
+/// CREATE PROCEDURE batch) loads unchanged, as with `sqlcmd -i`; DROP INDEX
+/// … ON and DROP TABLE; ALTER TABLE ADD / ALTER COLUMN / DROP COLUMN; DEFAULT
+/// constraints ("CREATE TABLE (Transact-SQL)",
+/// "CREATE INDEX (Transact-SQL)", "DROP INDEX (Transact-SQL)").
 #[tokio::test]
 async fn crm_schema_loads_unchanged() {
     let s = standin().await;
@@ -744,6 +823,53 @@ async fn crm_schema_loads_unchanged() {
         "DROP INDEX IDX_Comp_Name ON dbo.Company; DROP TABLE dbo.Cases",
     )
     .await;
+    // ALTER TABLE: a column added (as Sage CRM's customizer does), widened,
+    // and dropped; the catalog and the length rules follow
+    // ("ALTER TABLE (Transact-SQL)").
+    exec(
+        &mut c,
+        "ALTER TABLE dbo.Company ADD comp_erpcode nvarchar(5) NULL",
+    )
+    .await;
+    let e = server_error(
+        &mut c,
+        "INSERT INTO dbo.Company (Comp_Name, comp_erpcode) VALUES (N'n', N'123456')",
+    )
+    .await;
+    assert_eq!(e.code(), 2628);
+    exec(
+        &mut c,
+        "ALTER TABLE dbo.Company ALTER COLUMN comp_erpcode nvarchar(10) NULL",
+    )
+    .await;
+    exec(
+        &mut c,
+        "INSERT INTO dbo.Company (Comp_Name, comp_erpcode) VALUES (N'n', N'123456')",
+    )
+    .await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT CHARACTER_MAXIMUM_LENGTH FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_NAME = 'Company' AND COLUMN_NAME = 'comp_erpcode'").await,
+        Some(10)
+    );
+    exec(&mut c, "ALTER TABLE dbo.Company DROP COLUMN comp_erpcode").await;
+    let e = server_error(&mut c, "SELECT comp_erpcode FROM dbo.Company").await;
+    assert_eq!(e.code(), 207);
+    // DEFAULT constraints, named or not, fill omitted columns.
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.D (Id int NOT NULL, At datetime NOT NULL DEFAULT GETDATE(), \
+         S nvarchar(10) NULL DEFAULT N'x', N int NOT NULL CONSTRAINT DF_D_N DEFAULT (0)); \
+         INSERT INTO dbo.D (Id) VALUES (1)",
+    )
+    .await;
+    let r = rows(
+        &mut c,
+        "SELECT S, N, DATEDIFF(day, At, GETDATE()) FROM dbo.D",
+    )
+    .await;
+    assert_eq!(r[0].get::<&str, _>(0), Some("x"));
+    assert_eq!(r[0].get::<i32, _>(1), Some(0));
+    assert_eq!(r[0].get::<i32, _>(2), Some(0));
     let e = server_error(&mut c, "SELECT * FROM dbo.Cases").await;
     assert_eq!(e.code(), 208);
 }

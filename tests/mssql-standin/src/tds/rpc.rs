@@ -102,6 +102,51 @@ pub fn parse_rpc(payload: &[u8]) -> Result<Vec<RpcCall>, Error> {
     Ok(calls)
 }
 
+/// A Transaction Manager Request (MS-TDS 2.2.6.9), as clients without
+/// autocommit send them instead of BEGIN/COMMIT batches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransactionRequest {
+    /// TM_BEGIN_XACT with its isolation level (0 = unchanged).
+    Begin { isolation: u8 },
+    /// TM_COMMIT_XACT; `then_begin` carries the isolation level of a new
+    /// transaction started right after (fBeginXact).
+    Commit { then_begin: Option<u8> },
+    /// TM_ROLLBACK_XACT, likewise.
+    Rollback { then_begin: Option<u8> },
+    /// TM_SAVE_XACT and the DTC requests, which the stand-in refuses.
+    Unsupported(u16),
+}
+
+pub fn parse_transaction_manager(payload: &[u8]) -> Result<TransactionRequest, Error> {
+    let mut r = Reader::new(payload);
+    read_all_headers(&mut r)?;
+    let kind = r.u16()?;
+    Ok(match kind {
+        5 => {
+            let isolation = r.u8()?;
+            let _name = r.b_varchar()?;
+            TransactionRequest::Begin { isolation }
+        }
+        7 | 8 => {
+            let _name = r.b_varchar()?;
+            let flags = if r.is_empty() { 0 } else { r.u8()? };
+            let then_begin = if flags & 0x01 != 0 {
+                let isolation = r.u8()?;
+                let _new_name = r.b_varchar()?;
+                Some(isolation)
+            } else {
+                None
+            };
+            if kind == 7 {
+                TransactionRequest::Commit { then_begin }
+            } else {
+                TransactionRequest::Rollback { then_begin }
+            }
+        }
+        other => TransactionRequest::Unsupported(other),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,88 @@
+//! The bulk side of an endpoint, used by `backfill`: a streaming keyset
+//! read of a whole table and a chunk write that commits data, links and the
+//! backfill checkpoint together.
+
+use super::{Result, Scan, TableInfo, Update};
+use crate::state::{Checkpoint, LinkBatch};
+use crate::value::Value;
+use async_trait::async_trait;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Resolves when the previous chunk has committed; an error (the sender
+/// dropped) means it did not.
+pub type Turn = tokio::sync::oneshot::Receiver<()>;
+
+/// A chunk of rows in the scan's column order.
+pub type Rows = Vec<Vec<Value>>;
+
+/// What to read: rows of `scan` in ascending key order, strictly after
+/// `after`, leaving out rows whose `deleted` flag column is set.
+#[derive(Debug, Clone)]
+pub struct StreamRequest {
+    pub scan: Scan,
+    pub after: Option<Value>,
+    pub deleted: Option<String>,
+    pub chunk_rows: usize,
+    /// Chunks buffered between reader and writer; bounds memory.
+    pub depth: usize,
+}
+
+/// The checkpoint to commit with a chunk, in the state schema `schema`.
+#[derive(Debug, Clone)]
+pub struct CheckpointWrite {
+    pub schema: String,
+    pub entity: String,
+    pub direction: String,
+    pub checkpoint: Checkpoint,
+}
+
+/// One chunk of a backfill, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct ChunkWrite {
+    pub table: Arc<TableInfo>,
+    pub key: String,
+    /// Columns of `inserts`, in order.
+    pub columns: Vec<String>,
+    pub inserts: Rows,
+    pub updates: Vec<Update>,
+    /// Links (with `KeyRef::Inserted(i)` for the i-th insert) and the
+    /// checkpoint, when the state store lives in this database.
+    pub links: Option<LinkBatch>,
+    /// Links whose CRM key has no row in the links table yet, written with
+    /// COPY (in the same transaction, like `links`).
+    pub fresh_links: Option<LinkBatch>,
+    pub checkpoint: Option<CheckpointWrite>,
+}
+
+/// Contract:
+/// - `stream` returns at once; a reader task sends chunks in key order
+///   and stops at the end of the table, at the first error (sent as the
+///   last item), or when the receiver is dropped.
+/// - `write_chunk` commits all of a chunk or nothing, and returns the keys
+///   of the inserted rows in insert order. Several may run at once, each
+///   on its own connection; when `turn` is given, the chunk writes its
+///   checkpoint and commits only after `turn` resolves (the previous
+///   chunk committed), and rolls back if it fails, so that checkpoints
+///   commit in chunk order.
+#[async_trait]
+pub trait Bulk: Send + Sync {
+    fn stream(&self, req: StreamRequest) -> mpsc::Receiver<Result<Rows>>;
+
+    /// Tuples of `columns` (values of the first given in `first`) that
+    /// occur more than once among the live rows of `scan`.
+    async fn duplicates(
+        &self,
+        scan: &Scan,
+        columns: &[String],
+        first: &[Value],
+        deleted: Option<&str>,
+    ) -> Result<Vec<Vec<Value>>>;
+
+    async fn write_chunk(&self, chunk: &ChunkWrite, turn: Option<Turn>) -> Result<Vec<Value>>;
+
+    /// Refreshes the planner statistics of `table` and, when given, of the
+    /// state schema's links table after a bulk load, so that the next
+    /// sync's key lookups use their indexes.
+    async fn analyze(&self, table: Option<&TableInfo>, state_schema: Option<&str>) -> Result<()>;
+}

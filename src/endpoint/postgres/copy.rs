@@ -1,0 +1,464 @@
+//! Backfill on PostgreSQL: one streaming keyset read per table, and chunk
+//! writes through `COPY ... FROM STDIN (FORMAT binary)`.
+//!
+//! Inserted rows need their keys for the links. When the key is mapped,
+//! the rows carry it; when it comes from a sequence (serial or identity
+//! `BY DEFAULT`), the keys are drawn with `nextval` first and the rows are
+//! copied straight into the target. Otherwise (identity `ALWAYS`, or a
+//! default expression) the rows are copied into a temporary staging table
+//! and moved with one `INSERT ... SELECT ... ORDER BY ... RETURNING`.
+
+use super::{params_of, qualified, quote, refs, state, update_sql, PgEndpoint};
+use crate::endpoint::bulk::{Bulk, ChunkWrite, Rows, StreamRequest, Turn};
+use crate::endpoint::{EndpointError, Result, Scan};
+use crate::value::Value;
+use async_trait::async_trait;
+use futures_util::future::try_join_all;
+use std::collections::HashMap;
+use tokio::sync::mpsc;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Statement;
+
+/// How inserted rows get their keys.
+enum Keys {
+    /// The key is one of the inserted columns.
+    Given,
+    /// Drawn from this sequence before the copy.
+    Sequence(String),
+    /// Assigned by the database during the insert.
+    Database,
+}
+
+fn live_sql(deleted: Option<&str>) -> String {
+    deleted
+        .map(|d| format!(" AND ({0} IS NULL OR {0} = 0)", quote(d)))
+        .unwrap_or_default()
+}
+
+impl PgEndpoint {
+    async fn key_source(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        chunk: &ChunkWrite,
+    ) -> Result<Keys> {
+        if chunk.columns.contains(&chunk.key) {
+            return Ok(Keys::Given);
+        }
+        let row = tx
+            .query_one(
+                "SELECT pg_get_serial_sequence($1, $2), \
+                        (SELECT a.attidentity::text FROM pg_attribute a \
+                          WHERE a.attrelid = $1::regclass AND a.attname = $2)",
+                &[&qualified(&chunk.table), &chunk.key],
+            )
+            .await
+            .map_err(|e| self.query_error("looking up the key's sequence", e))?;
+        let seq: Option<String> = row.get(0);
+        let identity: Option<String> = row.get(1);
+        Ok(match (seq, identity.as_deref()) {
+            (Some(_), Some("a")) | (None, _) => Keys::Database,
+            (Some(s), _) => Keys::Sequence(s),
+        })
+    }
+
+    async fn copy_rows<'r, I>(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        target: &str,
+        columns: &[String],
+        types: &[Type],
+        rows: I,
+    ) -> Result<()>
+    where
+        I: Iterator<Item = Vec<&'r (dyn ToSql + Sync)>> + Send,
+    {
+        let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+        let sink = tx
+            .copy_in(&format!(
+                "COPY {target} ({}) FROM STDIN (FORMAT binary)",
+                cols.join(", ")
+            ))
+            .await
+            .map_err(|e| self.query_error(format!("starting COPY into {target}"), e))?;
+        let writer = BinaryCopyInWriter::new(sink, types);
+        let mut writer = std::pin::pin!(writer);
+        for r in rows {
+            writer
+                .as_mut()
+                .write(&r)
+                .await
+                .map_err(|e| self.query_error(format!("copying rows into {target}"), e))?;
+        }
+        writer
+            .finish()
+            .await
+            .map_err(|e| self.query_error(format!("finishing COPY into {target}"), e))?;
+        Ok(())
+    }
+
+    async fn column_types(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        target: &str,
+        columns: &[String],
+    ) -> Result<Vec<Type>> {
+        let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+        let st = tx
+            .prepare(&format!("SELECT {} FROM {target} LIMIT 0", cols.join(", ")))
+            .await
+            .map_err(|e| self.query_error(format!("reading the column types of {target}"), e))?;
+        Ok(st.columns().iter().map(|c| c.type_().clone()).collect())
+    }
+
+    async fn insert_chunk(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        chunk: &ChunkWrite,
+    ) -> Result<Vec<Value>> {
+        if chunk.inserts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let target = qualified(&chunk.table);
+        let mut types = self.column_types(tx, &target, &chunk.columns).await?;
+        match self.key_source(tx, chunk).await? {
+            Keys::Given => {
+                let pos = chunk
+                    .columns
+                    .iter()
+                    .position(|c| *c == chunk.key)
+                    .unwrap_or(0);
+                let keys = chunk.inserts.iter().map(|r| r[pos].clone()).collect();
+                let rows = chunk.inserts.iter().map(|r| refs(r));
+                self.copy_rows(tx, &target, &chunk.columns, &types, rows)
+                    .await?;
+                Ok(keys)
+            }
+            Keys::Sequence(seq) => {
+                let n = chunk.inserts.len() as i64;
+                let keys: Vec<Value> = tx
+                    .query(
+                        "SELECT nextval($1::text::regclass) FROM generate_series(1, $2::int8)",
+                        &[&seq, &n],
+                    )
+                    .await
+                    .map_err(|e| self.query_error(format!("drawing keys from {seq}"), e))?
+                    .iter()
+                    .map(|r| Value::Int(r.get::<_, i64>(0)))
+                    .collect();
+                let mut columns = chunk.columns.clone();
+                columns.push(chunk.key.clone());
+                types = self.column_types(tx, &target, &columns).await?;
+                let rows = chunk.inserts.iter().zip(&keys).map(|(r, k)| {
+                    let mut v = refs(r);
+                    v.push(k as &(dyn ToSql + Sync));
+                    v
+                });
+                self.copy_rows(tx, &target, &columns, &types, rows).await?;
+                Ok(keys)
+            }
+            Keys::Database => {
+                let cols: Vec<String> = chunk.columns.iter().map(|c| quote(c)).collect();
+                let cols = cols.join(", ");
+                tx.batch_execute(&format!(
+                    "CREATE TEMP TABLE crmsync_stage ON COMMIT DROP AS \
+                       SELECT {cols} FROM {target} WITH NO DATA; \
+                     ALTER TABLE crmsync_stage ADD COLUMN crmsync_ord int8"
+                ))
+                .await
+                .map_err(|e| self.query_error("creating the staging table", e))?;
+                let mut columns = chunk.columns.clone();
+                columns.push("crmsync_ord".into());
+                types.push(Type::INT8);
+                let ords: Vec<Value> = (0..chunk.inserts.len() as i64).map(Value::Int).collect();
+                let rows = chunk.inserts.iter().zip(&ords).map(|(r, o)| {
+                    let mut v = refs(r);
+                    v.push(o as &(dyn ToSql + Sync));
+                    v
+                });
+                self.copy_rows(tx, "crmsync_stage", &columns, &types, rows)
+                    .await?;
+                // Rows are inserted, and returned, in the SELECT's order.
+                let keys = tx
+                    .query(
+                        &format!(
+                            "INSERT INTO {target} ({cols}) SELECT {cols} FROM crmsync_stage \
+                             ORDER BY crmsync_ord RETURNING {}",
+                            quote(&chunk.key)
+                        ),
+                        &[],
+                    )
+                    .await
+                    .map_err(|e| self.query_error(format!("inserting into {target}"), e))?;
+                let keys = keys
+                    .iter()
+                    .map(|r| r.try_get::<_, Value>(0))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| self.query_error("decoding inserted keys", e))?;
+                tx.batch_execute("DROP TABLE crmsync_stage")
+                    .await
+                    .map_err(|e| self.query_error("dropping the staging table", e))?;
+                Ok(keys)
+            }
+        }
+    }
+}
+
+/// A JSON document already serialized, sent as json or jsonb.
+#[derive(Debug)]
+struct RawJson(String);
+
+impl ToSql for RawJson {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            out.extend_from_slice(&[1]);
+        }
+        out.extend_from_slice(self.0.as_bytes());
+        Ok(tokio_postgres::types::IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+impl PgEndpoint {
+    /// Copies links that are new for certain into the links table.
+    async fn copy_links(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        batch: &crate::state::LinkBatch,
+        inserted: &[Value],
+    ) -> Result<()> {
+        use crate::state::KeyRef;
+        let key = |k: &KeyRef| match k {
+            KeyRef::Known(s) => s.clone(),
+            KeyRef::Inserted(i) => inserted[*i].key_string(),
+        };
+        let rows: Vec<(String, String, RawJson, bool)> = batch
+            .links
+            .iter()
+            .map(|l| {
+                (
+                    key(&l.crm_key),
+                    key(&l.external_key),
+                    RawJson(serde_json::to_string(&l.shadow).unwrap_or_else(|_| "{}".into())),
+                    l.deleted,
+                )
+            })
+            .collect();
+        let columns: Vec<String> = ["entity", "crm_key", "external_key", "shadow", "deleted"]
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let types = [Type::TEXT, Type::TEXT, Type::TEXT, Type::JSONB, Type::BOOL];
+        let target = format!("{}.links", quote(&batch.schema));
+        let entity = batch.entity.clone();
+        let iter = rows.iter().map(|(c, x, s, d)| {
+            vec![
+                &entity as &(dyn ToSql + Sync),
+                c as &(dyn ToSql + Sync),
+                x as &(dyn ToSql + Sync),
+                s as &(dyn ToSql + Sync),
+                d as &(dyn ToSql + Sync),
+            ]
+        });
+        self.copy_rows(tx, &target, &columns, &types, iter).await
+    }
+}
+
+#[async_trait]
+impl Bulk for PgEndpoint {
+    fn stream(&self, req: StreamRequest) -> mpsc::Receiver<Result<Rows>> {
+        // One keyset query per chunk, issued only when the channel has room:
+        // a single streaming query would let the driver buffer the whole
+        // table in memory when the writer is slower than the reader.
+        let (tx, rx) = mpsc::channel(req.depth.max(1));
+        let pool = self.pool.clone();
+        let side = self.side;
+        let key = quote(&req.scan.key);
+        let base = format!(
+            "SELECT {} FROM {} WHERE true{}{}",
+            Self::select_list(&req.scan),
+            qualified(&req.scan.table),
+            live_sql(req.deleted.as_deref()),
+            Self::filter_sql(&req.scan),
+        );
+        let limit = req.chunk_rows.max(1);
+        let first = format!("{base} ORDER BY {key} LIMIT {limit}");
+        let next = format!("{base} AND {key} > $1 ORDER BY {key} LIMIT {limit}");
+        let what = format!("reading {}", req.scan.table.qualified());
+        let key_pos = req.scan.position(&req.scan.key).unwrap_or(0);
+        tokio::spawn(async move {
+            let fail = |e: tokio_postgres::Error| super::query_failure(side, what.clone(), e);
+            let conn = match pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(EndpointError::Query {
+                            side,
+                            what: what.clone(),
+                            retryable: true,
+                            missing_object: false,
+                            refused_row: false,
+                            source: Box::new(e),
+                        }))
+                        .await;
+                    return;
+                }
+            };
+            let (first, next) = match (conn.prepare(&first).await, conn.prepare(&next).await) {
+                (Ok(f), Ok(n)) => (f, n),
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = tx.send(Err(fail(e))).await;
+                    return;
+                }
+            };
+            let mut after = req.after;
+            loop {
+                let Ok(permit) = tx.reserve().await else {
+                    return;
+                };
+                let rows = match &after {
+                    None => conn.query(&first, &[]).await,
+                    Some(k) => conn.query(&next, &[k]).await,
+                };
+                let rows = match rows.and_then(super::rows_to_values) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        permit.send(Err(fail(e)));
+                        return;
+                    }
+                };
+                let n = rows.len();
+                if n == 0 {
+                    return;
+                }
+                after = Some(rows[n - 1][key_pos].clone());
+                permit.send(Ok(rows));
+                if n < limit {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
+    async fn duplicates(
+        &self,
+        scan: &Scan,
+        columns: &[String],
+        first: &[Value],
+        deleted: Option<&str>,
+    ) -> Result<Vec<Vec<Value>>> {
+        if columns.is_empty() || first.is_empty() {
+            return Ok(Vec::new());
+        }
+        let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
+        let cols = cols.join(", ");
+        let sql = format!(
+            "SELECT {cols} FROM {} WHERE {} = ANY($1){}{} GROUP BY {cols} HAVING count(*) > 1",
+            qualified(&scan.table),
+            quote(&columns[0]),
+            live_sql(deleted),
+            Self::filter_sql(scan),
+        );
+        let conn = self.conn().await?;
+        let first = first.to_vec();
+        let rows = conn.query(&sql, &[&first]).await.map_err(|e| {
+            self.query_error(format!("counting matches in {}", scan.table.qualified()), e)
+        })?;
+        super::rows_to_values(rows).map_err(|e| self.query_error("decoding matches", e))
+    }
+
+    async fn analyze(
+        &self,
+        table: Option<&crate::endpoint::TableInfo>,
+        state_schema: Option<&str>,
+    ) -> Result<()> {
+        let mut names: Vec<String> = table.map(qualified).into_iter().collect();
+        names.extend(state_schema.map(|s| format!("{}.links", quote(s))));
+        if names.is_empty() {
+            return Ok(());
+        }
+        let conn = self.conn().await?;
+        conn.batch_execute(&format!("ANALYZE {}", names.join(", ")))
+            .await
+            .map_err(|e| self.query_error(format!("analyzing {}", names.join(", ")), e))
+    }
+
+    async fn write_chunk(&self, chunk: &ChunkWrite, turn: Option<Turn>) -> Result<Vec<Value>> {
+        let mut conn = self.conn().await?;
+        let tx = conn
+            .transaction()
+            .await
+            .map_err(|e| self.query_error("starting a transaction", e))?;
+        let table = chunk.table.qualified();
+        let batch = crate::endpoint::WriteBatch::new(chunk.table.clone(), chunk.key.clone());
+        let mut statements: HashMap<String, Statement> = HashMap::new();
+        let mut sqls = Vec::with_capacity(chunk.updates.len());
+        for up in &chunk.updates {
+            let sql = update_sql(&batch, &up.set);
+            if !statements.contains_key(&sql) {
+                let st = tx
+                    .prepare(&sql)
+                    .await
+                    .map_err(|e| self.query_error(format!("preparing an update of {table}"), e))?;
+                statements.insert(sql.clone(), st);
+            }
+            sqls.push(sql);
+        }
+        let params: Vec<Vec<Value>> = chunk
+            .updates
+            .iter()
+            .map(|u| {
+                let mut p = params_of(&u.set);
+                p.push(u.key.clone());
+                p
+            })
+            .collect();
+        try_join_all(sqls.iter().zip(&params).map(|(sql, p)| {
+            let st = &statements[sql];
+            let tx = &tx;
+            async move { tx.execute(st, &refs(p)).await }
+        }))
+        .await
+        .map_err(|e| self.query_error(format!("updating {table}"), e))?;
+        let t = std::time::Instant::now();
+        let keys = self.insert_chunk(&tx, chunk).await?;
+        tracing::debug!("chunk: {} rows copied in {:?}", keys.len(), t.elapsed());
+        if let Some(links) = &chunk.links {
+            let resolved = super::resolve_links(links, &keys);
+            state::write_links_in(&tx, &resolved)
+                .await
+                .map_err(|e| self.query_error("writing links", e))?;
+        }
+        if let Some(fresh) = chunk.fresh_links.as_ref().filter(|l| !l.links.is_empty()) {
+            self.copy_links(&tx, fresh, &keys).await?;
+        }
+        tracing::debug!("chunk: links written at {:?}", t.elapsed());
+        if let Some(turn) = turn {
+            turn.await.map_err(|_| {
+                EndpointError::Schema(
+                    "an earlier backfill chunk did not commit; this one was rolled back".into(),
+                )
+            })?;
+        }
+        if let Some(cp) = &chunk.checkpoint {
+            state::save_checkpoint_in(&tx, &cp.schema, &cp.entity, &cp.direction, &cp.checkpoint)
+                .await
+                .map_err(|e| self.query_error("saving the backfill checkpoint", e))?;
+        }
+        tx.commit()
+            .await
+            .map_err(|e| self.query_error(format!("committing a backfill chunk of {table}"), e))?;
+        tracing::debug!("chunk: committed at {:?}", t.elapsed());
+        Ok(keys)
+    }
+}

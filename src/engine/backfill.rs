@@ -1,0 +1,1012 @@
+//! `backfill`: one-shot bulk copy and linking of a whole entity, resumable.
+//!
+//! A reader task streams the source in key order through a bounded channel
+//! of chunks; the writer links each chunk's rows to existing records (the
+//! state's links, the CRM link column, the external CRM id column, then
+//! `match_on`), writes the rest in bulk, and commits the chunk together
+//! with its links and a checkpoint. A rerun after a crash resumes after
+//! the last committed chunk.
+//!
+//! Linked rows whose fields differ are resolved by the entity's `conflict`
+//! policy: `crm_wins` updates the external row; `external_wins` leaves it;
+//! `newest_wins` compares both change times in UTC; `manual` rejects the
+//! row until someone reconciles it. The shadow is always the CRM's values:
+//! the CRM side is then "in sync", and a remaining external difference is
+//! an external change that a two-way sync carries into CRM.
+
+use super::mapping::{external_to_canonical, map_crm_row, FieldProblem};
+use super::{later, Engine, EngineError};
+use crate::endpoint::bulk::{Bulk, CheckpointWrite, ChunkWrite, Rows, StreamRequest, Turn};
+use crate::endpoint::{Assign, EndpointError, Scan, Update};
+use crate::plan::{ConflictPolicy, Side};
+use crate::progress::{peak_rss_bytes, Progress};
+use crate::schema::BoundEntity;
+use crate::state::{Checkpoint, KeyRef, Link, LinkBatch, LinkWrite, Shadow, Watermark};
+use crate::value::{SqlType, Value};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::time::Instant;
+
+/// Rows per chunk when `--chunk-rows` is not given.
+pub const DEFAULT_CHUNK_ROWS: usize = 8_000;
+/// Chunks read ahead of the writer.
+pub const READ_AHEAD: usize = 1;
+/// Chunks written at once, each on its own connection and in its own
+/// transaction; they commit in order.
+pub const WRITERS: usize = 2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackfillDirection {
+    CrmToExternal,
+    ExternalToCrm,
+}
+
+impl BackfillDirection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackfillDirection::CrmToExternal => "crm_to_external",
+            BackfillDirection::ExternalToCrm => "external_to_crm",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BackfillOptions {
+    pub direction: BackfillDirection,
+    /// Start over even if an interrupted backfill left a checkpoint.
+    pub restart: bool,
+    pub chunk_rows: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(
+        "backfill --direction {0} is not yet supported; this build backfills crm_to_external only"
+    )]
+    NotYetSupported(&'static str),
+    #[error(
+        "entity {entity:?} does not flow {direction} (its direction is {actual}); \
+         backfill it in its own direction"
+    )]
+    WrongDirection {
+        entity: String,
+        direction: &'static str,
+        actual: String,
+    },
+    #[error("the {side} database has no bulk interface in this build; backfill needs PostgreSQL")]
+    NoBulk { side: &'static str },
+}
+
+/// What a backfill did to one entity (the `--report` carries it).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BackfillReport {
+    pub entity: String,
+    pub direction: String,
+    /// Whether this run continued an interrupted backfill.
+    pub resumed: bool,
+    /// Source rows an earlier, interrupted run had already committed.
+    pub rows_done_before: u64,
+    /// Source rows read by this run.
+    pub read: u64,
+    /// Rows linked to records that already existed on the target.
+    pub linked: u64,
+    pub linked_by_link_column: u64,
+    pub linked_by_crm_id: u64,
+    pub linked_by_match: u64,
+    /// Rows that were already linked in the state store.
+    pub already_linked: u64,
+    /// Linked target rows updated to resolve differing fields.
+    pub updated: u64,
+    pub inserted: u64,
+    pub rejected: u64,
+    pub unchanged: u64,
+    pub chunks: u64,
+    pub seconds: f64,
+    pub rows_per_second: f64,
+    pub peak_rss_bytes: Option<u64>,
+    pub watermark: Option<String>,
+}
+
+fn schema_error(msg: String) -> EngineError {
+    EngineError::Endpoint(EndpointError::Schema(msg))
+}
+
+impl Engine {
+    /// Backfills each selected entity.
+    pub async fn backfill(
+        &self,
+        only: Option<&str>,
+        opts: &BackfillOptions,
+    ) -> Result<Vec<BackfillReport>, anyhow::Error> {
+        if opts.direction == BackfillDirection::ExternalToCrm {
+            return Err(BackfillError::NotYetSupported(opts.direction.as_str()).into());
+        }
+        let (entities, _) = self.bind(only).await?;
+        for e in &entities {
+            if !e.plan.direction.crm_to_external() {
+                return Err(BackfillError::WrongDirection {
+                    entity: e.name().to_string(),
+                    direction: opts.direction.as_str(),
+                    actual: format!("{:?}", e.plan.direction),
+                }
+                .into());
+            }
+        }
+        self.state.migrate().await?;
+        let mut out = Vec::new();
+        for e in &entities {
+            let _lock = self
+                .state
+                .lock(e.name())
+                .await?
+                .ok_or_else(|| EngineError::Busy {
+                    entity: e.name().to_string(),
+                })?;
+            let run = self.state.start_run(e.name(), "backfill").await?;
+            let mut report = BackfillReport {
+                entity: e.name().to_string(),
+                direction: opts.direction.as_str().to_string(),
+                ..Default::default()
+            };
+            let result = to_external(self, e, opts, run, &mut report).await;
+            let outcome = match &result {
+                Ok(()) if report.rejected > 0 => "finished with rejects",
+                Ok(()) => "ok",
+                Err(_) => "failed",
+            };
+            let summary = serde_json::to_value(&report).unwrap_or_default();
+            self.state.finish_run(run, outcome, &summary).await?;
+            result?;
+            out.push(report);
+        }
+        Ok(out)
+    }
+}
+
+/// Positions of the columns the backfill needs in a CRM row.
+struct CrmColumns {
+    scan: Scan,
+    key: usize,
+    change: usize,
+    link: Option<usize>,
+    /// (CRM position, external column) of each `match_on` pair.
+    matches: Vec<(usize, String)>,
+    field: HashMap<String, usize>,
+}
+
+fn crm_columns(e: &BoundEntity) -> Result<CrmColumns, EngineError> {
+    let mut scan = e.crm_scan();
+    let add = |scan: &mut Scan, name: &str| -> usize {
+        match scan.position(name) {
+            Some(p) => p,
+            None => {
+                scan.columns.push(name.to_string());
+                scan.columns.len() - 1
+            }
+        }
+    };
+    let link = e.crm_link.as_ref().map(|c| add(&mut scan, &c.name));
+    let mut matches = Vec::new();
+    for (c, x) in &e.plan.match_on {
+        let crm = e.crm_table.column(c).map_err(|_| {
+            schema_error(format!(
+                "entity {:?}: match_on column {c} is gone",
+                e.name()
+            ))
+        })?;
+        let ext = e.external_table.column(x).map_err(|_| {
+            schema_error(format!(
+                "entity {:?}: match_on column {x} is gone",
+                e.name()
+            ))
+        })?;
+        let pos = add(&mut scan, &crm.name.clone());
+        matches.push((pos, ext.name.clone()));
+    }
+    let field = e
+        .fields
+        .iter()
+        .filter_map(|f| scan.position(&f.crm.name).map(|p| (f.name.clone(), p)))
+        .collect();
+    Ok(CrmColumns {
+        key: 0,
+        change: 1,
+        scan,
+        link,
+        matches,
+        field,
+    })
+}
+
+/// The external read used to find existing rows: every mapped column plus
+/// the `match_on` columns, without the external filter (a row outside it
+/// still holds its key and CRM id).
+fn external_scan(e: &BoundEntity, cols: &CrmColumns) -> Scan {
+    let mut s = e.external_scan();
+    s.filter = None;
+    for (_, x) in &cols.matches {
+        if s.position(x).is_none() {
+            s.columns.push(x.clone());
+        }
+    }
+    s
+}
+
+fn deleted_flag_false(ty: &SqlType) -> Value {
+    match ty {
+        SqlType::Bool => Value::Bool(false),
+        SqlType::Int { .. } | SqlType::Decimal { .. } => Value::Int(0),
+        _ => Value::Null,
+    }
+}
+
+/// The columns of inserted rows, and the constant tail of every row.
+struct InsertShape {
+    columns: Vec<String>,
+    constants: Vec<Value>,
+    with_crm_id: bool,
+}
+
+async fn insert_shape(engine: &Engine, e: &BoundEntity) -> Result<InsertShape, EngineError> {
+    let mut columns: Vec<String> = e
+        .fields
+        .iter()
+        .filter(|f| f.plan.direction.crm_to_external())
+        .map(|f| f.external.name.clone())
+        .collect();
+    let with_crm_id = match &e.external_crm_id {
+        Some(c) if !columns.contains(&c.name) => {
+            columns.push(c.name.clone());
+            true
+        }
+        _ => false,
+    };
+    let mut constants = Vec::new();
+    for (c, v) in &e.external_defaults {
+        if !columns.contains(c) {
+            columns.push(c.clone());
+            constants.push(v.clone());
+        }
+    }
+    if let Some(d) = &e.external_deleted {
+        if !columns.contains(&d.name) && !d.has_default {
+            columns.push(d.name.clone());
+            constants.push(deleted_flag_false(&d.ty));
+        }
+    }
+    let chg = &e.external_change;
+    if !columns.contains(&chg.name) && !chg.has_default {
+        columns.push(chg.name.clone());
+        constants.push(engine.external.clock(&chg.ty).await?);
+    }
+    Ok(InsertShape {
+        columns,
+        constants,
+        with_crm_id,
+    })
+}
+
+/// A CRM row of the chunk that is not linked yet.
+struct Candidate {
+    row: usize,
+    key: String,
+    shadow: Shadow,
+}
+
+/// One CRM → external backfill of entity `e`.
+async fn to_external(
+    engine: &Engine,
+    e: &BoundEntity,
+    opts: &BackfillOptions,
+    run: i64,
+    report: &mut BackfillReport,
+) -> Result<(), anyhow::Error> {
+    let started = Instant::now();
+    let direction = opts.direction.as_str();
+    let crm_bulk: &dyn Bulk = engine
+        .crm
+        .bulk()
+        .ok_or(BackfillError::NoBulk { side: "CRM" })?;
+    let ext_bulk: &dyn Bulk = engine
+        .external
+        .bulk()
+        .ok_or(BackfillError::NoBulk { side: "external" })?;
+    let state = &*engine.state;
+    let state_here = engine.plan.state_side == Side::External;
+    if opts.restart {
+        state.clear_checkpoint(e.name(), direction).await?;
+    }
+    let mut checkpoint = match state.checkpoint(e.name(), direction).await? {
+        Some(cp) if !cp.finished => {
+            report.resumed = true;
+            report.rows_done_before = cp.rows_done as u64;
+            tracing::info!(
+                "entity {:?}: resuming the interrupted backfill after {} rows",
+                e.name(),
+                cp.rows_done
+            );
+            cp
+        }
+        _ => {
+            // The snapshot starts now: what changes from here on is the
+            // next sync's to carry.
+            let now = engine.crm.clock(&e.crm_change.ty).await?;
+            let cp = Checkpoint {
+                snapshot_ts: now.minus(e.plan.settle),
+                last_key: None,
+                rows_done: 0,
+                finished: false,
+            };
+            state.save_checkpoint(e.name(), direction, &cp).await?;
+            cp
+        }
+    };
+    let cols = crm_columns(e)?;
+    let ext_scan = external_scan(e, &cols);
+    let shape = insert_shape(engine, e).await?;
+    let deleted = e.crm_deleted.as_ref().map(|d| d.name.clone());
+    let mut rx = crm_bulk.stream(StreamRequest {
+        scan: cols.scan.clone(),
+        after: checkpoint.last_key.clone(),
+        deleted: deleted.clone(),
+        chunk_rows: opts.chunk_rows.max(1),
+        depth: READ_AHEAD,
+    });
+    let estimate = (e.crm_table.row_estimate.max(0) as u64).saturating_sub(report.rows_done_before);
+    let mut progress = Progress::start(&format!("backfill {}", e.name()), estimate);
+    // Up to WRITERS chunks are written at once while the next one is
+    // linked and resolved. A chunk commits only after the one before it
+    // (its `turn`), so the checkpoint only moves forward and a crash never
+    // leaves a gap behind it. With the state store in the CRM database the
+    // links follow the data in separate writes, and one writer keeps them
+    // in order too.
+    let writers = if state_here { WRITERS } else { 1 };
+    let mut inflight = FuturesOrdered::new();
+    let mut prev: Option<Turn> = None;
+    loop {
+        if inflight.len() >= writers {
+            if let Some(w) = inflight.next().await {
+                progress.add(w?);
+            }
+            continue;
+        }
+        let prepared = {
+            let next = async {
+                match rx.recv().await {
+                    None => Ok(None),
+                    Some(chunk) => {
+                        let rows = chunk?;
+                        let n = rows.len() as u64;
+                        checkpoint.last_key = rows.last().map(|r| r[cols.key].clone());
+                        checkpoint.rows_done += n as i64;
+                        let p = prepare_chunk(
+                            engine,
+                            e,
+                            &cols,
+                            &ext_scan,
+                            &shape,
+                            crm_bulk,
+                            deleted.as_deref(),
+                            rows,
+                            &checkpoint,
+                            direction,
+                            state_here,
+                            report,
+                        )
+                        .await?;
+                        report.read += n;
+                        Ok::<_, EngineError>(Some(p))
+                    }
+                }
+            };
+            let mut next = std::pin::pin!(next);
+            loop {
+                tokio::select! {
+                    r = &mut next => break r?,
+                    Some(w) = inflight.next(), if !inflight.is_empty() => progress.add(w?),
+                }
+            }
+        };
+        let Some(p) = prepared else { break };
+        report.chunks += 1;
+        let (done, turn) = tokio::sync::oneshot::channel();
+        inflight.push_back(commit_chunk(
+            engine,
+            e,
+            ext_bulk,
+            p,
+            direction,
+            run,
+            prev.replace(turn),
+            done,
+        ));
+    }
+    while let Some(w) = inflight.next().await {
+        progress.add(w?);
+    }
+    progress.finish();
+    // Fresh statistics after the bulk load: without them the planner takes
+    // the new links table for empty and the next sync scans it whole.
+    let schema = engine.plan.state_schema.as_str();
+    ext_bulk
+        .analyze(Some(&e.external_table), state_here.then_some(schema))
+        .await?;
+    if !state_here {
+        crm_bulk.analyze(None, Some(schema)).await?;
+    }
+    // The next sync starts where the snapshot began (minus its overlap).
+    let old = state.watermark(e.name(), Side::Crm).await?;
+    let max_key = checkpoint
+        .last_key
+        .clone()
+        .or_else(|| old.as_ref().map(|m| m.key.clone()))
+        .unwrap_or(Value::Int(0));
+    let mark = later(
+        old.as_ref(),
+        Watermark {
+            ts: checkpoint.snapshot_ts.clone(),
+            key: max_key,
+        },
+    );
+    if Some(&mark) != old.as_ref() {
+        state.set_watermark(e.name(), Side::Crm, &mark).await?;
+    }
+    report.watermark = Some(format!("{} / {}", mark.ts.display(), mark.key.display()));
+    checkpoint.finished = true;
+    state
+        .save_checkpoint(e.name(), direction, &checkpoint)
+        .await?;
+    report.linked = report.linked_by_link_column + report.linked_by_crm_id + report.linked_by_match;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.rows_per_second = report.read as f64 / report.seconds.max(1e-6);
+    report.peak_rss_bytes = peak_rss_bytes();
+    Ok(())
+}
+
+type Deferred = (
+    Option<LinkBatch>,
+    Option<LinkBatch>,
+    Option<CheckpointWrite>,
+);
+
+/// A chunk ready to commit.
+struct Prepared {
+    chunk: ChunkWrite,
+    /// Links and checkpoint written after the data when the state store
+    /// lives in the other database.
+    deferred: Option<Deferred>,
+    rejects: Vec<(String, String)>,
+    rows: u64,
+}
+
+/// Links and resolves one chunk: what is linked, updated and inserted.
+#[allow(clippy::too_many_arguments)]
+async fn prepare_chunk(
+    engine: &Engine,
+    e: &BoundEntity,
+    cols: &CrmColumns,
+    ext_scan: &Scan,
+    shape: &InsertShape,
+    crm_bulk: &dyn Bulk,
+    deleted: Option<&str>,
+    rows: Rows,
+    checkpoint: &Checkpoint,
+    direction: &str,
+    state_here: bool,
+    report: &mut BackfillReport,
+) -> Result<Prepared, EngineError> {
+    let state = &*engine.state;
+    let t = Instant::now();
+    let keys: Vec<String> = rows.iter().map(|r| r[cols.key].key_string()).collect();
+    let links = state.links_by_crm(e.name(), &keys).await?;
+    let mut rejects: Vec<(String, String)> = Vec::new();
+    let mut updates: Vec<Update> = Vec::new();
+    let mut link_writes: Vec<LinkWrite> = Vec::new();
+    let mut candidates: Vec<Candidate> = Vec::new();
+    let outgoing: Vec<_> = e
+        .fields
+        .iter()
+        .filter(|f| f.plan.direction.crm_to_external())
+        .collect();
+    for (i, row) in rows.iter().enumerate() {
+        let ks = &keys[i];
+        let mapped = match map_crm_row(outgoing.iter().copied(), e.to_external, |f| {
+            cols.field
+                .get(&f.name)
+                .map(|p| row[*p].clone())
+                .unwrap_or(Value::Null)
+        }) {
+            Ok(m) => m,
+            Err(FieldProblem::Reject(why)) => {
+                rejects.push((ks.clone(), why));
+                continue;
+            }
+            Err(FieldProblem::Fail(message)) => {
+                return Err(EngineError::Fail {
+                    entity: e.name().to_string(),
+                    key: ks.clone(),
+                    message,
+                })
+            }
+        };
+        match links.get(ks).filter(|l| !l.deleted) {
+            Some(l) => {
+                report.already_linked += 1;
+                let set = diff(e, &l.shadow, &mapped.values);
+                if set.is_empty() || !e.plan.update_into_external {
+                    report.unchanged += 1;
+                    continue;
+                }
+                let key =
+                    Value::from_key_string(&l.external_key, &e.external_key.ty).map_err(|err| {
+                        schema_error(format!(
+                            "entity {:?}: link of CRM row {ks}: {err}",
+                            e.name()
+                        ))
+                    })?;
+                push_update(e, &mut updates, key, set);
+                report.updated += 1;
+                link_writes.push(LinkWrite {
+                    crm_key: KeyRef::Known(ks.clone()),
+                    external_key: KeyRef::Known(l.external_key.clone()),
+                    shadow: mapped.values,
+                    deleted: false,
+                });
+            }
+            None => candidates.push(Candidate {
+                row: i,
+                key: ks.clone(),
+                shadow: mapped.values,
+            }),
+        }
+    }
+
+    let mut found: Vec<(Candidate, Vec<Value>, &'static str)> = Vec::new();
+    let mut rest = candidates;
+    // 1. Rows already carrying a link in the CRM link column.
+    if let Some(lp) = cols.link {
+        let wanted: Vec<Value> = rest
+            .iter()
+            .filter_map(|c| {
+                let v = &rows[c.row][lp];
+                (!v.is_null())
+                    .then(|| Value::from_key_string(&v.key_string(), &e.external_key.ty).ok())
+                    .flatten()
+            })
+            .collect();
+        let by_key = fetch_by(engine, ext_scan, &ext_scan.key, &wanted, 0).await?;
+        let (hit, miss): (Vec<_>, Vec<_>) = rest.into_iter().partition(|c| {
+            let v = &rows[c.row][lp];
+            !v.is_null() && by_key.contains_key(&v.key_string())
+        });
+        for c in hit {
+            let row = by_key[&rows[c.row][lp].key_string()].clone();
+            found.push((c, row, "link_column"));
+        }
+        rest = miss;
+    }
+    // 2. Rows whose insert committed earlier but whose link did not.
+    if let Some(id) = &e.external_crm_id {
+        let wanted: Vec<Value> = rest
+            .iter()
+            .filter_map(|c| {
+                rows[c.row][cols.key]
+                    .clone()
+                    .coerce(&id.ty, None, false)
+                    .ok()
+            })
+            .collect();
+        let pos = ext_scan.position(&id.name).unwrap_or(0);
+        let by_id = fetch_by(engine, ext_scan, &id.name, &wanted, pos).await?;
+        let (hit, miss): (Vec<_>, Vec<_>) =
+            rest.into_iter().partition(|c| by_id.contains_key(&c.key));
+        for c in hit {
+            let row = by_id[&c.key].clone();
+            found.push((c, row, "crm_id"));
+        }
+        rest = miss;
+    }
+    // 3. match_on: exactly one row on each side.
+    if !cols.matches.is_empty() && !rest.is_empty() {
+        rest = match_rows(
+            engine,
+            e,
+            cols,
+            ext_scan,
+            crm_bulk,
+            deleted,
+            &rows,
+            rest,
+            &mut found,
+            &mut rejects,
+        )
+        .await?;
+    }
+    // An external row linked to another CRM row is not this row's.
+    let ext_keys: Vec<String> = found.iter().map(|(_, r, _)| r[0].key_string()).collect();
+    let taken = state.links_by_external(e.name(), &ext_keys).await?;
+    for (c, ext_row, how) in found {
+        let ext_key = ext_row[0].key_string();
+        if let Some(other) = taken
+            .get(&ext_key)
+            .filter(|l| l.crm_key != c.key && !l.deleted)
+        {
+            rejects.push((
+                c.key.clone(),
+                format!(
+                    "external row {ext_key} (found by {how}) is already linked to CRM row {}",
+                    other.crm_key
+                ),
+            ));
+            continue;
+        }
+        let current: Shadow = outgoing
+            .iter()
+            .filter_map(|f| {
+                ext_scan
+                    .position(&f.external.name)
+                    .map(|p| (f.name.clone(), external_to_canonical(f, ext_row[p].clone())))
+            })
+            .collect();
+        let set = diff(e, &current, &c.shadow);
+        let crm_wins = match e.plan.conflict {
+            _ if set.is_empty() => false,
+            ConflictPolicy::CrmWins => true,
+            ConflictPolicy::ExternalWins => false,
+            ConflictPolicy::NewestWins => crm_is_newer(
+                &rows[c.row][cols.change],
+                engine.plan.crm.timezone,
+                &ext_row[1],
+                engine.plan.external.timezone,
+            ),
+            ConflictPolicy::Manual => {
+                let fields: Vec<String> = set.iter().map(|(c, _)| c.clone()).collect();
+                rejects.push((
+                    c.key.clone(),
+                    format!(
+                        "matches external row {ext_key} (by {how}) but {} differ and conflict = \
+                         \"manual\"; make them equal on one side and rerun",
+                        fields.join(", ")
+                    ),
+                ));
+                continue;
+            }
+        };
+        match how {
+            "link_column" => report.linked_by_link_column += 1,
+            "crm_id" => report.linked_by_crm_id += 1,
+            _ => report.linked_by_match += 1,
+        }
+        if crm_wins && e.plan.update_into_external {
+            push_update(e, &mut updates, ext_row[0].clone(), set);
+            report.updated += 1;
+        } else {
+            report.unchanged += 1;
+        }
+        link_writes.push(LinkWrite {
+            crm_key: KeyRef::Known(c.key),
+            external_key: KeyRef::Known(ext_key),
+            shadow: c.shadow,
+            deleted: false,
+        });
+    }
+
+    // The rest is inserted.
+    let mut inserts: Rows = Vec::with_capacity(rest.len());
+    if e.plan.insert_into_external {
+        for c in rest {
+            let mut values: Vec<Value> = Vec::with_capacity(shape.columns.len());
+            for f in &outgoing {
+                values.push(c.shadow.get(&f.name).cloned().unwrap_or(Value::Null));
+            }
+            if shape.with_crm_id {
+                if let Some(id) = &e.external_crm_id {
+                    let v = rows[c.row][cols.key].clone().coerce(&id.ty, None, false).map_err(
+                        |err| {
+                            schema_error(format!(
+                                "entity {:?}: CRM id {} does not fit external_crm_id_column {}: {err}",
+                                e.name(),
+                                c.key,
+                                id.name
+                            ))
+                        },
+                    )?;
+                    values.push(v);
+                }
+            }
+            values.extend(shape.constants.iter().cloned());
+            link_writes.push(LinkWrite {
+                crm_key: KeyRef::Known(c.key),
+                external_key: KeyRef::Inserted(inserts.len()),
+                shadow: c.shadow,
+                deleted: false,
+            });
+            inserts.push(values);
+        }
+    } else {
+        report.unchanged += rest.len() as u64;
+    }
+    report.inserted += inserts.len() as u64;
+    report.rejected += rejects.len() as u64;
+
+    // Links of inserted rows whose CRM key has no link row at all (not even
+    // a deleted one) are new for certain: they are copied, not upserted.
+    let (fresh, upsert): (Vec<LinkWrite>, Vec<LinkWrite>) =
+        link_writes.into_iter().partition(|l| {
+            matches!(l.external_key, KeyRef::Inserted(_))
+                && matches!(&l.crm_key, KeyRef::Known(k) if !links.contains_key(k))
+        });
+    let batch = |links: Vec<LinkWrite>| LinkBatch {
+        schema: engine.plan.state_schema.clone(),
+        entity: e.name().to_string(),
+        links,
+    };
+    let (fresh, upsert) = (batch(fresh), batch(upsert));
+    let cp = CheckpointWrite {
+        schema: engine.plan.state_schema.clone(),
+        entity: e.name().to_string(),
+        direction: direction.to_string(),
+        checkpoint: checkpoint.clone(),
+    };
+    let mut chunk = ChunkWrite {
+        table: e.external_table.clone(),
+        key: e.external_key.name.clone(),
+        columns: shape.columns.clone(),
+        inserts,
+        updates,
+        links: Some(upsert),
+        fresh_links: Some(fresh),
+        checkpoint: Some(cp),
+    };
+    let deferred = if state_here {
+        None
+    } else {
+        Some((
+            chunk.links.take(),
+            chunk.fresh_links.take(),
+            chunk.checkpoint.take(),
+        ))
+    };
+    tracing::debug!("chunk prepared in {:?}", t.elapsed());
+    Ok(Prepared {
+        chunk,
+        deferred,
+        rejects,
+        rows: rows.len() as u64,
+    })
+}
+
+/// Commits a prepared chunk with its links and checkpoint, after `turn`.
+#[allow(clippy::too_many_arguments)]
+async fn commit_chunk(
+    engine: &Engine,
+    e: &BoundEntity,
+    ext_bulk: &dyn Bulk,
+    p: Prepared,
+    direction: &str,
+    run: i64,
+    turn: Option<Turn>,
+    done: tokio::sync::oneshot::Sender<()>,
+) -> Result<u64, EngineError> {
+    let state = &*engine.state;
+    let t = Instant::now();
+    let keys = ext_bulk.write_chunk(&p.chunk, turn).await?;
+    // The next chunk may commit now.
+    let _ = done.send(());
+    tracing::debug!("chunk written in {:?}", t.elapsed());
+    drop(p.chunk);
+    if let Some((upsert, fresh, cp)) = p.deferred {
+        // Not atomic with the data: a crash here is repaired on rerun by
+        // finding the inserted rows by external_crm_id_column.
+        for b in [upsert, fresh].into_iter().flatten() {
+            let resolved = crate::endpoint::postgres::resolve_links(&b, &keys);
+            state.write_links(&resolved).await?;
+        }
+        if let Some(cp) = cp {
+            state
+                .save_checkpoint(e.name(), direction, &cp.checkpoint)
+                .await?;
+        }
+    }
+    state
+        .record_rejects(e.name(), run, Side::Crm, &p.rejects)
+        .await?;
+    Ok(p.rows)
+}
+
+/// `newest_wins`: whether the CRM row changed after the external row,
+/// comparing in UTC. A row without a change time is never the newer one.
+fn crm_is_newer(
+    crm: &Value,
+    crm_zone: chrono_tz::Tz,
+    ext: &Value,
+    ext_zone: chrono_tz::Tz,
+) -> bool {
+    match (crm.to_utc(crm_zone), ext.to_utc(ext_zone)) {
+        (Some(c), Some(x)) => c > x,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+/// The external columns whose canonical value in `target` differs from
+/// `base`, with `target`'s value.
+fn diff(e: &BoundEntity, base: &Shadow, target: &Shadow) -> Vec<(String, Value)> {
+    e.fields
+        .iter()
+        .filter(|f| f.plan.direction.crm_to_external())
+        .filter_map(|f| {
+            let new = target.get(&f.name)?;
+            (base.get(&f.name) != Some(new)).then(|| (f.external.name.clone(), new.clone()))
+        })
+        .collect()
+}
+
+fn push_update(e: &BoundEntity, updates: &mut Vec<Update>, key: Value, set: Vec<(String, Value)>) {
+    let mut set: Vec<(String, Assign)> = set
+        .into_iter()
+        .map(|(c, v)| (c, Assign::Value(v)))
+        .collect();
+    set.push((e.external_change.name.clone(), Assign::Now));
+    updates.push(Update { key, set });
+}
+
+/// External rows whose `column` is one of `values`, by the key string of
+/// the value at `pos`.
+async fn fetch_by(
+    engine: &Engine,
+    scan: &Scan,
+    column: &str,
+    values: &[Value],
+    pos: usize,
+) -> Result<HashMap<String, Vec<Value>>, EngineError> {
+    if values.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows = engine.external.fetch(scan, column, values).await?;
+    Ok(rows.into_iter().map(|r| (r[pos].key_string(), r)).collect())
+}
+
+/// Links candidates that match exactly one unlinked external row, and that
+/// row matches no other live CRM row; an ambiguous match is a reject.
+/// Returns the candidates left for insert.
+#[allow(clippy::too_many_arguments)]
+async fn match_rows(
+    engine: &Engine,
+    e: &BoundEntity,
+    cols: &CrmColumns,
+    ext_scan: &Scan,
+    crm_bulk: &dyn Bulk,
+    deleted: Option<&str>,
+    rows: &Rows,
+    rest: Vec<Candidate>,
+    found: &mut Vec<(Candidate, Vec<Value>, &'static str)>,
+    rejects: &mut Vec<(String, String)>,
+) -> Result<Vec<Candidate>, EngineError> {
+    let tuple_of = |r: &Vec<Value>, positions: &[usize]| -> Option<String> {
+        let parts: Vec<String> = positions.iter().map(|p| r[*p].key_string()).collect();
+        (!positions.iter().any(|p| r[*p].is_null())).then(|| parts.join("\u{1f}"))
+    };
+    let crm_pos: Vec<usize> = cols.matches.iter().map(|(p, _)| *p).collect();
+    let ext_pos: Vec<usize> = cols
+        .matches
+        .iter()
+        .filter_map(|(_, x)| ext_scan.position(x))
+        .collect();
+    let first_ext = &cols.matches[0].1;
+    let first_ty = e
+        .external_table
+        .column(first_ext)
+        .map(|c| c.ty.clone())
+        .map_err(|_| schema_error(format!("match_on column {first_ext} is gone")))?;
+    let firsts: Vec<Value> = rest
+        .iter()
+        .filter(|c| !rows[c.row][crm_pos[0]].is_null())
+        .filter_map(|c| {
+            rows[c.row][crm_pos[0]]
+                .clone()
+                .coerce(&first_ty, None, true)
+                .ok()
+        })
+        .collect();
+    let mut by_tuple: HashMap<String, Vec<Vec<Value>>> = HashMap::new();
+    if !firsts.is_empty() {
+        for r in engine.external.fetch(ext_scan, first_ext, &firsts).await? {
+            if let Some(t) = tuple_of(&r, &ext_pos) {
+                by_tuple.entry(t).or_default().push(r);
+            }
+        }
+    }
+    // External rows already linked are not candidates.
+    let ext_keys: Vec<String> = by_tuple
+        .values()
+        .flatten()
+        .map(|r| r[0].key_string())
+        .collect();
+    let linked = engine.state.links_by_external(e.name(), &ext_keys).await?;
+    for list in by_tuple.values_mut() {
+        list.retain(|r| {
+            linked
+                .get(&r[0].key_string())
+                .is_none_or(|l: &Link| l.deleted)
+        });
+    }
+    // CRM rows sharing a match value with another live CRM row.
+    let crm_names: Vec<String> = crm_pos
+        .iter()
+        .map(|p| cols.scan.columns[*p].clone())
+        .collect();
+    let crm_firsts: Vec<Value> = rest
+        .iter()
+        .map(|c| rows[c.row][crm_pos[0]].clone())
+        .collect();
+    let dup_rows = crm_bulk
+        .duplicates(&cols.scan, &crm_names, &crm_firsts, deleted)
+        .await?;
+    let all: Vec<usize> = (0..crm_names.len()).collect();
+    let dups: std::collections::HashSet<String> =
+        dup_rows.iter().filter_map(|r| tuple_of(r, &all)).collect();
+    let mut left = Vec::new();
+    for c in rest {
+        let Some(t) = tuple_of(&rows[c.row], &crm_pos) else {
+            left.push(c);
+            continue;
+        };
+        match by_tuple.get(&t).map(|v| v.as_slice()) {
+            None | Some([]) => left.push(c),
+            Some([one]) if !dups.contains(&t) => {
+                let one = one.clone();
+                found.push((c, one, "match_on"));
+            }
+            Some(list) => rejects.push((
+                c.key.clone(),
+                format!(
+                    "match_on is ambiguous: it finds {} external row(s){}; link the row by hand \
+                     (set the link column or remove the duplicate) and rerun",
+                    list.len(),
+                    if dups.contains(&t) {
+                        " and other CRM rows share the same values"
+                    } else {
+                        ""
+                    }
+                ),
+            )),
+        }
+    }
+    Ok(left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    fn wall(h: u32, m: u32) -> Value {
+        Value::Timestamp(
+            NaiveDate::from_ymd_opt(2026, 7, 1)
+                .unwrap()
+                .and_hms_opt(h, m, 0)
+                .unwrap(),
+        )
+    }
+
+    #[test]
+    fn newest_wins_compares_both_sides_in_utc() {
+        let london = chrono_tz::Europe::London; // UTC+1 in July
+        let utc = chrono_tz::UTC;
+        // 12:30 London is 11:30 UTC: older than 12:00 UTC.
+        assert!(!crm_is_newer(&wall(12, 30), london, &wall(12, 0), utc));
+        // 13:30 London is 12:30 UTC: newer.
+        assert!(crm_is_newer(&wall(13, 30), london, &wall(12, 0), utc));
+        let tz = Value::TimestampTz(
+            chrono::DateTime::parse_from_rfc3339("2026-07-01T11:00:00Z")
+                .unwrap()
+                .with_timezone(&chrono::Utc),
+        );
+        assert!(crm_is_newer(&wall(12, 30), london, &tz, utc));
+        assert!(!crm_is_newer(&Value::Null, london, &tz, utc));
+        assert!(crm_is_newer(&wall(0, 0), london, &Value::Null, utc));
+    }
+}

@@ -1,0 +1,519 @@
+//! `crmsync backfill` end to end: the binary against a Sage CRM database
+//! and an ERP database on a throwaway PostgreSQL.
+
+use serde_json::Value as Json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+use tokio_postgres::{Client, NoTls};
+
+const CRM_SCHEMA: &str = include_str!("../../sql/postgres/crm_schema.sql");
+const ERP_SCHEMA: &str = include_str!("../../sql/examples/erp_schema.sql");
+
+struct Setup {
+    crm: Client,
+    erp: Client,
+    erp_url: String,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+async fn connect(url: &str) -> Client {
+    let (client, conn) = tokio_postgres::connect(url, NoTls).await.expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+/// A CRM with `n` live suppliers (and a few soft-deleted ones), an empty
+/// erp.supplier, and a config with `conflict` and optional `match_on`.
+async fn setup(n: i64, conflict: &str, match_on: bool) -> Setup {
+    let crm_url = testkit::fresh_database("bf_crm").await;
+    let erp_url = testkit::fresh_database("bf_erp").await;
+    let crm = connect(&crm_url).await;
+    let erp = connect(&erp_url).await;
+    crm.batch_execute(CRM_SCHEMA).await.expect("crm schema");
+    erp.batch_execute(ERP_SCHEMA).await.expect("erp schema");
+    crm.execute(
+        "INSERT INTO company (comp_name, comp_type, comp_status, comp_website, comp_phonenumber, \
+           comp_emailaddress, comp_promote, comp_createddate, comp_updateddate, comp_timestamp, \
+           comp_deleted, comp_secterr) \
+         SELECT 'Supplier ' || i, 'Supplier', CASE WHEN i % 9 = 0 THEN 'Inactive' ELSE 'Active' END, \
+           'www.s' || i || '.example.com', '555 ' || i, 's' || i || '@example.com', \
+           CASE WHEN i % 3 = 0 THEN 'Y' END, t, t, t, NULL, -2147483640 \
+         FROM generate_series(1, $1::bigint) i, \
+              LATERAL (SELECT localtimestamp(3) - interval '1 hour' + i * interval '1 millisecond' AS t) x",
+        &[&n],
+    )
+    .await
+    .expect("seed");
+    crm.batch_execute(
+        "INSERT INTO company (comp_name, comp_type, comp_status, comp_updateddate, comp_deleted) \
+         SELECT 'Deleted ' || i, 'Supplier', 'Active', localtimestamp(3) - interval '1 hour', 1 \
+         FROM generate_series(1, 5) i; ANALYZE company",
+    )
+    .await
+    .expect("deleted rows");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("crmsync.toml");
+    let match_line = if match_on {
+        "match_on = [{ crm = \"Comp_Name\", external = \"name\" }]"
+    } else {
+        ""
+    };
+    std::fs::write(
+        &config,
+        format!(
+            r#"[crm]
+url = "{crm_url}"
+user_id = 1
+timezone = "UTC"
+
+[external]
+url = "{erp_url}"
+timezone = "UTC"
+
+[state]
+side = "external"
+schema = "crmsync"
+
+[defaults]
+batch_size = 1000
+settle = "1s"
+overlap = "5m"
+
+[[entity]]
+name = "supplier"
+crm_table = "Company"
+crm_link_column = "comp_supplierid"
+crm_filter = "Comp_Type = 'Supplier'"
+external_table = "erp.supplier"
+external_key = "supplier_id"
+external_crm_id_column = "crm_company_id"
+external_updated_column = "updated_at"
+external_deleted_column = "is_deleted"
+external_filter = "kind = 'S'"
+external_defaults = {{ kind = "S" }}
+direction = "crm_to_external"
+delete_into_external = "soft"
+conflict = "{conflict}"
+{match_line}
+
+[[entity.field]]
+crm = "Comp_Name"
+external = "name"
+
+[[entity.field]]
+crm = "Comp_Status"
+external = "status"
+values = {{ "Active" = "A", "Inactive" = "I" }}
+
+[[entity.field]]
+crm = "Comp_WebSite"
+external = "website"
+
+[[entity.field]]
+crm = "comp_phonenumber"
+external = "phone"
+
+[[entity.field]]
+crm = "comp_emailaddress"
+external = "email"
+
+[[entity.field]]
+crm = "comp_promote"
+external = "promote"
+transform = "checkbox"
+"#
+        ),
+    )
+    .expect("config");
+    Setup {
+        crm,
+        erp,
+        erp_url,
+        dir,
+        config,
+    }
+}
+
+fn crmsync(config: &Path, report: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_crmsync"));
+    cmd.arg("--config")
+        .arg(config)
+        .arg("--report")
+        .arg(report)
+        .args(args)
+        .env("CRMSYNC_LOG", "info");
+    cmd
+}
+
+/// Runs crmsync to completion; returns its output and the JSON report.
+fn run(s: &Setup, name: &str, args: &[&str]) -> (Output, Json) {
+    let report = s.dir.path().join(format!("{name}.json"));
+    let out = crmsync(&s.config, &report, args)
+        .output()
+        .expect("run crmsync");
+    let text = std::fs::read_to_string(&report).unwrap_or_else(|_| {
+        panic!(
+            "no report from crmsync {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, serde_json::from_str(&text).expect("report json"))
+}
+
+fn num(j: &Json, path: &str) -> i64 {
+    j.pointer(path)
+        .and_then(|v| v.as_i64())
+        .unwrap_or_else(|| panic!("{path} missing in {j:#}"))
+}
+
+async fn count(c: &Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).await.expect(sql).get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_into_empty_table_then_sync_has_nothing_to_do() {
+    let n = 50_000;
+    let s = setup(n, "crm_wins", false).await;
+    let (out, rep) = run(&s, "backfill", &["backfill"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        num(&rep, "/backfill/0/read"),
+        n,
+        "soft-deleted rows are skipped"
+    );
+    assert_eq!(num(&rep, "/backfill/0/inserted"), n);
+    assert_eq!(num(&rep, "/backfill/0/linked"), 0);
+    assert!(num(&rep, "/backfill/0/peak_rss_bytes") > 0);
+    assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
+    assert_eq!(
+        count(
+            &s.erp,
+            "SELECT count(DISTINCT crm_company_id) FROM erp.supplier"
+        )
+        .await,
+        n
+    );
+    assert_eq!(
+        count(
+            &s.erp,
+            "SELECT count(*) FROM crmsync.links WHERE entity = 'supplier'"
+        )
+        .await,
+        n
+    );
+    // The values arrived mapped.
+    let row = s
+        .erp
+        .query_one(
+            "SELECT name, status, promote, kind FROM erp.supplier WHERE crm_company_id = 9",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "Supplier 9");
+    assert_eq!(row.get::<_, String>(1), "I");
+    assert!(row.get::<_, bool>(2));
+    assert_eq!(row.get::<_, String>(3), "S");
+
+    let (out, rep) = run(&s, "sync", &["sync"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for field in ["inserted", "updated", "deleted", "adopted", "rejected"] {
+        assert_eq!(
+            num(&rep, &format!("/entities/0/{field}")),
+            0,
+            "{field} after backfill"
+        );
+    }
+    assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
+}
+
+/// Inserts 30% of the CRM rows into erp.supplier by hand (no CRM id), every
+/// tenth of them with a different phone; returns how many.
+async fn preexisting(s: &Setup, n: i64) -> i64 {
+    s.erp
+        .execute(
+            "INSERT INTO erp.supplier (name, status, website, phone, email, promote, kind) \
+             SELECT 'Supplier ' || i, CASE WHEN i % 9 = 0 THEN 'I' ELSE 'A' END, \
+                    'www.s' || i || '.example.com', \
+                    CASE WHEN i % 10 = 0 THEN 'ERP phone' ELSE '555 ' || i END, \
+                    's' || i || '@example.com', i % 3 = 0, 'S' \
+             FROM generate_series(1, $1::bigint) i WHERE i % 10 < 3",
+            &[&n],
+        )
+        .await
+        .expect("preexisting rows");
+    count(&s.erp, "SELECT count(*) FROM erp.supplier").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_links_existing_rows_by_match_on_and_applies_the_conflict_policy() {
+    let n = 5_000;
+    // The external rows are written after the CRM rows (an hour older), so
+    // newest_wins keeps them as external_wins does.
+    for policy in ["crm_wins", "external_wins", "newest_wins"] {
+        let s = setup(n, policy, true).await;
+        let existing = preexisting(&s, n).await;
+        assert_eq!(existing, n * 3 / 10);
+        let differing = count(
+            &s.erp,
+            "SELECT count(*) FROM erp.supplier WHERE phone = 'ERP phone'",
+        )
+        .await;
+        assert!(differing > 0);
+        let (out, rep) = run(&s, "backfill", &["backfill"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            num(&rep, "/backfill/0/linked_by_match"),
+            existing,
+            "{policy}"
+        );
+        assert_eq!(num(&rep, "/backfill/0/inserted"), n - existing, "{policy}");
+        assert_eq!(
+            count(&s.erp, "SELECT count(*) FROM erp.supplier").await,
+            n,
+            "{policy}: no duplicates"
+        );
+        assert_eq!(
+            count(&s.erp, "SELECT count(*) FROM (SELECT name FROM erp.supplier GROUP BY name HAVING count(*) > 1) d").await,
+            0
+        );
+        let still_erp = count(
+            &s.erp,
+            "SELECT count(*) FROM erp.supplier WHERE phone = 'ERP phone'",
+        )
+        .await;
+        match policy {
+            "crm_wins" => {
+                assert_eq!(still_erp, 0, "crm_wins updates the external row");
+                assert_eq!(num(&rep, "/backfill/0/updated"), differing);
+            }
+            _ => {
+                assert_eq!(
+                    still_erp, differing,
+                    "{policy} leaves the newer external row"
+                );
+                assert_eq!(num(&rep, "/backfill/0/updated"), 0);
+            }
+        }
+        // A sync afterwards has nothing to redo (and keeps external_wins).
+        let (out, rep) = run(&s, "sync", &["sync"]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            num(&rep, "/entities/0/inserted") + num(&rep, "/entities/0/updated"),
+            0
+        );
+        assert_eq!(
+            count(
+                &s.erp,
+                "SELECT count(*) FROM erp.supplier WHERE phone = 'ERP phone'"
+            )
+            .await,
+            still_erp
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_match_on_is_a_reject_not_a_guess() {
+    let s = setup(100, "crm_wins", true).await;
+    s.erp
+        .batch_execute(
+            "INSERT INTO erp.supplier (name, kind) VALUES ('Supplier 7', 'S'), ('Supplier 7', 'S')",
+        )
+        .await
+        .unwrap();
+    s.crm
+        .batch_execute(
+            "INSERT INTO company (comp_name, comp_type, comp_status, comp_updateddate) \
+             VALUES ('Supplier 8', 'Supplier', 'Active', localtimestamp(3) - interval '1 hour')",
+        )
+        .await
+        .unwrap();
+    s.erp
+        .batch_execute("INSERT INTO erp.supplier (name, kind) VALUES ('Supplier 8', 'S')")
+        .await
+        .unwrap();
+    let (out, rep) = run(&s, "backfill", &["backfill"]);
+    assert_eq!(out.status.code(), Some(3), "rejects end with exit code 3");
+    // Supplier 7: two external rows; Supplier 8: two CRM rows.
+    assert_eq!(num(&rep, "/backfill/0/rejected"), 3);
+    assert_eq!(num(&rep, "/backfill/0/linked_by_match"), 0);
+    assert_eq!(
+        count(
+            &s.erp,
+            "SELECT count(*) FROM erp.supplier WHERE name = 'Supplier 7'"
+        )
+        .await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_backfill_then_rerun_resumes_with_exactly_one_copy() {
+    let n = 60_000;
+    let s = setup(n, "crm_wins", false).await;
+    let report = s.dir.path().join("killed.json");
+    let mut child = crmsync(&s.config, &report, &["backfill", "--chunk-rows", "500"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let erp = connect(&s.erp_url).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done_at_kill = loop {
+        let done = erp
+            .query_opt(
+                "SELECT rows_done FROM crmsync.backfill_checkpoints WHERE entity = 'supplier'",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        if done >= 5_000 {
+            child.kill().expect("SIGKILL");
+            break done;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backfill ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "backfill made no progress");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    child.wait().unwrap();
+    assert!(done_at_kill < n, "killed mid-run");
+    let (out, rep) = run(&s, "resume", &["backfill"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rep.pointer("/backfill/0/resumed"), Some(&Json::Bool(true)));
+    let before = num(&rep, "/backfill/0/rows_done_before");
+    assert!(before >= done_at_kill, "resumed from the checkpoint");
+    assert_eq!(
+        num(&rep, "/backfill/0/read"),
+        n - before,
+        "did not start over"
+    );
+    assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
+    assert_eq!(
+        count(
+            &s.erp,
+            "SELECT count(DISTINCT crm_company_id) FROM erp.supplier"
+        )
+        .await,
+        n
+    );
+    assert_eq!(count(&s.erp, "SELECT count(*) FROM crmsync.links").await, n);
+    // --restart starts over, and finds everything linked already.
+    let (out, rep) = run(&s, "restart", &["backfill", "--restart"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(num(&rep, "/backfill/0/read"), n);
+    assert_eq!(num(&rep, "/backfill/0/already_linked"), n);
+    assert_eq!(num(&rep, "/backfill/0/inserted"), 0);
+    assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn progress_is_a_bar_on_a_terminal_and_log_lines_when_redirected() {
+    let s = setup(3_000, "crm_wins", false).await;
+    // Redirected stderr: plain log lines, no terminal escapes.
+    let (out, _) = run(&s, "plain", &["backfill", "--chunk-rows", "500"]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("backfill supplier: starting"), "{err}");
+    assert!(err.contains("rows/s"), "{err}");
+    assert!(!err.contains("backfill supplier ["), "{err}");
+    assert!(!err.contains('\u{1b}'), "{err}");
+
+    // On a terminal (a pty from script(1)): the bar, and no log lines.
+    let report = s.dir.path().join("tty.json");
+    let cmd = format!(
+        "{} --config {} --report {} backfill --restart --chunk-rows 500",
+        env!("CARGO_BIN_EXE_crmsync"),
+        s.config.display(),
+        report.display()
+    );
+    let out = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env("CRMSYNC_LOG", "info")
+        .output()
+        .expect("script(1) from util-linux");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(tty.contains("backfill supplier ["), "{tty}");
+    assert!(!tty.contains("backfill supplier: starting"), "{tty}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_with_the_state_in_the_crm_database() {
+    let n = 3_000;
+    let s = setup(n, "crm_wins", false).await;
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("side = \"external\"", "side = \"crm\""),
+    )
+    .unwrap();
+    let (out, rep) = run(&s, "backfill", &["backfill", "--chunk-rows", "1000"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(num(&rep, "/backfill/0/inserted"), n);
+    assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
+    assert_eq!(count(&s.crm, "SELECT count(*) FROM crmsync.links").await, n);
+    let (out, rep) = run(&s, "sync", &["sync"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        num(&rep, "/entities/0/inserted") + num(&rep, "/entities/0/updated"),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_external_to_crm_is_not_yet_supported() {
+    let s = setup(1, "crm_wins", false).await;
+    let (out, rep) = run(&s, "e2c", &["backfill", "--direction", "external_to_crm"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet supported"));
+    assert_eq!(num(&rep, "/exit_code"), 2);
+}
