@@ -763,3 +763,28 @@ insert_into_crm = true"#,
         "the other row of the batch arrived"
     );
 }
+
+/// `tls = "require"` verifies the certificate: the stand-in's self-signed
+/// one is refused, with a reason that points at tls_ca_file.
+#[tokio::test]
+async fn tls_require_refuses_an_unverified_certificate() {
+    if std::env::var("CRMSYNC_TEST_MSSQL_URL").is_ok() {
+        return;
+    }
+    let env = MsEnv::on(Server::start_with(true).await, Ids::Identity).await;
+    env.write_config(20, "", "", "external");
+    let text = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("tls = \"disable\"", "tls = \"require\"");
+    std::fs::write(&env.config, text).unwrap();
+    let plan = crmsync::cli::load_plan(&env.config).unwrap();
+    let err = format!(
+        "{:#}",
+        anyhow::Error::from(Engine::connect(plan).await.unwrap_err())
+    );
+    assert!(
+        err.contains("TLS") && err.contains("tls_ca_file") && err.contains("certificate"),
+        "{err}"
+    );
+    assert!(!err.contains(&env.server.password), "{err}");
+}

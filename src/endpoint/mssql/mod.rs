@@ -189,6 +189,28 @@ fn parse_url(url: &str) -> std::result::Result<Target, String> {
     })
 }
 
+/// Whether a connection failure came from TLS: tiberius reports rustls'
+/// verdicts (an unknown issuer, a wrong host name) as I/O errors.
+fn is_tls_failure(e: &tiberius::error::Error) -> bool {
+    match e {
+        tiberius::error::Error::Tls(_) => true,
+        tiberius::error::Error::Io { message, .. } => {
+            let m = message.to_lowercase();
+            [
+                "certificate",
+                "tls",
+                "handshake",
+                "peer",
+                "unexpected eof",
+                "reset",
+            ]
+            .iter()
+            .any(|w| m.contains(w))
+        }
+        _ => false,
+    }
+}
+
 async fn connect_once(
     config: &Config,
 ) -> tiberius::Result<Client<tokio_util::compat::Compat<TcpStream>>> {
@@ -240,12 +262,7 @@ impl MssqlEndpoint {
         }
         // One direct connection first, so that a failure says why.
         let mut first = connect_once(&config).await;
-        if conn.tls == Tls::Prefer
-            && matches!(
-                first,
-                Err(tiberius::error::Error::Tls(_) | tiberius::error::Error::Io { .. })
-            )
-        {
+        if conn.tls == Tls::Prefer && first.as_ref().err().is_some_and(is_tls_failure) {
             config.encryption(EncryptionLevel::NotSupported);
             first = connect_once(&config).await;
         }
@@ -260,7 +277,7 @@ impl MssqlEndpoint {
                     "the database in the url does not exist or the login may not open it"
                         .to_string()
                 }
-                tiberius::error::Error::Tls(_) => match conn.tls {
+                e if is_tls_failure(e) => match conn.tls {
                     Tls::Require => "the TLS handshake failed: check that the server offers \
                                      TLS and that its certificate is signed by tls_ca_file \
                                      (or a system root) for this host name"
