@@ -70,7 +70,21 @@ pub struct LinkBatch {
 }
 
 /// Held for the whole run; dropping it releases the lock.
-pub struct LockGuard(pub Box<dyn Send + Sync>);
+pub struct LockGuard(pub Box<dyn HeldLock>);
+
+/// A held run lock. Dropping it releases the lock once the server notices
+/// the closed connection; `release` does it at once, so that the next run
+/// started right after this one finds it free.
+#[async_trait]
+pub trait HeldLock: Send + Sync {
+    async fn release(self: Box<Self>);
+}
+
+impl LockGuard {
+    pub async fn release(self) {
+        self.0.release().await
+    }
+}
 
 impl std::fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

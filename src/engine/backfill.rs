@@ -137,7 +137,7 @@ impl Engine {
         self.state.migrate().await?;
         let mut out = Vec::new();
         for e in &entities {
-            let _lock = self
+            let lock = self
                 .state
                 .lock(e.name())
                 .await?
@@ -158,6 +158,7 @@ impl Engine {
             };
             let summary = serde_json::to_value(&report).unwrap_or_default();
             self.state.finish_run(run, outcome, &summary).await?;
+            lock.release().await;
             result?;
             out.push(report);
         }

@@ -38,7 +38,7 @@ impl Engine {
         let e = bound
             .first()
             .ok_or_else(|| gone(format!("entity {:?} is no longer configured", c.entity)))?;
-        let _lock = self
+        let lock = self
             .state
             .lock(e.name())
             .await?
@@ -128,6 +128,7 @@ impl Engine {
         self.state
             .close_conflict(id, &format!("resolved by hand: took the {take} value"))
             .await?;
+        lock.release().await;
         Ok(c)
     }
 }

@@ -227,7 +227,7 @@ impl Engine {
         state: &StateView<'_>,
         mode: Mode,
     ) -> Result<EntityReport, EngineError> {
-        let _lock = match mode {
+        let lock = match mode {
             Mode::Apply => {
                 Some(
                     self.state
@@ -267,6 +267,9 @@ impl Engine {
         };
         let summary = serde_json::to_value(&report).unwrap_or_default();
         state.finish_run(run, outcome, &summary).await?;
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
         result.map(|()| report)
     }
 }

@@ -215,7 +215,9 @@ impl Engine {
         let mut repairs = first.repair.take().unwrap_or_default();
         repairs.crm_touched += self.touch_null_changes(e, Side::Crm).await?;
         repairs.external_touched += self.touch_null_changes(e, Side::External).await?;
-        drop(lock);
+        if let Some(lock) = lock {
+            lock.release().await;
+        }
         if repairs.crm_touched + repairs.external_touched > 0 {
             // The window ends `settle` before the source clock: wait until
             // the touched rows are inside it.

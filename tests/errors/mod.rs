@@ -367,3 +367,19 @@ async fn refused_row_is_rejected_without_quoting_row_data_and_others_apply() {
     assert_exit(&out, 0);
     assert_eq!(count(&env.erp, "erp.supplier").await, 5);
 }
+
+/// Regression: a run's lock was released only when the server noticed its
+/// closed connection, so a run started right after the previous one could
+/// find the lock still held and exit 1. Runs now release it explicitly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_runs_never_find_the_previous_runs_lock() {
+    let env = Env::new(Opts::default()).await;
+    insert_companies(&env.crm, 3, "timestamp '2026-01-01 10:00:00'", "Supplier").await;
+    for i in 0..40 {
+        let plan = crmsync::cli::load_plan(&env.config).unwrap();
+        let engine = crmsync::engine::Engine::connect(plan).await.unwrap();
+        let r = engine.sync(None, crmsync::engine::Mode::Apply).await;
+        assert!(r.is_ok(), "run {i}: {:?}", r.err());
+    }
+    assert_eq!(count(&env.erp, "erp.supplier").await, 3);
+}

@@ -258,7 +258,23 @@ fn conflict_from_row(r: &tokio_postgres::Row) -> Result<ConflictInfo, EndpointEr
 
 /// Holds the dedicated connection whose session owns the advisory lock.
 struct PgLock {
-    _client: tokio_postgres::Client,
+    client: tokio_postgres::Client,
+    key: String,
+}
+
+#[async_trait]
+impl crate::state::HeldLock for PgLock {
+    async fn release(self: Box<Self>) {
+        // Errors here only mean the connection is already gone, which
+        // releases the lock too.
+        let _ = self
+            .client
+            .execute(
+                "SELECT pg_advisory_unlock(hashtext('crmsync'), hashtext($1))",
+                &[&self.key],
+            )
+            .await;
+    }
 }
 
 #[async_trait]
@@ -335,7 +351,7 @@ impl StateStore for PgEndpoint {
             .await
             .map_err(|e| self.state_error("taking the run lock", e))?
             .get(0);
-        Ok(got.then(|| LockGuard(Box::new(PgLock { _client: client }))))
+        Ok(got.then(|| LockGuard(Box::new(PgLock { client, key }))))
     }
 
     async fn start_run(&self, entity: &str, command: &str) -> Result<i64, EndpointError> {
