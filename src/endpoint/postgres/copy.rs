@@ -8,17 +8,14 @@
 //! default expression) the rows are copied into a temporary staging table
 //! and moved with one `INSERT ... SELECT ... ORDER BY ... RETURNING`.
 
-use super::{params_of, qualified, quote, refs, state, update_sql, PgEndpoint};
+use super::{qualified, quote, refs, state, PgEndpoint};
 use crate::endpoint::bulk::{Bulk, ChunkWrite, Rows, StreamRequest, Turn};
 use crate::endpoint::{EndpointError, Result, Scan};
 use crate::value::Value;
 use async_trait::async_trait;
-use futures_util::future::try_join_all;
-use std::collections::HashMap;
 use tokio::sync::mpsc;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Statement;
 
 /// How inserted rows get their keys.
 enum Keys {
@@ -400,36 +397,9 @@ impl Bulk for PgEndpoint {
             .await
             .map_err(|e| self.query_error("starting a transaction", e))?;
         let table = chunk.table.qualified();
-        let batch = crate::endpoint::WriteBatch::new(chunk.table.clone(), chunk.key.clone());
-        let mut statements: HashMap<String, Statement> = HashMap::new();
-        let mut sqls = Vec::with_capacity(chunk.updates.len());
-        for up in &chunk.updates {
-            let sql = update_sql(&batch, &up.set);
-            if !statements.contains_key(&sql) {
-                let st = tx
-                    .prepare(&sql)
-                    .await
-                    .map_err(|e| self.query_error(format!("preparing an update of {table}"), e))?;
-                statements.insert(sql.clone(), st);
-            }
-            sqls.push(sql);
-        }
-        let params: Vec<Vec<Value>> = chunk
-            .updates
-            .iter()
-            .map(|u| {
-                let mut p = params_of(&u.set);
-                p.push(u.key.clone());
-                p
-            })
-            .collect();
-        try_join_all(sqls.iter().zip(&params).map(|(sql, p)| {
-            let st = &statements[sql];
-            let tx = &tx;
-            async move { tx.execute(st, &refs(p)).await }
-        }))
-        .await
-        .map_err(|e| self.query_error(format!("updating {table}"), e))?;
+        let mut batch = crate::endpoint::WriteBatch::new(chunk.table.clone(), chunk.key.clone());
+        batch.updates = chunk.updates.clone();
+        self.apply_updates(&tx, &batch).await?;
         let t = std::time::Instant::now();
         let keys = self.insert_chunk(&tx, chunk).await?;
         tracing::debug!("chunk: {} rows copied in {:?}", keys.len(), t.elapsed());

@@ -227,6 +227,45 @@ impl PgEndpoint {
         })
     }
 
+    /// Runs a batch's updates in `tx`: each distinct statement shape is
+    /// prepared once, then all are pipelined.
+    pub(crate) async fn apply_updates(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        batch: &WriteBatch,
+    ) -> Result<()> {
+        let table = batch.table.qualified();
+        let mut statements: HashMap<String, Statement> = HashMap::new();
+        let mut sqls = Vec::with_capacity(batch.updates.len());
+        for up in &batch.updates {
+            let sql = update_sql(batch, &up.set);
+            if !statements.contains_key(&sql) {
+                let st = tx
+                    .prepare(&sql)
+                    .await
+                    .map_err(|e| self.query_error(format!("preparing an update of {table}"), e))?;
+                statements.insert(sql.clone(), st);
+            }
+            sqls.push(sql);
+        }
+        let params: Vec<Vec<Value>> = batch
+            .updates
+            .iter()
+            .map(|u| {
+                let mut p = params_of(&u.set);
+                p.push(u.key.clone());
+                p
+            })
+            .collect();
+        try_join_all(sqls.iter().zip(&params).map(|(sql, p)| {
+            let st = &statements[sql];
+            async move { tx.execute(st, &refs(p)).await }
+        }))
+        .await
+        .map_err(|e| self.query_error(format!("updating {table}"), e))?;
+        Ok(())
+    }
+
     fn select_list(scan: &Scan) -> String {
         scan.columns
             .iter()
@@ -657,18 +696,6 @@ impl Endpoint for PgEndpoint {
             }
             insert_sqls.push(sql);
         }
-        let mut update_sqls = Vec::with_capacity(batch.updates.len());
-        for up in &batch.updates {
-            let sql = update_sql(batch, &up.set);
-            if !statements.contains_key(&sql) {
-                let st = tx
-                    .prepare(&sql)
-                    .await
-                    .map_err(|e| self.query_error(format!("preparing an update of {table}"), e))?;
-                statements.insert(sql.clone(), st);
-            }
-            update_sqls.push(sql);
-        }
         let insert_params: Vec<Vec<Value>> = batch
             .inserts
             .iter()
@@ -686,22 +713,7 @@ impl Endpoint for PgEndpoint {
             .map(|r| r.try_get::<_, Value>(0))
             .collect::<Result<_, _>>()
             .map_err(|e| self.query_error("decoding inserted keys", e))?;
-        let update_params: Vec<Vec<Value>> = batch
-            .updates
-            .iter()
-            .map(|u| {
-                let mut p = params_of(&u.set);
-                p.push(u.key.clone());
-                p
-            })
-            .collect();
-        try_join_all(update_sqls.iter().zip(&update_params).map(|(sql, p)| {
-            let st = &statements[sql];
-            let tx = &tx;
-            async move { tx.execute(st, &refs(p)).await }
-        }))
-        .await
-        .map_err(|e| self.query_error(format!("updating {table}"), e))?;
+        self.apply_updates(&tx, batch).await?;
         if !batch.deletes.is_empty() {
             let sql = format!(
                 "DELETE FROM {} WHERE {} = ANY($1)",
