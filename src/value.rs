@@ -24,13 +24,17 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// One value in neutral form.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "t", content = "v")]
+///
+/// In JSON (shadows, watermarks, conflicts, reports) the common kinds are
+/// bare: `null`, `true`, `42`, `"text"`; the others are tagged,
+/// `{"t": "Timestamp", "v": "2026-07-01T12:00:00"}`. Reading also takes
+/// the tagged form of every kind, which earlier versions wrote throughout.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Value {
     Null,
     Bool(bool),
     Int(i64),
-    Decimal(#[serde(with = "rust_decimal::serde::str")] Decimal),
+    Decimal(Decimal),
     Float(f64),
     Text(String),
     /// A wall-clock time without zone; the side's configured zone says where.
@@ -39,6 +43,119 @@ pub enum Value {
     Date(NaiveDate),
     Uuid(uuid::Uuid),
     Bytes(Vec<u8>),
+}
+
+/// The tagged JSON form of a value.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "t", content = "v")]
+enum Tagged {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Decimal(#[serde(with = "rust_decimal::serde::str")] Decimal),
+    Float(f64),
+    Text(String),
+    Timestamp(NaiveDateTime),
+    TimestampTz(DateTime<Utc>),
+    Date(NaiveDate),
+    Uuid(uuid::Uuid),
+    Bytes(Vec<u8>),
+}
+
+/// The tagged form of the kinds that are not written bare.
+#[derive(Serialize)]
+#[serde(tag = "t", content = "v")]
+enum TaggedRef<'a> {
+    Decimal(#[serde(serialize_with = "decimal_str")] &'a Decimal),
+    Float(f64),
+    Timestamp(&'a NaiveDateTime),
+    TimestampTz(&'a DateTime<Utc>),
+    Date(&'a NaiveDate),
+    Uuid(&'a uuid::Uuid),
+    Bytes(&'a [u8]),
+}
+
+fn decimal_str<S: serde::Serializer>(d: &&Decimal, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(*d)
+}
+
+impl Serialize for Value {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Decimal(d) => TaggedRef::Decimal(d).serialize(s),
+            Value::Float(f) => TaggedRef::Float(*f).serialize(s),
+            Value::Timestamp(t) => TaggedRef::Timestamp(t).serialize(s),
+            Value::TimestampTz(t) => TaggedRef::TimestampTz(t).serialize(s),
+            Value::Date(d) => TaggedRef::Date(d).serialize(s),
+            Value::Uuid(u) => TaggedRef::Uuid(u).serialize(s),
+            Value::Bytes(b) => TaggedRef::Bytes(b).serialize(s),
+        }
+    }
+}
+
+impl From<Tagged> for Value {
+    fn from(t: Tagged) -> Value {
+        match t {
+            Tagged::Null => Value::Null,
+            Tagged::Bool(b) => Value::Bool(b),
+            Tagged::Int(i) => Value::Int(i),
+            Tagged::Decimal(d) => Value::Decimal(d),
+            Tagged::Float(f) => Value::Float(f),
+            Tagged::Text(t) => Value::Text(t),
+            Tagged::Timestamp(t) => Value::Timestamp(t),
+            Tagged::TimestampTz(t) => Value::TimestampTz(t),
+            Tagged::Date(d) => Value::Date(d),
+            Tagged::Uuid(u) => Value::Uuid(u),
+            Tagged::Bytes(b) => Value::Bytes(b),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Value {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Value, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Value;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("null, a boolean, an integer, a string or a tagged value")
+            }
+            fn visit_unit<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_none<E>(self) -> Result<Value, E> {
+                Ok(Value::Null)
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Value, E> {
+                Ok(Value::Bool(b))
+            }
+            fn visit_i64<E>(self, i: i64) -> Result<Value, E> {
+                Ok(Value::Int(i))
+            }
+            fn visit_u64<E: serde::de::Error>(self, u: u64) -> Result<Value, E> {
+                i64::try_from(u)
+                    .map(Value::Int)
+                    .map_err(|_| E::custom(format!("integer {u} is out of range")))
+            }
+            fn visit_f64<E>(self, f: f64) -> Result<Value, E> {
+                Ok(Value::Float(f))
+            }
+            fn visit_str<E>(self, t: &str) -> Result<Value, E> {
+                Ok(Value::Text(t.to_string()))
+            }
+            fn visit_string<E>(self, t: String) -> Result<Value, E> {
+                Ok(Value::Text(t))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
+                Tagged::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(Value::from)
+            }
+        }
+        d.deserialize_any(Visit)
+    }
 }
 
 /// How a text column counts its length.
@@ -562,6 +679,33 @@ mod tests {
     }
 
     #[test]
+    fn common_kinds_are_bare_in_json_and_the_tagged_form_still_reads() {
+        let shadow: std::collections::BTreeMap<String, Value> = [
+            ("a".to_string(), Value::Text("x".into())),
+            ("b".to_string(), Value::Int(-7)),
+            ("c".to_string(), Value::Null),
+            ("d".to_string(), Value::Bool(true)),
+            ("e".to_string(), Value::Decimal(Decimal::new(1050, 2))),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(
+            serde_json::to_string(&shadow).unwrap(),
+            r#"{"a":"x","b":-7,"c":null,"d":true,"e":{"t":"Decimal","v":"10.50"}}"#
+        );
+        let old = r#"{"a":{"t":"Text","v":"x"},"b":{"t":"Int","v":-7},"c":{"t":"Null"},
+                      "d":{"t":"Bool","v":true},"e":{"t":"Decimal","v":"10.50"}}"#;
+        let back: std::collections::BTreeMap<String, Value> = serde_json::from_str(old).unwrap();
+        assert_eq!(back, shadow);
+        assert_eq!(
+            serde_json::from_str::<Value>("18446744073709551615")
+                .unwrap_err()
+                .to_string(),
+            "integer 18446744073709551615 is out of range at line 1 column 20"
+        );
+    }
+
+    #[test]
     fn integer_width_is_checked() {
         assert!(Value::Int(256)
             .coerce(&SqlType::Int { bytes: 1 }, None, false)
@@ -594,6 +738,7 @@ mod tests {
         fn shadow_serialisation_round_trips(
             i in any::<i64>(),
             s in ".*",
+            s2 in ".{0,8}",
             m in any::<i64>(),
             scale in 0u32..10,
             secs in 0i64..4_000_000_000,
@@ -607,9 +752,17 @@ mod tests {
                 Value::Timestamp(t.naive_utc()),
                 Value::TimestampTz(t),
                 Value::Bool(i % 2 == 0),
+                Value::Float(m as f64 / 8.0),
+                Value::Date(t.date_naive()),
+                Value::Uuid(uuid::Uuid::from_u64_pair(i as u64, m as u64)),
+                Value::Bytes(s2.into_bytes()),
             ];
             let json = serde_json::to_string(&values).unwrap();
             let back: Vec<Value> = serde_json::from_str(&json).unwrap();
+            prop_assert_eq!(&back, &values);
+            // Through jsonb-like re-parsing as a document, too.
+            let doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+            let back: Vec<Value> = serde_json::from_value(doc).unwrap();
             prop_assert_eq!(back, values);
         }
 
