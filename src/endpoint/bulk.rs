@@ -37,6 +37,23 @@ pub struct CheckpointWrite {
     pub checkpoint: Checkpoint,
 }
 
+/// The link of the `insert`-th inserted row of a chunk, new for certain,
+/// with its shadow already in stored (JSON) form.
+#[derive(Debug, Clone)]
+pub struct FreshLink {
+    pub crm_key: String,
+    pub insert: usize,
+    pub shadow_json: String,
+}
+
+/// Fresh links of one entity, in the state schema `schema`.
+#[derive(Debug, Clone)]
+pub struct FreshLinks {
+    pub schema: String,
+    pub entity: String,
+    pub links: Vec<FreshLink>,
+}
+
 /// One chunk of a backfill, written in one transaction.
 #[derive(Debug, Clone)]
 pub struct ChunkWrite {
@@ -49,9 +66,9 @@ pub struct ChunkWrite {
     /// Links (with `KeyRef::Inserted(i)` for the i-th insert) and the
     /// checkpoint, when the state store lives in this database.
     pub links: Option<LinkBatch>,
-    /// Links whose CRM key has no row in the links table yet, written with
-    /// COPY (in the same transaction, like `links`).
-    pub fresh_links: Option<LinkBatch>,
+    /// Links of inserted rows whose CRM key has no row in the links table
+    /// yet, written with COPY (in the same transaction, like `links`).
+    pub fresh_links: Option<FreshLinks>,
     pub checkpoint: Option<CheckpointWrite>,
 }
 

@@ -14,13 +14,15 @@
 //! the CRM side is then "in sync", and a remaining external difference is
 //! an external change that a two-way sync carries into CRM.
 
-use super::mapping::{external_to_canonical, map_crm_row, FieldProblem};
+use super::mapping::{external_to_canonical, map_crm_values, FieldProblem};
 use super::{later, Engine, EngineError};
-use crate::endpoint::bulk::{Bulk, CheckpointWrite, ChunkWrite, Rows, StreamRequest, Turn};
+use crate::endpoint::bulk::{
+    Bulk, CheckpointWrite, ChunkWrite, FreshLink, FreshLinks, Rows, StreamRequest, Turn,
+};
 use crate::endpoint::{Assign, EndpointError, Scan, Update};
 use crate::plan::{ConflictPolicy, Side};
 use crate::progress::{peak_rss_bytes, Progress};
-use crate::schema::BoundEntity;
+use crate::schema::{BoundEntity, BoundField};
 use crate::state::{Checkpoint, KeyRef, Link, LinkBatch, LinkWrite, Shadow, Watermark};
 use crate::value::{SqlType, Value};
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -174,7 +176,59 @@ struct CrmColumns {
     link: Option<usize>,
     /// (CRM position, external column) of each `match_on` pair.
     matches: Vec<(usize, String)>,
-    field: HashMap<String, usize>,
+    /// The fields that flow to the external side, in entity order (the
+    /// order of the inserted columns too).
+    outgoing: Vec<Outgoing>,
+}
+
+/// A field that flows to the external side.
+struct Outgoing {
+    /// Index in the entity's fields.
+    field: usize,
+    /// Position of its CRM column in the scan.
+    pos: Option<usize>,
+    /// Its name as a JSON object key, with the colon: `"comp_name":`.
+    json_key: String,
+}
+
+impl CrmColumns {
+    fn fields<'e>(&self, e: &'e BoundEntity) -> impl Iterator<Item = &'e BoundField> + Clone {
+        let idx: Vec<usize> = self.outgoing.iter().map(|o| o.field).collect();
+        idx.into_iter().map(move |i| &e.fields[i])
+    }
+
+    /// The shadow of a row mapped by [`map_crm_values`].
+    fn shadow_of(&self, e: &BoundEntity, values: &[Value]) -> Shadow {
+        self.outgoing
+            .iter()
+            .zip(values)
+            .map(|(o, v)| (e.fields[o.field].name.clone(), v.clone()))
+            .collect()
+    }
+
+    /// The stored form of [`CrmColumns::shadow_of`], written straight from
+    /// the values.
+    fn shadow_json(&self, values: &[Value]) -> String {
+        shadow_json(self.outgoing.iter().map(|o| o.json_key.as_str()), values)
+    }
+}
+
+/// A JSON object of `values` under `keys` (each already a JSON key with its
+/// colon), as `serde_json` writes a [`Shadow`] of them.
+fn shadow_json<'k>(keys: impl Iterator<Item = &'k str>, values: &[Value]) -> String {
+    let mut out = Vec::with_capacity(32 * values.len() + 2);
+    out.push(b'{');
+    for (i, (k, v)) in keys.zip(values).enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(k.as_bytes());
+        if serde_json::to_writer(&mut out, v).is_err() {
+            out.extend_from_slice(b"null");
+        }
+    }
+    out.push(b'}');
+    String::from_utf8(out).unwrap_or_else(|_| "{}".into())
 }
 
 fn crm_columns(e: &BoundEntity) -> Result<CrmColumns, EngineError> {
@@ -206,10 +260,16 @@ fn crm_columns(e: &BoundEntity) -> Result<CrmColumns, EngineError> {
         let pos = add(&mut scan, &crm.name.clone());
         matches.push((pos, ext.name.clone()));
     }
-    let field = e
+    let outgoing = e
         .fields
         .iter()
-        .filter_map(|f| scan.position(&f.crm.name).map(|p| (f.name.clone(), p)))
+        .enumerate()
+        .filter(|(_, f)| f.plan.direction.crm_to_external())
+        .map(|(i, f)| Outgoing {
+            field: i,
+            pos: scan.position(&f.crm.name),
+            json_key: format!("{}:", serde_json::Value::from(f.name.as_str())),
+        })
         .collect();
     Ok(CrmColumns {
         key: 0,
@@ -217,7 +277,7 @@ fn crm_columns(e: &BoundEntity) -> Result<CrmColumns, EngineError> {
         scan,
         link,
         matches,
-        field,
+        outgoing,
     })
 }
 
@@ -293,7 +353,8 @@ async fn insert_shape(engine: &Engine, e: &BoundEntity) -> Result<InsertShape, E
 struct Candidate {
     row: usize,
     key: String,
-    shadow: Shadow,
+    /// Canonical values of the outgoing fields, in order.
+    values: Vec<Value>,
 }
 
 /// One CRM → external backfill of entity `e`.
@@ -468,7 +529,7 @@ async fn to_external(
 
 type Deferred = (
     Option<LinkBatch>,
-    Option<LinkBatch>,
+    Option<FreshLinks>,
     Option<CheckpointWrite>,
 );
 
@@ -506,20 +567,17 @@ async fn prepare_chunk(
     let mut updates: Vec<Update> = Vec::new();
     let mut link_writes: Vec<LinkWrite> = Vec::new();
     let mut candidates: Vec<Candidate> = Vec::new();
-    let outgoing: Vec<_> = e
-        .fields
-        .iter()
-        .filter(|f| f.plan.direction.crm_to_external())
-        .collect();
+    let outgoing: Vec<&BoundField> = cols.fields(e).collect();
     for (i, row) in rows.iter().enumerate() {
         let ks = &keys[i];
-        let mapped = match map_crm_row(outgoing.iter().copied(), e.to_external, |f| {
-            cols.field
-                .get(&f.name)
-                .map(|p| row[*p].clone())
+        let mapped = map_crm_values(outgoing.iter().copied(), e.to_external, |n, _| {
+            cols.outgoing[n]
+                .pos
+                .map(|p| row[p].clone())
                 .unwrap_or(Value::Null)
-        }) {
-            Ok(m) => m,
+        });
+        let values = match mapped {
+            Ok((values, _)) => values,
             Err(FieldProblem::Reject(why)) => {
                 rejects.push((ks.clone(), why));
                 continue;
@@ -535,7 +593,8 @@ async fn prepare_chunk(
         match links.get(ks).filter(|l| !l.deleted) {
             Some(l) => {
                 report.already_linked += 1;
-                let set = diff(e, &l.shadow, &mapped.values);
+                let shadow = cols.shadow_of(e, &values);
+                let set = diff(e, &l.shadow, &shadow);
                 if set.is_empty() || !e.plan.update_into_external {
                     report.unchanged += 1;
                     continue;
@@ -552,14 +611,14 @@ async fn prepare_chunk(
                 link_writes.push(LinkWrite {
                     crm_key: KeyRef::Known(ks.clone()),
                     external_key: KeyRef::Known(l.external_key.clone()),
-                    shadow: mapped.values,
+                    shadow,
                     deleted: false,
                 });
             }
             None => candidates.push(Candidate {
                 row: i,
                 key: ks.clone(),
-                shadow: mapped.values,
+                values,
             }),
         }
     }
@@ -651,7 +710,8 @@ async fn prepare_chunk(
                     .map(|p| (f.name.clone(), external_to_canonical(f, ext_row[p].clone())))
             })
             .collect();
-        let set = diff(e, &current, &c.shadow);
+        let shadow = cols.shadow_of(e, &c.values);
+        let set = diff(e, &current, &shadow);
         let crm_wins = match e.plan.conflict {
             _ if set.is_empty() => false,
             ConflictPolicy::CrmWins => true,
@@ -689,41 +749,54 @@ async fn prepare_chunk(
         link_writes.push(LinkWrite {
             crm_key: KeyRef::Known(c.key),
             external_key: KeyRef::Known(ext_key),
-            shadow: c.shadow,
+            shadow,
             deleted: false,
         });
     }
 
-    // The rest is inserted.
+    // The rest is inserted. Links of inserted rows whose CRM key has no
+    // link row at all (not even a deleted one) are new for certain: they
+    // are copied, not upserted, with the shadow written straight to JSON.
     let mut inserts: Rows = Vec::with_capacity(rest.len());
+    let mut fresh: Vec<FreshLink> = Vec::with_capacity(rest.len());
     if e.plan.insert_into_external {
         for c in rest {
-            let mut values: Vec<Value> = Vec::with_capacity(shape.columns.len());
-            for f in &outgoing {
-                values.push(c.shadow.get(&f.name).cloned().unwrap_or(Value::Null));
-            }
-            if shape.with_crm_id {
-                if let Some(id) = &e.external_crm_id {
-                    let v = rows[c.row][cols.key].clone().coerce(&id.ty, None, false).map_err(
-                        |err| {
+            let crm_id = match (&e.external_crm_id, shape.with_crm_id) {
+                (Some(id), true) => Some(
+                    rows[c.row][cols.key]
+                        .clone()
+                        .coerce(&id.ty, None, false)
+                        .map_err(|err| {
                             schema_error(format!(
                                 "entity {:?}: CRM id {} does not fit external_crm_id_column {}: {err}",
                                 e.name(),
                                 c.key,
                                 id.name
                             ))
-                        },
-                    )?;
-                    values.push(v);
-                }
+                        })?,
+                ),
+                _ => None,
+            };
+            let insert = inserts.len();
+            if links.contains_key(&c.key) {
+                link_writes.push(LinkWrite {
+                    crm_key: KeyRef::Known(c.key),
+                    external_key: KeyRef::Inserted(insert),
+                    shadow: cols.shadow_of(e, &c.values),
+                    deleted: false,
+                });
+            } else {
+                fresh.push(FreshLink {
+                    crm_key: c.key,
+                    insert,
+                    shadow_json: cols.shadow_json(&c.values),
+                });
             }
+            // The outgoing fields lead the inserted columns, in order.
+            let mut values = c.values;
+            values.reserve(shape.columns.len() - values.len());
+            values.extend(crm_id);
             values.extend(shape.constants.iter().cloned());
-            link_writes.push(LinkWrite {
-                crm_key: KeyRef::Known(c.key),
-                external_key: KeyRef::Inserted(inserts.len()),
-                shadow: c.shadow,
-                deleted: false,
-            });
             inserts.push(values);
         }
     } else {
@@ -732,19 +805,16 @@ async fn prepare_chunk(
     report.inserted += inserts.len() as u64;
     report.rejected += rejects.len() as u64;
 
-    // Links of inserted rows whose CRM key has no link row at all (not even
-    // a deleted one) are new for certain: they are copied, not upserted.
-    let (fresh, upsert): (Vec<LinkWrite>, Vec<LinkWrite>) =
-        link_writes.into_iter().partition(|l| {
-            matches!(l.external_key, KeyRef::Inserted(_))
-                && matches!(&l.crm_key, KeyRef::Known(k) if !links.contains_key(k))
-        });
-    let batch = |links: Vec<LinkWrite>| LinkBatch {
+    let upsert = LinkBatch {
         schema: engine.plan.state_schema.clone(),
         entity: e.name().to_string(),
-        links,
+        links: link_writes,
     };
-    let (fresh, upsert) = (batch(fresh), batch(upsert));
+    let fresh = FreshLinks {
+        schema: engine.plan.state_schema.clone(),
+        entity: e.name().to_string(),
+        links: fresh,
+    };
     let cp = CheckpointWrite {
         schema: engine.plan.state_schema.clone(),
         entity: e.name().to_string(),
@@ -801,6 +871,28 @@ async fn commit_chunk(
     if let Some((upsert, fresh, cp)) = p.deferred {
         // Not atomic with the data: a crash here is repaired on rerun by
         // finding the inserted rows by external_crm_id_column.
+        let fresh = match fresh {
+            Some(f) => Some(LinkBatch {
+                links: f
+                    .links
+                    .into_iter()
+                    .map(|l| {
+                        let shadow = serde_json::from_str(&l.shadow_json).map_err(|err| {
+                            schema_error(format!("entity {:?}: a new shadow: {err}", e.name()))
+                        })?;
+                        Ok(LinkWrite {
+                            crm_key: KeyRef::Known(l.crm_key),
+                            external_key: KeyRef::Inserted(l.insert),
+                            shadow,
+                            deleted: false,
+                        })
+                    })
+                    .collect::<Result<_, EngineError>>()?,
+                schema: f.schema,
+                entity: f.entity,
+            }),
+            None => None,
+        };
         for b in [upsert, fresh].into_iter().flatten() {
             let resolved = crate::endpoint::postgres::resolve_links(&b, &keys);
             state.write_links(&resolved).await?;
@@ -991,6 +1083,34 @@ mod tests {
                 .and_hms_opt(h, m, 0)
                 .unwrap(),
         )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn shadow_json_reads_back_as_the_shadow(
+            names in proptest::collection::vec("[a-z_\"\\\\é]{1,12}", 0..8),
+            texts in proptest::collection::vec(".*", 8),
+            ints in proptest::collection::vec(proptest::num::i64::ANY, 8),
+        ) {
+            let values: Vec<Value> = names
+                .iter()
+                .enumerate()
+                .map(|(i, _)| match i % 4 {
+                    0 => Value::Text(texts[i].clone()),
+                    1 => Value::Int(ints[i]),
+                    2 => Value::Null,
+                    _ => Value::Decimal(rust_decimal::Decimal::new(ints[i], 3)),
+                })
+                .collect();
+            let keys: Vec<String> = names
+                .iter()
+                .map(|n| format!("{}:", serde_json::Value::from(n.as_str())))
+                .collect();
+            let json = shadow_json(keys.iter().map(|k| k.as_str()), &values);
+            let back: Shadow = serde_json::from_str(&json).unwrap();
+            let want: Shadow = names.iter().cloned().zip(values.iter().cloned()).collect();
+            proptest::prop_assert_eq!(back, want);
+        }
     }
 
     #[test]

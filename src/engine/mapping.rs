@@ -75,40 +75,62 @@ fn fit(
     side: &str,
     zones: crate::value::Zones,
 ) -> Result<(Value, bool), FieldProblem> {
-    let target = format!("{side} column {}", column.name);
+    let target = || format!("{side} column {}", column.name);
     if v.is_null() && !column.nullable {
         return Err(FieldProblem::Reject(format!(
-            "field {}: the value is empty (NULL) but {target} is NOT NULL; \
+            "field {}: the value is empty (NULL) but {} is NOT NULL; \
              fill it in at the source or map a column that allows NULL",
-            field.plan.crm
+            field.plan.crm,
+            target()
         )));
+    }
+    if field.plan.on_truncate != OnTruncate::Truncate {
+        return v
+            .coerce(&column.ty, Some(zones), false)
+            .map(|out| (out, false))
+            .map_err(|e| coerce_problem(field, &target(), e));
     }
     match v.clone().coerce(&column.ty, Some(zones), false) {
         Ok(out) => Ok((out, false)),
-        Err(CoerceError::TooLong { .. }) if field.plan.on_truncate == OnTruncate::Truncate => {
+        Err(CoerceError::TooLong { .. }) => {
             let out = v
                 .coerce(&column.ty, Some(zones), true)
-                .map_err(|e| coerce_problem(field, &target, e))?;
+                .map_err(|e| coerce_problem(field, &target(), e))?;
             Ok((out, true))
         }
-        Err(e) => Err(coerce_problem(field, &target, e)),
+        Err(e) => Err(coerce_problem(field, &target(), e)),
     }
 }
 
 /// Maps the fields of a CRM row that flow towards the external side.
 /// `get` returns the row's value of a CRM column.
 pub fn map_crm_row<'a>(
-    fields: impl Iterator<Item = &'a BoundField>,
+    fields: impl Iterator<Item = &'a BoundField> + Clone,
     zones: crate::value::Zones,
     mut get: impl FnMut(&BoundField) -> Value,
 ) -> Result<Mapped, FieldProblem> {
-    let mut out = Mapped::default();
-    for f in fields {
-        let (v, truncated) = crm_to_canonical(f, get(f), zones)?;
-        out.truncated += usize::from(truncated);
-        out.values.insert(f.name.clone(), v);
+    let (values, truncated) = map_crm_values(fields.clone(), zones, |_, f| get(f))?;
+    Ok(Mapped {
+        values: fields.map(|f| f.name.clone()).zip(values).collect(),
+        truncated,
+    })
+}
+
+/// [`map_crm_row`] in field order, without the field names: the canonical
+/// values and how many were truncated. `get` is given the field's index.
+pub fn map_crm_values<'a>(
+    fields: impl Iterator<Item = &'a BoundField>,
+    zones: crate::value::Zones,
+    mut get: impl FnMut(usize, &BoundField) -> Value,
+) -> Result<(Vec<Value>, usize), FieldProblem> {
+    let mut values = Vec::with_capacity(fields.size_hint().0);
+    let mut truncated = 0;
+    for (i, f) in fields.enumerate() {
+        let (v, t) = crm_to_canonical(f, get(i, f), zones)?;
+        truncated += usize::from(t);
+        values.push(v);
     }
-    Ok(out)
+    Ok((values, truncated))
 }
 
 /// The canonical form of a value read from the external side.

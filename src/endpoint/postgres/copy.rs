@@ -9,7 +9,7 @@
 //! and moved with one `INSERT ... SELECT ... ORDER BY ... RETURNING`.
 
 use super::{qualified, quote, refs, state, PgEndpoint};
-use crate::endpoint::bulk::{Bulk, ChunkWrite, Rows, StreamRequest, Turn};
+use crate::endpoint::bulk::{Bulk, ChunkWrite, FreshLinks, Rows, StreamRequest, Turn};
 use crate::endpoint::{EndpointError, Result, Scan};
 use crate::value::Value;
 use async_trait::async_trait;
@@ -201,69 +201,32 @@ impl PgEndpoint {
     }
 }
 
-/// A JSON document already serialized, sent as json or jsonb.
-#[derive(Debug)]
-struct RawJson(String);
-
-impl ToSql for RawJson {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        if *ty == Type::JSONB {
-            out.extend_from_slice(&[1]);
-        }
-        out.extend_from_slice(self.0.as_bytes());
-        Ok(tokio_postgres::types::IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::JSONB || *ty == Type::JSON
-    }
-
-    tokio_postgres::types::to_sql_checked!();
-}
-
 impl PgEndpoint {
     /// Copies links that are new for certain into the links table.
     async fn copy_links(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
-        batch: &crate::state::LinkBatch,
+        fresh: &FreshLinks,
         inserted: &[Value],
     ) -> Result<()> {
-        use crate::state::KeyRef;
-        let key = |k: &KeyRef| match k {
-            KeyRef::Known(s) => s.clone(),
-            KeyRef::Inserted(i) => inserted[*i].key_string(),
-        };
-        let rows: Vec<(String, String, RawJson, bool)> = batch
+        let ext_keys: Vec<String> = fresh
             .links
             .iter()
-            .map(|l| {
-                (
-                    key(&l.crm_key),
-                    key(&l.external_key),
-                    RawJson(serde_json::to_string(&l.shadow).unwrap_or_else(|_| "{}".into())),
-                    l.deleted,
-                )
-            })
+            .map(|l| inserted[l.insert].key_string())
             .collect();
-        let columns: Vec<String> = ["entity", "crm_key", "external_key", "shadow", "deleted"]
+        let columns: Vec<String> = ["entity", "crm_key", "external_key", "shadow"]
             .iter()
             .map(|c| c.to_string())
             .collect();
-        let types = [Type::TEXT, Type::TEXT, Type::TEXT, Type::JSONB, Type::BOOL];
-        let target = format!("{}.links", quote(&batch.schema));
-        let entity = batch.entity.clone();
-        let iter = rows.iter().map(|(c, x, s, d)| {
+        let types = [Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT];
+        let target = format!("{}.links", quote(&fresh.schema));
+        let entity = fresh.entity.as_str();
+        let iter = fresh.links.iter().zip(&ext_keys).map(|(l, x)| {
             vec![
                 &entity as &(dyn ToSql + Sync),
-                c as &(dyn ToSql + Sync),
+                &l.crm_key as &(dyn ToSql + Sync),
                 x as &(dyn ToSql + Sync),
-                s as &(dyn ToSql + Sync),
-                d as &(dyn ToSql + Sync),
+                &l.shadow_json as &(dyn ToSql + Sync),
             ]
         });
         self.copy_rows(tx, &target, &columns, &types, iter).await

@@ -90,6 +90,11 @@ CREATE TABLE {s}.backfill_checkpoints (
     PRIMARY KEY (entity, direction)
 );
 "#,
+    // Shadows are read and written whole, never queried: as text they load
+    // about twice as fast as jsonb, which a backfill feels on every row.
+    r#"
+ALTER TABLE {s}.links ALTER COLUMN shadow TYPE text USING shadow::text;
+"#,
 ];
 
 fn to_json(v: &Value) -> serde_json::Value {
@@ -102,6 +107,11 @@ fn from_json(j: serde_json::Value) -> Result<Value, EndpointError> {
             "the state store holds a value crmsync cannot read: {e}"
         ))
     })
+}
+
+/// A shadow as stored: a JSON object of canonical values by field.
+pub(crate) fn shadow_json(shadow: &crate::state::Shadow) -> String {
+    serde_json::to_string(shadow).unwrap_or_else(|_| "{}".into())
 }
 
 /// Writes links inside the caller's transaction.
@@ -123,13 +133,13 @@ pub(crate) async fn write_links_in<C: GenericClient>(
         };
         crm.push(known(&l.crm_key));
         ext.push(known(&l.external_key));
-        shadow.push(serde_json::to_value(&l.shadow).unwrap_or_default());
+        shadow.push(shadow_json(&l.shadow));
         deleted.push(l.deleted);
     }
     let s = quote(&batch.schema);
     let sql = format!(
         "INSERT INTO {s}.links AS l (entity, crm_key, external_key, shadow, deleted) \
-         SELECT $1, c, e, sh, d FROM unnest($2::text[], $3::text[], $4::jsonb[], $5::bool[]) AS u(c, e, sh, d) \
+         SELECT $1, c, e, sh, d FROM unnest($2::text[], $3::text[], $4::text[], $5::bool[]) AS u(c, e, sh, d) \
          ON CONFLICT (entity, crm_key) DO UPDATE SET external_key = excluded.external_key, \
            shadow = excluded.shadow, deleted = excluded.deleted, updated_at = now()"
     );
@@ -203,8 +213,8 @@ impl PgEndpoint {
             .map_err(|e| self.state_error("reading links", e))?;
         let mut out = HashMap::with_capacity(rows.len());
         for r in rows {
-            let shadow: serde_json::Value = r.get(2);
-            let shadow = serde_json::from_value(shadow).map_err(|e| {
+            let shadow: &str = r.get(2);
+            let shadow = serde_json::from_str(shadow).map_err(|e| {
                 EndpointError::Schema(format!("a shadow in the state store is unreadable: {e}"))
             })?;
             let link = Link {
