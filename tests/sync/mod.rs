@@ -494,3 +494,82 @@ async fn undeleted_crm_row_with_ignored_delete_is_not_inserted_twice() {
     assert_eq!(names, 1, "the row came back with its new values");
     assert_eq!(env.sync().await.changes(), 0);
 }
+
+/// A state store written by an earlier version (schema 2: shadows as jsonb
+/// in the tagged form) is migrated in place, and its shadows still say
+/// what was synced: an unchanged run writes nothing, and one changed field
+/// is sent alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
+    let env = Env::new(Opts::default()).await;
+    insert_companies(
+        &env.crm,
+        50,
+        "timestamp '2026-01-01 11:00:00' + i * interval '1 s'",
+        "Supplier",
+    )
+    .await;
+    assert_eq!(env.sync().await.inserted, 50);
+    // Turn the store back into what version 2 wrote.
+    env.erp
+        .batch_execute(
+            r#"CREATE FUNCTION pg_temp.tagged(s jsonb) RETURNS jsonb LANGUAGE sql AS $$
+                 SELECT jsonb_object_agg(k, CASE jsonb_typeof(v)
+                     WHEN 'string' THEN jsonb_build_object('t', 'Text', 'v', v)
+                     WHEN 'number' THEN jsonb_build_object('t', 'Int', 'v', v)
+                     WHEN 'boolean' THEN jsonb_build_object('t', 'Bool', 'v', v)
+                     WHEN 'null' THEN '{"t": "Null"}'::jsonb
+                     ELSE v END)
+                 FROM jsonb_each(s) AS x(k, v) $$;
+               ALTER TABLE crmsync.links ALTER COLUMN shadow TYPE jsonb
+                 USING pg_temp.tagged(shadow::jsonb);
+               UPDATE crmsync.schema_version SET version = 2;"#,
+        )
+        .await
+        .unwrap();
+    let tagged: String = env
+        .erp
+        .query_one("SELECT shadow::text FROM crmsync.links LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(tagged.contains(r#""t": "Text""#), "{tagged}");
+
+    let again = env.sync().await;
+    assert_eq!((again.unchanged, again.changes()), (50, 0), "{again:?}");
+    let (version, ty): (i32, String) = env
+        .erp
+        .query_one(
+            "SELECT (SELECT version FROM crmsync.schema_version), \
+                    (SELECT data_type FROM information_schema.columns \
+                      WHERE table_schema = 'crmsync' AND table_name = 'links' \
+                        AND column_name = 'shadow')",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((version, ty.as_str()), (3, "text"));
+
+    env.crm
+        .execute(
+            "UPDATE company SET comp_name = 'Renamed', comp_updateddate = comp_updateddate + \
+             interval '1 s' WHERE comp_companyid = (SELECT min(comp_companyid) FROM company)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let changed = env.sync().await;
+    assert_eq!((changed.updated, changed.inserted), (1, 0), "{changed:?}");
+    let shadow: String = env
+        .erp
+        .query_one(
+            "SELECT shadow FROM crmsync.links WHERE crm_key = \
+             (SELECT min(crm_key::int)::text FROM crmsync.links)",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(shadow.contains(r#""Renamed""#), "{shadow}");
+}

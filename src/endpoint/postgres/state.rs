@@ -97,6 +97,9 @@ ALTER TABLE {s}.links ALTER COLUMN shadow TYPE text USING shadow::text;
 "#,
 ];
 
+// Every migration raises the version by one.
+const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
+
 fn to_json(v: &Value) -> serde_json::Value {
     serde_json::to_value(v).unwrap_or(serde_json::Value::Null)
 }
