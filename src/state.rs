@@ -172,6 +172,10 @@ pub struct Checkpoint {
     pub last_key: Option<Value>,
     pub rows_done: i64,
     pub finished: bool,
+    /// The target held none of the entity's rows and the state store had
+    /// no link of it when the backfill began, and links commit with the
+    /// data: every source row past `last_key` is new to the target.
+    pub insert_only: bool,
 }
 
 /// The state store. Every method is a short transaction of its own;
@@ -283,5 +287,8 @@ pub trait StateStore: Send + Sync {
     async fn close_conflict(&self, id: i64, resolution: &str) -> Result<(), EndpointError>;
 
     /// Every live link of `entity` as (CRM key, external key).
+    /// Whether the entity has any link row, deleted ones included.
+    async fn has_links(&self, entity: &str) -> Result<bool, EndpointError>;
+
     async fn live_links(&self, entity: &str) -> Result<Vec<(String, String)>, EndpointError>;
 }

@@ -98,6 +98,9 @@ pub trait Bulk: Send + Sync {
 
     async fn write_chunk(&self, chunk: &ChunkWrite, turn: Option<Turn>) -> Result<Vec<Value>>;
 
+    /// Whether `table` holds any row at all.
+    async fn has_rows(&self, table: &TableInfo) -> Result<bool>;
+
     /// Refreshes the planner statistics of `table` and, when given, of the
     /// state schema's links table after a bulk load, so that the next
     /// sync's key lookups use their indexes.

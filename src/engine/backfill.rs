@@ -90,6 +90,9 @@ pub struct BackfillReport {
     pub resumed: bool,
     /// Source rows an earlier, interrupted run had already committed.
     pub rows_done_before: u64,
+    /// The target was empty and nothing linked when the backfill began:
+    /// rows were inserted without looking for counterparts.
+    pub insert_only: bool,
     /// Source rows read by this run.
     pub read: u64,
     /// Rows linked to records that already existed on the target.
@@ -395,16 +398,29 @@ async fn to_external(
             // The snapshot starts now: what changes from here on is the
             // next sync's to carry.
             let now = engine.crm.clock(&e.crm_change.ty).await?;
+            let insert_only = state_here
+                && !ext_bulk.has_rows(&e.external_table).await?
+                && !state.has_links(e.name()).await?;
+            if insert_only {
+                tracing::info!(
+                    "entity {:?}: {} is empty and nothing is linked yet: every row is inserted \
+                     without looking for a counterpart",
+                    e.name(),
+                    e.external_table.qualified()
+                );
+            }
             let cp = Checkpoint {
                 snapshot_ts: now.minus(e.plan.settle),
                 last_key: None,
                 rows_done: 0,
                 finished: false,
+                insert_only,
             };
             state.save_checkpoint(e.name(), direction, &cp).await?;
             cp
         }
     };
+    report.insert_only = checkpoint.insert_only;
     let cols = crm_columns(e)?;
     let ext_scan = external_scan(e, &cols);
     let shape = insert_shape(engine, e).await?;
@@ -562,7 +578,14 @@ async fn prepare_chunk(
     let state = &*engine.state;
     let t = Instant::now();
     let keys: Vec<String> = rows.iter().map(|r| r[cols.key].key_string()).collect();
-    let links = state.links_by_crm(e.name(), &keys).await?;
+    // In an insert-only backfill nothing on the target can be this row's
+    // counterpart: there is nothing to look up.
+    let insert_only = checkpoint.insert_only;
+    let links = if insert_only {
+        HashMap::new()
+    } else {
+        state.links_by_crm(e.name(), &keys).await?
+    };
     let mut rejects: Vec<(String, String)> = Vec::new();
     let mut updates: Vec<Update> = Vec::new();
     let mut link_writes: Vec<LinkWrite> = Vec::new();
@@ -626,7 +649,7 @@ async fn prepare_chunk(
     let mut found: Vec<(Candidate, Vec<Value>, &'static str)> = Vec::new();
     let mut rest = candidates;
     // 1. Rows already carrying a link in the CRM link column.
-    if let Some(lp) = cols.link {
+    if let Some(lp) = cols.link.filter(|_| !insert_only) {
         let wanted: Vec<Value> = rest
             .iter()
             .filter_map(|c| {
@@ -648,7 +671,7 @@ async fn prepare_chunk(
         rest = miss;
     }
     // 2. Rows whose insert committed earlier but whose link did not.
-    if let Some(id) = &e.external_crm_id {
+    if let Some(id) = e.external_crm_id.as_ref().filter(|_| !insert_only) {
         let wanted: Vec<Value> = rest
             .iter()
             .filter_map(|c| {
@@ -669,7 +692,7 @@ async fn prepare_chunk(
         rest = miss;
     }
     // 3. match_on: exactly one row on each side.
-    if !cols.matches.is_empty() && !rest.is_empty() {
+    if !cols.matches.is_empty() && !rest.is_empty() && !insert_only {
         rest = match_rows(
             engine,
             e,

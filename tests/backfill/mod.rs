@@ -190,6 +190,11 @@ async fn backfill_into_empty_table_then_sync_has_nothing_to_do() {
     );
     assert_eq!(num(&rep, "/backfill/0/inserted"), n);
     assert_eq!(num(&rep, "/backfill/0/linked"), 0);
+    assert_eq!(
+        rep.pointer("/backfill/0/insert_only"),
+        Some(&Json::Bool(true)),
+        "an empty target needs no lookups"
+    );
     assert!(num(&rep, "/backfill/0/peak_rss_bytes") > 0);
     assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
     assert_eq!(
@@ -414,6 +419,11 @@ async fn sigkill_during_backfill_then_rerun_resumes_with_exactly_one_copy() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(rep.pointer("/backfill/0/resumed"), Some(&Json::Bool(true)));
+    assert_eq!(
+        rep.pointer("/backfill/0/insert_only"),
+        Some(&Json::Bool(true)),
+        "the resumed run keeps the mode the interrupted one began in"
+    );
     let before = num(&rep, "/backfill/0/rows_done_before");
     assert!(before >= done_at_kill, "resumed from the checkpoint");
     assert_eq!(
@@ -435,6 +445,11 @@ async fn sigkill_during_backfill_then_rerun_resumes_with_exactly_one_copy() {
     let (out, rep) = run(&s, "restart", &["backfill", "--restart"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(num(&rep, "/backfill/0/read"), n);
+    assert_eq!(
+        rep.pointer("/backfill/0/insert_only"),
+        Some(&Json::Bool(false)),
+        "the target is not empty any more"
+    );
     assert_eq!(num(&rep, "/backfill/0/already_linked"), n);
     assert_eq!(num(&rep, "/backfill/0/inserted"), 0);
     assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
@@ -494,6 +509,11 @@ async fn backfill_with_the_state_in_the_crm_database() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(num(&rep, "/backfill/0/inserted"), n);
+    assert_eq!(
+        rep.pointer("/backfill/0/insert_only"),
+        Some(&Json::Bool(false)),
+        "links do not commit with the data here"
+    );
     assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
     assert_eq!(count(&s.crm, "SELECT count(*) FROM crmsync.links").await, n);
     let (out, rep) = run(&s, "sync", &["sync"]);

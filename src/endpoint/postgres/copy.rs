@@ -353,6 +353,15 @@ impl Bulk for PgEndpoint {
             .map_err(|e| self.query_error(format!("analyzing {}", names.join(", ")), e))
     }
 
+    async fn has_rows(&self, table: &crate::endpoint::TableInfo) -> Result<bool> {
+        let conn = self.conn().await?;
+        let sql = format!("SELECT EXISTS (SELECT 1 FROM {})", qualified(table));
+        conn.query_one(&sql, &[])
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| self.query_error(format!("looking into {}", table.qualified()), e))
+    }
+
     async fn write_chunk(&self, chunk: &ChunkWrite, turn: Option<Turn>) -> Result<Vec<Value>> {
         let mut conn = self.conn().await?;
         let tx = conn

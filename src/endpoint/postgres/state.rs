@@ -94,6 +94,7 @@ CREATE TABLE {s}.backfill_checkpoints (
     // about twice as fast as jsonb, which a backfill feels on every row.
     r#"
 ALTER TABLE {s}.links ALTER COLUMN shadow TYPE text USING shadow::text;
+ALTER TABLE {s}.backfill_checkpoints ADD COLUMN insert_only boolean NOT NULL DEFAULT false;
 "#,
 ];
 
@@ -166,11 +167,12 @@ pub(crate) async fn save_checkpoint_in<C: GenericClient>(
         .execute(
             &format!(
                 "INSERT INTO {}.backfill_checkpoints AS c \
-                   (entity, direction, snapshot_ts, last_key, rows_done, finished_at) \
-                 VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END) \
+                   (entity, direction, snapshot_ts, last_key, rows_done, finished_at, insert_only) \
+                 VALUES ($1, $2, $3, $4, $5, CASE WHEN $6 THEN now() END, $7) \
                  ON CONFLICT (entity, direction) DO UPDATE SET snapshot_ts = excluded.snapshot_ts, \
                    last_key = excluded.last_key, rows_done = excluded.rows_done, \
-                   finished_at = excluded.finished_at, updated_at = now()",
+                   finished_at = excluded.finished_at, insert_only = excluded.insert_only, \
+                   updated_at = now()",
                 quote(schema)
             ),
             &[
@@ -180,6 +182,7 @@ pub(crate) async fn save_checkpoint_in<C: GenericClient>(
                 &last_key,
                 &cp.rows_done,
                 &cp.finished,
+                &cp.insert_only,
             ],
         )
         .await?;
@@ -729,6 +732,18 @@ impl StateStore for PgEndpoint {
         Ok(())
     }
 
+    async fn has_links(&self, entity: &str) -> Result<bool, EndpointError> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.links WHERE entity = $1)",
+            self.s()
+        );
+        conn.query_one(&sql, &[&entity])
+            .await
+            .map(|r| r.get(0))
+            .map_err(|e| self.state_error("looking for links", e))
+    }
+
     async fn live_links(&self, entity: &str) -> Result<Vec<(String, String)>, EndpointError> {
         let conn = self.conn().await?;
         let rows = conn
@@ -753,7 +768,7 @@ impl StateStore for PgEndpoint {
         let row = conn
             .query_opt(
                 &format!(
-                    "SELECT snapshot_ts, last_key, rows_done, finished_at IS NOT NULL \
+                    "SELECT snapshot_ts, last_key, rows_done, finished_at IS NOT NULL, insert_only \
                      FROM {}.backfill_checkpoints WHERE entity = $1 AND direction = $2",
                     self.s()
                 ),
@@ -768,6 +783,7 @@ impl StateStore for PgEndpoint {
             last_key: last_key.map(from_json).transpose()?,
             rows_done: r.get(2),
             finished: r.get(3),
+            insert_only: r.get(4),
         }))
     }
 
