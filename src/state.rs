@@ -287,6 +287,10 @@ pub trait StateStore: Send + Sync {
     async fn close_conflict(&self, id: i64, resolution: &str) -> Result<(), EndpointError>;
 
     /// Every live link of `entity` as (CRM key, external key).
+    /// The id of the positional shadow layout of `fields` (in this order)
+    /// for the entity, registered on first use.
+    async fn shadow_layout(&self, entity: &str, fields: &[String]) -> Result<i32, EndpointError>;
+
     /// Whether the entity has any link row, deleted ones included.
     async fn has_links(&self, entity: &str) -> Result<bool, EndpointError>;
 

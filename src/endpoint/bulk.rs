@@ -37,20 +37,24 @@ pub struct CheckpointWrite {
     pub checkpoint: Checkpoint,
 }
 
-/// The link of the `insert`-th inserted row of a chunk, new for certain,
-/// with its shadow already in stored (JSON) form.
+/// The link of the `insert`-th inserted row of a chunk, new for certain.
 #[derive(Debug, Clone)]
 pub struct FreshLink {
     pub crm_key: String,
     pub insert: usize,
-    pub shadow_json: String,
+    /// The shadow's values in the layout's field order, as JSON array
+    /// elements without the brackets: `"Acme",42,null`.
+    pub values_json: String,
 }
 
-/// Fresh links of one entity, in the state schema `schema`.
+/// Fresh links of one entity, in the state schema `schema`, whose shadows
+/// are positional in shadow layout `layout` (of `fields`).
 #[derive(Debug, Clone)]
 pub struct FreshLinks {
     pub schema: String,
     pub entity: String,
+    pub layout: i32,
+    pub fields: Vec<String>,
     pub links: Vec<FreshLink>,
 }
 

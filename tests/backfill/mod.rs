@@ -213,6 +213,15 @@ async fn backfill_into_empty_table_then_sync_has_nothing_to_do() {
         .await,
         n
     );
+    assert_eq!(
+        count(
+            &s.erp,
+            "SELECT count(*) FROM crmsync.links WHERE shadow LIKE '[%'"
+        )
+        .await,
+        n,
+        "backfilled shadows are positional"
+    );
     // The values arrived mapped.
     let row = s
         .erp

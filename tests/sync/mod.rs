@@ -523,6 +523,8 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
                  FROM jsonb_each(s) AS x(k, v) $$;
                ALTER TABLE crmsync.links ALTER COLUMN shadow TYPE jsonb
                  USING pg_temp.tagged(shadow::jsonb);
+               ALTER TABLE crmsync.backfill_checkpoints DROP COLUMN insert_only;
+               DROP TABLE crmsync.shadow_layouts;
                UPDATE crmsync.schema_version SET version = 2;"#,
         )
         .await

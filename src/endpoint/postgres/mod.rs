@@ -27,6 +27,9 @@ pub use types::sql_type;
 type PgPool = Pool<PostgresConnectionManager<tls::Connector>>;
 
 /// A PostgreSQL database, as the CRM side or the external side.
+/// Field lists of positional shadows, by (entity, layout).
+type Layouts = std::collections::HashMap<(String, i32), std::sync::Arc<Vec<String>>>;
+
 pub struct PgEndpoint {
     side: &'static str,
     config: Config,
@@ -36,6 +39,8 @@ pub struct PgEndpoint {
     target: String,
     /// The state schema, when the state store lives in this database.
     state_schema: String,
+    /// Field lists of positional shadows, by (entity, layout).
+    layouts: std::sync::Mutex<Layouts>,
 }
 
 impl std::fmt::Debug for PgEndpoint {
@@ -207,6 +212,7 @@ impl PgEndpoint {
             pool,
             target,
             state_schema: state_schema.to_string(),
+            layouts: Default::default(),
         })
     }
 
