@@ -433,7 +433,8 @@ impl Value {
                     Value::Null => unreachable!("handled above"),
                 };
                 match max_len {
-                    Some(max) if text_len(&s, *unit) > *max as usize => {
+                    // No unit counts more than the UTF-8 bytes.
+                    Some(max) if s.len() > *max as usize && text_len(&s, *unit) > *max as usize => {
                         if truncate {
                             Value::Text(truncate_text(&s, *max as usize, *unit))
                         } else {

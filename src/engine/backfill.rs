@@ -192,6 +192,9 @@ struct Outgoing {
     field: usize,
     /// Position of its CRM column in the scan.
     pos: Option<usize>,
+    /// No other field and no later step reads that column: mapping may
+    /// move the value out of the row instead of copying it.
+    take: bool,
 }
 
 impl CrmColumns {
@@ -258,7 +261,7 @@ fn crm_columns(e: &BoundEntity) -> Result<CrmColumns, EngineError> {
         let pos = add(&mut scan, &crm.name.clone());
         matches.push((pos, ext.name.clone()));
     }
-    let outgoing = e
+    let mut outgoing: Vec<Outgoing> = e
         .fields
         .iter()
         .enumerate()
@@ -266,8 +269,18 @@ fn crm_columns(e: &BoundEntity) -> Result<CrmColumns, EngineError> {
         .map(|(i, f)| Outgoing {
             field: i,
             pos: scan.position(&f.crm.name),
+            take: false,
         })
         .collect();
+    let mut kept: Vec<usize> = vec![0, 1];
+    kept.extend(link);
+    kept.extend(matches.iter().map(|(p, _)| *p));
+    let positions: Vec<Option<usize>> = outgoing.iter().map(|o| o.pos).collect();
+    for o in &mut outgoing {
+        o.take = o.pos.is_some_and(|p| {
+            !kept.contains(&p) && positions.iter().filter(|q| **q == Some(p)).count() == 1
+        });
+    }
     Ok(CrmColumns {
         key: 0,
         change: 1,
@@ -566,7 +579,7 @@ async fn prepare_chunk(
     shape: &InsertShape,
     crm_bulk: &dyn Bulk,
     deleted: Option<&str>,
-    rows: Rows,
+    mut rows: Rows,
     checkpoint: &Checkpoint,
     direction: &str,
     state_here: bool,
@@ -588,13 +601,15 @@ async fn prepare_chunk(
     let mut link_writes: Vec<LinkWrite> = Vec::new();
     let mut candidates: Vec<Candidate> = Vec::new();
     let outgoing: Vec<&BoundField> = cols.fields(e).collect();
-    for (i, row) in rows.iter().enumerate() {
+    for (i, row) in rows.iter_mut().enumerate() {
         let ks = &keys[i];
         let mapped = map_crm_values(outgoing.iter().copied(), e.to_external, |n, _| {
-            cols.outgoing[n]
-                .pos
-                .map(|p| row[p].clone())
-                .unwrap_or(Value::Null)
+            let o = &cols.outgoing[n];
+            match o.pos {
+                Some(p) if o.take => std::mem::replace(&mut row[p], Value::Null),
+                Some(p) => row[p].clone(),
+                None => Value::Null,
+            }
         });
         let values = match mapped {
             Ok((values, _)) => values,
