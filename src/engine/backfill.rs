@@ -517,13 +517,13 @@ async fn to_external(
     progress.finish();
     // Fresh statistics after the bulk load: without them the planner takes
     // the new links table for empty and the next sync scans it whole.
+    // The two tables are analyzed at once, each on its own connection.
     let schema = engine.plan.state_schema.as_str();
-    ext_bulk
-        .analyze(Some(&e.external_table), state_here.then_some(schema))
-        .await?;
-    if !state_here {
-        crm_bulk.analyze(None, Some(schema)).await?;
-    }
+    let links_side = if state_here { ext_bulk } else { crm_bulk };
+    tokio::try_join!(
+        ext_bulk.analyze(Some(&e.external_table), None),
+        links_side.analyze(None, Some(schema)),
+    )?;
     // The next sync starts where the snapshot began (minus its overlap).
     let old = state.watermark(e.name(), Side::Crm).await?;
     let max_key = checkpoint

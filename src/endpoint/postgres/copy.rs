@@ -170,16 +170,17 @@ impl PgEndpoint {
             }
             Keys::Sequence(seq) => {
                 let n = chunk.inserts.len() as i64;
-                let keys: Vec<Value> = tx
-                    .query(
-                        "SELECT nextval($1::text::regclass) FROM generate_series(1, $2::int8)",
+                // One array rather than a row per key.
+                let keys: Vec<i64> = tx
+                    .query_one(
+                        "SELECT array_agg(nextval($1::text::regclass)) \
+                           FROM generate_series(1, $2::int8)",
                         &[&seq, &n],
                     )
                     .await
                     .map_err(|e| self.query_error(format!("drawing keys from {seq}"), e))?
-                    .iter()
-                    .map(|r| Value::Int(r.get::<_, i64>(0)))
-                    .collect();
+                    .get(0);
+                let keys: Vec<Value> = keys.into_iter().map(Value::Int).collect();
                 let mut columns = chunk.columns.clone();
                 columns.push(chunk.key.clone());
                 types = self.column_types(tx, &target, &columns).await?;

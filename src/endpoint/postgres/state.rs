@@ -93,9 +93,13 @@ CREATE TABLE {s}.backfill_checkpoints (
     // Shadows are read and written whole, never queried: as text they load
     // about twice as fast as jsonb, which a backfill feels on every row.
     // A backfill writes them positionally, `[layout, value, ...]`, with the
-    // field names kept once per layout: a third of the size.
+    // field names kept once per layout: a third of the size. Keys are
+    // only ever compared for equality: byte order spares every index
+    // insert and lookup the database's collation.
     r#"
-ALTER TABLE {s}.links ALTER COLUMN shadow TYPE text USING shadow::text;
+ALTER TABLE {s}.links ALTER COLUMN shadow TYPE text USING shadow::text,
+    ALTER COLUMN crm_key TYPE text COLLATE "C",
+    ALTER COLUMN external_key TYPE text COLLATE "C";
 ALTER TABLE {s}.backfill_checkpoints ADD COLUMN insert_only boolean NOT NULL DEFAULT false;
 CREATE TABLE {s}.shadow_layouts (
     entity text NOT NULL,
