@@ -16,6 +16,75 @@ pub type Turn = tokio::sync::oneshot::Receiver<()>;
 /// A chunk of rows in the scan's column order.
 pub type Rows = Vec<Vec<Value>>;
 
+/// Decodes the cell (`None`: NULL) of column `i` of a [`RawRows`].
+pub type CellDecoder = dyn Fn(usize, Option<&[u8]>) -> Result<Value> + Send + Sync;
+
+/// Rows as read, each cell still in the source database's binary form:
+/// moved unchanged into a database of the same kind, decoded only where a
+/// value must be looked at.
+#[derive(Clone)]
+pub struct RawRows {
+    pub data: bytes::Bytes,
+    /// Row by row, column by column: the cell's bytes in `data`, or `None`
+    /// for NULL.
+    pub cells: Vec<Option<(u32, u32)>>,
+    pub columns: usize,
+    /// Decodes the cell of column `i`.
+    pub decode: Arc<CellDecoder>,
+}
+
+impl std::fmt::Debug for RawRows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawRows")
+            .field("rows", &self.len())
+            .field("columns", &self.columns)
+            .finish()
+    }
+}
+
+impl RawRows {
+    pub fn len(&self) -> usize {
+        self.cells.len().checked_div(self.columns).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The bytes of the cell at `row`, `column` (`None`: NULL).
+    pub fn cell(&self, row: usize, column: usize) -> Option<&[u8]> {
+        self.cells[row * self.columns + column].map(|(a, b)| &self.data[a as usize..b as usize])
+    }
+
+    /// The range of the cell at `row`, `column` in `data`.
+    pub fn range(&self, row: usize, column: usize) -> Option<(u32, u32)> {
+        self.cells[row * self.columns + column]
+    }
+
+    pub fn value(&self, row: usize, column: usize) -> Result<Value> {
+        (self.decode)(column, self.cell(row, column))
+    }
+}
+
+/// A cell of a row to insert.
+#[derive(Debug, Clone)]
+pub enum Cell {
+    Null,
+    /// Bytes of [`RawInserts::data`], in the target's binary form.
+    Raw(u32, u32),
+    Value(Value),
+    /// The n-th of [`RawInserts::constants`].
+    Const(usize),
+}
+
+/// Rows to insert whose cells are partly moved unchanged from the source.
+#[derive(Debug, Clone)]
+pub struct RawInserts {
+    pub data: bytes::Bytes,
+    pub constants: Vec<Value>,
+    pub rows: Vec<Vec<Cell>>,
+}
+
 /// What to read: rows of `scan` in ascending key order, strictly after
 /// `after`, leaving out rows whose `deleted` flag column is set.
 #[derive(Debug, Clone)]
@@ -66,6 +135,8 @@ pub struct ChunkWrite {
     /// Columns of `inserts`, in order.
     pub columns: Vec<String>,
     pub inserts: Rows,
+    /// Inserts in raw form; when set, `inserts` is empty.
+    pub raw_inserts: Option<RawInserts>,
     pub updates: Vec<Update>,
     /// Links (with `KeyRef::Inserted(i)` for the i-th insert) and the
     /// checkpoint, when the state store lives in this database.
@@ -89,6 +160,12 @@ pub struct ChunkWrite {
 #[async_trait]
 pub trait Bulk: Send + Sync {
     fn stream(&self, req: StreamRequest) -> mpsc::Receiver<Result<Rows>>;
+
+    /// `stream` in raw form.
+    fn stream_raw(&self, req: StreamRequest) -> mpsc::Receiver<Result<RawRows>>;
+
+    /// The kind of database: raw cells move only between the same kind.
+    fn kind(&self) -> &'static str;
 
     /// Tuples of `columns` (values of the first given in `first`) that
     /// occur more than once among the live rows of `scan`.

@@ -14,13 +14,14 @@
 //! the CRM side is then "in sync", and a remaining external difference is
 //! an external change that a two-way sync carries into CRM.
 
-use super::mapping::{external_to_canonical, map_crm_values, FieldProblem};
+use super::mapping::{crm_to_canonical, external_to_canonical, map_crm_values, FieldProblem};
 use super::{later, Engine, EngineError};
 use crate::endpoint::bulk::{
-    Bulk, CheckpointWrite, ChunkWrite, FreshLink, FreshLinks, Rows, StreamRequest, Turn,
+    Bulk, Cell, CheckpointWrite, ChunkWrite, FreshLink, FreshLinks, RawInserts, RawRows, Rows,
+    StreamRequest, Turn,
 };
 use crate::endpoint::{Assign, EndpointError, Scan, Update};
-use crate::plan::{ConflictPolicy, Side};
+use crate::plan::{ConflictPolicy, Side, Transform};
 use crate::progress::{peak_rss_bytes, Progress};
 use crate::schema::{BoundEntity, BoundField};
 use crate::state::{Checkpoint, KeyRef, Link, LinkBatch, LinkWrite, Shadow, Watermark};
@@ -195,6 +196,28 @@ struct Outgoing {
     /// No other field and no later step reads that column: mapping may
     /// move the value out of the row instead of copying it.
     take: bool,
+    /// The value passes unchanged, in the same binary form, from the CRM
+    /// column to the external one (see [`passes_raw`]).
+    raw: bool,
+}
+
+/// Whether a value of CRM type `crm` is, unmapped and in the same binary
+/// form, the canonical value for external type `ext`: same kind and
+/// width, no rounding, no zone shift. Text still has its length checked.
+fn passes_raw(crm: &SqlType, ext: &SqlType, same_zone: bool) -> bool {
+    match (crm, ext) {
+        (SqlType::Bool, SqlType::Bool)
+        | (SqlType::Date, SqlType::Date)
+        | (SqlType::Uuid, SqlType::Uuid)
+        | (SqlType::Bytes, SqlType::Bytes)
+        | (SqlType::TimestampTz, SqlType::TimestampTz) => true,
+        (SqlType::Int { bytes: a }, SqlType::Int { bytes: b }) => a == b,
+        (SqlType::Text { fixed: false, .. }, SqlType::Text { fixed: false, .. }) => true,
+        (SqlType::Timestamp { precision: a }, SqlType::Timestamp { precision: b }) => {
+            same_zone && a <= b
+        }
+        _ => false,
+    }
 }
 
 impl CrmColumns {
@@ -270,6 +293,7 @@ fn crm_columns(e: &BoundEntity) -> Result<CrmColumns, EngineError> {
             field: i,
             pos: scan.position(&f.crm.name),
             take: false,
+            raw: false,
         })
         .collect();
     let mut kept: Vec<usize> = vec![0, 1];
@@ -435,13 +459,33 @@ async fn to_external(
     let ext_scan = external_scan(e, &cols);
     let shape = insert_shape(engine, e).await?;
     let deleted = e.crm_deleted.as_ref().map(|d| d.name.clone());
-    let mut rx = crm_bulk.stream(StreamRequest {
+    let req = StreamRequest {
         scan: cols.scan.clone(),
         after: checkpoint.last_key.clone(),
         deleted: deleted.clone(),
         chunk_rows: opts.chunk_rows.max(1),
         depth: READ_AHEAD,
-    });
+    };
+    // An insert-only backfill between databases of one kind moves cells
+    // that need no mapping as they are, without decoding them.
+    let raw =
+        checkpoint.insert_only && e.plan.insert_into_external && crm_bulk.kind() == ext_bulk.kind();
+    if raw {
+        let same_zone = e.to_external.from == e.to_external.to;
+        for o in &mut cols.outgoing {
+            let f = &e.fields[o.field];
+            o.raw = o.pos.is_some()
+                && f.plan.transform == Transform::None
+                && f.plan.values.is_empty()
+                && passes_raw(&f.crm.ty, &f.external.ty, same_zone);
+        }
+    }
+    let cols = cols;
+    let mut rx = if raw {
+        Source::Raw(crm_bulk.stream_raw(req))
+    } else {
+        Source::Values(crm_bulk.stream(req))
+    };
     let estimate = (e.crm_table.row_estimate.max(0) as u64).saturating_sub(report.rows_done_before);
     let mut progress = Progress::start(&format!("backfill {}", e.name()), estimate);
     // Up to WRITERS chunks are written at once while the next one is
@@ -462,10 +506,9 @@ async fn to_external(
         }
         let prepared = {
             let next = async {
-                match rx.recv().await {
+                match rx.recv().await? {
                     None => Ok(None),
-                    Some(chunk) => {
-                        let rows = chunk?;
+                    Some(Chunk::Values(rows)) => {
                         let n = rows.len() as u64;
                         checkpoint.last_key = rows.last().map(|r| r[cols.key].clone());
                         checkpoint.rows_done += n as i64;
@@ -486,6 +529,26 @@ async fn to_external(
                         .await?;
                         report.read += n;
                         Ok::<_, EngineError>(Some(p))
+                    }
+                    Some(Chunk::Raw(rows)) => {
+                        let n = rows.len();
+                        checkpoint.last_key = match n {
+                            0 => None,
+                            _ => Some(rows.value(n - 1, cols.key)?),
+                        };
+                        checkpoint.rows_done += n as i64;
+                        let p = prepare_raw(
+                            engine,
+                            e,
+                            &cols,
+                            &shape,
+                            &rows,
+                            &checkpoint,
+                            direction,
+                            report,
+                        )?;
+                        report.read += n as u64;
+                        Ok(Some(p))
                     }
                 }
             };
@@ -567,6 +630,192 @@ struct Prepared {
     deferred: Option<Deferred>,
     rejects: Vec<(String, String)>,
     rows: u64,
+}
+
+/// The source of chunks: decoded rows, or raw ones.
+enum Source {
+    Values(tokio::sync::mpsc::Receiver<Result<Rows, EndpointError>>),
+    Raw(tokio::sync::mpsc::Receiver<Result<RawRows, EndpointError>>),
+}
+
+enum Chunk {
+    Values(Rows),
+    Raw(RawRows),
+}
+
+impl Source {
+    async fn recv(&mut self) -> Result<Option<Chunk>, EndpointError> {
+        Ok(match self {
+            Source::Values(rx) => rx.recv().await.transpose()?.map(Chunk::Values),
+            Source::Raw(rx) => rx.recv().await.transpose()?.map(Chunk::Raw),
+        })
+    }
+}
+
+/// The cell of a field that passes raw, when this value may: a NULL only
+/// into a nullable column, text only when its bytes fit the column (else
+/// the value is mapped, and rejected if it does not fit).
+fn raw_cell(rows: &RawRows, row: usize, pos: usize, f: &BoundField) -> Option<Cell> {
+    match rows.range(row, pos) {
+        None => f.external.nullable.then_some(Cell::Null),
+        Some((a, b)) => match f.external.ty {
+            SqlType::Text {
+                max_len: Some(m), ..
+            } if (b - a) as usize > m as usize => None,
+            _ => Some(Cell::Raw(a, b)),
+        },
+    }
+}
+
+/// Appends the JSON of a raw cell of CRM type `ty` (as the shadow writes
+/// its value), decoding only what is not text, integer or boolean.
+fn raw_json(
+    out: &mut Vec<u8>,
+    ty: &SqlType,
+    cell: Option<&[u8]>,
+    decode: impl FnOnce() -> Result<Value, EndpointError>,
+) -> Result<(), EngineError> {
+    let written = match (ty, cell) {
+        (_, None) => {
+            out.extend_from_slice(b"null");
+            Ok(())
+        }
+        (SqlType::Text { .. }, Some(b)) => match std::str::from_utf8(b) {
+            Ok(s) => serde_json::to_writer(&mut *out, s),
+            Err(_) => serde_json::to_writer(&mut *out, &decode()?),
+        },
+        (SqlType::Int { bytes: 2 }, Some(&[a, b])) => {
+            serde_json::to_writer(&mut *out, &i16::from_be_bytes([a, b]))
+        }
+        (SqlType::Int { bytes: 4 }, Some(b)) if b.len() == 4 => {
+            serde_json::to_writer(&mut *out, &i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+        }
+        (SqlType::Int { bytes: 8 }, Some(b)) if b.len() == 8 => {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            serde_json::to_writer(&mut *out, &i64::from_be_bytes(a))
+        }
+        (SqlType::Bool, Some(&[x])) => {
+            out.extend_from_slice(if x != 0 { b"true" } else { b"false" });
+            Ok(())
+        }
+        _ => serde_json::to_writer(&mut *out, &decode()?),
+    };
+    written.map_err(|e| schema_error(format!("writing a shadow: {e}")))
+}
+
+/// Prepares a chunk of an insert-only backfill read raw: every row is
+/// inserted; cells that pass raw are copied as they are, the others are
+/// decoded and mapped as in [`prepare_chunk`].
+#[allow(clippy::too_many_arguments)]
+fn prepare_raw(
+    engine: &Engine,
+    e: &BoundEntity,
+    cols: &CrmColumns,
+    shape: &InsertShape,
+    rows: &RawRows,
+    checkpoint: &Checkpoint,
+    direction: &str,
+    report: &mut BackfillReport,
+) -> Result<Prepared, EngineError> {
+    let outgoing: Vec<&BoundField> = cols.fields(e).collect();
+    let mut rejects: Vec<(String, String)> = Vec::new();
+    let mut inserts: Vec<Vec<Cell>> = Vec::with_capacity(rows.len());
+    let mut fresh: Vec<FreshLink> = Vec::with_capacity(rows.len());
+    let mut json: Vec<u8> = Vec::with_capacity(512);
+    'rows: for r in 0..rows.len() {
+        let key = rows.value(r, cols.key)?;
+        let ks = key.key_string();
+        let mut cells: Vec<Cell> = Vec::with_capacity(shape.columns.len());
+        json.clear();
+        for (n, (o, f)) in cols.outgoing.iter().zip(&outgoing).enumerate() {
+            if n > 0 {
+                json.push(b',');
+            }
+            if let Some(p) = o.pos.filter(|_| o.raw) {
+                if let Some(cell) = raw_cell(rows, r, p, f) {
+                    raw_json(&mut json, &f.crm.ty, rows.cell(r, p), || rows.value(r, p))?;
+                    cells.push(cell);
+                    continue;
+                }
+            }
+            let v = match o.pos {
+                Some(p) => rows.value(r, p)?,
+                None => Value::Null,
+            };
+            match crm_to_canonical(f, v, e.to_external) {
+                Ok((v, _)) => {
+                    serde_json::to_writer(&mut json, &v)
+                        .map_err(|err| schema_error(format!("writing a shadow: {err}")))?;
+                    cells.push(Cell::Value(v));
+                }
+                Err(FieldProblem::Reject(why)) => {
+                    rejects.push((ks, why));
+                    continue 'rows;
+                }
+                Err(FieldProblem::Fail(message)) => {
+                    return Err(EngineError::Fail {
+                        entity: e.name().to_string(),
+                        key: ks,
+                        message,
+                    })
+                }
+            }
+        }
+        if let (Some(id), true) = (&e.external_crm_id, shape.with_crm_id) {
+            let v = key.coerce(&id.ty, None, false).map_err(|err| {
+                schema_error(format!(
+                    "entity {:?}: CRM id {ks} does not fit external_crm_id_column {}: {err}",
+                    e.name(),
+                    id.name
+                ))
+            })?;
+            cells.push(Cell::Value(v));
+        }
+        cells.extend((0..shape.constants.len()).map(Cell::Const));
+        fresh.push(FreshLink {
+            crm_key: ks,
+            insert: inserts.len(),
+            values_json: String::from_utf8(json.clone())
+                .map_err(|err| schema_error(format!("writing a shadow: {err}")))?,
+        });
+        inserts.push(cells);
+    }
+    report.inserted += inserts.len() as u64;
+    report.rejected += rejects.len() as u64;
+    let schema = engine.plan.state_schema.clone();
+    let chunk = ChunkWrite {
+        table: e.external_table.clone(),
+        key: e.external_key.name.clone(),
+        columns: shape.columns.clone(),
+        inserts: Vec::new(),
+        raw_inserts: Some(RawInserts {
+            data: rows.data.clone(),
+            constants: shape.constants.clone(),
+            rows: inserts,
+        }),
+        updates: Vec::new(),
+        links: None,
+        fresh_links: Some(FreshLinks {
+            schema: schema.clone(),
+            entity: e.name().to_string(),
+            layout: cols.layout.0,
+            fields: cols.layout.1.clone(),
+            links: fresh,
+        }),
+        checkpoint: Some(CheckpointWrite {
+            schema,
+            entity: e.name().to_string(),
+            direction: direction.to_string(),
+            checkpoint: checkpoint.clone(),
+        }),
+    };
+    Ok(Prepared {
+        chunk,
+        deferred: None,
+        rejects,
+        rows: rows.len() as u64,
+    })
 }
 
 /// Links and resolves one chunk: what is linked, updated and inserted.
@@ -863,6 +1112,7 @@ async fn prepare_chunk(
         key: e.external_key.name.clone(),
         columns: shape.columns.clone(),
         inserts,
+        raw_inserts: None,
         updates,
         links: Some(upsert),
         fresh_links: Some(fresh),

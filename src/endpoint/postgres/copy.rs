@@ -9,7 +9,9 @@
 //! and moved with one `INSERT ... SELECT ... ORDER BY ... RETURNING`.
 
 use super::{qualified, quote, refs, state, PgEndpoint};
-use crate::endpoint::bulk::{Bulk, ChunkWrite, FreshLinks, Rows, StreamRequest, Turn};
+use crate::endpoint::bulk::{
+    Bulk, Cell, ChunkWrite, FreshLinks, RawInserts, RawRows, Rows, StreamRequest, Turn,
+};
 use crate::endpoint::{EndpointError, Result, Scan};
 use crate::value::Value;
 use async_trait::async_trait;
@@ -65,6 +67,95 @@ fn encode_row(
 }
 
 impl PgEndpoint {
+    /// One keyset query per chunk, issued only when the channel has room:
+    /// a single streaming query would let the driver buffer the whole
+    /// table in memory when the writer is slower than the reader.
+    /// `convert` turns a chunk's rows into what is sent, with the key of
+    /// its last row.
+    fn stream_with<T, F>(&self, req: StreamRequest, convert: F) -> mpsc::Receiver<Result<T>>
+    where
+        T: Send + 'static,
+        F: Fn(Vec<tokio_postgres::Row>, usize) -> Result<(T, Option<Value>)> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(req.depth.max(1));
+        let pool = self.pool.clone();
+        let side = self.side;
+        let key = quote(&req.scan.key);
+        let base = format!(
+            "SELECT {} FROM {} WHERE true{}{}",
+            Self::select_list(&req.scan),
+            qualified(&req.scan.table),
+            live_sql(req.deleted.as_deref()),
+            Self::filter_sql(&req.scan),
+        );
+        let limit = req.chunk_rows.max(1);
+        let first = format!("{base} ORDER BY {key} LIMIT {limit}");
+        let next = format!("{base} AND {key} > $1 ORDER BY {key} LIMIT {limit}");
+        let what = format!("reading {}", req.scan.table.qualified());
+        let key_pos = req.scan.position(&req.scan.key).unwrap_or(0);
+        tokio::spawn(async move {
+            let fail = |e: tokio_postgres::Error| super::query_failure(side, what.clone(), e);
+            let conn = match pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(EndpointError::Query {
+                            side,
+                            what: what.clone(),
+                            retryable: true,
+                            missing_object: false,
+                            refused_row: false,
+                            source: Box::new(e),
+                        }))
+                        .await;
+                    return;
+                }
+            };
+            let (first, next) = match (conn.prepare(&first).await, conn.prepare(&next).await) {
+                (Ok(f), Ok(n)) => (f, n),
+                (Err(e), _) | (_, Err(e)) => {
+                    let _ = tx.send(Err(fail(e))).await;
+                    return;
+                }
+            };
+            let mut after = req.after;
+            loop {
+                let Ok(permit) = tx.reserve().await else {
+                    return;
+                };
+                let rows = match &after {
+                    None => conn.query(&first, &[]).await,
+                    Some(k) => conn.query(&next, &[k]).await,
+                };
+                let rows = match rows {
+                    Ok(r) => r,
+                    Err(e) => {
+                        permit.send(Err(fail(e)));
+                        return;
+                    }
+                };
+                let n = rows.len();
+                if n == 0 {
+                    return;
+                }
+                match convert(rows, key_pos) {
+                    Ok((chunk, last)) => {
+                        after = last;
+                        permit.send(Ok(chunk));
+                    }
+                    Err(e) => {
+                        permit.send(Err(e));
+                        return;
+                    }
+                }
+                if n < limit || after.is_none() {
+                    return;
+                }
+            }
+        });
+        rx
+    }
+
     async fn key_source(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
@@ -150,9 +241,20 @@ impl PgEndpoint {
         tx: &tokio_postgres::Transaction<'_>,
         chunk: &ChunkWrite,
     ) -> Result<Vec<Value>> {
-        if chunk.inserts.is_empty() {
+        let raw_cells = chunk.raw_inserts.as_ref().map(|r| r.sql_cells());
+        let n = match &raw_cells {
+            Some(c) => c.len(),
+            None => chunk.inserts.len(),
+        };
+        if n == 0 {
             return Ok(Vec::new());
         }
+        let row = |i: usize| -> Vec<&(dyn ToSql + Sync)> {
+            match &raw_cells {
+                Some(c) => c[i].iter().map(|x| x as &(dyn ToSql + Sync)).collect(),
+                None => refs(&chunk.inserts[i]),
+            }
+        };
         let target = qualified(&chunk.table);
         let mut types = self.column_types(tx, &target, &chunk.columns).await?;
         match self.key_source(tx, chunk).await? {
@@ -162,20 +264,25 @@ impl PgEndpoint {
                     .iter()
                     .position(|c| *c == chunk.key)
                     .unwrap_or(0);
-                let keys = chunk.inserts.iter().map(|r| r[pos].clone()).collect();
-                let rows = chunk.inserts.iter().map(|r| refs(r));
-                self.copy_rows(tx, &target, &chunk.columns, &types, rows)
+                let keys = match &chunk.raw_inserts {
+                    Some(raw) => raw
+                        .rows
+                        .iter()
+                        .map(|r| raw.value(&r[pos], &types[pos]))
+                        .collect::<Result<Vec<_>>>()?,
+                    None => chunk.inserts.iter().map(|r| r[pos].clone()).collect(),
+                };
+                self.copy_rows(tx, &target, &chunk.columns, &types, (0..n).map(row))
                     .await?;
                 Ok(keys)
             }
             Keys::Sequence(seq) => {
-                let n = chunk.inserts.len() as i64;
                 // One array rather than a row per key.
                 let keys: Vec<i64> = tx
                     .query_one(
                         "SELECT array_agg(nextval($1::text::regclass)) \
                            FROM generate_series(1, $2::int8)",
-                        &[&seq, &n],
+                        &[&seq, &(n as i64)],
                     )
                     .await
                     .map_err(|e| self.query_error(format!("drawing keys from {seq}"), e))?
@@ -184,8 +291,8 @@ impl PgEndpoint {
                 let mut columns = chunk.columns.clone();
                 columns.push(chunk.key.clone());
                 types = self.column_types(tx, &target, &columns).await?;
-                let rows = chunk.inserts.iter().zip(&keys).map(|(r, k)| {
-                    let mut v = refs(r);
+                let rows = keys.iter().enumerate().map(|(i, k)| {
+                    let mut v = row(i);
                     v.push(k as &(dyn ToSql + Sync));
                     v
                 });
@@ -205,9 +312,9 @@ impl PgEndpoint {
                 let mut columns = chunk.columns.clone();
                 columns.push("crmsync_ord".into());
                 types.push(Type::INT8);
-                let ords: Vec<Value> = (0..chunk.inserts.len() as i64).map(Value::Int).collect();
-                let rows = chunk.inserts.iter().zip(&ords).map(|(r, o)| {
-                    let mut v = refs(r);
+                let ords: Vec<Value> = (0..n as i64).map(Value::Int).collect();
+                let rows = ords.iter().enumerate().map(|(i, o)| {
+                    let mut v = row(i);
                     v.push(o as &(dyn ToSql + Sync));
                     v
                 });
@@ -236,6 +343,127 @@ impl PgEndpoint {
                 Ok(keys)
             }
         }
+    }
+}
+
+/// A cell as it came over the wire, in binary form.
+struct WireCell<'a>(Option<&'a [u8]>);
+
+impl<'a> tokio_postgres::types::FromSql<'a> for WireCell<'a> {
+    fn from_sql(
+        _: &Type,
+        raw: &'a [u8],
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(WireCell(Some(raw)))
+    }
+
+    fn from_sql_null(
+        _: &Type,
+    ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+        Ok(WireCell(None))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// Rows in raw form: every cell's bytes copied into one buffer.
+fn raw_rows(side: &'static str, rows: Vec<tokio_postgres::Row>) -> Result<RawRows> {
+    let types: Vec<Type> = rows
+        .first()
+        .map(|r| r.columns().iter().map(|c| c.type_().clone()).collect())
+        .unwrap_or_default();
+    let columns = types.len();
+    let mut data = bytes::BytesMut::new();
+    let mut cells = Vec::with_capacity(rows.len() * columns);
+    for r in &rows {
+        for i in 0..columns {
+            let cell = r
+                .try_get::<_, WireCell>(i)
+                .map_err(|e| super::query_failure(side, "reading a row".into(), e))?;
+            cells.push(cell.0.map(|b| {
+                let at = data.len() as u32;
+                data.extend_from_slice(b);
+                (at, data.len() as u32)
+            }));
+        }
+    }
+    let decode = move |i: usize, raw: Option<&[u8]>| -> Result<Value> {
+        use tokio_postgres::types::FromSql;
+        let ty = &types[i];
+        match raw {
+            None => Value::from_sql_null(ty),
+            Some(b) => Value::from_sql(ty, b),
+        }
+        .map_err(|e| EndpointError::Schema(format!("a {ty} value cannot be read: {e}")))
+    };
+    Ok(RawRows {
+        data: data.freeze(),
+        cells,
+        columns,
+        decode: std::sync::Arc::new(decode),
+    })
+}
+
+/// A cell to insert, encoded for COPY: raw bytes as they are, values by
+/// their type.
+#[derive(Debug)]
+enum CellSql<'a> {
+    Raw(Option<&'a [u8]>),
+    Value(&'a Value),
+}
+
+impl ToSql for CellSql<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            CellSql::Raw(None) => Ok(IsNull::Yes),
+            CellSql::Raw(Some(b)) => {
+                out.extend_from_slice(b);
+                Ok(IsNull::No)
+            }
+            CellSql::Value(v) => v.to_sql_checked(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    tokio_postgres::types::to_sql_checked!();
+}
+
+impl RawInserts {
+    /// The value of a cell in a column of type `ty`.
+    fn value(&self, cell: &Cell, ty: &Type) -> Result<Value> {
+        use tokio_postgres::types::FromSql;
+        match cell {
+            Cell::Null => Ok(Value::Null),
+            Cell::Value(v) => Ok(v.clone()),
+            Cell::Const(i) => Ok(self.constants[*i].clone()),
+            Cell::Raw(a, b) => Value::from_sql(ty, &self.data[*a as usize..*b as usize])
+                .map_err(|e| EndpointError::Schema(format!("a {ty} key cannot be read: {e}"))),
+        }
+    }
+
+    fn sql_cells(&self) -> Vec<Vec<CellSql<'_>>> {
+        self.rows
+            .iter()
+            .map(|r| {
+                r.iter()
+                    .map(|c| match c {
+                        Cell::Null => CellSql::Raw(None),
+                        Cell::Raw(a, b) => CellSql::Raw(Some(&self.data[*a as usize..*b as usize])),
+                        Cell::Value(v) => CellSql::Value(v),
+                        Cell::Const(i) => CellSql::Value(&self.constants[*i]),
+                    })
+                    .collect()
+            })
+            .collect()
     }
 }
 
@@ -319,78 +547,29 @@ impl PgEndpoint {
 #[async_trait]
 impl Bulk for PgEndpoint {
     fn stream(&self, req: StreamRequest) -> mpsc::Receiver<Result<Rows>> {
-        // One keyset query per chunk, issued only when the channel has room:
-        // a single streaming query would let the driver buffer the whole
-        // table in memory when the writer is slower than the reader.
-        let (tx, rx) = mpsc::channel(req.depth.max(1));
-        let pool = self.pool.clone();
         let side = self.side;
-        let key = quote(&req.scan.key);
-        let base = format!(
-            "SELECT {} FROM {} WHERE true{}{}",
-            Self::select_list(&req.scan),
-            qualified(&req.scan.table),
-            live_sql(req.deleted.as_deref()),
-            Self::filter_sql(&req.scan),
-        );
-        let limit = req.chunk_rows.max(1);
-        let first = format!("{base} ORDER BY {key} LIMIT {limit}");
-        let next = format!("{base} AND {key} > $1 ORDER BY {key} LIMIT {limit}");
-        let what = format!("reading {}", req.scan.table.qualified());
-        let key_pos = req.scan.position(&req.scan.key).unwrap_or(0);
-        tokio::spawn(async move {
-            let fail = |e: tokio_postgres::Error| super::query_failure(side, what.clone(), e);
-            let conn = match pool.get().await {
-                Ok(c) => c,
-                Err(e) => {
-                    let _ = tx
-                        .send(Err(EndpointError::Query {
-                            side,
-                            what: what.clone(),
-                            retryable: true,
-                            missing_object: false,
-                            refused_row: false,
-                            source: Box::new(e),
-                        }))
-                        .await;
-                    return;
-                }
+        self.stream_with(req, move |rows, key_pos| {
+            let rows = super::rows_to_values(rows)
+                .map_err(|e| super::query_failure(side, "decoding rows".into(), e))?;
+            let last = rows.last().map(|r| r[key_pos].clone());
+            Ok((rows, last))
+        })
+    }
+
+    fn stream_raw(&self, req: StreamRequest) -> mpsc::Receiver<Result<RawRows>> {
+        let side = self.side;
+        self.stream_with(req, move |rows, key_pos| {
+            let raw = raw_rows(side, rows)?;
+            let last = match raw.len() {
+                0 => None,
+                n => Some(raw.value(n - 1, key_pos)?),
             };
-            let (first, next) = match (conn.prepare(&first).await, conn.prepare(&next).await) {
-                (Ok(f), Ok(n)) => (f, n),
-                (Err(e), _) | (_, Err(e)) => {
-                    let _ = tx.send(Err(fail(e))).await;
-                    return;
-                }
-            };
-            let mut after = req.after;
-            loop {
-                let Ok(permit) = tx.reserve().await else {
-                    return;
-                };
-                let rows = match &after {
-                    None => conn.query(&first, &[]).await,
-                    Some(k) => conn.query(&next, &[k]).await,
-                };
-                let rows = match rows.and_then(super::rows_to_values) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        permit.send(Err(fail(e)));
-                        return;
-                    }
-                };
-                let n = rows.len();
-                if n == 0 {
-                    return;
-                }
-                after = Some(rows[n - 1][key_pos].clone());
-                permit.send(Ok(rows));
-                if n < limit {
-                    return;
-                }
-            }
-        });
-        rx
+            Ok((raw, last))
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        "postgres"
     }
 
     async fn duplicates(
