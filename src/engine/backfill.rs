@@ -496,6 +496,7 @@ async fn to_external(
     // in order too.
     let writers = if state_here { WRITERS } else { 1 };
     let mut inflight = FuturesOrdered::new();
+    let mut next_analyze: u64 = 4;
     let mut prev: Option<Turn> = None;
     loop {
         if inflight.len() >= writers {
@@ -562,6 +563,14 @@ async fn to_external(
         };
         let Some(p) = prepared else { break };
         report.chunks += 1;
+        // Lookups in tables that grow without statistics get planned as
+        // scans of the whole table, chunk after chunk: refresh them each
+        // time the backfill has doubled what it wrote.
+        if !checkpoint.insert_only && report.chunks == next_analyze {
+            tracing::debug!("refreshing statistics after {} chunks", report.chunks);
+            analyze(engine, e, ext_bulk, crm_bulk, state_here).await?;
+            next_analyze *= 2;
+        }
         let (done, turn) = tokio::sync::oneshot::channel();
         inflight.push_back(commit_chunk(
             engine,
@@ -580,13 +589,7 @@ async fn to_external(
     progress.finish();
     // Fresh statistics after the bulk load: without them the planner takes
     // the new links table for empty and the next sync scans it whole.
-    // The two tables are analyzed at once, each on its own connection.
-    let schema = engine.plan.state_schema.as_str();
-    let links_side = if state_here { ext_bulk } else { crm_bulk };
-    tokio::try_join!(
-        ext_bulk.analyze(Some(&e.external_table), None),
-        links_side.analyze(None, Some(schema)),
-    )?;
+    analyze(engine, e, ext_bulk, crm_bulk, state_here).await?;
     // The next sync starts where the snapshot began (minus its overlap).
     let old = state.watermark(e.name(), Side::Crm).await?;
     let max_key = checkpoint
@@ -613,6 +616,24 @@ async fn to_external(
     report.seconds = started.elapsed().as_secs_f64();
     report.rows_per_second = report.read as f64 / report.seconds.max(1e-6);
     report.peak_rss_bytes = peak_rss_bytes();
+    Ok(())
+}
+
+/// Refreshes the statistics of the target table and of the links table,
+/// at once, each on its own connection.
+async fn analyze(
+    engine: &Engine,
+    e: &BoundEntity,
+    ext_bulk: &dyn Bulk,
+    crm_bulk: &dyn Bulk,
+    state_here: bool,
+) -> Result<(), EndpointError> {
+    let schema = engine.plan.state_schema.as_str();
+    let links_side = if state_here { ext_bulk } else { crm_bulk };
+    tokio::try_join!(
+        ext_bulk.analyze(Some(&e.external_table), None),
+        links_side.analyze(None, Some(schema)),
+    )?;
     Ok(())
 }
 
@@ -840,26 +861,62 @@ async fn prepare_chunk(
     // In an insert-only backfill nothing on the target can be this row's
     // counterpart: there is nothing to look up.
     let insert_only = checkpoint.insert_only;
-    let links = if insert_only {
-        HashMap::new()
-    } else {
-        state.links_by_crm(e.name(), &keys).await?
+    // The rows' links and the external rows carrying their CRM ids are
+    // looked up at once, while the rows are mapped.
+    let crm_id = e.external_crm_id.as_ref().filter(|_| !insert_only);
+    let ids: Vec<Value> = match crm_id {
+        Some(id) => rows
+            .iter()
+            .filter_map(|r| r[cols.key].clone().coerce(&id.ty, None, false).ok())
+            .collect(),
+        None => Vec::new(),
     };
+    let lookups = async {
+        tokio::try_join!(
+            async {
+                if insert_only {
+                    Ok(HashMap::new())
+                } else {
+                    state
+                        .links_by_crm(e.name(), &keys)
+                        .await
+                        .map_err(EngineError::from)
+                }
+            },
+            async {
+                match crm_id {
+                    Some(id) => {
+                        let pos = ext_scan.position(&id.name).unwrap_or(0);
+                        fetch_by(engine, ext_scan, &id.name, &ids, pos).await
+                    }
+                    None => Ok(HashMap::new()),
+                }
+            },
+        )
+    };
+    let outgoing: Vec<&BoundField> = cols.fields(e).collect();
+    let mapping = async {
+        rows.iter_mut()
+            .map(|row| {
+                map_crm_values(outgoing.iter().copied(), e.to_external, |n, _| {
+                    let o = &cols.outgoing[n];
+                    match o.pos {
+                        Some(p) if o.take => std::mem::replace(&mut row[p], Value::Null),
+                        Some(p) => row[p].clone(),
+                        None => Value::Null,
+                    }
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let (found_ids, mapped) = tokio::join!(lookups, mapping);
+    let (links, by_id) = found_ids?;
     let mut rejects: Vec<(String, String)> = Vec::new();
     let mut updates: Vec<Update> = Vec::new();
     let mut link_writes: Vec<LinkWrite> = Vec::new();
     let mut candidates: Vec<Candidate> = Vec::new();
-    let outgoing: Vec<&BoundField> = cols.fields(e).collect();
-    for (i, row) in rows.iter_mut().enumerate() {
+    for (i, mapped) in mapped.into_iter().enumerate() {
         let ks = &keys[i];
-        let mapped = map_crm_values(outgoing.iter().copied(), e.to_external, |n, _| {
-            let o = &cols.outgoing[n];
-            match o.pos {
-                Some(p) if o.take => std::mem::replace(&mut row[p], Value::Null),
-                Some(p) => row[p].clone(),
-                None => Value::Null,
-            }
-        });
         let values = match mapped {
             Ok((values, _)) => values,
             Err(FieldProblem::Reject(why)) => {
@@ -932,18 +989,7 @@ async fn prepare_chunk(
         rest = miss;
     }
     // 2. Rows whose insert committed earlier but whose link did not.
-    if let Some(id) = e.external_crm_id.as_ref().filter(|_| !insert_only) {
-        let wanted: Vec<Value> = rest
-            .iter()
-            .filter_map(|c| {
-                rows[c.row][cols.key]
-                    .clone()
-                    .coerce(&id.ty, None, false)
-                    .ok()
-            })
-            .collect();
-        let pos = ext_scan.position(&id.name).unwrap_or(0);
-        let by_id = fetch_by(engine, ext_scan, &id.name, &wanted, pos).await?;
+    if crm_id.is_some() {
         let (hit, miss): (Vec<_>, Vec<_>) =
             rest.into_iter().partition(|c| by_id.contains_key(&c.key));
         for c in hit {
