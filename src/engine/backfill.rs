@@ -452,6 +452,9 @@ async fn to_external(
             cp
         }
     };
+    // Insert-only needs the links to commit with the data; a resumed run
+    // whose state store has since moved falls back to looking things up.
+    checkpoint.insert_only &= state_here;
     report.insert_only = checkpoint.insert_only;
     let mut cols = crm_columns(e)?;
     let fields = cols.layout(e);

@@ -392,6 +392,11 @@ fn raw_rows(side: &'static str, rows: Vec<tokio_postgres::Row>) -> Result<RawRow
     let decode = move |i: usize, raw: Option<&[u8]>| -> Result<Value> {
         use tokio_postgres::types::FromSql;
         let ty = &types[i];
+        if !<Value as FromSql>::accepts(ty) {
+            return Err(EndpointError::Schema(format!(
+                "crmsync cannot read values of type {ty}"
+            )));
+        }
         match raw {
             None => Value::from_sql_null(ty),
             Some(b) => Value::from_sql(ty, b),
