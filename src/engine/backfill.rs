@@ -512,47 +512,41 @@ async fn to_external(
             let next = async {
                 match rx.recv().await? {
                     None => Ok(None),
-                    Some(Chunk::Values(rows)) => {
-                        let n = rows.len() as u64;
-                        checkpoint.last_key = rows.last().map(|r| r[cols.key].clone());
+                    Some(chunk) => {
+                        let (n, last) = chunk.extent(cols.key)?;
+                        checkpoint.last_key = last;
                         checkpoint.rows_done += n as i64;
-                        let p = prepare_chunk(
-                            engine,
-                            e,
-                            &cols,
-                            &ext_scan,
-                            &shape,
-                            crm_bulk,
-                            deleted.as_deref(),
-                            rows,
-                            &checkpoint,
-                            direction,
-                            state_here,
-                            report,
-                        )
-                        .await?;
-                        report.read += n;
-                        Ok::<_, EngineError>(Some(p))
-                    }
-                    Some(Chunk::Raw(rows)) => {
-                        let n = rows.len();
-                        checkpoint.last_key = match n {
-                            0 => None,
-                            _ => Some(rows.value(n - 1, cols.key)?),
+                        let p = match chunk {
+                            Chunk::Values(rows) => {
+                                prepare_chunk(
+                                    engine,
+                                    e,
+                                    &cols,
+                                    &ext_scan,
+                                    &shape,
+                                    crm_bulk,
+                                    deleted.as_deref(),
+                                    rows,
+                                    &checkpoint,
+                                    direction,
+                                    state_here,
+                                    report,
+                                )
+                                .await?
+                            }
+                            Chunk::Raw(rows) => prepare_raw(
+                                engine,
+                                e,
+                                &cols,
+                                &shape,
+                                &rows,
+                                &checkpoint,
+                                direction,
+                                report,
+                            )?,
                         };
-                        checkpoint.rows_done += n as i64;
-                        let p = prepare_raw(
-                            engine,
-                            e,
-                            &cols,
-                            &shape,
-                            &rows,
-                            &checkpoint,
-                            direction,
-                            report,
-                        )?;
                         report.read += n as u64;
-                        Ok(Some(p))
+                        Ok::<_, EngineError>(Some(p))
                     }
                 }
             };
@@ -665,6 +659,19 @@ enum Source {
 enum Chunk {
     Values(Rows),
     Raw(RawRows),
+}
+
+impl Chunk {
+    /// The number of rows and the key of the last one.
+    fn extent(&self, key: usize) -> Result<(usize, Option<Value>), EndpointError> {
+        Ok(match self {
+            Chunk::Values(rows) => (rows.len(), rows.last().map(|r| r[key].clone())),
+            Chunk::Raw(rows) => match rows.len() {
+                0 => (0, None),
+                n => (n, Some(rows.value(n - 1, key)?)),
+            },
+        })
+    }
 }
 
 impl Source {
