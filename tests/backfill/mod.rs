@@ -692,3 +692,41 @@ external = "created"
         assert_eq!(num(&rep, &format!("/entities/{i}/updated")), 0, "{rep:#}");
     }
 }
+
+/// A backfill into a table that already holds rows looks every chunk's rows
+/// up in the target and links tables as they grow. Without fresh
+/// statistics PostgreSQL plans those lookups as scans of the whole table,
+/// so the backfill refreshes them as it doubles what it wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_into_a_filled_table_refreshes_statistics_as_it_grows() {
+    let n = 2_000;
+    let s = setup(n, "crm_wins", false).await;
+    s.erp
+        .batch_execute("INSERT INTO erp.supplier (name) VALUES ('already here')")
+        .await
+        .expect("unrelated row");
+    let (out, rep) = run(&s, "backfill", &["backfill", "--chunk-rows", "50"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        rep.pointer("/backfill/0/insert_only"),
+        Some(&Json::Bool(false))
+    );
+    assert_eq!(num(&rep, "/backfill/0/inserted"), n);
+    // 40 chunks: after 4, 8, 16 and 32 of them, and once at the end.
+    for table in ["supplier", "links"] {
+        let analyzed = count(
+            &s.erp,
+            &format!(
+                "SELECT (analyze_count + autoanalyze_count)::int8 FROM pg_stat_user_tables \
+                 WHERE relname = '{table}'"
+            ),
+        )
+        .await;
+        assert!(analyzed >= 5, "{table} analyzed {analyzed} times");
+    }
+}
