@@ -383,12 +383,23 @@ fn raw_rows(side: &'static str, rows: Vec<tokio_postgres::Row>) -> Result<RawRow
                 .try_get::<_, WireCell>(i)
                 .map_err(|e| super::query_failure(side, "reading a row".into(), e))?;
             cells.push(cell.0.map(|b| {
-                let at = data.len() as u32;
+                let at = data.len();
                 data.extend_from_slice(b);
-                (at, data.len() as u32)
+                (at, data.len())
             }));
         }
     }
+    if data.len() > u32::MAX as usize {
+        return Err(EndpointError::Schema(format!(
+            "a chunk of {} rows holds {} bytes, more than a chunk can; lower --chunk-rows",
+            rows.len(),
+            data.len()
+        )));
+    }
+    let cells = cells
+        .into_iter()
+        .map(|c| c.map(|(a, b)| (a as u32, b as u32)))
+        .collect();
     let decode = move |i: usize, raw: Option<&[u8]>| -> Result<Value> {
         use tokio_postgres::types::FromSql;
         let ty = &types[i];
