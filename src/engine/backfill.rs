@@ -221,9 +221,8 @@ fn passes_raw(crm: &SqlType, ext: &SqlType, same_zone: bool) -> bool {
 }
 
 impl CrmColumns {
-    fn fields<'e>(&self, e: &'e BoundEntity) -> impl Iterator<Item = &'e BoundField> + Clone {
-        let idx: Vec<usize> = self.outgoing.iter().map(|o| o.field).collect();
-        idx.into_iter().map(move |i| &e.fields[i])
+    fn fields<'a>(&'a self, e: &'a BoundEntity) -> impl Iterator<Item = &'a BoundField> + Clone {
+        self.outgoing.iter().map(move |o| &e.fields[o.field])
     }
 
     /// The shadow of a row mapped by [`map_crm_values`].
@@ -343,6 +342,28 @@ struct InsertShape {
     columns: Vec<String>,
     constants: Vec<Value>,
     with_crm_id: bool,
+}
+
+impl InsertShape {
+    /// The value of the external CRM id column for CRM key `key`, when the
+    /// inserted columns carry it.
+    fn crm_id(&self, e: &BoundEntity, key: &Value) -> Result<Option<Value>, EngineError> {
+        match (&e.external_crm_id, self.with_crm_id) {
+            (Some(id), true) => key
+                .clone()
+                .coerce(&id.ty, None, false)
+                .map(Some)
+                .map_err(|err| {
+                    schema_error(format!(
+                        "entity {:?}: CRM id {} does not fit external_crm_id_column {}: {err}",
+                        e.name(),
+                        key.display(),
+                        id.name
+                    ))
+                }),
+            _ => Ok(None),
+        }
+    }
 }
 
 async fn insert_shape(engine: &Engine, e: &BoundEntity) -> Result<InsertShape, EngineError> {
@@ -793,14 +814,7 @@ fn prepare_raw(
                 }
             }
         }
-        if let (Some(id), true) = (&e.external_crm_id, shape.with_crm_id) {
-            let v = key.coerce(&id.ty, None, false).map_err(|err| {
-                schema_error(format!(
-                    "entity {:?}: CRM id {ks} does not fit external_crm_id_column {}: {err}",
-                    e.name(),
-                    id.name
-                ))
-            })?;
+        if let Some(v) = shape.crm_id(e, &key)? {
             cells.push(Cell::Value(v));
         }
         cells.extend((0..shape.constants.len()).map(Cell::Const));
@@ -871,61 +885,25 @@ async fn prepare_chunk(
     // In an insert-only backfill nothing on the target can be this row's
     // counterpart: there is nothing to look up.
     let insert_only = checkpoint.insert_only;
-    // The rows' links and the external rows carrying their CRM ids are
-    // looked up at once, while the rows are mapped.
-    let crm_id = e.external_crm_id.as_ref().filter(|_| !insert_only);
-    let ids: Vec<Value> = match crm_id {
-        Some(id) => rows
-            .iter()
-            .filter_map(|r| r[cols.key].clone().coerce(&id.ty, None, false).ok())
-            .collect(),
-        None => Vec::new(),
+    let links = if insert_only {
+        HashMap::new()
+    } else {
+        state.links_by_crm(e.name(), &keys).await?
     };
-    let lookups = async {
-        tokio::try_join!(
-            async {
-                if insert_only {
-                    Ok(HashMap::new())
-                } else {
-                    state
-                        .links_by_crm(e.name(), &keys)
-                        .await
-                        .map_err(EngineError::from)
-                }
-            },
-            async {
-                match crm_id {
-                    Some(id) => {
-                        let pos = ext_scan.position(&id.name).unwrap_or(0);
-                        fetch_by(engine, ext_scan, &id.name, &ids, pos).await
-                    }
-                    None => Ok(HashMap::new()),
-                }
-            },
-        )
-    };
-    let outgoing: Vec<&BoundField> = cols.fields(e).collect();
-    let mapping = async {
-        rows.iter_mut()
-            .map(|row| {
-                map_crm_values(outgoing.iter().copied(), e.to_external, |n, _| {
-                    let o = &cols.outgoing[n];
-                    match o.pos {
-                        Some(p) if o.take => std::mem::replace(&mut row[p], Value::Null),
-                        Some(p) => row[p].clone(),
-                        None => Value::Null,
-                    }
-                })
-            })
-            .collect::<Vec<_>>()
-    };
-    let (found_ids, mapped) = tokio::join!(lookups, mapping);
-    let (links, by_id) = found_ids?;
     let mut rejects: Vec<(String, String)> = Vec::new();
     let mut updates: Vec<Update> = Vec::new();
     let mut link_writes: Vec<LinkWrite> = Vec::new();
     let mut candidates: Vec<Candidate> = Vec::new();
-    for (i, mapped) in mapped.into_iter().enumerate() {
+    let outgoing: Vec<&BoundField> = cols.fields(e).collect();
+    for (i, row) in rows.iter_mut().enumerate() {
+        let mapped = map_crm_values(outgoing.iter().copied(), e.to_external, |n, _| {
+            let o = &cols.outgoing[n];
+            match o.pos {
+                Some(p) if o.take => std::mem::replace(&mut row[p], Value::Null),
+                Some(p) => row[p].clone(),
+                None => Value::Null,
+            }
+        });
         let ks = &keys[i];
         let values = match mapped {
             Ok((values, _)) => values,
@@ -999,7 +977,18 @@ async fn prepare_chunk(
         rest = miss;
     }
     // 2. Rows whose insert committed earlier but whose link did not.
-    if crm_id.is_some() {
+    if let Some(id) = e.external_crm_id.as_ref().filter(|_| !insert_only) {
+        let wanted: Vec<Value> = rest
+            .iter()
+            .filter_map(|c| {
+                rows[c.row][cols.key]
+                    .clone()
+                    .coerce(&id.ty, None, false)
+                    .ok()
+            })
+            .collect();
+        let pos = ext_scan.position(&id.name).unwrap_or(0);
+        let by_id = fetch_by(engine, ext_scan, &id.name, &wanted, pos).await?;
         let (hit, miss): (Vec<_>, Vec<_>) =
             rest.into_iter().partition(|c| by_id.contains_key(&c.key));
         for c in hit {
@@ -1101,22 +1090,7 @@ async fn prepare_chunk(
     let mut fresh: Vec<FreshLink> = Vec::with_capacity(rest.len());
     if e.plan.insert_into_external {
         for c in rest {
-            let crm_id = match (&e.external_crm_id, shape.with_crm_id) {
-                (Some(id), true) => Some(
-                    rows[c.row][cols.key]
-                        .clone()
-                        .coerce(&id.ty, None, false)
-                        .map_err(|err| {
-                            schema_error(format!(
-                                "entity {:?}: CRM id {} does not fit external_crm_id_column {}: {err}",
-                                e.name(),
-                                c.key,
-                                id.name
-                            ))
-                        })?,
-                ),
-                _ => None,
-            };
+            let crm_id = shape.crm_id(e, &rows[c.row][cols.key])?;
             let insert = inserts.len();
             if links.contains_key(&c.key) {
                 link_writes.push(LinkWrite {

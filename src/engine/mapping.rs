@@ -1,7 +1,7 @@
 //! Field mapping between a CRM row and the canonical form kept in shadows
 //! (the external column's type and representation).
 
-use crate::plan::{OnTruncate, Transform};
+use crate::plan::{OnTruncate, Side, Transform};
 use crate::schema::BoundField;
 use crate::state::Shadow;
 use crate::value::{CoerceError, Value};
@@ -48,21 +48,33 @@ pub fn crm_to_canonical(
         },
         Transform::None => v,
     };
-    let v = if field.plan.values.is_empty() || v.is_null() {
-        v
-    } else {
-        let key = v.key_string();
-        match field.plan.values.iter().find(|(crm, _)| *crm == key) {
-            Some((_, ext)) => Value::Text(ext.clone()),
-            None => {
-                return Err(FieldProblem::Reject(format!(
-                    "field {}: value {key:?} has no entry in values; add it to the mapping",
-                    field.plan.crm
-                )))
-            }
-        }
-    };
+    let v = listed(field, v, Side::Crm)?;
     fit(field, v, &field.external, "external", zones)
+}
+
+/// `v`, a value of side `from`, through the field's `values` list to the
+/// other side's value; unchanged when the field has no list or `v` is NULL.
+fn listed(field: &BoundField, v: Value, from: Side) -> Result<Value, FieldProblem> {
+    if field.plan.values.is_empty() || v.is_null() {
+        return Ok(v);
+    }
+    let key = v.key_string();
+    let found = field.plan.values.iter().find_map(|(crm, ext)| match from {
+        Side::Crm => (*crm == key).then_some(ext),
+        Side::External => (*ext == key).then_some(crm),
+    });
+    match found {
+        Some(other) => Ok(Value::Text(other.clone())),
+        None => Err(FieldProblem::Reject(format!(
+            "field {}: {}value {key:?} has no entry in values; add it to the mapping",
+            field.plan.crm,
+            if from == Side::External {
+                "external "
+            } else {
+                ""
+            }
+        ))),
+    }
 }
 
 /// Converts `v` for `column` (of `side`): a NULL for a NOT NULL column is a
@@ -162,20 +174,7 @@ pub fn canonical_to_crm(
         },
         _ => v,
     };
-    let v = if field.plan.values.is_empty() || v.is_null() {
-        v
-    } else {
-        let key = v.key_string();
-        match field.plan.values.iter().find(|(_, ext)| *ext == key) {
-            Some((crm, _)) => Value::Text(crm.clone()),
-            None => {
-                return Err(FieldProblem::Reject(format!(
-                "field {}: external value {key:?} has no entry in values; add it to the mapping",
-                field.plan.crm
-            )))
-            }
-        }
-    };
+    let v = listed(field, v, Side::External)?;
     fit(field, v, &field.crm, "CRM", zones)
 }
 

@@ -256,8 +256,14 @@ impl PgEndpoint {
             }
         };
         let target = qualified(&chunk.table);
-        let mut types = self.column_types(tx, &target, &chunk.columns).await?;
-        match self.key_source(tx, chunk).await? {
+        let source = self.key_source(tx, chunk).await?;
+        // With keys from a sequence the key column is copied too.
+        let mut columns = chunk.columns.clone();
+        if let Keys::Sequence(_) = source {
+            columns.push(chunk.key.clone());
+        }
+        let mut types = self.column_types(tx, &target, &columns).await?;
+        match source {
             Keys::Given => {
                 let pos = chunk
                     .columns
@@ -272,7 +278,7 @@ impl PgEndpoint {
                         .collect::<Result<Vec<_>>>()?,
                     None => chunk.inserts.iter().map(|r| r[pos].clone()).collect(),
                 };
-                self.copy_rows(tx, &target, &chunk.columns, &types, (0..n).map(row))
+                self.copy_rows(tx, &target, &columns, &types, (0..n).map(row))
                     .await?;
                 Ok(keys)
             }
@@ -288,9 +294,6 @@ impl PgEndpoint {
                     .map_err(|e| self.query_error(format!("drawing keys from {seq}"), e))?
                     .get(0);
                 let keys: Vec<Value> = keys.into_iter().map(Value::Int).collect();
-                let mut columns = chunk.columns.clone();
-                columns.push(chunk.key.clone());
-                types = self.column_types(tx, &target, &columns).await?;
                 let rows = keys.iter().enumerate().map(|(i, k)| {
                     let mut v = row(i);
                     v.push(k as &(dyn ToSql + Sync));
@@ -309,7 +312,6 @@ impl PgEndpoint {
                 ))
                 .await
                 .map_err(|e| self.query_error("creating the staging table", e))?;
-                let mut columns = chunk.columns.clone();
                 columns.push("crmsync_ord".into());
                 types.push(Type::INT8);
                 let ords: Vec<Value> = (0..n as i64).map(Value::Int).collect();
@@ -400,26 +402,27 @@ fn raw_rows(side: &'static str, rows: Vec<tokio_postgres::Row>) -> Result<RawRow
         .into_iter()
         .map(|c| c.map(|(a, b)| (a as u32, b as u32)))
         .collect();
-    let decode = move |i: usize, raw: Option<&[u8]>| -> Result<Value> {
-        use tokio_postgres::types::FromSql;
-        let ty = &types[i];
-        if !<Value as FromSql>::accepts(ty) {
-            return Err(EndpointError::Schema(format!(
-                "crmsync cannot read values of type {ty}"
-            )));
-        }
-        match raw {
-            None => Value::from_sql_null(ty),
-            Some(b) => Value::from_sql(ty, b),
-        }
-        .map_err(|e| EndpointError::Schema(format!("a {ty} value cannot be read: {e}")))
-    };
     Ok(RawRows {
         data: data.freeze(),
         cells,
         columns,
-        decode: std::sync::Arc::new(decode),
+        decode: std::sync::Arc::new(move |i, raw| decode_cell(&types[i], raw)),
     })
+}
+
+/// The value of a cell of type `ty` in binary form (`None`: NULL).
+fn decode_cell(ty: &Type, raw: Option<&[u8]>) -> Result<Value> {
+    use tokio_postgres::types::FromSql;
+    if !<Value as FromSql>::accepts(ty) {
+        return Err(EndpointError::Schema(format!(
+            "crmsync cannot read values of type {ty}"
+        )));
+    }
+    match raw {
+        None => Value::from_sql_null(ty),
+        Some(b) => Value::from_sql(ty, b),
+    }
+    .map_err(|e| EndpointError::Schema(format!("a {ty} value cannot be read: {e}")))
 }
 
 /// A cell to insert, encoded for COPY: raw bytes as they are, values by
@@ -456,13 +459,11 @@ impl ToSql for CellSql<'_> {
 impl RawInserts {
     /// The value of a cell in a column of type `ty`.
     fn value(&self, cell: &Cell, ty: &Type) -> Result<Value> {
-        use tokio_postgres::types::FromSql;
         match cell {
             Cell::Null => Ok(Value::Null),
             Cell::Value(v) => Ok(v.clone()),
             Cell::Const(i) => Ok(self.constants[*i].clone()),
-            Cell::Raw(a, b) => Value::from_sql(ty, &self.data[*a as usize..*b as usize])
-                .map_err(|e| EndpointError::Schema(format!("a {ty} key cannot be read: {e}"))),
+            Cell::Raw(a, b) => decode_cell(ty, Some(&self.data[*a as usize..*b as usize])),
         }
     }
 

@@ -209,7 +209,12 @@ impl PgEndpoint {
 
     /// A stored shadow: a JSON object by field, or positional,
     /// `[layout, value, ...]`.
-    async fn read_shadow(&self, entity: &str, text: &str) -> Result<Shadow, EndpointError> {
+    async fn read_shadow(
+        &self,
+        entity: &str,
+        text: &str,
+        known: &mut HashMap<i32, std::sync::Arc<Vec<String>>>,
+    ) -> Result<Shadow, EndpointError> {
         let unreadable = |e: &dyn std::fmt::Display| {
             EndpointError::Schema(format!(
                 "a shadow of entity {entity:?} in the state store is unreadable: {e}"
@@ -223,7 +228,14 @@ impl PgEndpoint {
             Some(Value::Int(l)) => i32::try_from(*l).map_err(|e| unreadable(&e))?,
             _ => return Err(unreadable(&"it names no layout")),
         };
-        let fields = self.layout_fields(entity, layout).await?;
+        let fields = match known.get(&layout) {
+            Some(f) => f.clone(),
+            None => {
+                let f = self.layout_fields(entity, layout).await?;
+                known.insert(layout, f.clone());
+                f
+            }
+        };
         if fields.len() + 1 != values.len() {
             return Err(unreadable(&format!(
                 "layout {layout} has {} fields, the shadow {} values",
@@ -290,8 +302,9 @@ impl PgEndpoint {
             .await
             .map_err(|e| self.state_error("reading links", e))?;
         let mut out = HashMap::with_capacity(rows.len());
+        let mut layouts = HashMap::new();
         for r in rows {
-            let shadow = self.read_shadow(entity, r.get(2)).await?;
+            let shadow = self.read_shadow(entity, r.get(2), &mut layouts).await?;
             let link = Link {
                 crm_key: r.get(0),
                 external_key: r.get(1),
