@@ -384,10 +384,11 @@ fn raw_rows(side: &'static str, rows: Vec<tokio_postgres::Row>) -> Result<RawRow
             let cell = r
                 .try_get::<_, WireCell>(i)
                 .map_err(|e| super::query_failure(side, "reading a row".into(), e))?;
+            // Offsets past u32 wrap, but then the chunk is refused below.
             cells.push(cell.0.map(|b| {
-                let at = data.len();
+                let at = data.len() as u32;
                 data.extend_from_slice(b);
-                (at, data.len())
+                (at, data.len() as u32)
             }));
         }
     }
@@ -398,10 +399,6 @@ fn raw_rows(side: &'static str, rows: Vec<tokio_postgres::Row>) -> Result<RawRow
             data.len()
         )));
     }
-    let cells = cells
-        .into_iter()
-        .map(|c| c.map(|(a, b)| (a as u32, b as u32)))
-        .collect();
     Ok(RawRows {
         data: data.freeze(),
         cells,
