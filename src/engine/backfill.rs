@@ -648,8 +648,23 @@ async fn analyze(
 ) -> Result<(), EndpointError> {
     let schema = engine.plan.state_schema.as_str();
     let links_side = if state_here { ext_bulk } else { crm_bulk };
+    // The columns the sync and the backfill's lookups search by.
+    let mut cols: Vec<String> = [Some(&e.external_key), e.external_crm_id.as_ref()]
+        .into_iter()
+        .flatten()
+        .chain([&e.external_change])
+        .chain(e.external_deleted.as_ref())
+        .map(|c| c.name.clone())
+        .collect();
+    for (_, x) in &e.plan.match_on {
+        if let Ok(x) = e.external_table.column(x) {
+            if !cols.contains(&x.name) {
+                cols.push(x.name.clone());
+            }
+        }
+    }
     tokio::try_join!(
-        ext_bulk.analyze(Some(&e.external_table), None),
+        ext_bulk.analyze(Some((&e.external_table, &cols)), None),
         links_side.analyze(None, Some(schema)),
     )?;
     Ok(())

@@ -286,8 +286,9 @@ impl PgEndpoint {
                 // One array rather than a row per key.
                 let keys: Vec<i64> = tx
                     .query_one(
-                        "SELECT array_agg(nextval($1::text::regclass)) \
-                           FROM generate_series(1, $2::int8)",
+                        "WITH s AS MATERIALIZED (SELECT $1::text::regclass AS seq) \
+                         SELECT array_agg(nextval(s.seq)) \
+                           FROM s, generate_series(1, $2::int8)",
                         &[&seq, &(n as i64)],
                     )
                     .await
@@ -615,11 +616,21 @@ impl Bulk for PgEndpoint {
 
     async fn analyze(
         &self,
-        table: Option<&crate::endpoint::TableInfo>,
+        table: Option<(&crate::endpoint::TableInfo, &[String])>,
         state_schema: Option<&str>,
     ) -> Result<()> {
-        let mut names: Vec<String> = table.map(qualified).into_iter().collect();
-        names.extend(state_schema.map(|s| format!("{}.links", quote(s))));
+        let list = |cols: &[String]| {
+            let cols: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+            cols.join(", ")
+        };
+        let mut names: Vec<String> = table
+            .map(|(t, cols)| format!("{} ({})", qualified(t), list(cols)))
+            .into_iter()
+            .collect();
+        // The shadows' statistics serve no query.
+        names.extend(
+            state_schema.map(|s| format!("{}.links (entity, crm_key, external_key)", quote(s))),
+        );
         if names.is_empty() {
             return Ok(());
         }
