@@ -606,11 +606,9 @@ impl Bulk for PgEndpoint {
             live_sql(deleted),
             Self::filter_sql(scan),
         );
-        let conn = self.conn().await?;
         let first = first.to_vec();
-        let rows = conn.query(&sql, &[&first]).await.map_err(|e| {
-            self.query_error(format!("counting matches in {}", scan.table.qualified()), e)
-        })?;
+        let what = format!("counting matches in {}", scan.table.qualified());
+        let rows = self.query_by_keys(&sql, &[&first], &what).await?;
         super::rows_to_values(rows).map_err(|e| self.query_error("decoding matches", e))
     }
 

@@ -220,6 +220,28 @@ impl PgEndpoint {
         query_failure(self.side, what.into(), e)
     }
 
+    /// Runs a lookup of a list of keys (`column = ANY($n)`) with sequential
+    /// scans ruled out. A table that grew since its statistics were taken
+    /// (a backfill's target, a young links table) looks small to the
+    /// planner, which then scans all of it for every list of keys: the cost
+    /// grows with the table instead of with the list.
+    async fn query_by_keys(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        what: &str,
+    ) -> Result<Vec<tokio_postgres::Row>> {
+        let mut conn = self.conn().await?;
+        let fail = |e| self.query_error(what.to_string(), e);
+        let tx = conn.transaction().await.map_err(fail)?;
+        tx.batch_execute("SET LOCAL enable_seqscan = off")
+            .await
+            .map_err(fail)?;
+        let rows = tx.query(sql, params).await.map_err(fail)?;
+        tx.commit().await.map_err(fail)?;
+        Ok(rows)
+    }
+
     async fn conn(
         &self,
     ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<tls::Connector>>> {
@@ -532,11 +554,9 @@ impl Endpoint for PgEndpoint {
             quote(column),
             Self::filter_sql(scan),
         );
-        let conn = self.conn().await?;
         let keys: Vec<Value> = keys.to_vec();
-        let rows = conn.query(&sql, &[&keys]).await.map_err(|e| {
-            self.query_error(format!("fetching rows of {}", scan.table.qualified()), e)
-        })?;
+        let what = format!("fetching rows of {}", scan.table.qualified());
+        let rows = self.query_by_keys(&sql, &[&keys], &what).await?;
         rows_to_values(rows).map_err(|e| self.query_error("decoding rows", e))
     }
 

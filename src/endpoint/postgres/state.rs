@@ -291,16 +291,13 @@ impl PgEndpoint {
         if keys.is_empty() {
             return Ok(HashMap::new());
         }
-        let conn = self.conn().await?;
         let sql = format!(
             "SELECT crm_key, external_key, shadow, deleted FROM {}.links \
              WHERE entity = $1 AND {column} = ANY($2)",
             self.s()
         );
-        let rows = conn
-            .query(&sql, &[&entity, &keys])
-            .await
-            .map_err(|e| self.state_error("reading links", e))?;
+        let what = format!("reading links (state store {})", self.state_schema);
+        let rows = self.query_by_keys(&sql, &[&entity, &keys], &what).await?;
         let mut out = HashMap::with_capacity(rows.len());
         let mut layouts = HashMap::new();
         for r in rows {
