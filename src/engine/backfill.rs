@@ -490,10 +490,11 @@ async fn to_external(
         chunk_rows: opts.chunk_rows.max(1),
         depth: READ_AHEAD,
     };
-    // An insert-only backfill between databases of one kind moves cells
-    // that need no mapping as they are, without decoding them.
-    let raw =
-        checkpoint.insert_only && e.plan.insert_into_external && crm_bulk.kind() == ext_bulk.kind();
+    // Between databases of one kind, cells that need no mapping move as
+    // they are, without decoding them, into rows that are new to the
+    // target: every row of an insert-only backfill, and those a lookup
+    // finds no counterpart for when the links commit with the data.
+    let raw = state_here && e.plan.insert_into_external && crm_bulk.kind() == ext_bulk.kind();
     if raw {
         let same_zone = e.to_external.from == e.to_external.to;
         for o in &mut cols.outgoing {
@@ -538,24 +539,7 @@ async fn to_external(
                         checkpoint.last_key = last;
                         checkpoint.rows_done += n as i64;
                         let p = match chunk {
-                            Chunk::Values(rows) => {
-                                prepare_chunk(
-                                    engine,
-                                    e,
-                                    &cols,
-                                    &ext_scan,
-                                    &shape,
-                                    crm_bulk,
-                                    deleted.as_deref(),
-                                    rows,
-                                    &checkpoint,
-                                    direction,
-                                    state_here,
-                                    report,
-                                )
-                                .await?
-                            }
-                            Chunk::Raw(rows) => prepare_raw(
+                            Chunk::Raw(rows) if checkpoint.insert_only => prepare_raw(
                                 engine,
                                 e,
                                 &cols,
@@ -565,6 +549,23 @@ async fn to_external(
                                 direction,
                                 report,
                             )?,
+                            chunk => {
+                                prepare_chunk(
+                                    engine,
+                                    e,
+                                    &cols,
+                                    &ext_scan,
+                                    &shape,
+                                    crm_bulk,
+                                    deleted.as_deref(),
+                                    chunk,
+                                    &checkpoint,
+                                    direction,
+                                    state_here,
+                                    report,
+                                )
+                                .await?
+                            }
                         };
                         report.read += n as u64;
                         Ok::<_, EngineError>(Some(p))
@@ -771,9 +772,108 @@ fn raw_json(
     written.map_err(|e| schema_error(format!("writing a shadow: {e}")))
 }
 
+/// A raw row ready to insert: its outgoing cells, in order, and its
+/// shadow's values as JSON array elements.
+struct RawRow {
+    cells: Vec<Cell>,
+    json: String,
+}
+
+/// Prepares raw row `r` for insertion: cells that pass raw are copied as
+/// they are, the others are decoded and mapped as in [`prepare_chunk`].
+/// `Ok(Err(why))`: the row is rejected.
+fn raw_row(
+    e: &BoundEntity,
+    cols: &CrmColumns,
+    outgoing: &[&BoundField],
+    rows: &RawRows,
+    r: usize,
+    key: &str,
+    json: &mut Vec<u8>,
+) -> Result<Result<RawRow, String>, EngineError> {
+    let mut cells: Vec<Cell> = Vec::with_capacity(outgoing.len() + 2);
+    json.clear();
+    for (n, (o, f)) in cols.outgoing.iter().zip(outgoing).enumerate() {
+        if n > 0 {
+            json.push(b',');
+        }
+        if let Some(p) = o.pos.filter(|_| o.raw) {
+            if let Some(cell) = raw_cell(rows, r, p, f) {
+                raw_json(json, &f.crm.ty, rows.cell(r, p), || rows.value(r, p))?;
+                cells.push(cell);
+                continue;
+            }
+        }
+        let v = match o.pos {
+            Some(p) => rows.value(r, p)?,
+            None => Value::Null,
+        };
+        match crm_to_canonical(f, v, e.to_external) {
+            Ok((v, _)) => {
+                serde_json::to_writer(&mut *json, &v)
+                    .map_err(|err| schema_error(format!("writing a shadow: {err}")))?;
+                cells.push(Cell::Value(v));
+            }
+            Err(FieldProblem::Reject(why)) => return Ok(Err(why)),
+            Err(FieldProblem::Fail(message)) => {
+                return Err(EngineError::Fail {
+                    entity: e.name().to_string(),
+                    key: key.to_string(),
+                    message,
+                })
+            }
+        }
+    }
+    let json = String::from_utf8(json.clone())
+        .map_err(|err| schema_error(format!("writing a shadow: {err}")))?;
+    Ok(Ok(RawRow { cells, json }))
+}
+
+/// The canonical values of raw row `r`'s outgoing fields, decoded and
+/// mapped as [`prepare_chunk`] maps decoded rows.
+fn raw_values(
+    e: &BoundEntity,
+    cols: &CrmColumns,
+    outgoing: &[&BoundField],
+    rows: &RawRows,
+    r: usize,
+) -> Result<Result<Vec<Value>, FieldProblem>, EngineError> {
+    let mut decoded = cols
+        .outgoing
+        .iter()
+        .map(|o| match o.pos {
+            Some(p) => rows.value(r, p),
+            None => Ok(Value::Null),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(
+        map_crm_values(outgoing.iter().copied(), e.to_external, |n, _| {
+            std::mem::replace(&mut decoded[n], Value::Null)
+        })
+        .map(|(values, _)| values),
+    )
+}
+
+/// Rows of a raw chunk with only the columns the lookups read decoded
+/// (key, change time, link column, match_on columns); NULL elsewhere.
+fn lookup_rows(cols: &CrmColumns, raw: &RawRows) -> Result<Rows, EngineError> {
+    let mut wanted = vec![cols.key, cols.change];
+    wanted.extend(cols.link);
+    wanted.extend(cols.matches.iter().map(|(p, _)| *p));
+    let width = cols.scan.columns.len();
+    (0..raw.len())
+        .map(|r| {
+            let mut row = vec![Value::Null; width];
+            for &p in &wanted {
+                row[p] = raw.value(r, p)?;
+            }
+            Ok(row)
+        })
+        .collect()
+}
+
 /// Prepares a chunk of an insert-only backfill read raw: every row is
-/// inserted; cells that pass raw are copied as they are, the others are
-/// decoded and mapped as in [`prepare_chunk`].
+/// inserted (see [`raw_row`]).
 #[allow(clippy::too_many_arguments)]
 fn prepare_raw(
     engine: &Engine,
@@ -790,54 +890,23 @@ fn prepare_raw(
     let mut inserts: Vec<Vec<Cell>> = Vec::with_capacity(rows.len());
     let mut fresh: Vec<FreshLink> = Vec::with_capacity(rows.len());
     let mut json: Vec<u8> = Vec::with_capacity(512);
-    'rows: for r in 0..rows.len() {
+    for r in 0..rows.len() {
         let key = rows.value(r, cols.key)?;
         let ks = key.key_string();
-        let mut cells: Vec<Cell> = Vec::with_capacity(shape.columns.len());
-        json.clear();
-        for (n, (o, f)) in cols.outgoing.iter().zip(&outgoing).enumerate() {
-            if n > 0 {
-                json.push(b',');
+        let RawRow { mut cells, json } = match raw_row(e, cols, &outgoing, rows, r, &ks, &mut json)?
+        {
+            Ok(row) => row,
+            Err(why) => {
+                rejects.push((ks, why));
+                continue;
             }
-            if let Some(p) = o.pos.filter(|_| o.raw) {
-                if let Some(cell) = raw_cell(rows, r, p, f) {
-                    raw_json(&mut json, &f.crm.ty, rows.cell(r, p), || rows.value(r, p))?;
-                    cells.push(cell);
-                    continue;
-                }
-            }
-            let v = match o.pos {
-                Some(p) => rows.value(r, p)?,
-                None => Value::Null,
-            };
-            match crm_to_canonical(f, v, e.to_external) {
-                Ok((v, _)) => {
-                    serde_json::to_writer(&mut json, &v)
-                        .map_err(|err| schema_error(format!("writing a shadow: {err}")))?;
-                    cells.push(Cell::Value(v));
-                }
-                Err(FieldProblem::Reject(why)) => {
-                    rejects.push((ks, why));
-                    continue 'rows;
-                }
-                Err(FieldProblem::Fail(message)) => {
-                    return Err(EngineError::Fail {
-                        entity: e.name().to_string(),
-                        key: ks,
-                        message,
-                    })
-                }
-            }
-        }
-        if let Some(v) = shape.crm_id(e, &key)? {
-            cells.push(Cell::Value(v));
-        }
+        };
+        cells.extend(shape.crm_id(e, &key)?.map(Cell::Value));
         cells.extend((0..shape.constants.len()).map(Cell::Const));
         fresh.push(FreshLink {
             crm_key: ks,
             insert: inserts.len(),
-            values_json: String::from_utf8(json.clone())
-                .map_err(|err| schema_error(format!("writing a shadow: {err}")))?,
+            values_json: json,
         });
         inserts.push(cells);
     }
@@ -888,7 +957,7 @@ async fn prepare_chunk(
     shape: &InsertShape,
     crm_bulk: &dyn Bulk,
     deleted: Option<&str>,
-    mut rows: Rows,
+    chunk: Chunk,
     checkpoint: &Checkpoint,
     direction: &str,
     state_here: bool,
@@ -896,6 +965,13 @@ async fn prepare_chunk(
 ) -> Result<Prepared, EngineError> {
     let state = &*engine.state;
     let t = Instant::now();
+    // A raw chunk is decoded only where the lookups read it (key, change
+    // time, link column, match_on columns); a row that turns out to be new
+    // is inserted raw, and only rows with a counterpart are decoded whole.
+    let (mut rows, raw) = match chunk {
+        Chunk::Values(rows) => (rows, None),
+        Chunk::Raw(raw) => (lookup_rows(cols, &raw)?, Some(raw)),
+    };
     let keys: Vec<String> = rows.iter().map(|r| r[cols.key].key_string()).collect();
     // In an insert-only backfill nothing on the target can be this row's
     // counterpart: there is nothing to look up.
@@ -910,18 +986,36 @@ async fn prepare_chunk(
     let mut link_writes: Vec<LinkWrite> = Vec::new();
     let mut candidates: Vec<Candidate> = Vec::new();
     let outgoing: Vec<&BoundField> = cols.fields(e).collect();
+    let mut ready: Vec<Option<RawRow>> = Vec::new();
+    let mut json: Vec<u8> = Vec::new();
     for (i, row) in rows.iter_mut().enumerate() {
-        let mapped = map_crm_values(outgoing.iter().copied(), e.to_external, |n, _| {
-            let o = &cols.outgoing[n];
-            match o.pos {
-                Some(p) if o.take => std::mem::replace(&mut row[p], Value::Null),
-                Some(p) => row[p].clone(),
-                None => Value::Null,
-            }
-        });
         let ks = &keys[i];
+        let linked = links.get(ks).filter(|l| !l.deleted);
+        let mapped = match &raw {
+            None => map_crm_values(outgoing.iter().copied(), e.to_external, |n, _| {
+                let o = &cols.outgoing[n];
+                match o.pos {
+                    Some(p) if o.take => std::mem::replace(&mut row[p], Value::Null),
+                    Some(p) => row[p].clone(),
+                    None => Value::Null,
+                }
+            })
+            .map(|(values, _)| values),
+            Some(raw) => match raw_row(e, cols, &outgoing, raw, i, ks, &mut json)? {
+                Err(why) => Err(FieldProblem::Reject(why)),
+                Ok(r) => {
+                    ready.resize_with(i, || None);
+                    ready.push(Some(r));
+                    match linked {
+                        Some(_) => raw_values(e, cols, &outgoing, raw, i)?,
+                        // Decoded whole only if a lookup finds a counterpart.
+                        None => Ok(Vec::new()),
+                    }
+                }
+            },
+        };
         let values = match mapped {
-            Ok((values, _)) => values,
+            Ok(values) => values,
             Err(FieldProblem::Reject(why)) => {
                 rejects.push((ks.clone(), why));
                 continue;
@@ -934,7 +1028,7 @@ async fn prepare_chunk(
                 })
             }
         };
-        match links.get(ks).filter(|l| !l.deleted) {
+        match linked {
             Some(l) => {
                 report.already_linked += 1;
                 let shadow = cols.shadow_of(e, &values);
@@ -1031,8 +1125,24 @@ async fn prepare_chunk(
     // An external row linked to another CRM row is not this row's.
     let ext_keys: Vec<String> = found.iter().map(|(_, r, _)| r[0].key_string()).collect();
     let taken = state.links_by_external(e.name(), &ext_keys).await?;
-    for (c, ext_row, how) in found {
+    for (mut c, ext_row, how) in found {
         let ext_key = ext_row[0].key_string();
+        if let Some(raw) = &raw {
+            match raw_values(e, cols, &outgoing, raw, c.row)? {
+                Ok(values) => c.values = values,
+                Err(FieldProblem::Reject(why)) => {
+                    rejects.push((c.key.clone(), why));
+                    continue;
+                }
+                Err(FieldProblem::Fail(message)) => {
+                    return Err(EngineError::Fail {
+                        entity: e.name().to_string(),
+                        key: c.key.clone(),
+                        message,
+                    })
+                }
+            }
+        }
         if let Some(other) = taken
             .get(&ext_key)
             .filter(|l| l.crm_key != c.key && !l.deleted)
@@ -1102,8 +1212,49 @@ async fn prepare_chunk(
     // link row at all (not even a deleted one) are new for certain: they
     // are copied, not upserted, with the shadow written straight to JSON.
     let mut inserts: Rows = Vec::with_capacity(rest.len());
+    let mut raw_inserts: Vec<Vec<Cell>> = Vec::new();
     let mut fresh: Vec<FreshLink> = Vec::with_capacity(rest.len());
-    if e.plan.insert_into_external {
+    if let (Some(raw), true) = (&raw, e.plan.insert_into_external) {
+        for c in rest {
+            let Some(RawRow { mut cells, json }) = ready.get_mut(c.row).and_then(Option::take)
+            else {
+                continue;
+            };
+            let insert = raw_inserts.len();
+            if links.contains_key(&c.key) {
+                // A deleted link: rewritten, from the decoded values.
+                let values = match raw_values(e, cols, &outgoing, raw, c.row)? {
+                    Ok(values) => values,
+                    Err(FieldProblem::Reject(why)) => {
+                        rejects.push((c.key.clone(), why));
+                        continue;
+                    }
+                    Err(FieldProblem::Fail(message)) => {
+                        return Err(EngineError::Fail {
+                            entity: e.name().to_string(),
+                            key: c.key.clone(),
+                            message,
+                        })
+                    }
+                };
+                link_writes.push(LinkWrite {
+                    crm_key: KeyRef::Known(c.key),
+                    external_key: KeyRef::Inserted(insert),
+                    shadow: cols.shadow_of(e, &values),
+                    deleted: false,
+                });
+            } else {
+                fresh.push(FreshLink {
+                    crm_key: c.key,
+                    insert,
+                    values_json: json,
+                });
+            }
+            cells.extend(shape.crm_id(e, &rows[c.row][cols.key])?.map(Cell::Value));
+            cells.extend((0..shape.constants.len()).map(Cell::Const));
+            raw_inserts.push(cells);
+        }
+    } else if e.plan.insert_into_external {
         for c in rest {
             let crm_id = shape.crm_id(e, &rows[c.row][cols.key])?;
             let insert = inserts.len();
@@ -1131,7 +1282,7 @@ async fn prepare_chunk(
     } else {
         report.unchanged += rest.len() as u64;
     }
-    report.inserted += inserts.len() as u64;
+    report.inserted += (inserts.len() + raw_inserts.len()) as u64;
     report.rejected += rejects.len() as u64;
 
     let upsert = LinkBatch {
@@ -1157,7 +1308,11 @@ async fn prepare_chunk(
         key: e.external_key.name.clone(),
         columns: shape.columns.clone(),
         inserts,
-        raw_inserts: None,
+        raw_inserts: raw.as_ref().map(|raw| RawInserts {
+            data: raw.data.clone(),
+            constants: shape.constants.clone(),
+            rows: raw_inserts,
+        }),
         updates,
         links: Some(upsert),
         fresh_links: Some(fresh),

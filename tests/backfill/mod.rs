@@ -547,9 +547,12 @@ async fn backfill_external_to_crm_is_not_yet_supported() {
     assert_eq!(num(&rep, "/exit_code"), 2);
 }
 
-/// The insert-only backfill moves cells that need no mapping as they are;
-/// a backfill into a table that is not empty decodes and maps every value.
-/// Both must write the same rows, the same shadows and the same rejects,
+/// Cells that need no mapping move as they are into rows new to the target:
+/// every row of an insert-only backfill ("raw"), and the rows without a
+/// counterpart when the target is not empty ("mapped", whose rows with a
+/// counterpart are decoded). With the state store in the CRM database
+/// every value is decoded and mapped ("decoded"). All three must write the
+/// same rows, the same shadows and the same rejects,
 /// for text near its length limit in bytes and in characters, characters
 /// JSON must escape, NULLs, integers and timestamps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -582,9 +585,10 @@ async fn raw_and_mapped_backfills_write_the_same_rows_and_shadows() {
     };
     s.erp
         .batch_execute(&format!(
-            "{} {} INSERT INTO erp.mapped (name) VALUES ('already here');",
+            "{} {} {} INSERT INTO erp.mapped (name) VALUES ('already here');",
             table("raw"),
-            table("mapped")
+            table("mapped"),
+            table("decoded")
         ))
         .await
         .expect("tables");
@@ -666,10 +670,19 @@ external = "created"
     let mapped: String = s.erp.query_one(&rows("mapped"), &[]).await.unwrap().get(0);
     assert_eq!(raw, mapped);
     assert!(raw.contains(&"é".repeat(40)), "the 80-byte name arrived");
+    // Shadows by field, whether positional or keyed by name.
     let shadows = |entity: &str| {
         format!(
-            "SELECT string_agg(crm_key || ' ' || shadow, E'\\n' ORDER BY crm_key::int) \
-             FROM crmsync.links WHERE entity = '{entity}'"
+            "SELECT string_agg(crm_key || ' ' || by_field::text, E'\\n' ORDER BY crm_key::int) \
+             FROM (SELECT l.crm_key, \
+                     CASE WHEN jsonb_typeof(l.shadow::jsonb) = 'array' THEN \
+                       (SELECT jsonb_object_agg(f.name, l.shadow::jsonb -> f.ord::int) \
+                          FROM crmsync.shadow_layouts sl, \
+                               unnest(sl.fields) WITH ORDINALITY AS f(name, ord) \
+                         WHERE sl.entity = l.entity \
+                           AND sl.layout = (l.shadow::jsonb ->> 0)::int) \
+                     ELSE l.shadow::jsonb END AS by_field \
+                     FROM crmsync.links l WHERE l.entity = '{entity}') AS x"
         )
     };
     let raw: String = s.erp.query_one(&shadows("raw"), &[]).await.unwrap().get(0);
@@ -691,6 +704,37 @@ external = "created"
         assert_eq!(num(&rep, &format!("/entities/{i}/inserted")), 0, "{rep:#}");
         assert_eq!(num(&rep, &format!("/entities/{i}/updated")), 0, "{rep:#}");
     }
+
+    // The decoded path: links in the CRM database, written after the data.
+    assert!(head.contains(r#"side = "external""#), "{head}");
+    std::fs::write(
+        &s.config,
+        format!(
+            "{}{}",
+            head.replace(r#"side = "external""#, r#"side = "crm""#),
+            entity("decoded")
+        ),
+    )
+    .unwrap();
+    let (out, rep) = run(&s, "decoded", &["backfill", "--chunk-rows", "64"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(num(&rep, "/backfill/0/rejected"), 2, "{rep:#}");
+    assert_eq!(num(&rep, "/backfill/0/inserted"), live - 2);
+    let decoded: String = s.erp.query_one(&rows("decoded"), &[]).await.unwrap().get(0);
+    let raw_rows: String = s.erp.query_one(&rows("raw"), &[]).await.unwrap().get(0);
+    assert_eq!(decoded, raw_rows);
+    let decoded: String = s
+        .crm
+        .query_one(&shadows("decoded"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(decoded, raw);
 }
 
 /// A backfill into a table that already holds rows looks every chunk's rows
