@@ -436,6 +436,11 @@ async fn to_external(
     if opts.restart {
         state.clear_checkpoint(e.name(), direction).await?;
     }
+    // Whether links of this entity may exist for rows this run has not
+    // written: unknown for a resumed run (another command may have run in
+    // between), known for a fresh one. While the run holds the entity's
+    // lock, only its own chunks add links, for keys before the next chunk.
+    let mut links_before = true;
     let mut checkpoint = match state.checkpoint(e.name(), direction).await? {
         Some(cp) if !cp.finished => {
             report.resumed = true;
@@ -451,9 +456,9 @@ async fn to_external(
             // The snapshot starts now: what changes from here on is the
             // next sync's to carry.
             let now = engine.crm.clock(&e.crm_change.ty).await?;
-            let insert_only = state_here
-                && !ext_bulk.has_rows(&e.external_table).await?
-                && !state.has_links(e.name()).await?;
+            links_before = state.has_links(e.name()).await?;
+            let insert_only =
+                state_here && !links_before && !ext_bulk.has_rows(&e.external_table).await?;
             if insert_only {
                 tracing::info!(
                     "entity {:?}: {} is empty and nothing is linked yet: every row is inserted \
@@ -559,6 +564,7 @@ async fn to_external(
                                     crm_bulk,
                                     deleted.as_deref(),
                                     chunk,
+                                    links_before,
                                     &checkpoint,
                                     direction,
                                     state_here,
@@ -958,6 +964,7 @@ async fn prepare_chunk(
     crm_bulk: &dyn Bulk,
     deleted: Option<&str>,
     chunk: Chunk,
+    links_before: bool,
     checkpoint: &Checkpoint,
     direction: &str,
     state_here: bool,
@@ -974,9 +981,10 @@ async fn prepare_chunk(
     };
     let keys: Vec<String> = rows.iter().map(|r| r[cols.key].key_string()).collect();
     // In an insert-only backfill nothing on the target can be this row's
-    // counterpart: there is nothing to look up.
+    // counterpart: there is nothing to look up. Without links from before
+    // the run, none of this chunk's rows has one yet.
     let insert_only = checkpoint.insert_only;
-    let links = if insert_only {
+    let links = if insert_only || !links_before {
         HashMap::new()
     } else {
         state.links_by_crm(e.name(), &keys).await?

@@ -784,4 +784,12 @@ async fn backfill_into_a_filled_table_refreshes_statistics_as_it_grows() {
         .await;
         assert!(scanned <= 5, "{table} scanned whole {scanned} times");
     }
+    // Nothing was linked before this run: no chunk looks its keys up in
+    // the links table (one probe per key of every chunk before).
+    let probed = count(
+        &s.erp,
+        "SELECT coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'links'",
+    )
+    .await;
+    assert!(probed <= 2, "links probed {probed} times");
 }
