@@ -814,25 +814,35 @@ fn raw_row(
             Some(p) => rows.value(r, p)?,
             None => Value::Null,
         };
-        match crm_to_canonical(f, v, e.to_external) {
-            Ok((v, _)) => {
-                serde_json::to_writer(&mut *json, &v)
-                    .map_err(|err| schema_error(format!("writing a shadow: {err}")))?;
-                cells.push(Cell::Value(v));
-            }
-            Err(FieldProblem::Reject(why)) => return Ok(Err(why)),
-            Err(FieldProblem::Fail(message)) => {
-                return Err(EngineError::Fail {
-                    entity: e.name().to_string(),
-                    key: key.to_string(),
-                    message,
-                })
-            }
-        }
+        let (v, _) = match settle(e, key, crm_to_canonical(f, v, e.to_external))? {
+            Ok(mapped) => mapped,
+            Err(why) => return Ok(Err(why)),
+        };
+        serde_json::to_writer(&mut *json, &v)
+            .map_err(|err| schema_error(format!("writing a shadow: {err}")))?;
+        cells.push(Cell::Value(v));
     }
     let json = String::from_utf8(json.clone())
         .map_err(|err| schema_error(format!("writing a shadow: {err}")))?;
     Ok(Ok(RawRow { cells, json }))
+}
+
+/// A mapping outcome for row `key`: `Ok(Err(why))` rejects the row, a
+/// `fail` policy's refusal stops the run.
+fn settle<T>(
+    e: &BoundEntity,
+    key: &str,
+    mapped: Result<T, FieldProblem>,
+) -> Result<Result<T, String>, EngineError> {
+    match mapped {
+        Ok(v) => Ok(Ok(v)),
+        Err(FieldProblem::Reject(why)) => Ok(Err(why)),
+        Err(FieldProblem::Fail(message)) => Err(EngineError::Fail {
+            entity: e.name().to_string(),
+            key: key.to_string(),
+            message,
+        }),
+    }
 }
 
 /// The canonical values of raw row `r`'s outgoing fields, decoded and
@@ -1022,18 +1032,11 @@ async fn prepare_chunk(
                 }
             },
         };
-        let values = match mapped {
+        let values = match settle(e, ks, mapped)? {
             Ok(values) => values,
-            Err(FieldProblem::Reject(why)) => {
+            Err(why) => {
                 rejects.push((ks.clone(), why));
                 continue;
-            }
-            Err(FieldProblem::Fail(message)) => {
-                return Err(EngineError::Fail {
-                    entity: e.name().to_string(),
-                    key: ks.clone(),
-                    message,
-                })
             }
         };
         match linked {
@@ -1136,18 +1139,11 @@ async fn prepare_chunk(
     for (mut c, ext_row, how) in found {
         let ext_key = ext_row[0].key_string();
         if let Some(raw) = &raw {
-            match raw_values(e, cols, &outgoing, raw, c.row)? {
+            match settle(e, &c.key, raw_values(e, cols, &outgoing, raw, c.row)?)? {
                 Ok(values) => c.values = values,
-                Err(FieldProblem::Reject(why)) => {
+                Err(why) => {
                     rejects.push((c.key.clone(), why));
                     continue;
-                }
-                Err(FieldProblem::Fail(message)) => {
-                    return Err(EngineError::Fail {
-                        entity: e.name().to_string(),
-                        key: c.key.clone(),
-                        message,
-                    })
                 }
             }
         }
@@ -1231,18 +1227,11 @@ async fn prepare_chunk(
             let insert = raw_inserts.len();
             if links.contains_key(&c.key) {
                 // A deleted link: rewritten, from the decoded values.
-                let values = match raw_values(e, cols, &outgoing, raw, c.row)? {
+                let values = match settle(e, &c.key, raw_values(e, cols, &outgoing, raw, c.row)?)? {
                     Ok(values) => values,
-                    Err(FieldProblem::Reject(why)) => {
+                    Err(why) => {
                         rejects.push((c.key.clone(), why));
                         continue;
-                    }
-                    Err(FieldProblem::Fail(message)) => {
-                        return Err(EngineError::Fail {
-                            entity: e.name().to_string(),
-                            key: c.key.clone(),
-                            message,
-                        })
                     }
                 };
                 link_writes.push(LinkWrite {
