@@ -1220,10 +1220,14 @@ async fn prepare_chunk(
     let mut fresh: Vec<FreshLink> = Vec::with_capacity(rest.len());
     if let (Some(raw), true) = (&raw, e.plan.insert_into_external) {
         for c in rest {
-            let Some(RawRow { mut cells, json }) = ready.get_mut(c.row).and_then(Option::take)
-            else {
-                continue;
-            };
+            // Every candidate went through raw_row (a reject is none).
+            let RawRow { mut cells, json } =
+                ready.get_mut(c.row).and_then(Option::take).ok_or_else(|| {
+                    schema_error(format!(
+                        "internal error: CRM row {} of a raw chunk was not prepared",
+                        c.key
+                    ))
+                })?;
             let insert = raw_inserts.len();
             if links.contains_key(&c.key) {
                 // A deleted link: rewritten, from the decoded values.
