@@ -526,7 +526,6 @@ async fn to_external(
     // in order too.
     let writers = if state_here { WRITERS } else { 1 };
     let mut inflight = FuturesOrdered::new();
-    let mut next_analyze: u64 = 4;
     let mut prev: Option<Turn> = None;
     loop {
         if inflight.len() >= writers {
@@ -588,14 +587,6 @@ async fn to_external(
         };
         let Some(p) = prepared else { break };
         report.chunks += 1;
-        // Lookups in tables that grow without statistics get planned as
-        // scans of the whole table, chunk after chunk: refresh them each
-        // time the backfill has doubled what it wrote.
-        if !checkpoint.insert_only && report.chunks == next_analyze {
-            tracing::debug!("refreshing statistics after {} chunks", report.chunks);
-            analyze(engine, e, ext_bulk, crm_bulk, state_here).await?;
-            next_analyze *= 2;
-        }
         let (done, turn) = tokio::sync::oneshot::channel();
         inflight.push_back(commit_chunk(
             engine,

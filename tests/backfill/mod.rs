@@ -738,12 +738,13 @@ external = "created"
 }
 
 /// A backfill into a table that already holds rows looks every chunk's rows
-/// up in the target and links tables as they grow. Without fresh
-/// statistics PostgreSQL plans those lookups as scans of the whole table,
-/// so the backfill refreshes them as it doubles what it wrote, and runs the
-/// lookups with sequential scans ruled out.
+/// up in the target (and, when something was linked before, in the links
+/// table) as both grow. Without fresh statistics PostgreSQL would plan
+/// those lookups as scans of the whole table, chunk after chunk: they run
+/// with sequential scans ruled out instead, and the statistics are
+/// refreshed once, at the end, for the next sync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backfill_into_a_filled_table_refreshes_statistics_as_it_grows() {
+async fn backfill_into_a_filled_table_looks_chunks_up_by_index() {
     let n = 2_000;
     let s = setup(n, "crm_wins", false).await;
     s.erp
@@ -762,7 +763,7 @@ async fn backfill_into_a_filled_table_refreshes_statistics_as_it_grows() {
         Some(&Json::Bool(false))
     );
     assert_eq!(num(&rep, "/backfill/0/inserted"), n);
-    // 40 chunks: after 4, 8, 16 and 32 of them, and once at the end.
+    // 40 chunks, analyzed once at the end.
     for table in ["supplier", "links"] {
         let analyzed = count(
             &s.erp,
@@ -772,7 +773,7 @@ async fn backfill_into_a_filled_table_refreshes_statistics_as_it_grows() {
             ),
         )
         .await;
-        assert!(analyzed >= 5, "{table} analyzed {analyzed} times");
+        assert!(analyzed >= 1, "{table} analyzed {analyzed} times");
         // Each chunk's lookups go through the indexes, whatever the
         // statistics say. The few whole-table scans left come before the
         // first chunk (creating the state schema, is the table empty, has
