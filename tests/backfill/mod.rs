@@ -794,3 +794,86 @@ async fn backfill_into_a_filled_table_looks_chunks_up_by_index() {
     .await;
     assert!(probed <= 2, "links probed {probed} times");
 }
+
+/// A value longer than its external column follows the field's
+/// `on_truncate` in a backfill too, whether the row goes in raw (an empty
+/// target) or among lookups (a filled one): the raw copy hands such a
+/// value to the mapping. `truncate` writes the cut value to the row and
+/// its shadow, so a later sync of the unchanged row writes nothing;
+/// `fail` stops the run with exit code 1 before its chunk commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_values_in_a_backfill_follow_on_truncate() {
+    // The CRM column holds 100 characters, the external one 40 here.
+    let long = format!("www.{}.example.com", "w".repeat(50));
+    for filled in [false, true] {
+        for policy in ["truncate", "fail"] {
+            let s = setup(300, "crm_wins", false).await;
+            let text = std::fs::read_to_string(&s.config).unwrap();
+            let website = "crm = \"Comp_WebSite\"\nexternal = \"website\"\n";
+            assert!(text.contains(website));
+            std::fs::write(
+                &s.config,
+                text.replace(website, &format!("{website}on_truncate = \"{policy}\"\n")),
+            )
+            .unwrap();
+            s.crm
+                .execute(
+                    "UPDATE company SET comp_website = $1 WHERE comp_companyid = 7",
+                    &[&long],
+                )
+                .await
+                .unwrap();
+            s.erp
+                .batch_execute("ALTER TABLE erp.supplier ALTER COLUMN website TYPE varchar(40)")
+                .await
+                .unwrap();
+            if filled {
+                s.erp
+                    .batch_execute("INSERT INTO erp.supplier (name) VALUES ('already here')")
+                    .await
+                    .unwrap();
+            }
+            let name = format!("{policy}-{filled}");
+            let (out, rep) = run(&s, &name, &["backfill", "--chunk-rows", "50"]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let website_of_7 = "SELECT website FROM erp.supplier WHERE crm_company_id = 7";
+            if policy == "fail" {
+                assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+                assert!(
+                    stderr.contains("row 7") && stderr.contains("Comp_WebSite"),
+                    "{name}: {stderr}"
+                );
+                assert!(
+                    s.erp.query_opt(website_of_7, &[]).await.unwrap().is_none(),
+                    "{name}: the chunk of row 7 did not commit"
+                );
+                continue;
+            }
+            assert_eq!(out.status.code(), Some(0), "{name}: {stderr}");
+            assert_eq!(
+                rep.pointer("/backfill/0/insert_only"),
+                Some(&Json::Bool(!filled)),
+                "{name}"
+            );
+            assert_eq!(num(&rep, "/backfill/0/inserted"), 300, "{name}");
+            assert_eq!(num(&rep, "/backfill/0/rejected"), 0, "{name}");
+            let website: String = s.erp.query_one(website_of_7, &[]).await.unwrap().get(0);
+            assert_eq!(website, long.chars().take(40).collect::<String>(), "{name}");
+            // Row 7 is read again, unchanged: its shadow holds the cut value.
+            s.crm
+                .execute(
+                    "UPDATE company SET comp_updateddate = localtimestamp(3), \
+                       comp_timestamp = localtimestamp(3) WHERE comp_companyid = 7",
+                    &[],
+                )
+                .await
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(1100));
+            let (out, rep) = run(&s, &format!("{name}-sync"), &["sync"]);
+            assert_eq!(out.status.code(), Some(0), "{name}");
+            assert!(num(&rep, "/entities/0/read") >= 1, "{name}: {rep:#}");
+            assert_eq!(num(&rep, "/entities/0/updated"), 0, "{name}: {rep:#}");
+            assert_eq!(num(&rep, "/entities/0/inserted"), 0, "{name}: {rep:#}");
+        }
+    }
+}
