@@ -385,9 +385,6 @@ async fn backfill(
     opts: &crate::engine::BackfillOptions,
     out: &mut Vec<crate::engine::BackfillReport>,
 ) -> anyhow::Result<i32> {
-    if opts.direction == crate::engine::BackfillDirection::ExternalToCrm {
-        return Err(crate::engine::BackfillError::NotYetSupported(opts.direction.as_str()).into());
-    }
     let engine = Engine::connect(plan).await?;
     let reports = engine.backfill(entity, opts).await?;
     let mut code = exit::OK;

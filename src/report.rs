@@ -166,9 +166,19 @@ pub fn human_verify(v: &VerifyReport) -> Vec<String> {
 
 /// One line per backfilled entity, for people.
 pub fn backfill_human(b: &crate::engine::BackfillReport) -> String {
+    // The external → CRM backfill counts its links without their ways.
+    let ways = b.linked_by_link_column + b.linked_by_crm_id + b.linked_by_match;
+    let how = if ways == b.linked {
+        format!(
+            " (link column {}, CRM id {}, match_on {}), already linked {}",
+            b.linked_by_link_column, b.linked_by_crm_id, b.linked_by_match, b.already_linked
+        )
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        "{}: backfill {}{}: read {}, linked existing {} (link column {}, CRM id {}, match_on {}), \
-         already linked {}, updated {}, inserted {}, rejected {}; {:.1}s, {:.0} rows/s",
+        "{}: backfill {}{}: read {}, linked existing {}{how}, updated {}, inserted {}, \
+         rejected {}; {:.1}s, {:.0} rows/s",
         b.entity,
         b.direction,
         if b.resumed {
@@ -178,10 +188,6 @@ pub fn backfill_human(b: &crate::engine::BackfillReport) -> String {
         },
         b.read,
         b.linked,
-        b.linked_by_link_column,
-        b.linked_by_crm_id,
-        b.linked_by_match,
-        b.already_linked,
         b.updated,
         b.inserted,
         b.rejected,

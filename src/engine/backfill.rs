@@ -66,10 +66,6 @@ pub struct BackfillOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum BackfillError {
     #[error(
-        "backfill --direction {0} is not yet supported; this build backfills crm_to_external only"
-    )]
-    NotYetSupported(&'static str),
-    #[error(
         "entity {entity:?} does not flow {direction} (its direction is {actual}); \
          backfill it in its own direction"
     )]
@@ -126,12 +122,13 @@ impl Engine {
         only: Option<&str>,
         opts: &BackfillOptions,
     ) -> Result<Vec<BackfillReport>, anyhow::Error> {
-        if opts.direction == BackfillDirection::ExternalToCrm {
-            return Err(BackfillError::NotYetSupported(opts.direction.as_str()).into());
-        }
         let (entities, _) = self.bind(only).await?;
         for e in &entities {
-            if !e.plan.direction.crm_to_external() {
+            let flows = match opts.direction {
+                BackfillDirection::CrmToExternal => e.plan.direction.crm_to_external(),
+                BackfillDirection::ExternalToCrm => e.plan.direction.external_to_crm(),
+            };
+            if !flows {
                 return Err(BackfillError::WrongDirection {
                     entity: e.name().to_string(),
                     direction: opts.direction.as_str(),
@@ -156,7 +153,14 @@ impl Engine {
                 direction: opts.direction.as_str().to_string(),
                 ..Default::default()
             };
-            let result = to_external(self, e, opts, run, &mut report).await;
+            let result = match opts.direction {
+                BackfillDirection::CrmToExternal => {
+                    to_external(self, e, opts, run, &mut report).await
+                }
+                BackfillDirection::ExternalToCrm => to_crm(self, e, opts, run, &mut report)
+                    .await
+                    .map_err(anyhow::Error::from),
+            };
             let outcome = match &result {
                 Ok(()) if report.rejected > 0 => "finished with rejects",
                 Ok(()) => "ok",
@@ -411,6 +415,116 @@ struct Candidate {
     key: String,
     /// Canonical values of the outgoing fields, in order.
     values: Vec<Value>,
+}
+
+/// One external → CRM backfill of entity `e`: the external table is read in
+/// key order, `--chunk-rows` at a time, and each chunk is handled as a sync
+/// pass handles changed external rows (merged with linked rows, linked by
+/// the CRM link column or `match_on`, or inserted into CRM by its rules).
+/// Each chunk writes CRM first, then the links; its checkpoint follows. A
+/// crash in between is repaired on rerun: the CRM rows it inserted carry
+/// the external key in the link column and are linked, not inserted again.
+async fn to_crm(
+    engine: &Engine,
+    e: &BoundEntity,
+    opts: &BackfillOptions,
+    run: i64,
+    report: &mut BackfillReport,
+) -> Result<(), EngineError> {
+    let started = Instant::now();
+    let direction = opts.direction.as_str();
+    let state = &*engine.state;
+    if opts.restart {
+        state.clear_checkpoint(e.name(), direction).await?;
+    }
+    let mut checkpoint = match state.checkpoint(e.name(), direction).await? {
+        Some(cp) if !cp.finished => {
+            report.resumed = true;
+            report.rows_done_before = cp.rows_done as u64;
+            tracing::info!(
+                "entity {:?}: resuming the interrupted backfill after {} rows",
+                e.name(),
+                cp.rows_done
+            );
+            cp
+        }
+        _ => {
+            // The snapshot starts now, on the external clock: what changes
+            // from here on is the next sync's to carry.
+            let now = engine.external.clock(&e.external_change.ty).await?;
+            let cp = Checkpoint {
+                snapshot_ts: now.minus(e.plan.settle),
+                last_key: None,
+                rows_done: 0,
+                finished: false,
+                insert_only: false,
+            };
+            state.save_checkpoint(e.name(), direction, &cp).await?;
+            cp
+        }
+    };
+    let scan = e.external_scan();
+    let view = super::StateView::Store(state);
+    let chunk = opts.chunk_rows.max(1);
+    let estimate =
+        (e.external_table.row_estimate.max(0) as u64).saturating_sub(report.rows_done_before);
+    let mut progress = Progress::start(&format!("backfill {}", e.name()), estimate);
+    let mut done = super::EntityReport {
+        entity: e.name().to_string(),
+        ..Default::default()
+    };
+    loop {
+        let rows = engine
+            .external
+            .read_page(&scan, checkpoint.last_key.as_ref(), chunk)
+            .await?;
+        let Some(last) = rows.last() else { break };
+        let last = last[0].clone();
+        super::pass::backfill_page(engine, e, &view, run, &scan, &rows, &mut done).await?;
+        checkpoint.last_key = Some(last);
+        checkpoint.rows_done += rows.len() as i64;
+        state
+            .save_checkpoint(e.name(), direction, &checkpoint)
+            .await?;
+        report.chunks += 1;
+        progress.add(rows.len() as u64);
+        if rows.len() < chunk {
+            break;
+        }
+    }
+    progress.finish();
+    // The next sync reads external changes from the snapshot on.
+    let old = state.watermark(e.name(), Side::External).await?;
+    let max_key = checkpoint
+        .last_key
+        .clone()
+        .or_else(|| old.as_ref().map(|m| m.key.clone()))
+        .unwrap_or(Value::Int(0));
+    let mark = later(
+        old.as_ref(),
+        Watermark {
+            ts: checkpoint.snapshot_ts.clone(),
+            key: max_key,
+        },
+    );
+    if Some(&mark) != old.as_ref() {
+        state.set_watermark(e.name(), Side::External, &mark).await?;
+    }
+    report.watermark = Some(format!("{} / {}", mark.ts.display(), mark.key.display()));
+    checkpoint.finished = true;
+    state
+        .save_checkpoint(e.name(), direction, &checkpoint)
+        .await?;
+    report.read = done.read;
+    report.inserted = done.crm_inserted;
+    report.updated = done.crm_updated;
+    report.linked = done.adopted;
+    report.rejected = done.rejected;
+    report.unchanged = done.unchanged;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.rows_per_second = report.read as f64 / report.seconds.max(1e-6);
+    report.peak_rss_bytes = peak_rss_bytes();
+    Ok(())
 }
 
 /// One CRM → external backfill of entity `e`.

@@ -92,6 +92,30 @@ pub(super) async fn run(
     Ok(())
 }
 
+/// One page of an external → CRM backfill: external rows read in key
+/// order, merged with their linked CRM rows, linked by the CRM link column
+/// or `match_on`, or inserted into CRM by its rules, exactly as a sync
+/// pass handles a page of changed external rows.
+pub(super) async fn backfill_page(
+    engine: &Engine,
+    e: &BoundEntity,
+    state: &StateView<'_>,
+    run: i64,
+    scan: &Scan,
+    rows: &[Vec<Value>],
+    report: &mut EntityReport,
+) -> Result<(), EngineError> {
+    let ctx = Ctx {
+        engine,
+        e,
+        state,
+        run,
+        mode: Mode::Apply,
+        source: Side::External,
+    };
+    ctx.page(scan, rows, &HashSet::new(), report).await
+}
+
 /// How often a page is written again after a retryable failure, and the
 /// first wait (doubled each time).
 const RETRIES: u32 = 3;

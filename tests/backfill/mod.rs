@@ -538,12 +538,178 @@ async fn backfill_with_the_state_in_the_crm_database() {
     );
 }
 
+/// Backfill external → CRM: ERP rows go into CRM by its rules (sync user,
+/// dates, the configured defaults, the external key in the link column),
+/// those that match a CRM row by `match_on` are linked instead of copied,
+/// a SIGKILL half-way and a rerun leave exactly one CRM row per ERP row,
+/// and the sync that follows has nothing to do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backfill_external_to_crm_is_not_yet_supported() {
+async fn backfill_external_to_crm_follows_crm_rules_links_matches_and_resumes() {
+    let n: i64 = 3_000;
+    let shared: i64 = 30;
+    let s = setup(0, "crm_wins", true).await;
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let one_way = "direction = \"crm_to_external\"\n";
+    assert!(text.contains(one_way));
+    std::fs::write(
+        &s.config,
+        text.replace(
+            one_way,
+            "direction = \"both\"\ncrm_defaults = { Comp_Type = \"Supplier\" }\n",
+        ),
+    )
+    .unwrap();
+    s.crm
+        .execute(
+            "INSERT INTO company (comp_name, comp_type, comp_status, comp_website, \
+               comp_phonenumber, comp_emailaddress, comp_updateddate, comp_secterr) \
+             SELECT 'Shared ' || i, 'Supplier', 'Active', 'www.shared' || i || '.example.com', \
+               '555 ' || i, 'shared' || i || '@example.com', \
+               localtimestamp(3) - interval '1 hour', -2147483640 \
+             FROM generate_series(1, $1::bigint) i",
+            &[&shared],
+        )
+        .await
+        .expect("shared CRM rows");
+    s.erp
+        .execute(
+            "INSERT INTO erp.supplier (name, status, website, phone, email, updated_at) \
+             SELECT p || i, 'A', 'www.' || lower(p) || i || '.example.com', '555 ' || i, \
+               lower(p) || i || '@example.com', now() - interval '1 hour' \
+             FROM generate_series(1, $1::bigint) i, \
+                  LATERAL (SELECT CASE WHEN i <= $2 THEN 'Shared ' ELSE 'Erp ' END AS p) x",
+            &[&n, &shared],
+        )
+        .await
+        .expect("ERP rows");
+    let args = [
+        "backfill",
+        "--direction",
+        "external_to_crm",
+        "--chunk-rows",
+        "100",
+    ];
+    let report = s.dir.path().join("killed.json");
+    let mut child = crmsync(&s.config, &report, &args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = s
+            .erp
+            .query_opt(
+                "SELECT rows_done FROM crmsync.backfill_checkpoints \
+                 WHERE entity = 'supplier' AND direction = 'external_to_crm'",
+                &[],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        if done >= 500 {
+            child.kill().expect("SIGKILL");
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backfill ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "backfill made no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.wait().unwrap();
+    let (out, rep) = run(&s, "resume", &args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(rep.pointer("/backfill/0/resumed"), Some(&Json::Bool(true)));
+    let before = num(&rep, "/backfill/0/rows_done_before");
+    assert!(before >= 500 && before < n, "resumed from the checkpoint");
+    assert_eq!(
+        num(&rep, "/backfill/0/read"),
+        n - before,
+        "did not start over"
+    );
+
+    // Exactly one CRM row per ERP row; the shared ones linked, not copied.
+    let linked = count(
+        &s.crm,
+        "SELECT count(*) FROM company WHERE comp_supplierid IS NOT NULL",
+    )
+    .await;
+    let distinct = count(
+        &s.crm,
+        "SELECT count(DISTINCT comp_supplierid) FROM company WHERE comp_supplierid IS NOT NULL",
+    )
+    .await;
+    assert_eq!((linked, distinct), (n, n));
+    assert_eq!(
+        count(
+            &s.crm,
+            "SELECT count(*) FROM company WHERE comp_name LIKE 'Shared %'"
+        )
+        .await,
+        shared
+    );
+    assert_eq!(count(&s.erp, "SELECT count(*) FROM crmsync.links").await, n);
+    // Inserted by the CRM's rules.
+    let broken = count(
+        &s.crm,
+        "SELECT count(*) FROM company WHERE comp_name LIKE 'Erp %' AND NOT ( \
+           comp_createdby = 1 AND comp_updatedby = 1 AND comp_createddate IS NOT NULL \
+           AND comp_updateddate IS NOT NULL AND comp_timestamp IS NOT NULL \
+           AND comp_deleted IS NULL AND comp_type = 'Supplier' AND comp_status = 'Active' \
+           AND comp_supplierid IS NOT NULL)",
+    )
+    .await;
+    assert_eq!(broken, 0);
+    assert_eq!(
+        count(
+            &s.crm,
+            "SELECT count(*) FROM company WHERE comp_name LIKE 'Erp %'"
+        )
+        .await,
+        n - shared
+    );
+
+    // The next sync, both ways, has nothing to write.
+    let (out, rep) = run(&s, "sync", &["sync"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for field in [
+        "inserted",
+        "updated",
+        "crm_inserted",
+        "crm_updated",
+        "deleted",
+        "crm_deleted",
+    ] {
+        assert_eq!(
+            num(&rep, &format!("/entities/0/{field}")),
+            0,
+            "{field}: {rep:#}"
+        );
+    }
+}
+
+/// Backfilling an entity in a direction it does not flow is a usage error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_against_the_entitys_direction_is_a_usage_error() {
     let s = setup(1, "crm_wins", false).await;
     let (out, rep) = run(&s, "e2c", &["backfill", "--direction", "external_to_crm"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet supported"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("does not flow external_to_crm"), "{stderr}");
     assert_eq!(num(&rep, "/exit_code"), 2);
 }
 
