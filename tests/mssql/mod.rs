@@ -3,7 +3,7 @@
 //! CRMSYNC_TEST_MSSQL_URL), synced with an ERP on PostgreSQL.
 
 use crate::common::{external_suppliers, output_text, run_binary, SUPPLIER_FIELDS, WORLDWIDE};
-use crmsync::engine::{Engine, EntityReport, Mode};
+use crmsync::engine::{BackfillDirection, BackfillOptions, Engine, EntityReport, Mode};
 use crmsync::value::Value;
 use mssql_standin::StandIn;
 use std::path::PathBuf;
@@ -787,4 +787,80 @@ async fn tls_require_refuses_an_unverified_certificate() {
         "{err}"
     );
     assert!(!err.contains(&env.server.password), "{err}");
+}
+
+/// Backfill external → CRM with the CRM on SQL Server: it writes through
+/// the sync's CRM writes, so every row gets Sage's system columns and an id
+/// from eware_get_identity_id, and the next sync has nothing to do.
+#[tokio::test]
+async fn backfill_external_to_crm_on_sql_server() {
+    let mut env = MsEnv::new(Ids::StoredProcedure).await;
+    env.write_config(
+        50,
+        r#"direction = "both"
+insert_into_crm = true
+secterr = -2147483640"#,
+        "id_strategy = \"stored_procedure\"",
+        "external",
+    );
+    exec(
+        &mut env.crm,
+        "UPDATE dbo.SQL_Identity SET Id_NextId = 7000 WHERE Id_TableId = 5",
+    )
+    .await;
+    env.erp
+        .execute(
+            "INSERT INTO erp.supplier (name, status, kind, updated_at) \
+             SELECT 'Erp ' || i, 'A', 'S', now() - interval '1 hour' \
+             FROM generate_series(1, 250) i",
+            &[],
+        )
+        .await
+        .unwrap();
+    let plan = crmsync::cli::load_plan(&env.config).expect("the test config is valid");
+    let engine = Engine::connect(plan).await.expect("connect");
+    let opts = BackfillOptions {
+        direction: BackfillDirection::ExternalToCrm,
+        restart: false,
+        chunk_rows: 100,
+    };
+    let reports = engine.backfill(None, &opts).await.expect("backfill");
+    assert_eq!(
+        (reports[0].read, reports[0].inserted),
+        (250, 250),
+        "{reports:?}"
+    );
+    assert_eq!(reports[0].chunks, 3);
+    let all = |cond: &str| {
+        format!("SELECT COUNT(*) FROM dbo.Company WHERE Comp_Name LIKE N'Erp %' AND {cond}")
+    };
+    for cond in [
+        "1 = 1".to_string(),
+        "Comp_CreatedBy = 1 AND Comp_UpdatedBy = 1".into(),
+        "Comp_CreatedDate IS NOT NULL AND Comp_UpdatedDate IS NOT NULL AND Comp_TimeStamp IS NOT NULL".into(),
+        format!("Comp_SecTerr = {WORLDWIDE}"),
+        "Comp_Deleted IS NULL AND Comp_Type = N'Supplier'".into(),
+        "comp_supplierid IS NOT NULL".into(),
+        "Comp_CompanyId >= 7000 AND Comp_CompanyId < 7250".into(),
+    ] {
+        assert_eq!(scalar_i64(&mut env.crm, &all(&cond)).await, Some(250), "{cond}");
+    }
+    assert_eq!(
+        scalar_i64(
+            &mut env.crm,
+            "SELECT COUNT(DISTINCT comp_supplierid) FROM dbo.Company"
+        )
+        .await,
+        Some(250)
+    );
+    assert_eq!(
+        scalar_i64(
+            &mut env.crm,
+            "SELECT Id_NextId FROM dbo.SQL_Identity WHERE Id_TableId = 5"
+        )
+        .await,
+        Some(7250)
+    );
+    let again = env.sync().await;
+    assert_eq!(again.changes(), 0, "{again:?}");
 }
