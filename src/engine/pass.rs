@@ -503,11 +503,18 @@ impl Ctx<'_> {
                 _ => unlinked.push(values),
             }
         }
+        let named = match self.source {
+            Side::External => self.crm_rows_naming(&unlinked).await?,
+            Side::Crm => None,
+        };
         for values in unlinked {
             let row = Row { values, scan };
             match self.source {
                 Side::Crm => self.unlinked_crm(&row, &mut w, report).await?,
-                Side::External => self.unlinked_external(&row, &mut w, report).await?,
+                Side::External => {
+                    self.unlinked_external(&row, named.as_ref(), &mut w, report)
+                        .await?
+                }
             }
         }
         if self.mode == Mode::DryRun {
@@ -923,9 +930,52 @@ impl Ctx<'_> {
     /// An unlinked live external row: a CRM row whose link column holds
     /// its key, or exactly one `match_on` match, is linked; otherwise it is
     /// inserted into CRM.
+    /// The live CRM rows whose link column names one of these unlinked
+    /// external rows, by external key: one lookup for a page instead of
+    /// one per row. `None` when there is no link column or just one row.
+    async fn crm_rows_naming(
+        &self,
+        unlinked: &[&Vec<Value>],
+    ) -> Result<Option<HashMap<String, Vec<Vec<Value>>>>, EngineError> {
+        let e = self.e;
+        let Some(lc) = &e.crm_link else {
+            return Ok(None);
+        };
+        if unlinked.len() < 2 {
+            return Ok(None);
+        }
+        let crm_scan = self.other_scan();
+        let Some(pos) = crm_scan.position(&lc.name) else {
+            return Ok(None);
+        };
+        let deleted = e
+            .crm_deleted
+            .as_ref()
+            .and_then(|d| crm_scan.position(&d.name));
+        let keys: Vec<Value> = unlinked
+            .iter()
+            .map(|v| {
+                let ks = v[0].key_string();
+                Value::Text(ks.clone())
+                    .coerce(&lc.ty, None, false)
+                    .unwrap_or(Value::Text(ks))
+            })
+            .collect();
+        let mut named: HashMap<String, Vec<Vec<Value>>> = HashMap::new();
+        for r in self.engine.crm.fetch(&crm_scan, &lc.name, &keys).await? {
+            // Live as `find` means it: the deleted flag is NULL.
+            if deleted.is_some_and(|d| !r[d].is_null()) {
+                continue;
+            }
+            named.entry(r[pos].key_string()).or_default().push(r);
+        }
+        Ok(Some(named))
+    }
+
     async fn unlinked_external(
         &self,
         row: &Row<'_>,
+        named: Option<&HashMap<String, Vec<Vec<Value>>>>,
         w: &mut Writes,
         report: &mut EntityReport,
     ) -> Result<(), EngineError> {
@@ -938,12 +988,17 @@ impl Ctx<'_> {
             .as_ref()
             .map(|d| (d.name.clone(), Value::Null));
         if let Some(lc) = &e.crm_link {
-            let link_value = Value::Text(ks.clone())
-                .coerce(&lc.ty, None, false)
-                .unwrap_or(Value::Text(ks.clone()));
-            let mut conds = vec![(lc.name.clone(), link_value)];
-            conds.extend(live.clone());
-            let found = self.engine.crm.find(&crm_scan, &conds, 2).await?;
+            let found = match named {
+                Some(named) => named.get(&ks).cloned().unwrap_or_default(),
+                None => {
+                    let link_value = Value::Text(ks.clone())
+                        .coerce(&lc.ty, None, false)
+                        .unwrap_or(Value::Text(ks.clone()));
+                    let mut conds = vec![(lc.name.clone(), link_value)];
+                    conds.extend(live.clone());
+                    self.engine.crm.find(&crm_scan, &conds, 2).await?
+                }
+            };
             match found.as_slice() {
                 [one] => {
                     let crm_key = one[0].key_string();
