@@ -417,6 +417,75 @@ struct Candidate {
     values: Vec<Value>,
 }
 
+/// The checkpoint of an interrupted backfill in `opts`' direction, to
+/// resume from (`--restart` forgets it first); `None` to start afresh.
+async fn interrupted(
+    engine: &Engine,
+    e: &BoundEntity,
+    opts: &BackfillOptions,
+    report: &mut BackfillReport,
+) -> Result<Option<Checkpoint>, EngineError> {
+    let state = &*engine.state;
+    let direction = opts.direction.as_str();
+    if opts.restart {
+        state.clear_checkpoint(e.name(), direction).await?;
+    }
+    let cp = state
+        .checkpoint(e.name(), direction)
+        .await?
+        .filter(|cp| !cp.finished);
+    if let Some(cp) = &cp {
+        report.resumed = true;
+        report.rows_done_before = cp.rows_done as u64;
+        tracing::info!(
+            "entity {:?}: resuming the interrupted backfill after {} rows",
+            e.name(),
+            cp.rows_done
+        );
+    }
+    Ok(cp)
+}
+
+/// Ends a backfill: the source side's watermark moves to (snapshot time,
+/// last key) unless it is already later, the checkpoint is marked
+/// finished, and the report gets its watermark and timings.
+async fn finish(
+    engine: &Engine,
+    e: &BoundEntity,
+    source: Side,
+    opts: &BackfillOptions,
+    mut checkpoint: Checkpoint,
+    started: Instant,
+    report: &mut BackfillReport,
+) -> Result<(), EngineError> {
+    let state = &*engine.state;
+    let old = state.watermark(e.name(), source).await?;
+    let max_key = checkpoint
+        .last_key
+        .clone()
+        .or_else(|| old.as_ref().map(|m| m.key.clone()))
+        .unwrap_or(Value::Int(0));
+    let mark = later(
+        old.as_ref(),
+        Watermark {
+            ts: checkpoint.snapshot_ts.clone(),
+            key: max_key,
+        },
+    );
+    if Some(&mark) != old.as_ref() {
+        state.set_watermark(e.name(), source, &mark).await?;
+    }
+    report.watermark = Some(format!("{} / {}", mark.ts.display(), mark.key.display()));
+    checkpoint.finished = true;
+    state
+        .save_checkpoint(e.name(), opts.direction.as_str(), &checkpoint)
+        .await?;
+    report.seconds = started.elapsed().as_secs_f64();
+    report.rows_per_second = report.read as f64 / report.seconds.max(1e-6);
+    report.peak_rss_bytes = peak_rss_bytes();
+    Ok(())
+}
+
 /// One external → CRM backfill of entity `e`: the external table is read in
 /// key order, `--chunk-rows` at a time, and each chunk is handled as a sync
 /// pass handles changed external rows (merged with linked rows, linked by
@@ -434,21 +503,9 @@ async fn to_crm(
     let started = Instant::now();
     let direction = opts.direction.as_str();
     let state = &*engine.state;
-    if opts.restart {
-        state.clear_checkpoint(e.name(), direction).await?;
-    }
-    let mut checkpoint = match state.checkpoint(e.name(), direction).await? {
-        Some(cp) if !cp.finished => {
-            report.resumed = true;
-            report.rows_done_before = cp.rows_done as u64;
-            tracing::info!(
-                "entity {:?}: resuming the interrupted backfill after {} rows",
-                e.name(),
-                cp.rows_done
-            );
-            cp
-        }
-        _ => {
+    let mut checkpoint = match interrupted(engine, e, opts, report).await? {
+        Some(cp) => cp,
+        None => {
             // The snapshot starts now, on the external clock: what changes
             // from here on is the next sync's to carry.
             let now = engine.external.clock(&e.external_change.ty).await?;
@@ -493,38 +550,14 @@ async fn to_crm(
         }
     }
     progress.finish();
-    // The next sync reads external changes from the snapshot on.
-    let old = state.watermark(e.name(), Side::External).await?;
-    let max_key = checkpoint
-        .last_key
-        .clone()
-        .or_else(|| old.as_ref().map(|m| m.key.clone()))
-        .unwrap_or(Value::Int(0));
-    let mark = later(
-        old.as_ref(),
-        Watermark {
-            ts: checkpoint.snapshot_ts.clone(),
-            key: max_key,
-        },
-    );
-    if Some(&mark) != old.as_ref() {
-        state.set_watermark(e.name(), Side::External, &mark).await?;
-    }
-    report.watermark = Some(format!("{} / {}", mark.ts.display(), mark.key.display()));
-    checkpoint.finished = true;
-    state
-        .save_checkpoint(e.name(), direction, &checkpoint)
-        .await?;
     report.read = done.read;
     report.inserted = done.crm_inserted;
     report.updated = done.crm_updated;
     report.linked = done.adopted;
     report.rejected = done.rejected;
     report.unchanged = done.unchanged;
-    report.seconds = started.elapsed().as_secs_f64();
-    report.rows_per_second = report.read as f64 / report.seconds.max(1e-6);
-    report.peak_rss_bytes = peak_rss_bytes();
-    Ok(())
+    // The next sync reads external changes from the snapshot on.
+    finish(engine, e, Side::External, opts, checkpoint, started, report).await
 }
 
 /// One CRM → external backfill of entity `e`.
@@ -547,26 +580,14 @@ async fn to_external(
         .ok_or(BackfillError::NoBulk { side: "external" })?;
     let state = &*engine.state;
     let state_here = engine.plan.state_side == Side::External;
-    if opts.restart {
-        state.clear_checkpoint(e.name(), direction).await?;
-    }
     // Whether links of this entity may exist for rows this run has not
     // written: unknown for a resumed run (another command may have run in
     // between), known for a fresh one. While the run holds the entity's
     // lock, only its own chunks add links, for keys before the next chunk.
     let mut links_before = true;
-    let mut checkpoint = match state.checkpoint(e.name(), direction).await? {
-        Some(cp) if !cp.finished => {
-            report.resumed = true;
-            report.rows_done_before = cp.rows_done as u64;
-            tracing::info!(
-                "entity {:?}: resuming the interrupted backfill after {} rows",
-                e.name(),
-                cp.rows_done
-            );
-            cp
-        }
-        _ => {
+    let mut checkpoint = match interrupted(engine, e, opts, report).await? {
+        Some(cp) => cp,
+        None => {
             // The snapshot starts now: what changes from here on is the
             // next sync's to carry.
             let now = engine.crm.clock(&e.crm_change.ty).await?;
@@ -720,33 +741,11 @@ async fn to_external(
     // Fresh statistics after the bulk load: without them the planner takes
     // the new links table for empty and the next sync scans it whole.
     analyze(engine, e, ext_bulk, crm_bulk, state_here).await?;
-    // The next sync starts where the snapshot began (minus its overlap).
-    let old = state.watermark(e.name(), Side::Crm).await?;
-    let max_key = checkpoint
-        .last_key
-        .clone()
-        .or_else(|| old.as_ref().map(|m| m.key.clone()))
-        .unwrap_or(Value::Int(0));
-    let mark = later(
-        old.as_ref(),
-        Watermark {
-            ts: checkpoint.snapshot_ts.clone(),
-            key: max_key,
-        },
-    );
-    if Some(&mark) != old.as_ref() {
-        state.set_watermark(e.name(), Side::Crm, &mark).await?;
-    }
-    report.watermark = Some(format!("{} / {}", mark.ts.display(), mark.key.display()));
-    checkpoint.finished = true;
-    state
-        .save_checkpoint(e.name(), direction, &checkpoint)
-        .await?;
     report.linked = report.linked_by_link_column + report.linked_by_crm_id + report.linked_by_match;
-    report.seconds = started.elapsed().as_secs_f64();
-    report.rows_per_second = report.read as f64 / report.seconds.max(1e-6);
-    report.peak_rss_bytes = peak_rss_bytes();
-    Ok(())
+    // The next sync starts where the snapshot began (minus its overlap).
+    finish(engine, e, Side::Crm, opts, checkpoint, started, report)
+        .await
+        .map_err(anyhow::Error::from)
 }
 
 /// Refreshes the statistics of the target table and of the links table,
@@ -1109,7 +1108,9 @@ async fn prepare_chunk(
     let mut link_writes: Vec<LinkWrite> = Vec::new();
     let mut candidates: Vec<Candidate> = Vec::new();
     let outgoing: Vec<&BoundField> = cols.fields(e).collect();
-    let mut ready: Vec<Option<RawRow>> = Vec::new();
+    // Raw rows prepared for insertion, by row; rows with a link go on
+    // decoded instead.
+    let mut ready: Vec<Option<RawRow>> = (0..rows.len()).map(|_| None).collect();
     let mut json: Vec<u8> = Vec::new();
     for (i, row) in rows.iter_mut().enumerate() {
         let ks = &keys[i];
@@ -1124,16 +1125,13 @@ async fn prepare_chunk(
                 }
             })
             .map(|(values, _)| values),
+            Some(raw) if linked.is_some() => raw_values(e, cols, &outgoing, raw, i)?,
+            // Decoded whole only if a lookup finds a counterpart.
             Some(raw) => match raw_row(e, cols, &outgoing, raw, i, ks, &mut json)? {
                 Err(why) => Err(FieldProblem::Reject(why)),
                 Ok(r) => {
-                    ready.resize_with(i, || None);
-                    ready.push(Some(r));
-                    match linked {
-                        Some(_) => raw_values(e, cols, &outgoing, raw, i)?,
-                        // Decoded whole only if a lookup finds a counterpart.
-                        None => Ok(Vec::new()),
-                    }
+                    ready[i] = Some(r);
+                    Ok(Vec::new())
                 }
             },
         };

@@ -505,16 +505,13 @@ impl Ctx<'_> {
         }
         let named = match self.source {
             Side::External => self.crm_rows_naming(&unlinked).await?,
-            Side::Crm => None,
+            Side::Crm => HashMap::new(),
         };
         for values in unlinked {
             let row = Row { values, scan };
             match self.source {
                 Side::Crm => self.unlinked_crm(&row, &mut w, report).await?,
-                Side::External => {
-                    self.unlinked_external(&row, named.as_ref(), &mut w, report)
-                        .await?
-                }
+                Side::External => self.unlinked_external(&row, &named, &mut w, report).await?,
             }
         }
         if self.mode == Mode::DryRun {
@@ -931,27 +928,18 @@ impl Ctx<'_> {
     /// its key, or exactly one `match_on` match, is linked; otherwise it is
     /// inserted into CRM.
     /// The live CRM rows whose link column names one of these unlinked
-    /// external rows, by external key: one lookup for a page instead of
-    /// one per row. `None` when there is no link column or just one row.
+    /// external rows, by external key: one lookup for the page, not one
+    /// per row. Empty without a link column.
     async fn crm_rows_naming(
         &self,
         unlinked: &[&Vec<Value>],
-    ) -> Result<Option<HashMap<String, Vec<Vec<Value>>>>, EngineError> {
+    ) -> Result<HashMap<String, Vec<Vec<Value>>>, EngineError> {
         let e = self.e;
-        let Some(lc) = &e.crm_link else {
-            return Ok(None);
+        let mut named: HashMap<String, Vec<Vec<Value>>> = HashMap::new();
+        let Some(lc) = e.crm_link.as_ref().filter(|_| !unlinked.is_empty()) else {
+            return Ok(named);
         };
-        if unlinked.len() < 2 {
-            return Ok(None);
-        }
         let crm_scan = self.other_scan();
-        let Some(pos) = crm_scan.position(&lc.name) else {
-            return Ok(None);
-        };
-        let deleted = e
-            .crm_deleted
-            .as_ref()
-            .and_then(|d| crm_scan.position(&d.name));
         let keys: Vec<Value> = unlinked
             .iter()
             .map(|v| {
@@ -961,21 +949,28 @@ impl Ctx<'_> {
                     .unwrap_or(Value::Text(ks))
             })
             .collect();
-        let mut named: HashMap<String, Vec<Vec<Value>>> = HashMap::new();
         for r in self.engine.crm.fetch(&crm_scan, &lc.name, &keys).await? {
-            // Live as `find` means it: the deleted flag is NULL.
-            if deleted.is_some_and(|d| !r[d].is_null()) {
+            let row = Row {
+                values: &r,
+                scan: &crm_scan,
+            };
+            // Live: the deleted flag is NULL.
+            if e.crm_deleted
+                .as_ref()
+                .is_some_and(|d| !row.get(&d.name).is_null())
+            {
                 continue;
             }
-            named.entry(r[pos].key_string()).or_default().push(r);
+            let named_key = row.get(&lc.name).key_string();
+            named.entry(named_key).or_default().push(r);
         }
-        Ok(Some(named))
+        Ok(named)
     }
 
     async fn unlinked_external(
         &self,
         row: &Row<'_>,
-        named: Option<&HashMap<String, Vec<Vec<Value>>>>,
+        named: &HashMap<String, Vec<Vec<Value>>>,
         w: &mut Writes,
         report: &mut EntityReport,
     ) -> Result<(), EngineError> {
@@ -988,18 +983,8 @@ impl Ctx<'_> {
             .as_ref()
             .map(|d| (d.name.clone(), Value::Null));
         if let Some(lc) = &e.crm_link {
-            let found = match named {
-                Some(named) => named.get(&ks).cloned().unwrap_or_default(),
-                None => {
-                    let link_value = Value::Text(ks.clone())
-                        .coerce(&lc.ty, None, false)
-                        .unwrap_or(Value::Text(ks.clone()));
-                    let mut conds = vec![(lc.name.clone(), link_value)];
-                    conds.extend(live.clone());
-                    self.engine.crm.find(&crm_scan, &conds, 2).await?
-                }
-            };
-            match found.as_slice() {
+            let found: &[Vec<Value>] = named.get(&ks).map_or(&[], Vec::as_slice);
+            match found {
                 [one] => {
                     let crm_key = one[0].key_string();
                     let taken = self.state.links_by_crm(e.name(), std::slice::from_ref(&crm_key)).await?;

@@ -13,7 +13,6 @@ const ERP_SCHEMA: &str = include_str!("../../sql/examples/erp_schema.sql");
 struct Setup {
     crm: Client,
     erp: Client,
-    erp_url: String,
     dir: tempfile::TempDir,
     config: PathBuf,
 }
@@ -130,7 +129,6 @@ transform = "checkbox"
     Setup {
         crm,
         erp,
-        erp_url,
         dir,
         config,
     }
@@ -160,6 +158,45 @@ fn run(s: &Setup, name: &str, args: &[&str]) -> (Output, Json) {
         )
     });
     (out, serde_json::from_str(&text).expect("report json"))
+}
+
+/// Starts crmsync with `args` and SIGKILLs it once the checkpoint of its
+/// backfill in `direction` has committed at least `rows`; returns the rows
+/// the checkpoint held then.
+async fn kill_after(s: &Setup, args: &[&str], direction: &str, rows: i64) -> i64 {
+    let report = s.dir.path().join("killed.json");
+    let mut child = crmsync(&s.config, &report, args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let done = loop {
+        let done = s
+            .erp
+            .query_opt(
+                "SELECT rows_done FROM crmsync.backfill_checkpoints \
+                 WHERE entity = 'supplier' AND direction = $1",
+                &[&direction],
+            )
+            .await
+            .ok()
+            .flatten()
+            .map(|r| r.get::<_, i64>(0))
+            .unwrap_or(0);
+        if done >= rows {
+            child.kill().expect("SIGKILL");
+            break done;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "backfill ended before it could be killed"
+        );
+        assert!(Instant::now() < deadline, "backfill made no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    child.wait().unwrap();
+    done
 }
 
 fn num(j: &Json, path: &str) -> i64 {
@@ -388,37 +425,13 @@ async fn ambiguous_match_on_is_a_reject_not_a_guess() {
 async fn sigkill_during_backfill_then_rerun_resumes_with_exactly_one_copy() {
     let n = 60_000;
     let s = setup(n, "crm_wins", false).await;
-    let report = s.dir.path().join("killed.json");
-    let mut child = crmsync(&s.config, &report, &["backfill", "--chunk-rows", "500"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let erp = connect(&s.erp_url).await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let done_at_kill = loop {
-        let done = erp
-            .query_opt(
-                "SELECT rows_done FROM crmsync.backfill_checkpoints WHERE entity = 'supplier'",
-                &[],
-            )
-            .await
-            .ok()
-            .flatten()
-            .map(|r| r.get::<_, i64>(0))
-            .unwrap_or(0);
-        if done >= 5_000 {
-            child.kill().expect("SIGKILL");
-            break done;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "backfill ended before it could be killed"
-        );
-        assert!(Instant::now() < deadline, "backfill made no progress");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    child.wait().unwrap();
+    let done_at_kill = kill_after(
+        &s,
+        &["backfill", "--chunk-rows", "500"],
+        "crm_to_external",
+        5_000,
+    )
+    .await;
     assert!(done_at_kill < n, "killed mid-run");
     let (out, rep) = run(&s, "resume", &["backfill"]);
     assert_eq!(
@@ -589,38 +602,7 @@ async fn backfill_external_to_crm_follows_crm_rules_links_matches_and_resumes() 
         "--chunk-rows",
         "100",
     ];
-    let report = s.dir.path().join("killed.json");
-    let mut child = crmsync(&s.config, &report, &args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let done = s
-            .erp
-            .query_opt(
-                "SELECT rows_done FROM crmsync.backfill_checkpoints \
-                 WHERE entity = 'supplier' AND direction = 'external_to_crm'",
-                &[],
-            )
-            .await
-            .ok()
-            .flatten()
-            .map(|r| r.get::<_, i64>(0))
-            .unwrap_or(0);
-        if done >= 500 {
-            child.kill().expect("SIGKILL");
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "backfill ended before it could be killed"
-        );
-        assert!(Instant::now() < deadline, "backfill made no progress");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    child.wait().unwrap();
+    kill_after(&s, &args, "external_to_crm", 500).await;
     let (out, rep) = run(&s, "resume", &args);
     assert_eq!(
         out.status.code(),
