@@ -11,13 +11,18 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
 /// The state schema's version; `migrate` brings older schemas up to it.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Where change reading stopped: a `(change time, key)` position.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Watermark {
     pub ts: Value,
     pub key: Value,
+    /// The source's clock when the run that reached this position began
+    /// reading, in the change column's form; every row that had committed
+    /// by then at or before `(ts, key)` has been processed. `None` when
+    /// unknown (a backfill, or a state schema older than 4).
+    pub read_at: Option<Value>,
 }
 
 /// The values last synced for one link, by field (the CRM column name in
@@ -286,7 +291,6 @@ pub trait StateStore: Send + Sync {
 
     async fn close_conflict(&self, id: i64, resolution: &str) -> Result<(), EndpointError>;
 
-    /// Every live link of `entity` as (CRM key, external key).
     /// The id of the positional shadow layout of `fields` (in this order)
     /// for the entity, registered on first use.
     async fn shadow_layout(&self, entity: &str, fields: &[String]) -> Result<i32, EndpointError>;
@@ -294,5 +298,26 @@ pub trait StateStore: Send + Sync {
     /// Whether the entity has any link row, deleted ones included.
     async fn has_links(&self, entity: &str) -> Result<bool, EndpointError>;
 
+    /// Every live link of `entity` as (CRM key, external key).
     async fn live_links(&self, entity: &str) -> Result<Vec<(String, String)>, EndpointError>;
+
+    /// The live links of `entity` whose external key names no row of
+    /// `table` (keyed by `key`), a table in the state store's own
+    /// database, with the number of live links, both read in one snapshot.
+    /// One anti-join in the database, instead of both key sets in memory.
+    async fn links_gone_from(
+        &self,
+        entity: &str,
+        table: &crate::endpoint::TableInfo,
+        key: &str,
+    ) -> Result<GoneLinks, EndpointError>;
+}
+
+/// Live links whose external row is gone, out of `live` live links.
+#[derive(Debug, Default)]
+pub struct GoneLinks {
+    /// (CRM key, external key) of each link whose external row is gone.
+    pub gone: Vec<(String, String)>,
+    /// Live links in all; counted only when some are gone (0 otherwise).
+    pub live: u64,
 }

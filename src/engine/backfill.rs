@@ -470,6 +470,9 @@ async fn finish(
         Watermark {
             ts: checkpoint.snapshot_ts.clone(),
             key: max_key,
+            // Rows may have committed late anywhere during the backfill:
+            // the next sync re-reads the overlap below the snapshot time.
+            read_at: None,
         },
     );
     if Some(&mark) != old.as_ref() {

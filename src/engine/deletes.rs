@@ -7,7 +7,7 @@ use crate::crm::write as crm_write;
 use crate::endpoint::{Update, WriteBatch};
 use crate::plan::{CrmDelete, Side};
 use crate::schema::BoundEntity;
-use crate::state::{LinkBatch, LinkWrite};
+use crate::state::{GoneLinks, LinkBatch, LinkWrite};
 use crate::value::Value;
 use std::collections::{BTreeMap, HashSet};
 
@@ -21,40 +21,29 @@ pub(super) async fn external_hard_deletes(
     if e.plan.delete_into_crm != CrmDelete::Soft {
         return Ok(());
     }
-    let links = state.live_links(e.name()).await?;
-    if links.is_empty() {
+    let GoneLinks { gone, live } = gone_links(engine, e, state).await?;
+    if gone.is_empty() {
         return Ok(());
     }
-    let present: HashSet<String> = engine
-        .external
-        .keys(&e.external_scan())
-        .await?
-        .into_iter()
-        .collect();
-    let missing: Vec<&(String, String)> =
-        links.iter().filter(|(_, x)| !present.contains(x)).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    let ratio = missing.len() as f64 / links.len() as f64;
+    let ratio = gone.len() as f64 / live as f64;
     if ratio > e.plan.max_delete_ratio {
-        report.deletes_refused += missing.len() as u64;
+        report.deletes_refused += gone.len() as u64;
         tracing::warn!(
             "entity {:?}: {} of {} linked external rows are gone ({:.1}%), more than max_delete_ratio \
              ({:.1}%); no delete was carried into CRM",
             e.name(),
-            missing.len(),
-            links.len(),
+            gone.len(),
+            live,
             ratio * 100.0,
             e.plan.max_delete_ratio * 100.0
         );
         return Ok(());
     }
-    let crm_keys: Vec<String> = missing.iter().map(|(c, _)| c.clone()).collect();
+    let crm_keys: Vec<String> = gone.iter().map(|(c, _)| c.clone()).collect();
     let shadows = state.links_by_crm(e.name(), &crm_keys).await?;
     let mut batch = WriteBatch::new(e.crm_table.clone(), e.crm_key.name.clone());
     let mut link_writes = Vec::new();
-    for (crm_key, ext_key) in missing {
+    for (crm_key, ext_key) in &gone {
         let Ok(key) = Value::from_key_string(crm_key, &e.crm_key.ty) else {
             continue;
         };
@@ -97,4 +86,35 @@ pub(super) async fn external_hard_deletes(
         }
     }
     Ok(())
+}
+
+/// The live links whose external row is gone. With the state store in the
+/// external database, one anti-join there; otherwise both key sets are
+/// read and compared here.
+async fn gone_links(
+    engine: &Engine,
+    e: &BoundEntity,
+    state: &StateView<'_>,
+) -> Result<GoneLinks, EngineError> {
+    if engine.plan.state_side == Side::External {
+        return Ok(state
+            .links_gone_from(e.name(), &e.external_table, &e.external_key.name)
+            .await?);
+    }
+    let links = state.live_links(e.name()).await?;
+    if links.is_empty() {
+        return Ok(GoneLinks::default());
+    }
+    let present: HashSet<String> = engine
+        .external
+        .keys(&e.external_scan())
+        .await?
+        .into_iter()
+        .collect();
+    let live = links.len() as u64;
+    let gone = links
+        .into_iter()
+        .filter(|(_, x)| !present.contains(x))
+        .collect();
+    Ok(GoneLinks { gone, live })
 }

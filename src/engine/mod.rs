@@ -381,24 +381,56 @@ impl StateView<'_> {
         let r = self.store().live_links(entity).await;
         self.empty_if_missing(r)
     }
+
+    async fn links_gone_from(
+        &self,
+        entity: &str,
+        table: &crate::endpoint::TableInfo,
+        key: &str,
+    ) -> Result<crate::state::GoneLinks, EndpointError> {
+        let r = self.store().links_gone_from(entity, table, key).await;
+        self.empty_if_missing(r)
+    }
 }
 
-/// The window of one change read: from the watermark minus the overlap to
-/// the source clock minus the settle delay.
+/// The window of one change read, up to the source clock minus the settle
+/// delay, with that clock (the read's start, for the next watermark).
 async fn window(
     ep: &dyn Endpoint,
     scan: &crate::endpoint::Scan,
     mark: Option<&Watermark>,
     settle: std::time::Duration,
     overlap: std::time::Duration,
-) -> Result<(Lower, Value), EndpointError> {
+) -> Result<(Lower, Value, Value), EndpointError> {
     let now = ep.clock(&scan.change_ty).await?;
     let upto = now.minus(settle);
-    let lower = match mark {
-        Some(m) => Lower::From(m.ts.minus(overlap)),
-        None => Lower::Start,
+    Ok((lower_bound(mark, overlap), upto, now))
+}
+
+/// Where a change read starts. A row that commits late was stamped at
+/// most `overlap` before it committed, so after the previous read began
+/// (`read_at`), or else it was read then. The read therefore starts at the
+/// earlier of the watermark and `read_at - overlap`: a table that has been
+/// quiet for longer than the overlap is not read again, however many rows
+/// its last change stamped. Without `read_at` (after a backfill, or from
+/// an older state schema), the overlap is measured from the watermark.
+fn lower_bound(mark: Option<&Watermark>, overlap: std::time::Duration) -> Lower {
+    let Some(m) = mark else {
+        return Lower::Start;
     };
-    Ok((lower, upto))
+    let band = m
+        .read_at
+        .as_ref()
+        .map(|r| r.minus(overlap))
+        .filter(|b| b.cmp_same(&m.ts).is_some());
+    match band {
+        Some(b) if b.cmp_same(&m.ts) == Some(std::cmp::Ordering::Greater) => Lower::After {
+            ts: m.ts.clone(),
+            key: m.key.clone(),
+        },
+        Some(b) => Lower::From(b),
+        None => Lower::From(m.ts.minus(overlap)),
+    }
 }
 
 /// The later of two watermarks (a re-read of the overlap never moves a
@@ -437,6 +469,7 @@ mod tests {
                     .unwrap(),
             ),
             key: Value::Int(key),
+            read_at: None,
         }
     }
 
@@ -446,5 +479,60 @@ mod tests {
         assert_eq!(later(Some(&wm(5, 1)), wm(5, 2)), wm(5, 2));
         assert_eq!(later(Some(&wm(5, 3)), wm(5, 2)), wm(5, 3));
         assert_eq!(later(None, wm(1, 1)), wm(1, 1));
+    }
+
+    fn at(sec: u32) -> Value {
+        wm(sec, 0).ts
+    }
+
+    fn lower_ts(l: &Lower) -> (&'static str, Value) {
+        match l {
+            Lower::Start => ("start", Value::Null),
+            Lower::From(ts) => ("from", ts.clone()),
+            Lower::After { ts, .. } => ("after", ts.clone()),
+        }
+    }
+
+    #[test]
+    fn the_overlap_is_measured_back_from_the_previous_read() {
+        let overlap = std::time::Duration::from_secs(10);
+        assert!(matches!(lower_bound(None, overlap), Lower::Start));
+        // Unknown read time: back from the watermark.
+        assert_eq!(
+            lower_ts(&lower_bound(Some(&wm(30, 1)), overlap)),
+            ("from", at(20))
+        );
+        // The previous read began 5 s after the last change: the overlap
+        // reaches below the watermark, to 10 s before that read.
+        let recent = Watermark {
+            read_at: Some(at(35)),
+            ..wm(30, 1)
+        };
+        assert_eq!(
+            lower_ts(&lower_bound(Some(&recent), overlap)),
+            ("from", at(25))
+        );
+        // Quiet for longer than the overlap: strictly after the watermark,
+        // so the rows of the last change are not read again.
+        let quiet = Watermark {
+            read_at: Some(at(50)),
+            ..wm(30, 7)
+        };
+        match lower_bound(Some(&quiet), overlap) {
+            Lower::After { ts, key } => {
+                assert_eq!(ts, at(30));
+                assert_eq!(key, Value::Int(7));
+            }
+            other => panic!("expected After, got {other:?}"),
+        }
+        // Exactly the overlap: still inclusive of the watermark's time.
+        let edge = Watermark {
+            read_at: Some(at(40)),
+            ..wm(30, 7)
+        };
+        assert_eq!(
+            lower_ts(&lower_bound(Some(&edge), overlap)),
+            ("from", at(30))
+        );
     }
 }

@@ -57,7 +57,8 @@ pub(super) async fn run(
         ctx.page(&scan, &rows, &retried, report).await?;
     }
     let mark = state.watermark(e.name(), source).await?;
-    let (mut lower, upto) = window(ep, &scan, mark.as_ref(), e.plan.settle, e.plan.overlap).await?;
+    let (mut lower, upto, read_at) =
+        window(ep, &scan, mark.as_ref(), e.plan.settle, e.plan.overlap).await?;
     let mut current = mark.clone();
     loop {
         let rows = ep
@@ -68,6 +69,7 @@ pub(super) async fn run(
         let next = Watermark {
             ts: last[1].clone(),
             key: last[0].clone(),
+            read_at: Some(read_at.clone()),
         };
         ctx.page(&scan, &rows, &HashSet::new(), report).await?;
         let advanced = later(current.as_ref(), next.clone());
@@ -85,6 +87,17 @@ pub(super) async fn run(
         if n < e.plan.batch_size {
             break;
         }
+    }
+    // Every row of the window has been processed: the position holds for
+    // what had committed when this read began, even if no row moved it (a
+    // re-read page below the old watermark keeps the old read time until
+    // then).
+    if let Some(mut done) = current.clone() {
+        done.read_at = Some(read_at);
+        if state.writes() && Some(&done) != current.as_ref() {
+            state.store().set_watermark(e.name(), source, &done).await?;
+        }
+        current = Some(done);
     }
     if source == Side::Crm {
         report.watermark = current.map(|m| format!("{} / {}", m.ts.display(), m.key.display()));
@@ -226,6 +239,21 @@ impl Ctx<'_> {
         }
     }
 
+    /// Whether `row`, read from outside, is the echo of what was last
+    /// synced: equal to its live link's shadow in every field. An echo has
+    /// nothing to give, so it is not merged and its CRM row is not
+    /// fetched; what changed in CRM since, the CRM pass reads by CRM's own
+    /// change column. (A CRM row is always merged: that is where a link
+    /// column left empty by a crash gets repaired.)
+    fn is_echo(&self, row: &Row<'_>, link: &Link) -> bool {
+        self.source == Side::External
+            && !link.deleted
+            && self.e.fields.iter().all(|f| {
+                link.shadow.get(&f.name)
+                    == Some(&external_to_canonical(f, row.get(&f.external.name)))
+            })
+    }
+
     /// Whether any field can flow from `side` (so its rows must be read to
     /// merge).
     fn flows_from(&self, side: Side) -> bool {
@@ -327,12 +355,25 @@ impl Ctx<'_> {
             Side::Crm => &e.crm_key.ty,
             Side::External => &e.external_key.ty,
         };
+        let echoes: HashSet<&str> = rows
+            .iter()
+            .filter_map(|values| {
+                let row = Row { values, scan };
+                let l = links.get(&values[0].key_string())?;
+                self.is_echo(&row, l).then_some(l.crm_key.as_str())
+            })
+            .collect();
         // Counterparts of linked rows: to merge with, and to notice a row
         // that vanished on the other side.
         let mut counterparts: HashMap<String, Vec<Value>> = HashMap::new();
-        if links.values().any(|l| !l.deleted) {
+        let merged = || {
+            links
+                .values()
+                .filter(|l| !l.deleted && !echoes.contains(l.crm_key.as_str()))
+        };
+        if merged().next().is_some() {
             let mut wanted = Vec::new();
-            for l in links.values().filter(|l| !l.deleted) {
+            for l in merged() {
                 let k = match other_side {
                     Side::Crm => &l.crm_key,
                     Side::External => &l.external_key,
@@ -395,6 +436,9 @@ impl Ctx<'_> {
                 continue;
             }
             match link {
+                Some(l) if echoes.contains(l.crm_key.as_str()) => {
+                    report.unchanged += 1;
+                }
                 Some(l) if !l.deleted => {
                     let other_key = match other_side {
                         Side::Crm => &l.crm_key,

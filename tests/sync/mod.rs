@@ -57,10 +57,11 @@ async fn second_sync_without_changes_writes_nothing() {
         ..Opts::default()
     })
     .await;
+    // Stamped a minute ago: within the overlap of the next read.
     insert_companies(
         &env.crm,
         500,
-        "timestamp '2026-01-01 11:00:00' + (i / 10) * interval '7 ms'",
+        "localtimestamp(3) - interval '1 minute' + (i / 10) * interval '7 ms'",
         "Supplier",
     )
     .await;
@@ -108,27 +109,75 @@ async fn second_sync_without_changes_writes_nothing() {
     assert_eq!(links_before, links_after, "links were rewritten");
 }
 
+/// The overlap is measured back from when the previous run began reading,
+/// not from the last change: rows stamped long before are not read again,
+/// however many share the last change's time, and a new change still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_table_is_not_read_again() {
+    let env = Env::new(Opts {
+        batch_size: 50,
+        ..Opts::default()
+    })
+    .await;
+    insert_companies(
+        &env.crm,
+        300,
+        "timestamp '2026-01-01 11:00:00' + (i / 100) * interval '1 s'",
+        "Supplier",
+    )
+    .await;
+    assert_eq!(env.sync().await.inserted, 300);
+    let second = env.sync().await;
+    assert_eq!((second.read, second.changes()), (0, 0), "{second:?}");
+    env.crm
+        .execute(
+            "UPDATE company SET comp_name = 'Renamed', comp_updateddate = localtimestamp(3) \
+             WHERE comp_name = 'Company 7'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let third = env.sync().await;
+    assert_eq!((third.read, third.updated), (1, 1), "{third:?}");
+    // The new change is within the overlap of the next read: read again,
+    // written no more.
+    let fourth = env.sync().await;
+    assert_eq!((fourth.read, fourth.changes()), (1, 0), "{fourth:?}");
+}
+
 /// A transaction stamps rows with a time below what the first run reads
 /// past, and commits only after that run: the next run, re-reading the
 /// overlap, picks both the insert and the update up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_commit_below_the_watermark_is_picked_up_by_the_next_run() {
     let env = Env::new(Opts::default()).await;
+    // 200 rows a second apart up to 10 s ago; the late rows are stamped a
+    // minute before the first run reads past them, and commit after it.
+    let start: chrono::NaiveDateTime = env
+        .crm
+        .query_one(
+            "SELECT date_trunc('second', localtimestamp) - interval '210 s'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     insert_companies(
         &env.crm,
         200,
-        "timestamp '2026-01-01 11:00:00' + i * interval '1 s'",
+        &format!("timestamp '{start}' + i * interval '1 s'"),
         "Supplier",
     )
     .await;
+    let stamp = start + chrono::Duration::seconds(60);
     let late = crate::common::connect(&env.crm_url).await;
     late.batch_execute(&format!(
         "BEGIN;
          INSERT INTO company (comp_name, comp_type, comp_status, comp_createddate,
              comp_updateddate, comp_timestamp, comp_secterr)
-         VALUES ('Late Supplier', 'Supplier', 'Active', timestamp '2026-01-01 11:01:00',
-             timestamp '2026-01-01 11:01:00', timestamp '2026-01-01 11:01:00', {WORLDWIDE});
-         UPDATE company SET comp_name = 'Renamed Late', comp_updateddate = timestamp '2026-01-01 11:01:00'
+         VALUES ('Late Supplier', 'Supplier', 'Active', timestamp '{stamp}',
+             timestamp '{stamp}', timestamp '{stamp}', {WORLDWIDE});
+         UPDATE company SET comp_name = 'Renamed Late', comp_updateddate = timestamp '{stamp}'
           WHERE comp_name = 'Company 10';"
     ))
     .await
@@ -140,9 +189,10 @@ async fn late_commit_below_the_watermark_is_picked_up_by_the_next_run() {
         .watermark
         .clone()
         .expect("a watermark after reading rows");
+    let last = (start + chrono::Duration::seconds(200)).to_string();
     assert!(
-        mark.starts_with("2026-01-01 11:03:20"),
-        "the first run read past the late rows' stamp: {mark}"
+        mark.starts_with(&last),
+        "the first run read past the late rows' stamp: {mark}, expected {last}"
     );
     let late_rows: i64 = env
         .erp
@@ -525,6 +575,7 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
                  USING pg_temp.tagged(shadow::jsonb);
                ALTER TABLE crmsync.backfill_checkpoints DROP COLUMN insert_only;
                DROP TABLE crmsync.shadow_layouts;
+               ALTER TABLE crmsync.watermarks DROP COLUMN read_at;
                UPDATE crmsync.schema_version SET version = 2;"#,
         )
         .await
@@ -551,12 +602,12 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
         .await
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
-    assert_eq!((version, ty.as_str()), (3, "text"));
+    assert_eq!((version, ty.as_str()), (4, "text"));
 
     env.crm
         .execute(
-            "UPDATE company SET comp_name = 'Renamed', comp_updateddate = comp_updateddate + \
-             interval '1 s' WHERE comp_companyid = (SELECT min(comp_companyid) FROM company)",
+            "UPDATE company SET comp_name = 'Renamed', comp_updateddate = localtimestamp(3) \
+             WHERE comp_companyid = (SELECT min(comp_companyid) FROM company)",
             &[],
         )
         .await

@@ -21,6 +21,8 @@ pub struct TwoWay {
     pub entity_extra: &'static str,
     /// The email field's on_truncate, if mapped.
     pub email: Option<&'static str>,
+    /// `[state] side`.
+    pub state_side: &'static str,
 }
 
 impl Default for TwoWay {
@@ -31,6 +33,7 @@ impl Default for TwoWay {
             max_delete_ratio: 0.10,
             entity_extra: "",
             email: None,
+            state_side: "external",
         }
     }
 }
@@ -61,7 +64,7 @@ url = "{erp}"
 timezone = "UTC"
 
 [state]
-side = "external"
+side = "{state_side}"
 
 [defaults]
 batch_size = 50
@@ -112,6 +115,7 @@ transform = "checkbox"
         ratio = t.max_delete_ratio,
         conflict = t.conflict,
         extra = t.entity_extra,
+        state_side = t.state_side,
     );
     std::fs::write(&env.config, text).unwrap();
 }
@@ -399,9 +403,25 @@ async fn deleting_half_the_external_table_is_refused_by_the_ratio_guard() {
     assert_eq!(pairs.len(), 50);
 }
 
+/// With the state store in the external database the gone rows are found
+/// by one anti-join there; with it on the CRM side, by comparing both key
+/// sets in memory.
 #[tokio::test]
 async fn deleting_two_percent_is_applied_as_crm_soft_deletes() {
-    let env = two_way_env(&TwoWay::default()).await;
+    two_percent_deleted("external").await;
+}
+
+#[tokio::test]
+async fn deleting_two_percent_is_applied_with_the_state_store_in_crm() {
+    two_percent_deleted("crm").await;
+}
+
+async fn two_percent_deleted(state_side: &'static str) {
+    let env = two_way_env(&TwoWay {
+        state_side,
+        ..TwoWay::default()
+    })
+    .await;
     let pairs = linked_pairs(&env, 50).await;
     let (gone_crm, gone_ext) = pairs[7];
     env.erp

@@ -6,8 +6,9 @@ use super::{quote, PgEndpoint};
 use crate::endpoint::EndpointError;
 use crate::plan::Side;
 use crate::state::{
-    Checkpoint, ConflictInfo, ConflictRecord, EntityCounts, KeyRef, Link, LinkBatch, LockGuard,
-    RejectInfo, RunInfo, Shadow, StateStore, Status, Watermark, WatermarkInfo, SCHEMA_VERSION,
+    Checkpoint, ConflictInfo, ConflictRecord, EntityCounts, GoneLinks, KeyRef, Link, LinkBatch,
+    LockGuard, RejectInfo, RunInfo, Shadow, StateStore, Status, Watermark, WatermarkInfo,
+    SCHEMA_VERSION,
 };
 use crate::value::Value;
 use async_trait::async_trait;
@@ -108,6 +109,11 @@ CREATE TABLE {s}.shadow_layouts (
     PRIMARY KEY (entity, layout),
     UNIQUE (entity, fields)
 );
+"#,
+    // The source clock at which a watermark's run began reading: the
+    // overlap is measured back from it, not from the last change.
+    r#"
+ALTER TABLE {s}.watermarks ADD COLUMN read_at jsonb;
 "#,
 ];
 
@@ -492,7 +498,7 @@ impl StateStore for PgEndpoint {
         let row = conn
             .query_opt(
                 &format!(
-                    "SELECT ts, key FROM {}.watermarks WHERE entity = $1 AND side = $2",
+                    "SELECT ts, key, read_at FROM {}.watermarks WHERE entity = $1 AND side = $2",
                     self.s()
                 ),
                 &[&entity, &side.as_str()],
@@ -504,6 +510,10 @@ impl StateStore for PgEndpoint {
             Some(r) => Ok(Some(Watermark {
                 ts: from_json(r.get(0))?,
                 key: from_json(r.get(1))?,
+                read_at: r
+                    .get::<_, Option<serde_json::Value>>(2)
+                    .map(from_json)
+                    .transpose()?,
             })),
         }
     }
@@ -517,9 +527,10 @@ impl StateStore for PgEndpoint {
         let conn = self.conn().await?;
         conn.execute(
             &format!(
-                "INSERT INTO {}.watermarks (entity, side, ts, key) VALUES ($1, $2, $3, $4) \
+                "INSERT INTO {}.watermarks (entity, side, ts, key, read_at) \
+                 VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (entity, side) DO UPDATE SET ts = excluded.ts, key = excluded.key, \
-                 updated_at = now()",
+                 read_at = excluded.read_at, updated_at = now()",
                 self.s()
             ),
             &[
@@ -527,6 +538,7 @@ impl StateStore for PgEndpoint {
                 &side.as_str(),
                 &to_json(&mark.ts),
                 &to_json(&mark.key),
+                &mark.read_at.as_ref().map(to_json),
             ],
         )
         .await
@@ -876,6 +888,60 @@ impl StateStore for PgEndpoint {
             .await
             .map_err(|e| self.state_error("reading links", e))?;
         Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn links_gone_from(
+        &self,
+        entity: &str,
+        table: &crate::endpoint::TableInfo,
+        key: &str,
+    ) -> Result<GoneLinks, EndpointError> {
+        // Keys compare as text, the form links store. A hash anti-join
+        // reads each side once; a merge join would sort the whole table's
+        // keys by their text first, twice as slow at a million rows.
+        let gone_sql = format!(
+            "SELECT l.crm_key, l.external_key FROM {s}.links l \
+             WHERE l.entity = $1 AND NOT l.deleted \
+               AND NOT EXISTS (SELECT 1 FROM {t} x WHERE x.{k}::text = l.external_key)",
+            s = self.s(),
+            t = super::qualified(table),
+            k = quote(key),
+        );
+        let count_sql = format!(
+            "SELECT count(*) FROM {}.links WHERE entity = $1 AND NOT deleted",
+            self.s()
+        );
+        let mut conn = self.conn().await?;
+        let fail = |e| self.state_error("looking for links whose external row is gone", e);
+        let tx = conn
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(fail)?;
+        tx.batch_execute("SET LOCAL enable_mergejoin = off")
+            .await
+            .map_err(fail)?;
+        let gone: Vec<(String, String)> = tx
+            .query(&gone_sql, &[&entity])
+            .await
+            .map_err(fail)?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let live = if gone.is_empty() {
+            0
+        } else {
+            let n: i64 = tx
+                .query_one(&count_sql, &[&entity])
+                .await
+                .map_err(fail)?
+                .get(0);
+            n as u64
+        };
+        tx.commit().await.map_err(fail)?;
+        Ok(GoneLinks { gone, live })
     }
 
     async fn checkpoint(
