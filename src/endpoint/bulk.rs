@@ -1,6 +1,7 @@
 //! The bulk side of an endpoint, used by `backfill`: a streaming keyset
-//! read of a whole table and a chunk write that commits data, links and the
-//! backfill checkpoint together.
+//! read of a whole table ([`BulkSource`], all a backfill asks of its
+//! source) and a chunk write that commits data, links and the backfill
+//! checkpoint together ([`Bulk`], PostgreSQL's COPY).
 
 use super::{Result, Scan, TableInfo, Update};
 use crate::state::{Checkpoint, LinkBatch};
@@ -147,28 +148,22 @@ pub struct ChunkWrite {
     pub checkpoint: Option<CheckpointWrite>,
 }
 
-/// Contract:
-/// - `stream` returns at once; a reader task sends chunks in key order
-///   and stops at the end of the table, at the first error (sent as the
-///   last item), or when the receiver is dropped.
-/// - `write_chunk` commits all of a chunk or nothing, and returns the keys
-///   of the inserted rows in insert order. Several may run at once, each
-///   on its own connection; when `turn` is given, the chunk writes its
-///   checkpoint and commits only after `turn` resolves (the previous
-///   chunk committed), and rolls back if it fails, so that checkpoints
-///   commit in chunk order.
+/// The reading half: what a backfill asks of the database it copies from.
+///
+/// `stream` returns at once; a reader task sends chunks in key order and
+/// stops at the end of the table, at the first error (sent as the last
+/// item), or when the receiver is dropped.
 #[async_trait]
-pub trait Bulk: Send + Sync {
+pub trait BulkSource: Send + Sync {
     fn stream(&self, req: StreamRequest) -> mpsc::Receiver<Result<Rows>>;
-
-    /// `stream` in raw form.
-    fn stream_raw(&self, req: StreamRequest) -> mpsc::Receiver<Result<RawRows>>;
 
     /// The kind of database: raw cells move only between the same kind.
     fn kind(&self) -> &'static str;
 
     /// Tuples of `columns` (values of the first given in `first`) that
-    /// occur more than once among the live rows of `scan`.
+    /// occur more than once among the live rows of `scan`, the values
+    /// compared exactly (as crmsync compares them, whatever the
+    /// database's collation).
     async fn duplicates(
         &self,
         scan: &Scan,
@@ -176,6 +171,20 @@ pub trait Bulk: Send + Sync {
         first: &[Value],
         deleted: Option<&str>,
     ) -> Result<Vec<Vec<Value>>>;
+}
+
+/// The whole of bulk, reading raw and writing.
+///
+/// `write_chunk` commits all of a chunk or nothing, and returns the keys
+/// of the inserted rows in insert order. Several may run at once, each on
+/// its own connection; when `turn` is given, the chunk writes its
+/// checkpoint and commits only after `turn` resolves (the previous chunk
+/// committed), and rolls back if it fails, so that checkpoints commit in
+/// chunk order.
+#[async_trait]
+pub trait Bulk: BulkSource {
+    /// `stream` in raw form.
+    fn stream_raw(&self, req: StreamRequest) -> mpsc::Receiver<Result<RawRows>>;
 
     async fn write_chunk(&self, chunk: &ChunkWrite, turn: Option<Turn>) -> Result<Vec<Value>>;
 

@@ -324,6 +324,9 @@ pub trait Endpoint: Send + Sync {
     fn bulk(&self) -> Option<&dyn bulk::Bulk> {
         None
     }
+
+    /// What a backfill reads its source through.
+    fn bulk_source(&self) -> Option<&dyn bulk::BulkSource>;
 }
 
 #[cfg(test)]

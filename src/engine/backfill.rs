@@ -17,8 +17,8 @@
 use super::mapping::{crm_to_canonical, external_to_canonical, map_crm_values, FieldProblem};
 use super::{later, Engine, EngineError};
 use crate::endpoint::bulk::{
-    Bulk, Cell, CheckpointWrite, ChunkWrite, FreshLink, FreshLinks, RawInserts, RawRows, Rows,
-    StreamRequest, Turn,
+    Bulk, BulkSource, Cell, CheckpointWrite, ChunkWrite, FreshLink, FreshLinks, RawInserts,
+    RawRows, Rows, StreamRequest, Turn,
 };
 use crate::endpoint::{Assign, EndpointError, Scan, Update};
 use crate::plan::{ConflictPolicy, Side, Transform};
@@ -74,7 +74,10 @@ pub enum BackfillError {
         direction: &'static str,
         actual: String,
     },
-    #[error("the {side} database has no bulk interface in this build; backfill needs PostgreSQL")]
+    #[error(
+        "a CRM -> external backfill writes with PostgreSQL's COPY, and the {side} database is \
+         not PostgreSQL; run sync instead, which copies the rows batch by batch"
+    )]
     NoBulk { side: &'static str },
 }
 
@@ -573,9 +576,9 @@ async fn to_external(
 ) -> Result<(), anyhow::Error> {
     let started = Instant::now();
     let direction = opts.direction.as_str();
-    let crm_bulk: &dyn Bulk = engine
+    let crm_bulk: &dyn BulkSource = engine
         .crm
-        .bulk()
+        .bulk_source()
         .ok_or(BackfillError::NoBulk { side: "CRM" })?;
     let ext_bulk: &dyn Bulk = engine
         .external
@@ -637,7 +640,11 @@ async fn to_external(
     // they are, without decoding them, into rows that are new to the
     // target: every row of an insert-only backfill, and those a lookup
     // finds no counterpart for when the links commit with the data.
-    let raw = state_here && e.plan.insert_into_external && crm_bulk.kind() == ext_bulk.kind();
+    let crm_raw = engine
+        .crm
+        .bulk()
+        .filter(|b| state_here && e.plan.insert_into_external && b.kind() == ext_bulk.kind());
+    let raw = crm_raw.is_some();
     if raw {
         let same_zone = e.to_external.from == e.to_external.to;
         for o in &mut cols.outgoing {
@@ -649,10 +656,9 @@ async fn to_external(
         }
     }
     let cols = cols;
-    let mut rx = if raw {
-        Source::Raw(crm_bulk.stream_raw(req))
-    } else {
-        Source::Values(crm_bulk.stream(req))
+    let mut rx = match crm_raw {
+        Some(b) => Source::Raw(b.stream_raw(req)),
+        None => Source::Values(crm_bulk.stream(req)),
     };
     let estimate = (e.crm_table.row_estimate.max(0) as u64).saturating_sub(report.rows_done_before);
     let mut progress = Progress::start(&format!("backfill {}", e.name()), estimate);
@@ -743,7 +749,7 @@ async fn to_external(
     progress.finish();
     // Fresh statistics after the bulk load: without them the planner takes
     // the new links table for empty and the next sync scans it whole.
-    analyze(engine, e, ext_bulk, crm_bulk, state_here).await?;
+    analyze(engine, e, ext_bulk, state_here).await?;
     report.linked = report.linked_by_link_column + report.linked_by_crm_id + report.linked_by_match;
     // The next sync starts where the snapshot began (minus its overlap).
     finish(engine, e, Side::Crm, opts, checkpoint, started, report)
@@ -757,11 +763,15 @@ async fn analyze(
     engine: &Engine,
     e: &BoundEntity,
     ext_bulk: &dyn Bulk,
-    crm_bulk: &dyn Bulk,
     state_here: bool,
 ) -> Result<(), EndpointError> {
     let schema = engine.plan.state_schema.as_str();
-    let links_side = if state_here { ext_bulk } else { crm_bulk };
+    // The state store is on PostgreSQL, so it has the bulk interface.
+    let links_side = if state_here {
+        Some(ext_bulk)
+    } else {
+        engine.crm.bulk()
+    };
     // The columns the sync and the backfill's lookups search by.
     let mut cols: Vec<String> = [Some(&e.external_key), e.external_crm_id.as_ref()]
         .into_iter()
@@ -777,9 +787,15 @@ async fn analyze(
             }
         }
     }
+    let links = async {
+        match links_side {
+            Some(b) => b.analyze(None, Some(schema)).await,
+            None => Ok(()),
+        }
+    };
     tokio::try_join!(
         ext_bulk.analyze(Some((&e.external_table, &cols)), None),
-        links_side.analyze(None, Some(schema)),
+        links,
     )?;
     Ok(())
 }
@@ -1078,7 +1094,7 @@ async fn prepare_chunk(
     cols: &CrmColumns,
     ext_scan: &Scan,
     shape: &InsertShape,
-    crm_bulk: &dyn Bulk,
+    crm_bulk: &dyn BulkSource,
     deleted: Option<&str>,
     chunk: Chunk,
     links_before: bool,
@@ -1570,7 +1586,7 @@ async fn match_rows(
     e: &BoundEntity,
     cols: &CrmColumns,
     ext_scan: &Scan,
-    crm_bulk: &dyn Bulk,
+    crm_bulk: &dyn BulkSource,
     deleted: Option<&str>,
     rows: &Rows,
     rest: Vec<Candidate>,

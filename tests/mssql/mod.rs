@@ -864,3 +864,114 @@ secterr = -2147483640"#,
     let again = env.sync().await;
     assert_eq!(again.changes(), 0, "{again:?}");
 }
+
+/// The production case: Sage CRM on SQL Server copied out by `backfill`
+/// into an ERP on PostgreSQL. Deleted CRM rows stay behind, an external
+/// row with the same name is linked rather than copied, two CRM rows that
+/// differ only in case are told apart (crmsync matches exactly, whatever
+/// the collation), and the sync that follows, re-reading every row in its
+/// overlap, finds the shadows equal to what it reads: nothing to do.
+#[tokio::test]
+async fn backfill_crm_to_external_from_sql_server() {
+    let mut env = MsEnv::new(Ids::Identity).await;
+    env.write_config(
+        50,
+        r#"direction = "crm_to_external"
+match_on = [{ crm = "Comp_Name", external = "name" }]"#,
+        "",
+        "external",
+    );
+    // Stamped in the last minutes, with datetime's odd milliseconds.
+    let now = chrono::Utc::now().naive_utc();
+    let rows: Vec<(String, String)> = (0..1_200)
+        .map(|i| {
+            let at = now - chrono::Duration::milliseconds(150 * i64::from(i) + 3);
+            let ms = [".003", ".007", ".857"][i as usize % 3];
+            (
+                format!("Company {i}"),
+                format!("{}{ms}", at.format("%Y-%m-%d %H:%M:%S")),
+            )
+        })
+        .chain([
+            ("Acme".to_string(), "2024-05-01 08:00:00.003".to_string()),
+            ("ACME".to_string(), "2024-05-01 08:00:00.007".to_string()),
+        ])
+        .collect();
+    env.insert_companies(&rows).await;
+    exec(
+        &mut env.crm,
+        "UPDATE dbo.Company SET Comp_Deleted = 1 WHERE Comp_Name IN (N'Company 3', N'Company 4')",
+    )
+    .await;
+    let existing = |name: &str| {
+        format!("INSERT INTO erp.supplier (name, status, kind) VALUES ('{name}', 'A', 'S')")
+    };
+    env.erp.execute(&existing("Company 7"), &[]).await.unwrap();
+    env.erp.execute(&existing("Acme"), &[]).await.unwrap();
+
+    let plan = crmsync::cli::load_plan(&env.config).expect("the test config is valid");
+    let engine = Engine::connect(plan).await.expect("connect");
+    let opts = BackfillOptions {
+        direction: BackfillDirection::CrmToExternal,
+        restart: false,
+        chunk_rows: 100,
+    };
+    let reports = engine.backfill(None, &opts).await.expect("backfill");
+    let r = &reports[0];
+    assert_eq!(
+        (r.read, r.linked_by_match, r.inserted, r.rejected),
+        (1_200, 2, 1_198, 0),
+        "{r:?}"
+    );
+    assert!(!r.insert_only, "the ERP table was not empty");
+    let count = |sql: &'static str| {
+        let erp = &env.erp;
+        async move { erp.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM erp.supplier").await, 1_200);
+    assert_eq!(
+        count("SELECT count(DISTINCT crm_company_id) FROM erp.supplier").await,
+        1_198,
+        "every copied row carries its CRM id"
+    );
+    assert_eq!(
+        count("SELECT count(DISTINCT external_key) FROM crmsync.links").await,
+        1_200,
+        "every row is linked"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM erp.supplier WHERE name IN ('Company 3', 'Company 4')").await,
+        0,
+        "deleted CRM rows are not copied"
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM erp.supplier WHERE name IN ('Acme', 'ACME')").await,
+        2,
+        "'ACME' is not 'Acme': one linked, one copied"
+    );
+    let linked_acme: i64 = scalar_i64(
+        &mut env.crm,
+        // 'Acme' went in first: the lower id, whatever the collation.
+        "SELECT MIN(Comp_CompanyId) FROM dbo.Company WHERE Comp_Name = N'Acme'",
+    )
+    .await
+    .unwrap();
+    let acme_link: String = env
+        .erp
+        .query_one(
+            "SELECT l.crm_key FROM crmsync.links l JOIN erp.supplier s \
+               ON s.supplier_id::text = l.external_key WHERE s.name = 'Acme'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(acme_link, linked_acme.to_string());
+
+    let again = env.sync().await;
+    assert!(
+        again.read >= 1_000,
+        "the sync re-read the overlap: {again:?}"
+    );
+    assert_eq!(again.changes(), 0, "{again:?}");
+}

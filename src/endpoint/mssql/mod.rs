@@ -13,6 +13,7 @@
 //! and for the errors whose first sentence itself quotes a value (245, 220,
 //! 8115) a fixed text instead. The number is enough to look the rest up.
 
+mod bulk;
 pub mod types;
 
 use super::{
@@ -311,26 +312,14 @@ impl MssqlEndpoint {
     }
 
     fn query_error(&self, what: impl Into<String>, e: tiberius::error::Error) -> EndpointError {
-        let code = server_code(&e);
-        EndpointError::Query {
-            side: self.side,
-            what: what.into(),
-            retryable: is_retryable(&e),
-            missing_object: matches!(code, Some(208 | 207)),
-            refused_row: code.is_some_and(|c| REFUSED_ROW.contains(&c)),
-            source: Box::new(DbFailure::from(&e)),
-        }
+        query_failure(self.side, what.into(), e)
     }
 
     async fn conn(&self) -> Result<bb8::PooledConnection<'_, ConnectionManager>> {
-        self.pool.get().await.map_err(|e| EndpointError::Query {
-            side: self.side,
-            what: "getting a connection from the pool".into(),
-            retryable: true,
-            missing_object: false,
-            refused_row: false,
-            source: Box::new(e),
-        })
+        self.pool
+            .get()
+            .await
+            .map_err(|e| pool_failure(self.side, e))
     }
 
     /// The declared type of `column` of `table`, when `table` was read
@@ -396,6 +385,32 @@ impl MssqlEndpoint {
             .await
             .map_err(|e| self.query_error(what, e))?;
         decode_rows(rows).map_err(|e| self.query_error(format!("decoding {what}"), e))
+    }
+}
+
+fn query_failure(side: &'static str, what: String, e: tiberius::error::Error) -> EndpointError {
+    let code = server_code(&e);
+    EndpointError::Query {
+        side,
+        what,
+        retryable: is_retryable(&e),
+        missing_object: matches!(code, Some(208 | 207)),
+        refused_row: code.is_some_and(|c| REFUSED_ROW.contains(&c)),
+        source: Box::new(DbFailure::from(&e)),
+    }
+}
+
+fn pool_failure(
+    side: &'static str,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> EndpointError {
+    EndpointError::Query {
+        side,
+        what: "getting a connection from the pool".into(),
+        retryable: true,
+        missing_object: false,
+        refused_row: false,
+        source: Box::new(e),
     }
 }
 
@@ -822,6 +837,10 @@ impl Endpoint for MssqlEndpoint {
                 DbFailure::from(&e)
             ))
         })
+    }
+
+    fn bulk_source(&self) -> Option<&dyn super::bulk::BulkSource> {
+        Some(self)
     }
 
     async fn apply(&self, batch: &WriteBatch, links: Option<&LinkBatch>) -> Result<Applied> {

@@ -10,7 +10,7 @@
 
 use super::{qualified, quote, refs, state, PgEndpoint};
 use crate::endpoint::bulk::{
-    Bulk, Cell, ChunkWrite, FreshLinks, RawInserts, RawRows, Rows, StreamRequest, Turn,
+    Bulk, BulkSource, Cell, ChunkWrite, FreshLinks, RawInserts, RawRows, Rows, StreamRequest, Turn,
 };
 use crate::endpoint::{EndpointError, Result, Scan};
 use crate::value::Value;
@@ -560,7 +560,7 @@ impl PgEndpoint {
 }
 
 #[async_trait]
-impl Bulk for PgEndpoint {
+impl BulkSource for PgEndpoint {
     fn stream(&self, req: StreamRequest) -> mpsc::Receiver<Result<Rows>> {
         let side = self.side;
         self.stream_with(req, move |rows, key_pos| {
@@ -568,18 +568,6 @@ impl Bulk for PgEndpoint {
                 .map_err(|e| super::query_failure(side, "decoding rows".into(), e))?;
             let last = rows.last().map(|r| r[key_pos].clone());
             Ok((rows, last))
-        })
-    }
-
-    fn stream_raw(&self, req: StreamRequest) -> mpsc::Receiver<Result<RawRows>> {
-        let side = self.side;
-        self.stream_with(req, move |rows, key_pos| {
-            let raw = raw_rows(side, rows)?;
-            let last = match raw.len() {
-                0 => None,
-                n => Some(raw.value(n - 1, key_pos)?),
-            };
-            Ok((raw, last))
         })
     }
 
@@ -610,6 +598,21 @@ impl Bulk for PgEndpoint {
         let what = format!("counting matches in {}", scan.table.qualified());
         let rows = self.query_by_keys(&sql, &[&first], &what).await?;
         super::rows_to_values(rows).map_err(|e| self.query_error("decoding matches", e))
+    }
+}
+
+#[async_trait]
+impl Bulk for PgEndpoint {
+    fn stream_raw(&self, req: StreamRequest) -> mpsc::Receiver<Result<RawRows>> {
+        let side = self.side;
+        self.stream_with(req, move |rows, key_pos| {
+            let raw = raw_rows(side, rows)?;
+            let last = match raw.len() {
+                0 => None,
+                n => Some(raw.value(n - 1, key_pos)?),
+            };
+            Ok((raw, last))
+        })
     }
 
     async fn analyze(

@@ -415,6 +415,10 @@ impl Endpoint for PgEndpoint {
         Some(self)
     }
 
+    fn bulk_source(&self) -> Option<&dyn super::bulk::BulkSource> {
+        Some(self)
+    }
+
     async fn table(&self, schema: Option<&str>, name: &str) -> Result<Option<TableInfo>> {
         let conn = self.conn().await?;
         let found = conn

@@ -1,0 +1,149 @@
+//! What a backfill reads from SQL Server: a Sage CRM there is copied out in
+//! key order, a page per chunk, by the same queries and decoding as a sync.
+
+use super::types::Param;
+use super::{
+    decode_rows, placeholders, pool_failure, qualified, query_failure, quote, MssqlEndpoint,
+    MAX_PARAMS,
+};
+use crate::endpoint::bulk::{BulkSource, Rows, StreamRequest};
+use crate::endpoint::{Result, Scan};
+use crate::value::Value;
+use async_trait::async_trait;
+use std::collections::{HashMap, HashSet};
+use tiberius::ToSql;
+use tokio::sync::mpsc;
+
+/// Leaves out rows whose `deleted` flag column is set.
+fn live_sql(deleted: Option<&str>) -> String {
+    deleted
+        .map(|d| format!(" AND ({0} IS NULL OR {0} = 0)", quote(d)))
+        .unwrap_or_default()
+}
+
+#[async_trait]
+impl BulkSource for MssqlEndpoint {
+    fn stream(&self, req: StreamRequest) -> mpsc::Receiver<Result<Rows>> {
+        let (tx, rx) = mpsc::channel(req.depth.max(1));
+        let pool = self.pool.clone();
+        let side = self.side;
+        let scan = &req.scan;
+        let key = quote(&scan.key);
+        let limit = req.chunk_rows.max(1);
+        let base = format!(
+            "SELECT TOP ({limit}) {} FROM {} WHERE 1 = 1{}{}",
+            self.select_list(scan),
+            qualified(&scan.table),
+            live_sql(req.deleted.as_deref()),
+            Self::filter_sql(scan),
+        );
+        let first = format!("{base} ORDER BY {key}");
+        let next = format!("{base} AND {key} > @P1 ORDER BY {key}");
+        let key_ty = scan.table.column(&scan.key).ok().map(|c| c.ty.clone());
+        let key_pos = scan.position(&scan.key).unwrap_or(0);
+        let what = format!("reading {}", scan.table.qualified());
+        let mut after = req.after;
+        tokio::spawn(async move {
+            let mut conn = match pool.get().await {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(pool_failure(side, e))).await;
+                    return;
+                }
+            };
+            loop {
+                // Wait for room before reading: memory stays bounded.
+                let Ok(permit) = tx.reserve().await else {
+                    return;
+                };
+                let read = async {
+                    let stream = match &after {
+                        None => conn.query(&first, &[]).await?,
+                        Some(k) => {
+                            let p = Param::new(k.clone(), key_ty.clone());
+                            conn.query(&next, &[&p as &dyn ToSql]).await?
+                        }
+                    };
+                    decode_rows(stream.into_first_result().await?)
+                };
+                match read.await {
+                    Ok(rows) => {
+                        let n = rows.len();
+                        let Some(last) = rows.last() else {
+                            return;
+                        };
+                        after = Some(last[key_pos].clone());
+                        permit.send(Ok(rows));
+                        if n < limit {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        permit.send(Err(query_failure(side, what, e)));
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }
+
+    fn kind(&self) -> &'static str {
+        "mssql"
+    }
+
+    async fn duplicates(
+        &self,
+        scan: &Scan,
+        columns: &[String],
+        first: &[Value],
+        deleted: Option<&str>,
+    ) -> Result<Vec<Vec<Value>>> {
+        let first: Vec<&Value> = first.iter().filter(|v| !v.is_null()).collect();
+        if columns.is_empty() || first.is_empty() {
+            return Ok(Vec::new());
+        }
+        // The database's collation may take 'Acme' and 'ACME ' for one
+        // value; crmsync matches exactly. So the rows come back and are
+        // counted here, by their exact values.
+        // With the key last, so that a row fetched by two chunks of the
+        // list (one value in two spellings) counts once.
+        let mut read = columns.to_vec();
+        read.push(scan.key.clone());
+        let only = Scan {
+            columns: read,
+            ..scan.clone()
+        };
+        let mut seen = HashSet::new();
+        let mut count: HashMap<String, (usize, Vec<Value>)> = HashMap::new();
+        for chunk in first.chunks(MAX_PARAMS) {
+            let sql = format!(
+                "SELECT {} FROM {} WHERE {} IN ({}){}{}",
+                self.select_list(&only),
+                qualified(&scan.table),
+                quote(&columns[0]),
+                placeholders(1, chunk.len()),
+                live_sql(deleted),
+                Self::filter_sql(scan),
+            );
+            let params: Vec<Param> = chunk
+                .iter()
+                .map(|v| self.param(&scan.table, &columns[0], v))
+                .collect();
+            let what = format!("counting matches in {}", scan.table.qualified());
+            for mut row in self.rows(&sql, &params, &what).await? {
+                let key = row.pop().map(|k| k.key_string()).unwrap_or_default();
+                if !seen.insert(key) {
+                    continue;
+                }
+                let tuple: Vec<String> = row.iter().map(Value::key_string).collect();
+                count.entry(tuple.join("\u{1f}")).or_insert((0, row)).0 += 1;
+            }
+        }
+        Ok(count
+            .into_values()
+            .filter(|(n, _)| *n > 1)
+            .map(|(_, row)| row)
+            .collect())
+    }
+}
