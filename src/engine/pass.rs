@@ -57,13 +57,12 @@ pub(super) async fn run(
         ctx.page(&scan, &rows, &retried, report).await?;
     }
     let mark = state.watermark(e.name(), source).await?;
-    let (mut lower, upto, read_at) =
+    let (lower, upto, read_at) =
         window(ep, &scan, mark.as_ref(), e.plan.settle, e.plan.overlap).await?;
     let mut current = mark.clone();
+    let batch = e.plan.batch_size;
+    let mut rows = ep.read_changes(&scan, &lower, &upto, batch).await?;
     loop {
-        let rows = ep
-            .read_changes(&scan, &lower, &upto, e.plan.batch_size)
-            .await?;
         let n = rows.len();
         let Some(last) = rows.last() else { break };
         let next = Watermark {
@@ -71,8 +70,24 @@ pub(super) async fn run(
             key: last[0].clone(),
             read_at: Some(read_at.clone()),
         };
-        ctx.page(&scan, &rows, &HashSet::new(), report).await?;
-        let advanced = later(current.as_ref(), next.clone());
+        // The next page is read while this one is processed. Its rows
+        // cannot be among this page's writes: those are stamped after
+        // `upto`, outside the window.
+        let after = Lower::After {
+            ts: next.ts.clone(),
+            key: next.key.clone(),
+        };
+        let ahead = async {
+            if n < batch {
+                Ok(None)
+            } else {
+                ep.read_changes(&scan, &after, &upto, batch).await.map(Some)
+            }
+        };
+        let none = HashSet::new();
+        let (done, ahead) = tokio::join!(ctx.page(&scan, &rows, &none, report), ahead);
+        done?;
+        let advanced = later(current.as_ref(), next);
         if state.writes() && Some(&advanced) != current.as_ref() {
             state
                 .store()
@@ -80,12 +95,9 @@ pub(super) async fn run(
                 .await?;
         }
         current = Some(advanced);
-        lower = Lower::After {
-            ts: next.ts,
-            key: next.key,
-        };
-        if n < e.plan.batch_size {
-            break;
+        match ahead? {
+            Some(more) => rows = more,
+            None => break,
         }
     }
     // Every row of the window has been processed: the position holds for
@@ -245,12 +257,17 @@ impl Ctx<'_> {
     /// fetched; what changed in CRM since, the CRM pass reads by CRM's own
     /// change column. (A CRM row is always merged: that is where a link
     /// column left empty by a crash gets repaired.)
-    fn is_echo(&self, row: &Row<'_>, link: &Link) -> bool {
+    /// `positions` are the fields' columns in `values`.
+    fn is_echo(&self, values: &[Value], positions: &[Option<usize>], link: &Link) -> bool {
         self.source == Side::External
             && !link.deleted
-            && self.e.fields.iter().all(|f| {
-                link.shadow.get(&f.name)
-                    == Some(&external_to_canonical(f, row.get(&f.external.name)))
+            && self.e.fields.iter().zip(positions).all(|(f, p)| {
+                let read = p.map_or(&Value::Null, |p| &values[p]);
+                // A shadow is canonical already: a value read equal to it
+                // needs no converting to tell.
+                link.shadow
+                    .get(&f.name)
+                    .is_some_and(|s| s == read || *s == external_to_canonical(f, read.clone()))
             })
     }
 
@@ -355,12 +372,17 @@ impl Ctx<'_> {
             Side::Crm => &e.crm_key.ty,
             Side::External => &e.external_key.ty,
         };
+        let positions: Vec<Option<usize>> = e
+            .fields
+            .iter()
+            .map(|f| scan.position(&f.external.name))
+            .collect();
         let echoes: HashSet<&str> = rows
             .iter()
             .filter_map(|values| {
-                let row = Row { values, scan };
                 let l = links.get(&values[0].key_string())?;
-                self.is_echo(&row, l).then_some(l.crm_key.as_str())
+                self.is_echo(values, &positions, l)
+                    .then_some(l.crm_key.as_str())
             })
             .collect();
         // Counterparts of linked rows: to merge with, and to notice a row
