@@ -427,7 +427,9 @@ impl<'a> Compare<'a> {
     async fn external_pages(&mut self) -> Result<(), EngineError> {
         let e = self.e;
         let scan = e.external_scan();
-        let crm_scan = e.crm_scan();
+        // Which linked CRM rows are in the filter: their keys are enough.
+        let mut crm_keys_only = e.crm_scan();
+        crm_keys_only.columns.truncate(1);
         let mut crm_any = e.crm_scan();
         crm_any.filter = None;
         let send_unlinked = e.plan.direction.external_to_crm() && e.plan.insert_into_crm;
@@ -452,7 +454,7 @@ impl<'a> Compare<'a> {
             let seen: HashSet<String> = self
                 .engine
                 .crm
-                .fetch(&crm_scan, &crm_scan.key, &crm_keys)
+                .fetch(&crm_keys_only, &crm_keys_only.key, &crm_keys)
                 .await?
                 .into_iter()
                 .map(|r| r[0].key_string())
