@@ -898,7 +898,9 @@ impl StateStore for PgEndpoint {
     ) -> Result<GoneLinks, EndpointError> {
         // Keys compare as text, the form links store. A hash anti-join
         // reads each side once; a merge join would sort the whole table's
-        // keys by their text first, twice as slow at a million rows.
+        // keys by their text first, twice as slow at a million rows. The
+        // plan's cost estimate calls for JIT compilation, which costs more
+        // than it saves here (0.53 s -> 0.42 s without, at a million).
         let gone_sql = format!(
             "SELECT l.crm_key, l.external_key FROM {s}.links l \
              WHERE l.entity = $1 AND NOT l.deleted \
@@ -920,7 +922,7 @@ impl StateStore for PgEndpoint {
             .start()
             .await
             .map_err(fail)?;
-        tx.batch_execute("SET LOCAL enable_mergejoin = off")
+        tx.batch_execute("SET LOCAL enable_mergejoin = off; SET LOCAL jit = off")
             .await
             .map_err(fail)?;
         let gone: Vec<(String, String)> = tx
