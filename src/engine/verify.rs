@@ -358,66 +358,89 @@ impl<'a> Compare<'a> {
         // The link, not the filter, decides what belongs to a pair.
         ext_scan.filter = None;
         let send_unlinked = e.plan.direction.crm_to_external() && e.plan.insert_into_external;
-        let mut after: Option<Value> = None;
-        loop {
-            let rows = self
-                .engine
-                .crm
-                .read_page(&scan, after.as_ref(), e.plan.batch_size)
-                .await?;
-            let Some(last) = rows.last() else { break };
-            after = Some(last[0].clone());
-            self.counts.crm_rows += rows.len() as u64;
-            let keys: Vec<String> = rows.iter().map(|r| r[0].key_string()).collect();
-            let links = self.state.links_by_crm(e.name(), &keys).await?;
-            let mut wanted = Vec::new();
-            for l in links.values().filter(|l| !l.deleted) {
-                if let Ok(k) = Value::from_key_string(&l.external_key, &e.external_key.ty) {
-                    wanted.push(k);
+        let engine = self.engine;
+        let batch = e.plan.batch_size;
+        let mut rows = engine.crm.read_page(&scan, None, batch).await?;
+        // The next page is read while this one is compared.
+        while let Some(last) = rows.last() {
+            let after = last[0].clone();
+            let ahead = async {
+                if rows.len() < batch {
+                    Ok(None)
+                } else {
+                    engine
+                        .crm
+                        .read_page(&scan, Some(&after), batch)
+                        .await
+                        .map(Some)
                 }
-            }
-            let counterparts: HashMap<String, Vec<Value>> = self
-                .engine
-                .external
-                .fetch(&ext_scan, &ext_scan.key, &wanted)
-                .await?
-                .into_iter()
-                .map(|r| (r[0].key_string(), r))
-                .collect();
-            for row in &rows {
-                let ks = row[0].key_string();
-                let crm_deleted = e
-                    .crm_deleted
-                    .as_ref()
-                    .is_some_and(|d| is_deleted(Some(&get(&scan, row, &d.name))));
-                match links.get(&ks) {
-                    Some(l) if l.deleted => self.counts.deleted_pairs += 1,
-                    Some(l) => {
-                        let ext_row = counterparts.get(&l.external_key);
-                        let outcome =
-                            self.compare(&scan, row, &ext_scan, ext_row.map(|r| r.as_slice()));
-                        self.record(l, outcome);
-                    }
-                    None if !crm_deleted && send_unlinked => {
-                        self.counts.unlinked_crm += 1;
-                        self.sample(Drift {
-                            kind: "unlinked CRM row",
-                            crm_key: Some(ks),
-                            external_key: None,
-                            fields: Vec::new(),
-                        });
-                        if let Some(r) = &mut self.repair {
-                            r.crm.push(row[0].clone());
-                        }
-                    }
-                    None => {}
-                }
-            }
-            self.flush().await?;
-            if rows.len() < e.plan.batch_size {
-                break;
+            };
+            let (done, ahead) =
+                tokio::join!(self.crm_page(&scan, &ext_scan, &rows, send_unlinked), ahead);
+            done?;
+            match ahead? {
+                Some(more) => rows = more,
+                None => break,
             }
         }
+        Ok(())
+    }
+
+    /// One page of [`Compare::crm_pages`].
+    async fn crm_page(
+        &mut self,
+        scan: &Scan,
+        ext_scan: &Scan,
+        rows: &[Vec<Value>],
+        send_unlinked: bool,
+    ) -> Result<(), EngineError> {
+        let e = self.e;
+        self.counts.crm_rows += rows.len() as u64;
+        let keys: Vec<String> = rows.iter().map(|r| r[0].key_string()).collect();
+        let links = self.state.links_by_crm(e.name(), &keys).await?;
+        let mut wanted = Vec::new();
+        for l in links.values().filter(|l| !l.deleted) {
+            if let Ok(k) = Value::from_key_string(&l.external_key, &e.external_key.ty) {
+                wanted.push(k);
+            }
+        }
+        let counterparts: HashMap<String, Vec<Value>> = self
+            .engine
+            .external
+            .fetch(ext_scan, &ext_scan.key, &wanted)
+            .await?
+            .into_iter()
+            .map(|r| (r[0].key_string(), r))
+            .collect();
+        for row in rows {
+            let ks = row[0].key_string();
+            let crm_deleted = e
+                .crm_deleted
+                .as_ref()
+                .is_some_and(|d| is_deleted(Some(&get(scan, row, &d.name))));
+            match links.get(&ks) {
+                Some(l) if l.deleted => self.counts.deleted_pairs += 1,
+                Some(l) => {
+                    let ext_row = counterparts.get(&l.external_key);
+                    let outcome = self.compare(scan, row, ext_scan, ext_row.map(|r| r.as_slice()));
+                    self.record(l, outcome);
+                }
+                None if !crm_deleted && send_unlinked => {
+                    self.counts.unlinked_crm += 1;
+                    self.sample(Drift {
+                        kind: "unlinked CRM row",
+                        crm_key: Some(ks),
+                        external_key: None,
+                        fields: Vec::new(),
+                    });
+                    if let Some(r) = &mut self.repair {
+                        r.crm.push(row[0].clone());
+                    }
+                }
+                None => {}
+            }
+        }
+        self.flush().await?;
         Ok(())
     }
 
@@ -433,89 +456,113 @@ impl<'a> Compare<'a> {
         let mut crm_any = e.crm_scan();
         crm_any.filter = None;
         let send_unlinked = e.plan.direction.external_to_crm() && e.plan.insert_into_crm;
-        let mut after: Option<Value> = None;
-        loop {
-            let rows = self
-                .engine
-                .external
-                .read_page(&scan, after.as_ref(), e.plan.batch_size)
-                .await?;
-            let Some(last) = rows.last() else { break };
-            after = Some(last[0].clone());
-            self.counts.external_rows += rows.len() as u64;
-            let keys: Vec<String> = rows.iter().map(|r| r[0].key_string()).collect();
-            let links = self.state.links_by_external(e.name(), &keys).await?;
-            let live: Vec<&Link> = links.values().filter(|l| !l.deleted).collect();
-            let crm_keys: Vec<Value> = live
-                .iter()
-                .filter_map(|l| Value::from_key_string(&l.crm_key, &e.crm_key.ty).ok())
-                .collect();
-            // Those in the CRM filter were compared by the CRM pages.
-            let seen: HashSet<String> = self
-                .engine
-                .crm
-                .fetch(&crm_keys_only, &crm_keys_only.key, &crm_keys)
-                .await?
-                .into_iter()
-                .map(|r| r[0].key_string())
-                .collect();
-            let outside: Vec<Value> = crm_keys
-                .into_iter()
-                .filter(|k| !seen.contains(&k.key_string()))
-                .collect();
-            let outside: HashMap<String, Vec<Value>> = self
-                .engine
-                .crm
-                .fetch(&crm_any, &crm_any.key, &outside)
-                .await?
-                .into_iter()
-                .map(|r| (r[0].key_string(), r))
-                .collect();
-            for row in &rows {
-                let ks = row[0].key_string();
-                let ext_deleted = e
-                    .external_deleted
-                    .as_ref()
-                    .is_some_and(|d| is_deleted(Some(&get(&scan, row, &d.name))));
-                match links.get(&ks) {
-                    Some(l) if l.deleted => {}
-                    Some(l) if seen.contains(&l.crm_key) => {}
-                    Some(l) => match outside.get(&l.crm_key) {
-                        Some(crm_row) => {
-                            let outcome = self.compare(&crm_any, crm_row, &scan, Some(row));
-                            self.record(l, outcome);
-                        }
-                        None if ext_deleted => self.counts.deleted_pairs += 1,
-                        None => {
-                            self.counts.missing_crm += 1;
-                            self.sample(Drift {
-                                kind: "missing CRM row",
-                                crm_key: Some(l.crm_key.clone()),
-                                external_key: Some(ks),
-                                fields: Vec::new(),
-                            });
-                        }
-                    },
-                    None if !ext_deleted && send_unlinked => {
-                        self.counts.unlinked_external += 1;
+        let engine = self.engine;
+        let batch = e.plan.batch_size;
+        let mut rows = engine.external.read_page(&scan, None, batch).await?;
+        while let Some(last) = rows.last() {
+            let after = last[0].clone();
+            let ahead = async {
+                if rows.len() < batch {
+                    Ok(None)
+                } else {
+                    engine
+                        .external
+                        .read_page(&scan, Some(&after), batch)
+                        .await
+                        .map(Some)
+                }
+            };
+            let page = self.external_page(&scan, &crm_keys_only, &crm_any, &rows, send_unlinked);
+            let (done, ahead) = tokio::join!(page, ahead);
+            done?;
+            match ahead? {
+                Some(more) => rows = more,
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// One page of [`Compare::external_pages`].
+    async fn external_page(
+        &mut self,
+        scan: &Scan,
+        crm_keys_only: &Scan,
+        crm_any: &Scan,
+        rows: &[Vec<Value>],
+        send_unlinked: bool,
+    ) -> Result<(), EngineError> {
+        let e = self.e;
+        self.counts.external_rows += rows.len() as u64;
+        let keys: Vec<String> = rows.iter().map(|r| r[0].key_string()).collect();
+        let links = self.state.links_by_external(e.name(), &keys).await?;
+        let live: Vec<&Link> = links.values().filter(|l| !l.deleted).collect();
+        let crm_keys: Vec<Value> = live
+            .iter()
+            .filter_map(|l| Value::from_key_string(&l.crm_key, &e.crm_key.ty).ok())
+            .collect();
+        // Those in the CRM filter were compared by the CRM pages.
+        let seen: HashSet<String> = self
+            .engine
+            .crm
+            .fetch(crm_keys_only, &crm_keys_only.key, &crm_keys)
+            .await?
+            .into_iter()
+            .map(|r| r[0].key_string())
+            .collect();
+        let outside: Vec<Value> = crm_keys
+            .into_iter()
+            .filter(|k| !seen.contains(&k.key_string()))
+            .collect();
+        let outside: HashMap<String, Vec<Value>> = self
+            .engine
+            .crm
+            .fetch(crm_any, &crm_any.key, &outside)
+            .await?
+            .into_iter()
+            .map(|r| (r[0].key_string(), r))
+            .collect();
+        for row in rows {
+            let ks = row[0].key_string();
+            let ext_deleted = e
+                .external_deleted
+                .as_ref()
+                .is_some_and(|d| is_deleted(Some(&get(scan, row, &d.name))));
+            match links.get(&ks) {
+                Some(l) if l.deleted => {}
+                Some(l) if seen.contains(&l.crm_key) => {}
+                Some(l) => match outside.get(&l.crm_key) {
+                    Some(crm_row) => {
+                        let outcome = self.compare(crm_any, crm_row, scan, Some(row));
+                        self.record(l, outcome);
+                    }
+                    None if ext_deleted => self.counts.deleted_pairs += 1,
+                    None => {
+                        self.counts.missing_crm += 1;
                         self.sample(Drift {
-                            kind: "unlinked external row",
-                            crm_key: None,
+                            kind: "missing CRM row",
+                            crm_key: Some(l.crm_key.clone()),
                             external_key: Some(ks),
                             fields: Vec::new(),
                         });
-                        if let Some(r) = &mut self.repair {
-                            r.external.push(row[0].clone());
-                        }
                     }
-                    None => {}
+                },
+                None if !ext_deleted && send_unlinked => {
+                    self.counts.unlinked_external += 1;
+                    self.sample(Drift {
+                        kind: "unlinked external row",
+                        crm_key: None,
+                        external_key: Some(ks),
+                        fields: Vec::new(),
+                    });
+                    if let Some(r) = &mut self.repair {
+                        r.external.push(row[0].clone());
+                    }
                 }
-            }
-            self.flush().await?;
-            if rows.len() < e.plan.batch_size {
-                break;
+                None => {}
             }
         }
+        self.flush().await?;
         Ok(())
     }
 
