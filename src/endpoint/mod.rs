@@ -326,7 +326,7 @@ pub trait Endpoint: Send + Sync {
     }
 
     /// What a backfill reads its source through.
-    fn bulk_source(&self) -> Option<&dyn bulk::BulkSource>;
+    fn bulk_source(&self) -> &dyn bulk::BulkSource;
 }
 
 #[cfg(test)]

@@ -75,10 +75,10 @@ pub enum BackfillError {
         actual: String,
     },
     #[error(
-        "a CRM -> external backfill writes with PostgreSQL's COPY, and the {side} database is \
-         not PostgreSQL; run sync instead, which copies the rows batch by batch"
+        "a CRM -> external backfill writes with PostgreSQL's COPY, and the external database \
+         is not PostgreSQL; run sync instead, which copies the rows batch by batch"
     )]
-    NoBulk { side: &'static str },
+    NoBulkTarget,
 }
 
 /// What a backfill did to one entity (the `--report` carries it).
@@ -576,14 +576,8 @@ async fn to_external(
 ) -> Result<(), anyhow::Error> {
     let started = Instant::now();
     let direction = opts.direction.as_str();
-    let crm_bulk: &dyn BulkSource = engine
-        .crm
-        .bulk_source()
-        .ok_or(BackfillError::NoBulk { side: "CRM" })?;
-    let ext_bulk: &dyn Bulk = engine
-        .external
-        .bulk()
-        .ok_or(BackfillError::NoBulk { side: "external" })?;
+    let crm_bulk = engine.crm.bulk_source();
+    let ext_bulk: &dyn Bulk = engine.external.bulk().ok_or(BackfillError::NoBulkTarget)?;
     let state = &*engine.state;
     let state_here = engine.plan.state_side == Side::External;
     // Whether links of this entity may exist for rows this run has not

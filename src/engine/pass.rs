@@ -161,6 +161,24 @@ pub(super) fn deleted_flag(ty: &SqlType, deleted: bool) -> Value {
     }
 }
 
+/// Whether an external row (`values`, with the fields' columns at
+/// `positions`) is the echo of what was last synced: equal to its live
+/// link's shadow in every field. An echo has nothing to give, so it is not
+/// merged and its CRM row is not fetched; what changed in CRM since, the
+/// CRM pass reads by CRM's own change column. (A CRM row is always merged:
+/// that is where a link column left empty by a crash gets repaired.)
+fn is_echo(e: &BoundEntity, values: &[Value], positions: &[Option<usize>], link: &Link) -> bool {
+    !link.deleted
+        && e.fields.iter().zip(positions).all(|(f, p)| {
+            let read = p.map_or(&Value::Null, |p| &values[p]);
+            // A shadow is canonical already: a value read equal to it needs
+            // no converting to tell.
+            link.shadow
+                .get(&f.name)
+                .is_some_and(|s| s == read || *s == external_to_canonical(f, read.clone()))
+        })
+}
+
 pub(super) fn is_deleted(v: Option<&Value>) -> bool {
     match v {
         None | Some(Value::Null) => false,
@@ -249,26 +267,6 @@ impl Ctx<'_> {
                 .get(&e.external_change.name)
                 .to_utc(self.engine.plan.external.timezone),
         }
-    }
-
-    /// Whether `row`, read from outside, is the echo of what was last
-    /// synced: equal to its live link's shadow in every field. An echo has
-    /// nothing to give, so it is not merged and its CRM row is not
-    /// fetched; what changed in CRM since, the CRM pass reads by CRM's own
-    /// change column. (A CRM row is always merged: that is where a link
-    /// column left empty by a crash gets repaired.)
-    /// `positions` are the fields' columns in `values`.
-    fn is_echo(&self, values: &[Value], positions: &[Option<usize>], link: &Link) -> bool {
-        self.source == Side::External
-            && !link.deleted
-            && self.e.fields.iter().zip(positions).all(|(f, p)| {
-                let read = p.map_or(&Value::Null, |p| &values[p]);
-                // A shadow is canonical already: a value read equal to it
-                // needs no converting to tell.
-                link.shadow
-                    .get(&f.name)
-                    .is_some_and(|s| s == read || *s == external_to_canonical(f, read.clone()))
-            })
     }
 
     /// Whether any field can flow from `side` (so its rows must be read to
@@ -372,19 +370,19 @@ impl Ctx<'_> {
             Side::Crm => &e.crm_key.ty,
             Side::External => &e.external_key.ty,
         };
-        let positions: Vec<Option<usize>> = e
-            .fields
-            .iter()
-            .map(|f| scan.position(&f.external.name))
-            .collect();
-        let echoes: HashSet<&str> = rows
-            .iter()
-            .filter_map(|values| {
-                let l = links.get(&values[0].key_string())?;
-                self.is_echo(values, &positions, l)
-                    .then_some(l.crm_key.as_str())
-            })
-            .collect();
+        let mut echoes: HashSet<&str> = HashSet::new();
+        if self.source == Side::External {
+            let positions: Vec<Option<usize>> = e
+                .fields
+                .iter()
+                .map(|f| scan.position(&f.external.name))
+                .collect();
+            for (values, ks) in rows.iter().zip(&keys) {
+                if let Some(l) = links.get(ks).filter(|l| is_echo(e, values, &positions, l)) {
+                    echoes.insert(&l.crm_key);
+                }
+            }
+        }
         // Counterparts of linked rows: to merge with, and to notice a row
         // that vanished on the other side.
         let mut counterparts: HashMap<String, Vec<Value>> = HashMap::new();

@@ -344,39 +344,54 @@ impl<'a> Compare<'a> {
             .count_null_changes(&e.external_scan())
             .await?
             .max(0) as u64;
-        self.crm_pages().await?;
-        self.external_pages().await?;
+        self.pages(Side::Crm).await?;
+        self.pages(Side::External).await?;
         Ok(self)
     }
 
-    /// Every CRM row in the filter, in key order: its link, its external
-    /// counterpart, field by field.
-    async fn crm_pages(&mut self) -> Result<(), EngineError> {
+    /// Every row of `side` (in its filter) in key order, a page at a time;
+    /// the next page is read while one is compared. CRM pages compare each
+    /// row with its link's external counterpart, field by field; external
+    /// pages find unlinked live rows, links whose CRM row is gone, and
+    /// pairs whose CRM row lies outside the CRM filter (so the CRM pages
+    /// did not compare them).
+    async fn pages(&mut self, side: Side) -> Result<(), EngineError> {
         let e = self.e;
-        let scan = e.crm_scan();
-        let mut ext_scan = e.external_scan();
-        // The link, not the filter, decides what belongs to a pair.
-        ext_scan.filter = None;
-        let send_unlinked = e.plan.direction.crm_to_external() && e.plan.insert_into_external;
-        let engine = self.engine;
+        let (ep, scan): (&dyn Endpoint, Scan) = match side {
+            Side::Crm => (&*self.engine.crm, e.crm_scan()),
+            Side::External => (&*self.engine.external, e.external_scan()),
+        };
+        // What each page reads of the other side.
+        let mut other = match side {
+            // The link, not the filter, decides what belongs to a pair.
+            Side::Crm => e.external_scan(),
+            Side::External => e.crm_scan(),
+        };
+        other.filter = None;
+        // Which linked CRM rows are in the filter: their keys are enough.
+        let mut crm_keys_only = e.crm_scan();
+        crm_keys_only.columns.truncate(1);
         let batch = e.plan.batch_size;
-        let mut rows = engine.crm.read_page(&scan, None, batch).await?;
-        // The next page is read while this one is compared.
+        let mut rows = ep.read_page(&scan, None, batch).await?;
         while let Some(last) = rows.last() {
             let after = last[0].clone();
             let ahead = async {
                 if rows.len() < batch {
                     Ok(None)
                 } else {
-                    engine
-                        .crm
-                        .read_page(&scan, Some(&after), batch)
-                        .await
-                        .map(Some)
+                    ep.read_page(&scan, Some(&after), batch).await.map(Some)
                 }
             };
-            let (done, ahead) =
-                tokio::join!(self.crm_page(&scan, &ext_scan, &rows, send_unlinked), ahead);
+            let page = async {
+                match side {
+                    Side::Crm => self.crm_page(&scan, &other, &rows).await,
+                    Side::External => {
+                        self.external_page(&scan, &crm_keys_only, &other, &rows)
+                            .await
+                    }
+                }
+            };
+            let (done, ahead) = tokio::join!(page, ahead);
             done?;
             match ahead? {
                 Some(more) => rows = more,
@@ -386,15 +401,15 @@ impl<'a> Compare<'a> {
         Ok(())
     }
 
-    /// One page of [`Compare::crm_pages`].
+    /// One CRM page of [`Compare::pages`].
     async fn crm_page(
         &mut self,
         scan: &Scan,
         ext_scan: &Scan,
         rows: &[Vec<Value>],
-        send_unlinked: bool,
     ) -> Result<(), EngineError> {
         let e = self.e;
+        let send_unlinked = e.plan.direction.crm_to_external() && e.plan.insert_into_external;
         self.counts.crm_rows += rows.len() as u64;
         let keys: Vec<String> = rows.iter().map(|r| r[0].key_string()).collect();
         let links = self.state.links_by_crm(e.name(), &keys).await?;
@@ -444,55 +459,16 @@ impl<'a> Compare<'a> {
         Ok(())
     }
 
-    /// Every external row in the filter, in key order: unlinked live rows,
-    /// links whose CRM row is gone, and pairs whose CRM row lies outside
-    /// the CRM filter (so the CRM pages did not compare them).
-    async fn external_pages(&mut self) -> Result<(), EngineError> {
-        let e = self.e;
-        let scan = e.external_scan();
-        // Which linked CRM rows are in the filter: their keys are enough.
-        let mut crm_keys_only = e.crm_scan();
-        crm_keys_only.columns.truncate(1);
-        let mut crm_any = e.crm_scan();
-        crm_any.filter = None;
-        let send_unlinked = e.plan.direction.external_to_crm() && e.plan.insert_into_crm;
-        let engine = self.engine;
-        let batch = e.plan.batch_size;
-        let mut rows = engine.external.read_page(&scan, None, batch).await?;
-        while let Some(last) = rows.last() {
-            let after = last[0].clone();
-            let ahead = async {
-                if rows.len() < batch {
-                    Ok(None)
-                } else {
-                    engine
-                        .external
-                        .read_page(&scan, Some(&after), batch)
-                        .await
-                        .map(Some)
-                }
-            };
-            let page = self.external_page(&scan, &crm_keys_only, &crm_any, &rows, send_unlinked);
-            let (done, ahead) = tokio::join!(page, ahead);
-            done?;
-            match ahead? {
-                Some(more) => rows = more,
-                None => break,
-            }
-        }
-        Ok(())
-    }
-
-    /// One page of [`Compare::external_pages`].
+    /// One external page of [`Compare::pages`].
     async fn external_page(
         &mut self,
         scan: &Scan,
         crm_keys_only: &Scan,
         crm_any: &Scan,
         rows: &[Vec<Value>],
-        send_unlinked: bool,
     ) -> Result<(), EngineError> {
         let e = self.e;
+        let send_unlinked = e.plan.direction.external_to_crm() && e.plan.insert_into_crm;
         self.counts.external_rows += rows.len() as u64;
         let keys: Vec<String> = rows.iter().map(|r| r[0].key_string()).collect();
         let links = self.state.links_by_external(e.name(), &keys).await?;

@@ -199,6 +199,16 @@ async fn kill_after(s: &Setup, args: &[&str], direction: &str, rows: i64) -> i64
     done
 }
 
+/// The run ended with exit code `code`; its stderr says why if not.
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn num(j: &Json, path: &str) -> i64 {
     j.pointer(path)
         .and_then(|v| v.as_i64())
@@ -214,12 +224,7 @@ async fn backfill_into_empty_table_then_sync_has_nothing_to_do() {
     let n = 50_000;
     let s = setup(n, "crm_wins", false).await;
     let (out, rep) = run(&s, "backfill", &["backfill"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(
         num(&rep, "/backfill/0/read"),
         n,
@@ -274,12 +279,7 @@ async fn backfill_into_empty_table_then_sync_has_nothing_to_do() {
     assert_eq!(row.get::<_, String>(3), "S");
 
     let (out, rep) = run(&s, "sync", &["sync"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     for field in ["inserted", "updated", "deleted", "adopted", "rejected"] {
         assert_eq!(
             num(&rep, &format!("/entities/0/{field}")),
@@ -324,12 +324,7 @@ async fn backfill_links_existing_rows_by_match_on_and_applies_the_conflict_polic
         .await;
         assert!(differing > 0);
         let (out, rep) = run(&s, "backfill", &["backfill"]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_exit(&out, 0);
         assert_eq!(
             num(&rep, "/backfill/0/linked_by_match"),
             existing,
@@ -365,12 +360,7 @@ async fn backfill_links_existing_rows_by_match_on_and_applies_the_conflict_polic
         }
         // A sync afterwards has nothing to redo (and keeps external_wins).
         let (out, rep) = run(&s, "sync", &["sync"]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_exit(&out, 0);
         assert_eq!(
             num(&rep, "/entities/0/inserted") + num(&rep, "/entities/0/updated"),
             0
@@ -434,12 +424,7 @@ async fn sigkill_during_backfill_then_rerun_resumes_with_exactly_one_copy() {
     .await;
     assert!(done_at_kill < n, "killed mid-run");
     let (out, rep) = run(&s, "resume", &["backfill"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(rep.pointer("/backfill/0/resumed"), Some(&Json::Bool(true)));
     assert_eq!(
         rep.pointer("/backfill/0/insert_only"),
@@ -524,12 +509,7 @@ async fn backfill_with_the_state_in_the_crm_database() {
     )
     .unwrap();
     let (out, rep) = run(&s, "backfill", &["backfill", "--chunk-rows", "1000"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(num(&rep, "/backfill/0/inserted"), n);
     assert_eq!(
         rep.pointer("/backfill/0/insert_only"),
@@ -539,12 +519,7 @@ async fn backfill_with_the_state_in_the_crm_database() {
     assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
     assert_eq!(count(&s.crm, "SELECT count(*) FROM crmsync.links").await, n);
     let (out, rep) = run(&s, "sync", &["sync"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(
         num(&rep, "/entities/0/inserted") + num(&rep, "/entities/0/updated"),
         0
@@ -604,12 +579,7 @@ async fn backfill_external_to_crm_follows_crm_rules_links_matches_and_resumes() 
     ];
     kill_after(&s, &args, "external_to_crm", 500).await;
     let (out, rep) = run(&s, "resume", &args);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(rep.pointer("/backfill/0/resumed"), Some(&Json::Bool(true)));
     let before = num(&rep, "/backfill/0/rows_done_before");
     assert!(before >= 500 && before < n, "resumed from the checkpoint");
@@ -662,12 +632,7 @@ async fn backfill_external_to_crm_follows_crm_rules_links_matches_and_resumes() 
 
     // The next sync, both ways, has nothing to write.
     let (out, rep) = run(&s, "sync", &["sync"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     for field in [
         "inserted",
         "updated",
@@ -865,12 +830,7 @@ external = "created"
     )
     .unwrap();
     let (out, rep) = run(&s, "decoded", &["backfill", "--chunk-rows", "64"]);
-    assert_eq!(
-        out.status.code(),
-        Some(3),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 3);
     assert_eq!(num(&rep, "/backfill/0/rejected"), 2, "{rep:#}");
     assert_eq!(num(&rep, "/backfill/0/inserted"), live - 2);
     let decoded: String = s.erp.query_one(&rows("decoded"), &[]).await.unwrap().get(0);
@@ -900,12 +860,7 @@ async fn backfill_into_a_filled_table_looks_chunks_up_by_index() {
         .await
         .expect("unrelated row");
     let (out, rep) = run(&s, "backfill", &["backfill", "--chunk-rows", "50"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 0);
     assert_eq!(
         rep.pointer("/backfill/0/insert_only"),
         Some(&Json::Bool(false))

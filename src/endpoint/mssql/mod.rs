@@ -839,8 +839,8 @@ impl Endpoint for MssqlEndpoint {
         })
     }
 
-    fn bulk_source(&self) -> Option<&dyn super::bulk::BulkSource> {
-        Some(self)
+    fn bulk_source(&self) -> &dyn super::bulk::BulkSource {
+        self
     }
 
     async fn apply(&self, batch: &WriteBatch, links: Option<&LinkBatch>) -> Result<Applied> {

@@ -415,8 +415,8 @@ impl Endpoint for PgEndpoint {
         Some(self)
     }
 
-    fn bulk_source(&self) -> Option<&dyn super::bulk::BulkSource> {
-        Some(self)
+    fn bulk_source(&self) -> &dyn super::bulk::BulkSource {
+        self
     }
 
     async fn table(&self, schema: Option<&str>, name: &str) -> Result<Option<TableInfo>> {
