@@ -71,6 +71,15 @@ impl BoundEntity {
                 columns.push(f.crm.name.clone());
             }
         }
+        // `match_on` columns that are not mapped fields: a sync matches
+        // by the values it read.
+        for (c, _) in &self.plan.match_on {
+            if let Ok(col) = self.crm_table.column(c) {
+                if !columns.contains(&col.name) {
+                    columns.push(col.name.clone());
+                }
+            }
+        }
         Scan {
             table: self.crm_table.clone(),
             columns,
@@ -99,6 +108,13 @@ impl BoundEntity {
         for f in &self.fields {
             if !columns.contains(&f.external.name) {
                 columns.push(f.external.name.clone());
+            }
+        }
+        for (_, x) in &self.plan.match_on {
+            if let Ok(col) = self.external_table.column(x) {
+                if !columns.contains(&col.name) {
+                    columns.push(col.name.clone());
+                }
             }
         }
         Scan {

@@ -74,11 +74,6 @@ pub enum BackfillError {
         direction: &'static str,
         actual: String,
     },
-    #[error(
-        "a CRM -> external backfill writes with PostgreSQL's COPY, and the external database \
-         is not PostgreSQL; run sync instead, which copies the rows batch by batch"
-    )]
-    NoBulkTarget,
 }
 
 /// What a backfill did to one entity (the `--report` carries it).
@@ -160,9 +155,11 @@ impl Engine {
                 BackfillDirection::CrmToExternal => {
                     to_external(self, e, opts, run, &mut report).await
                 }
-                BackfillDirection::ExternalToCrm => to_crm(self, e, opts, run, &mut report)
-                    .await
-                    .map_err(anyhow::Error::from),
+                BackfillDirection::ExternalToCrm => {
+                    through_sync(self, e, Side::External, opts, run, &mut report)
+                        .await
+                        .map_err(anyhow::Error::from)
+                }
             };
             let outcome = match &result {
                 Ok(()) if report.rejected > 0 => "finished with rejects",
@@ -492,16 +489,21 @@ async fn finish(
     Ok(())
 }
 
-/// One external → CRM backfill of entity `e`: the external table is read in
-/// key order, `--chunk-rows` at a time, and each chunk is handled as a sync
-/// pass handles changed external rows (merged with linked rows, linked by
-/// the CRM link column or `match_on`, or inserted into CRM by its rules).
-/// Each chunk writes CRM first, then the links; its checkpoint follows. A
-/// crash in between is repaired on rerun: the CRM rows it inserted carry
-/// the external key in the link column and are linked, not inserted again.
-async fn to_crm(
+/// A backfill of entity `e` from `source` through the sync's own writes:
+/// the source table is read in key order, `--chunk-rows` at a time, and
+/// each chunk is handled as a sync pass handles changed rows of that side
+/// (merged with linked rows, linked by the CRM link column, the external
+/// CRM id column or `match_on`, or inserted by the target's rules). It
+/// serves every external → CRM backfill, and a CRM → external one whose
+/// target has no bulk interface (SQL Server). Each chunk writes the target
+/// first, then the links; its checkpoint follows. A crash in between is
+/// repaired on rerun: the rows a lost chunk inserted carry their source key
+/// (the CRM link column, or the external CRM id column) and are linked, not
+/// inserted again.
+async fn through_sync(
     engine: &Engine,
     e: &BoundEntity,
+    source: Side,
     opts: &BackfillOptions,
     run: i64,
     report: &mut BackfillReport,
@@ -509,12 +511,16 @@ async fn to_crm(
     let started = Instant::now();
     let direction = opts.direction.as_str();
     let state = &*engine.state;
+    let (endpoint, scan, table) = match source {
+        Side::Crm => (&engine.crm, e.crm_scan(), &e.crm_table),
+        Side::External => (&engine.external, e.external_scan(), &e.external_table),
+    };
     let mut checkpoint = match interrupted(engine, e, opts, report).await? {
         Some(cp) => cp,
         None => {
-            // The snapshot starts now, on the external clock: what changes
+            // The snapshot starts now, on the source's clock: what changes
             // from here on is the next sync's to carry.
-            let now = engine.external.clock(&e.external_change.ty).await?;
+            let now = endpoint.clock(&scan.change_ty).await?;
             let cp = Checkpoint {
                 snapshot_ts: now.minus(e.plan.settle),
                 last_key: None,
@@ -526,24 +532,21 @@ async fn to_crm(
             cp
         }
     };
-    let scan = e.external_scan();
     let view = super::StateView::Store(state);
     let chunk = opts.chunk_rows.max(1);
-    let estimate =
-        (e.external_table.row_estimate.max(0) as u64).saturating_sub(report.rows_done_before);
+    let estimate = (table.row_estimate.max(0) as u64).saturating_sub(report.rows_done_before);
     let mut progress = Progress::start(&format!("backfill {}", e.name()), estimate);
     let mut done = super::EntityReport {
         entity: e.name().to_string(),
         ..Default::default()
     };
     loop {
-        let rows = engine
-            .external
+        let rows = endpoint
             .read_page(&scan, checkpoint.last_key.as_ref(), chunk)
             .await?;
         let Some(last) = rows.last() else { break };
         let last = last[0].clone();
-        super::pass::backfill_page(engine, e, &view, run, &scan, &rows, &mut done).await?;
+        super::pass::backfill_page(engine, e, &view, run, source, &rows, &mut done).await?;
         checkpoint.last_key = Some(last);
         checkpoint.rows_done += rows.len() as i64;
         state
@@ -557,13 +560,21 @@ async fn to_crm(
     }
     progress.finish();
     report.read = done.read;
-    report.inserted = done.crm_inserted;
-    report.updated = done.crm_updated;
     report.linked = done.adopted;
     report.rejected = done.rejected;
     report.unchanged = done.unchanged;
-    // The next sync reads external changes from the snapshot on.
-    finish(engine, e, Side::External, opts, checkpoint, started, report).await
+    match source {
+        Side::External => {
+            report.inserted = done.crm_inserted;
+            report.updated = done.crm_updated;
+        }
+        Side::Crm => {
+            report.inserted = done.inserted;
+            report.updated = done.updated;
+        }
+    }
+    // The next sync reads the source's changes from the snapshot on.
+    finish(engine, e, source, opts, checkpoint, started, report).await
 }
 
 /// One CRM → external backfill of entity `e`.
@@ -576,8 +587,16 @@ async fn to_external(
 ) -> Result<(), anyhow::Error> {
     let started = Instant::now();
     let direction = opts.direction.as_str();
+    let Some(ext_bulk) = engine.external.bulk() else {
+        tracing::info!(
+            "entity {:?}: the external database has no bulk interface (SQL Server): \
+             the rows are written through the sync's batched writes",
+            e.name()
+        );
+        return Ok(through_sync(engine, e, Side::Crm, opts, run, report).await?);
+    };
+    let ext_bulk: &dyn Bulk = ext_bulk;
     let crm_bulk = engine.crm.bulk_source();
-    let ext_bulk: &dyn Bulk = engine.external.bulk().ok_or(BackfillError::NoBulkTarget)?;
     let state = &*engine.state;
     let state_here = engine.plan.state_side == Side::External;
     // Whether links of this entity may exist for rows this run has not

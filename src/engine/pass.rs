@@ -117,16 +117,16 @@ pub(super) async fn run(
     Ok(())
 }
 
-/// One page of an external → CRM backfill: external rows read in key
-/// order, merged with their linked CRM rows, linked by the CRM link column
-/// or `match_on`, or inserted into CRM by its rules, exactly as a sync
-/// pass handles a page of changed external rows.
+/// One page of a backfill through the sync's writes: `source` rows read in
+/// key order, merged with their linked rows, linked to existing ones, or
+/// inserted by the target's rules, exactly as a sync pass handles a page
+/// of changed rows of that side.
 pub(super) async fn backfill_page(
     engine: &Engine,
     e: &BoundEntity,
     state: &StateView<'_>,
     run: i64,
-    scan: &Scan,
+    source: Side,
     rows: &[Vec<Value>],
     report: &mut EntityReport,
 ) -> Result<(), EngineError> {
@@ -136,10 +136,26 @@ pub(super) async fn backfill_page(
         state,
         run,
         mode: Mode::Apply,
-        source: Side::External,
+        source,
     };
-    ctx.page(scan, rows, &HashSet::new(), report).await
+    let scan = match source {
+        Side::Crm => e.crm_scan(),
+        Side::External => e.external_scan(),
+    };
+    ctx.page(&scan, rows, &HashSet::new(), report).await
 }
+
+/// What `match_on` finds for an unlinked row.
+enum Matched {
+    None,
+    One(Vec<Value>),
+    /// Why the row is a reject.
+    Ambiguous(String),
+}
+
+/// Rows one `match_on` lookup reads at most (candidates, before the
+/// linked ones are set aside).
+const MATCH_LIMIT: usize = 50;
 
 /// How often a page is written again after a retryable failure, and the
 /// first wait (doubled each time).
@@ -908,11 +924,33 @@ impl Ctx<'_> {
                 }
             }
         }
+        // 3. `match_on`: exactly one unlinked live external row holds the
+        // same values, and no other unlinked live CRM row does.
+        if !e.plan.match_on.is_empty() {
+            match self.match_external(row, w).await? {
+                Matched::One(x) => {
+                    let ext_key = x[0].key_string();
+                    let ext_view = self.ext_view(&Row {
+                        values: &x,
+                        scan: &e.external_scan(),
+                    });
+                    let r = self.adopt(&ks, &ext_key, &view, &ext_view, w, report);
+                    if r.is_ok() {
+                        self.queue_link_column(&crm_key, KeyRef::Known(ext_key), w);
+                    }
+                    return r.or_else(|p| self.problem(&ks, p, w, report));
+                }
+                Matched::Ambiguous(why) => {
+                    return self.problem(&ks, FieldProblem::Reject(why), w, report)
+                }
+                Matched::None => {}
+            }
+        }
         if !(e.plan.insert_into_external && e.plan.direction.crm_to_external()) {
             report.unchanged += 1;
             return Ok(());
         }
-        // 3. Insert.
+        // 4. Insert.
         let mut columns: Vec<(String, Assign)> = Vec::new();
         let mut fields = BTreeMap::new();
         let mut shadow = Shadow::new();
@@ -970,6 +1008,101 @@ impl Ctx<'_> {
         });
         self.queue_link_column(&crm_key, KeyRef::Inserted(index), w);
         Ok(())
+    }
+
+    /// The external row an unlinked CRM row's `match_on` values find, in
+    /// the rows both sides' filters admit. A candidate is live, carries no
+    /// other CRM id, and is linked neither in the state store nor earlier
+    /// in this page. One candidate is a match only when no other unlinked
+    /// live CRM row holds the same values: anything else is ambiguous,
+    /// and nothing is guessed.
+    async fn match_external(&self, row: &Row<'_>, w: &Writes) -> Result<Matched, EngineError> {
+        let e = self.e;
+        let mut ext_conds = Vec::new();
+        let mut crm_conds = Vec::new();
+        for (c, x) in &e.plan.match_on {
+            let (Ok(cc), Ok(xc)) = (e.crm_table.column(c), e.external_table.column(x)) else {
+                return Ok(Matched::None);
+            };
+            let v = row.get(&cc.name);
+            if v.is_null() {
+                return Ok(Matched::None);
+            }
+            let Ok(xv) = v.clone().coerce(&xc.ty, Some(e.to_external), false) else {
+                return Ok(Matched::None);
+            };
+            ext_conds.push((xc.name.clone(), xv));
+            crm_conds.push((cc.name.clone(), v));
+        }
+        let crm_key = row.values[0].key_string();
+        let ext_scan = e.external_scan();
+        let found = self
+            .engine
+            .external
+            .find(&ext_scan, &ext_conds, MATCH_LIMIT)
+            .await?;
+        let crm_id_pos = e
+            .external_crm_id
+            .as_ref()
+            .and_then(|c| ext_scan.position(&c.name));
+        let deleted_pos = e
+            .external_deleted
+            .as_ref()
+            .and_then(|c| ext_scan.position(&c.name));
+        let mut candidates: Vec<Vec<Value>> = found
+            .into_iter()
+            .filter(|x| deleted_pos.is_none_or(|p| !is_deleted(Some(&x[p]))))
+            .filter(|x| crm_id_pos.is_none_or(|p| x[p].is_null()))
+            .filter(|x| {
+                let k = x[0].key_string();
+                !w.links
+                    .iter()
+                    .any(|l| matches!(&l.external_key, KeyRef::Known(o) if *o == k))
+            })
+            .collect();
+        let keys: Vec<String> = candidates.iter().map(|x| x[0].key_string()).collect();
+        let linked = self.state.links_by_external(e.name(), &keys).await?;
+        candidates.retain(|x| linked.get(&x[0].key_string()).is_none_or(|l| l.deleted));
+        match candidates.len() {
+            0 => return Ok(Matched::None),
+            1 => {}
+            n => {
+                return Ok(Matched::Ambiguous(format!(
+                    "match_on is ambiguous: it finds {n}{} unlinked external rows; link the row \
+                     by hand (set the external CRM id column or remove the duplicate) or make \
+                     the match stricter",
+                    if n == MATCH_LIMIT { " or more" } else { "" }
+                )))
+            }
+        }
+        if let Some(lc) = &e.crm_link {
+            crm_conds.push((lc.name.clone(), Value::Null));
+        }
+        if let Some(d) = &e.crm_deleted {
+            crm_conds.push((d.name.clone(), Value::Null));
+        }
+        let crm_scan = e.crm_scan();
+        let twins: Vec<String> = self
+            .engine
+            .crm
+            .find(&crm_scan, &crm_conds, MATCH_LIMIT)
+            .await?
+            .iter()
+            .map(|r| r[0].key_string())
+            .filter(|k| *k != crm_key)
+            .collect();
+        let twins_linked = self.state.links_by_crm(e.name(), &twins).await?;
+        if twins
+            .iter()
+            .any(|k| twins_linked.get(k).is_none_or(|l| l.deleted))
+        {
+            return Ok(Matched::Ambiguous(
+                "match_on is ambiguous: other unlinked CRM rows hold the same values; link \
+                 the rows by hand (set the external CRM id column) or make the match stricter"
+                    .into(),
+            ));
+        }
+        Ok(Matched::One(candidates.remove(0)))
     }
 
     /// Two-way entities record the external key in the CRM link column.

@@ -975,3 +975,204 @@ match_on = [{ crm = "Comp_Name", external = "name" }]"#,
     );
     assert_eq!(again.changes(), 0, "{again:?}");
 }
+
+const ERP_SCHEMA_MSSQL: &str = include_str!("../../sql/examples/erp_schema_mssql.sql");
+
+/// The suppliers of the ERP on SQL Server, sorted, as `Supplier`s.
+async fn erp_suppliers_on(erp: &mut Tds) -> Vec<crate::common::Supplier> {
+    let rows = erp
+        .simple_query(
+            "SELECT name, status, website, phone, email, promote FROM erp.supplier \
+             WHERE kind = 'S' AND is_deleted = 0",
+        )
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap();
+    let text = |v: Value| match v {
+        Value::Text(s) => Some(s),
+        Value::Null => None,
+        other => panic!("not text: {other:?}"),
+    };
+    let mut out: Vec<_> = rows
+        .into_iter()
+        .map(|row| {
+            let mut cells = row
+                .into_iter()
+                .map(|d| crmsync::endpoint::mssql::value_of(&d).unwrap());
+            let mut next = || cells.next().unwrap();
+            crate::common::Supplier {
+                name: text(next()),
+                status: text(next()),
+                website: text(next()),
+                phone: text(next()),
+                email: text(next()),
+                promote: next() == Value::Bool(true),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// An ERP on SQL Server and the Sage CRM on PostgreSQL, which then holds
+/// the state store. SQL Server has no COPY, so a CRM → external `backfill`
+/// writes through the sync's batched writes: it links the row `match_on`
+/// finds (taking the CRM values, `crm_wins`), inserts the rest with their
+/// CRM ids, leaves soft-deleted CRM rows behind, and leaves nothing for the
+/// next sync. Changes then flow both ways, and an ERP hard delete becomes a
+/// CRM soft delete.
+#[tokio::test]
+async fn erp_on_sql_server_backfills_and_syncs_both_ways() {
+    use crate::common::{expected_suppliers, insert_companies, Env, Opts};
+    let server = Server::start().await;
+    let mut erp = server.client().await;
+    for batch in go_batches(ERP_SCHEMA_MSSQL) {
+        exec(&mut erp, &batch).await;
+    }
+    let env = Env::new(Opts {
+        state_side: "crm",
+        ..Default::default()
+    })
+    .await;
+    std::fs::write(env.dir.path().join("erp.pw"), &server.password).unwrap();
+    let config = env
+        .config_text(&Opts::default())
+        .replace(
+            &format!("url = \"{}\"", env.erp_url),
+            &format!(
+                "url = \"mssql://{}@{}:{}/{}\"\npassword_file = \"erp.pw\"\ntls = \"{}\"",
+                server.user,
+                server.host,
+                server.port,
+                server.database,
+                server.tls()
+            ),
+        )
+        .replace("side = \"external\"", "side = \"crm\"")
+        .replace(
+            "direction = \"crm_to_external\"",
+            "direction = \"both\"\nmatch_on = [{ crm = \"comp_name\", external = \"name\" }]",
+        );
+    assert!(config.contains("mssql://") && config.contains("\"both\""));
+    std::fs::write(&env.config, config).unwrap();
+
+    insert_companies(&env.crm, 1_200, "now() - interval '1 hour'", "Supplier").await;
+    env.crm
+        .execute(
+            "UPDATE company SET comp_deleted = 1 WHERE comp_name IN ('Company 3', 'Company 4')",
+            &[],
+        )
+        .await
+        .unwrap();
+    // 'Company 7' is there already, with another status; 'Other' is not a
+    // supplier (outside the external filter).
+    exec(
+        &mut erp,
+        "INSERT INTO erp.supplier (name, status, kind, updated_at) VALUES \
+         (N'Company 7', N'A', N'S', '2026-01-01T00:00:00'), \
+         (N'Other', N'A', N'X', '2026-01-01T00:00:00')",
+    )
+    .await;
+
+    let report = env.dir.path().join("report.json");
+    let config = env.config.clone();
+    let report_arg = report.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        run_binary(&config, &["--report", &report_arg, "backfill"], &[])
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = &json["backfill"][0];
+    assert_eq!(
+        (&r["read"], &r["linked"], &r["inserted"], &r["rejected"]),
+        (
+            &serde_json::json!(1_200),
+            &serde_json::json!(1),
+            &serde_json::json!(1_197),
+            &serde_json::json!(0)
+        ),
+        "{r}"
+    );
+
+    let want = |m: std::collections::BTreeMap<i32, crate::common::Supplier>| {
+        let mut v: Vec<_> = m.into_values().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    };
+    assert_eq!(
+        erp_suppliers_on(&mut erp).await,
+        want(expected_suppliers(&env.crm).await),
+        "the ERP holds every live CRM supplier once, with the CRM's values"
+    );
+    assert_eq!(
+        scalar_i64(
+            &mut erp,
+            "SELECT COUNT(*) FROM erp.supplier WHERE crm_company_id IS NOT NULL"
+        )
+        .await,
+        Some(1_197),
+        "every inserted row carries its CRM id"
+    );
+
+    let quiet = env.sync().await;
+    assert_eq!(quiet.changes(), 0, "{quiet:?}");
+
+    exec(
+        &mut erp,
+        "UPDATE erp.supplier SET phone = N'+1 555 0100', updated_at = SYSDATETIME() \
+         WHERE name = N'Company 10'",
+    )
+    .await;
+    exec(
+        &mut erp,
+        "DELETE FROM erp.supplier WHERE name = N'Company 11'",
+    )
+    .await;
+    env.crm
+        .execute(
+            "UPDATE company SET comp_website = 'https://new.example.com', \
+             comp_updateddate = now() WHERE comp_name = 'Company 12'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let moved = env.sync().await;
+    assert_eq!(
+        (moved.updated, moved.crm_updated, moved.crm_deleted),
+        (1, 1, 1),
+        "{moved:?}"
+    );
+    let crm_row = env
+        .crm
+        .query_one(
+            "SELECT comp_phonenumber FROM company WHERE comp_name = 'Company 10'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        crm_row.get::<_, Option<String>>(0).as_deref(),
+        Some("+1 555 0100")
+    );
+    let gone = env
+        .crm
+        .query_one(
+            "SELECT comp_deleted FROM company WHERE comp_name = 'Company 11'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone.get::<_, Option<i16>>(0), Some(1));
+    assert_eq!(
+        erp_suppliers_on(&mut erp).await,
+        want(expected_suppliers(&env.crm).await),
+        "both sides agree after the changes"
+    );
+    assert_eq!(env.sync().await.changes(), 0);
+}

@@ -626,3 +626,116 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
         .get(0);
     assert!(shadow.contains(r#""Renamed""#), "{shadow}");
 }
+
+/// `match_on` guards CRM → external inserts too: a new CRM row whose name
+/// is held by exactly one unlinked live supplier in the ERP is linked to
+/// it (and the conflict policy settles their differences), not copied a
+/// second time. Two ERP rows with the name, or another unlinked CRM row
+/// with it, make a reject, not a guess; rows outside the external filter
+/// or flagged deleted are no candidates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_crm_rows_are_linked_by_match_on_not_copied_twice() {
+    let entity = format!(
+        r#"external_table = "erp.supplier"
+external_key = "supplier_id"
+external_crm_id_column = "crm_company_id"
+external_updated_column = "updated_at"
+external_deleted_column = "is_deleted"
+external_filter = "kind = 'S'"
+external_defaults = {{ kind = "S" }}
+conflict = "crm_wins"
+match_on = [{{ crm = "comp_name", external = "name" }}]
+{}"#,
+        crate::common::SUPPLIER_FIELDS
+    );
+    let env = Env::new(Opts {
+        entity_override: Some(entity),
+        ..Opts::default()
+    })
+    .await;
+    insert_companies(
+        &env.crm,
+        60,
+        "localtimestamp(3) - interval '1 hour'",
+        "Supplier",
+    )
+    .await;
+    // A second CRM 'Company 5'.
+    env.crm
+        .execute(
+            "INSERT INTO company (comp_name, comp_type, comp_createdby, comp_createddate, \
+                 comp_updatedby, comp_updateddate, comp_timestamp, comp_secterr) \
+             VALUES ('Company 5', 'Supplier', 1, localtimestamp(3), 1, localtimestamp(3), \
+                 localtimestamp(3), $1)",
+            &[&WORLDWIDE],
+        )
+        .await
+        .unwrap();
+    env.erp
+        .batch_execute(
+            "INSERT INTO erp.supplier (name, status, kind, is_deleted) VALUES \
+             ('Company 1', 'A', 'S', false), \
+             ('Company 2', 'A', 'S', false), ('Company 2', 'I', 'S', false), \
+             ('Company 3', 'A', 'X', false), \
+             ('Company 4', 'A', 'S', true), \
+             ('Company 5', 'A', 'S', false)",
+        )
+        .await
+        .unwrap();
+
+    let r = env.sync().await;
+    assert_eq!(
+        (r.adopted, r.inserted, r.rejected),
+        (1, 57, 3),
+        "Company 1 linked; Company 2 and both Company 5 rejected: {r:?}"
+    );
+    let named = |name: &'static str| {
+        let erp = &env.erp;
+        async move {
+            erp.query(
+                "SELECT status, kind, is_deleted, crm_company_id IS NOT NULL FROM erp.supplier \
+                 WHERE name = $1 ORDER BY supplier_id",
+                &[&name],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| {
+                (
+                    row.get::<_, Option<String>>(0),
+                    row.get::<_, String>(1),
+                    row.get::<_, bool>(2),
+                    row.get::<_, bool>(3),
+                )
+            })
+            .collect::<Vec<_>>()
+        }
+    };
+    // 'Company 1' is Inactive in CRM, and crm_wins.
+    assert_eq!(
+        named("Company 1").await,
+        vec![(Some("I".into()), "S".into(), false, false)]
+    );
+    assert_eq!(
+        named("Company 2").await.len(),
+        2,
+        "nothing added to the two"
+    );
+    assert_eq!(
+        named("Company 3").await.len(),
+        2,
+        "the non-supplier is no match"
+    );
+    assert_eq!(
+        named("Company 4").await.len(),
+        2,
+        "the deleted row is no match"
+    );
+    assert_eq!(
+        named("Company 5").await.len(),
+        1,
+        "two CRM rows, one ERP row"
+    );
+    let again = env.sync().await;
+    assert_eq!(again.changes(), 0, "{again:?}");
+}

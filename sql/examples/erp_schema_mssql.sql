@@ -1,0 +1,36 @@
+-- The example ERP supplier table of erp_schema.sql, for an external
+-- database on SQL Server (2016 or later). Same columns and meanings.
+--
+-- Load into an empty database:  sqlcmd -b -i erp_schema_mssql.sql
+
+CREATE SCHEMA erp;
+GO
+
+CREATE TABLE erp.supplier (
+    supplier_id     bigint IDENTITY(1,1) NOT NULL PRIMARY KEY,
+    -- the CRM's Comp_CompanyId: makes every insert findable on retry
+    crm_company_id  int NULL,
+    name            nvarchar(60) NOT NULL,
+    status          nchar(1) NULL,               -- 'A' active, 'I' inactive
+    website         nvarchar(100) NULL,
+    phone           nvarchar(40) NULL,
+    email           nvarchar(255) NULL,
+    promote         bit NOT NULL DEFAULT 0,
+    kind            nchar(1) NOT NULL DEFAULT 'S', -- 'S' supplier
+    is_deleted      bit NOT NULL DEFAULT 0,
+    -- crmsync stamps the rows it writes (SYSDATETIME()); the ERP's own
+    -- writes must stamp it too, for instance in an AFTER UPDATE trigger
+    updated_at      datetime2(3) NOT NULL DEFAULT SYSDATETIME()
+);
+GO
+
+-- The change column of incremental sync, read in keyset order
+-- (updated_at, supplier_id).
+CREATE INDEX supplier_updated_at_id ON erp.supplier (updated_at, supplier_id);
+GO
+
+-- One ERP row per CRM company (a UNIQUE constraint would allow one NULL
+-- only); looked up when a retried insert is adopted, not inserted again.
+CREATE UNIQUE INDEX supplier_crm_company_id ON erp.supplier (crm_company_id)
+    WHERE crm_company_id IS NOT NULL;
+GO
