@@ -1632,9 +1632,31 @@ async fn match_rows(
                 .ok()
         })
         .collect();
+    // Candidates, as a sync finds them: admitted by the external filter,
+    // not flagged deleted, carrying no CRM id (a row that does was looked
+    // up by it already).
+    let mut candidates = ext_scan.clone();
+    candidates.filter = e.plan.external_filter.clone();
+    let deleted_pos = e
+        .external_deleted
+        .as_ref()
+        .and_then(|c| ext_scan.position(&c.name));
+    let crm_id_pos = e
+        .external_crm_id
+        .as_ref()
+        .and_then(|c| ext_scan.position(&c.name));
     let mut by_tuple: HashMap<String, Vec<Vec<Value>>> = HashMap::new();
     if !firsts.is_empty() {
-        for r in engine.external.fetch(ext_scan, first_ext, &firsts).await? {
+        for r in engine
+            .external
+            .fetch(&candidates, first_ext, &firsts)
+            .await?
+        {
+            if deleted_pos.is_some_and(|p| super::pass::is_deleted(Some(&r[p])))
+                || crm_id_pos.is_some_and(|p| !r[p].is_null())
+            {
+                continue;
+            }
             if let Some(t) = tuple_of(&r, &ext_pos) {
                 by_tuple.entry(t).or_default().push(r);
             }

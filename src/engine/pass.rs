@@ -927,7 +927,7 @@ impl Ctx<'_> {
         // 3. `match_on`: exactly one unlinked live external row holds the
         // same values, and no other unlinked live CRM row does.
         if !e.plan.match_on.is_empty() {
-            match self.match_external(row, w).await? {
+            match self.match_other(row, w).await? {
                 Matched::One(x) => {
                     let ext_key = x[0].key_string();
                     let ext_view = self.ext_view(&Row {
@@ -1010,99 +1010,110 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// The external row an unlinked CRM row's `match_on` values find, in
-    /// the rows both sides' filters admit. A candidate is live, carries no
-    /// other CRM id, and is linked neither in the state store nor earlier
-    /// in this page. One candidate is a match only when no other unlinked
-    /// live CRM row holds the same values: anything else is ambiguous,
-    /// and nothing is guessed.
-    async fn match_external(&self, row: &Row<'_>, w: &Writes) -> Result<Matched, EngineError> {
+    /// The row on the other side that an unlinked source row's `match_on`
+    /// values find, among the rows that side's filter admits. A candidate
+    /// is unclaimed (see [`Ctx::unclaimed`]). One candidate is a match
+    /// only when no other unclaimed source row holds the same values:
+    /// anything else is ambiguous, and nothing is guessed.
+    async fn match_other(&self, row: &Row<'_>, w: &Writes) -> Result<Matched, EngineError> {
         let e = self.e;
-        let mut ext_conds = Vec::new();
-        let mut crm_conds = Vec::new();
+        let mut own_conds = Vec::new();
+        let mut other_conds = Vec::new();
         for (c, x) in &e.plan.match_on {
             let (Ok(cc), Ok(xc)) = (e.crm_table.column(c), e.external_table.column(x)) else {
                 return Ok(Matched::None);
             };
-            let v = row.get(&cc.name);
+            let (own, other, zones) = match self.source {
+                Side::Crm => (cc, xc, e.to_external),
+                Side::External => (xc, cc, e.to_crm),
+            };
+            let v = row.get(&own.name);
             if v.is_null() {
                 return Ok(Matched::None);
             }
-            let Ok(xv) = v.clone().coerce(&xc.ty, Some(e.to_external), false) else {
+            let Ok(ov) = v.clone().coerce(&other.ty, Some(zones), false) else {
                 return Ok(Matched::None);
             };
-            ext_conds.push((xc.name.clone(), xv));
-            crm_conds.push((cc.name.clone(), v));
+            other_conds.push((other.name.clone(), ov));
+            own_conds.push((own.name.clone(), v));
         }
-        let crm_key = row.values[0].key_string();
-        let ext_scan = e.external_scan();
-        let found = self
-            .engine
-            .external
-            .find(&ext_scan, &ext_conds, MATCH_LIMIT)
-            .await?;
-        let crm_id_pos = e
-            .external_crm_id
-            .as_ref()
-            .and_then(|c| ext_scan.position(&c.name));
-        let deleted_pos = e
-            .external_deleted
-            .as_ref()
-            .and_then(|c| ext_scan.position(&c.name));
-        let mut candidates: Vec<Vec<Value>> = found
-            .into_iter()
-            .filter(|x| deleted_pos.is_none_or(|p| !is_deleted(Some(&x[p]))))
-            .filter(|x| crm_id_pos.is_none_or(|p| x[p].is_null()))
-            .filter(|x| {
-                let k = x[0].key_string();
-                !w.links
-                    .iter()
-                    .any(|l| matches!(&l.external_key, KeyRef::Known(o) if *o == k))
-            })
-            .collect();
-        let keys: Vec<String> = candidates.iter().map(|x| x[0].key_string()).collect();
-        let linked = self.state.links_by_external(e.name(), &keys).await?;
-        candidates.retain(|x| linked.get(&x[0].key_string()).is_none_or(|l| l.deleted));
+        let other_side = match self.source {
+            Side::Crm => Side::External,
+            Side::External => Side::Crm,
+        };
+        let mut candidates = self.unclaimed(other_side, &other_conds, w).await?;
         match candidates.len() {
             0 => return Ok(Matched::None),
             1 => {}
             n => {
                 return Ok(Matched::Ambiguous(format!(
-                    "match_on is ambiguous: it finds {n}{} unlinked external rows; link the row \
-                     by hand (set the external CRM id column or remove the duplicate) or make \
-                     the match stricter",
+                    "match_on is ambiguous: it finds {n}{} unlinked rows on the other side; \
+                     link the row by hand (the CRM link column or the external CRM id column) \
+                     or make the match stricter",
                     if n == MATCH_LIMIT { " or more" } else { "" }
                 )))
             }
         }
-        if let Some(lc) = &e.crm_link {
-            crm_conds.push((lc.name.clone(), Value::Null));
-        }
-        if let Some(d) = &e.crm_deleted {
-            crm_conds.push((d.name.clone(), Value::Null));
-        }
-        let crm_scan = e.crm_scan();
-        let twins: Vec<String> = self
-            .engine
-            .crm
-            .find(&crm_scan, &crm_conds, MATCH_LIMIT)
-            .await?
-            .iter()
-            .map(|r| r[0].key_string())
-            .filter(|k| *k != crm_key)
-            .collect();
-        let twins_linked = self.state.links_by_crm(e.name(), &twins).await?;
-        if twins
-            .iter()
-            .any(|k| twins_linked.get(k).is_none_or(|l| l.deleted))
-        {
+        let own_key = row.values[0].key_string();
+        let twins = self.unclaimed(self.source, &own_conds, w).await?;
+        if twins.iter().any(|r| r[0].key_string() != own_key) {
             return Ok(Matched::Ambiguous(
-                "match_on is ambiguous: other unlinked CRM rows hold the same values; link \
-                 the rows by hand (set the external CRM id column) or make the match stricter"
+                "match_on is ambiguous: other unlinked rows on this side hold the same values; \
+                 link the rows by hand (the CRM link column or the external CRM id column) or \
+                 make the match stricter"
                     .into(),
             ));
         }
         Ok(Matched::One(candidates.remove(0)))
+    }
+
+    /// The rows of `side` (its filter applied) where every `conds` column
+    /// holds its value, less the claimed ones: flagged deleted, naming a
+    /// counterpart (the CRM link column, the external CRM id column),
+    /// linked in the state store, or linked earlier in this page. At most
+    /// [`MATCH_LIMIT`] rows are looked at.
+    async fn unclaimed(
+        &self,
+        side: Side,
+        conds: &[(String, Value)],
+        w: &Writes,
+    ) -> Result<Vec<Vec<Value>>, EngineError> {
+        let e = self.e;
+        let (endpoint, scan, deleted, claim) = match side {
+            Side::Crm => (&self.engine.crm, e.crm_scan(), &e.crm_deleted, &e.crm_link),
+            Side::External => (
+                &self.engine.external,
+                e.external_scan(),
+                &e.external_deleted,
+                &e.external_crm_id,
+            ),
+        };
+        let deleted = deleted.as_ref().and_then(|c| scan.position(&c.name));
+        let claim = claim.as_ref().and_then(|c| scan.position(&c.name));
+        let in_page = |k: &str| {
+            w.links.iter().any(|l| {
+                let key = match side {
+                    Side::Crm => &l.crm_key,
+                    Side::External => &l.external_key,
+                };
+                matches!(key, KeyRef::Known(o) if o == k)
+            })
+        };
+        let mut rows: Vec<Vec<Value>> = endpoint
+            .find(&scan, conds, MATCH_LIMIT)
+            .await?
+            .into_iter()
+            .filter(|r| deleted.is_none_or(|p| !is_deleted(Some(&r[p]))))
+            .filter(|r| claim.is_none_or(|p| r[p].is_null()))
+            .filter(|r| !in_page(&r[0].key_string()))
+            .collect();
+        let keys: Vec<String> = rows.iter().map(|r| r[0].key_string()).collect();
+        let linked = match side {
+            Side::Crm => self.state.links_by_crm(e.name(), &keys).await?,
+            Side::External => self.state.links_by_external(e.name(), &keys).await?,
+        };
+        rows.retain(|r| linked.get(&r[0].key_string()).is_none_or(|l| l.deleted));
+        Ok(rows)
     }
 
     /// Two-way entities record the external key in the CRM link column.
@@ -1175,10 +1186,6 @@ impl Ctx<'_> {
         let ks = row.values[0].key_string();
         let ext_view = self.ext_view(row);
         let crm_scan = self.other_scan();
-        let live = e
-            .crm_deleted
-            .as_ref()
-            .map(|d| (d.name.clone(), Value::Null));
         if let Some(lc) = &e.crm_link {
             let found: &[Vec<Value>] = named.get(&ks).map_or(&[], Vec::as_slice);
             match found {
@@ -1218,64 +1225,26 @@ impl Ctx<'_> {
             }
         }
         if !e.plan.match_on.is_empty() {
-            let mut conds = Vec::new();
-            for (c, x) in &e.plan.match_on {
-                let (Ok(cc), Ok(xc)) = (e.crm_table.column(c), e.external_table.column(x)) else {
-                    continue;
-                };
-                let v = row.get(&xc.name).coerce(&cc.ty, Some(e.to_crm), false);
-                match v {
-                    Ok(Value::Null) | Err(_) => {
-                        conds.clear();
-                        break;
+            match self.match_other(row, w).await? {
+                Matched::One(one) => {
+                    let crm_key = one[0].key_string();
+                    let crm_view = match self.crm_view(&Row {
+                        values: &one,
+                        scan: &e.crm_scan(),
+                    }) {
+                        Ok((v, _)) => v,
+                        Err(p) => return self.problem(&ks, p, w, report),
+                    };
+                    if let Err(p) = self.adopt(&crm_key, &ks, &crm_view, &ext_view, w, report) {
+                        return self.problem(&ks, p, w, report);
                     }
-                    Ok(v) => conds.push((cc.name.clone(), v)),
+                    self.queue_link_column(&one[0], KeyRef::Known(ks), w);
+                    return Ok(());
                 }
-            }
-            if !conds.is_empty() {
-                if let Some(lc) = &e.crm_link {
-                    conds.push((lc.name.clone(), Value::Null));
+                Matched::Ambiguous(why) => {
+                    return self.problem(&ks, FieldProblem::Reject(why), w, report)
                 }
-                conds.extend(live.clone());
-                let found = self.engine.crm.find(&crm_scan, &conds, 2).await?;
-                match found.as_slice() {
-                    [one] => {
-                        let crm_key = one[0].key_string();
-                        let taken = self
-                            .state
-                            .links_by_crm(e.name(), std::slice::from_ref(&crm_key))
-                            .await?;
-                        if taken.get(&crm_key).is_none_or(|l| l.deleted) {
-                            let crm_view = match self.crm_view(&Row {
-                                values: one,
-                                scan: &crm_scan,
-                            }) {
-                                Ok((v, _)) => v,
-                                Err(p) => return self.problem(&ks, p, w, report),
-                            };
-                            if let Err(p) =
-                                self.adopt(&crm_key, &ks, &crm_view, &ext_view, w, report)
-                            {
-                                return self.problem(&ks, p, w, report);
-                            }
-                            self.queue_link_column(&one[0], KeyRef::Known(ks), w);
-                            return Ok(());
-                        }
-                    }
-                    [] => {}
-                    _ => {
-                        return self.problem(
-                            &ks,
-                            FieldProblem::Reject(
-                                "match_on matches more than one unlinked CRM row; link it by hand \
-                                 (set the CRM link column) or make the match stricter"
-                                    .into(),
-                            ),
-                            w,
-                            report,
-                        )
-                    }
-                }
+                Matched::None => {}
             }
         }
         if !(e.plan.insert_into_crm && e.plan.direction.external_to_crm()) {

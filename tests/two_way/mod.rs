@@ -822,3 +822,104 @@ async fn check_warns_when_rows_created_in_crm_would_fall_outside_crm_filter() {
         "{stdout}"
     );
 }
+
+/// `match_on` both ways in one two-way sync, within each side's filter:
+/// a CRM supplier and an ERP supplier of the same name are linked; a name
+/// held twice on either side is a reject on both sides, not a guess; an
+/// ERP supplier whose only namesake in CRM is a customer (outside the CRM
+/// filter) is inserted into CRM, and the customer is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn match_on_links_within_the_filters_and_never_guesses() {
+    let env = two_way_env(&TwoWay {
+        entity_extra: r#"match_on = [{ crm = "Comp_Name", external = "name" }]"#,
+        ..TwoWay::default()
+    })
+    .await;
+    env.crm
+        .batch_execute(&format!(
+            "INSERT INTO company (comp_name, comp_type, comp_createdby, comp_createddate, \
+                 comp_updatedby, comp_updateddate, comp_timestamp, comp_secterr) \
+             SELECT n, t, 1, localtimestamp(3), 1, localtimestamp(3), localtimestamp(3), {} \
+             FROM (VALUES ('Alpha', 'Supplier'), ('Beta', 'Supplier'), ('Beta', 'Supplier'), \
+                          ('Gamma', 'Customer'), ('Delta', 'Supplier')) AS v(n, t)",
+            crate::common::WORLDWIDE
+        ))
+        .await
+        .unwrap();
+    env.erp
+        .batch_execute(
+            "INSERT INTO erp.supplier (name) VALUES ('Alpha'), ('Beta'), ('Gamma'), \
+             ('Delta'), ('Delta')",
+        )
+        .await
+        .unwrap();
+
+    let r = env.sync().await;
+    assert_eq!((r.adopted, r.crm_inserted, r.inserted), (1, 1, 0), "{r:?}");
+    let rejects: Vec<(String, String)> = env
+        .erp
+        .query(
+            "SELECT side, left(reason, 60) FROM crmsync.rejects ORDER BY side, key",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    // Beta: two CRM rows and the ERP row; Delta: the CRM row and two ERP rows.
+    assert_eq!(r.rejected, 6, "{r:?}\n{rejects:?}");
+    let crm_count = |sql: &'static str| {
+        let crm = &env.crm;
+        async move { crm.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    let erp_count = |sql: &'static str| {
+        let erp = &env.erp;
+        async move { erp.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(
+        crm_count(
+            "SELECT count(*) FROM company WHERE comp_name = 'Gamma' AND comp_type = 'Supplier' \
+             AND comp_supplierid IS NOT NULL"
+        )
+        .await,
+        1,
+        "the ERP's Gamma came into CRM as a supplier"
+    );
+    assert_eq!(
+        crm_count(
+            "SELECT count(*) FROM company WHERE comp_name = 'Gamma' AND comp_type = 'Customer' \
+             AND comp_supplierid IS NULL"
+        )
+        .await,
+        1,
+        "the customer Gamma is not linked"
+    );
+    let alpha: i64 = erp_count("SELECT supplier_id FROM erp.supplier WHERE name = 'Alpha'").await;
+    let alpha_link: Option<String> = env
+        .crm
+        .query_one(
+            "SELECT comp_supplierid::text FROM company WHERE comp_name = 'Alpha'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        alpha_link,
+        Some(alpha.to_string()),
+        "CRM's Alpha names the ERP's"
+    );
+    assert_eq!(
+        erp_count("SELECT count(*) FROM erp.supplier").await,
+        5,
+        "nothing copied into the ERP"
+    );
+    assert_eq!(
+        erp_count("SELECT count(*) FROM crmsync.links").await,
+        2,
+        "Alpha and Gamma"
+    );
+    let again = env.sync().await;
+    assert_eq!(again.changes(), 0, "{again:?}");
+}
