@@ -153,9 +153,15 @@ enum Matched {
     Ambiguous(String),
 }
 
-/// Rows one `match_on` lookup reads at most (candidates, before the
-/// linked ones are set aside).
-const MATCH_LIMIT: usize = 50;
+/// What a page's `match_on` lookups found (see [`Ctx::match_index`]),
+/// by the tuple of match values in the other side's types.
+#[derive(Default)]
+struct MatchIndex {
+    /// Unclaimed rows of the other side.
+    other: HashMap<String, Vec<Vec<Value>>>,
+    /// Keys of unclaimed source-side rows.
+    own: HashMap<String, Vec<String>>,
+}
 
 /// How often a page is written again after a retryable failure, and the
 /// first wait (doubled each time).
@@ -587,11 +593,15 @@ impl Ctx<'_> {
             Side::External => self.crm_rows_naming(&unlinked).await?,
             Side::Crm => HashMap::new(),
         };
+        let matches = self.match_index(&unlinked, scan).await?;
         for values in unlinked {
             let row = Row { values, scan };
             match self.source {
-                Side::Crm => self.unlinked_crm(&row, &mut w, report).await?,
-                Side::External => self.unlinked_external(&row, &named, &mut w, report).await?,
+                Side::Crm => self.unlinked_crm(&row, &matches, &mut w, report).await?,
+                Side::External => {
+                    self.unlinked_external(&row, &named, &matches, &mut w, report)
+                        .await?
+                }
             }
         }
         if self.mode == Mode::DryRun {
@@ -839,6 +849,7 @@ impl Ctx<'_> {
     async fn unlinked_crm(
         &self,
         row: &Row<'_>,
+        matches: &MatchIndex,
         w: &mut Writes,
         report: &mut EntityReport,
     ) -> Result<(), EngineError> {
@@ -927,7 +938,7 @@ impl Ctx<'_> {
         // 3. `match_on`: exactly one unlinked live external row holds the
         // same values, and no other unlinked live CRM row does.
         if !e.plan.match_on.is_empty() {
-            match self.match_other(row, w).await? {
+            match self.match_other(row, matches, w) {
                 Matched::One(x) => {
                     let ext_key = x[0].key_string();
                     let ext_view = self.ext_view(&Row {
@@ -1010,102 +1021,147 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// The row on the other side that an unlinked source row's `match_on`
-    /// values find, among the rows that side's filter admits. A candidate
-    /// is unclaimed (see [`Ctx::unclaimed`]). One candidate is a match
-    /// only when no other unclaimed source row holds the same values:
-    /// anything else is ambiguous, and nothing is guessed.
-    async fn match_other(&self, row: &Row<'_>, w: &Writes) -> Result<Matched, EngineError> {
+    /// The `match_on` values of a `side` row, in the other side's types
+    /// where `side` is the source (the form both sides' rows are grouped
+    /// by), as (own values, the tuple's text). None when a value is NULL
+    /// or does not fit the other side's column.
+    fn match_tuple(&self, side: Side, row: &Row<'_>) -> Option<(Vec<Value>, String)> {
         let e = self.e;
-        let mut own_conds = Vec::new();
-        let mut other_conds = Vec::new();
+        let mut own = Vec::new();
+        let mut parts = Vec::new();
         for (c, x) in &e.plan.match_on {
-            let (Ok(cc), Ok(xc)) = (e.crm_table.column(c), e.external_table.column(x)) else {
-                return Ok(Matched::None);
-            };
-            let (own, other, zones) = match self.source {
+            let (cc, xc) = (
+                e.crm_table.column(c).ok()?,
+                e.external_table.column(x).ok()?,
+            );
+            let (mine, theirs, zones) = match side {
                 Side::Crm => (cc, xc, e.to_external),
                 Side::External => (xc, cc, e.to_crm),
             };
-            let v = row.get(&own.name);
+            let v = row.get(&mine.name);
             if v.is_null() {
-                return Ok(Matched::None);
+                return None;
             }
-            let Ok(ov) = v.clone().coerce(&other.ty, Some(zones), false) else {
-                return Ok(Matched::None);
+            // A row of the other side is grouped by its values as read;
+            // a source-side row by its values converted to that side.
+            let t = if side == self.source {
+                v.clone().coerce(&theirs.ty, Some(zones), false).ok()?
+            } else {
+                v.clone()
             };
-            other_conds.push((other.name.clone(), ov));
-            own_conds.push((own.name.clone(), v));
+            parts.push(t.key_string());
+            own.push(v);
+        }
+        Some((own, parts.join("\u{1f}")))
+    }
+
+    /// The rows `match_on` may link this page's unlinked rows to, and the
+    /// source-side rows that hold the same values, looked up once for the
+    /// page (by the first match column, then grouped by exact values) in
+    /// the rows each side's filter admits. Claimed rows are left out:
+    /// flagged deleted, naming a counterpart (the CRM link column, the
+    /// external CRM id column) or linked in the state store.
+    async fn match_index(
+        &self,
+        unlinked: &[&Vec<Value>],
+        scan: &Scan,
+    ) -> Result<MatchIndex, EngineError> {
+        let e = self.e;
+        let mut index = MatchIndex::default();
+        if e.plan.match_on.is_empty() || unlinked.is_empty() {
+            return Ok(index);
         }
         let other_side = match self.source {
             Side::Crm => Side::External,
             Side::External => Side::Crm,
         };
-        let mut candidates = self.unclaimed(other_side, &other_conds, w).await?;
-        match candidates.len() {
-            0 => return Ok(Matched::None),
-            1 => {}
-            n => {
-                return Ok(Matched::Ambiguous(format!(
-                    "match_on is ambiguous: it finds {n}{} unlinked rows on the other side; \
-                     link the row by hand (the CRM link column or the external CRM id column) \
-                     or make the match stricter",
-                    if n == MATCH_LIMIT { " or more" } else { "" }
-                )))
+        let mut own_firsts = Vec::new();
+        let mut seen = HashSet::new();
+        for values in unlinked {
+            let row = Row { values, scan };
+            if let Some((own, _)) = self.match_tuple(self.source, &row) {
+                if seen.insert(own[0].key_string()) {
+                    own_firsts.push(own[0].clone());
+                }
             }
         }
-        let own_key = row.values[0].key_string();
-        let twins = self.unclaimed(self.source, &own_conds, w).await?;
-        if twins.iter().any(|r| r[0].key_string() != own_key) {
-            return Ok(Matched::Ambiguous(
-                "match_on is ambiguous: other unlinked rows on this side hold the same values; \
-                 link the rows by hand (the CRM link column or the external CRM id column) or \
-                 make the match stricter"
-                    .into(),
-            ));
+        let (c, x) = &e.plan.match_on[0];
+        let (Ok(cc), Ok(xc)) = (e.crm_table.column(c), e.external_table.column(x)) else {
+            return Ok(index);
+        };
+        if own_firsts.is_empty() {
+            return Ok(index);
         }
-        Ok(Matched::One(candidates.remove(0)))
+        let (own_col, other_col, zones) = match self.source {
+            Side::Crm => (cc, xc, e.to_external),
+            Side::External => (xc, cc, e.to_crm),
+        };
+        // Every first value converted, or its row would have no tuple.
+        let other_values: Vec<Value> = own_firsts
+            .iter()
+            .filter_map(|v| v.clone().coerce(&other_col.ty, Some(zones), false).ok())
+            .collect();
+        for (side, column, values) in [
+            (other_side, &other_col.name, other_values),
+            (self.source, &own_col.name, own_firsts),
+        ] {
+            let rows = self.unclaimed(side, column, &values).await?;
+            let scan = self.filtered_scan(side);
+            for r in rows {
+                let Some((_, tuple)) = self.match_tuple(
+                    side,
+                    &Row {
+                        values: &r,
+                        scan: &scan,
+                    },
+                ) else {
+                    continue;
+                };
+                if side == self.source {
+                    index.own.entry(tuple).or_default().push(r[0].key_string());
+                } else {
+                    index.other.entry(tuple).or_default().push(r);
+                }
+            }
+        }
+        Ok(index)
     }
 
-    /// The rows of `side` (its filter applied) where every `conds` column
-    /// holds its value, less the claimed ones: flagged deleted, naming a
-    /// counterpart (the CRM link column, the external CRM id column),
-    /// linked in the state store, or linked earlier in this page. At most
-    /// [`MATCH_LIMIT`] rows are looked at.
+    /// `side`'s scan with its filter: the rows that take part.
+    fn filtered_scan(&self, side: Side) -> Scan {
+        match side {
+            Side::Crm => self.e.crm_scan(),
+            Side::External => self.e.external_scan(),
+        }
+    }
+
+    /// The rows of `side` (its filter applied) whose `column` holds one of
+    /// `values`, less the claimed ones: flagged deleted, naming a
+    /// counterpart, or linked in the state store.
     async fn unclaimed(
         &self,
         side: Side,
-        conds: &[(String, Value)],
-        w: &Writes,
+        column: &str,
+        values: &[Value],
     ) -> Result<Vec<Vec<Value>>, EngineError> {
         let e = self.e;
-        let (endpoint, scan, deleted, claim) = match side {
-            Side::Crm => (&self.engine.crm, e.crm_scan(), &e.crm_deleted, &e.crm_link),
+        let scan = self.filtered_scan(side);
+        let (endpoint, deleted, claim) = match side {
+            Side::Crm => (&self.engine.crm, &e.crm_deleted, &e.crm_link),
             Side::External => (
                 &self.engine.external,
-                e.external_scan(),
                 &e.external_deleted,
                 &e.external_crm_id,
             ),
         };
         let deleted = deleted.as_ref().and_then(|c| scan.position(&c.name));
         let claim = claim.as_ref().and_then(|c| scan.position(&c.name));
-        let in_page = |k: &str| {
-            w.links.iter().any(|l| {
-                let key = match side {
-                    Side::Crm => &l.crm_key,
-                    Side::External => &l.external_key,
-                };
-                matches!(key, KeyRef::Known(o) if o == k)
-            })
-        };
         let mut rows: Vec<Vec<Value>> = endpoint
-            .find(&scan, conds, MATCH_LIMIT)
+            .fetch(&scan, column, values)
             .await?
             .into_iter()
             .filter(|r| deleted.is_none_or(|p| !is_deleted(Some(&r[p]))))
             .filter(|r| claim.is_none_or(|p| r[p].is_null()))
-            .filter(|r| !in_page(&r[0].key_string()))
             .collect();
         let keys: Vec<String> = rows.iter().map(|r| r[0].key_string()).collect();
         let linked = match side {
@@ -1114,6 +1170,65 @@ impl Ctx<'_> {
         };
         rows.retain(|r| linked.get(&r[0].key_string()).is_none_or(|l| l.deleted));
         Ok(rows)
+    }
+
+    /// The row on the other side that an unlinked source row's `match_on`
+    /// values find in `index`, unless linked earlier in this page. One
+    /// candidate is a match only when no other unlinked source row holds
+    /// the same values: anything else is ambiguous, and nothing is
+    /// guessed.
+    fn match_other(&self, row: &Row<'_>, index: &MatchIndex, w: &Writes) -> Matched {
+        let Some((_, tuple)) = self.match_tuple(self.source, row) else {
+            return Matched::None;
+        };
+        let in_page = |side: Side, k: &str| {
+            w.links.iter().any(|l| {
+                let key = match side {
+                    Side::Crm => &l.crm_key,
+                    Side::External => &l.external_key,
+                };
+                matches!(key, KeyRef::Known(o) if o == k)
+            })
+        };
+        let other_side = match self.source {
+            Side::Crm => Side::External,
+            Side::External => Side::Crm,
+        };
+        let candidates: Vec<&Vec<Value>> = index
+            .other
+            .get(&tuple)
+            .into_iter()
+            .flatten()
+            .filter(|r| !in_page(other_side, &r[0].key_string()))
+            .collect();
+        match candidates.as_slice() {
+            [] => Matched::None,
+            [one] => {
+                let own_key = row.values[0].key_string();
+                let twins = index
+                    .own
+                    .get(&tuple)
+                    .into_iter()
+                    .flatten()
+                    .any(|k| *k != own_key && !in_page(self.source, k));
+                if twins {
+                    Matched::Ambiguous(
+                        "match_on is ambiguous: other unlinked rows on this side hold the same \
+                         values; link the rows by hand (the CRM link column or the external CRM \
+                         id column) or make the match stricter"
+                            .into(),
+                    )
+                } else {
+                    Matched::One((*one).clone())
+                }
+            }
+            more => Matched::Ambiguous(format!(
+                "match_on is ambiguous: it finds {} unlinked rows on the other side; link the \
+                 row by hand (the CRM link column or the external CRM id column) or make the \
+                 match stricter",
+                more.len()
+            )),
+        }
     }
 
     /// Two-way entities record the external key in the CRM link column.
@@ -1179,6 +1294,7 @@ impl Ctx<'_> {
         &self,
         row: &Row<'_>,
         named: &HashMap<String, Vec<Vec<Value>>>,
+        matches: &MatchIndex,
         w: &mut Writes,
         report: &mut EntityReport,
     ) -> Result<(), EngineError> {
@@ -1225,7 +1341,7 @@ impl Ctx<'_> {
             }
         }
         if !e.plan.match_on.is_empty() {
-            match self.match_other(row, w).await? {
+            match self.match_other(row, matches, w) {
                 Matched::One(one) => {
                     let crm_key = one[0].key_string();
                     let crm_view = match self.crm_view(&Row {
