@@ -45,6 +45,10 @@ pub struct RawCrm {
     /// PEM file with the CA certificate(s) that `require` verifies the
     /// server against instead of the system roots.
     pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain) and its private key, for servers
+    /// that authenticate clients by certificate (PostgreSQL only).
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,6 +60,8 @@ pub struct RawExternal {
     pub timezone: Option<String>,
     pub tls: Option<String>,
     pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -7,11 +7,12 @@ use crate::crm;
 use crate::value::Value;
 use chrono_tz::Tz;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::SecretString;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +122,101 @@ pub struct Connection {
     /// The certificates of `tls_ca_file`, read during validation; only
     /// with `tls = "require"`.
     pub tls_ca: Option<TlsCa>,
+    /// `tls_cert_file` and `tls_key_file`, read during validation.
+    pub tls_client: Option<TlsClient>,
+}
+
+/// The certificate and key a PostgreSQL connection authenticates with.
+/// `Debug` shows the files, never the key.
+#[derive(Clone)]
+pub struct TlsClient {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsClient")
+            .field("cert_path", &self.cert_path)
+            .field("key_path", &self.key_path)
+            .field("certs", &self.certs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsClient {
+    /// Reads the certificate chain and the private key, and checks that
+    /// they belong together; the message names the file that is wrong.
+    pub fn read(cert_path: &Path, key_path: &Path) -> Result<TlsClient, String> {
+        let pem = std::fs::read(cert_path).map_err(|e| {
+            format!(
+                "tls_cert_file {}: cannot read it ({e})",
+                cert_path.display()
+            )
+        })?;
+        let certs = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                format!(
+                    "tls_cert_file {}: not a PEM certificate file ({e})",
+                    cert_path.display()
+                )
+            })?;
+        if certs.is_empty() {
+            return Err(format!(
+                "tls_cert_file {}: holds no certificate (expected a                  -----BEGIN CERTIFICATE----- block)",
+                cert_path.display()
+            ));
+        }
+        // As libpq does: a key others may read is refused.
+        let meta = std::fs::metadata(key_path)
+            .map_err(|e| format!("tls_key_file {}: cannot read it ({e})", key_path.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = meta.permissions().mode();
+            if mode & 0o037 != 0 {
+                return Err(format!(
+                    "tls_key_file {}: group or others may access it (mode {:o}); \
+                     chmod 600 it (or 640 with a group only crmsync's user is in)",
+                    key_path.display(),
+                    mode & 0o777
+                ));
+            }
+        }
+        let key_pem = std::fs::read(key_path)
+            .map_err(|e| format!("tls_key_file {}: cannot read it ({e})", key_path.display()))?;
+        // The parser's own error could quote the file; it is not repeated.
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+            format!(
+                "tls_key_file {}: holds no PEM private key (expected a -----BEGIN \
+                 PRIVATE KEY-----, RSA PRIVATE KEY or EC PRIVATE KEY block, unencrypted)",
+                key_path.display()
+            )
+        })?;
+        let client = TlsClient {
+            cert_path: cert_path.to_path_buf(),
+            key_path: key_path.to_path_buf(),
+            certs,
+            key: Arc::new(key),
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("cannot set up TLS ({e})"))?
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_client_auth_cert(client.certs.clone(), client.key.clone_key())
+            .map_err(|e| {
+                format!(
+                    "tls_cert_file {} and tls_key_file {} do not make a usable client \
+                     certificate ({e}); the key must be the certificate's own",
+                    cert_path.display(),
+                    key_path.display()
+                )
+            })?;
+        Ok(client)
+    }
 }
 
 /// The CA certificates a `require` connection trusts instead of the
@@ -422,6 +518,8 @@ struct ConnectionKeys<'a> {
     timezone: &'a Option<String>,
     tls: &'a Option<String>,
     tls_ca_file: &'a Option<PathBuf>,
+    tls_cert_file: &'a Option<PathBuf>,
+    tls_key_file: &'a Option<PathBuf>,
 }
 
 fn connection(
@@ -437,6 +535,8 @@ fn connection(
         timezone,
         tls,
         tls_ca_file,
+        tls_cert_file,
+        tls_key_file,
     } = keys;
     let kind = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         DbKind::Postgres
@@ -528,6 +628,41 @@ fn connection(
             }
         }
     });
+    let tls_client = match (tls_cert_file, tls_key_file) {
+        (None, None) => None,
+        (Some(_), None) | (None, Some(_)) => {
+            c.push(
+                at,
+                "set tls_cert_file and tls_key_file together: a client certificate needs its key",
+            );
+            None
+        }
+        (Some(_), Some(_)) if kind == DbKind::Mssql => {
+            c.push(
+                at,
+                "tls_cert_file and tls_key_file are for PostgreSQL; a SQL Server login \
+                 authenticates with its password",
+            );
+            None
+        }
+        (Some(_), Some(_)) if tls == Tls::Disable => {
+            c.push(
+                at,
+                "tls_cert_file is set, but tls = \"disable\" sends no certificate; set tls = \
+                 \"require\" or remove the certificate keys",
+            );
+            None
+        }
+        (Some(cert), Some(key)) => {
+            match TlsClient::read(&resolve(config_dir, cert), &resolve(config_dir, key)) {
+                Ok(client) => Some(client),
+                Err(msg) => {
+                    c.push(at, msg);
+                    None
+                }
+            }
+        }
+    };
     Connection {
         kind,
         url: url.to_string(),
@@ -535,6 +670,7 @@ fn connection(
         timezone,
         tls,
         tls_ca,
+        tls_client,
     }
 }
 
@@ -585,6 +721,8 @@ impl Plan {
                 timezone: &raw.crm.timezone,
                 tls: &raw.crm.tls,
                 tls_ca_file: &raw.crm.tls_ca_file,
+                tls_cert_file: &raw.crm.tls_cert_file,
+                tls_key_file: &raw.crm.tls_key_file,
             },
             dir,
         );
@@ -626,6 +764,8 @@ impl Plan {
                 timezone: &raw.external.timezone,
                 tls: &raw.external.tls,
                 tls_ca_file: &raw.external.tls_ca_file,
+                tls_cert_file: &raw.external.tls_cert_file,
+                tls_key_file: &raw.external.tls_key_file,
             },
             dir,
         );

@@ -240,3 +240,104 @@ async fn bad_tls_ca_file_is_a_config_error_naming_the_key() {
         assert!(stderr.contains(says), "says {says:?}: {stderr}");
     }
 }
+
+/// Client certificates: the TLS cluster admits `testkit::CERT_USER` over
+/// TCP only with a certificate naming it (`hostssl ... cert`). With
+/// `tls_cert_file` and `tls_key_file` both sides connect and sync; without
+/// them the server refuses the login, and the error says so. A key that
+/// others may read, a key that is not the certificate's, and half of the
+/// pair are config errors naming the key, and no key material is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificate_logs_in_where_the_server_requires_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let tls = testkit::tls_server();
+    let env = Env::on_servers(&tls.server, &tls.server, Opts::default()).await;
+    ca_into(&env);
+    let dir = env.dir.path();
+    std::fs::write(dir.join("client.crt"), &tls.client_cert_pem).unwrap();
+    std::fs::write(dir.join("client.key"), &tls.client_key_pem).unwrap();
+    std::fs::set_permissions(
+        dir.join("client.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let crm_url = testkit::as_cert_user(&env.crm_url).await;
+    let erp_url = testkit::as_cert_user(&env.erp_url).await;
+    let with_cert = "tls = \"require\"\ntls_ca_file = \"ca.pem\"\n\
+                     tls_cert_file = \"client.crt\"\ntls_key_file = \"client.key\"";
+    let config = |extra: &str| {
+        env.config_text(&Opts {
+            crm_extra: extra.into(),
+            external_extra: extra.into(),
+            ..Opts::default()
+        })
+        .replace(&format!("\"{}\"", env.crm_url), &format!("\"{crm_url}\""))
+        .replace(&format!("\"{}\"", env.erp_url), &format!("\"{erp_url}\""))
+    };
+    insert_companies(
+        &env.crm,
+        40,
+        "timestamp '2026-01-01 11:00:00' + i * interval '1 s'",
+        "Supplier",
+    )
+    .await;
+
+    std::fs::write(&env.config, config(with_cert)).unwrap();
+    assert_exit(&env.run_binary(&["sync"], &[]), 0);
+    assert_eq!(assert_converged(&env).await, 40);
+
+    // Without a certificate the server refuses the role.
+    std::fs::write(
+        &env.config,
+        config("tls = \"require\"\ntls_ca_file = \"ca.pem\""),
+    )
+    .unwrap();
+    let (_, stderr) = assert_exit(&env.run_binary(&["sync"], &[]), 1);
+    assert!(
+        stderr.contains("set tls_cert_file and tls_key_file"),
+        "{stderr}"
+    );
+
+    // Config errors, each naming its key.
+    let other_key = testkit::unrelated_key_pem();
+    std::fs::write(dir.join("other.key"), &other_key).unwrap();
+    std::fs::set_permissions(
+        dir.join("other.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(dir.join("open.key"), &tls.client_key_pem).unwrap();
+    std::fs::set_permissions(dir.join("open.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (extra, says) in [
+        (
+            "tls = \"require\"\ntls_ca_file = \"ca.pem\"\ntls_cert_file = \"client.crt\"",
+            "together",
+        ),
+        (
+            "tls = \"require\"\ntls_ca_file = \"ca.pem\"\ntls_cert_file = \"client.crt\"\n\
+             tls_key_file = \"open.key\"",
+            "chmod 600",
+        ),
+        (
+            "tls = \"require\"\ntls_ca_file = \"ca.pem\"\ntls_cert_file = \"client.crt\"\n\
+             tls_key_file = \"other.key\"",
+            "the certificate's own",
+        ),
+        (
+            "tls = \"disable\"\ntls_cert_file = \"client.crt\"\ntls_key_file = \"client.key\"",
+            "sends no certificate",
+        ),
+    ] {
+        std::fs::write(&env.config, config(extra)).unwrap();
+        let (stdout, stderr) = assert_exit(&env.run_binary(&["check"], &[]), 2);
+        assert!(stderr.contains("tls_"), "names the key: {stderr}");
+        assert!(stderr.contains(says), "says {says:?}: {stderr}");
+        for secret in [&tls.client_key_pem, &other_key] {
+            let body = secret.lines().nth(1).unwrap();
+            assert!(
+                !stderr.contains(body) && !stdout.contains(body),
+                "no key material is printed"
+            );
+        }
+    }
+}

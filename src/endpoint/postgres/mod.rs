@@ -168,7 +168,29 @@ impl PgEndpoint {
                 let _ = connection.await;
             }
             Err(e) => {
+                let server_says = e
+                    .as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_default();
                 let reason = match e.code() {
+                    // pg_hba.conf's `cert` method, or `clientcert=`.
+                    Some(c)
+                        if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+                            && server_says.contains("certificate") =>
+                    {
+                        match &conn.tls_client {
+                            None => "the server logs this user in by TLS client certificate: \
+                                     set tls_cert_file and tls_key_file (and tls = \"require\")"
+                                .to_string(),
+                            Some(c) => format!(
+                                "the server did not accept the client certificate in \
+                                 tls_cert_file {}: its common name must be the user in the \
+                                 url (or mapped to it in pg_ident.conf), and its CA in the \
+                                 server's ssl_ca_file",
+                                c.cert_path.display()
+                            ),
+                        }
+                    }
                     Some(c)
                         if *c == SqlState::INVALID_PASSWORD
                             || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>

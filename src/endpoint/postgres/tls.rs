@@ -38,14 +38,22 @@ pub fn connector(conn: &Connection) -> Result<Connector, String> {
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("cannot set up TLS ({e})"))?;
-    let config = match conn.tls {
+    let verified = match conn.tls {
         Tls::Disable | Tls::Prefer => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-            .with_no_client_auth(),
-        Tls::Require => builder
-            .with_root_certificates(roots(conn)?)
-            .with_no_client_auth(),
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider))),
+        Tls::Require => builder.with_root_certificates(roots(conn)?),
+    };
+    let config = match &conn.tls_client {
+        None => verified.with_no_client_auth(),
+        Some(client) => verified
+            .with_client_auth_cert(client.certs.clone(), client.key.clone_key())
+            .map_err(|e| {
+                format!(
+                    "tls_cert_file {}: cannot use it ({e})",
+                    client.cert_path.display()
+                )
+            })?,
     };
     Ok(MakeRustlsConnect::new(config))
 }
@@ -99,6 +107,25 @@ pub fn explain(conn: &Connection, e: &tokio_postgres::Error) -> Option<String> {
                         "the server's TLS certificate was rejected ({}); it was checked \
                          against {trusted}: {advice}",
                         certificate_problem(why)
+                    )
+                }
+                rustls::Error::AlertReceived(
+                    rustls::AlertDescription::BadCertificate
+                    | rustls::AlertDescription::UnknownCA
+                    | rustls::AlertDescription::CertificateUnknown
+                    | rustls::AlertDescription::CertificateExpired
+                    | rustls::AlertDescription::CertificateRevoked
+                    | rustls::AlertDescription::AccessDenied,
+                ) if conn.tls_client.is_some() => {
+                    let file = conn
+                        .tls_client
+                        .as_ref()
+                        .map(|c| c.cert_path.display().to_string())
+                        .unwrap_or_default();
+                    format!(
+                        "the server refused the client certificate in tls_cert_file {file} \
+                         ({err}); it must be signed by a CA in the server's ssl_ca_file and \
+                         not be expired"
                     )
                 }
                 other => format!("the TLS handshake failed ({other})"),

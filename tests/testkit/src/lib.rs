@@ -35,7 +35,16 @@ pub struct TlsServer {
     /// The throwaway CA that signed the server certificate (PEM); the
     /// certificate names `localhost` and `127.0.0.1`.
     pub ca_pem: String,
+    /// A client certificate for [`CERT_USER`], signed by the same CA, and
+    /// its key (PEM).
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
 }
+
+/// The role of the TLS cluster that may log in over TCP only with a
+/// client certificate naming it (`hostssl ... cert`), never without. Its
+/// URLs come from [`as_cert_user`].
+pub const CERT_USER: &str = "certuser";
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
 static TLS_SERVER: OnceLock<Result<TlsServer, String>> = OnceLock::new();
@@ -175,11 +184,26 @@ fn start_private_cluster() -> Result<Server, String> {
 /// A private cluster with `ssl = on`: a CA and a server certificate made
 /// here, written into the data directory before the server starts.
 fn start_tls_cluster() -> Result<TlsServer, String> {
-    let (ca_pem, cert_pem, key_pem) = make_certificates().map_err(|e| format!("rcgen: {e}"))?;
+    let certs = make_certificates().map_err(|e| format!("rcgen: {e}"))?;
+    let (ca_pem, cert_pem, key_pem) = (&certs.ca, &certs.server_cert, &certs.server_key);
     let server = start_cluster(
         |data, root| {
+            // The certificate rule comes first: the first matching line of
+            // pg_hba.conf decides.
+            let hba = data.join("pg_hba.conf");
+            let rules = std::fs::read_to_string(&hba)
+                .map_err(|e| format!("read {}: {e}", hba.display()))?;
+            std::fs::write(
+                &hba,
+                format!("hostssl all {CERT_USER} 127.0.0.1/32 cert\nhost all {CERT_USER} 127.0.0.1/32 reject\n{rules}"),
+            )
+            .map_err(|e| format!("write {}: {e}", hba.display()))?;
             // The server refuses a key readable by others.
-            for (name, text) in [("server.crt", &cert_pem), ("server.key", &key_pem)] {
+            for (name, text) in [
+                ("server.crt", cert_pem),
+                ("server.key", key_pem),
+                ("root.crt", ca_pem),
+            ] {
                 let path = data.join(name);
                 std::fs::write(&path, text)
                     .map_err(|e| format!("write {}: {e}", path.display()))?;
@@ -191,13 +215,55 @@ fn start_tls_cluster() -> Result<TlsServer, String> {
             }
             Ok(())
         },
-        "-c ssl=on",
+        "-c ssl=on -c ssl_ca_file=root.crt",
     )?;
-    Ok(TlsServer { server, ca_pem })
+    Ok(TlsServer {
+        server,
+        ca_pem: certs.ca,
+        client_cert_pem: certs.client_cert,
+        client_key_pem: certs.client_key,
+    })
 }
 
-/// (CA certificate, server certificate, server key), all PEM.
-fn make_certificates() -> Result<(String, String, String), rcgen::Error> {
+/// Creates [`CERT_USER`] (a superuser) on the TLS cluster, once, and
+/// returns `url` (a database of that cluster) for that role.
+pub async fn as_cert_user(url: &str) -> String {
+    let admin = &tls_server().server.admin_url;
+    let (client, conn) = tokio_postgres::connect(admin, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {admin}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {CERT_USER} LOGIN SUPERUSER; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$"
+        ))
+        .await
+        .expect("create the certificate role");
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// url");
+    let host = rest.split_once('@').map_or(rest, |(_, h)| h);
+    format!("{scheme}://{CERT_USER}@{host}")
+}
+
+/// A fresh private key (PEM) that belongs to no certificate.
+pub fn unrelated_key_pem() -> String {
+    rcgen::KeyPair::generate()
+        .expect("generate a key")
+        .serialize_pem()
+}
+
+/// The throwaway PKI of the TLS cluster, all PEM.
+struct Certificates {
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+fn make_certificates() -> Result<Certificates, rcgen::Error> {
     use rcgen::{
         BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
     };
@@ -214,7 +280,19 @@ fn make_certificates() -> Result<(String, String, String), rcgen::Error> {
     leaf.distinguished_name
         .push(DnType::CommonName, "localhost");
     let leaf_cert = leaf.signed_by(&server_key, &issuer)?;
-    Ok((ca_cert.pem(), leaf_cert.pem(), server_key.serialize_pem()))
+    let client_key = KeyPair::generate()?;
+    let mut client = CertificateParams::new(Vec::<String>::new())?;
+    client
+        .distinguished_name
+        .push(DnType::CommonName, CERT_USER);
+    let client_cert = client.signed_by(&client_key, &issuer)?;
+    Ok(Certificates {
+        ca: ca_cert.pem(),
+        server_cert: leaf_cert.pem(),
+        server_key: server_key.serialize_pem(),
+        client_cert: client_cert.pem(),
+        client_key: client_key.serialize_pem(),
+    })
 }
 
 fn chown_postgres(path: &Path) -> Result<(), String> {
