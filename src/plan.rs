@@ -150,26 +150,7 @@ impl TlsClient {
     /// Reads the certificate chain and the private key, and checks that
     /// they belong together; the message names the file that is wrong.
     pub fn read(cert_path: &Path, key_path: &Path) -> Result<TlsClient, String> {
-        let pem = std::fs::read(cert_path).map_err(|e| {
-            format!(
-                "tls_cert_file {}: cannot read it ({e})",
-                cert_path.display()
-            )
-        })?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                format!(
-                    "tls_cert_file {}: not a PEM certificate file ({e})",
-                    cert_path.display()
-                )
-            })?;
-        if certs.is_empty() {
-            return Err(format!(
-                "tls_cert_file {}: holds no certificate (expected a                  -----BEGIN CERTIFICATE----- block)",
-                cert_path.display()
-            ));
-        }
+        let certs = read_certificates("tls_cert_file", cert_path)?;
         // As libpq does: a key others may read is refused.
         let meta = std::fs::metadata(key_path)
             .map_err(|e| format!("tls_key_file {}: cannot read it ({e})", key_path.display()))?;
@@ -237,27 +218,28 @@ impl fmt::Debug for TlsCa {
     }
 }
 
+/// The PEM certificates of the file that config key `key` names; the
+/// message names the key and says what is wrong with the file.
+fn read_certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path)
+        .map_err(|e| format!("{key} {}: cannot read it ({e})", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{key} {}: not a PEM certificate file ({e})", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{key} {}: holds no certificate (expected -----BEGIN CERTIFICATE----- blocks)",
+            path.display()
+        ));
+    }
+    Ok(certs)
+}
+
 impl TlsCa {
     /// Reads `path` as PEM certificates; the message says what is wrong
     /// with the file.
     pub fn read(path: &Path) -> Result<TlsCa, String> {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("tls_ca_file {}: cannot read it ({e})", path.display()))?;
-        let certs = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                format!(
-                    "tls_ca_file {}: not a PEM certificate file ({e})",
-                    path.display()
-                )
-            })?;
-        if certs.is_empty() {
-            return Err(format!(
-                "tls_ca_file {}: holds no certificate (expected one or more \
-                 -----BEGIN CERTIFICATE----- blocks)",
-                path.display()
-            ));
-        }
+        let certs = read_certificates("tls_ca_file", path)?;
         let mut roots = rustls::RootCertStore::empty();
         let (_, bad) = roots.add_parsable_certificates(certs.iter().cloned());
         if bad > 0 {

@@ -101,6 +101,22 @@ external = "promote"
 transform = "checkbox"
 "#;
 
+/// The usual supplier entity's external keys, then `extra` entity keys,
+/// then its fields: an `Opts::entity_override` with a few keys more.
+pub fn supplier_entity(extra: &str) -> String {
+    format!(
+        r#"external_table = "erp.supplier"
+external_key = "supplier_id"
+external_crm_id_column = "crm_company_id"
+external_updated_column = "updated_at"
+external_deleted_column = "is_deleted"
+external_filter = "kind = 'S'"
+external_defaults = {{ kind = "S" }}
+{extra}
+{SUPPLIER_FIELDS}"#
+    )
+}
+
 /// A CRM database and an ERP database, both loaded, and a config dir.
 pub struct Env {
     pub dir: TempDir,
@@ -157,18 +173,10 @@ impl Env {
 
     /// The config text for `opts`.
     pub fn config_text(&self, opts: &Opts) -> String {
-        let entity = opts.entity_override.clone().unwrap_or_else(|| {
-            format!(
-                r#"external_table = "erp.supplier"
-external_key = "supplier_id"
-external_crm_id_column = "crm_company_id"
-external_updated_column = "updated_at"
-external_deleted_column = "is_deleted"
-external_filter = "kind = 'S'"
-external_defaults = {{ kind = "S" }}
-{SUPPLIER_FIELDS}"#
-            )
-        });
+        let entity = opts
+            .entity_override
+            .clone()
+            .unwrap_or_else(|| supplier_entity(""));
         // The entity's own keys must come before its [[entity.field]]
         // tables, so the override text carries the fields itself.
         let (entity_keys, entity_fields) = match entity.find("[[entity.field]]") {

@@ -635,18 +635,9 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
 /// or flagged deleted are no candidates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn new_crm_rows_are_linked_by_match_on_not_copied_twice() {
-    let entity = format!(
-        r#"external_table = "erp.supplier"
-external_key = "supplier_id"
-external_crm_id_column = "crm_company_id"
-external_updated_column = "updated_at"
-external_deleted_column = "is_deleted"
-external_filter = "kind = 'S'"
-external_defaults = {{ kind = "S" }}
-conflict = "crm_wins"
-match_on = [{{ crm = "comp_name", external = "name" }}]
-{}"#,
-        crate::common::SUPPLIER_FIELDS
+    let entity = crate::common::supplier_entity(
+        r#"conflict = "crm_wins"
+match_on = [{ crm = "comp_name", external = "name" }]"#,
     );
     let env = Env::new(Opts {
         entity_override: Some(entity),
