@@ -1176,3 +1176,68 @@ async fn erp_on_sql_server_backfills_and_syncs_both_ways() {
     );
     assert_eq!(env.sync().await.changes(), 0);
 }
+
+/// A named instance (`host\INSTANCE` in the url, as Sage CRM installs
+/// often are): its TCP port comes from the SQL Server Browser on UDP 1434.
+/// A stand-in Browser answers for instance CRMSYNC with the stand-in's
+/// port: `check` connects through it. An instance it does not know gets no
+/// answer, as from the real service, and the error says what to check.
+#[tokio::test]
+async fn named_instance_port_comes_from_the_sql_server_browser() {
+    let env = MsEnv::new(Ids::Identity).await;
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:1434")
+        .await
+        .expect("bind UDP 127.0.0.1:1434 for the stand-in SQL Server Browser");
+    let port = env.server.port;
+    let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let browser = tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let request = buf[..n].to_vec();
+            let _ = asked_tx.send(request.clone());
+            // CLNT_UCAST_INST: 0x04, the instance name (matched without
+            // regard to case, as the Browser does), a NUL.
+            if request.first() == Some(&0x04)
+                && request[1..].to_ascii_uppercase().starts_with(b"CRMSYNC\0")
+            {
+                let text = format!(
+                    "ServerName;TEST;InstanceName;CRMSYNC;IsClustered;No;Version;16.0.1000.6;tcp;{port};;"
+                );
+                let mut reply = vec![0x05];
+                reply.extend_from_slice(&(text.len() as u16).to_le_bytes());
+                reply.extend_from_slice(text.as_bytes());
+                let _ = socket.send_to(&reply, from).await;
+            }
+        }
+    });
+    env.write_config(20, "", "", "external");
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let direct = format!("@{}:{}/", env.server.host, port);
+    assert!(text.contains(&direct), "{text}");
+    let named =
+        |instance: &str| text.replace(&direct, &format!("@{}\\\\{instance}/", env.server.host));
+
+    std::fs::write(&env.config, named("crmsync")).unwrap();
+    let out = run_binary_beside(&env, "check").await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("connected"), "{stdout}");
+    let first = asked.recv().await.unwrap();
+    assert_eq!(
+        first, b"\x04crmsync\x00",
+        "the url's instance name, as written"
+    );
+
+    std::fs::write(&env.config, named("NOSUCH")).unwrap();
+    let out = run_binary_beside(&env, "check").await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("instance NOSUCH") && stderr.contains("SQL Server Browser"),
+        "{stderr}"
+    );
+    browser.abort();
+}

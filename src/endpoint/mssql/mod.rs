@@ -142,13 +142,34 @@ fn is_retryable(e: &tiberius::error::Error) -> bool {
     }
 }
 
-/// `mssql://user@host:port/Database` taken apart.
+/// `mssql://user@host:port/Database` or `mssql://user@host\INSTANCE/Database`
+/// taken apart.
 #[derive(Debug, Clone, PartialEq)]
 struct Target {
     user: String,
     host: String,
-    port: u16,
+    /// A named instance (`host\INSTANCE`): its port comes from the SQL
+    /// Server Browser unless the url gives one.
+    instance: Option<String>,
+    /// The port in the url, if any.
+    port: Option<u16>,
     database: String,
+}
+
+impl Target {
+    /// The url as shown in messages (it never holds a password).
+    fn display(&self) -> String {
+        let instance = self
+            .instance
+            .as_ref()
+            .map(|i| format!("\\{i}"))
+            .unwrap_or_default();
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        format!(
+            "mssql://{}@{}{instance}{port}/{}",
+            self.user, self.host, self.database
+        )
+    }
 }
 
 fn parse_url(url: &str) -> std::result::Result<Target, String> {
@@ -173,10 +194,29 @@ fn parse_url(url: &str) -> std::result::Result<Target, String> {
     let (host, port) = match hostport.rsplit_once(':') {
         Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
             h,
-            p.parse::<u16>()
-                .map_err(|_| format!("the port {p:?} in the url is not a number"))?,
+            Some(
+                p.parse::<u16>()
+                    .map_err(|_| format!("the port {p:?} in the url is not a number"))?,
+            ),
         ),
-        _ => (hostport, 1433),
+        _ => (hostport, None),
+    };
+    let (host, instance) = match host.split_once('\\') {
+        Some((h, i)) => {
+            if i.is_empty()
+                || i.len() > 16
+                || !i
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_$#".contains(c))
+            {
+                return Err(format!(
+                    "the instance name {i:?} in the url is not a SQL Server instance name \
+                     (letters, digits, _ $ #, at most 16)"
+                ));
+            }
+            (h, Some(i.to_string()))
+        }
+        None => (host, None),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if user.is_empty() || host.is_empty() {
@@ -185,8 +225,88 @@ fn parse_url(url: &str) -> std::result::Result<Target, String> {
     Ok(Target {
         user: user.to_string(),
         host: host.to_string(),
+        instance,
         port,
         database: database.to_string(),
+    })
+}
+
+/// The UDP port of the SQL Server Browser service.
+const BROWSER_PORT: u16 = 1434;
+
+/// The TCP port of named instance `instance` on `host`, asked of the SQL
+/// Server Browser on UDP `browser_port` (MS-SQLR: a CLNT_UCAST_INST
+/// request, an SVR_RESP answer). The Browser does not answer for an
+/// instance it does not know: three tries of a second each, then an error
+/// that says what to check.
+async fn instance_port(
+    host: &str,
+    browser_port: u16,
+    instance: &str,
+) -> std::result::Result<u16, String> {
+    let not_found = || {
+        format!(
+            "the SQL Server Browser on {host} (UDP {browser_port}) did not give the port of \
+             instance {instance}: check the instance name, that the SQL Server Browser service \
+             runs and that UDP {browser_port} is open to this machine; or put the instance's \
+             TCP port in the url (host\\{instance}:port)"
+        )
+    };
+    let addr = tokio::net::lookup_host((host, browser_port))
+        .await
+        .map_err(|e| format!("cannot resolve {host} ({e})"))?
+        .next()
+        .ok_or_else(|| format!("cannot resolve {host}"))?;
+    let local = if addr.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let socket = tokio::net::UdpSocket::bind(local)
+        .await
+        .map_err(|e| format!("cannot open a UDP socket ({e})"))?;
+    socket
+        .connect(addr)
+        .await
+        .map_err(|e| format!("cannot reach {addr} ({e})"))?;
+    let mut request = vec![0x04u8];
+    request.extend_from_slice(instance.as_bytes());
+    request.push(0);
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..3 {
+        socket
+            .send(&request)
+            .await
+            .map_err(|e| format!("cannot ask the SQL Server Browser ({e})"))?;
+        match tokio::time::timeout(Duration::from_secs(1), socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => return browser_reply_port(&buf[..n], instance).ok_or_else(not_found),
+            Ok(Err(_)) | Err(_) => continue,
+        }
+    }
+    Err(not_found())
+}
+
+/// The `tcp` port of `instance` in an SVR_RESP: 0x05, the length (u16,
+/// little-endian), then `key;value;` pairs, instances ending in `;;`.
+fn browser_reply_port(reply: &[u8], instance: &str) -> Option<u16> {
+    let (&kind, rest) = reply.split_first()?;
+    if kind != 0x05 || rest.len() < 2 {
+        return None;
+    }
+    let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+    let data = String::from_utf8_lossy(rest.get(2..2 + len).or_else(|| rest.get(2..))?);
+    data.split(";;").find_map(|server| {
+        let parts: Vec<&str> = server.split(';').collect();
+        let get = |key: &str| {
+            parts
+                .chunks(2)
+                .find(|kv| kv[0].eq_ignore_ascii_case(key))
+                .and_then(|kv| kv.get(1).copied())
+        };
+        get("InstanceName")
+            .filter(|n| n.eq_ignore_ascii_case(instance))
+            .and_then(|_| get("tcp"))
+            .and_then(|p| p.parse().ok())
     })
 }
 
@@ -236,10 +356,17 @@ impl MssqlEndpoint {
             source: source.map(|s| Box::new(s) as _),
         };
         let t = parse_url(&conn.url).map_err(|r| connect_error(r, None))?;
-        let target = format!("mssql://{}@{}:{}/{}", t.user, t.host, t.port, t.database);
+        let target = t.display();
+        let port = match (t.port, &t.instance) {
+            (Some(p), _) => p,
+            (None, None) => 1433,
+            (None, Some(instance)) => instance_port(&t.host, BROWSER_PORT, instance)
+                .await
+                .map_err(|r| connect_error(r, None))?,
+        };
         let mut config = Config::new();
         config.host(&t.host);
-        config.port(t.port);
+        config.port(port);
         config.database(&t.database);
         config.application_name("crmsync");
         let password = conn
@@ -1085,14 +1212,54 @@ mod tests {
             Target {
                 user: "sync".into(),
                 host: "crm-sql01".into(),
-                port: 1433,
+                instance: None,
+                port: Some(1433),
                 database: "CRM".into()
             }
         );
-        assert_eq!(parse_url("mssql://sa@db/CRM").unwrap().port, 1433);
+        assert_eq!(parse_url("mssql://sa@db/CRM").unwrap().port, None);
+        let named = parse_url("mssql://sa@db\\SQLEXPRESS/CRM").unwrap();
+        assert_eq!(
+            (named.host.as_str(), named.instance.as_deref(), named.port),
+            ("db", Some("SQLEXPRESS"), None)
+        );
+        assert_eq!(named.display(), "mssql://sa@db\\SQLEXPRESS/CRM");
+        let both = parse_url("mssql://sa@db\\CRM:50123/CRM").unwrap();
+        assert_eq!(
+            (both.instance.as_deref(), both.port),
+            (Some("CRM"), Some(50123))
+        );
+        assert!(parse_url("mssql://sa@db\\/CRM").is_err());
+        assert!(parse_url("mssql://sa@db\\bad name/CRM").is_err());
         assert!(parse_url("mssql://db:1433/CRM").is_err());
         assert!(parse_url("mssql://sa@db:x/CRM").is_err());
         assert!(parse_url("mssql://sa@db:1433").is_err());
+    }
+
+    #[test]
+    fn browser_replies_give_the_instance_port() {
+        let reply = |text: &str| {
+            let mut r = vec![0x05];
+            r.extend_from_slice(&(text.len() as u16).to_le_bytes());
+            r.extend_from_slice(text.as_bytes());
+            r
+        };
+        let one = reply(
+            "ServerName;CRM-SQL01;InstanceName;SQLEXPRESS;IsClustered;No;\
+             Version;15.0.2000.5;tcp;49721;;",
+        );
+        assert_eq!(browser_reply_port(&one, "sqlexpress"), Some(49721));
+        assert_eq!(browser_reply_port(&one, "OTHER"), None);
+        let two = reply(
+            "ServerName;H;InstanceName;A;IsClustered;No;Version;16.0;tcp;1500;;\
+             ServerName;H;InstanceName;CRM;IsClustered;No;Version;16.0;np;\\\\H\\pipe;tcp;1501;;",
+        );
+        assert_eq!(browser_reply_port(&two, "CRM"), Some(1501));
+        // Named pipes only: no TCP port to connect to.
+        let pipes = reply("ServerName;H;InstanceName;P;IsClustered;No;Version;16.0;np;x;;");
+        assert_eq!(browser_reply_port(&pipes, "P"), None);
+        assert_eq!(browser_reply_port(&[0x04, 0, 0], "P"), None);
+        assert_eq!(browser_reply_port(&[], "P"), None);
     }
 
     #[test]
