@@ -1016,16 +1016,11 @@ async fn erp_suppliers_on(erp: &mut Tds) -> Vec<crate::common::Supplier> {
     out
 }
 
-/// An ERP on SQL Server and the Sage CRM on PostgreSQL, which then holds
-/// the state store. SQL Server has no COPY, so a CRM → external `backfill`
-/// writes through the sync's batched writes: it links the row `match_on`
-/// finds (taking the CRM values, `crm_wins`), inserts the rest with their
-/// CRM ids, leaves soft-deleted CRM rows behind, and leaves nothing for the
-/// next sync. Changes then flow both ways, and an ERP hard delete becomes a
-/// CRM soft delete.
-#[tokio::test]
-async fn erp_on_sql_server_backfills_and_syncs_both_ways() {
-    use crate::common::{expected_suppliers, insert_companies, Env, Opts};
+/// The Sage CRM on PostgreSQL (holding the state store), the ERP of
+/// erp_schema_mssql.sql on SQL Server, and the two-way supplier entity with
+/// `match_on` by name between them.
+async fn erp_on_sql_server() -> (Server, Tds, crate::common::Env) {
+    use crate::common::{Env, Opts};
     let server = Server::start().await;
     let mut erp = server.client().await;
     for batch in go_batches(ERP_SCHEMA_MSSQL) {
@@ -1057,7 +1052,96 @@ async fn erp_on_sql_server_backfills_and_syncs_both_ways() {
         );
     assert!(config.contains("mssql://") && config.contains("\"both\""));
     std::fs::write(&env.config, config).unwrap();
+    (server, erp, env)
+}
 
+/// SIGKILL in the middle of a backfill into SQL Server, then a rerun: the
+/// rerun resumes after the last checkpoint (its report says so), rows a
+/// killed chunk wrote are found by their CRM id and linked, not copied
+/// again, and every CRM row ends up in the ERP exactly once.
+#[tokio::test]
+async fn killed_backfill_into_sql_server_resumes_without_duplicates() {
+    use crate::common::{binary, insert_companies};
+    let (_server, mut erp, env) = erp_on_sql_server().await;
+    insert_companies(&env.crm, 1_500, "now() - interval '1 hour'", "Supplier").await;
+    let report = env.dir.path().join("report.json");
+    let report_arg = report.to_str().unwrap().to_string();
+    let args = ["--report", &report_arg, "backfill", "--chunk-rows", "100"];
+    let mut child = binary(&env.config, &args, &[]).spawn().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let n = scalar_i64(&mut erp, "SELECT COUNT(*) FROM erp.supplier").await;
+        if n.unwrap_or(0) >= 250 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backfill ended before it was killed"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(120));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    let killed = child.wait().unwrap();
+    assert!(!killed.success(), "killed, not finished: {killed:?}");
+    let before = scalar_i64(&mut erp, "SELECT COUNT(*) FROM erp.supplier")
+        .await
+        .unwrap();
+    assert!(before < 1_500, "killed in the middle: {before} rows");
+
+    let config = env.config.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_binary(
+            &config,
+            &["--report", &report_arg, "backfill", "--chunk-rows", "100"],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = &json["backfill"][0];
+    assert_eq!(r["resumed"], serde_json::json!(true), "{r}");
+    let done_before = r["rows_done_before"].as_u64().unwrap();
+    assert!(done_before >= 100, "{r}");
+    assert_eq!(r["read"].as_u64().unwrap(), 1_500 - done_before, "{r}");
+    assert_eq!(
+        scalar_i64(&mut erp, "SELECT COUNT(*) FROM erp.supplier").await,
+        Some(1_500)
+    );
+    assert_eq!(
+        scalar_i64(
+            &mut erp,
+            "SELECT COUNT(DISTINCT crm_company_id) FROM erp.supplier"
+        )
+        .await,
+        Some(1_500),
+        "one ERP row per CRM row"
+    );
+    let links: i64 = env
+        .crm
+        .query_one("SELECT count(*) FROM crmsync.links", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(links, 1_500);
+    assert_eq!(env.sync().await.changes(), 0);
+}
+
+/// An ERP on SQL Server and the Sage CRM on PostgreSQL, which then holds
+/// the state store. SQL Server has no COPY, so a CRM → external `backfill`
+/// writes through the sync's batched writes: it links the row `match_on`
+/// finds (taking the CRM values, `crm_wins`), inserts the rest with their
+/// CRM ids, leaves soft-deleted CRM rows behind, and leaves nothing for the
+/// next sync. Changes then flow both ways, and an ERP hard delete becomes a
+/// CRM soft delete.
+#[tokio::test]
+async fn erp_on_sql_server_backfills_and_syncs_both_ways() {
+    use crate::common::{expected_suppliers, insert_companies};
+    let (_server, mut erp, env) = erp_on_sql_server().await;
     insert_companies(&env.crm, 1_200, "now() - interval '1 hour'", "Supplier").await;
     env.crm
         .execute(
