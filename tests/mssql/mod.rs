@@ -1121,13 +1121,7 @@ async fn killed_backfill_into_sql_server_resumes_without_duplicates() {
         Some(1_500),
         "one ERP row per CRM row"
     );
-    let links: i64 = env
-        .crm
-        .query_one("SELECT count(*) FROM crmsync.links", &[])
-        .await
-        .unwrap()
-        .get(0);
-    assert_eq!(links, 1_500);
+    assert_eq!(crate::common::count(&env.crm, "crmsync.links").await, 1_500);
     assert_eq!(env.sync().await.changes(), 0);
 }
 
