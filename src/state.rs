@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
 /// The state schema's version; `migrate` brings older schemas up to it.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Where change reading stopped: a `(change time, key)` position.
 #[derive(Debug, Clone, PartialEq)]
@@ -300,6 +300,23 @@ pub trait StateStore: Send + Sync {
 
     /// Every live link of `entity` as (CRM key, external key).
     async fn live_links(&self, entity: &str) -> Result<Vec<(String, String)>, EndpointError>;
+
+    /// The external table's deletes fingerprint (see
+    /// `Endpoint::deletes_fingerprint`) when `entity`'s links were last
+    /// found all present, if that was less than `within` ago.
+    async fn deletes_checked(
+        &self,
+        entity: &str,
+        within: std::time::Duration,
+    ) -> Result<Option<String>, EndpointError>;
+
+    /// Records `fingerprint`, read before a hard-delete check whose
+    /// findings have all been carried out.
+    async fn set_deletes_checked(
+        &self,
+        entity: &str,
+        fingerprint: &str,
+    ) -> Result<(), EndpointError>;
 
     /// The live links of `entity` whose external key names no row of
     /// `table` (keyed by `key`), a table in the state store's own

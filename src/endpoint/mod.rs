@@ -303,6 +303,16 @@ pub trait Endpoint: Send + Sync {
     /// Every key of the scan's table (no filter), as key strings.
     async fn keys(&self, scan: &Scan) -> Result<Vec<String>>;
 
+    /// A value that changes whenever a row of `table` may have been
+    /// deleted since it was last read (a DELETE, a TRUNCATE, the table
+    /// recreated, its statistics reset), or `None` when the database
+    /// cannot tell. Equal values read at two times mean no row was deleted
+    /// in between, except deletes whose statistics were not flushed yet
+    /// at the second read: they change the value later.
+    async fn deletes_fingerprint(&self, _table: &TableInfo) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     /// Rows whose change column is NULL (they never enter a window).
     async fn count_null_changes(&self, scan: &Scan) -> Result<i64>;
 

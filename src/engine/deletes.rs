@@ -11,6 +11,15 @@ use crate::state::{GoneLinks, LinkBatch, LinkWrite};
 use crate::value::Value;
 use std::collections::{BTreeMap, HashSet};
 
+/// The longest time between two comparisons of the links with the
+/// external table, whatever its statistics say: a bound on what a reset of
+/// one table's statistics counters could hide.
+const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Carries external hard deletes into CRM as soft deletes. The links are
+/// compared with the external table (every link, a cost that follows the
+/// table's size) only when the table's deletes fingerprint moved since the
+/// last comparison that left nothing undone, or that one is an hour old.
 pub(super) async fn external_hard_deletes(
     engine: &Engine,
     e: &BoundEntity,
@@ -21,8 +30,41 @@ pub(super) async fn external_hard_deletes(
     if e.plan.delete_into_crm != CrmDelete::Soft {
         return Ok(());
     }
+    // Read before the comparison: a delete after this read changes the
+    // fingerprint the next run reads, so it is compared then.
+    let fingerprint = engine
+        .external
+        .deletes_fingerprint(&e.external_table)
+        .await?;
+    if let Some(fp) = &fingerprint {
+        if state
+            .deletes_checked(e.name(), RECHECK_EVERY)
+            .await?
+            .as_ref()
+            == Some(fp)
+        {
+            tracing::debug!(
+                "entity {:?}: no row of {} deleted since the last check; links not compared",
+                e.name(),
+                e.external_table.qualified()
+            );
+            return Ok(());
+        }
+    }
+    report.hard_delete_check = true;
+    // Recorded once every finding is carried out, never after a refusal:
+    // a refused delete is looked at again by every run until it is done.
+    let checked = |fp: Option<String>| async move {
+        match fp {
+            Some(fp) if mode == Mode::Apply => {
+                state.store().set_deletes_checked(e.name(), &fp).await
+            }
+            _ => Ok(()),
+        }
+    };
     let GoneLinks { gone, live } = gone_links(engine, e, state).await?;
     if gone.is_empty() {
+        checked(fingerprint).await?;
         return Ok(());
     }
     let ratio = gone.len() as f64 / live as f64;
@@ -85,6 +127,7 @@ pub(super) async fn external_hard_deletes(
             state.store().write_links(&links).await?;
         }
     }
+    checked(fingerprint).await?;
     Ok(())
 }
 

@@ -96,6 +96,10 @@ pub struct EntityReport {
     /// External rows gone that were not carried into CRM because they
     /// were more than `max_delete_ratio` of the links.
     pub deletes_refused: u64,
+    /// Whether the links were compared with the external table for hard
+    /// deletes; false when the entity does not carry them, or when the
+    /// table's statistics show no delete since the last check.
+    pub hard_delete_check: bool,
     pub rejected: u64,
     pub truncated: u64,
     pub open_rejects: u64,
@@ -379,6 +383,15 @@ impl StateView<'_> {
 
     async fn live_links(&self, entity: &str) -> Result<Vec<(String, String)>, EndpointError> {
         let r = self.store().live_links(entity).await;
+        self.empty_if_missing(r)
+    }
+
+    async fn deletes_checked(
+        &self,
+        entity: &str,
+        within: std::time::Duration,
+    ) -> Result<Option<String>, EndpointError> {
+        let r = self.store().deletes_checked(entity, within).await;
         self.empty_if_missing(r)
     }
 

@@ -398,3 +398,16 @@ pub async fn count(client: &Client, table: &str) -> i64 {
         .unwrap()
         .get(0)
 }
+
+/// Makes the statistics of this session's writes visible to others now,
+/// not within the next seconds (PostgreSQL 15 and later; older servers get
+/// a pause instead).
+pub async fn flush_statistics(client: &Client) {
+    client
+        .batch_execute(
+            "DO $$ BEGIN PERFORM pg_stat_force_next_flush(); \
+             EXCEPTION WHEN undefined_function THEN PERFORM pg_sleep(2); END $$",
+        )
+        .await
+        .unwrap();
+}

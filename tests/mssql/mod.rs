@@ -607,6 +607,7 @@ max_delete_ratio = 1.0"#,
         .execute("DELETE FROM erp.supplier WHERE crm_company_id = 3", &[])
         .await
         .unwrap();
+    crate::common::flush_statistics(&env.erp).await;
     let second = env.sync().await;
     assert_eq!(
         (second.updated, second.crm_updated, second.crm_deleted),

@@ -576,6 +576,7 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
                ALTER TABLE crmsync.backfill_checkpoints DROP COLUMN insert_only;
                DROP TABLE crmsync.shadow_layouts;
                ALTER TABLE crmsync.watermarks DROP COLUMN read_at;
+               DROP TABLE crmsync.deletes_checked;
                UPDATE crmsync.schema_version SET version = 2;"#,
         )
         .await
@@ -602,7 +603,7 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
         .await
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
-    assert_eq!((version, ty.as_str()), (4, "text"));
+    assert_eq!((version, ty.as_str()), (5, "text"));
 
     env.crm
         .execute(

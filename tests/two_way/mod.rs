@@ -389,6 +389,7 @@ async fn deleting_half_the_external_table_is_refused_by_the_ratio_guard() {
         .execute("DELETE FROM erp.supplier WHERE supplier_id % 2 = 0", &[])
         .await
         .unwrap();
+    crate::common::flush_statistics(&env.erp).await;
     let out = env.run_binary(&["sync"], &[]);
     let (stdout, stderr) = crate::common::output_text(&out);
     assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
@@ -431,6 +432,7 @@ async fn two_percent_deleted(state_side: &'static str) {
         )
         .await
         .unwrap();
+    crate::common::flush_statistics(&env.erp).await;
     let report = sync(&env).await;
     assert_eq!(report.crm_deleted, 1, "{report:?}");
     assert_eq!(report.deletes_refused, 0);
@@ -451,7 +453,53 @@ async fn two_percent_deleted(state_side: &'static str) {
         .unwrap()
         .get(0);
     assert_eq!(live, 49);
-    assert_eq!(sync(&env).await.changes(), 0);
+    assert!(report.hard_delete_check, "{report:?}");
+
+    // No delete since that check: the links are not compared again, also
+    // while rows are inserted and updated.
+    env.erp
+        .batch_execute(
+            "INSERT INTO erp.supplier (name) VALUES ('New one'); \
+             UPDATE erp.supplier SET phone = '+1 555 0199' WHERE name = 'New one'",
+        )
+        .await
+        .unwrap();
+    crate::common::flush_statistics(&env.erp).await;
+    let quiet = sync(&env).await;
+    assert_eq!(quiet.crm_inserted, 1, "{quiet:?}");
+    assert!(!quiet.hard_delete_check, "{quiet:?}");
+
+    // The next delete is found by the next run.
+    let (gone_crm, gone_ext) = pairs[8];
+    env.erp
+        .execute(
+            "DELETE FROM erp.supplier WHERE supplier_id = $1",
+            &[&gone_ext],
+        )
+        .await
+        .unwrap();
+    crate::common::flush_statistics(&env.erp).await;
+    let again = sync(&env).await;
+    assert!(again.hard_delete_check, "{again:?}");
+    assert_eq!(again.crm_deleted, 1, "{again:?}");
+    let r = crm_row(&env.crm, gone_crm, &["comp_deleted"]).await;
+    assert_eq!(r["comp_deleted"].as_deref(), Some("1"));
+
+    // TRUNCATE counts no deleted row, but gives the table a new file: the
+    // links are compared, and the delete-ratio guard holds the deletes.
+    env.erp
+        .batch_execute("TRUNCATE erp.supplier")
+        .await
+        .unwrap();
+    let truncated = sync(&env).await;
+    assert!(truncated.hard_delete_check, "{truncated:?}");
+    assert_eq!(truncated.crm_deleted, 0);
+    assert!(truncated.deletes_refused > 0, "{truncated:?}");
+    let still = sync(&env).await;
+    assert!(
+        still.hard_delete_check && still.deletes_refused > 0,
+        "refused deletes are looked at again: {still:?}"
+    );
 }
 
 /// A pair whose name changed on both sides, plus a phone changed in CRM

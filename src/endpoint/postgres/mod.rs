@@ -666,6 +666,33 @@ impl Endpoint for PgEndpoint {
         Ok(rows.into_iter().map(|r| r.get(0)).collect())
     }
 
+    /// The table's oid and file (TRUNCATE, a rewrite or a new table
+    /// change them), its cumulative count of deleted rows, and when the
+    /// database's statistics were last reset (by `pg_stat_reset()` or a
+    /// crash). Inserts and updates leave it alone. Only for an ordinary
+    /// table with `track_counts` on: a partitioned table counts in its
+    /// partitions, and without `track_counts` nothing is counted.
+    async fn deletes_fingerprint(&self, table: &TableInfo) -> Result<Option<String>> {
+        let sql = "SELECT c.oid::text || '/' || c.relfilenode::text || '/' \
+                       || s.n_tup_del::text || '/' || coalesce(d.stats_reset::text, '') \
+                   FROM pg_class c \
+                   JOIN pg_stat_all_tables s ON s.relid = c.oid \
+                   JOIN pg_stat_database d ON d.datname = current_database() \
+                   WHERE c.oid = $1::text::regclass AND c.relkind = 'r' \
+                     AND current_setting('track_counts')::boolean";
+        let conn = self.conn().await?;
+        let row = conn
+            .query_opt(sql, &[&qualified(table)])
+            .await
+            .map_err(|e| {
+                self.query_error(
+                    format!("reading the statistics of {}", table.qualified()),
+                    e,
+                )
+            })?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
     async fn count_null_changes(&self, scan: &Scan) -> Result<i64> {
         let sql = format!(
             "SELECT count(*) FROM {} WHERE {} IS NULL{}",

@@ -115,6 +115,16 @@ CREATE TABLE {s}.shadow_layouts (
     r#"
 ALTER TABLE {s}.watermarks ADD COLUMN read_at jsonb;
 "#,
+    // The external table's deletes fingerprint at the last hard-delete
+    // check that left nothing undone: while it stays the same, no row can
+    // have gone, and the check (a scan of every link) is skipped.
+    r#"
+CREATE TABLE {s}.deletes_checked (
+    entity      text PRIMARY KEY,
+    fingerprint text NOT NULL,
+    checked_at  timestamptz NOT NULL DEFAULT now()
+);
+"#,
 ];
 
 // Every migration raises the version by one.
@@ -873,6 +883,41 @@ impl StateStore for PgEndpoint {
             .await
             .map(|r| r.get(0))
             .map_err(|e| self.state_error("looking for links", e))
+    }
+
+    async fn deletes_checked(
+        &self,
+        entity: &str,
+        within: std::time::Duration,
+    ) -> Result<Option<String>, EndpointError> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "SELECT fingerprint FROM {}.deletes_checked \
+             WHERE entity = $1 AND checked_at > now() - make_interval(secs => $2)",
+            self.s()
+        );
+        conn.query_opt(&sql, &[&entity, &within.as_secs_f64()])
+            .await
+            .map(|r| r.map(|r| r.get(0)))
+            .map_err(|e| self.state_error("reading the last hard-delete check", e))
+    }
+
+    async fn set_deletes_checked(
+        &self,
+        entity: &str,
+        fingerprint: &str,
+    ) -> Result<(), EndpointError> {
+        let conn = self.conn().await?;
+        let sql = format!(
+            "INSERT INTO {}.deletes_checked (entity, fingerprint) VALUES ($1, $2) \
+             ON CONFLICT (entity) DO UPDATE SET fingerprint = EXCLUDED.fingerprint, \
+                 checked_at = now()",
+            self.s()
+        );
+        conn.execute(&sql, &[&entity, &fingerprint])
+            .await
+            .map(|_| ())
+            .map_err(|e| self.state_error("recording the hard-delete check", e))
     }
 
     async fn live_links(&self, entity: &str) -> Result<Vec<(String, String)>, EndpointError> {
