@@ -478,8 +478,17 @@ async fn status(plan: Plan) -> anyhow::Result<i32> {
     let mut code = exit::OK;
     for c in &status.counts {
         println!(
-            "  {}: {} links, {} open rejects, {} open conflicts",
-            c.entity, c.links, c.open_rejects, c.open_conflicts
+            "  {}: {} links, {} open rejects, {} open conflicts{}",
+            c.entity,
+            c.links,
+            c.open_rejects,
+            c.open_conflicts,
+            c.deletes_checked_at
+                .map(|t| format!(
+                    "; links last found all present in the external table {}",
+                    t.format("%Y-%m-%d %H:%M:%S UTC")
+                ))
+                .unwrap_or_default()
         );
         if c.open_rejects > 0 || c.open_conflicts > 0 {
             code = exit::UNFINISHED;

@@ -125,6 +125,9 @@ pub struct EntityCounts {
     pub links: i64,
     pub open_rejects: i64,
     pub open_conflicts: i64,
+    /// When the links were last found all present in the external table
+    /// (the hard-delete comparison), if ever.
+    pub deletes_checked_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -484,6 +484,13 @@ async fn two_percent_deleted(state_side: &'static str) {
     assert_eq!(again.crm_deleted, 1, "{again:?}");
     let r = crm_row(&env.crm, gone_crm, &["comp_deleted"]).await;
     assert_eq!(r["comp_deleted"].as_deref(), Some("1"));
+    let status = env.run_binary(&["status"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&status);
+    assert_eq!(status.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("links last found all present in the external table 20"),
+        "{stdout}"
+    );
 
     // TRUNCATE counts no deleted row, but gives the table a new file: the
     // links are compared, and the delete-ratio guard holds the deletes.

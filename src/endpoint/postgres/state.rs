@@ -699,6 +699,23 @@ impl StateStore for PgEndpoint {
                 links: r.get(1),
                 open_rejects: r.get(2),
                 open_conflicts: r.get(3),
+                deletes_checked_at: None,
+            })
+            .collect::<Vec<_>>();
+        // A state schema older than 5 has no such table: none is shown.
+        let checked: HashMap<String, chrono::DateTime<chrono::Utc>> = conn
+            .query(
+                &format!("SELECT entity, checked_at FROM {s}.deletes_checked"),
+                &[],
+            )
+            .await
+            .map(|rows| rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+            .unwrap_or_default();
+        let counts = counts
+            .into_iter()
+            .map(|c| EntityCounts {
+                deletes_checked_at: checked.get(&c.entity).copied(),
+                ..c
             })
             .collect();
         let last_runs = conn
