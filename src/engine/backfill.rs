@@ -1607,7 +1607,10 @@ async fn match_rows(
     rejects: &mut Vec<(String, String)>,
 ) -> Result<Vec<Candidate>, EngineError> {
     let tuple_of = |r: &Vec<Value>, positions: &[usize]| -> Option<String> {
-        let parts: Vec<String> = positions.iter().map(|p| r[*p].key_string()).collect();
+        let parts: Vec<String> = positions
+            .iter()
+            .map(|p| super::pass::match_part(&r[*p]))
+            .collect();
         (!positions.iter().any(|p| r[*p].is_null())).then(|| parts.join("\u{1f}"))
     };
     let crm_pos: Vec<usize> = cols.matches.iter().map(|(p, _)| *p).collect();

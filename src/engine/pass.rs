@@ -145,6 +145,16 @@ pub(super) async fn backfill_page(
     ctx.page(&scan, rows, &HashSet::new(), report).await
 }
 
+/// One value of a `match_on` tuple as compared: text without trailing
+/// spaces, as both databases' `=` compares it (and as a `char(n)` column
+/// returns it padded).
+pub(super) fn match_part(v: &Value) -> String {
+    match v {
+        Value::Text(s) => s.trim_end_matches(' ').to_string(),
+        other => other.key_string(),
+    }
+}
+
 /// What `match_on` finds for an unlinked row.
 enum Matched {
     None,
@@ -1049,7 +1059,7 @@ impl Ctx<'_> {
             } else {
                 v.clone()
             };
-            parts.push(t.key_string());
+            parts.push(match_part(&t));
             own.push(v);
         }
         Some((own, parts.join("\u{1f}")))
@@ -1517,5 +1527,29 @@ fn resolve(links: &mut LinkBatch, side: Side, inserted: &[Value]) {
         if let KeyRef::Inserted(i) = *k {
             *k = KeyRef::Known(inserted[i].key_string());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn match_values_compare_without_trailing_spaces() {
+        assert_eq!(
+            match_part(&Value::Text("Acme    ".into())),
+            match_part(&Value::Text("Acme".into()))
+        );
+        assert_ne!(
+            match_part(&Value::Text(" Acme".into())),
+            match_part(&Value::Text("Acme".into())),
+            "leading spaces count, as in SQL"
+        );
+        assert_ne!(
+            match_part(&Value::Text("ACME".into())),
+            match_part(&Value::Text("Acme".into())),
+            "exact, whatever the collation"
+        );
+        assert_eq!(match_part(&Value::Int(7)), "7");
     }
 }
