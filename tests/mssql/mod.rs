@@ -1254,6 +1254,17 @@ async fn erp_on_sql_server_backfills_and_syncs_both_ways() {
         "both sides agree after the changes"
     );
     assert_eq!(env.sync().await.changes(), 0);
+    // verify reads both sides in full and finds them in step.
+    let config = env.config.clone();
+    let out = tokio::task::spawn_blocking(move || run_binary(&config, &["verify"], &[]))
+        .await
+        .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("in step") && stdout.contains("0 differ"),
+        "{stdout}"
+    );
 }
 
 /// A named instance (`host\INSTANCE` in the url, as Sage CRM installs
