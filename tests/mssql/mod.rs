@@ -1056,6 +1056,31 @@ async fn erp_on_sql_server() -> (Server, Tds, crate::common::Env) {
     (server, erp, env)
 }
 
+/// `crmsync --report FILE backfill ARGS...` with `config`, off the test's
+/// runtime (the stand-in serves from it); asserts exit code 0 and returns
+/// the report's backfill entry.
+async fn backfill_binary(config: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let report = config.with_file_name("report.json");
+    let mut full = vec![
+        "--report".to_string(),
+        report.to_str().unwrap().to_string(),
+        "backfill".to_string(),
+    ];
+    full.extend(args.iter().map(|a| a.to_string()));
+    let config = config.to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = full.iter().map(String::as_str).collect();
+        run_binary(&config, &args, &[])
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    json["backfill"][0].clone()
+}
+
 /// SIGKILL in the middle of a backfill into SQL Server, then a rerun: the
 /// rerun resumes after the last checkpoint (its report says so), rows a
 /// killed chunk wrote are found by their CRM id and linked, not copied
@@ -1065,9 +1090,7 @@ async fn killed_backfill_into_sql_server_resumes_without_duplicates() {
     use crate::common::{binary, insert_companies};
     let (_server, mut erp, env) = erp_on_sql_server().await;
     insert_companies(&env.crm, 1_500, "now() - interval '1 hour'", "Supplier").await;
-    let report = env.dir.path().join("report.json");
-    let report_arg = report.to_str().unwrap().to_string();
-    let args = ["--report", &report_arg, "backfill", "--chunk-rows", "100"];
+    let args = ["backfill", "--chunk-rows", "100"];
     let mut child = binary(&env.config, &args, &[]).spawn().unwrap();
     let started = std::time::Instant::now();
     loop {
@@ -1090,21 +1113,7 @@ async fn killed_backfill_into_sql_server_resumes_without_duplicates() {
         .unwrap();
     assert!(before < 1_500, "killed in the middle: {before} rows");
 
-    let config = env.config.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        run_binary(
-            &config,
-            &["--report", &report_arg, "backfill", "--chunk-rows", "100"],
-            &[],
-        )
-    })
-    .await
-    .unwrap();
-    let (stdout, stderr) = output_text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let r = &json["backfill"][0];
+    let r = &backfill_binary(&env.config, &["--chunk-rows", "100"]).await;
     assert_eq!(r["resumed"], serde_json::json!(true), "{r}");
     let done_before = r["rows_done_before"].as_u64().unwrap();
     assert!(done_before >= 100, "{r}");
@@ -1155,19 +1164,7 @@ async fn erp_on_sql_server_backfills_and_syncs_both_ways() {
     )
     .await;
 
-    let report = env.dir.path().join("report.json");
-    let config = env.config.clone();
-    let report_arg = report.to_str().unwrap().to_string();
-    let out = tokio::task::spawn_blocking(move || {
-        run_binary(&config, &["--report", &report_arg, "backfill"], &[])
-    })
-    .await
-    .unwrap();
-    let (stdout, stderr) = output_text(&out);
-    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
-    let r = &json["backfill"][0];
+    let r = &backfill_binary(&env.config, &[]).await;
     assert_eq!(
         (&r["read"], &r["linked"], &r["inserted"], &r["rejected"]),
         (

@@ -425,14 +425,7 @@ async fn two_percent_deleted(state_side: &'static str) {
     .await;
     let pairs = linked_pairs(&env, 50).await;
     let (gone_crm, gone_ext) = pairs[7];
-    env.erp
-        .execute(
-            "DELETE FROM erp.supplier WHERE supplier_id = $1",
-            &[&gone_ext],
-        )
-        .await
-        .unwrap();
-    crate::common::flush_statistics(&env.erp).await;
+    hard_delete(&env, gone_ext).await;
     let report = sync(&env).await;
     assert_eq!(report.crm_deleted, 1, "{report:?}");
     assert_eq!(report.deletes_refused, 0);
@@ -471,14 +464,7 @@ async fn two_percent_deleted(state_side: &'static str) {
 
     // The next delete is found by the next run.
     let (gone_crm, gone_ext) = pairs[8];
-    env.erp
-        .execute(
-            "DELETE FROM erp.supplier WHERE supplier_id = $1",
-            &[&gone_ext],
-        )
-        .await
-        .unwrap();
-    crate::common::flush_statistics(&env.erp).await;
+    hard_delete(&env, gone_ext).await;
     let again = sync(&env).await;
     assert!(again.hard_delete_check, "{again:?}");
     assert_eq!(again.crm_deleted, 1, "{again:?}");
@@ -507,6 +493,15 @@ async fn two_percent_deleted(state_side: &'static str) {
         still.hard_delete_check && still.deletes_refused > 0,
         "refused deletes are looked at again: {still:?}"
     );
+}
+
+/// Deletes ERP row `id` for real, and makes the server count it now.
+async fn hard_delete(env: &Env, id: i64) {
+    env.erp
+        .execute("DELETE FROM erp.supplier WHERE supplier_id = $1", &[&id])
+        .await
+        .unwrap();
+    crate::common::flush_statistics(&env.erp).await;
 }
 
 /// A pair whose name changed on both sides, plus a phone changed in CRM
