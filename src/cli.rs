@@ -295,6 +295,25 @@ async fn check(plan: Plan, warnings: &mut Vec<String>) -> anyhow::Result<i32> {
                 ));
             }
         }
+        // Hard deletes are compared link by link only when the table's
+        // statistics show one; where they cannot, on every run.
+        if b.plan.direction.external_to_crm()
+            && b.plan.delete_into_crm == crate::plan::CrmDelete::Soft
+            && engine
+                .external
+                .deletes_fingerprint(&b.external_table)
+                .await?
+                .is_none()
+        {
+            warnings.push(format!(
+                "entity {:?}: every run compares all its links with {} for hard deletes, a cost \
+                 that grows with the table: its database cannot tell when no row was deleted \
+                 (SQL Server, a partitioned or foreign table, or track_counts off); flag deletes \
+                 in external_deleted_column instead where the application can",
+                b.name(),
+                b.external_table.qualified()
+            ));
+        }
         let crm_nulls = engine.crm.count_null_changes(&b.crm_scan()).await?;
         let ext_nulls = engine
             .external

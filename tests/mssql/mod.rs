@@ -1251,6 +1251,17 @@ async fn erp_on_sql_server_backfills_and_syncs_both_ways() {
         "both sides agree after the changes"
     );
     assert_eq!(env.sync().await.changes(), 0);
+    // check says that hard deletes are compared on every run here.
+    let config = env.config.clone();
+    let out = tokio::task::spawn_blocking(move || run_binary(&config, &["check"], &[]))
+        .await
+        .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("every run compares all its links with erp.supplier"),
+        "{stdout}"
+    );
     // verify reads both sides in full and finds them in step.
     let config = env.config.clone();
     let out = tokio::task::spawn_blocking(move || run_binary(&config, &["verify"], &[]))

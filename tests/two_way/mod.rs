@@ -477,6 +477,13 @@ async fn two_percent_deleted(state_side: &'static str) {
         stdout.contains("links last found all present in the external table 20"),
         "{stdout}"
     );
+    let check = env.run_binary(&["check"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&check);
+    assert_eq!(check.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("check passed") && !stdout.contains("for hard deletes"),
+        "PostgreSQL tells when nothing was deleted: {stdout}"
+    );
 
     // TRUNCATE counts no deleted row, but gives the table a new file: the
     // links are compared, and the delete-ratio guard holds the deletes.
