@@ -89,6 +89,14 @@ impl Side {
             Side::External => "external",
         }
     }
+
+    /// The side across from this one.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Crm => Side::External,
+            Side::External => Side::Crm,
+        }
+    }
 }
 
 impl fmt::Display for Side {

@@ -57,6 +57,15 @@ impl BoundEntity {
         &self.plan.name
     }
 
+    /// The read of `side`: [`BoundEntity::crm_scan`] or
+    /// [`BoundEntity::external_scan`].
+    pub fn scan(&self, side: Side) -> Scan {
+        match side {
+            Side::Crm => self.crm_scan(),
+            Side::External => self.external_scan(),
+        }
+    }
+
     /// The CRM read: key, change column, deleted flag, link column, then
     /// the mapped columns.
     pub fn crm_scan(&self) -> Scan {

@@ -321,6 +321,10 @@ pub trait StateStore: Send + Sync {
         fingerprint: &str,
     ) -> Result<(), EndpointError>;
 
+    /// Forgets the last hard-delete check: the next run compares the
+    /// links whatever the fingerprint.
+    async fn forget_deletes_checked(&self, entity: &str) -> Result<(), EndpointError>;
+
     /// The live links of `entity` whose external key names no row of
     /// `table` (keyed by `key`), a table in the state store's own
     /// database, with the number of live links, both read in one snapshot.

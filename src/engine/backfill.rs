@@ -511,9 +511,10 @@ async fn through_sync(
     let started = Instant::now();
     let direction = opts.direction.as_str();
     let state = &*engine.state;
-    let (endpoint, scan, table) = match source {
-        Side::Crm => (&engine.crm, e.crm_scan(), &e.crm_table),
-        Side::External => (&engine.external, e.external_scan(), &e.external_table),
+    let scan = e.scan(source);
+    let (endpoint, table) = match source {
+        Side::Crm => (&engine.crm, &e.crm_table),
+        Side::External => (&engine.external, &e.external_table),
     };
     let mut checkpoint = match interrupted(engine, e, opts, report).await? {
         Some(cp) => cp,

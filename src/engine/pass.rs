@@ -138,11 +138,8 @@ pub(super) async fn backfill_page(
         mode: Mode::Apply,
         source,
     };
-    let scan = match source {
-        Side::Crm => e.crm_scan(),
-        Side::External => e.external_scan(),
-    };
-    ctx.page(&scan, rows, &HashSet::new(), report).await
+    ctx.page(&e.scan(source), rows, &HashSet::new(), report)
+        .await
 }
 
 /// One value of a `match_on` tuple as compared: text without trailing
@@ -311,10 +308,7 @@ impl Ctx<'_> {
     }
 
     fn other_scan(&self) -> Scan {
-        let mut s = match self.source {
-            Side::Crm => self.e.external_scan(),
-            Side::External => self.e.crm_scan(),
-        };
+        let mut s = self.e.scan(self.source.other());
         // The link, not the filter, decides what belongs to a pair.
         s.filter = None;
         s
@@ -390,10 +384,7 @@ impl Ctx<'_> {
             Side::External => self.state.links_by_external(e.name(), &keys).await?,
         };
         let other = self.other_scan();
-        let other_side = match self.source {
-            Side::Crm => Side::External,
-            Side::External => Side::Crm,
-        };
+        let other_side = self.source.other();
         let other_ep = match other_side {
             Side::Crm => &*self.engine.crm,
             Side::External => &*self.engine.external,
@@ -1081,10 +1072,7 @@ impl Ctx<'_> {
         if e.plan.match_on.is_empty() || unlinked.is_empty() {
             return Ok(index);
         }
-        let other_side = match self.source {
-            Side::Crm => Side::External,
-            Side::External => Side::Crm,
-        };
+        let other_side = self.source.other();
         let mut own_firsts = Vec::new();
         let mut seen = HashSet::new();
         for values in unlinked {
@@ -1116,7 +1104,7 @@ impl Ctx<'_> {
             (self.source, &own_col.name, own_firsts),
         ] {
             let rows = self.unclaimed(side, column, &values).await?;
-            let scan = self.filtered_scan(side);
+            let scan = self.e.scan(side);
             for r in rows {
                 let Some((_, tuple)) = self.match_tuple(
                     side,
@@ -1137,14 +1125,6 @@ impl Ctx<'_> {
         Ok(index)
     }
 
-    /// `side`'s scan with its filter: the rows that take part.
-    fn filtered_scan(&self, side: Side) -> Scan {
-        match side {
-            Side::Crm => self.e.crm_scan(),
-            Side::External => self.e.external_scan(),
-        }
-    }
-
     /// The rows of `side` (its filter applied) whose `column` holds one of
     /// `values`, less the claimed ones: flagged deleted, naming a
     /// counterpart, or linked in the state store.
@@ -1155,7 +1135,7 @@ impl Ctx<'_> {
         values: &[Value],
     ) -> Result<Vec<Vec<Value>>, EngineError> {
         let e = self.e;
-        let scan = self.filtered_scan(side);
+        let scan = self.e.scan(side);
         let (endpoint, deleted, claim) = match side {
             Side::Crm => (&self.engine.crm, &e.crm_deleted, &e.crm_link),
             Side::External => (
@@ -1200,10 +1180,7 @@ impl Ctx<'_> {
                 matches!(key, KeyRef::Known(o) if o == k)
             })
         };
-        let other_side = match self.source {
-            Side::Crm => Side::External,
-            Side::External => Side::Crm,
-        };
+        let other_side = self.source.other();
         let candidates: Vec<&Vec<Value>> = index
             .other
             .get(&tuple)

@@ -225,9 +225,8 @@ impl Engine {
         }
         if report.found.missing_external > 0 {
             // Found gone by this comparison: the sync compares the links
-            // for hard deletes whatever the table's statistics say yet (an
-            // empty fingerprint matches none).
-            self.state.set_deletes_checked(e.name(), "").await?;
+            // for hard deletes whatever the table's statistics say yet.
+            self.state.forget_deletes_checked(e.name()).await?;
         }
         let sync = self.sync_entity(e, state, Mode::Apply).await?;
         let after = Compare::new(self, e, state, false).run().await?;
@@ -363,16 +362,14 @@ impl<'a> Compare<'a> {
     /// did not compare them).
     async fn pages(&mut self, side: Side) -> Result<(), EngineError> {
         let e = self.e;
-        let (ep, scan): (&dyn Endpoint, Scan) = match side {
-            Side::Crm => (&*self.engine.crm, e.crm_scan()),
-            Side::External => (&*self.engine.external, e.external_scan()),
+        let ep: &dyn Endpoint = match side {
+            Side::Crm => &*self.engine.crm,
+            Side::External => &*self.engine.external,
         };
-        // What each page reads of the other side.
-        let mut other = match side {
-            // The link, not the filter, decides what belongs to a pair.
-            Side::Crm => e.external_scan(),
-            Side::External => e.crm_scan(),
-        };
+        let scan = e.scan(side);
+        // What each page reads of the other side: the link, not the
+        // filter, decides what belongs to a pair.
+        let mut other = e.scan(side.other());
         other.filter = None;
         // Which linked CRM rows are in the filter: their keys are enough.
         let mut crm_keys_only = e.crm_scan();

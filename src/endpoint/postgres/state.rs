@@ -937,6 +937,15 @@ impl StateStore for PgEndpoint {
             .map_err(|e| self.state_error("recording the hard-delete check", e))
     }
 
+    async fn forget_deletes_checked(&self, entity: &str) -> Result<(), EndpointError> {
+        let conn = self.conn().await?;
+        let sql = format!("DELETE FROM {}.deletes_checked WHERE entity = $1", self.s());
+        conn.execute(&sql, &[&entity])
+            .await
+            .map(|_| ())
+            .map_err(|e| self.state_error("forgetting the hard-delete check", e))
+    }
+
     async fn live_links(&self, entity: &str) -> Result<Vec<(String, String)>, EndpointError> {
         let conn = self.conn().await?;
         let rows = conn
