@@ -5,7 +5,7 @@
 use crate::crm::SystemColumns;
 use crate::endpoint::{ColumnInfo, Endpoint, EndpointError, Lookup, Scan, TableInfo};
 use crate::plan::{Direction, EntityPlan, FieldPlan, Plan, Side, Transform};
-use crate::value::{Family, SqlType, Value, Zones};
+use crate::value::{CoerceError, Family, SqlType, Value, Zones};
 use std::sync::Arc;
 
 /// One mapped field with both columns resolved.
@@ -55,6 +55,21 @@ pub struct BoundEntity {
 impl BoundEntity {
     pub fn name(&self) -> &str {
         &self.plan.name
+    }
+
+    /// The CRM link column's value that names the external row with key
+    /// `external_key` (canonical text), in the column's own type; `None`
+    /// without a link column.
+    pub fn link_value(&self, external_key: &str) -> Option<Result<Value, CoerceError>> {
+        let c = self.crm_link.as_ref()?;
+        Some(Value::from_key_string(external_key, &c.ty))
+    }
+
+    /// The external CRM-id column's value that names the CRM row with key
+    /// `crm_key`, in the column's own type; `None` without that column.
+    pub fn crm_id_value(&self, crm_key: &str) -> Option<Result<Value, CoerceError>> {
+        let c = self.external_crm_id.as_ref()?;
+        Some(Value::from_key_string(crm_key, &c.ty))
     }
 
     /// The read of `side`: [`BoundEntity::crm_scan`] or
@@ -291,6 +306,164 @@ fn check_types(f: &mut Findings, at: &str, field: &FieldPlan, crm: &ColumnInfo, 
     }
 }
 
+/// How far a column can hold the values of a key column.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum KeyFit {
+    /// Every value.
+    All,
+    /// Integers from `lo` to `hi` only: today's keys decide.
+    Between(i128, i128),
+    /// The key is text of any length, the column holds `n` units.
+    Bounded(u32),
+    /// No value, or none without changing it.
+    Never,
+}
+
+/// The integers a column of type `ty` can hold, where it holds integers.
+fn integer_range(ty: &SqlType) -> Option<(i128, i128)> {
+    let digits = |d: u32| 10i128.checked_pow(d.min(38)).map_or(i128::MAX, |p| p - 1);
+    match ty {
+        SqlType::Int { bytes: 1 } => Some((0, 255)),
+        SqlType::Int { bytes: 2 } => Some((i16::MIN.into(), i16::MAX.into())),
+        SqlType::Int { bytes: 4 } => Some((i32::MIN.into(), i32::MAX.into())),
+        SqlType::Int { .. } => Some((i64::MIN.into(), i64::MAX.into())),
+        SqlType::Decimal { precision, scale } => {
+            let d = digits(precision.saturating_sub(*scale));
+            Some((-d, d))
+        }
+        SqlType::Text { max_len: None, .. } | SqlType::Other(_) => Some((i128::MIN, i128::MAX)),
+        SqlType::Text {
+            max_len: Some(n), ..
+        } => Some((-digits(n.saturating_sub(1)), digits(*n))),
+        _ => None,
+    }
+}
+
+/// Whether a column of type `col` can hold every key of type `key`, as
+/// the key's canonical text turned into the column's type.
+fn key_fit(key: &SqlType, col: &SqlType) -> KeyFit {
+    let integer_key = matches!(key, SqlType::Int { .. } | SqlType::Decimal { scale: 0, .. });
+    if integer_key {
+        return match (integer_range(key), integer_range(col)) {
+            (Some((klo, khi)), Some((lo, hi))) if lo <= klo && khi <= hi => KeyFit::All,
+            (Some(_), Some((lo, hi))) => KeyFit::Between(lo, hi),
+            _ => KeyFit::Never,
+        };
+    }
+    match (key, col) {
+        (_, SqlType::Other(_)) | (_, SqlType::Text { max_len: None, .. })
+            if key.family() == Family::Text || *key == SqlType::Uuid =>
+        {
+            KeyFit::All
+        }
+        (SqlType::Uuid, SqlType::Uuid) => KeyFit::All,
+        (
+            SqlType::Uuid,
+            SqlType::Text {
+                max_len: Some(n), ..
+            },
+        ) if *n >= 36 => KeyFit::All,
+        (
+            SqlType::Text {
+                max_len: Some(a), ..
+            },
+            SqlType::Text {
+                max_len: Some(b), ..
+            },
+        ) if a <= b => KeyFit::All,
+        (
+            SqlType::Text { max_len: None, .. } | SqlType::Other(_),
+            SqlType::Text {
+                max_len: Some(b), ..
+            },
+        ) => KeyFit::Bounded(*b),
+        _ if key.family() == col.family() && key.family() != Family::Text => KeyFit::All,
+        _ => KeyFit::Never,
+    }
+}
+
+/// A column type that holds every key of type `key`, for messages.
+fn fitting_type(key: &SqlType) -> String {
+    match key {
+        SqlType::Int { bytes: 8 } => {
+            "bigint (or numeric(19,0), or text of at least 20 characters)".into()
+        }
+        SqlType::Int { .. } => "int or bigint (or text of at least 11 characters)".into(),
+        SqlType::Decimal { precision, .. } => {
+            format!(
+                "numeric({precision},0) or wider (or text of at least {} characters)",
+                precision + 1
+            )
+        }
+        SqlType::Uuid => "uuid / uniqueidentifier, or text of at least 36 characters".into(),
+        SqlType::Text {
+            max_len: Some(n), ..
+        } => {
+            format!("text of at least {n} characters (varchar({n}) / nvarchar({n}))")
+        }
+        other => other.describe(),
+    }
+}
+
+fn as_integer(v: &Value) -> Option<i128> {
+    match v {
+        Value::Int(i) => Some((*i).into()),
+        Value::Decimal(d) => d.trunc().to_string().parse().ok(),
+        _ => None,
+    }
+}
+
+/// A configured column with the config key that names it.
+struct Named<'a> {
+    config_key: &'static str,
+    column: &'a ColumnInfo,
+}
+
+/// Checks that `column` can hold every key of `key`, a column of
+/// `key_table` on `ep`: an error when it cannot, or when today's keys
+/// already pass its range; a warning when only today's keys fit.
+async fn check_key_column(
+    f: &mut Findings,
+    at: &str,
+    (ep, key_table): (&dyn Endpoint, &TableInfo),
+    key: Named<'_>,
+    column: Named<'_>,
+) -> Result<(), EndpointError> {
+    let (key_key, key) = (key.config_key, key.column);
+    let (column_key, column) = (column.config_key, column.column);
+    let what = format!(
+        "{column_key} {} ({}) cannot hold every key of {key_key} {} ({})",
+        column.name,
+        column.ty.describe(),
+        key.name,
+        key.ty.describe()
+    );
+    let fits = format!("change it to {}", fitting_type(&key.ty));
+    match key_fit(&key.ty, &column.ty) {
+        KeyFit::All => {}
+        KeyFit::Never => f.errors.push(format!("{at}: {what}; {fits}")),
+        KeyFit::Bounded(n) => f.warnings.push(format!(
+            "{at}: {what}: keys longer than {n} will be rejected; {fits}"
+        )),
+        KeyFit::Between(lo, hi) => {
+            let range = ep.column_range(key_table, &key.name).await?;
+            let today = range.and_then(|(a, b)| Some((as_integer(&a)?, as_integer(&b)?)));
+            match today {
+                Some((a, b)) if a < lo || b > hi => f.errors.push(format!(
+                    "{at}: {what}: it holds {lo} to {hi} but {} already holds {}; {fits}",
+                    key_table.qualified(),
+                    if b > hi { b } else { a }
+                )),
+                _ => f.warnings.push(format!(
+                    "{at}: {what}: it holds {lo} to {hi}, enough for today's keys; rows whose key \
+                     passes it will be rejected; {fits}"
+                )),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Binds one entity; problems go to `f`, and `None` comes back if any
 /// name could not be resolved.
 pub async fn bind_entity(
@@ -489,6 +662,15 @@ pub async fn bind_entity(
             ));
         }
     }
+    let named = |config_key, column| Named { config_key, column };
+    if let (Some(k), Some(lc)) = (&external_key, &crm_link) {
+        let (k, lc) = (named("external_key", k), named("crm_link_column", lc));
+        check_key_column(f, &at, (ext, &ext_t), k, lc).await?;
+    }
+    if let (Some(k), Some(id)) = (&crm_key, &external_crm_id) {
+        let (k, id) = (named("crm_key", k), named("external_crm_id_column", id));
+        check_key_column(f, &at, (crm, &crm_t), k, id).await?;
+    }
     if f.errors.len() > errors_before {
         return Ok(None);
     }
@@ -595,4 +777,48 @@ pub enum BindError {
     Mismatch(#[from] SchemaMismatch),
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::LengthUnit;
+
+    fn text(n: Option<u32>) -> SqlType {
+        SqlType::Text {
+            max_len: n,
+            unit: LengthUnit::Chars,
+            fixed: false,
+        }
+    }
+
+    #[test]
+    fn key_columns_fit_by_type_and_range() {
+        let int = SqlType::Int { bytes: 4 };
+        let bigint = SqlType::Int { bytes: 8 };
+        assert_eq!(key_fit(&int, &bigint), KeyFit::All);
+        assert_eq!(key_fit(&int, &text(Some(11))), KeyFit::All);
+        assert_eq!(
+            key_fit(&bigint, &int),
+            KeyFit::Between(i32::MIN.into(), i32::MAX.into())
+        );
+        assert_eq!(
+            key_fit(&bigint, &text(Some(12))),
+            KeyFit::Between(-99_999_999_999, 999_999_999_999)
+        );
+        let numeric = SqlType::Decimal {
+            precision: 18,
+            scale: 0,
+        };
+        assert_eq!(key_fit(&int, &numeric), KeyFit::All);
+        assert!(matches!(key_fit(&bigint, &numeric), KeyFit::Between(..)));
+        assert_eq!(key_fit(&SqlType::Uuid, &int), KeyFit::Never);
+        assert_eq!(key_fit(&SqlType::Uuid, &text(Some(40))), KeyFit::All);
+        assert_eq!(key_fit(&SqlType::Uuid, &text(Some(32))), KeyFit::Never);
+        assert_eq!(key_fit(&text(Some(20)), &text(Some(10))), KeyFit::Never);
+        assert_eq!(key_fit(&text(Some(12)), &text(Some(12))), KeyFit::All);
+        assert_eq!(key_fit(&text(Some(12)), &int), KeyFit::Never);
+        assert_eq!(key_fit(&text(None), &text(Some(40))), KeyFit::Bounded(40));
+        assert_eq!(key_fit(&int, &SqlType::Uuid), KeyFit::Never);
+    }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 
 /// The state schema's version; `migrate` brings older schemas up to it.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// Where change reading stopped: a `(change time, key)` position.
 #[derive(Debug, Clone, PartialEq)]

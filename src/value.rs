@@ -313,19 +313,28 @@ impl Value {
         }
     }
 
-    /// The key form used in the state store's link table.
+    /// The canonical text of a key: the form the state store's links hold
+    /// and the form in which a key read from one column is compared with
+    /// the same key read from another. Text loses its trailing blanks (a
+    /// `char(n)` column pads, and both databases' `=` ignores them), a
+    /// decimal its trailing zeros (`numeric(18,0)` and `int` name the same
+    /// key), a uuid is lower case with hyphens.
     pub fn key_string(&self) -> String {
         match self {
-            Value::Text(s) => s.clone(),
+            Value::Text(s) => s.trim_end_matches(' ').to_string(),
             Value::Int(i) => i.to_string(),
+            Value::Decimal(d) => d.normalize().to_string(),
             Value::Uuid(u) => u.to_string(),
             other => other.display(),
         }
     }
 
-    /// Parses a stored key string back into a value of the key column's type.
+    /// Parses a key's canonical text back into a value of a column of type
+    /// `ty` (a key column, a link column, a CRM-id column). A key that does
+    /// not fit is an error, never cut short: a shortened key names another
+    /// row.
     pub fn from_key_string(s: &str, ty: &SqlType) -> Result<Value, CoerceError> {
-        Value::Text(s.to_string()).coerce(ty, None, true)
+        Value::Text(s.to_string()).coerce(ty, None, false)
     }
 
     /// This value in UTC, for comparing change times across sides.

@@ -11,6 +11,9 @@ mod common;
 mod crash;
 /// Bad inputs: exit codes 1 and 2, messages, passwords kept out of output.
 mod errors;
+/// Keys of every type: link columns, external keys and CRM-id columns of
+/// each type real installs use, both ways; `check` refusing misfits.
+mod keys;
 /// Sage CRM on SQL Server (the stand-in, or CRMSYNC_TEST_MSSQL_URL):
 /// datetime ties across pages, Sage's system columns under both id
 /// strategies, nvarchar lengths in UTF-16 units, the state side.

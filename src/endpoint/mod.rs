@@ -316,6 +316,12 @@ pub trait Endpoint: Send + Sync {
     /// Rows whose change column is NULL (they never enter a window).
     async fn count_null_changes(&self, scan: &Scan) -> Result<i64>;
 
+    /// The smallest and largest value of `column` in the whole table (no
+    /// filter), or `None` when the table is empty: the keys a narrower
+    /// column must hold today.
+    async fn column_range(&self, table: &TableInfo, column: &str)
+        -> Result<Option<(Value, Value)>>;
+
     /// Whether a row holding only `values` (every other column NULL) would
     /// pass the scan's filter; `None` if it cannot be told.
     async fn filter_accepts(&self, scan: &Scan, values: &[(String, Value)])

@@ -195,9 +195,18 @@ pub(super) fn deleted_flag(ty: &SqlType, deleted: bool) -> Value {
 /// link's shadow in every field. An echo has nothing to give, so it is not
 /// merged and its CRM row is not fetched; what changed in CRM since, the
 /// CRM pass reads by CRM's own change column. (A CRM row is always merged:
-/// that is where a link column left empty by a crash gets repaired.)
-fn is_echo(e: &BoundEntity, values: &[Value], positions: &[Option<usize>], link: &Link) -> bool {
+/// that is where a link column left empty by a crash gets repaired.) A row
+/// whose CRM-id column (`crm_id` its position, where the entity writes it)
+/// does not name the linked CRM row is no echo: it is merged, and named.
+fn is_echo(
+    e: &BoundEntity,
+    values: &[Value],
+    positions: &[Option<usize>],
+    crm_id: Option<usize>,
+    link: &Link,
+) -> bool {
     !link.deleted
+        && crm_id.is_none_or(|p| !values[p].is_null() && values[p].key_string() == link.crm_key)
         && e.fields.iter().zip(positions).all(|(f, p)| {
             let read = p.map_or(&Value::Null, |p| &values[p]);
             // A shadow is canonical already: a value read equal to it needs
@@ -220,6 +229,50 @@ pub(super) fn is_deleted(v: Option<&Value>) -> bool {
     }
 }
 
+/// The CRM link column's value naming a just-inserted external row.
+fn link_of(e: &BoundEntity, inserted: &Value) -> Result<Value, EngineError> {
+    let ks = inserted.key_string();
+    match e.link_value(&ks) {
+        Some(Ok(v)) => Ok(v),
+        Some(Err(err)) => Err(EngineError::Endpoint(EndpointError::Schema(format!(
+            "entity {:?}: the new external key {ks:?} does not fit the CRM link column: {err}; \
+             widen the column (crmsync check compares the two types)",
+            e.name()
+        )))),
+        None => Ok(Value::Null),
+    }
+}
+
+/// Updates giving each external row the id of the CRM row inserted for
+/// it (`(external key, index of the CRM insert)`).
+fn crm_id_updates(
+    e: &BoundEntity,
+    pending: Vec<(Value, usize)>,
+    inserted: &[Value],
+) -> Result<Vec<Update>, EngineError> {
+    let Some(id) = &e.external_crm_id else {
+        return Ok(Vec::new());
+    };
+    pending
+        .into_iter()
+        .map(|(key, i)| {
+            let ks = inserted[i].key_string();
+            let v = Value::from_key_string(&ks, &id.ty).map_err(|err| {
+                EngineError::Endpoint(EndpointError::Schema(format!(
+                    "entity {:?}: CRM id {ks} does not fit external_crm_id_column {}: {err}; \
+                     widen the column (crmsync check compares the two types)",
+                    e.name(),
+                    id.name
+                )))
+            })?;
+            Ok(Update {
+                key,
+                set: vec![(id.name.clone(), Assign::Value(v))],
+            })
+        })
+        .collect()
+}
+
 fn bad_link(e: &BoundEntity, key: &str, err: impl std::fmt::Display) -> EngineError {
     EngineError::Endpoint(EndpointError::Schema(format!(
         "entity {:?}: a link holds key {key:?}, which does not fit the key column: {err}",
@@ -234,6 +287,9 @@ struct Writes {
     links: Vec<LinkWrite>,
     /// CRM rows whose link column gets the key of the n-th external insert.
     link_column_after_insert: Vec<(Value, usize)>,
+    /// External rows whose CRM-id column gets the key of the n-th CRM
+    /// insert.
+    crm_id_after_insert: Vec<(Value, usize)>,
     rejects: Vec<(String, String)>,
     cleared: Vec<String>,
     conflicts: Vec<ConflictRecord>,
@@ -400,8 +456,16 @@ impl Ctx<'_> {
                 .iter()
                 .map(|f| scan.position(&f.external.name))
                 .collect();
+            let crm_id = e
+                .external_crm_id
+                .as_ref()
+                .filter(|_| self.writes_external())
+                .and_then(|c| scan.position(&c.name));
             for (values, ks) in rows.iter().zip(&keys) {
-                if let Some(l) = links.get(ks).filter(|l| is_echo(e, values, &positions, l)) {
+                if let Some(l) = links
+                    .get(ks)
+                    .filter(|l| is_echo(e, values, &positions, crm_id, l))
+                {
                     echoes.insert(&l.crm_key);
                 }
             }
@@ -448,6 +512,7 @@ impl Ctx<'_> {
             ext: WriteBatch::new(e.external_table.clone(), e.external_key.name.clone()),
             links: Vec::new(),
             link_column_after_insert: Vec::new(),
+            crm_id_after_insert: Vec::new(),
             rejects: Vec::new(),
             cleared: Vec::new(),
             conflicts: Vec::new(),
@@ -537,19 +602,18 @@ impl Ctx<'_> {
                             }
                         };
                     let ext_view = ext_row.as_ref().map(|r| self.ext_view(r));
-                    // A crash between the external insert and the CRM link
-                    // column update leaves the column empty: repair it.
-                    if let (Some(lc), Some(r)) = (&e.crm_link, &crm_row) {
-                        if r.get(&lc.name).key_string() != l.external_key
-                            || r.get(&lc.name).is_null()
-                        {
-                            let key = r.values[0].clone();
-                            self.queue_link_column(
-                                &key,
-                                KeyRef::Known(l.external_key.clone()),
-                                &mut w,
-                            );
-                        }
+                    // A crash between the write of one side and the other
+                    // leaves a side not naming its counterpart: finish it.
+                    let named = self.name_each_other(
+                        &l.crm_key,
+                        &l.external_key,
+                        crm_row.as_ref(),
+                        ext_row.as_ref(),
+                        &mut w,
+                    );
+                    if let Err(p) = named {
+                        self.problem(&ks, p, &mut w, report)?;
+                        continue;
                     }
                     let held_fields = held.get(&l.crm_key);
                     let held_names: HashSet<String> = held_fields
@@ -895,11 +959,17 @@ impl Ctx<'_> {
                 };
                 return match found.first() {
                     Some(x) => {
-                        let ext_view = self.ext_view(&Row {
+                        let ext_row = Row {
                             values: x,
                             scan: &ext_scan,
-                        });
-                        let r = self.adopt(&ks, &claim, &view, &ext_view, w, report);
+                        };
+                        let ext_view = self.ext_view(&ext_row);
+                        let ext_key = x[0].key_string();
+                        let r = self
+                            .adopt(&ks, &ext_key, &view, &ext_view, w, report)
+                            .and_then(|()| {
+                                self.name_each_other(&ks, &ext_key, Some(row), Some(&ext_row), w)
+                            });
                         r.or_else(|p| self.problem(&ks, p, w, report))
                     }
                     None => self.problem(
@@ -924,14 +994,17 @@ impl Ctx<'_> {
                     .find(&ext_scan, &[(id_col.name.clone(), id)], 2)
                     .await?;
                 if let Some(x) = found.first() {
-                    let ext_view = self.ext_view(&Row {
+                    let ext_row = Row {
                         values: x,
                         scan: &ext_scan,
-                    });
-                    let r = self.adopt(&ks, &x[0].key_string(), &view, &ext_view, w, report);
-                    if r.is_ok() {
-                        self.queue_link_column(&crm_key, KeyRef::Known(x[0].key_string()), w);
-                    }
+                    };
+                    let ext_view = self.ext_view(&ext_row);
+                    let ext_key = x[0].key_string();
+                    let r = self
+                        .adopt(&ks, &ext_key, &view, &ext_view, w, report)
+                        .and_then(|()| {
+                            self.name_each_other(&ks, &ext_key, Some(row), Some(&ext_row), w)
+                        });
                     return r.or_else(|p| self.problem(&ks, p, w, report));
                 }
             }
@@ -942,14 +1015,17 @@ impl Ctx<'_> {
             match self.match_other(row, matches, w) {
                 Matched::One(x) => {
                     let ext_key = x[0].key_string();
-                    let ext_view = self.ext_view(&Row {
+                    let x_scan = e.external_scan();
+                    let ext_row = Row {
                         values: &x,
-                        scan: &e.external_scan(),
-                    });
-                    let r = self.adopt(&ks, &ext_key, &view, &ext_view, w, report);
-                    if r.is_ok() {
-                        self.queue_link_column(&crm_key, KeyRef::Known(ext_key), w);
-                    }
+                        scan: &x_scan,
+                    };
+                    let ext_view = self.ext_view(&ext_row);
+                    let r = self
+                        .adopt(&ks, &ext_key, &view, &ext_view, w, report)
+                        .and_then(|()| {
+                            self.name_each_other(&ks, &ext_key, Some(row), Some(&ext_row), w)
+                        });
                     return r.or_else(|p| self.problem(&ks, p, w, report));
                 }
                 Matched::Ambiguous(why) => {
@@ -1018,7 +1094,9 @@ impl Ctx<'_> {
             shadow,
             deleted: false,
         });
-        self.queue_link_column(&crm_key, KeyRef::Inserted(index), w);
+        if e.crm_link.is_some() && self.writes_crm() {
+            w.link_column_after_insert.push((crm_key.clone(), index));
+        }
         Ok(())
     }
 
@@ -1218,20 +1296,78 @@ impl Ctx<'_> {
         }
     }
 
-    /// Two-way entities record the external key in the CRM link column.
-    fn queue_link_column(&self, crm_key: &Value, ext_key: KeyRef, w: &mut Writes) {
+    /// Whether the entity writes into CRM (so the CRM link column can
+    /// name the external row).
+    fn writes_crm(&self) -> bool {
+        self.e.plan.direction.external_to_crm()
+    }
+
+    /// Whether the entity writes into the external table (so its CRM-id
+    /// column can name the CRM row).
+    fn writes_external(&self) -> bool {
+        self.e.plan.direction.crm_to_external()
+    }
+
+    /// Queues what a linked pair needs so that each side names the other:
+    /// the CRM link column gets the external key, the external CRM-id
+    /// column the CRM id, each in its own column's type, wherever the
+    /// column exists, the entity writes into that side and the row read
+    /// (when there is one) does not hold it already.
+    fn name_each_other(
+        &self,
+        crm_key: &str,
+        ext_key: &str,
+        crm_row: Option<&Row<'_>>,
+        ext_row: Option<&Row<'_>>,
+        w: &mut Writes,
+    ) -> Result<(), FieldProblem> {
         let e = self.e;
-        let Some(lc) = &e.crm_link else { return };
-        if !e.plan.direction.external_to_crm() {
-            return;
+        let holds = |row: Option<&Row<'_>>, column: &str, key: &str| {
+            row.is_some_and(|r| {
+                let v = r.get(column);
+                !v.is_null() && v.key_string() == key
+            })
+        };
+        if let Some(lc) = e.crm_link.as_ref().filter(|_| self.writes_crm()) {
+            if !holds(crm_row, &lc.name, ext_key) {
+                let v = Value::from_key_string(ext_key, &lc.ty).map_err(|err| {
+                    FieldProblem::Reject(format!(
+                        "external key {ext_key:?} does not fit the CRM link column {}: {err}; \
+                         widen the column",
+                        lc.name
+                    ))
+                })?;
+                let key = Value::from_key_string(crm_key, &e.crm_key.ty)
+                    .map_err(|err| FieldProblem::Reject(format!("CRM key {crm_key}: {err}")))?;
+                w.crm.updates.push(Update {
+                    key,
+                    set: vec![(lc.name.clone(), Assign::Value(v))],
+                });
+            }
         }
-        match ext_key {
-            KeyRef::Inserted(i) => w.link_column_after_insert.push((crm_key.clone(), i)),
-            KeyRef::Known(k) => w.crm.updates.push(Update {
-                key: crm_key.clone(),
-                set: vec![(lc.name.clone(), Assign::Value(Value::Text(k)))],
-            }),
+        if let Some(id) = e
+            .external_crm_id
+            .as_ref()
+            .filter(|_| self.writes_external())
+        {
+            if !holds(ext_row, &id.name, crm_key) {
+                let v = Value::from_key_string(crm_key, &id.ty).map_err(|err| {
+                    FieldProblem::Reject(format!(
+                        "CRM id {crm_key} does not fit the external CRM-id column {}: {err}; \
+                         widen the column",
+                        id.name
+                    ))
+                })?;
+                let key = Value::from_key_string(ext_key, &e.external_key.ty).map_err(|err| {
+                    FieldProblem::Reject(format!("external key {ext_key:?}: {err}"))
+                })?;
+                w.ext.updates.push(Update {
+                    key,
+                    set: vec![(id.name.clone(), Assign::Value(v))],
+                });
+            }
         }
+        Ok(())
     }
 
     /// An unlinked live external row: a CRM row whose link column holds
@@ -1250,15 +1386,14 @@ impl Ctx<'_> {
             return Ok(named);
         };
         let crm_scan = self.other_scan();
+        // A key the link column cannot hold is named by no CRM row.
         let keys: Vec<Value> = unlinked
             .iter()
-            .map(|v| {
-                let ks = v[0].key_string();
-                Value::Text(ks.clone())
-                    .coerce(&lc.ty, None, false)
-                    .unwrap_or(Value::Text(ks))
-            })
+            .filter_map(|v| Value::from_key_string(&v[0].key_string(), &lc.ty).ok())
             .collect();
+        if keys.is_empty() {
+            return Ok(named);
+        }
         for r in self.engine.crm.fetch(&crm_scan, &lc.name, &keys).await? {
             let row = Row {
                 values: &r,
@@ -1306,11 +1441,14 @@ impl Ctx<'_> {
                             report,
                         );
                     }
-                    let crm_view = match self.crm_view(&Row { values: one, scan: &crm_scan }) {
+                    let crm_row = Row { values: one, scan: &crm_scan };
+                    let crm_view = match self.crm_view(&crm_row) {
                         Ok((v, _)) => v,
                         Err(p) => return self.problem(&ks, p, w, report),
                     };
-                    let r = self.adopt(&crm_key, &ks, &crm_view, &ext_view, w, report);
+                    let r = self
+                        .adopt(&crm_key, &ks, &crm_view, &ext_view, w, report)
+                        .and_then(|()| self.name_each_other(&crm_key, &ks, Some(&crm_row), Some(row), w));
                     return r.or_else(|p| self.problem(&ks, p, w, report));
                 }
                 [] => {}
@@ -1331,18 +1469,21 @@ impl Ctx<'_> {
             match self.match_other(row, matches, w) {
                 Matched::One(one) => {
                     let crm_key = one[0].key_string();
-                    let crm_view = match self.crm_view(&Row {
+                    let one_scan = e.crm_scan();
+                    let crm_row = Row {
                         values: &one,
-                        scan: &e.crm_scan(),
-                    }) {
+                        scan: &one_scan,
+                    };
+                    let crm_view = match self.crm_view(&crm_row) {
                         Ok((v, _)) => v,
                         Err(p) => return self.problem(&ks, p, w, report),
                     };
-                    if let Err(p) = self.adopt(&crm_key, &ks, &crm_view, &ext_view, w, report) {
-                        return self.problem(&ks, p, w, report);
-                    }
-                    self.queue_link_column(&one[0], KeyRef::Known(ks), w);
-                    return Ok(());
+                    let r = self
+                        .adopt(&crm_key, &ks, &crm_view, &ext_view, w, report)
+                        .and_then(|()| {
+                            self.name_each_other(&crm_key, &ks, Some(&crm_row), Some(row), w)
+                        });
+                    return r.or_else(|p| self.problem(&ks, p, w, report));
                 }
                 Matched::Ambiguous(why) => {
                     return self.problem(&ks, FieldProblem::Reject(why), w, report)
@@ -1374,10 +1515,17 @@ impl Ctx<'_> {
             columns.push((f.crm.name.clone(), Assign::Value(crm_v)));
         }
         if let Some(lc) = &e.crm_link {
-            let v = Value::Text(ks.clone())
-                .coerce(&lc.ty, None, false)
-                .unwrap_or(Value::Text(ks.clone()));
-            columns.push((lc.name.clone(), Assign::Value(v)));
+            match Value::from_key_string(&ks, &lc.ty) {
+                Ok(v) => columns.push((lc.name.clone(), Assign::Value(v))),
+                Err(err) => {
+                    let p = FieldProblem::Reject(format!(
+                        "external key {ks:?} does not fit the CRM link column {}: {err}; \
+                         widen the column",
+                        lc.name
+                    ));
+                    return self.problem(&ks, p, w, report);
+                }
+            }
         }
         crm_write::complete_insert(e, user, self.engine.plan.id_strategy, &mut columns);
         let index = w.crm.inserts.len();
@@ -1389,6 +1537,9 @@ impl Ctx<'_> {
             external_key: Some(ks.clone()),
             fields,
         });
+        if e.external_crm_id.is_some() && self.writes_external() {
+            w.crm_id_after_insert.push((row.values[0].clone(), index));
+        }
         w.links.push(LinkWrite {
             crm_key: KeyRef::Inserted(index),
             external_key: KeyRef::Known(ks),
@@ -1411,8 +1562,9 @@ impl Ctx<'_> {
         };
         let Writes {
             crm: mut crm_batch,
-            ext: ext_batch,
+            ext: mut ext_batch,
             link_column_after_insert,
+            crm_id_after_insert,
             rejects,
             cleared,
             conflicts,
@@ -1426,6 +1578,13 @@ impl Ctx<'_> {
                 if !crm_batch.is_empty() {
                     let applied = engine.crm.apply(&crm_batch, None).await?;
                     resolve(&mut links, Side::Crm, &applied.inserted_keys);
+                    // The external rows name their new CRM rows in the
+                    // transaction that writes the links.
+                    ext_batch.updates.extend(crm_id_updates(
+                        e,
+                        crm_id_after_insert,
+                        &applied.inserted_keys,
+                    )?);
                 }
                 let applied = if !ext_batch.is_empty() || !links.links.is_empty() {
                     let a = engine.external.apply(&ext_batch, Some(&links)).await?;
@@ -1441,7 +1600,7 @@ impl Ctx<'_> {
                                 key: crm_key,
                                 set: vec![(
                                     lc.name.clone(),
-                                    Assign::Value(Value::Text(applied[i].key_string())),
+                                    Assign::Value(link_of(e, &applied[i])?),
                                 )],
                             });
                         }
@@ -1460,15 +1619,22 @@ impl Ctx<'_> {
                     for (crm_key, i) in link_column_after_insert {
                         crm_batch.updates.push(Update {
                             key: crm_key,
-                            set: vec![(
-                                lc.name.clone(),
-                                Assign::Value(Value::Text(applied[i].key_string())),
-                            )],
+                            set: vec![(lc.name.clone(), Assign::Value(link_of(e, &applied[i])?))],
                         });
                     }
                 }
                 if !crm_batch.is_empty() || !links.links.is_empty() {
-                    engine.crm.apply(&crm_batch, Some(&links)).await?;
+                    let applied = engine.crm.apply(&crm_batch, Some(&links)).await?;
+                    // The external rows name their new CRM rows after the
+                    // links commit; a crash in between is finished by the
+                    // next run, which reads the new CRM rows as changes.
+                    let named = crm_id_updates(e, crm_id_after_insert, &applied.inserted_keys)?;
+                    if !named.is_empty() {
+                        let mut after =
+                            WriteBatch::new(e.external_table.clone(), e.external_key.name.clone());
+                        after.updates = named;
+                        engine.external.apply(&after, None).await?;
+                    }
                 }
             }
         }

@@ -1192,8 +1192,8 @@ async fn erp_on_sql_server_backfills_and_syncs_both_ways() {
             "SELECT COUNT(*) FROM erp.supplier WHERE crm_company_id IS NOT NULL"
         )
         .await,
-        Some(1_197),
-        "every inserted row carries its CRM id"
+        Some(1_198),
+        "every inserted row carries its CRM id, and so does the matched one"
     );
 
     let quiet = env.sync().await;
@@ -1338,4 +1338,69 @@ async fn named_instance_port_comes_from_the_sql_server_browser() {
         "{stderr}"
     );
     browser.abort();
+}
+
+/// The CRM link column on SQL Server as an integer, a numeric or a
+/// blank-padded nchar: the ERP key arrives in the column's own type, the
+/// ERP row gets the CRM id, and quiet runs write nothing.
+async fn link_column_typed_on_sql_server(link_type: &'static str, state_side: &str) {
+    let declared = "comp_supplierid         nvarchar(40),";
+    assert!(CRM_SCHEMA.contains(declared), "crm_schema.sql changed");
+    let mut env = MsEnv::with_schema(Server::start().await, Ids::Identity, |s| {
+        s.replace(declared, &format!("comp_supplierid {link_type},"))
+    })
+    .await;
+    env.write_config(20, r#"direction = "both""#, "", state_side);
+    env.insert_companies(&[("Initech".into(), "2024-05-01 08:00:00.003".into())])
+        .await;
+    env.erp
+        .execute(
+            "INSERT INTO erp.supplier (name, status, kind) VALUES ('Globex', 'A', 'S')",
+            &[],
+        )
+        .await
+        .unwrap();
+    let report = env.sync().await;
+    assert_eq!((report.inserted, report.crm_inserted), (1, 1), "{report:?}");
+    assert_eq!(report.rejected, 0, "{report:?}");
+    let pairs = env
+        .erp
+        .query(
+            "SELECT supplier_id, crm_company_id FROM erp.supplier ORDER BY supplier_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(pairs.len(), 2);
+    for p in pairs {
+        let (key, id): (i64, Option<i32>) = (p.get(0), p.get(1));
+        let id = id.unwrap_or_else(|| panic!("ERP row {key} names no CRM row"));
+        // The comparison runs in the column's own type: an integer, or a
+        // padded nchar equal to the unpadded text.
+        let cond = format!(
+            "SELECT COUNT(*) FROM dbo.Company WHERE Comp_CompanyId = {id} \
+             AND comp_supplierid = CAST(N'{key}' AS {link_type})"
+        );
+        assert_eq!(scalar_i64(&mut env.crm, &cond).await, Some(1), "{cond}");
+    }
+    for _ in 0..2 {
+        let again = env.sync().await;
+        assert_eq!(again.changes(), 0, "no ping-pong: {again:?}");
+        assert_eq!(again.rejected, 0, "{again:?}");
+    }
+}
+
+#[tokio::test]
+async fn int_link_column_on_sql_server() {
+    link_column_typed_on_sql_server("int", "external").await;
+}
+
+#[tokio::test]
+async fn numeric_link_column_on_sql_server() {
+    link_column_typed_on_sql_server("numeric(18,0)", "external").await;
+}
+
+#[tokio::test]
+async fn nchar_link_column_on_sql_server() {
+    link_column_typed_on_sql_server("nchar(12)", "external").await;
 }

@@ -603,7 +603,7 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
         .await
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
-    assert_eq!((version, ty.as_str()), (5, "text"));
+    assert_eq!((version, ty.as_str()), (6, "text"));
 
     env.crm
         .execute(
@@ -703,10 +703,11 @@ match_on = [{ crm = "comp_name", external = "name" }]"#,
             .collect::<Vec<_>>()
         }
     };
-    // 'Company 1' is Inactive in CRM, and crm_wins.
+    // 'Company 1' is Inactive in CRM, and crm_wins; once linked, the ERP
+    // row names its CRM row.
     assert_eq!(
         named("Company 1").await,
-        vec![(Some("I".into()), "S".into(), false, false)]
+        vec![(Some("I".into()), "S".into(), false, true)]
     );
     assert_eq!(
         named("Company 2").await.len(),

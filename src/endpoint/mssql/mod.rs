@@ -904,6 +904,26 @@ impl Endpoint for MssqlEndpoint {
         Ok(rows.first().and_then(|r| int_of(&r[0])).unwrap_or(0))
     }
 
+    async fn column_range(
+        &self,
+        table: &TableInfo,
+        column: &str,
+    ) -> Result<Option<(Value, Value)>> {
+        let c = quote(column);
+        let sql = format!("SELECT MIN({c}), MAX({c}) FROM {}", qualified(table));
+        let mut rows = self
+            .rows(&sql, &[], &format!("reading the range of {column}"))
+            .await?;
+        Ok(match rows.pop() {
+            Some(mut r) if r.len() == 2 && !r[0].is_null() => {
+                let hi = r.pop().unwrap_or(Value::Null);
+                let lo = r.pop().unwrap_or(Value::Null);
+                Some((lo, hi))
+            }
+            _ => None,
+        })
+    }
+
     async fn filter_accepts(
         &self,
         scan: &Scan,

@@ -708,6 +708,30 @@ impl Endpoint for PgEndpoint {
         Ok(row.get(0))
     }
 
+    async fn column_range(
+        &self,
+        table: &TableInfo,
+        column: &str,
+    ) -> Result<Option<(Value, Value)>> {
+        let c = quote(column);
+        let sql = format!("SELECT min({c}), max({c}) FROM {}", qualified(table));
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(&sql, &[])
+            .await
+            .map_err(|e| self.query_error(format!("reading the range of {column}"), e))?;
+        let mut rows =
+            rows_to_values(rows).map_err(|e| self.query_error("decoding the range", e))?;
+        Ok(match rows.pop() {
+            Some(mut r) if r.len() == 2 && !r[0].is_null() => {
+                let hi = r.pop().unwrap_or(Value::Null);
+                let lo = r.pop().unwrap_or(Value::Null);
+                Some((lo, hi))
+            }
+            _ => None,
+        })
+    }
+
     async fn filter_accepts(
         &self,
         scan: &Scan,

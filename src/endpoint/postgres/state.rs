@@ -125,7 +125,34 @@ CREATE TABLE {s}.deletes_checked (
     checked_at  timestamptz NOT NULL DEFAULT now()
 );
 "#,
+    // Keys in their canonical text: without the blanks a char(n) key
+    // column pads with, decimals without trailing zeros. Rejects that
+    // would now name one key twice keep the newer.
+    r#"
+CREATE FUNCTION pg_temp.crmsync_key(k text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN r ~ '^-?[0-9]+\.[0-9]*$'
+                THEN rtrim(rtrim(r, '0'), '.') ELSE r END
+      FROM rtrim(k, ' ') AS r $$;
+UPDATE {s}.links SET crm_key = pg_temp.crmsync_key(crm_key)
+ WHERE crm_key <> pg_temp.crmsync_key(crm_key);
+UPDATE {s}.links SET external_key = pg_temp.crmsync_key(external_key)
+ WHERE external_key <> pg_temp.crmsync_key(external_key);
+DELETE FROM {s}.rejects r USING {s}.rejects o
+ WHERE r.entity = o.entity AND r.side = o.side AND r.key <> o.key
+   AND pg_temp.crmsync_key(r.key) = pg_temp.crmsync_key(o.key)
+   AND (r.last_seen, r.key) < (o.last_seen, o.key);
+UPDATE {s}.rejects SET key = pg_temp.crmsync_key(key)
+ WHERE key <> pg_temp.crmsync_key(key);
+UPDATE {s}.conflicts SET crm_key = pg_temp.crmsync_key(crm_key),
+       external_key = pg_temp.crmsync_key(external_key)
+ WHERE crm_key <> pg_temp.crmsync_key(crm_key)
+    OR external_key <> pg_temp.crmsync_key(external_key);
+DROP FUNCTION pg_temp.crmsync_key(text);
+"#,
 ];
+
+/// The versions whose migration only rewrites existing rows.
+const DATA_FIXES: &[usize] = &[6];
 
 // Every migration raises the version by one.
 const _: () = assert!(MIGRATIONS.len() == SCHEMA_VERSION as usize);
@@ -418,6 +445,10 @@ impl StateStore for PgEndpoint {
             )));
         }
         for (i, m) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            // A new schema has no rows for a data fix to fix.
+            if version == 0 && DATA_FIXES.contains(&(i + 1)) {
+                continue;
+            }
             tx.batch_execute(&m.replace("{s}", &s)).await.map_err(|e| {
                 self.state_error(
                     &format!("migrating the state schema to version {}", i + 1),
