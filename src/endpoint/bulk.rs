@@ -112,19 +112,15 @@ pub struct CheckpointWrite {
 pub struct FreshLink {
     pub crm_key: String,
     pub insert: usize,
-    /// The shadow's values in the layout's field order, as JSON array
-    /// elements without the brackets: `"Acme",42,null`.
-    pub values_json: String,
+    /// The sealed shadow.
+    pub shadow: Vec<u8>,
 }
 
-/// Fresh links of one entity, in the state schema `schema`, whose shadows
-/// are positional in shadow layout `layout` (of `fields`).
+/// Fresh links of one entity, in the state schema `schema`.
 #[derive(Debug, Clone)]
 pub struct FreshLinks {
     pub schema: String,
     pub entity: String,
-    pub layout: i32,
-    pub fields: Vec<String>,
     pub links: Vec<FreshLink>,
 }
 

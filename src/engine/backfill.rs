@@ -14,7 +14,9 @@
 //! the CRM side is then "in sync", and a remaining external difference is
 //! an external change that a two-way sync carries into CRM.
 
-use super::mapping::{crm_to_canonical, external_to_canonical, map_crm_values, FieldProblem};
+use super::mapping::{
+    crm_to_canonical, external_to_canonical, map_crm_values, FieldProblem, Layout, Values,
+};
 use super::{later, Engine, EngineError};
 use crate::endpoint::bulk::{
     Bulk, BulkSource, Cell, CheckpointWrite, ChunkWrite, FreshLink, FreshLinks, RawInserts,
@@ -24,7 +26,8 @@ use crate::endpoint::{Assign, EndpointError, Scan, Update};
 use crate::plan::{ConflictPolicy, Side, Transform};
 use crate::progress::{peak_rss_bytes, Progress};
 use crate::schema::{BoundEntity, BoundField};
-use crate::state::{Checkpoint, KeyRef, Link, LinkBatch, LinkWrite, Shadow, Watermark};
+use crate::state::shadow::{self, digest_bool, digest_int, digest_text, Sealer, Sealing};
+use crate::state::{Base, Checkpoint, KeyRef, Link, LinkBatch, LinkWrite, Shadow, Watermark};
 use crate::value::{SqlType, Value};
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use serde::Serialize;
@@ -187,8 +190,8 @@ struct CrmColumns {
     /// The fields that flow to the external side, in entity order (the
     /// order of the inserted columns too).
     outgoing: Vec<Outgoing>,
-    /// The shadow layout of fresh links: its id and field names.
-    layout: (i32, Vec<String>),
+    /// The shadow layout of the outgoing fields.
+    layout: Layout,
 }
 
 /// A field that flows to the external side.
@@ -229,8 +232,8 @@ impl CrmColumns {
         self.outgoing.iter().map(move |o| &e.fields[o.field])
     }
 
-    /// The shadow of a row mapped by [`map_crm_values`].
-    fn shadow_of(&self, e: &BoundEntity, values: &[Value]) -> Shadow {
+    /// The values of a row mapped by [`map_crm_values`], by field.
+    fn values_of(&self, e: &BoundEntity, values: &[Value]) -> Values {
         self.outgoing
             .iter()
             .zip(values)
@@ -238,24 +241,15 @@ impl CrmColumns {
             .collect()
     }
 
+    /// The sealed shadow of a row mapped by [`map_crm_values`].
+    fn shadow_of(&self, e: &BoundEntity, values: &[Value]) -> Vec<u8> {
+        self.layout.seal_values(e, values)
+    }
+
     /// The names of the outgoing fields: the shadow layout of fresh links.
     fn layout(&self, e: &BoundEntity) -> Vec<String> {
         self.fields(e).map(|f| f.name.clone()).collect()
     }
-}
-
-/// `values` as JSON array elements without the brackets: `"Acme",42,null`.
-fn values_json(values: &[Value]) -> String {
-    let mut out = Vec::with_capacity(24 * values.len());
-    for (i, v) in values.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        if serde_json::to_writer(&mut out, v).is_err() {
-            out.extend_from_slice(b"null");
-        }
-    }
-    String::from_utf8(out).unwrap_or_default()
 }
 
 fn crm_columns(e: &BoundEntity) -> Result<CrmColumns, EngineError> {
@@ -315,7 +309,7 @@ fn crm_columns(e: &BoundEntity) -> Result<CrmColumns, EngineError> {
         link,
         matches,
         outgoing,
-        layout: (0, Vec::new()),
+        layout: Layout::default(),
     })
 }
 
@@ -534,6 +528,8 @@ async fn through_sync(
         }
     };
     let view = super::StateView::Store(state);
+    let layout = engine.layout(e, true).await?;
+    let pages = super::pass::BackfillPages::new(engine, e, &view, run, source, layout);
     let chunk = opts.chunk_rows.max(1);
     let estimate = (table.row_estimate.max(0) as u64).saturating_sub(report.rows_done_before);
     let mut progress = Progress::start(&format!("backfill {}", e.name()), estimate);
@@ -547,7 +543,7 @@ async fn through_sync(
             .await?;
         let Some(last) = rows.last() else { break };
         let last = last[0].clone();
-        super::pass::backfill_page(engine, e, &view, run, source, &rows, &mut done).await?;
+        pages.page(&rows, &mut done).await?;
         checkpoint.last_key = Some(last);
         checkpoint.rows_done += rows.len() as i64;
         state
@@ -639,7 +635,8 @@ async fn to_external(
     report.insert_only = checkpoint.insert_only;
     let mut cols = crm_columns(e)?;
     let fields = cols.layout(e);
-    cols.layout = (state.shadow_layout(e.name(), &fields).await?, fields);
+    let layout = state.shadow_layout(e.name(), &fields).await?;
+    cols.layout = Layout::new(e, layout, cols.outgoing.iter().map(|o| o.field).collect());
     let ext_scan = external_scan(e, &cols);
     let shape = insert_shape(engine, e).await?;
     let deleted = e.crm_deleted.as_ref().map(|d| d.name.clone());
@@ -878,48 +875,40 @@ fn raw_cell(rows: &RawRows, row: usize, pos: usize, f: &BoundField) -> Option<Ce
     }
 }
 
-/// Appends the JSON of a raw cell of CRM type `ty` (as the shadow writes
-/// its value), decoding only what is not text, integer or boolean.
-fn raw_json(
-    out: &mut Vec<u8>,
+/// How a raw cell of CRM type `ty` is sealed into a shadow, as its
+/// decoded value would be (a raw cell's CRM reading is the value itself),
+/// decoding only what is not text, integer or boolean.
+fn raw_sealing(
     ty: &SqlType,
     cell: Option<&[u8]>,
     decode: impl FnOnce() -> Result<Value, EndpointError>,
-) -> Result<(), EngineError> {
-    let written = match (ty, cell) {
-        (_, None) => {
-            out.extend_from_slice(b"null");
-            Ok(())
-        }
-        (SqlType::Text { .. }, Some(b)) => match std::str::from_utf8(b) {
-            Ok(s) => serde_json::to_writer(&mut *out, s),
-            Err(_) => serde_json::to_writer(&mut *out, &decode()?),
-        },
-        (SqlType::Int { bytes: 2 }, Some(&[a, b])) => {
-            serde_json::to_writer(&mut *out, &i16::from_be_bytes([a, b]))
-        }
+) -> Result<Sealing, EngineError> {
+    let d = match (ty, cell) {
+        (_, None) => return Ok(Sealing::Null),
+        (SqlType::Text { .. }, Some(b)) if std::str::from_utf8(b).is_ok() => digest_text(b),
+        (SqlType::Int { bytes: 2 }, Some(&[a, b])) => digest_int(i16::from_be_bytes([a, b]).into()),
         (SqlType::Int { bytes: 4 }, Some(b)) if b.len() == 4 => {
-            serde_json::to_writer(&mut *out, &i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            digest_int(i32::from_be_bytes([b[0], b[1], b[2], b[3]]).into())
         }
         (SqlType::Int { bytes: 8 }, Some(b)) if b.len() == 8 => {
             let mut a = [0u8; 8];
             a.copy_from_slice(b);
-            serde_json::to_writer(&mut *out, &i64::from_be_bytes(a))
+            digest_int(i64::from_be_bytes(a))
         }
-        (SqlType::Bool, Some(&[x])) => {
-            out.extend_from_slice(if x != 0 { b"true" } else { b"false" });
-            Ok(())
+        (SqlType::Bool, Some(&[x])) => digest_bool(x != 0),
+        _ => {
+            let v = decode()?;
+            return Ok(shadow::sealing(&v, &v));
         }
-        _ => serde_json::to_writer(&mut *out, &decode()?),
     };
-    written.map_err(|e| schema_error(format!("writing a shadow: {e}")))
+    Ok(Sealing::Digest(d, None))
 }
 
 /// A raw row ready to insert: its outgoing cells, in order, and its
-/// shadow's values as JSON array elements.
+/// sealed shadow.
 struct RawRow {
     cells: Vec<Cell>,
-    json: String,
+    shadow: Vec<u8>,
 }
 
 /// Prepares raw row `r` for insertion: cells that pass raw are copied as
@@ -932,17 +921,15 @@ fn raw_row(
     rows: &RawRows,
     r: usize,
     key: &str,
-    json: &mut Vec<u8>,
 ) -> Result<Result<RawRow, String>, EngineError> {
     let mut cells: Vec<Cell> = Vec::with_capacity(outgoing.len() + 2);
-    json.clear();
+    let mut shadow = Sealer::new(cols.layout.id, outgoing.len());
     for (n, (o, f)) in cols.outgoing.iter().zip(outgoing).enumerate() {
-        if n > 0 {
-            json.push(b',');
-        }
         if let Some(p) = o.pos.filter(|_| o.raw) {
             if let Some(cell) = raw_cell(rows, r, p, f) {
-                raw_json(json, &f.crm.ty, rows.cell(r, p), || rows.value(r, p))?;
+                shadow.push(raw_sealing(&f.crm.ty, rows.cell(r, p), || {
+                    rows.value(r, p)
+                })?);
                 cells.push(cell);
                 continue;
             }
@@ -955,13 +942,13 @@ fn raw_row(
             Ok(mapped) => mapped,
             Err(why) => return Ok(Err(why)),
         };
-        serde_json::to_writer(&mut *json, &v)
-            .map_err(|err| schema_error(format!("writing a shadow: {err}")))?;
+        shadow.push(cols.layout.sealing(e, n, &v));
         cells.push(Cell::Value(v));
     }
-    let json = String::from_utf8(json.clone())
-        .map_err(|err| schema_error(format!("writing a shadow: {err}")))?;
-    Ok(Ok(RawRow { cells, json }))
+    Ok(Ok(RawRow {
+        cells,
+        shadow: shadow.finish(),
+    }))
 }
 
 /// A mapping outcome for row `key`: `Ok(Err(why))` rejects the row, a
@@ -1042,12 +1029,10 @@ fn prepare_raw(
     let mut rejects: Vec<(String, String)> = Vec::new();
     let mut inserts: Vec<Vec<Cell>> = Vec::with_capacity(rows.len());
     let mut fresh: Vec<FreshLink> = Vec::with_capacity(rows.len());
-    let mut json: Vec<u8> = Vec::with_capacity(512);
     for r in 0..rows.len() {
         let key = rows.value(r, cols.key)?;
         let ks = key.key_string();
-        let RawRow { mut cells, json } = match raw_row(e, cols, &outgoing, rows, r, &ks, &mut json)?
-        {
+        let RawRow { mut cells, shadow } = match raw_row(e, cols, &outgoing, rows, r, &ks)? {
             Ok(row) => row,
             Err(why) => {
                 rejects.push((ks, why));
@@ -1059,7 +1044,7 @@ fn prepare_raw(
         fresh.push(FreshLink {
             crm_key: ks,
             insert: inserts.len(),
-            values_json: json,
+            shadow,
         });
         inserts.push(cells);
     }
@@ -1081,8 +1066,6 @@ fn prepare_raw(
         fresh_links: Some(FreshLinks {
             schema: schema.clone(),
             entity: e.name().to_string(),
-            layout: cols.layout.0,
-            fields: cols.layout.1.clone(),
             links: fresh,
         }),
         checkpoint: Some(CheckpointWrite {
@@ -1144,7 +1127,6 @@ async fn prepare_chunk(
     // Raw rows prepared for insertion, by row; rows with a link go on
     // decoded instead.
     let mut ready: Vec<Option<RawRow>> = (0..rows.len()).map(|_| None).collect();
-    let mut json: Vec<u8> = Vec::new();
     for (i, row) in rows.iter_mut().enumerate() {
         let ks = &keys[i];
         let linked = links.get(ks).filter(|l| !l.deleted);
@@ -1160,7 +1142,7 @@ async fn prepare_chunk(
             .map(|(values, _)| values),
             Some(raw) if linked.is_some() => raw_values(e, cols, &outgoing, raw, i)?,
             // Decoded whole only if a lookup finds a counterpart.
-            Some(raw) => match raw_row(e, cols, &outgoing, raw, i, ks, &mut json)? {
+            Some(raw) => match raw_row(e, cols, &outgoing, raw, i, ks)? {
                 Err(why) => Err(FieldProblem::Reject(why)),
                 Ok(r) => {
                     ready[i] = Some(r);
@@ -1178,8 +1160,7 @@ async fn prepare_chunk(
         match linked {
             Some(l) => {
                 report.already_linked += 1;
-                let shadow = cols.shadow_of(e, &values);
-                let set = diff(e, &l.shadow, &shadow);
+                let set = diff(e, &l.shadow, &cols.values_of(e, &values));
                 if set.is_empty() || !e.plan.update_into_external {
                     report.unchanged += 1;
                     continue;
@@ -1196,7 +1177,7 @@ async fn prepare_chunk(
                 link_writes.push(LinkWrite {
                     crm_key: KeyRef::Known(ks.clone()),
                     external_key: KeyRef::Known(l.external_key.clone()),
-                    shadow,
+                    shadow: cols.shadow_of(e, &values),
                     deleted: false,
                 });
             }
@@ -1299,13 +1280,13 @@ async fn prepare_chunk(
         let current: Shadow = outgoing
             .iter()
             .filter_map(|f| {
-                ext_scan
-                    .position(&f.external.name)
-                    .map(|p| (f.name.clone(), external_to_canonical(f, ext_row[p].clone())))
+                ext_scan.position(&f.external.name).map(|p| {
+                    let v = external_to_canonical(f, ext_row[p].clone());
+                    (f.name.clone(), Base::Value(v))
+                })
             })
             .collect();
-        let shadow = cols.shadow_of(e, &c.values);
-        let set = diff(e, &current, &shadow);
+        let set = diff(e, &current, &cols.values_of(e, &c.values));
         let crm_wins = match e.plan.conflict {
             _ if set.is_empty() => false,
             ConflictPolicy::CrmWins => true,
@@ -1341,9 +1322,9 @@ async fn prepare_chunk(
             report.unchanged += 1;
         }
         link_writes.push(LinkWrite {
+            shadow: cols.shadow_of(e, &c.values),
             crm_key: KeyRef::Known(c.key),
             external_key: KeyRef::Known(ext_key),
-            shadow,
             deleted: false,
         });
     }
@@ -1357,7 +1338,7 @@ async fn prepare_chunk(
     if let (Some(raw), true) = (&raw, e.plan.insert_into_external) {
         for c in rest {
             // Every candidate went through raw_row (a reject is none).
-            let RawRow { mut cells, json } =
+            let RawRow { mut cells, shadow } =
                 ready.get_mut(c.row).and_then(Option::take).ok_or_else(|| {
                     schema_error(format!(
                         "internal error: CRM row {} of a raw chunk was not prepared",
@@ -1384,7 +1365,7 @@ async fn prepare_chunk(
                 fresh.push(FreshLink {
                     crm_key: c.key,
                     insert,
-                    values_json: json,
+                    shadow,
                 });
             }
             cells.extend(shape.crm_id(e, &rows[c.row][cols.key])?.map(Cell::Value));
@@ -1406,7 +1387,7 @@ async fn prepare_chunk(
                 fresh.push(FreshLink {
                     crm_key: c.key,
                     insert,
-                    values_json: values_json(&c.values),
+                    shadow: cols.shadow_of(e, &c.values),
                 });
             }
             // The outgoing fields lead the inserted columns, in order.
@@ -1430,8 +1411,6 @@ async fn prepare_chunk(
     let fresh = FreshLinks {
         schema: engine.plan.state_schema.clone(),
         entity: e.name().to_string(),
-        layout: cols.layout.0,
-        fields: cols.layout.1.clone(),
         links: fresh,
     };
     let cp = CheckpointWrite {
@@ -1500,23 +1479,13 @@ async fn commit_chunk(
                 links: f
                     .links
                     .into_iter()
-                    .map(|l| {
-                        let values: Vec<Value> = serde_json::from_str(&format!(
-                            "[{}]",
-                            l.values_json
-                        ))
-                        .map_err(|err| {
-                            schema_error(format!("entity {:?}: a new shadow: {err}", e.name()))
-                        })?;
-                        let shadow = f.fields.iter().cloned().zip(values).collect();
-                        Ok(LinkWrite {
-                            crm_key: KeyRef::Known(l.crm_key),
-                            external_key: KeyRef::Inserted(l.insert),
-                            shadow,
-                            deleted: false,
-                        })
+                    .map(|l| LinkWrite {
+                        crm_key: KeyRef::Known(l.crm_key),
+                        external_key: KeyRef::Inserted(l.insert),
+                        shadow: l.shadow,
+                        deleted: false,
                     })
-                    .collect::<Result<_, EngineError>>()?,
+                    .collect(),
                 schema: f.schema,
                 entity: f.entity,
             }),
@@ -1555,13 +1524,14 @@ fn crm_is_newer(
 
 /// The external columns whose canonical value in `target` differs from
 /// `base`, with `target`'s value.
-fn diff(e: &BoundEntity, base: &Shadow, target: &Shadow) -> Vec<(String, Value)> {
+fn diff(e: &BoundEntity, base: &Shadow, target: &Values) -> Vec<(String, Value)> {
     e.fields
         .iter()
         .filter(|f| f.plan.direction.crm_to_external())
         .filter_map(|f| {
             let new = target.get(&f.name)?;
-            (base.get(&f.name) != Some(new)).then(|| (f.external.name.clone(), new.clone()))
+            (!base.get(&f.name).is_some_and(|b| b.is(new)))
+                .then(|| (f.external.name.clone(), new.clone()))
         })
         .collect()
 }
@@ -1740,24 +1710,31 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// A raw cell (PostgreSQL's binary form) seals as its decoded
+        /// value does, or the shadows of a raw backfill would all look
+        /// changed to the next sync.
         #[test]
-        fn values_json_reads_back_as_the_values(
-            texts in proptest::collection::vec(".*", 0..8),
-            ints in proptest::collection::vec(proptest::num::i64::ANY, 8),
+        fn raw_cells_seal_as_their_decoded_values(
+            text in "\\PC*",
+            int in proptest::num::i64::ANY,
+            flag in proptest::bool::ANY,
         ) {
-            let values: Vec<Value> = texts
-                .iter()
-                .enumerate()
-                .map(|(i, t)| match i % 4 {
-                    0 => Value::Text(t.clone()),
-                    1 => Value::Int(ints[i]),
-                    2 => Value::Null,
-                    _ => Value::Decimal(rust_decimal::Decimal::new(ints[i], 3)),
-                })
-                .collect();
-            let json = format!("[{}]", values_json(&values));
-            let back: Vec<Value> = serde_json::from_str(&json).unwrap();
-            proptest::prop_assert_eq!(back, values);
+            let text_ty = SqlType::Text { max_len: None, unit: crate::value::LengthUnit::Chars, fixed: false };
+            let cases: Vec<(SqlType, Vec<u8>, Value)> = vec![
+                (text_ty, text.as_bytes().to_vec(), Value::Text(text.clone())),
+                (SqlType::Int { bytes: 8 }, int.to_be_bytes().to_vec(), Value::Int(int)),
+                (SqlType::Int { bytes: 4 }, (int as i32).to_be_bytes().to_vec(), Value::Int((int as i32).into())),
+                (SqlType::Int { bytes: 2 }, (int as i16).to_be_bytes().to_vec(), Value::Int((int as i16).into())),
+                (SqlType::Bool, vec![u8::from(flag)], Value::Bool(flag)),
+            ];
+            for (ty, cell, v) in cases {
+                let raw = raw_sealing(&ty, Some(&cell), || unreachable!("decoded")).unwrap();
+                proptest::prop_assert_eq!(raw, shadow::sealing(&v, &v));
+            }
+            proptest::prop_assert_eq!(
+                raw_sealing(&SqlType::Bool, None, || unreachable!()).unwrap(),
+                Sealing::Null
+            );
         }
     }
 

@@ -111,8 +111,9 @@ impl Engine {
         }
         let mut shadow = link.shadow.clone();
         if let Some(v) = value {
-            shadow.insert(e.fields[fi].name.clone(), v);
+            shadow.insert(e.fields[fi].name.clone(), v.into());
         }
+        let shadow = self.layout(e, true).await?.seal(e, &shadow);
         self.state
             .write_links(&LinkBatch {
                 schema: self.plan.state_schema.clone(),

@@ -85,6 +85,7 @@ pub(super) async fn external_hard_deletes(
     let shadows = state.links_by_crm(e.name(), &crm_keys).await?;
     let mut batch = WriteBatch::new(e.crm_table.clone(), e.crm_key.name.clone());
     let mut link_writes = Vec::new();
+    let layout = engine.layout(e, mode == Mode::Apply).await?;
     for (crm_key, ext_key) in &gone {
         let Ok(key) = Value::from_key_string(crm_key, &e.crm_key.ty) else {
             continue;
@@ -103,10 +104,13 @@ pub(super) async fn external_hard_deletes(
         link_writes.push(LinkWrite::pair(
             crm_key,
             ext_key,
-            shadows
-                .get(crm_key)
-                .map(|l| l.shadow.clone())
-                .unwrap_or_default(),
+            layout.seal(
+                e,
+                &shadows
+                    .get(crm_key)
+                    .map(|l| l.shadow.clone())
+                    .unwrap_or_default(),
+            ),
             true,
         ));
     }

@@ -2,9 +2,76 @@
 //! (the external column's type and representation).
 
 use crate::plan::{OnTruncate, Side, Transform};
+use crate::schema::BoundEntity;
 use crate::schema::BoundField;
+use crate::state::shadow::{self, Sealer, Sealing};
 use crate::state::Shadow;
 use crate::value::{CoerceError, Value};
+use std::collections::BTreeMap;
+
+/// Canonical values of a row, by field (the CRM column name in lower
+/// case).
+pub type Values = BTreeMap<String, Value>;
+
+/// A shadow layout: its id in the state store, and the fields it holds in
+/// order (as indexes of the entity's fields, and by name).
+#[derive(Debug, Clone, Default)]
+pub struct Layout {
+    pub id: i32,
+    pub fields: Vec<usize>,
+    pub names: Vec<String>,
+    /// Per field: the CRM reads every canonical value back unchanged (no
+    /// transform, no `values`, one type on both sides), so sealing need
+    /// not map it there and back.
+    exact: Vec<bool>,
+}
+
+impl Layout {
+    pub fn new(e: &BoundEntity, id: i32, fields: Vec<usize>) -> Layout {
+        let same_zone = e.to_crm.from == e.to_crm.to;
+        let exact = fields
+            .iter()
+            .map(|&i| {
+                let f = &e.fields[i];
+                f.plan.transform == Transform::None
+                    && f.plan.values.is_empty()
+                    && f.crm.ty == f.external.ty
+                    && (same_zone || !f.crm.ty.is_timestamp())
+            })
+            .collect();
+        let names = fields.iter().map(|&i| e.fields[i].name.clone()).collect();
+        Layout {
+            id,
+            fields,
+            names,
+            exact,
+        }
+    }
+
+    /// Seals `shadow` for the state store, with the CRM's reading of each
+    /// value beside it where that differs.
+    pub fn seal(&self, e: &BoundEntity, shadow: &Shadow) -> Vec<u8> {
+        shadow::seal(self.id, &self.names, shadow, |i, v| self.sealing(e, i, v))
+    }
+
+    /// Seals the canonical values of the layout's fields, in order.
+    pub fn seal_values(&self, e: &BoundEntity, values: &[Value]) -> Vec<u8> {
+        let mut s = Sealer::new(self.id, self.names.len());
+        for (i, v) in values.iter().enumerate() {
+            s.push(self.sealing(e, i, v));
+        }
+        s.finish()
+    }
+
+    /// How value `v` of the layout's `i`-th field is sealed.
+    pub fn sealing(&self, e: &BoundEntity, i: usize, v: &Value) -> Sealing {
+        if self.exact[i] {
+            shadow::sealing(v, v)
+        } else {
+            shadow::sealing(v, &crm_round_trip(&e.fields[self.fields[i]], v, e))
+        }
+    }
+}
 
 /// Why one value could not be mapped.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,7 +85,7 @@ pub enum FieldProblem {
 /// A mapped row: canonical values by field, and how many were truncated.
 #[derive(Debug, Clone, Default)]
 pub struct Mapped {
-    pub values: Shadow,
+    pub values: Values,
     pub truncated: usize,
 }
 
@@ -181,11 +248,7 @@ pub fn canonical_to_crm(
 /// What the CRM side would read back, in canonical form, after being
 /// written `canonical`: equal to `canonical` unless the mapping is lossy
 /// (truncation, checkbox), so lossy fields are not mistaken for changes.
-pub fn crm_round_trip(
-    field: &BoundField,
-    canonical: &Value,
-    e: &crate::schema::BoundEntity,
-) -> Value {
+pub fn crm_round_trip(field: &BoundField, canonical: &Value, e: &BoundEntity) -> Value {
     canonical_to_crm(field, canonical.clone(), e.to_crm)
         .and_then(|(crm, _)| crm_to_canonical(field, crm, e.to_external))
         .map(|(v, _)| v)

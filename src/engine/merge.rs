@@ -7,10 +7,10 @@
 //! same value: nothing to write. Both changed to different values: a
 //! conflict, resolved by the entity's policy and always logged.
 
-use super::mapping::crm_round_trip;
+use super::mapping::{crm_round_trip, Values};
 use crate::plan::{ConflictPolicy, Side};
 use crate::schema::{BoundEntity, BoundField};
-use crate::state::{ConflictRecord, Shadow};
+use crate::state::{Base, ConflictRecord, Shadow};
 use crate::value::Value;
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
@@ -18,7 +18,7 @@ use std::collections::HashSet;
 /// One side of a pair in canonical form.
 #[derive(Debug, Clone, Default)]
 pub struct View {
-    pub values: Shadow,
+    pub values: Values,
     pub changed_at: Option<DateTime<Utc>>,
 }
 
@@ -41,11 +41,8 @@ impl Merged {
     }
 }
 
-fn crm_changed(f: &BoundField, e: &BoundEntity, c: &Value, base: Option<&Value>) -> bool {
-    match base {
-        Some(b) => *c != crm_round_trip(f, b, e) && c != b,
-        None => true,
-    }
+fn crm_changed(f: &BoundField, e: &BoundEntity, c: &Value, base: Option<&Base>) -> bool {
+    base.is_none_or(|b| !b.held_by_crm(c, |b| crm_round_trip(f, b, e)))
 }
 
 /// The winner of a same-field clash under `policy`; `None` for manual.
@@ -85,7 +82,7 @@ pub fn merge(
         let c = crm.and_then(|v| v.values.get(&f.name));
         let x = ext.and_then(|v| v.values.get(&f.name));
         let c_changed = c.is_some_and(|c| crm_changed(f, e, c, b));
-        let x_changed = x.is_some_and(|x| b != Some(x));
+        let x_changed = x.is_some_and(|x| b.is_none_or(|b| !b.is(x)));
         let to_ext = f.plan.direction.crm_to_external() && e.plan.update_into_external;
         let to_crm = f.plan.direction.external_to_crm() && e.plan.update_into_crm;
         let agree = |c: &Value, x: &Value| c == x || crm_round_trip(f, x, e) == *c;
@@ -93,7 +90,7 @@ pub fn merge(
             if let (Some(c), Some(x)) = (c, x) {
                 if agree(c, x) {
                     out.settled.push(f.name.clone());
-                    out.shadow.insert(f.name.clone(), x.clone());
+                    out.shadow.insert(f.name.clone(), x.clone().into());
                 }
             }
             continue;
@@ -106,10 +103,10 @@ pub fn merge(
                     if x != Some(&c) {
                         out.to_external.push((i, c.clone()));
                     }
-                    out.shadow.insert(f.name.clone(), c);
+                    out.shadow.insert(f.name.clone(), c.into());
                 } else if x.is_none() && b.is_none() {
                     // First sight of a field that only flows into CRM.
-                    out.shadow.insert(f.name.clone(), c);
+                    out.shadow.insert(f.name.clone(), c.into());
                 }
             }
             (false, true) => {
@@ -118,7 +115,7 @@ pub fn merge(
                     if !c.is_some_and(|c| agree(c, &x)) {
                         out.to_crm.push((i, x.clone()));
                     }
-                    out.shadow.insert(f.name.clone(), x);
+                    out.shadow.insert(f.name.clone(), x.into());
                 }
             }
             (true, true) => {
@@ -127,7 +124,7 @@ pub fn merge(
                     x.cloned().unwrap_or(Value::Null),
                 );
                 if agree(&c, &x) {
-                    out.shadow.insert(f.name.clone(), x);
+                    out.shadow.insert(f.name.clone(), x.into());
                     continue;
                 }
                 // A field that flows one way only has an owner: no clash.
@@ -145,7 +142,7 @@ pub fn merge(
                             crm_key: crm_key.to_string(),
                             external_key: external_key.to_string(),
                             field: f.name.clone(),
-                            base: b.cloned(),
+                            base: b.and_then(|b| b.value().cloned()),
                             crm: c.clone(),
                             external: x.clone(),
                             crm_changed_at: crm.and_then(|v| v.changed_at),
@@ -158,11 +155,11 @@ pub fn merge(
                 match win {
                     Some(Side::Crm) => {
                         out.to_external.push((i, c.clone()));
-                        out.shadow.insert(f.name.clone(), c);
+                        out.shadow.insert(f.name.clone(), c.into());
                     }
                     Some(Side::External) => {
                         out.to_crm.push((i, x.clone()));
-                        out.shadow.insert(f.name.clone(), x);
+                        out.shadow.insert(f.name.clone(), x.into());
                     }
                     None => {}
                 }

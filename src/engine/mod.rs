@@ -193,6 +193,22 @@ impl Engine {
         })
     }
 
+    /// The shadow layout of every field of `e`, registered in the state
+    /// store; one that writes nothing (a dry run) gets an unregistered one.
+    async fn layout(
+        &self,
+        e: &BoundEntity,
+        writes: bool,
+    ) -> Result<mapping::Layout, EndpointError> {
+        let names: Vec<String> = e.fields.iter().map(|f| f.name.clone()).collect();
+        let id = if writes {
+            self.state.shadow_layout(e.name(), &names).await?
+        } else {
+            0
+        };
+        Ok(mapping::Layout::new(e, id, (0..names.len()).collect()))
+    }
+
     pub async fn bind(
         &self,
         only: Option<&str>,

@@ -8,14 +8,16 @@
 //! merges as "both sides changed to the same value": nothing is lost or
 //! duplicated.
 
-use super::mapping::{canonical_to_crm, external_to_canonical, map_crm_row, FieldProblem};
+use super::mapping::{
+    canonical_to_crm, external_to_canonical, map_crm_row, FieldProblem, Layout, Values,
+};
 use super::merge::{merge, Merged, View};
 use super::{later, window, Engine, EngineError, EntityReport, Mode, Sample, StateView};
 use crate::crm::write as crm_write;
 use crate::endpoint::{Assign, EndpointError, Insert, Lower, Scan, Update, WriteBatch};
 use crate::plan::{CrmDelete, ExternalDelete, Side};
 use crate::schema::BoundEntity;
-use crate::state::{ConflictRecord, KeyRef, Link, LinkBatch, LinkWrite, Shadow, Watermark};
+use crate::state::{Base, ConflictRecord, KeyRef, Link, LinkBatch, LinkWrite, Shadow, Watermark};
 use crate::value::{SqlType, Value};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -44,6 +46,7 @@ pub(super) async fn run(
         run,
         mode,
         source,
+        layout: engine.layout(e, state.writes()).await?,
     };
     // Rows rejected earlier are retried first, by key.
     let open = state.open_rejects(e.name(), source).await?;
@@ -121,25 +124,37 @@ pub(super) async fn run(
 /// key order, merged with their linked rows, linked to existing ones, or
 /// inserted by the target's rules, exactly as a sync pass handles a page
 /// of changed rows of that side.
-pub(super) async fn backfill_page(
-    engine: &Engine,
-    e: &BoundEntity,
-    state: &StateView<'_>,
-    run: i64,
-    source: Side,
-    rows: &[Vec<Value>],
-    report: &mut EntityReport,
-) -> Result<(), EngineError> {
-    let ctx = Ctx {
-        engine,
-        e,
-        state,
-        run,
-        mode: Mode::Apply,
-        source,
-    };
-    ctx.page(&e.scan(source), rows, &HashSet::new(), report)
-        .await
+pub(super) struct BackfillPages<'a>(Ctx<'a>);
+
+impl<'a> BackfillPages<'a> {
+    pub(super) fn new(
+        engine: &'a Engine,
+        e: &'a BoundEntity,
+        state: &'a StateView<'a>,
+        run: i64,
+        source: Side,
+        layout: Layout,
+    ) -> Self {
+        BackfillPages(Ctx {
+            engine,
+            e,
+            state,
+            run,
+            mode: Mode::Apply,
+            source,
+            layout,
+        })
+    }
+
+    pub(super) async fn page(
+        &self,
+        rows: &[Vec<Value>],
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let ctx = &self.0;
+        ctx.page(&ctx.e.scan(ctx.source), rows, &HashSet::new(), report)
+            .await
+    }
 }
 
 /// One value of a `match_on` tuple as compared: text without trailing
@@ -213,7 +228,7 @@ fn is_echo(
             // no converting to tell.
             link.shadow
                 .get(&f.name)
-                .is_some_and(|s| s == read || *s == external_to_canonical(f, read.clone()))
+                .is_some_and(|s| s.is(read) || s.is(&external_to_canonical(f, read.clone())))
         })
 }
 
@@ -318,6 +333,8 @@ struct Ctx<'a> {
     run: i64,
     mode: Mode,
     source: Side,
+    /// The layout shadows are sealed in.
+    layout: Layout,
 }
 
 impl Ctx<'_> {
@@ -339,7 +356,7 @@ impl Ctx<'_> {
 
     fn ext_view(&self, row: &Row<'_>) -> View {
         let e = self.e;
-        let mut values = Shadow::new();
+        let mut values = Values::new();
         for f in &e.fields {
             values.insert(
                 f.name.clone(),
@@ -757,7 +774,7 @@ impl Ctx<'_> {
             w.links.push(LinkWrite::pair(
                 &l.crm_key,
                 &l.external_key,
-                m.shadow,
+                self.layout.seal(e, &m.shadow),
                 false,
             ));
         }
@@ -827,7 +844,7 @@ impl Ctx<'_> {
         w.links.push(LinkWrite::pair(
             &l.crm_key,
             &l.external_key,
-            l.shadow.clone(),
+            self.layout.seal(e, &l.shadow),
             true,
         ));
         Ok(())
@@ -868,10 +885,15 @@ impl Ctx<'_> {
         set.push((e.external_change.name.clone(), Assign::Now));
         w.ext.updates.push(Update { key, set });
         report.updated += 1;
+        let shadow: Shadow = view
+            .values
+            .into_iter()
+            .map(|(f, v)| (f, Base::Value(v)))
+            .collect();
         w.links.push(LinkWrite::pair(
             &l.crm_key,
             &l.external_key,
-            view.values,
+            self.layout.seal(e, &shadow),
             false,
         ));
         Ok(())
@@ -1049,7 +1071,7 @@ impl Ctx<'_> {
         {
             let v = view.values[&f.name].clone();
             fields.insert(f.external.name.clone(), v.display());
-            shadow.insert(f.name.clone(), v.clone());
+            shadow.insert(f.name.clone(), Base::Value(v.clone()));
             columns.push((f.external.name.clone(), Assign::Value(v)));
         }
         if let Some(id_col) = &e.external_crm_id {
@@ -1091,7 +1113,7 @@ impl Ctx<'_> {
         w.links.push(LinkWrite {
             crm_key: KeyRef::Known(ks),
             external_key: KeyRef::Inserted(index),
-            shadow,
+            shadow: self.layout.seal(e, &shadow),
             deleted: false,
         });
         if e.crm_link.is_some() && self.writes_crm() {
@@ -1511,7 +1533,7 @@ impl Ctx<'_> {
             };
             report.truncated += u64::from(truncated);
             fields.insert(f.crm.name.clone(), crm_v.display());
-            shadow.insert(f.name.clone(), v);
+            shadow.insert(f.name.clone(), Base::Value(v));
             columns.push((f.crm.name.clone(), Assign::Value(crm_v)));
         }
         if let Some(lc) = &e.crm_link {
@@ -1543,7 +1565,7 @@ impl Ctx<'_> {
         w.links.push(LinkWrite {
             crm_key: KeyRef::Inserted(index),
             external_key: KeyRef::Known(ks),
-            shadow,
+            shadow: self.layout.seal(e, &shadow),
             deleted: false,
         });
         Ok(())

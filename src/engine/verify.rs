@@ -132,7 +132,8 @@ impl VerifyReport {
 /// Writes that make the next sync see the drift, queued per page.
 #[derive(Default)]
 struct Repairs {
-    links: Vec<LinkWrite>,
+    /// Links whose shadow lost fields, with what is left of it.
+    links: Vec<(Link, crate::state::Shadow)>,
     crm: Vec<Value>,
     external: Vec<Value>,
     shadows_cleared: u64,
@@ -581,8 +582,7 @@ impl<'a> Compare<'a> {
                     }
                     if shadow != l.shadow {
                         r.shadows_cleared += 1;
-                        r.links
-                            .push(LinkWrite::pair(&l.crm_key, &l.external_key, shadow, false));
+                        r.links.push((l.clone(), shadow));
                     }
                     let key = match side {
                         Side::Crm => Value::from_key_string(&l.crm_key, &e.crm_key.ty),
@@ -749,10 +749,17 @@ impl<'a> Compare<'a> {
         };
         let e = self.e;
         if !r.links.is_empty() {
+            let layout = self.engine.layout(e, true).await?;
             let batch = LinkBatch {
                 schema: self.engine.plan.state_schema.clone(),
                 entity: e.name().to_string(),
-                links: std::mem::take(&mut r.links),
+                links: std::mem::take(&mut r.links)
+                    .into_iter()
+                    .map(|(l, shadow)| {
+                        let sealed = layout.seal(e, &shadow);
+                        LinkWrite::pair(&l.crm_key, &l.external_key, sealed, false)
+                    })
+                    .collect(),
             };
             self.state.store().write_links(&batch).await?;
         }

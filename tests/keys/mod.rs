@@ -426,9 +426,15 @@ async fn a_version_5_state_store_with_padded_keys_upgrades_and_syncs_on() {
     let beta = ext_insert(&env, "Beta").await;
     sync(&env).await;
     let named = assert_named(&env, 2).await;
+    // What version 5 wrote: JSON shadows by field, a time per link, keys
+    // as read from a blank-padding column.
     env.erp
         .batch_execute(
-            "UPDATE crmsync.links SET external_key = rpad(external_key, 14);
+            "ALTER TABLE crmsync.links ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),
+                 ALTER COLUMN shadow TYPE text USING '';
+             UPDATE crmsync.links l SET external_key = rpad(l.external_key, 14),
+                 shadow = json_build_object('comp_name', p.name, 'comp_phonenumber', p.phone)::text
+               FROM erp.partner p WHERE p.partner_id::text = l.external_key;
              UPDATE crmsync.schema_version SET version = 5;",
         )
         .await
@@ -453,7 +459,7 @@ async fn a_version_5_state_store_with_padded_keys_upgrades_and_syncs_on() {
         .await
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
-    assert_eq!((version, padded), (6, 0));
+    assert_eq!((version, padded), (7, 0));
     assert_named(&env, 2).await;
     let quiet = sync(&env).await;
     assert_eq!(quiet.changes(), 0, "{quiet:?}");

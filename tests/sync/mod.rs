@@ -560,19 +560,21 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
     )
     .await;
     assert_eq!(env.sync().await.inserted, 50);
-    // Turn the store back into what version 2 wrote.
+    // Turn the store back into what version 2 wrote: shadows as tagged
+    // jsonb objects by field, holding the values synced.
     env.erp
         .batch_execute(
-            r#"CREATE FUNCTION pg_temp.tagged(s jsonb) RETURNS jsonb LANGUAGE sql AS $$
-                 SELECT jsonb_object_agg(k, CASE jsonb_typeof(v)
-                     WHEN 'string' THEN jsonb_build_object('t', 'Text', 'v', v)
-                     WHEN 'number' THEN jsonb_build_object('t', 'Int', 'v', v)
-                     WHEN 'boolean' THEN jsonb_build_object('t', 'Bool', 'v', v)
-                     WHEN 'null' THEN '{"t": "Null"}'::jsonb
-                     ELSE v END)
-                 FROM jsonb_each(s) AS x(k, v) $$;
-               ALTER TABLE crmsync.links ALTER COLUMN shadow TYPE jsonb
-                 USING pg_temp.tagged(shadow::jsonb);
+            r#"CREATE FUNCTION pg_temp.t(v text) RETURNS jsonb LANGUAGE sql AS $$
+                 SELECT CASE WHEN v IS NULL THEN '{"t": "Null"}'::jsonb
+                             ELSE jsonb_build_object('t', 'Text', 'v', v) END $$;
+               ALTER TABLE crmsync.links ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),
+                 ALTER COLUMN shadow TYPE jsonb USING '{}'::jsonb;
+               UPDATE crmsync.links l SET shadow = jsonb_build_object(
+                   'comp_name', pg_temp.t(s.name), 'comp_status', pg_temp.t(s.status::text),
+                   'comp_website', pg_temp.t(s.website), 'comp_phonenumber', pg_temp.t(s.phone),
+                   'comp_emailaddress', pg_temp.t(s.email),
+                   'comp_promote', jsonb_build_object('t', 'Bool', 'v', s.promote))
+                 FROM erp.supplier s WHERE s.supplier_id::text = l.external_key;
                ALTER TABLE crmsync.backfill_checkpoints DROP COLUMN insert_only;
                DROP TABLE crmsync.shadow_layouts;
                ALTER TABLE crmsync.watermarks DROP COLUMN read_at;
@@ -603,7 +605,7 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
         .await
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
-    assert_eq!((version, ty.as_str()), (6, "text"));
+    assert_eq!((version, ty.as_str()), (7, "bytea"));
 
     env.crm
         .execute(
@@ -615,17 +617,21 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
         .unwrap();
     let changed = env.sync().await;
     assert_eq!((changed.updated, changed.inserted), (1, 0), "{changed:?}");
-    let shadow: String = env
+    // The changed pair's shadow is sealed now; the others are still read
+    // as they were written.
+    let (sealed, legacy): (i64, i64) = env
         .erp
         .query_one(
-            "SELECT shadow FROM crmsync.links WHERE crm_key = \
-             (SELECT min(crm_key::int)::text FROM crmsync.links)",
+            "SELECT count(*) FILTER (WHERE get_byte(shadow, 0) = 1), \
+                    count(*) FILTER (WHERE get_byte(shadow, 0) = ascii('{')) FROM crmsync.links",
             &[],
         )
         .await
-        .unwrap()
-        .get(0);
-    assert!(shadow.contains(r#""Renamed""#), "{shadow}");
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((sealed, legacy), (1, 49));
+    let quiet = env.sync().await;
+    assert_eq!(quiet.changes(), 0, "{quiet:?}");
 }
 
 /// `match_on` guards CRM → external inserts too: a new CRM row whose name

@@ -623,16 +623,26 @@ async fn crm_wins_takes_the_crm_value_and_logs_the_clash() {
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].0, "comp_name");
     assert_eq!(log[0].1.as_deref(), Some("crm"));
-    let base: serde_json::Value = env
+    // Both values that clashed are logged; the base is not, because the
+    // shadow keeps it as a digest.
+    let (base, crm, ext): (
+        Option<serde_json::Value>,
+        serde_json::Value,
+        serde_json::Value,
+    ) = env
         .erp
-        .query_one("SELECT base_value FROM crmsync.conflicts", &[])
+        .query_one(
+            "SELECT base_value, crm_value, external_value FROM crmsync.conflicts",
+            &[],
+        )
         .await
-        .unwrap()
-        .get(0);
-    assert!(
-        base.to_string().contains("Original"),
-        "the base value is logged: {base}"
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .unwrap();
+    assert_eq!(
+        (crm.as_str(), ext.as_str()),
+        (Some("CRM name"), Some("ERP name"))
     );
+    assert_eq!(base, None);
     assert_eq!(sync(&env).await.changes(), 0);
 }
 

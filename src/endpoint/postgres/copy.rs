@@ -482,38 +482,6 @@ impl RawInserts {
     }
 }
 
-/// A positional shadow, written as text `[layout,values]` straight into
-/// the COPY buffer.
-#[derive(Debug)]
-struct Positional<'a> {
-    layout: i32,
-    values: &'a str,
-}
-
-impl ToSql for Positional<'_> {
-    fn to_sql(
-        &self,
-        _: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> std::result::Result<tokio_postgres::types::IsNull, Box<dyn std::error::Error + Sync + Send>>
-    {
-        use std::fmt::Write;
-        write!(out, "[{}", self.layout)?;
-        if !self.values.is_empty() {
-            out.extend_from_slice(b",");
-            out.extend_from_slice(self.values.as_bytes());
-        }
-        out.extend_from_slice(b"]");
-        Ok(tokio_postgres::types::IsNull::No)
-    }
-
-    fn accepts(ty: &Type) -> bool {
-        *ty == Type::TEXT
-    }
-
-    tokio_postgres::types::to_sql_checked!();
-}
-
 impl PgEndpoint {
     /// Copies links that are new for certain into the links table.
     async fn copy_links(
@@ -531,30 +499,17 @@ impl PgEndpoint {
             .iter()
             .map(|c| c.to_string())
             .collect();
-        let types = [Type::TEXT, Type::TEXT, Type::TEXT, Type::TEXT];
+        let types = [Type::TEXT, Type::TEXT, Type::TEXT, Type::BYTEA];
         let target = format!("{}.links", quote(&fresh.schema));
         let entity = fresh.entity.as_str();
-        let shadows: Vec<Positional> = fresh
-            .links
-            .iter()
-            .map(|l| Positional {
-                layout: fresh.layout,
-                values: &l.values_json,
-            })
-            .collect();
-        let iter = fresh
-            .links
-            .iter()
-            .zip(&ext_keys)
-            .zip(&shadows)
-            .map(|((l, x), sh)| {
-                vec![
-                    &entity as &(dyn ToSql + Sync),
-                    &l.crm_key as &(dyn ToSql + Sync),
-                    x as &(dyn ToSql + Sync),
-                    sh as &(dyn ToSql + Sync),
-                ]
-            });
+        let iter = fresh.links.iter().zip(&ext_keys).map(|(l, x)| {
+            vec![
+                &entity as &(dyn ToSql + Sync),
+                &l.crm_key as &(dyn ToSql + Sync),
+                x as &(dyn ToSql + Sync),
+                &l.shadow as &(dyn ToSql + Sync),
+            ]
+        });
         self.copy_rows(tx, &target, &columns, &types, iter).await
     }
 }

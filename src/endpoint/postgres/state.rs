@@ -6,9 +6,9 @@ use super::{quote, PgEndpoint};
 use crate::endpoint::EndpointError;
 use crate::plan::Side;
 use crate::state::{
-    Checkpoint, ConflictInfo, ConflictRecord, EntityCounts, GoneLinks, KeyRef, Link, LinkBatch,
-    LockGuard, RejectInfo, RunInfo, Shadow, StateStore, Status, Watermark, WatermarkInfo,
-    SCHEMA_VERSION,
+    shadow, Base, Checkpoint, ConflictInfo, ConflictRecord, EntityCounts, GoneLinks, KeyRef, Link,
+    LinkBatch, LockGuard, RejectInfo, RunInfo, Shadow, StateStore, Status, Watermark,
+    WatermarkInfo, SCHEMA_VERSION,
 };
 use crate::value::Value;
 use async_trait::async_trait;
@@ -149,6 +149,13 @@ UPDATE {s}.conflicts SET crm_key = pg_temp.crmsync_key(crm_key),
     OR external_key <> pg_temp.crmsync_key(external_key);
 DROP FUNCTION pg_temp.crmsync_key(text);
 "#,
+    // Shadows sealed into digests, eight bytes a field (the JSON text of
+    // earlier shadows stays readable as it is); links no longer carry a
+    // time of their own.
+    r#"
+ALTER TABLE {s}.links ALTER COLUMN shadow TYPE bytea USING convert_to(shadow, 'UTF8'),
+    DROP COLUMN updated_at;
+"#,
 ];
 
 /// The versions whose migration only rewrites existing rows.
@@ -167,11 +174,6 @@ fn from_json(j: serde_json::Value) -> Result<Value, EndpointError> {
             "the state store holds a value crmsync cannot read: {e}"
         ))
     })
-}
-
-/// A shadow as stored: a JSON object of canonical values by field.
-pub(crate) fn shadow_json(shadow: &crate::state::Shadow) -> String {
-    serde_json::to_string(shadow).unwrap_or_else(|_| "{}".into())
 }
 
 /// Writes links inside the caller's transaction.
@@ -193,15 +195,15 @@ pub(crate) async fn write_links_in<C: GenericClient>(
         };
         crm.push(known(&l.crm_key));
         ext.push(known(&l.external_key));
-        shadow.push(shadow_json(&l.shadow));
+        shadow.push(l.shadow.as_slice());
         deleted.push(l.deleted);
     }
     let s = quote(&batch.schema);
     let sql = format!(
         "INSERT INTO {s}.links AS l (entity, crm_key, external_key, shadow, deleted) \
-         SELECT $1, c, e, sh, d FROM unnest($2::text[], $3::text[], $4::text[], $5::bool[]) AS u(c, e, sh, d) \
+         SELECT $1, c, e, sh, d FROM unnest($2::text[], $3::text[], $4::bytea[], $5::bool[]) AS u(c, e, sh, d) \
          ON CONFLICT (entity, crm_key) DO UPDATE SET external_key = excluded.external_key, \
-           shadow = excluded.shadow, deleted = excluded.deleted, updated_at = now()"
+           shadow = excluded.shadow, deleted = excluded.deleted"
     );
     client
         .execute(&sql, &[&batch.entity, &crm, &ext, &shadow, &deleted])
@@ -250,12 +252,13 @@ impl PgEndpoint {
         quote(&self.state_schema)
     }
 
-    /// A stored shadow: a JSON object by field, or positional,
+    /// A stored shadow: sealed (see `state::shadow`), or, as stored
+    /// before schema 7, JSON text: an object by field, or positional,
     /// `[layout, value, ...]`.
     async fn read_shadow(
         &self,
         entity: &str,
-        text: &str,
+        stored: &[u8],
         known: &mut HashMap<i32, std::sync::Arc<Vec<String>>>,
     ) -> Result<Shadow, EndpointError> {
         let unreadable = |e: &dyn std::fmt::Display| {
@@ -263,22 +266,28 @@ impl PgEndpoint {
                 "a shadow of entity {entity:?} in the state store is unreadable: {e}"
             ))
         };
+        if let Some(layout) = shadow::layout_of(stored) {
+            let fields = self.known_layout(entity, layout, known).await?;
+            return shadow::open(stored, &fields).map_err(|e| unreadable(&e));
+        }
+        let text = std::str::from_utf8(stored).map_err(|e| unreadable(&e))?;
+        let whole = |values: std::collections::BTreeMap<String, Value>| -> Shadow {
+            values
+                .into_iter()
+                .map(|(k, v)| (k, Base::Value(v)))
+                .collect()
+        };
         if !text.starts_with('[') {
-            return serde_json::from_str(text).map_err(|e| unreadable(&e));
+            return serde_json::from_str(text)
+                .map(whole)
+                .map_err(|e| unreadable(&e));
         }
         let mut values: Vec<Value> = serde_json::from_str(text).map_err(|e| unreadable(&e))?;
         let layout = match values.first() {
             Some(Value::Int(l)) => i32::try_from(*l).map_err(|e| unreadable(&e))?,
             _ => return Err(unreadable(&"it names no layout")),
         };
-        let fields = match known.get(&layout) {
-            Some(f) => f.clone(),
-            None => {
-                let f = self.layout_fields(entity, layout).await?;
-                known.insert(layout, f.clone());
-                f
-            }
-        };
+        let fields = self.known_layout(entity, layout, known).await?;
         if fields.len() + 1 != values.len() {
             return Err(unreadable(&format!(
                 "layout {layout} has {} fields, the shadow {} values",
@@ -286,7 +295,26 @@ impl PgEndpoint {
                 values.len() - 1
             )));
         }
-        Ok(fields.iter().cloned().zip(values.drain(1..)).collect())
+        Ok(fields
+            .iter()
+            .cloned()
+            .zip(values.drain(1..).map(Base::Value))
+            .collect())
+    }
+
+    /// The fields of `layout`, looked up once per call of the caller.
+    async fn known_layout(
+        &self,
+        entity: &str,
+        layout: i32,
+        known: &mut HashMap<i32, std::sync::Arc<Vec<String>>>,
+    ) -> Result<std::sync::Arc<Vec<String>>, EndpointError> {
+        if let Some(f) = known.get(&layout) {
+            return Ok(f.clone());
+        }
+        let f = self.layout_fields(entity, layout).await?;
+        known.insert(layout, f.clone());
+        Ok(f)
     }
 
     async fn layout_fields(

@@ -8,10 +8,10 @@ use crate::value::Value;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// The state schema's version; `migrate` brings older schemas up to it.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// Where change reading stopped: a `(change time, key)` position.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,9 +25,9 @@ pub struct Watermark {
     pub read_at: Option<Value>,
 }
 
-/// The values last synced for one link, by field (the CRM column name in
-/// lower case), in canonical (external) form.
-pub type Shadow = BTreeMap<String, Value>;
+pub mod shadow;
+
+pub use shadow::{Base, Shadow};
 
 /// A linked pair of rows and what was last synced between them.
 #[derive(Debug, Clone, PartialEq)]
@@ -50,13 +50,14 @@ pub enum KeyRef {
 pub struct LinkWrite {
     pub crm_key: KeyRef,
     pub external_key: KeyRef,
-    pub shadow: Shadow,
+    /// The shadow, sealed (`shadow::seal`).
+    pub shadow: Vec<u8>,
     pub deleted: bool,
 }
 
 impl LinkWrite {
     /// A write of a pair whose two keys are known.
-    pub fn pair(crm_key: &str, external_key: &str, shadow: Shadow, deleted: bool) -> LinkWrite {
+    pub fn pair(crm_key: &str, external_key: &str, shadow: Vec<u8>, deleted: bool) -> LinkWrite {
         LinkWrite {
             crm_key: KeyRef::Known(crm_key.to_string()),
             external_key: KeyRef::Known(external_key.to_string()),
