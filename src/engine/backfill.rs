@@ -22,7 +22,7 @@ use crate::endpoint::bulk::{
     Bulk, BulkSource, Cell, CheckpointWrite, ChunkWrite, FreshLink, FreshLinks, RawInserts,
     RawRows, Rows, StreamRequest, Turn,
 };
-use crate::endpoint::{Assign, EndpointError, Scan, Update};
+use crate::endpoint::{Assign, EndpointError, Scan, Update, WriteBatch};
 use crate::plan::{ConflictPolicy, Side, Transform};
 use crate::progress::{peak_rss_bytes, Progress};
 use crate::schema::{BoundEntity, BoundField};
@@ -1315,10 +1315,34 @@ async fn prepare_chunk(
             "crm_id" => report.linked_by_crm_id += 1,
             _ => report.linked_by_match += 1,
         }
+        // The external row names its CRM row from now on.
+        let name = e.external_crm_id.as_ref().and_then(|id| {
+            let held = ext_scan.position(&id.name).map(|p| &ext_row[p]);
+            let named = held.is_some_and(|v| !v.is_null() && v.key_string() == c.key);
+            (!named).then(|| Value::from_key_string(&c.key, &id.ty).map(|v| (id.name.clone(), v)))
+        });
+        let name = match name.transpose() {
+            Ok(name) => name,
+            Err(err) => {
+                rejects.push((
+                    c.key.clone(),
+                    format!("the CRM id does not fit external_crm_id_column: {err}"),
+                ));
+                continue;
+            }
+        };
         if crm_wins && e.plan.update_into_external {
-            push_update(e, &mut updates, ext_row[0].clone(), set);
+            push_update(
+                e,
+                &mut updates,
+                ext_row[0].clone(),
+                set.into_iter().chain(name).collect(),
+            );
             report.updated += 1;
         } else {
+            if let Some(name) = name {
+                push_update(e, &mut updates, ext_row[0].clone(), vec![name]);
+            }
             report.unchanged += 1;
         }
         link_writes.push(LinkWrite {
@@ -1466,6 +1490,23 @@ async fn commit_chunk(
 ) -> Result<u64, EngineError> {
     let state = &*engine.state;
     let t = Instant::now();
+    // The pairs this chunk links, when CRM rows name their external rows.
+    let names = (e.crm_link.is_some() && e.plan.direction.external_to_crm()).then(|| {
+        let (links, fresh) = match &p.deferred {
+            Some((links, fresh, _)) => (links.as_ref(), fresh.as_ref()),
+            None => (p.chunk.links.as_ref(), p.chunk.fresh_links.as_ref()),
+        };
+        let mut pairs: Vec<(String, KeyRef)> = Vec::new();
+        for l in links.into_iter().flat_map(|b| &b.links) {
+            if let KeyRef::Known(c) = &l.crm_key {
+                pairs.push((c.clone(), l.external_key.clone()));
+            }
+        }
+        for l in fresh.into_iter().flat_map(|f| &f.links) {
+            pairs.push((l.crm_key.clone(), KeyRef::Inserted(l.insert)));
+        }
+        pairs
+    });
     let keys = ext_bulk.write_chunk(&p.chunk, turn).await?;
     // The next chunk may commit now.
     let _ = done.send(());
@@ -1501,10 +1542,81 @@ async fn commit_chunk(
                 .await?;
         }
     }
+    if let Some(pairs) = names {
+        let pairs = pairs
+            .into_iter()
+            .map(|(c, x)| match x {
+                KeyRef::Known(x) => (c, x),
+                KeyRef::Inserted(i) => (c, keys[i].key_string()),
+            })
+            .collect();
+        name_crm_rows(engine, e, pairs).await?;
+    }
     state
         .record_rejects(e.name(), run, Side::Crm, &p.rejects)
         .await?;
     Ok(p.rows)
+}
+
+/// Writes the external key into the link column of each CRM row of
+/// `pairs` (CRM key, external key) that does not hold it yet, so that the
+/// CRM row names its external row. After the chunk's data: a run killed
+/// in between leaves those CRM rows unnamed until the sync next reads
+/// them (the pairs themselves are linked and complete).
+async fn name_crm_rows(
+    engine: &Engine,
+    e: &BoundEntity,
+    pairs: Vec<(String, String)>,
+) -> Result<(), EngineError> {
+    let Some(lc) = &e.crm_link else {
+        return Ok(());
+    };
+    if pairs.is_empty() {
+        return Ok(());
+    }
+    let mut scan = e.crm_scan();
+    scan.filter = None;
+    let keys: Vec<Value> = pairs
+        .iter()
+        .filter_map(|(c, _)| Value::from_key_string(c, &e.crm_key.ty).ok())
+        .collect();
+    let pos = scan.position(&lc.name);
+    let holds: HashMap<String, String> = engine
+        .crm
+        .fetch(&scan, &scan.key, &keys)
+        .await?
+        .into_iter()
+        .filter_map(|r| {
+            let v = &r[pos?];
+            (!v.is_null()).then(|| (r[0].key_string(), v.key_string()))
+        })
+        .collect();
+    let mut batch = WriteBatch::new(e.crm_table.clone(), e.crm_key.name.clone());
+    for (c, x) in pairs {
+        if holds.get(&c) == Some(&x) {
+            continue;
+        }
+        let (Ok(key), Some(v)) = (Value::from_key_string(&c, &e.crm_key.ty), e.link_value(&x))
+        else {
+            continue;
+        };
+        let v = v.map_err(|err| {
+            schema_error(format!(
+                "entity {:?}: external key {x:?} does not fit the CRM link column {}: {err}; \
+                 widen the column (crmsync check compares the two types)",
+                e.name(),
+                lc.name
+            ))
+        })?;
+        batch.updates.push(Update {
+            key,
+            set: vec![(lc.name.clone(), Assign::Value(v))],
+        });
+    }
+    if !batch.is_empty() {
+        engine.crm.apply(&batch, None).await?;
+    }
+    Ok(())
 }
 
 /// `newest_wins`: whether the CRM row changed after the external row,

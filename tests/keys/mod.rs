@@ -464,3 +464,30 @@ async fn a_version_5_state_store_with_padded_keys_upgrades_and_syncs_on() {
     let quiet = sync(&env).await;
     assert_eq!(quiet.changes(), 0, "{quiet:?}");
 }
+
+/// A backfill links every CRM row to the external row it creates; an
+/// entity that writes into CRM gets the CRM link column filled as it
+/// goes, in the column's type, before any sync runs.
+#[tokio::test]
+async fn a_backfill_names_each_crm_row_it_links() {
+    let env = keyed_env("int", KeyKind::BigintIdentity, "external").await;
+    for i in 0..7 {
+        crm_insert(&env.crm, &format!("Backfilled {i}"), None, None).await;
+    }
+    // One external row is there already and named by its CRM row.
+    let named_before = crm_insert(&env.crm, "Named before", None, None).await;
+    let key = ext_insert(&env, "Named before").await;
+    env.crm
+        .execute(
+            "UPDATE company SET comp_supplierid = $1::text::int WHERE comp_companyid = $2",
+            &[&key, &named_before],
+        )
+        .await
+        .unwrap();
+    let out = env.run_binary(&["backfill", "--chunk-rows", "3"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_named(&env, 8).await;
+    let quiet = sync(&env).await;
+    assert_eq!(quiet.changes(), 0, "{quiet:?}");
+}
