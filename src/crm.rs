@@ -99,7 +99,7 @@ mod tests {
     }
 }
 
-/// Sage CRM's write rules (DESIGN.md section 4), as column assignments.
+/// Sage CRM's write rules (docs/design.md section 7), as column assignments.
 pub mod write {
     use crate::endpoint::Assign;
     use crate::plan::IdStrategy;

@@ -14,7 +14,7 @@ pub mod schema;
 pub mod state;
 pub mod value;
 
-/// Exit codes of the contract (DESIGN.md section 5).
+/// Exit codes of the contract (docs/design.md section 9).
 pub mod exit {
     /// Success.
     pub const OK: i32 = 0;

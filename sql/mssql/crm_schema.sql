@@ -1,7 +1,7 @@
 -- Sage CRM's published data model, as T-SQL for SQL Server 2016 and later.
 --
 -- The same tables, columns, lengths and indexes as sql/postgres/crm_schema.sql
--- (DESIGN.md section 1), in Sage CRM's own types: nvarchar(n), nchar(1)
+-- (docs/design.md section 1), in Sage CRM's own types: nvarchar(n), nchar(1)
 -- checkboxes ('Y' or NULL), datetime (local time, GETDATE(), 1/300 s
 -- precision), tinyint xxx_Deleted (NULL live, 1 deleted), int IDENTITY keys.
 --

@@ -2,7 +2,7 @@
 --
 -- What this is for: a CRM database that crmsync can be pointed at without a
 -- SQL Server (the demo, the tests, a trial). It follows the tables, column
--- names, lengths and system columns of Sage CRM (DESIGN.md section 1), with
+-- names, lengths and system columns of Sage CRM (docs/design.md section 1), with
 -- these translations from SQL Server:
 --
 --   nvarchar(n)  -> varchar(n)      (PostgreSQL counts characters, SQL Server

@@ -335,7 +335,7 @@ external_defaults = {{ kind = "S" }}
     }
 }
 
-/// The datetime vs datetime2 pitfall (DESIGN.md sections 3 and 7). Sage
+/// The datetime vs datetime2 pitfall (docs/design.md section 3). Sage
 /// CRM's UpdatedDate is `datetime` (1/300 s ticks: .003, .007, .857 are
 /// really .00333…, .00666…, .85666…); tiberius sends chrono values as
 /// datetime2(7). Compared uncast, `Comp_UpdatedDate = @ts` is false for the
