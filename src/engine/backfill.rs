@@ -26,7 +26,7 @@ use crate::endpoint::{Assign, EndpointError, Scan, Update, WriteBatch};
 use crate::plan::{ConflictPolicy, Side, Transform};
 use crate::progress::{peak_rss_bytes, Progress};
 use crate::schema::{BoundEntity, BoundField};
-use crate::state::shadow::{self, digest_bool, digest_int, digest_text, Sealer, Sealing};
+use crate::state::shadow::{self, digest_int, digest_text, Sealer, Sealing};
 use crate::state::{Base, Checkpoint, KeyRef, Link, LinkBatch, LinkWrite, Shadow, Watermark};
 use crate::value::{SqlType, Value};
 use futures_util::stream::{FuturesOrdered, StreamExt};
@@ -883,25 +883,30 @@ fn raw_sealing(
     cell: Option<&[u8]>,
     decode: impl FnOnce() -> Result<Value, EndpointError>,
 ) -> Result<Sealing, EngineError> {
-    let d = match (ty, cell) {
-        (_, None) => return Ok(Sealing::Null),
-        (SqlType::Text { .. }, Some(b)) if std::str::from_utf8(b).is_ok() => digest_text(b),
-        (SqlType::Int { bytes: 2 }, Some(&[a, b])) => digest_int(i16::from_be_bytes([a, b]).into()),
+    let int = |i: i64| shadow::inline_int(i).unwrap_or(Sealing::Digest(digest_int(i), None));
+    Ok(match (ty, cell) {
+        (_, None) => Sealing::Null,
+        (SqlType::Text { .. }, Some(b)) if std::str::from_utf8(b).is_ok() => {
+            shadow::inline_text(b).unwrap_or(Sealing::Digest(digest_text(b), None))
+        }
+        (SqlType::Int { bytes: 2 }, Some(&[a, b])) => int(i16::from_be_bytes([a, b]).into()),
         (SqlType::Int { bytes: 4 }, Some(b)) if b.len() == 4 => {
-            digest_int(i32::from_be_bytes([b[0], b[1], b[2], b[3]]).into())
+            int(i32::from_be_bytes([b[0], b[1], b[2], b[3]]).into())
         }
         (SqlType::Int { bytes: 8 }, Some(b)) if b.len() == 8 => {
             let mut a = [0u8; 8];
             a.copy_from_slice(b);
-            digest_int(i64::from_be_bytes(a))
+            int(i64::from_be_bytes(a))
         }
-        (SqlType::Bool, Some(&[x])) => digest_bool(x != 0),
+        (SqlType::Bool, Some(&[x])) => {
+            let v = Value::Bool(x != 0);
+            shadow::sealing(&v, &v)
+        }
         _ => {
             let v = decode()?;
-            return Ok(shadow::sealing(&v, &v));
+            shadow::sealing(&v, &v)
         }
-    };
-    Ok(Sealing::Digest(d, None))
+    })
 }
 
 /// A raw row ready to insert: its outgoing cells, in order, and its

@@ -1,20 +1,21 @@
 //! Shadows: what was last synced of each field of a link.
 //!
-//! A run holds the values it syncs; the state store keeps each field as a
-//! 64-bit digest (XXH3) of its canonical value, so that a shadow costs
-//! eight bytes a field however long the value. A digest stands in for a
-//! value only in equality tests ("is this still the synced value?"): two
-//! different values with one digest would hide a change, with a
-//! probability of 2^-64 for each pair compared. Where the CRM holds a
-//! synced value differently (a `values` map or transform that loses
-//! something on the way in, a value cut to fit), the digest of the CRM's
-//! reading is kept beside it, so that the merge does not take the CRM's
-//! form for a change.
+//! A run holds the values it syncs; the state store keeps each field in at
+//! most eight bytes: a value whose encoding fits (a short code, a small
+//! number, a flag, a date) as itself, any other as a 64-bit digest (XXH3)
+//! of its canonical value. A digest stands in for a value only in equality
+//! tests ("is this still the synced value?"): two different values with
+//! one digest would hide a change, with a probability of 2^-64 for each
+//! pair compared. Where the CRM holds a synced value differently (a
+//! `values` map or transform that loses something on the way in, a value
+//! cut to fit), the digest of the CRM's reading is kept beside the
+//! value's, so that the merge does not take the CRM's form for a change.
 //!
 //! Stored form, positional in a shadow layout (the entity's field names in
 //! order, registered once in the state store): a format byte, the layout
-//! as a big-endian i32, two bits a field (absent, NULL, digest, digest and
-//! CRM digest), then the digests in field order, little-endian.
+//! as a big-endian i32, four bits a field (absent, NULL, digest, digest and
+//! CRM digest, or an inline value of 1 to 8 bytes), then the digests and
+//! inline values in field order.
 
 use crate::value::Value;
 use std::collections::BTreeMap;
@@ -73,7 +74,7 @@ impl Base {
 }
 
 /// Values of every kind feed their own tag first, so that equal digests
-/// need equal kinds.
+/// (and inline encodings) need equal kinds.
 mod tag {
     pub const NULL: u8 = 0;
     pub const BOOL: u8 = 1;
@@ -148,14 +149,22 @@ pub fn digest_int(i: i64) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&b)
 }
 
-/// The digest of `Value::Bool(b)`.
-pub fn digest_bool(b: bool) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(&[tag::BOOL, u8::from(b)])
-}
-
 /// The first byte of a sealed shadow (a shadow stored as JSON text, before
 /// digests, starts with `{` or `[`).
 pub const FORMAT: u8 = 1;
+
+/// The longest inline value, in bytes.
+const INLINE_MAX: usize = 8;
+
+/// Field codes: absent, NULL, digest, digest with the CRM's digest, and
+/// `INLINE + n` for an inline value of `n` bytes (1 to 8).
+mod code {
+    pub const ABSENT: u8 = 0;
+    pub const NULL: u8 = 1;
+    pub const DIGEST: u8 = 2;
+    pub const DIGESTS: u8 = 3;
+    pub const INLINE: u8 = 3;
+}
 
 /// One field of a shadow being sealed.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -163,53 +172,136 @@ pub enum Sealing {
     Absent,
     Null,
     Digest(u64, Option<u64>),
+    /// A value's own encoding, its first `len` bytes.
+    Inline([u8; INLINE_MAX], u8),
+}
+
+/// How a value whose CRM reading is `crm_reading` is sealed: NULL, inline
+/// where its encoding fits and the CRM reads it back unchanged, else its
+/// digest (with the reading's where that differs).
+pub fn sealing(v: &Value, crm_reading: &Value) -> Sealing {
+    match (v, crm_reading == v) {
+        (Value::Null, true) => Sealing::Null,
+        (v, true) => inline(v).unwrap_or_else(|| Sealing::Digest(digest(v), None)),
+        (v, false) => Sealing::Digest(digest(v), Some(digest(crm_reading))),
+    }
+}
+
+fn inline_bytes(tag: u8, payload: &[u8]) -> Option<Sealing> {
+    if payload.len() >= INLINE_MAX {
+        return None;
+    }
+    let mut b = [0u8; INLINE_MAX];
+    b[0] = tag;
+    b[1..=payload.len()].copy_from_slice(payload);
+    Some(Sealing::Inline(b, payload.len() as u8 + 1))
+}
+
+/// The inline encoding of a value, where it fits: its kind's tag, then
+/// text as UTF-8, an integer zigzag-encoded little-endian without its
+/// high zero bytes, a date as days, a decimal as its normalized text.
+fn inline(v: &Value) -> Option<Sealing> {
+    match v {
+        Value::Bool(b) => inline_bytes(tag::BOOL, &[u8::from(*b)]),
+        Value::Int(i) => inline_int(*i),
+        Value::Text(s) => inline_text(s.as_bytes()),
+        Value::Decimal(d) => inline_bytes(tag::DECIMAL, d.normalize().to_string().as_bytes()),
+        Value::Date(d) => inline_bytes(
+            tag::DATE,
+            &chrono::Datelike::num_days_from_ce(d).to_le_bytes(),
+        ),
+        _ => None,
+    }
+}
+
+/// The inline encoding of `Value::Text` of these UTF-8 bytes, if short.
+pub fn inline_text(utf8: &[u8]) -> Option<Sealing> {
+    inline_bytes(tag::TEXT, utf8)
+}
+
+/// The inline encoding of `Value::Int(i)`, if small.
+pub fn inline_int(i: i64) -> Option<Sealing> {
+    let z = ((i << 1) ^ (i >> 63)) as u64;
+    let len = 8 - (z.leading_zeros() / 8) as usize;
+    inline_bytes(tag::INT, &z.to_le_bytes()[..len])
+}
+
+/// The value an inline encoding stands for.
+fn from_inline(b: &[u8]) -> Result<Value, String> {
+    let bad = || format!("an inline shadow value {b:?} is not one crmsync writes");
+    let (tag, payload) = b.split_first().ok_or_else(bad)?;
+    Ok(match *tag {
+        tag::BOOL => Value::Bool(payload == [1]),
+        tag::INT => {
+            let mut z = [0u8; 8];
+            z[..payload.len()].copy_from_slice(payload);
+            let z = u64::from_le_bytes(z);
+            Value::Int(((z >> 1) as i64) ^ -((z & 1) as i64))
+        }
+        tag::TEXT => Value::Text(String::from_utf8(payload.to_vec()).map_err(|_| bad())?),
+        tag::DECIMAL => Value::Decimal(
+            std::str::from_utf8(payload)
+                .ok()
+                .and_then(|t| t.parse().ok())
+                .ok_or_else(bad)?,
+        ),
+        tag::DATE => {
+            let days = i32::from_le_bytes(payload.try_into().map_err(|_| bad())?);
+            Value::Date(chrono::NaiveDate::from_num_days_from_ce_opt(days).ok_or_else(bad)?)
+        }
+        _ => return Err(bad()),
+    })
 }
 
 /// Builds a sealed shadow field by field, in the layout's order.
 #[derive(Debug)]
 pub struct Sealer {
     codes: Vec<u8>,
-    digests: Vec<u8>,
+    body: Vec<u8>,
     n: usize,
 }
 
 impl Sealer {
     pub fn new(layout: i32, fields: usize) -> Sealer {
-        let mut codes = Vec::with_capacity(5 + fields.div_ceil(4));
+        let mut codes = Vec::with_capacity(5 + fields.div_ceil(2));
         codes.push(FORMAT);
         codes.extend_from_slice(&layout.to_be_bytes());
-        codes.resize(5 + fields.div_ceil(4), 0);
+        codes.resize(5 + fields.div_ceil(2), 0);
         Sealer {
             codes,
-            digests: Vec::with_capacity(fields * 8),
+            body: Vec::with_capacity(fields * 8),
             n: 0,
         }
     }
 
     pub fn push(&mut self, field: Sealing) {
         let code: u8 = match field {
-            Sealing::Absent => 0,
-            Sealing::Null => 1,
+            Sealing::Absent => code::ABSENT,
+            Sealing::Null => code::NULL,
             Sealing::Digest(v, None) => {
-                self.digests.extend_from_slice(&v.to_le_bytes());
-                2
+                self.body.extend_from_slice(&v.to_le_bytes());
+                code::DIGEST
             }
             Sealing::Digest(v, Some(c)) => {
-                self.digests.extend_from_slice(&v.to_le_bytes());
-                self.digests.extend_from_slice(&c.to_le_bytes());
-                3
+                self.body.extend_from_slice(&v.to_le_bytes());
+                self.body.extend_from_slice(&c.to_le_bytes());
+                code::DIGESTS
+            }
+            Sealing::Inline(b, len) => {
+                self.body.extend_from_slice(&b[..usize::from(len)]);
+                code::INLINE + len
             }
         };
-        let byte = 5 + self.n / 4;
+        let byte = 5 + self.n / 2;
         if byte >= self.codes.len() {
             self.codes.push(0);
         }
-        self.codes[byte] |= code << (2 * (self.n % 4));
+        self.codes[byte] |= code << (4 * (self.n % 2));
         self.n += 1;
     }
 
     pub fn finish(mut self) -> Vec<u8> {
-        self.codes.append(&mut self.digests);
+        self.codes.append(&mut self.body);
         self.codes
     }
 }
@@ -233,14 +325,6 @@ pub fn seal(
     s.finish()
 }
 
-/// How a value whose CRM reading is `crm_reading` is sealed.
-pub fn sealing(v: &Value, crm_reading: &Value) -> Sealing {
-    match (v, crm_reading == v) {
-        (Value::Null, true) => Sealing::Null,
-        (v, same) => Sealing::Digest(digest(v), (!same).then(|| digest(crm_reading))),
-    }
-}
-
 /// The layout a sealed shadow is positional in; `None` for a shadow
 /// stored before digests.
 pub fn layout_of(stored: &[u8]) -> Option<i32> {
@@ -250,9 +334,10 @@ pub fn layout_of(stored: &[u8]) -> Option<i32> {
     }
 }
 
-/// Opens a sealed shadow whose layout has the field names `names`.
+/// Opens a sealed shadow whose layout has the field names `names`: inline
+/// values come back as values, digests as digests.
 pub fn open(stored: &[u8], names: &[String]) -> Result<Shadow, String> {
-    let codes_end = 5 + names.len().div_ceil(4);
+    let codes_end = 5 + names.len().div_ceil(2);
     if stored.len() < codes_end || stored.first() != Some(&FORMAT) {
         return Err(format!(
             "a sealed shadow of {} bytes cannot hold {} fields",
@@ -260,31 +345,41 @@ pub fn open(stored: &[u8], names: &[String]) -> Result<Shadow, String> {
             names.len()
         ));
     }
-    let mut digests = stored[codes_end..].chunks_exact(8).map(|c| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(c);
-        u64::from_le_bytes(b)
-    });
+    let mut body = &stored[codes_end..];
+    let mut take = |n: usize| -> Result<&[u8], String> {
+        if body.len() < n {
+            return Err("a sealed shadow ends early".into());
+        }
+        let (head, rest) = body.split_at(n);
+        body = rest;
+        Ok(head)
+    };
+    let digest_at = |b: &[u8]| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        u64::from_le_bytes(a)
+    };
     let mut out = Shadow::new();
     for (i, name) in names.iter().enumerate() {
-        let code = (stored[5 + i / 4] >> (2 * (i % 4))) & 3;
-        let mut next = || digests.next().ok_or("a sealed shadow ends early");
-        let base = match code {
-            0 => continue,
-            1 => Base::Value(Value::Null),
-            2 => Base::Digest {
-                value: next()?,
+        let c = (stored[5 + i / 2] >> (4 * (i % 2))) & 0x0f;
+        let base = match c {
+            code::ABSENT => continue,
+            code::NULL => Base::Value(Value::Null),
+            code::DIGEST => Base::Digest {
+                value: digest_at(take(8)?),
                 in_crm: None,
             },
-            _ => Base::Digest {
-                value: next()?,
-                in_crm: Some(next()?),
+            code::DIGESTS => Base::Digest {
+                value: digest_at(take(8)?),
+                in_crm: Some(digest_at(take(8)?)),
             },
+            len @ 4..=11 => Base::Value(from_inline(take(usize::from(len - code::INLINE))?)?),
+            other => return Err(format!("a sealed shadow holds field code {other}")),
         };
         out.insert(name.clone(), base);
     }
-    if digests.next().is_some() {
-        return Err("a sealed shadow holds more digests than its fields".into());
+    if !body.is_empty() {
+        return Err("a sealed shadow holds more than its fields".into());
     }
     Ok(out)
 }
@@ -302,7 +397,6 @@ mod tests {
     fn digests_follow_value_equality() {
         assert_eq!(digest(&Value::Text("Acme".into())), digest_text(b"Acme"));
         assert_eq!(digest(&Value::Int(-7)), digest_int(-7));
-        assert_eq!(digest(&Value::Bool(true)), digest_bool(true));
         let d = |s: &str| Value::Decimal(s.parse().unwrap());
         assert_eq!(digest(&d("1.50")), digest(&d("1.5")));
         assert_ne!(digest(&Value::Int(1)), digest(&Value::Text("1".into())));
@@ -322,8 +416,20 @@ mod tests {
             })
             .collect();
         let sealed = seal(3, &n, &shadow, |_, v| sealing(v, v));
-        assert_eq!(sealed.len(), 5 + 6 + 22 * 8);
+        assert_eq!(sealed.len(), 5 + 11 + 22 * 8);
         assert_eq!(layout_of(&sealed), Some(3));
+        // Short values are kept as they are, in fewer bytes than a digest.
+        let short: Shadow = [
+            ("f0".to_string(), Base::Value(Value::Text("Active".into()))),
+            ("f1".to_string(), Base::Value(Value::Int(-3))),
+            ("f2".to_string(), Base::Value(Value::Bool(true))),
+        ]
+        .into_iter()
+        .collect();
+        let three = names(3);
+        let sealed = seal(1, &three, &short, |_, v| sealing(v, v));
+        assert_eq!(sealed.len(), 5 + 2 + 7 + 2 + 2);
+        assert_eq!(open(&sealed, &three).unwrap(), short);
     }
 
     proptest! {
@@ -336,6 +442,8 @@ mod tests {
                     Just(None),
                     Just(Some(Value::Null)),
                     any::<i64>().prop_map(|i| Some(Value::Int(i))),
+                    (-300i64..300).prop_map(|i| Some(Value::Int(i))),
+                    any::<bool>().prop_map(|b| Some(Value::Bool(b))),
                     "\\PC{0,12}".prop_map(|s| Some(Value::Text(s))),
                 ],
                 0..12,
