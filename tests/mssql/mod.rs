@@ -1021,10 +1021,18 @@ async fn erp_suppliers_on(erp: &mut Tds) -> Vec<crate::common::Supplier> {
 /// erp_schema_mssql.sql on SQL Server, and the two-way supplier entity with
 /// `match_on` by name between them.
 async fn erp_on_sql_server() -> (Server, Tds, crate::common::Env) {
+    erp_on_sql_server_with(|s| s.to_string()).await
+}
+
+/// Like [`erp_on_sql_server`], with erp_schema_mssql.sql changed by
+/// `tweak` first.
+async fn erp_on_sql_server_with(
+    tweak: impl Fn(&str) -> String,
+) -> (Server, Tds, crate::common::Env) {
     use crate::common::{Env, Opts};
     let server = Server::start().await;
     let mut erp = server.client().await;
-    for batch in go_batches(ERP_SCHEMA_MSSQL) {
+    for batch in go_batches(&tweak(ERP_SCHEMA_MSSQL)) {
         exec(&mut erp, &batch).await;
     }
     let env = Env::new(Opts {
@@ -1403,4 +1411,65 @@ async fn numeric_link_column_on_sql_server() {
 #[tokio::test]
 async fn nchar_link_column_on_sql_server() {
     link_column_typed_on_sql_server("nchar(12)", "external").await;
+}
+
+/// An ERP on SQL Server keyed by a `uniqueidentifier` its default draws:
+/// the key reaches the CRM's varchar link column as text, the CRM id the
+/// ERP row, both ways, and quiet runs write nothing.
+#[tokio::test]
+async fn uuid_keyed_erp_on_sql_server_names_both_sides() {
+    let identity = "supplier_id     bigint IDENTITY(1,1) NOT NULL PRIMARY KEY,";
+    assert!(
+        ERP_SCHEMA_MSSQL.contains(identity),
+        "erp_schema_mssql.sql changed"
+    );
+    let (_server, mut erp, env) = erp_on_sql_server_with(|s| {
+        s.replace(
+            identity,
+            "supplier_id uniqueidentifier NOT NULL DEFAULT NEWID() PRIMARY KEY,",
+        )
+    })
+    .await;
+    let alpha = crate::two_way::crm_insert(&env.crm, "Alpha", Some("Active"), None).await;
+    exec(
+        &mut erp,
+        "INSERT INTO erp.supplier (name, status, kind) VALUES (N'Beta', N'A', N'S')",
+    )
+    .await;
+    let first = crate::two_way::sync(&env).await;
+    assert_eq!((first.inserted, first.crm_inserted), (1, 1), "{first:?}");
+    assert_eq!(first.rejected, 0, "{first:?}");
+    for (name, id) in [("Alpha", Some(alpha)), ("Beta", None)] {
+        let row = env
+            .crm
+            .query_one(
+                "SELECT comp_companyid, comp_supplierid FROM company WHERE comp_name = $1",
+                &[&name],
+            )
+            .await
+            .unwrap();
+        let (crm_id, link): (i32, Option<String>) = (row.get(0), row.get(1));
+        if let Some(id) = id {
+            assert_eq!(crm_id, id);
+        }
+        let link = link.unwrap_or_else(|| panic!("CRM row {name} names no ERP row"));
+        let key: uuid::Uuid = link.parse().expect("the link column holds the uuid");
+        let named = scalar_i64(
+            &mut erp,
+            &format!(
+                "SELECT COUNT(*) FROM erp.supplier WHERE supplier_id = '{key}' \
+                 AND crm_company_id = {crm_id} AND name = N'{name}'"
+            ),
+        )
+        .await;
+        assert_eq!(
+            named,
+            Some(1),
+            "ERP row {key} names CRM row {crm_id} ({name})"
+        );
+    }
+    for _ in 0..2 {
+        let quiet = crate::two_way::sync(&env).await;
+        assert_eq!(quiet.changes(), 0, "{quiet:?}");
+    }
 }
