@@ -1,11 +1,9 @@
 //! What a backfill reads from SQL Server: a Sage CRM there is copied out in
 //! key order, a page per chunk, by the same queries and decoding as a sync.
 
+use super::error::{pool_failure, query_failure};
 use super::types::Param;
-use super::{
-    decode_rows, placeholders, pool_failure, qualified, query_failure, quote, MssqlEndpoint,
-    MAX_PARAMS,
-};
+use super::{decode_rows, placeholders, qualified, quote, MssqlEndpoint, MAX_PARAMS};
 use crate::endpoint::bulk::{BulkSource, Rows, StreamRequest};
 use crate::endpoint::{Result, Scan};
 use crate::value::Value;
