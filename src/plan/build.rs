@@ -1,0 +1,358 @@
+//! The validation step from config to plan: `Plan::build` and the
+//! collector that gathers every problem, each naming where.
+
+use super::connection::{connection, ConnectionKeys};
+use super::entity::entity;
+use super::{is_identifier, DbKind, IdStrategy, Plan, Side};
+use crate::config::{self, RawConfig};
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Everything wrong with a config file, each naming where.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigErrors {
+    pub file: PathBuf,
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        write!(
+            f,
+            "{}: {} problem{} in the configuration",
+            self.file.display(),
+            n,
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {}: {p}", self.file.display())?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) struct Collector {
+    pub(super) problems: Vec<String>,
+}
+
+impl Collector {
+    pub(super) fn push(&mut self, at: &str, msg: impl fmt::Display) {
+        if at.is_empty() {
+            self.problems.push(msg.to_string());
+        } else {
+            self.problems.push(format!("{at}: {msg}"));
+        }
+    }
+
+    pub(super) fn choice<T: Copy>(
+        &mut self,
+        at: &str,
+        key: &str,
+        value: Option<&str>,
+        default: T,
+        options: &[(&str, T)],
+    ) -> T {
+        let Some(v) = value else { return default };
+        match options
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(v))
+        {
+            Some((_, t)) => *t,
+            None => {
+                let names: Vec<&str> = options.iter().map(|(n, _)| *n).collect();
+                self.push(
+                    at,
+                    format!("{key} = {v:?} is not one of {}", names.join(" | ")),
+                );
+                default
+            }
+        }
+    }
+
+    pub(super) fn duration(
+        &mut self,
+        at: &str,
+        key: &str,
+        value: Option<&str>,
+        default: &str,
+    ) -> Duration {
+        let text = value.unwrap_or(default);
+        match humantime::parse_duration(text) {
+            Ok(d) => d,
+            Err(e) => {
+                self.push(
+                    at,
+                    format!(
+                        "{key} = {text:?} is not a duration ({e}); write e.g. \"2s\" or \"5m\""
+                    ),
+                );
+                humantime::parse_duration(default).unwrap_or_default()
+            }
+        }
+    }
+
+    pub(super) fn identifier(&mut self, at: &str, key: &str, name: &str) {
+        if !is_identifier(name) {
+            self.push(
+                at,
+                format!(
+                    "{key} = {name:?} is not a plain column or table name \
+                     (letters, digits, _ $ # only, not starting with a digit)"
+                ),
+            );
+        }
+    }
+
+    pub(super) fn filter(&mut self, at: &str, key: &str, sql: &Option<String>) {
+        if let Some(f) = sql {
+            if f.trim().is_empty() {
+                self.push(
+                    at,
+                    format!("{key} is empty; remove it or write a predicate"),
+                );
+            } else if f.contains(';') || f.contains("--") || f.contains("/*") {
+                self.push(
+                    at,
+                    format!("{key} must be a single predicate without ';' or comments"),
+                );
+            }
+        }
+    }
+}
+
+impl Plan {
+    /// Validates `raw` (read from `file`) into a plan, or lists every
+    /// problem found.
+    pub fn build(file: &Path, raw: RawConfig) -> Result<Plan, ConfigErrors> {
+        let mut c = Collector {
+            problems: Vec::new(),
+        };
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let crm_conn = connection(
+            &mut c,
+            "[crm]",
+            ConnectionKeys {
+                url: &raw.crm.url,
+                password_env: &raw.crm.password_env,
+                password_file: &raw.crm.password_file,
+                timezone: &raw.crm.timezone,
+                tls: &raw.crm.tls,
+                tls_ca_file: &raw.crm.tls_ca_file,
+                tls_cert_file: &raw.crm.tls_cert_file,
+                tls_key_file: &raw.crm.tls_key_file,
+            },
+            dir,
+        );
+        let crm_user_id = match raw.crm.user_id {
+            Some(id) if i32::try_from(id).is_ok() => id,
+            Some(id) => {
+                c.push(
+                    "[crm]",
+                    format!("user_id = {id} is not a Sage CRM user id (int)"),
+                );
+                1
+            }
+            None => {
+                c.push(
+                    "[crm]",
+                    "user_id is missing: the CRM user id written to CreatedBy/UpdatedBy",
+                );
+                1
+            }
+        };
+        let id_strategy = c.choice(
+            "[crm]",
+            "id_strategy",
+            raw.crm.id_strategy.as_deref(),
+            IdStrategy::Auto,
+            &[
+                ("auto", IdStrategy::Auto),
+                ("identity", IdStrategy::Identity),
+                ("stored_procedure", IdStrategy::StoredProcedure),
+            ],
+        );
+        let external = connection(
+            &mut c,
+            "[external]",
+            ConnectionKeys {
+                url: &raw.external.url,
+                password_env: &raw.external.password_env,
+                password_file: &raw.external.password_file,
+                timezone: &raw.external.timezone,
+                tls: &raw.external.tls,
+                tls_ca_file: &raw.external.tls_ca_file,
+                tls_cert_file: &raw.external.tls_cert_file,
+                tls_key_file: &raw.external.tls_key_file,
+            },
+            dir,
+        );
+        let state_side = c.choice(
+            "[state]",
+            "side",
+            raw.state.side.as_deref(),
+            Side::External,
+            &[("crm", Side::Crm), ("external", Side::External)],
+        );
+        let state_kind = match state_side {
+            Side::Crm => crm_conn.kind,
+            Side::External => external.kind,
+        };
+        if state_kind == DbKind::Mssql {
+            c.push(
+                "[state]",
+                format!(
+                    "side = \"{state_side}\" is a SQL Server database; crmsync keeps its state \
+                     (watermarks, links, shadows, run lock) on PostgreSQL only: set side to the \
+                     PostgreSQL side"
+                ),
+            );
+        }
+        let state_schema = raw
+            .state
+            .schema
+            .clone()
+            .unwrap_or_else(|| config::DEFAULT_STATE_SCHEMA.to_string());
+        c.identifier("[state]", "schema", &state_schema);
+        if raw.entities.is_empty() {
+            c.push(
+                "",
+                "no [[entity]] is configured; add one to say what to sync",
+            );
+        }
+        let mut names = BTreeSet::new();
+        let mut entities = Vec::new();
+        for (i, e) in raw.entities.iter().enumerate() {
+            let at = format!("entity {:?}", e.name);
+            if e.name.trim().is_empty() {
+                c.push(&format!("entity {}", i + 1), "name is empty");
+            } else if !names.insert(e.name.to_lowercase()) {
+                c.push(
+                    &at,
+                    "the name is used by another entity; names must be unique",
+                );
+            }
+            entities.push(entity(&mut c, &at, e, &raw.defaults, state_side));
+        }
+        if c.problems.is_empty() {
+            Ok(Plan {
+                file: file.to_path_buf(),
+                crm: crm_conn,
+                crm_user_id,
+                id_strategy,
+                external,
+                state_side,
+                state_schema,
+                entities,
+            })
+        } else {
+            Err(ConfigErrors {
+                file: file.to_path_buf(),
+                problems: c.problems,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    fn build(text: &str) -> Result<Plan, ConfigErrors> {
+        let raw = config::parse(Path::new("crmsync.toml"), text).unwrap();
+        Plan::build(Path::new("crmsync.toml"), raw)
+    }
+
+    const GOOD: &str = r#"
+[crm]
+url = "postgres://sync@crm/crm"
+password_env = "CRMSYNC_PLAN_TEST_PW"
+user_id = 1
+timezone = "Europe/London"
+[external]
+url = "postgres://sync@erp/erp"
+[[entity]]
+name = "supplier"
+crm_table = "Company"
+crm_link_column = "comp_supplierid"
+external_table = "erp.supplier"
+external_key = "supplier_id"
+external_updated_column = "updated_at"
+direction = "crm_to_external"
+[[entity.field]]
+crm = "Comp_Name"
+external = "name"
+"#;
+
+    #[test]
+    fn good_config_derives_sage_names_and_keeps_the_password_secret() {
+        std::env::set_var("CRMSYNC_PLAN_TEST_PW", "s3cr3t-pw");
+        let plan = build(GOOD).unwrap();
+        let e = &plan.entities[0];
+        assert_eq!(e.crm_key.as_deref(), Some("Comp_CompanyId"));
+        assert_eq!(e.crm_updated_column, "Comp_UpdatedDate");
+        assert_eq!(e.crm_deleted_column, "Comp_Deleted");
+        assert_eq!(e.settle, Duration::from_secs(2));
+        assert_eq!(e.overlap, Duration::from_secs(300));
+        assert_eq!(
+            plan.crm.password.as_ref().unwrap().expose_secret(),
+            "s3cr3t-pw"
+        );
+        let debug = format!("{plan:?}");
+        assert!(!debug.contains("s3cr3t-pw"), "password leaked in Debug");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_place() {
+        let bad = GOOD
+            .replace(
+                "timezone = \"Europe/London\"",
+                "timezone = \"Mars/Olympus\"",
+            )
+            .replace(
+                "direction = \"crm_to_external\"",
+                "direction = \"sideways\"",
+            )
+            .replace("crm = \"Comp_Name\"", "crm = \"Comp Name\"")
+            .replace(
+                "password_env = \"CRMSYNC_PLAN_TEST_PW\"",
+                "password_env = \"CRMSYNC_PLAN_TEST_UNSET\"",
+            );
+        let err = build(&bad).unwrap_err();
+        let text = err.to_string();
+        assert_eq!(err.problems.len(), 4, "{text}");
+        assert!(text.contains("Mars/Olympus"), "{text}");
+        assert!(
+            text.contains("entity \"supplier\": direction = \"sideways\""),
+            "{text}"
+        );
+        assert!(text.contains("field 1 (Comp Name)"), "{text}");
+        assert!(text.contains("CRMSYNC_PLAN_TEST_UNSET"), "{text}");
+        assert!(text
+            .lines()
+            .skip(1)
+            .all(|l| l.trim_start().starts_with("crmsync.toml: ")));
+    }
+
+    #[test]
+    fn a_password_in_the_url_is_refused_without_echoing_it() {
+        let bad = GOOD.replace("postgres://sync@crm/crm", "postgres://sync:hunter2@crm/crm");
+        let err = build(&bad).unwrap_err().to_string();
+        assert!(err.contains("url contains a password"), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn hard_delete_into_crm_is_refused() {
+        let bad = GOOD.replace(
+            "direction = \"crm_to_external\"",
+            "direction = \"crm_to_external\"\ndelete_into_crm = \"hard\"",
+        );
+        let err = build(&bad).unwrap_err();
+        assert_eq!(err.problems.len(), 1, "{err}");
+        assert!(err.problems[0].contains("soft-deleted"));
+    }
+}

@@ -1,0 +1,245 @@
+//! The validated, resolved configuration. `Plan::build` is pure (it reads
+//! only the environment, password files and CA files) and collects every problem in
+//! the file before any connection opens.
+//!
+//! Here: the plan's types (the plan, its entities and fields, the sides,
+//! directions and policies, the connections) and small helpers. Alongside:
+//! `build` (config to plan, collecting every problem), `connection` (the
+//! `[crm]` and `[external]` keys), `entity` (an entity and its fields) and
+//! `tls` (the CA, certificate and key files).
+
+mod build;
+mod connection;
+mod entity;
+mod tls;
+
+pub use build::ConfigErrors;
+pub use tls::{TlsCa, TlsClient};
+
+use crate::value::Value;
+use chrono_tz::Tz;
+use secrecy::SecretString;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    CrmToExternal,
+    ExternalToCrm,
+    Both,
+}
+
+impl Direction {
+    pub fn crm_to_external(self) -> bool {
+        matches!(self, Direction::CrmToExternal | Direction::Both)
+    }
+    pub fn external_to_crm(self) -> bool {
+        matches!(self, Direction::ExternalToCrm | Direction::Both)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdStrategy {
+    Auto,
+    Identity,
+    StoredProcedure,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrmDelete {
+    Soft,
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExternalDelete {
+    Hard,
+    Soft,
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConflictPolicy {
+    CrmWins,
+    ExternalWins,
+    NewestWins,
+    Manual,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTruncate {
+    Reject,
+    Truncate,
+    Fail,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    None,
+    /// Sage CRM checkbox: 'Y' / NULL on the CRM side, boolean outside.
+    Checkbox,
+    /// Leading and trailing white space removed on the way out of CRM.
+    Trim,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    Crm,
+    External,
+}
+
+impl Side {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Side::Crm => "crm",
+            Side::External => "external",
+        }
+    }
+
+    /// The side across from this one.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Crm => Side::External,
+            Side::External => Side::Crm,
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbKind {
+    Postgres,
+    Mssql,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    Disable,
+    Prefer,
+    Require,
+}
+
+/// How to reach one database. `Debug` shows the password as redacted.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub kind: DbKind,
+    /// The URL as configured; it never contains a password.
+    pub url: String,
+    pub password: Option<SecretString>,
+    pub timezone: Tz,
+    pub tls: Tls,
+    /// The certificates of `tls_ca_file`, read during validation; only
+    /// with `tls = "require"`.
+    pub tls_ca: Option<TlsCa>,
+    /// `tls_cert_file` and `tls_key_file`, read during validation.
+    pub tls_client: Option<TlsClient>,
+}
+
+/// A table name as configured, optionally schema-qualified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct FieldPlan {
+    pub crm: String,
+    pub external: String,
+    /// (CRM value, external value) pairs.
+    pub values: Vec<(String, String)>,
+    pub direction: Direction,
+    pub transform: Transform,
+    pub on_truncate: OnTruncate,
+}
+
+#[derive(Debug, Clone)]
+pub struct EntityPlan {
+    pub name: String,
+    pub crm_table: TableRef,
+    pub crm_prefix: String,
+    /// Derived from Sage CRM's naming when not configured; `None` means
+    /// "take the primary key from the catalog".
+    pub crm_key: Option<String>,
+    pub crm_updated_column: String,
+    pub crm_deleted_column: String,
+    pub crm_link_column: Option<String>,
+    pub crm_filter: Option<String>,
+    pub external_table: TableRef,
+    pub external_key: String,
+    pub external_crm_id_column: Option<String>,
+    pub external_updated_column: String,
+    pub external_deleted_column: Option<String>,
+    pub external_filter: Option<String>,
+    pub direction: Direction,
+    pub insert_into_crm: bool,
+    pub insert_into_external: bool,
+    pub update_into_crm: bool,
+    pub update_into_external: bool,
+    pub delete_into_crm: CrmDelete,
+    pub delete_into_external: ExternalDelete,
+    pub conflict: ConflictPolicy,
+    pub secterr: i64,
+    pub crm_defaults: Vec<(String, Value)>,
+    pub external_defaults: Vec<(String, Value)>,
+    pub match_on: Vec<(String, String)>,
+    pub fields: Vec<FieldPlan>,
+    pub batch_size: usize,
+    pub settle: Duration,
+    pub overlap: Duration,
+    pub max_delete_ratio: f64,
+    pub on_truncate: OnTruncate,
+}
+
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub file: PathBuf,
+    pub crm: Connection,
+    pub crm_user_id: i64,
+    pub id_strategy: IdStrategy,
+    pub external: Connection,
+    pub state_side: Side,
+    pub state_schema: String,
+    pub entities: Vec<EntityPlan>,
+}
+
+impl Plan {
+    pub fn connection(&self, side: Side) -> &Connection {
+        match side {
+            Side::Crm => &self.crm,
+            Side::External => &self.external,
+        }
+    }
+
+    pub fn entity(&self, name: &str) -> Option<&EntityPlan> {
+        self.entities
+            .iter()
+            .find(|e| e.name.eq_ignore_ascii_case(name))
+    }
+}
+
+/// A plain identifier, as both SQL Server and PostgreSQL accept unquoted.
+pub fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if c.is_alphabetic() || c == '_' => {}
+        _ => return false,
+    }
+    s.len() <= 128 && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '$' | '#'))
+}
