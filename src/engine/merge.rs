@@ -10,7 +10,7 @@
 use super::mapping::{crm_round_trip, Values};
 use crate::plan::{ConflictPolicy, Side};
 use crate::schema::{BoundEntity, BoundField};
-use crate::state::{Base, ConflictRecord, Shadow};
+use crate::state::{Base, ConflictRecord, Link, Shadow};
 use crate::value::Value;
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
@@ -61,18 +61,18 @@ pub fn winner(policy: ConflictPolicy, crm: &View, ext: &View) -> Option<Side> {
     }
 }
 
-/// Merges a pair. `crm` / `ext` are `None` when that side was not read
-/// (no field can flow from it); `held` names fields under an open conflict.
-#[allow(clippy::too_many_arguments)]
+/// Merges a pair: `pair` holds its two keys (which conflicts are recorded
+/// under) and its shadow, the base of the merge. `crm` / `ext` are `None`
+/// when that side was not read (no field can flow from it); `held` names
+/// fields under an open conflict.
 pub fn merge(
     e: &BoundEntity,
-    crm_key: &str,
-    external_key: &str,
-    base: &Shadow,
+    pair: &Link,
     crm: Option<&View>,
     ext: Option<&View>,
     held: &HashSet<String>,
 ) -> Merged {
+    let base = &pair.shadow;
     let mut out = Merged {
         shadow: base.clone(),
         ..Default::default()
@@ -139,8 +139,8 @@ pub fn merge(
                             ext.unwrap_or(&View::default()),
                         );
                         out.conflicts.push(ConflictRecord {
-                            crm_key: crm_key.to_string(),
-                            external_key: external_key.to_string(),
+                            crm_key: pair.crm_key.clone(),
+                            external_key: pair.external_key.clone(),
                             field: f.name.clone(),
                             base: b.and_then(|b| b.value().cloned()),
                             crm: c.clone(),

@@ -1,0 +1,569 @@
+//! One pass over one side's change window: read it page by page, merge
+//! each changed row with its linked counterpart against the shadow, link or
+//! insert unlinked rows, carry deletes, and write both sides.
+//!
+//! Write order per page: first the side that does not hold the state
+//! store, then the state side together with the links in one transaction.
+//! A crash in between leaves shadows behind the data, which the next run
+//! merges as "both sides changed to the same value": nothing is lost or
+//! duplicated.
+
+mod linked;
+mod matching;
+mod unlinked;
+mod write;
+
+use super::mapping::{external_to_canonical, map_crm_row, FieldProblem, Layout, Values};
+use super::merge::View;
+use super::{later, window, Engine, EngineError, EntityReport, Mode, StateView};
+use crate::endpoint::{EndpointError, Lower, Scan, WriteBatch};
+use crate::plan::{ExternalDelete, Side};
+use crate::schema::BoundEntity;
+use crate::state::{ConflictRecord, LinkWrite, Watermark};
+use crate::value::{SqlType, Value};
+use linked::is_echo;
+use std::collections::{HashMap, HashSet};
+
+pub(super) use matching::match_part;
+
+/// One incremental pass of entity `e` over the change window of `source`.
+pub(super) async fn run(
+    engine: &Engine,
+    e: &BoundEntity,
+    state: &StateView<'_>,
+    run: i64,
+    mode: Mode,
+    source: Side,
+    report: &mut EntityReport,
+) -> Result<(), EngineError> {
+    let (scan, ep) = match source {
+        Side::Crm => (e.crm_scan(), &*engine.crm),
+        Side::External => (e.external_scan(), &*engine.external),
+    };
+    let key_ty = match source {
+        Side::Crm => &e.crm_key.ty,
+        Side::External => &e.external_key.ty,
+    };
+    let ctx = Ctx {
+        engine,
+        e,
+        state,
+        run,
+        mode,
+        source,
+        layout: engine.layout(e, state.writes()).await?,
+    };
+    // Rows rejected earlier are retried first, by key.
+    let open = state.open_rejects(e.name(), source).await?;
+    if !open.is_empty() {
+        let keys: Vec<Value> = open
+            .iter()
+            .filter_map(|r| Value::from_key_string(&r.key, key_ty).ok())
+            .collect();
+        let rows = ep.fetch(&scan, &scan.key, &keys).await?;
+        let retried: HashSet<String> = open.iter().map(|r| r.key.clone()).collect();
+        ctx.page(&scan, &rows, &retried, report).await?;
+    }
+    let mark = state.watermark(e.name(), source).await?;
+    let (lower, upto, read_at) =
+        window(ep, &scan, mark.as_ref(), e.plan.settle, e.plan.overlap).await?;
+    let mut current = mark.clone();
+    let batch = e.plan.batch_size;
+    let mut rows = ep.read_changes(&scan, &lower, &upto, batch).await?;
+    loop {
+        let n = rows.len();
+        let Some(last) = rows.last() else { break };
+        let next = Watermark {
+            ts: last[1].clone(),
+            key: last[0].clone(),
+            read_at: Some(read_at.clone()),
+        };
+        // The next page is read while this one is processed. Its rows
+        // cannot be among this page's writes: those are stamped after
+        // `upto`, outside the window.
+        let after = Lower::After {
+            ts: next.ts.clone(),
+            key: next.key.clone(),
+        };
+        let ahead = async {
+            if n < batch {
+                Ok(None)
+            } else {
+                ep.read_changes(&scan, &after, &upto, batch).await.map(Some)
+            }
+        };
+        let none = HashSet::new();
+        let (done, ahead) = tokio::join!(ctx.page(&scan, &rows, &none, report), ahead);
+        done?;
+        let advanced = later(current.as_ref(), next);
+        if state.writes() && Some(&advanced) != current.as_ref() {
+            state
+                .store()
+                .set_watermark(e.name(), source, &advanced)
+                .await?;
+        }
+        current = Some(advanced);
+        match ahead? {
+            Some(more) => rows = more,
+            None => break,
+        }
+    }
+    // Every row of the window has been processed: the position holds for
+    // what had committed when this read began, even if no row moved it (a
+    // re-read page below the old watermark keeps the old read time until
+    // then).
+    if let Some(mut done) = current.clone() {
+        done.read_at = Some(read_at);
+        if state.writes() && Some(&done) != current.as_ref() {
+            state.store().set_watermark(e.name(), source, &done).await?;
+        }
+        current = Some(done);
+    }
+    if source == Side::Crm {
+        report.watermark = current.map(|m| format!("{} / {}", m.ts.display(), m.key.display()));
+    }
+    Ok(())
+}
+
+/// One page of a backfill through the sync's writes: `source` rows read in
+/// key order, merged with their linked rows, linked to existing ones, or
+/// inserted by the target's rules, exactly as a sync pass handles a page
+/// of changed rows of that side.
+pub(super) struct BackfillPages<'a>(Ctx<'a>);
+
+impl<'a> BackfillPages<'a> {
+    pub(super) fn new(
+        engine: &'a Engine,
+        e: &'a BoundEntity,
+        state: &'a StateView<'a>,
+        run: i64,
+        source: Side,
+        layout: Layout,
+    ) -> Self {
+        BackfillPages(Ctx {
+            engine,
+            e,
+            state,
+            run,
+            mode: Mode::Apply,
+            source,
+            layout,
+        })
+    }
+
+    pub(super) async fn page(
+        &self,
+        rows: &[Vec<Value>],
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let ctx = &self.0;
+        ctx.page(&ctx.e.scan(ctx.source), rows, &HashSet::new(), report)
+            .await
+    }
+}
+
+/// How often a page is written again after a retryable failure.
+const RETRIES: u32 = 3;
+/// The first wait before a page is written again (doubled each time).
+const RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The value that marks a row deleted in a flag column of type `ty`.
+fn deleted_flag(ty: &SqlType, deleted: bool) -> Value {
+    match ty {
+        SqlType::Bool => Value::Bool(deleted),
+        SqlType::Int { .. } | SqlType::Decimal { .. } => Value::Int(i64::from(deleted)),
+        _ => {
+            if deleted {
+                Value::Text("Y".into())
+            } else {
+                Value::Null
+            }
+        }
+    }
+}
+
+pub(super) fn is_deleted(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => false,
+        Some(Value::Int(0)) | Some(Value::Bool(false)) => false,
+        Some(Value::Text(s)) => matches!(
+            s.trim().to_ascii_lowercase().as_str(),
+            "y" | "1" | "t" | "true"
+        ),
+        Some(_) => true,
+    }
+}
+
+fn bad_link(e: &BoundEntity, key: &str, err: impl std::fmt::Display) -> EngineError {
+    EngineError::Endpoint(EndpointError::Schema(format!(
+        "entity {:?}: a link holds key {key:?}, which does not fit the key column: {err}",
+        e.name()
+    )))
+}
+
+/// Everything one page decided, to be written at the end.
+struct Writes {
+    crm: WriteBatch,
+    ext: WriteBatch,
+    links: Vec<LinkWrite>,
+    /// CRM rows whose link column gets the key of the n-th external insert.
+    link_column_after_insert: Vec<(Value, usize)>,
+    /// External rows whose CRM-id column gets the key of the n-th CRM
+    /// insert.
+    crm_id_after_insert: Vec<(Value, usize)>,
+    rejects: Vec<(String, String)>,
+    cleared: Vec<String>,
+    conflicts: Vec<ConflictRecord>,
+    settled: Vec<(String, String)>,
+}
+
+/// A row read from one side, with what the pass needs of it.
+struct Row<'r> {
+    values: &'r [Value],
+    scan: &'r Scan,
+}
+
+impl Row<'_> {
+    fn get(&self, column: &str) -> Value {
+        self.scan
+            .position(column)
+            .map(|p| self.values[p].clone())
+            .unwrap_or(Value::Null)
+    }
+}
+
+/// What a pass over one side's window works with.
+struct Ctx<'a> {
+    engine: &'a Engine,
+    e: &'a BoundEntity,
+    state: &'a StateView<'a>,
+    run: i64,
+    mode: Mode,
+    source: Side,
+    /// The layout shadows are sealed in.
+    layout: Layout,
+}
+
+impl Ctx<'_> {
+    /// The canonical form of a CRM row, and how many values were cut to
+    /// fit the external columns.
+    fn crm_view(&self, row: &Row<'_>) -> Result<(View, usize), FieldProblem> {
+        let e = self.e;
+        let mapped = map_crm_row(e.fields.iter(), e.to_external, |f| row.get(&f.crm.name))?;
+        Ok((
+            View {
+                values: mapped.values,
+                changed_at: row
+                    .get(&e.crm_change.name)
+                    .to_utc(self.engine.plan.crm.timezone),
+            },
+            mapped.truncated,
+        ))
+    }
+
+    fn ext_view(&self, row: &Row<'_>) -> View {
+        let e = self.e;
+        let mut values = Values::new();
+        for f in &e.fields {
+            values.insert(
+                f.name.clone(),
+                external_to_canonical(f, row.get(&f.external.name)),
+            );
+        }
+        View {
+            values,
+            changed_at: row
+                .get(&e.external_change.name)
+                .to_utc(self.engine.plan.external.timezone),
+        }
+    }
+
+    /// Whether any field can flow from `side` (so its rows must be read to
+    /// merge).
+    fn flows_from(&self, side: Side) -> bool {
+        self.e.fields.iter().any(|f| match side {
+            Side::Crm => f.plan.direction.crm_to_external(),
+            Side::External => f.plan.direction.external_to_crm(),
+        })
+    }
+
+    fn other_scan(&self) -> Scan {
+        let mut s = self.e.scan(self.source.other());
+        // The link, not the filter, decides what belongs to a pair.
+        s.filter = None;
+        s
+    }
+
+    /// Whether the entity writes into CRM (so the CRM link column can
+    /// name the external row).
+    fn writes_crm(&self) -> bool {
+        self.e.plan.direction.external_to_crm()
+    }
+
+    /// Whether the entity writes into the external table (so its CRM-id
+    /// column can name the CRM row).
+    fn writes_external(&self) -> bool {
+        self.e.plan.direction.crm_to_external()
+    }
+
+    /// Diffs one page of source rows and writes the result. When a
+    /// database refuses a row (a constraint, a value it cannot take), the
+    /// page is written again row by row and only the refused rows are set
+    /// aside as rejects, to be retried on later runs.
+    async fn page(
+        &self,
+        scan: &Scan,
+        rows: &[Vec<Value>],
+        retried: &HashSet<String>,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let before = report.clone();
+        let mut attempt = 0;
+        let result = loop {
+            match self.page_once(scan, rows, retried, report).await {
+                Err(EngineError::Endpoint(err)) if err.is_retryable() && attempt < RETRIES => {
+                    // A deadlock, serialization failure or dropped
+                    // connection: the page is idempotent, so write it again.
+                    attempt += 1;
+                    *report = before.clone();
+                    let wait = RETRY_WAIT * 2u32.pow(attempt - 1);
+                    tracing::warn!(
+                        "entity {:?}: {}; retrying the page in {wait:?} (attempt {attempt} of {RETRIES})",
+                        self.e.name(),
+                        crate::report::with_causes(&err)
+                    );
+                    tokio::time::sleep(wait).await;
+                }
+                other => break other,
+            }
+        };
+        match result {
+            Err(EngineError::Endpoint(err)) if err.refused_row() && self.mode == Mode::Apply => {
+                *report = before;
+                if let [row] = rows {
+                    let key = row[0].key_string();
+                    let reason = crate::report::with_causes(&err);
+                    tracing::warn!("entity {:?}: row {key} set aside: {reason}", self.e.name());
+                    report.read += 1;
+                    report.rejected += 1;
+                    self.state
+                        .store()
+                        .record_rejects(self.e.name(), self.run, self.source, &[(key, reason)])
+                        .await?;
+                    return Ok(());
+                }
+                for row in rows {
+                    Box::pin(self.page(scan, std::slice::from_ref(row), retried, report)).await?;
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    async fn page_once(
+        &self,
+        scan: &Scan,
+        rows: &[Vec<Value>],
+        retried: &HashSet<String>,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let e = self.e;
+        report.read += rows.len() as u64;
+        let keys: Vec<String> = rows.iter().map(|r| r[0].key_string()).collect();
+        let links = match self.source {
+            Side::Crm => self.state.links_by_crm(e.name(), &keys).await?,
+            Side::External => self.state.links_by_external(e.name(), &keys).await?,
+        };
+        let other = self.other_scan();
+        let other_side = self.source.other();
+        let other_ep = match other_side {
+            Side::Crm => &*self.engine.crm,
+            Side::External => &*self.engine.external,
+        };
+        let other_key_ty = match other_side {
+            Side::Crm => &e.crm_key.ty,
+            Side::External => &e.external_key.ty,
+        };
+        let mut echoes: HashSet<&str> = HashSet::new();
+        if self.source == Side::External {
+            let positions: Vec<Option<usize>> = e
+                .fields
+                .iter()
+                .map(|f| scan.position(&f.external.name))
+                .collect();
+            let crm_id = e
+                .external_crm_id
+                .as_ref()
+                .filter(|_| self.writes_external())
+                .and_then(|c| scan.position(&c.name));
+            for (values, ks) in rows.iter().zip(&keys) {
+                if let Some(l) = links
+                    .get(ks)
+                    .filter(|l| is_echo(e, values, &positions, crm_id, l))
+                {
+                    echoes.insert(&l.crm_key);
+                }
+            }
+        }
+        // Counterparts of linked rows: to merge with, and to notice a row
+        // that vanished on the other side.
+        let mut counterparts: HashMap<String, Vec<Value>> = HashMap::new();
+        let merged = || {
+            links
+                .values()
+                .filter(|l| !l.deleted && !echoes.contains(l.crm_key.as_str()))
+        };
+        if merged().next().is_some() {
+            let mut wanted = Vec::new();
+            for l in merged() {
+                let k = match other_side {
+                    Side::Crm => &l.crm_key,
+                    Side::External => &l.external_key,
+                };
+                wanted.push(
+                    Value::from_key_string(k, other_key_ty).map_err(|err| bad_link(e, k, err))?,
+                );
+            }
+            for r in other_ep.fetch(&other, &other.key, &wanted).await? {
+                counterparts.insert(r[0].key_string(), r);
+            }
+        }
+        // Open manual conflicts hold their fields.
+        let crm_keys: Vec<String> = match self.source {
+            Side::Crm => keys.clone(),
+            Side::External => links.values().map(|l| l.crm_key.clone()).collect(),
+        };
+        let mut held: HashMap<String, HashMap<String, i64>> = HashMap::new();
+        if !crm_keys.is_empty() {
+            for c in self.state.open_conflicts(e.name(), &crm_keys).await? {
+                held.entry(c.record.crm_key.clone())
+                    .or_default()
+                    .insert(c.record.field.clone(), c.id);
+            }
+        }
+
+        let mut w = Writes {
+            crm: WriteBatch::new(e.crm_table.clone(), e.crm_key.name.clone()),
+            ext: WriteBatch::new(e.external_table.clone(), e.external_key.name.clone()),
+            links: Vec::new(),
+            link_column_after_insert: Vec::new(),
+            crm_id_after_insert: Vec::new(),
+            rejects: Vec::new(),
+            cleared: Vec::new(),
+            conflicts: Vec::new(),
+            settled: Vec::new(),
+        };
+        let mut unlinked = Vec::new();
+        for values in rows {
+            let row = Row { values, scan };
+            let ks = values[0].key_string();
+            if retried.contains(&ks) {
+                w.cleared.push(ks.clone());
+            }
+            let deleted = match self.source {
+                Side::Crm => e
+                    .crm_deleted
+                    .as_ref()
+                    .is_some_and(|d| is_deleted(Some(&row.get(&d.name)))),
+                Side::External => e
+                    .external_deleted
+                    .as_ref()
+                    .is_some_and(|d| is_deleted(Some(&row.get(&d.name)))),
+            };
+            let link = links.get(&ks);
+            if deleted {
+                match link.filter(|l| !l.deleted) {
+                    Some(l) => self.delete_pair(l, &mut w, report)?,
+                    None => report.unchanged += 1,
+                }
+                continue;
+            }
+            match link {
+                Some(l) if echoes.contains(l.crm_key.as_str()) => {
+                    report.unchanged += 1;
+                }
+                Some(l) if !l.deleted => {
+                    let other_key = match other_side {
+                        Side::Crm => &l.crm_key,
+                        Side::External => &l.external_key,
+                    };
+                    let Some(counterpart) = counterparts.get(other_key) else {
+                        if self.source == Side::Crm && !self.flows_from(Side::External) {
+                            // The external copy of a CRM-owned row vanished:
+                            // send the row again instead of updating nothing.
+                            unlinked.push(values);
+                        } else {
+                            // Gone on the other side: delete detection decides.
+                            report.unchanged += 1;
+                        }
+                        continue;
+                    };
+                    let other_row = Row {
+                        values: counterpart,
+                        scan: &other,
+                    };
+                    let held_fields = held.get(&l.crm_key);
+                    self.merge_linked(l, row, other_row, held_fields, &mut w, report)?;
+                }
+                Some(l)
+                    if self.source == Side::Crm
+                        && e.plan.delete_into_external != ExternalDelete::Hard =>
+                {
+                    // A CRM row brought back after a delete whose external
+                    // row was flagged or left alone: write it again in place
+                    // (after a hard delete it is inserted anew, below).
+                    self.revive(l, &row, &mut w, report)?;
+                }
+                Some(_) if self.source == Side::External => {
+                    // Deleted pairs are not brought back from outside.
+                    report.unchanged += 1;
+                }
+                _ => unlinked.push(values),
+            }
+        }
+        let named = match self.source {
+            Side::External => self.crm_rows_naming(&unlinked).await?,
+            Side::Crm => HashMap::new(),
+        };
+        let matches = self.match_index(&unlinked, scan).await?;
+        for values in unlinked {
+            let row = Row { values, scan };
+            match self.source {
+                Side::Crm => self.unlinked_crm(&row, &matches, &mut w, report).await?,
+                Side::External => {
+                    self.unlinked_external(&row, &named, &matches, &mut w, report)
+                        .await?
+                }
+            }
+        }
+        if self.mode == Mode::DryRun {
+            report.conflicts += w.conflicts.len() as u64;
+            return Ok(());
+        }
+        self.write(w).await
+    }
+
+    /// A row that cannot be mapped: reject it, or stop the batch.
+    fn problem(
+        &self,
+        key: &str,
+        p: FieldProblem,
+        w: &mut Writes,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        match p {
+            FieldProblem::Reject(why) => {
+                report.rejected += 1;
+                w.cleared.retain(|k| k != key);
+                w.rejects.push((key.to_string(), why));
+                Ok(())
+            }
+            FieldProblem::Fail(message) => Err(EngineError::Fail {
+                entity: self.e.name().to_string(),
+                key: key.to_string(),
+                message,
+            }),
+        }
+    }
+}

@@ -1,0 +1,386 @@
+//! Unlinked rows: linking each to the counterpart that names it, carries
+//! its id or matches it by `match_on`, or else inserting it on the other
+//! side.
+
+use super::matching::{MatchIndex, Matched};
+use super::{deleted_flag, Ctx, Row, Writes};
+use crate::crm::write as crm_write;
+use crate::endpoint::{Assign, EndpointError, Insert};
+use crate::engine::mapping::{canonical_to_crm, FieldProblem};
+use crate::engine::{EngineError, EntityReport, Sample};
+use crate::state::{Base, KeyRef, LinkWrite, Shadow};
+use crate::value::Value;
+use std::collections::{BTreeMap, HashMap};
+
+impl Ctx<'_> {
+    /// An unlinked live CRM row: a link column naming an external row
+    /// links to it; an external row carrying its CRM id (an insert whose
+    /// link was lost) is adopted; otherwise it is inserted.
+    pub(super) async fn unlinked_crm(
+        &self,
+        row: &Row<'_>,
+        matches: &MatchIndex,
+        w: &mut Writes,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let e = self.e;
+        let crm_key = row.values[0].clone();
+        let ks = crm_key.key_string();
+        let (view, truncated) = match self.crm_view(row) {
+            Ok(v) => v,
+            Err(p) => return self.problem(&ks, p, w, report),
+        };
+        let ext_scan = self.other_scan();
+        // 1. The CRM row names its external row.
+        if let Some(lc) = &e.crm_link {
+            let claimed = row.get(&lc.name);
+            if !claimed.is_null() && e.plan.direction.external_to_crm() {
+                let claim = claimed.key_string();
+                let taken = self
+                    .state
+                    .links_by_external(e.name(), std::slice::from_ref(&claim))
+                    .await?;
+                if let Some(other) = taken.get(&claim).filter(|l| l.crm_key != ks && !l.deleted) {
+                    return self.problem(
+                        &ks,
+                        FieldProblem::Reject(format!(
+                            "{} = {claim:?}, but that external row is already linked to CRM row {}; \
+                             the link column must be unique among live rows",
+                            lc.name, other.crm_key
+                        )),
+                        w,
+                        report,
+                    );
+                }
+                let key = Value::from_key_string(&claim, &e.external_key.ty).ok();
+                let found = match key {
+                    Some(k) => {
+                        self.engine
+                            .external
+                            .fetch(&ext_scan, &ext_scan.key, &[k])
+                            .await?
+                    }
+                    None => Vec::new(),
+                };
+                return match found.first() {
+                    Some(x) => {
+                        let ext_row = Row {
+                            values: x,
+                            scan: &ext_scan,
+                        };
+                        let ext_view = self.ext_view(&ext_row);
+                        let ext_key = x[0].key_string();
+                        let r = self
+                            .adopt(&ks, &ext_key, &view, &ext_view, w, report)
+                            .and_then(|()| {
+                                self.name_each_other(&ks, &ext_key, Some(row), Some(&ext_row), w)
+                            });
+                        r.or_else(|p| self.problem(&ks, p, w, report))
+                    }
+                    None => self.problem(
+                        &ks,
+                        FieldProblem::Reject(format!(
+                            "{} = {claim:?}, but the external table has no row with that key; \
+                             clear the column or correct it",
+                            lc.name
+                        )),
+                        w,
+                        report,
+                    ),
+                };
+            }
+        }
+        // 2. An earlier insert whose link was lost carries the CRM id.
+        if let Some(id_col) = &e.external_crm_id {
+            if let Ok(id) = crm_key.clone().coerce(&id_col.ty, None, false) {
+                let found = self
+                    .engine
+                    .external
+                    .find(&ext_scan, &[(id_col.name.clone(), id)], 2)
+                    .await?;
+                if let Some(x) = found.first() {
+                    let ext_row = Row {
+                        values: x,
+                        scan: &ext_scan,
+                    };
+                    let ext_view = self.ext_view(&ext_row);
+                    let ext_key = x[0].key_string();
+                    let r = self
+                        .adopt(&ks, &ext_key, &view, &ext_view, w, report)
+                        .and_then(|()| {
+                            self.name_each_other(&ks, &ext_key, Some(row), Some(&ext_row), w)
+                        });
+                    return r.or_else(|p| self.problem(&ks, p, w, report));
+                }
+            }
+        }
+        // 3. `match_on`: exactly one unlinked live external row holds the
+        // same values, and no other unlinked live CRM row does.
+        if !e.plan.match_on.is_empty() {
+            match self.match_other(row, matches, w) {
+                Matched::One(x) => {
+                    let ext_key = x[0].key_string();
+                    let x_scan = e.external_scan();
+                    let ext_row = Row {
+                        values: &x,
+                        scan: &x_scan,
+                    };
+                    let ext_view = self.ext_view(&ext_row);
+                    let r = self
+                        .adopt(&ks, &ext_key, &view, &ext_view, w, report)
+                        .and_then(|()| {
+                            self.name_each_other(&ks, &ext_key, Some(row), Some(&ext_row), w)
+                        });
+                    return r.or_else(|p| self.problem(&ks, p, w, report));
+                }
+                Matched::Ambiguous(why) => {
+                    return self.problem(&ks, FieldProblem::Reject(why), w, report)
+                }
+                Matched::None => {}
+            }
+        }
+        if !(e.plan.insert_into_external && e.plan.direction.crm_to_external()) {
+            report.unchanged += 1;
+            return Ok(());
+        }
+        // 4. Insert.
+        let mut columns: Vec<(String, Assign)> = Vec::new();
+        let mut fields = BTreeMap::new();
+        let mut shadow = Shadow::new();
+        for f in e
+            .fields
+            .iter()
+            .filter(|f| f.plan.direction.crm_to_external())
+        {
+            let v = view.values[&f.name].clone();
+            fields.insert(f.external.name.clone(), v.display());
+            shadow.insert(f.name.clone(), Base::Value(v.clone()));
+            columns.push((f.external.name.clone(), Assign::Value(v)));
+        }
+        if let Some(id_col) = &e.external_crm_id {
+            let id = crm_key
+                .clone()
+                .coerce(&id_col.ty, None, false)
+                .map_err(|err| {
+                    EngineError::Endpoint(EndpointError::Schema(format!(
+                        "entity {:?}: CRM id {ks} does not fit external_crm_id_column {}: {err}",
+                        e.name(),
+                        id_col.name
+                    )))
+                })?;
+            columns.push((id_col.name.clone(), Assign::Value(id)));
+        }
+        for (c, v) in &e.external_defaults {
+            if !columns.iter().any(|(n, _)| n == c) {
+                columns.push((c.clone(), Assign::Value(v.clone())));
+            }
+        }
+        if let Some(d) = &e.external_deleted {
+            if !columns.iter().any(|(n, _)| *n == d.name) && !d.has_default {
+                columns.push((d.name.clone(), Assign::Value(deleted_flag(&d.ty, false))));
+            }
+        }
+        if !columns.iter().any(|(n, _)| *n == e.external_change.name) {
+            columns.push((e.external_change.name.clone(), Assign::Now));
+        }
+        let index = w.ext.inserts.len();
+        w.ext.inserts.push(Insert { columns });
+        report.inserted += 1;
+        report.truncated += truncated as u64;
+        report.sample(Sample {
+            action: "insert",
+            crm_key: ks.clone(),
+            external_key: None,
+            fields,
+        });
+        w.links.push(LinkWrite {
+            crm_key: KeyRef::Known(ks),
+            external_key: KeyRef::Inserted(index),
+            shadow: self.layout.seal(e, &shadow),
+            deleted: false,
+        });
+        if e.crm_link.is_some() && self.writes_crm() {
+            w.link_column_after_insert.push((crm_key.clone(), index));
+        }
+        Ok(())
+    }
+
+    /// The live CRM rows whose link column names one of these unlinked
+    /// external rows, by external key: one lookup for the page, not one
+    /// per row. Empty without a link column.
+    pub(super) async fn crm_rows_naming(
+        &self,
+        unlinked: &[&Vec<Value>],
+    ) -> Result<HashMap<String, Vec<Vec<Value>>>, EngineError> {
+        let e = self.e;
+        let mut named: HashMap<String, Vec<Vec<Value>>> = HashMap::new();
+        let Some(lc) = e.crm_link.as_ref().filter(|_| !unlinked.is_empty()) else {
+            return Ok(named);
+        };
+        let crm_scan = self.other_scan();
+        // A key the link column cannot hold is named by no CRM row.
+        let keys: Vec<Value> = unlinked
+            .iter()
+            .filter_map(|v| Value::from_key_string(&v[0].key_string(), &lc.ty).ok())
+            .collect();
+        if keys.is_empty() {
+            return Ok(named);
+        }
+        for r in self.engine.crm.fetch(&crm_scan, &lc.name, &keys).await? {
+            let row = Row {
+                values: &r,
+                scan: &crm_scan,
+            };
+            // Live: the deleted flag is NULL.
+            if e.crm_deleted
+                .as_ref()
+                .is_some_and(|d| !row.get(&d.name).is_null())
+            {
+                continue;
+            }
+            let named_key = row.get(&lc.name).key_string();
+            named.entry(named_key).or_default().push(r);
+        }
+        Ok(named)
+    }
+
+    /// An unlinked live external row: a CRM row whose link column holds
+    /// its key, or exactly one `match_on` match, is linked; otherwise it is
+    /// inserted into CRM.
+    pub(super) async fn unlinked_external(
+        &self,
+        row: &Row<'_>,
+        named: &HashMap<String, Vec<Vec<Value>>>,
+        matches: &MatchIndex,
+        w: &mut Writes,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let e = self.e;
+        let ks = row.values[0].key_string();
+        let ext_view = self.ext_view(row);
+        let crm_scan = self.other_scan();
+        if let Some(lc) = &e.crm_link {
+            let found: &[Vec<Value>] = named.get(&ks).map_or(&[], Vec::as_slice);
+            match found {
+                [one] => {
+                    let crm_key = one[0].key_string();
+                    let taken = self.state.links_by_crm(e.name(), std::slice::from_ref(&crm_key)).await?;
+                    if taken.get(&crm_key).is_some_and(|l| !l.deleted) {
+                        return self.problem(
+                            &ks,
+                            FieldProblem::Reject(format!(
+                                "CRM row {crm_key} names this row in {} but is linked to another external row",
+                                lc.name
+                            )),
+                            w,
+                            report,
+                        );
+                    }
+                    let crm_row = Row { values: one, scan: &crm_scan };
+                    let crm_view = match self.crm_view(&crm_row) {
+                        Ok((v, _)) => v,
+                        Err(p) => return self.problem(&ks, p, w, report),
+                    };
+                    let r = self
+                        .adopt(&crm_key, &ks, &crm_view, &ext_view, w, report)
+                        .and_then(|()| self.name_each_other(&crm_key, &ks, Some(&crm_row), Some(row), w));
+                    return r.or_else(|p| self.problem(&ks, p, w, report));
+                }
+                [] => {}
+                _ => {
+                    return self.problem(
+                        &ks,
+                        FieldProblem::Reject(format!(
+                            "several live CRM rows hold {ks:?} in {}; it must be unique among live rows",
+                            lc.name
+                        )),
+                        w,
+                        report,
+                    )
+                }
+            }
+        }
+        if !e.plan.match_on.is_empty() {
+            match self.match_other(row, matches, w) {
+                Matched::One(one) => {
+                    let crm_key = one[0].key_string();
+                    let one_scan = e.crm_scan();
+                    let crm_row = Row {
+                        values: &one,
+                        scan: &one_scan,
+                    };
+                    let crm_view = match self.crm_view(&crm_row) {
+                        Ok((v, _)) => v,
+                        Err(p) => return self.problem(&ks, p, w, report),
+                    };
+                    let r = self
+                        .adopt(&crm_key, &ks, &crm_view, &ext_view, w, report)
+                        .and_then(|()| {
+                            self.name_each_other(&crm_key, &ks, Some(&crm_row), Some(row), w)
+                        });
+                    return r.or_else(|p| self.problem(&ks, p, w, report));
+                }
+                Matched::Ambiguous(why) => {
+                    return self.problem(&ks, FieldProblem::Reject(why), w, report)
+                }
+                Matched::None => {}
+            }
+        }
+        if !(e.plan.insert_into_crm && e.plan.direction.external_to_crm()) {
+            report.unchanged += 1;
+            return Ok(());
+        }
+        let user = self.engine.plan.crm_user_id;
+        let mut columns: Vec<(String, Assign)> = Vec::new();
+        let mut fields = BTreeMap::new();
+        let mut shadow = Shadow::new();
+        for f in e
+            .fields
+            .iter()
+            .filter(|f| f.plan.direction.external_to_crm())
+        {
+            let v = ext_view.values[&f.name].clone();
+            let (crm_v, truncated) = match canonical_to_crm(f, v.clone(), e.to_crm) {
+                Ok(x) => x,
+                Err(p) => return self.problem(&ks, p, w, report),
+            };
+            report.truncated += u64::from(truncated);
+            fields.insert(f.crm.name.clone(), crm_v.display());
+            shadow.insert(f.name.clone(), Base::Value(v));
+            columns.push((f.crm.name.clone(), Assign::Value(crm_v)));
+        }
+        if let Some(lc) = &e.crm_link {
+            match Value::from_key_string(&ks, &lc.ty) {
+                Ok(v) => columns.push((lc.name.clone(), Assign::Value(v))),
+                Err(err) => {
+                    let p = FieldProblem::Reject(format!(
+                        "external key {ks:?} does not fit the CRM link column {}: {err}; \
+                         widen the column",
+                        lc.name
+                    ));
+                    return self.problem(&ks, p, w, report);
+                }
+            }
+        }
+        crm_write::complete_insert(e, user, self.engine.plan.id_strategy, &mut columns);
+        let index = w.crm.inserts.len();
+        w.crm.inserts.push(Insert { columns });
+        report.crm_inserted += 1;
+        report.sample(Sample {
+            action: "insert into CRM",
+            crm_key: String::new(),
+            external_key: Some(ks.clone()),
+            fields,
+        });
+        if e.external_crm_id.is_some() && self.writes_external() {
+            w.crm_id_after_insert.push((row.values[0].clone(), index));
+        }
+        w.links.push(LinkWrite {
+            crm_key: KeyRef::Inserted(index),
+            external_key: KeyRef::Known(ks),
+            shadow: self.layout.seal(e, &shadow),
+            deleted: false,
+        });
+        Ok(())
+    }
+}
