@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 impl Ctx<'_> {
     /// An unlinked live CRM row: a link column naming an external row
     /// links to it; an external row carrying its CRM id (an insert whose
-    /// link was lost) is adopted; otherwise it is inserted.
+    /// link was lost) is adopted; exactly one `match_on` match is linked;
+    /// otherwise it is inserted. Either way both sides end up naming each
+    /// other.
     pub(super) async fn unlinked_crm(
         &self,
         row: &Row<'_>,
