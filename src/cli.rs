@@ -1,11 +1,9 @@
 //! Command-line interface: argument types and one function per command.
 
 use crate::config::{self, CONFIG_ENV, DEFAULT_CONFIG_FILE};
-use crate::endpoint::postgres::PgEndpoint;
 use crate::engine::{Engine, EntityReport, Mode};
 use crate::plan::{DbKind, Plan, Side};
 use crate::report::{self, RunReport};
-use crate::state::StateStore;
 use crate::value::Value;
 use crate::{exit, exit_code};
 use anyhow::Context;
@@ -418,20 +416,20 @@ async fn backfill(
 }
 
 async fn status(plan: Plan) -> anyhow::Result<i32> {
-    let conn = plan.connection(plan.state_side).clone();
-    if conn.kind != DbKind::Postgres {
-        anyhow::bail!(
+    let not_postgres = || {
+        anyhow::anyhow!(
             "[state] side = \"{}\" is a SQL Server database; crmsync keeps its state on \
              PostgreSQL only: set side to the PostgreSQL side",
             plan.state_side
-        );
-    }
-    let name = if plan.state_side == Side::Crm {
-        "CRM"
-    } else {
-        "external"
+        )
     };
-    let store = PgEndpoint::connect(name, &conn, &plan.state_schema).await?;
+    if plan.connection(plan.state_side).kind != DbKind::Postgres {
+        return Err(not_postgres());
+    }
+    let state_side = crate::connect::side(&plan, plan.state_side).await?;
+    let store = state_side
+        .state_store(&plan.state_schema)
+        .ok_or_else(not_postgres)?;
     let status = match store.status().await {
         Ok(s) => s,
         Err(_) => {
@@ -443,19 +441,17 @@ async fn status(plan: Plan) -> anyhow::Result<i32> {
         }
     };
     // Lag: each side's own clock minus its watermark, where the side
-    // answers (status works without them).
+    // answers (status works without them). The state side is connected
+    // already.
     let mut clocks = std::collections::HashMap::new();
     for side in [Side::Crm, Side::External] {
-        let c = plan.connection(side);
-        let ep: Option<Box<dyn crate::endpoint::Endpoint>> = match c.kind {
-            DbKind::Postgres => PgEndpoint::connect(side.as_str(), c, &plan.state_schema)
+        let ep = if side == plan.state_side {
+            Some(state_side.endpoint.clone())
+        } else {
+            crate::connect::side(&plan, side)
                 .await
                 .ok()
-                .map(|e| Box::new(e) as _),
-            DbKind::Mssql => crate::endpoint::mssql::MssqlEndpoint::connect(side.as_str(), c)
-                .await
-                .ok()
-                .map(|e| Box::new(e) as _),
+                .map(|c| c.endpoint)
         };
         if let Some(ep) = ep {
             // SQL Server's datetime columns follow GETDATE(); the lag is

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod crm;
 pub mod endpoint;
 pub mod engine;

@@ -18,8 +18,6 @@ pub use mapping::{canonical_to_crm, crm_to_canonical, FieldProblem};
 pub use merge::{merge, winner, Merged, View};
 pub use verify::{Drift, FieldDiff, RepairReport, VerifyCounts, VerifyReport};
 
-use crate::endpoint::mssql::MssqlEndpoint;
-use crate::endpoint::postgres::PgEndpoint;
 use crate::endpoint::{Endpoint, EndpointError, Lower};
 use crate::plan::{DbKind, Plan, Side};
 use crate::schema::{self, BindError, BoundEntity, Findings};
@@ -153,42 +151,26 @@ impl Engine {
     /// PostgreSQL side; the plan refuses a state side on SQL Server, and
     /// this checks it again because a `Plan` can be built by hand.
     pub async fn connect(plan: Plan) -> Result<Engine, EngineError> {
-        let state_conn = plan.connection(plan.state_side);
-        if state_conn.kind != DbKind::Postgres {
-            return Err(EngineError::StateNotPostgres {
-                side: plan.state_side.as_str(),
-            });
-        }
-        let connect = |side: Side| {
-            let conn = plan.connection(side).clone();
-            let schema = plan.state_schema.clone();
-            async move {
-                let name = if side == Side::Crm { "CRM" } else { "external" };
-                Ok::<_, EngineError>(match conn.kind {
-                    DbKind::Postgres => {
-                        let pg = Arc::new(PgEndpoint::connect(name, &conn, &schema).await?);
-                        (pg.clone() as Arc<dyn Endpoint>, Some(pg))
-                    }
-                    DbKind::Mssql => (
-                        Arc::new(MssqlEndpoint::connect(name, &conn).await?) as Arc<dyn Endpoint>,
-                        None,
-                    ),
-                })
-            }
-        };
-        let ((crm, crm_pg), (external, external_pg)) =
-            tokio::try_join!(connect(Side::Crm), connect(Side::External))?;
-        let state: Arc<dyn StateStore> = match plan.state_side {
-            Side::Crm => crm_pg,
-            Side::External => external_pg,
-        }
-        .ok_or(EngineError::StateNotPostgres {
+        let not_postgres = || EngineError::StateNotPostgres {
             side: plan.state_side.as_str(),
-        })?;
+        };
+        if plan.connection(plan.state_side).kind != DbKind::Postgres {
+            return Err(not_postgres());
+        }
+        let (crm, external) = tokio::try_join!(
+            crate::connect::side(&plan, Side::Crm),
+            crate::connect::side(&plan, Side::External)
+        )?;
+        let state = match plan.state_side {
+            Side::Crm => &crm,
+            Side::External => &external,
+        }
+        .state_store(&plan.state_schema)
+        .ok_or_else(not_postgres)?;
         Ok(Engine {
             plan,
-            crm,
-            external,
+            crm: crm.endpoint,
+            external: external.endpoint,
             state,
         })
     }

@@ -1,6 +1,7 @@
 //! crmsync's own state: runs, watermarks, links with their shadows,
 //! rejected rows and conflicts. Kept in one of the two databases (the
 //! `[state] side`), in its own schema, created and migrated automatically.
+//! The store is the `StateStore` trait; `postgres` implements it.
 
 use crate::endpoint::EndpointError;
 use crate::plan::Side;
@@ -25,6 +26,7 @@ pub struct Watermark {
     pub read_at: Option<Value>,
 }
 
+pub mod postgres;
 pub mod shadow;
 
 pub use shadow::{Base, Shadow};

@@ -8,11 +8,12 @@
 //! default expression) the rows are copied into a temporary staging table
 //! and moved with one `INSERT ... SELECT ... ORDER BY ... RETURNING`.
 
-use super::{qualified, quote, refs, state, PgEndpoint};
+use super::{qualified, quote, refs, PgEndpoint};
 use crate::endpoint::bulk::{
     Bulk, BulkSource, Cell, ChunkWrite, FreshLinks, RawInserts, RawRows, Rows, StreamRequest, Turn,
 };
 use crate::endpoint::{EndpointError, Result, Scan};
+use crate::state::postgres::{save_checkpoint_in, write_links_in};
 use crate::value::Value;
 use async_trait::async_trait;
 use bytes::BufMut;
@@ -78,8 +79,8 @@ impl PgEndpoint {
         F: Fn(Vec<tokio_postgres::Row>, usize) -> Result<(T, Option<Value>)> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(req.depth.max(1));
-        let pool = self.pool.clone();
-        let side = self.side;
+        let pool = self.db.pool().clone();
+        let side = self.db.side();
         let key = quote(&req.scan.key);
         let base = format!(
             "SELECT {} FROM {} WHERE true{}{}",
@@ -517,7 +518,7 @@ impl PgEndpoint {
 #[async_trait]
 impl BulkSource for PgEndpoint {
     fn stream(&self, req: StreamRequest) -> mpsc::Receiver<Result<Rows>> {
-        let side = self.side;
+        let side = self.db.side();
         self.stream_with(req, move |rows, key_pos| {
             let rows = super::rows_to_values(rows)
                 .map_err(|e| super::query_failure(side, "decoding rows".into(), e))?;
@@ -559,7 +560,7 @@ impl BulkSource for PgEndpoint {
 #[async_trait]
 impl Bulk for PgEndpoint {
     fn stream_raw(&self, req: StreamRequest) -> mpsc::Receiver<Result<RawRows>> {
-        let side = self.side;
+        let side = self.db.side();
         self.stream_with(req, move |rows, key_pos| {
             let raw = raw_rows(side, rows)?;
             let last = match raw.len() {
@@ -620,7 +621,7 @@ impl Bulk for PgEndpoint {
         tracing::debug!("chunk: {} rows copied in {:?}", keys.len(), t.elapsed());
         if let Some(links) = &chunk.links {
             let resolved = super::resolve_links(links, &keys);
-            state::write_links_in(&tx, &resolved)
+            write_links_in(&tx, &resolved)
                 .await
                 .map_err(|e| self.query_error("writing links", e))?;
         }
@@ -636,7 +637,7 @@ impl Bulk for PgEndpoint {
             })?;
         }
         if let Some(cp) = &chunk.checkpoint {
-            state::save_checkpoint_in(&tx, &cp.schema, &cp.entity, &cp.direction, &cp.checkpoint)
+            save_checkpoint_in(&tx, &cp.schema, &cp.entity, &cp.direction, &cp.checkpoint)
                 .await
                 .map_err(|e| self.query_error("saving the backfill checkpoint", e))?;
         }

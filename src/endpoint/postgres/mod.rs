@@ -1,53 +1,36 @@
 //! The PostgreSQL endpoint: pooled connections (bb8, TLS as `tls` says), catalog
-//! introspection, keyset change reads, batched writes in one transaction,
-//! and the state store when `[state]` lives here.
+//! introspection, keyset change reads, and batched writes in one transaction
+//! (with the links, when `[state]` lives here; the state store itself is
+//! `state::postgres`, on the same pool).
 
+mod connect;
 mod copy;
-mod state;
 mod tls;
 pub mod types;
 
 use super::{Applied, Assign, Endpoint, EndpointError, Lower, Result, Scan, TableInfo, WriteBatch};
-use crate::plan::Connection;
 use crate::state::{KeyRef, LinkBatch};
 use crate::value::{floor_to_precision, SqlType, Value};
 use async_trait::async_trait;
-use bb8::Pool;
-use bb8_postgres::PostgresConnectionManager;
 use futures_util::future::try_join_all;
-use secrecy::ExposeSecret;
 use std::collections::HashMap;
-use std::time::Duration;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Config, Statement};
+use tokio_postgres::Statement;
 
+pub(crate) use connect::{query_failure, Pooled};
+pub use connect::{DbFailure, PgDatabase};
 pub use types::sql_type;
 
-type PgPool = Pool<PostgresConnectionManager<tls::Connector>>;
-
 /// A PostgreSQL database, as the CRM side or the external side.
-/// Field lists of positional shadows, by (entity, layout).
-type Layouts = std::collections::HashMap<(String, i32), std::sync::Arc<Vec<String>>>;
-
 pub struct PgEndpoint {
-    side: &'static str,
-    config: Config,
-    /// The connector of the pool, reused for the lock connection.
-    tls: tls::Connector,
-    pool: PgPool,
-    target: String,
-    /// The state schema, when the state store lives in this database.
-    state_schema: String,
-    /// Field lists of positional shadows, by (entity, layout).
-    layouts: std::sync::Mutex<Layouts>,
+    db: PgDatabase,
 }
 
 impl std::fmt::Debug for PgEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgEndpoint")
-            .field("side", &self.side)
-            .field("target", &self.target)
+            .field("side", &self.db.side())
+            .field("target", &self.db.target())
             .finish()
     }
 }
@@ -57,224 +40,32 @@ pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-fn qualified(t: &TableInfo) -> String {
+pub(crate) fn qualified(t: &TableInfo) -> String {
     format!("{}.{}", quote(&t.schema), quote(&t.name))
 }
 
-/// A PostgreSQL error as crmsync reports it: severity, message, SQLSTATE
-/// and hint, but never the server's DETAIL, which can quote row data
-/// ("Failing row contains ...") into logs.
-#[derive(Debug)]
-pub struct DbFailure(String);
-
-impl std::fmt::Display for DbFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for DbFailure {}
-
-impl From<&tokio_postgres::Error> for DbFailure {
-    fn from(e: &tokio_postgres::Error) -> DbFailure {
-        match e.as_db_error() {
-            Some(db) => DbFailure(format!(
-                "{}: {} (SQLSTATE {}){}",
-                db.severity(),
-                db.message(),
-                db.code().code(),
-                db.hint()
-                    .map(|h| format!("; hint: {h}"))
-                    .unwrap_or_default()
-            )),
-            None => {
-                let cause = std::error::Error::source(e)
-                    .map(|c| format!(": {c}"))
-                    .unwrap_or_default();
-                DbFailure(format!("{e}{cause}"))
-            }
-        }
-    }
-}
-
-/// A failed statement as crmsync reports it, with what the engine needs to
-/// know about it.
-pub(crate) fn query_failure(
-    side: &'static str,
-    what: String,
-    e: tokio_postgres::Error,
-) -> EndpointError {
-    let missing_object = e
-        .code()
-        .is_some_and(|c| *c == SqlState::UNDEFINED_TABLE || *c == SqlState::INVALID_SCHEMA_NAME);
-    EndpointError::Query {
-        side,
-        what,
-        retryable: is_retryable(&e),
-        missing_object,
-        // SQLSTATE classes 22 (data exception) and 23 (integrity
-        // constraint violation).
-        refused_row: e
-            .code()
-            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
-        source: Box::new(DbFailure::from(&e)),
-    }
-}
-
-fn is_retryable(e: &tokio_postgres::Error) -> bool {
-    match e.code() {
-        Some(code) => {
-            *code == SqlState::T_R_SERIALIZATION_FAILURE
-                || *code == SqlState::T_R_DEADLOCK_DETECTED
-                || *code == SqlState::ADMIN_SHUTDOWN
-                || *code == SqlState::CANNOT_CONNECT_NOW
-        }
-        None => e.is_closed(),
-    }
-}
-
 impl PgEndpoint {
-    /// Connects (checking the server answers and the login works) and
-    /// builds the pool.
-    pub async fn connect(
-        side: &'static str,
-        conn: &Connection,
-        state_schema: &str,
-    ) -> Result<PgEndpoint> {
-        let mut config: Config = conn.url.parse().map_err(|e| EndpointError::Connect {
-            side,
-            target: conn.url.clone(),
-            reason: "the url is not a valid PostgreSQL url".into(),
-            source: Some(Box::new(DbFailure::from(&e))),
-        })?;
-        if let Some(pw) = &conn.password {
-            config.password(pw.expose_secret());
-        }
-        config.application_name("crmsync");
-        config.options(format!("-c TimeZone={}", conn.timezone.name()));
-        config.connect_timeout(Duration::from_secs(10));
-        config.ssl_mode(tls::ssl_mode(conn.tls));
-        let target = describe(&config);
-        let connector = tls::connector(conn).map_err(|reason| EndpointError::Connect {
-            side,
-            target: target.clone(),
-            reason,
-            source: None,
-        })?;
-        // One direct connection first, so that a failure says why.
-        match config.connect(connector.clone()).await {
-            Ok((client, connection)) => {
-                drop(client);
-                let _ = connection.await;
-            }
-            Err(e) => {
-                let server_says = e
-                    .as_db_error()
-                    .map(|d| d.message().to_string())
-                    .unwrap_or_default();
-                let reason = match e.code() {
-                    // pg_hba.conf's `cert` method, or `clientcert=`.
-                    Some(c)
-                        if *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
-                            && server_says.contains("certificate") =>
-                    {
-                        match &conn.tls_client {
-                            None => "the server logs this user in by TLS client certificate: \
-                                     set tls_cert_file and tls_key_file (and tls = \"require\")"
-                                .to_string(),
-                            Some(c) => format!(
-                                "the server did not accept the client certificate in \
-                                 tls_cert_file {}: its common name must be the user in the \
-                                 url (or mapped to it in pg_ident.conf), and its CA in the \
-                                 server's ssl_ca_file",
-                                c.cert_path.display()
-                            ),
-                        }
-                    }
-                    Some(c)
-                        if *c == SqlState::INVALID_PASSWORD
-                            || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
-                    {
-                        "login failed: check the user in the url and the password \
-                         (password_env / password_file)"
-                            .to_string()
-                    }
-                    Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
-                        "the database in the url does not exist".to_string()
-                    }
-                    _ => tls::explain(conn, &e).unwrap_or_else(|| {
-                        "check the host, port and that the server is running and reachable"
-                            .to_string()
-                    }),
-                };
-                return Err(EndpointError::Connect {
-                    side,
-                    target,
-                    reason,
-                    source: Some(Box::new(DbFailure::from(&e))),
-                });
-            }
-        }
-        let manager = PostgresConnectionManager::new(config.clone(), connector.clone());
-        let pool = Pool::builder()
-            .max_size(8)
-            .connection_timeout(Duration::from_secs(30))
-            .build(manager)
-            .await
-            .map_err(|e| EndpointError::Connect {
-                side,
-                target: target.clone(),
-                reason: "cannot open the connection pool".into(),
-                source: Some(Box::new(DbFailure::from(&e))),
-            })?;
-        Ok(PgEndpoint {
-            side,
-            config,
-            tls: connector,
-            pool,
-            target,
-            state_schema: state_schema.to_string(),
-            layouts: Default::default(),
-        })
+    /// The endpoint of a connected database (`PgDatabase::connect`).
+    pub fn new(db: PgDatabase) -> PgEndpoint {
+        PgEndpoint { db }
     }
 
     fn query_error(&self, what: impl Into<String>, e: tokio_postgres::Error) -> EndpointError {
-        query_failure(self.side, what.into(), e)
+        self.db.query_error(what, e)
     }
 
-    /// Runs a lookup of a list of keys (`column = ANY($n)`) with sequential
-    /// scans ruled out. A table that grew since its statistics were taken
-    /// (a backfill's target, a young links table) looks small to the
-    /// planner, which then scans all of it for every list of keys: the cost
-    /// grows with the table instead of with the list.
+    /// See [`PgDatabase::query_by_keys`].
     async fn query_by_keys(
         &self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
         what: &str,
     ) -> Result<Vec<tokio_postgres::Row>> {
-        let mut conn = self.conn().await?;
-        let fail = |e| self.query_error(what.to_string(), e);
-        let tx = conn.transaction().await.map_err(fail)?;
-        tx.batch_execute("SET LOCAL enable_seqscan = off")
-            .await
-            .map_err(fail)?;
-        let rows = tx.query(sql, params).await.map_err(fail)?;
-        tx.commit().await.map_err(fail)?;
-        Ok(rows)
+        self.db.query_by_keys(sql, params, what).await
     }
 
-    async fn conn(
-        &self,
-    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<tls::Connector>>> {
-        self.pool.get().await.map_err(|e| EndpointError::Query {
-            side: self.side,
-            what: "getting a connection from the pool".into(),
-            retryable: true,
-            missing_object: false,
-            refused_row: false,
-            source: Box::new(e),
-        })
+    async fn conn(&self) -> Result<connect::Pooled<'_>> {
+        self.db.conn().await
     }
 
     /// Runs a batch's updates in `tx`: each distinct statement shape is
@@ -336,23 +127,6 @@ impl PgEndpoint {
             .map(|f| format!(" AND ({f})"))
             .unwrap_or_default()
     }
-}
-
-fn describe(config: &Config) -> String {
-    let host = config
-        .get_hosts()
-        .first()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(s) => s.clone(),
-            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-        })
-        .unwrap_or_else(|| "localhost".into());
-    let port = config.get_ports().first().copied().unwrap_or(5432);
-    format!(
-        "postgres://{}@{host}:{port}/{}",
-        config.get_user().unwrap_or(""),
-        config.get_dbname().unwrap_or("")
-    )
 }
 
 fn rows_to_values(
@@ -430,7 +204,7 @@ fn refs(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 #[async_trait]
 impl Endpoint for PgEndpoint {
     fn describe(&self) -> String {
-        self.target.clone()
+        self.db.target().to_string()
     }
 
     fn bulk(&self) -> Option<&dyn super::bulk::Bulk> {
@@ -829,7 +603,7 @@ impl Endpoint for PgEndpoint {
         }
         if let Some(links) = links {
             let resolved = resolve_links(links, &inserted_keys);
-            state::write_links_in(&tx, &resolved)
+            crate::state::postgres::write_links_in(&tx, &resolved)
                 .await
                 .map_err(|e| self.query_error("writing links", e))?;
         }

@@ -1,0 +1,97 @@
+//! What `crmsync status` shows, read from the state schema.
+
+use super::{from_json, PgStore};
+use crate::endpoint::EndpointError;
+use crate::state::{EntityCounts, RunInfo, Status, WatermarkInfo};
+use std::collections::HashMap;
+
+/// Watermarks, counts by entity and each command's last run.
+pub(super) async fn read(store: &PgStore) -> Result<Status, EndpointError> {
+    let conn = store.conn().await?;
+    let s = store.s();
+    let wms = conn
+        .query(
+            &format!("SELECT entity, side, ts, key, updated_at FROM {s}.watermarks ORDER BY entity, side"),
+            &[],
+        )
+        .await
+        .map_err(|e| store.state_error("reading watermarks", e))?;
+    let mut watermarks = Vec::new();
+    for r in wms {
+        let ts = from_json(r.get(2))?;
+        watermarks.push(WatermarkInfo {
+            entity: r.get(0),
+            side: r.get(1),
+            ts: ts.display(),
+            ts_value: ts,
+            key: from_json(r.get(3))?.display(),
+            updated_at: r.get(4),
+        });
+    }
+    let counts = conn
+        .query(
+            &format!(
+                "WITH e AS (SELECT entity FROM {s}.runs UNION SELECT entity FROM {s}.links) \
+                 SELECT e.entity, \
+                   (SELECT count(*) FROM {s}.links l WHERE l.entity = e.entity AND NOT l.deleted), \
+                   (SELECT count(*) FROM {s}.rejects r WHERE r.entity = e.entity AND r.resolved_at IS NULL), \
+                   (SELECT count(*) FROM {s}.conflicts c WHERE c.entity = e.entity AND c.resolved_at IS NULL) \
+                 FROM e ORDER BY e.entity"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| store.state_error("counting links", e))?
+        .into_iter()
+        .map(|r| EntityCounts {
+            entity: r.get(0),
+            links: r.get(1),
+            open_rejects: r.get(2),
+            open_conflicts: r.get(3),
+            deletes_checked_at: None,
+        })
+        .collect::<Vec<_>>();
+    // A state schema older than 5 has no such table: none is shown.
+    let checked: HashMap<String, chrono::DateTime<chrono::Utc>> = conn
+        .query(
+            &format!("SELECT entity, checked_at FROM {s}.deletes_checked"),
+            &[],
+        )
+        .await
+        .map(|rows| rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        .unwrap_or_default();
+    let counts = counts
+        .into_iter()
+        .map(|c| EntityCounts {
+            deletes_checked_at: checked.get(&c.entity).copied(),
+            ..c
+        })
+        .collect();
+    let last_runs = conn
+        .query(
+            &format!(
+                "SELECT DISTINCT ON (entity, command) run_id, entity, command, started_at, \
+                        finished_at, outcome, summary \
+                 FROM {s}.runs ORDER BY entity, command, run_id DESC"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| store.state_error("reading runs", e))?
+        .into_iter()
+        .map(|r| RunInfo {
+            id: r.get(0),
+            entity: r.get(1),
+            command: r.get(2),
+            started_at: r.get(3),
+            finished_at: r.get(4),
+            outcome: r.get(5),
+            summary: r.get(6),
+        })
+        .collect();
+    Ok(Status {
+        watermarks,
+        counts,
+        last_runs,
+    })
+}
