@@ -77,6 +77,31 @@ pub struct LinkBatch {
     pub links: Vec<LinkWrite>,
 }
 
+impl LinkBatch {
+    /// These links with `KeyRef::Inserted(i)` replaced by the key the i-th
+    /// insert got.
+    pub fn resolved(&self, inserted: &[Value]) -> LinkBatch {
+        let fix = |k: &KeyRef| match k {
+            KeyRef::Inserted(i) => KeyRef::Known(inserted[*i].key_string()),
+            known => known.clone(),
+        };
+        LinkBatch {
+            schema: self.schema.clone(),
+            entity: self.entity.clone(),
+            links: self
+                .links
+                .iter()
+                .map(|l| LinkWrite {
+                    crm_key: fix(&l.crm_key),
+                    external_key: fix(&l.external_key),
+                    shadow: l.shadow.clone(),
+                    deleted: l.deleted,
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Held for the whole run; dropping it releases the lock.
 pub struct LockGuard(pub Box<dyn HeldLock>);
 

@@ -620,7 +620,7 @@ impl Bulk for PgEndpoint {
         let keys = self.insert_chunk(&tx, chunk).await?;
         tracing::debug!("chunk: {} rows copied in {:?}", keys.len(), t.elapsed());
         if let Some(links) = &chunk.links {
-            let resolved = super::resolve_links(links, &keys);
+            let resolved = links.resolved(&keys);
             write_links_in(&tx, &resolved)
                 .await
                 .map_err(|e| self.query_error("writing links", e))?;

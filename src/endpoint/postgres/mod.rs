@@ -9,7 +9,7 @@ mod tls;
 pub mod types;
 
 use super::{Applied, Assign, Endpoint, EndpointError, Lower, Result, Scan, TableInfo, WriteBatch};
-use crate::state::{KeyRef, LinkBatch};
+use crate::state::LinkBatch;
 use crate::value::{floor_to_precision, SqlType, Value};
 use async_trait::async_trait;
 use futures_util::future::try_join_all;
@@ -602,7 +602,7 @@ impl Endpoint for PgEndpoint {
                 .map_err(|e| self.query_error(format!("deleting from {table}"), e))?;
         }
         if let Some(links) = links {
-            let resolved = resolve_links(links, &inserted_keys);
+            let resolved = links.resolved(&inserted_keys);
             crate::state::postgres::write_links_in(&tx, &resolved)
                 .await
                 .map_err(|e| self.query_error("writing links", e))?;
@@ -611,27 +611,5 @@ impl Endpoint for PgEndpoint {
             .await
             .map_err(|e| self.query_error(format!("committing writes to {table}"), e))?;
         Ok(Applied { inserted_keys })
-    }
-}
-
-/// Replaces `KeyRef::Inserted` with the keys the inserts got.
-pub(crate) fn resolve_links(links: &LinkBatch, inserted: &[Value]) -> LinkBatch {
-    let fix = |k: &KeyRef| match k {
-        KeyRef::Inserted(i) => KeyRef::Known(inserted[*i].key_string()),
-        known => known.clone(),
-    };
-    LinkBatch {
-        schema: links.schema.clone(),
-        entity: links.entity.clone(),
-        links: links
-            .links
-            .iter()
-            .map(|l| crate::state::LinkWrite {
-                crm_key: fix(&l.crm_key),
-                external_key: fix(&l.external_key),
-                shadow: l.shadow.clone(),
-                deleted: l.deleted,
-            })
-            .collect(),
     }
 }

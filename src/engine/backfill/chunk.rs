@@ -468,7 +468,7 @@ pub(super) async fn commit_chunk(
             None => None,
         };
         for b in [upsert, fresh].into_iter().flatten() {
-            let resolved = crate::endpoint::postgres::resolve_links(&b, &keys);
+            let resolved = b.resolved(&keys);
             state.write_links(&resolved).await?;
         }
         if let Some(cp) = cp {

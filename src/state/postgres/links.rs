@@ -229,12 +229,28 @@ pub(super) async fn register_layout(
     fields: &[String],
 ) -> Result<i32, EndpointError> {
     let mut conn = store.conn().await?;
+    let s = store.s();
+    let fields = fields.to_vec();
+    // A layout is registered once and then only looked up: one query on
+    // every run but the first.
+    let known: Option<i32> = conn
+        .query_opt(
+            &format!("SELECT layout FROM {s}.shadow_layouts WHERE entity = $1 AND fields = $2"),
+            &[&entity, &fields],
+        )
+        .await
+        .map_err(|e| store.state_error("looking up a shadow layout", e))?
+        .map(|r| r.get(0));
+    if let Some(layout) = known {
+        if let Ok(mut m) = store.layouts.lock() {
+            m.insert((entity.to_string(), layout), std::sync::Arc::new(fields));
+        }
+        return Ok(layout);
+    }
     let tx = conn
         .transaction()
         .await
         .map_err(|e| store.state_error("starting a transaction", e))?;
-    let s = store.s();
-    let fields = fields.to_vec();
     tx.execute(
         "SELECT pg_advisory_xact_lock(hashtext('crmsync-layout'), hashtext($1))",
         &[&entity],
