@@ -175,6 +175,13 @@ pub enum LoadError {
     Parse { file: PathBuf, message: String },
 }
 
+impl LoadError {
+    /// A config file that cannot be read or parsed is bad usage.
+    pub fn exit_code(&self) -> i32 {
+        crate::exit::BAD_CONFIG
+    }
+}
+
 /// Reads and parses `file`. Unknown keys are errors: a typo must never be
 /// silently ignored.
 pub fn load(file: &Path) -> Result<RawConfig, LoadError> {

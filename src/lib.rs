@@ -27,25 +27,32 @@ pub mod exit {
     pub const UNFINISHED: i32 = 3;
 }
 
-/// The exit code for a failed command.
+/// The exit code for a failed command: that of the first error in its
+/// chain that knows its own, else a runtime failure.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
-    let config_error = err.chain().any(|c| {
-        c.is::<config::LoadError>()
-            || c.is::<plan::ConfigErrors>()
-            || c.is::<schema::SchemaMismatch>()
-            || c.is::<engine::BackfillError>()
-            || matches!(
-                c.downcast_ref::<engine::EngineError>(),
-                Some(engine::EngineError::Bind(schema::BindError::Mismatch(_)))
-                    | Some(engine::EngineError::StateNotPostgres { .. })
-                    | Some(engine::EngineError::Resolve(
-                        engine::ResolveError::Unknown(_) | engine::ResolveError::Closed(..)
-                    ))
-            )
-    });
-    if config_error {
-        exit::BAD_CONFIG
+    err.chain()
+        .find_map(known_exit_code)
+        .unwrap_or(exit::FAILED)
+}
+
+/// The exit code `e` gives, if it is one of crmsync's error types.
+fn known_exit_code(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    if let Some(e) = e.downcast_ref::<engine::EngineError>() {
+        Some(e.exit_code())
+    } else if let Some(e) = e.downcast_ref::<endpoint::EndpointError>() {
+        Some(e.exit_code())
+    } else if let Some(e) = e.downcast_ref::<config::LoadError>() {
+        Some(e.exit_code())
+    } else if let Some(e) = e.downcast_ref::<plan::ConfigErrors>() {
+        Some(e.exit_code())
+    } else if let Some(e) = e.downcast_ref::<schema::SchemaMismatch>() {
+        Some(e.exit_code())
+    } else if let Some(e) = e.downcast_ref::<schema::BindError>() {
+        Some(e.exit_code())
+    } else if let Some(e) = e.downcast_ref::<engine::ResolveError>() {
+        Some(e.exit_code())
     } else {
-        exit::FAILED
+        e.downcast_ref::<engine::BackfillError>()
+            .map(engine::BackfillError::exit_code)
     }
 }

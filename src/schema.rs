@@ -779,6 +779,22 @@ pub enum BindError {
     Endpoint(#[from] EndpointError),
 }
 
+impl SchemaMismatch {
+    /// The configuration does not fit: bad configuration.
+    pub fn exit_code(&self) -> i32 {
+        crate::exit::BAD_CONFIG
+    }
+}
+
+impl BindError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            BindError::Mismatch(e) => e.exit_code(),
+            BindError::Endpoint(e) => e.exit_code(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

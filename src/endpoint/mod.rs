@@ -232,6 +232,12 @@ impl EndpointError {
         )
     }
 
+    /// A database that cannot be reached, queried or read is a runtime
+    /// failure; a rerun is safe.
+    pub fn exit_code(&self) -> i32 {
+        crate::exit::FAILED
+    }
+
     pub fn is_retryable(&self) -> bool {
         match self {
             EndpointError::Query { retryable, .. } => *retryable,

@@ -5,7 +5,7 @@
 use super::mapping::{canonical_to_crm, crm_to_canonical, external_to_canonical};
 use super::{Engine, EngineError};
 use crate::crm::write as crm_write;
-use crate::endpoint::{Assign, EndpointError, Update, WriteBatch};
+use crate::endpoint::{Assign, Update, WriteBatch};
 use crate::plan::Side;
 use crate::state::{ConflictInfo, LinkBatch, LinkWrite};
 use crate::value::Value;
@@ -19,6 +19,24 @@ pub enum ResolveError {
     Closed(i64, String),
     #[error("conflict {id}: {what}")]
     Gone { id: i64, what: String },
+    /// A key of the conflict's link does not fit its entity's key column.
+    #[error("conflict {id}: key {key:?}: {reason}")]
+    BadKey {
+        id: i64,
+        key: String,
+        reason: String,
+    },
+}
+
+impl ResolveError {
+    /// Asking for a conflict that does not exist or is already resolved
+    /// is bad usage; the rest are runtime failures.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ResolveError::Unknown(_) | ResolveError::Closed(..) => crate::exit::BAD_CONFIG,
+            ResolveError::Gone { .. } | ResolveError::BadKey { .. } => crate::exit::FAILED,
+        }
+    }
 }
 
 impl Engine {
@@ -57,10 +75,10 @@ impl Engine {
             .await?
             .remove(&c.record.crm_key)
             .ok_or_else(|| gone("the pair is no longer linked".into()))?;
-        let key_err = |k: &str, err| {
-            EngineError::Endpoint(EndpointError::Schema(format!(
-                "conflict {id}: key {k:?}: {err}"
-            )))
+        let key_err = |k: &str, err: crate::value::CoerceError| ResolveError::BadKey {
+            id,
+            key: k.to_string(),
+            reason: err.to_string(),
         };
         let crm_key = Value::from_key_string(&link.crm_key, &e.crm_key.ty)
             .map_err(|x| key_err(&link.crm_key, x))?;

@@ -61,6 +61,75 @@ pub enum EngineError {
          to the PostgreSQL side"
     )]
     StateNotPostgres { side: &'static str },
+    #[error(transparent)]
+    Backfill(#[from] BackfillError),
+    /// A link in the state store holds a key its entity's key column
+    /// cannot take.
+    #[error(
+        "entity {entity:?}: a link holds key {key:?}, which does not fit the key column: {reason}"
+    )]
+    BadLink {
+        entity: String,
+        key: String,
+        reason: String,
+    },
+    /// The link of a CRM row holds an external key the external key
+    /// column cannot take.
+    #[error("entity {entity:?}: link of CRM row {crm_key}: {reason}")]
+    BadLinkOfRow {
+        entity: String,
+        crm_key: String,
+        reason: String,
+    },
+    /// A key does not fit the column that is to hold it (the CRM link
+    /// column, or external_crm_id_column); `key` and `column` say which.
+    #[error(
+        "entity {entity:?}: {key} does not fit {column}: {reason}{}",
+        widen_hint(.widen)
+    )]
+    KeyDoesNotFit {
+        entity: String,
+        column: String,
+        key: String,
+        reason: String,
+        /// Whether the message ends with the advice to widen the column.
+        widen: bool,
+    },
+    /// A `match_on` column of the bound entity is not in its table.
+    #[error("entity {entity:?}: match_on column {column} is gone")]
+    MatchColumnGone { entity: String, column: String },
+    /// An invariant of the engine itself does not hold.
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn widen_hint(widen: &bool) -> &'static str {
+    if *widen {
+        "; widen the column (crmsync check compares the two types)"
+    } else {
+        ""
+    }
+}
+
+impl EngineError {
+    /// The exit code of a run that ends with this error: bad usage,
+    /// configuration or schema, or a runtime failure.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            EngineError::Endpoint(e) => e.exit_code(),
+            EngineError::Bind(e) => e.exit_code(),
+            EngineError::Resolve(e) => e.exit_code(),
+            EngineError::Backfill(e) => e.exit_code(),
+            EngineError::StateNotPostgres { .. } => crate::exit::BAD_CONFIG,
+            EngineError::Busy { .. }
+            | EngineError::Fail { .. }
+            | EngineError::BadLink { .. }
+            | EngineError::BadLinkOfRow { .. }
+            | EngineError::KeyDoesNotFit { .. }
+            | EngineError::MatchColumnGone { .. }
+            | EngineError::Internal(_) => crate::exit::FAILED,
+        }
+    }
 }
 
 /// One sample action, shown by `plan`.
@@ -482,6 +551,46 @@ mod tests {
             key: Value::Int(key),
             read_at: None,
         }
+    }
+
+    #[test]
+    fn engine_errors_keep_their_messages_and_codes() {
+        let fit = |widen| EngineError::KeyDoesNotFit {
+            entity: "company".into(),
+            column: "external_crm_id_column crm_id".into(),
+            key: "CRM id 7".into(),
+            reason: "out of range".into(),
+            widen,
+        };
+        assert_eq!(
+            fit(false).to_string(),
+            "entity \"company\": CRM id 7 does not fit external_crm_id_column crm_id: out of range"
+        );
+        assert_eq!(
+            fit(true).to_string(),
+            "entity \"company\": CRM id 7 does not fit external_crm_id_column crm_id: out of range; \
+             widen the column (crmsync check compares the two types)"
+        );
+        assert_eq!(fit(true).exit_code(), crate::exit::FAILED);
+        let wrong = EngineError::from(BackfillError::WrongDirection {
+            entity: "company".into(),
+            direction: "crm_to_external",
+            actual: "ExternalToCrm".into(),
+        });
+        assert_eq!(wrong.exit_code(), crate::exit::BAD_CONFIG);
+        assert_eq!(
+            crate::exit_code(&anyhow::Error::from(wrong)),
+            crate::exit::BAD_CONFIG
+        );
+        let unknown = EngineError::from(ResolveError::Unknown(3));
+        assert_eq!(crate::exit_code(&unknown.into()), crate::exit::BAD_CONFIG);
+        let bad_key = EngineError::from(ResolveError::BadKey {
+            id: 3,
+            key: "x".into(),
+            reason: "not a number".into(),
+        });
+        assert_eq!(bad_key.to_string(), "conflict 3: key \"x\": not a number");
+        assert_eq!(crate::exit_code(&bad_key.into()), crate::exit::FAILED);
     }
 
     #[test]

@@ -17,6 +17,13 @@ pub struct ConfigErrors {
     pub problems: Vec<String>,
 }
 
+impl ConfigErrors {
+    /// Bad configuration.
+    pub fn exit_code(&self) -> i32 {
+        crate::exit::BAD_CONFIG
+    }
+}
+
 impl fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.problems.len();

@@ -4,7 +4,7 @@
 //! the rest inserted, and the chunk committed with its links and checkpoint.
 
 use super::raw::{lookup_rows, raw_row, raw_values, RawRow};
-use super::{schema_error, settle, BackfillReport, Chunk, ChunkCtx, Prepared};
+use super::{settle, BackfillReport, Chunk, ChunkCtx, Prepared};
 use crate::endpoint::bulk::{
     Cell, CheckpointWrite, ChunkWrite, FreshLink, FreshLinks, RawInserts, Rows, Turn,
 };
@@ -111,10 +111,11 @@ pub(super) async fn prepare_chunk(
                 }
                 let key =
                     Value::from_key_string(&l.external_key, &e.external_key.ty).map_err(|err| {
-                        schema_error(format!(
-                            "entity {:?}: link of CRM row {ks}: {err}",
-                            e.name()
-                        ))
+                        EngineError::BadLinkOfRow {
+                            entity: e.name().to_string(),
+                            crm_key: ks.to_string(),
+                            reason: err.to_string(),
+                        }
                     })?;
                 push_update(e, &mut updates, key, set);
                 report.updated += 1;
@@ -296,7 +297,7 @@ pub(super) async fn prepare_chunk(
             // Every candidate went through raw_row (a reject is none).
             let RawRow { mut cells, shadow } =
                 ready.get_mut(c.row).and_then(Option::take).ok_or_else(|| {
-                    schema_error(format!(
+                    EngineError::Internal(format!(
                         "internal error: CRM row {} of a raw chunk was not prepared",
                         c.key
                     ))
@@ -535,13 +536,12 @@ async fn name_crm_rows(
         else {
             continue;
         };
-        let v = v.map_err(|err| {
-            schema_error(format!(
-                "entity {:?}: external key {x:?} does not fit the CRM link column {}: {err}; \
-                 widen the column (crmsync check compares the two types)",
-                e.name(),
-                lc.name
-            ))
+        let v = v.map_err(|err| EngineError::KeyDoesNotFit {
+            entity: e.name().to_string(),
+            column: format!("the CRM link column {}", lc.name),
+            key: format!("external key {x:?}"),
+            reason: err.to_string(),
+            widen: true,
         })?;
         batch.updates.push(Update {
             key,
@@ -645,7 +645,7 @@ async fn match_rows(
         .external_table
         .column(first_ext)
         .map(|c| c.ty.clone())
-        .map_err(|_| schema_error(format!("match_on column {first_ext} is gone")))?;
+        .map_err(|_| EngineError::Internal(format!("match_on column {first_ext} is gone")))?;
     let firsts: Vec<Value> = rest
         .iter()
         .filter(|c| !rows[c.row][crm_pos[0]].is_null())

@@ -1,7 +1,6 @@
 //! The columns of a CRM → external bulk backfill: what it reads from the
 //! CRM, what it looks existing external rows up by, and what it inserts.
 
-use super::schema_error;
 use crate::endpoint::Scan;
 use crate::engine::mapping::{Layout, Values};
 use crate::engine::{Engine, EngineError};
@@ -80,18 +79,20 @@ pub(super) fn crm_columns(e: &BoundEntity) -> Result<CrmColumns, EngineError> {
     let link = e.crm_link.as_ref().map(|c| add(&mut scan, &c.name));
     let mut matches = Vec::new();
     for (c, x) in &e.plan.match_on {
-        let crm = e.crm_table.column(c).map_err(|_| {
-            schema_error(format!(
-                "entity {:?}: match_on column {c} is gone",
-                e.name()
-            ))
-        })?;
-        let ext = e.external_table.column(x).map_err(|_| {
-            schema_error(format!(
-                "entity {:?}: match_on column {x} is gone",
-                e.name()
-            ))
-        })?;
+        let crm = e
+            .crm_table
+            .column(c)
+            .map_err(|_| EngineError::MatchColumnGone {
+                entity: e.name().to_string(),
+                column: c.to_string(),
+            })?;
+        let ext = e
+            .external_table
+            .column(x)
+            .map_err(|_| EngineError::MatchColumnGone {
+                entity: e.name().to_string(),
+                column: x.to_string(),
+            })?;
         let pos = add(&mut scan, &crm.name.clone());
         matches.push((pos, ext.name.clone()));
     }
@@ -169,13 +170,12 @@ impl InsertShape {
                 .clone()
                 .coerce(&id.ty, None, false)
                 .map(Some)
-                .map_err(|err| {
-                    schema_error(format!(
-                        "entity {:?}: CRM id {} does not fit external_crm_id_column {}: {err}",
-                        e.name(),
-                        key.display(),
-                        id.name
-                    ))
+                .map_err(|err| EngineError::KeyDoesNotFit {
+                    entity: e.name().to_string(),
+                    column: format!("external_crm_id_column {}", id.name),
+                    key: format!("CRM id {}", key.display()),
+                    reason: err.to_string(),
+                    widen: false,
                 }),
             _ => Ok(None),
         }

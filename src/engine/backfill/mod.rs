@@ -81,6 +81,15 @@ pub enum BackfillError {
     },
 }
 
+impl BackfillError {
+    /// Each is bad usage of the command.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            BackfillError::WrongDirection { .. } => crate::exit::BAD_CONFIG,
+        }
+    }
+}
+
 /// What a backfill did to one entity (the `--report` carries it).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct BackfillReport {
@@ -114,17 +123,13 @@ pub struct BackfillReport {
     pub watermark: Option<String>,
 }
 
-fn schema_error(msg: String) -> EngineError {
-    EngineError::Endpoint(EndpointError::Schema(msg))
-}
-
 impl Engine {
     /// Backfills each selected entity.
     pub async fn backfill(
         &self,
         only: Option<&str>,
         opts: &BackfillOptions,
-    ) -> Result<Vec<BackfillReport>, anyhow::Error> {
+    ) -> Result<Vec<BackfillReport>, EngineError> {
         let (entities, _) = self.bind(only).await?;
         for e in &entities {
             let flows = match opts.direction {
@@ -161,9 +166,7 @@ impl Engine {
                     to_external(self, e, opts, run, &mut report).await
                 }
                 BackfillDirection::ExternalToCrm => {
-                    through_sync(self, e, Side::External, opts, run, &mut report)
-                        .await
-                        .map_err(anyhow::Error::from)
+                    through_sync(self, e, Side::External, opts, run, &mut report).await
                 }
             };
             let outcome = match &result {
@@ -375,7 +378,7 @@ async fn to_external(
     opts: &BackfillOptions,
     run: i64,
     report: &mut BackfillReport,
-) -> Result<(), anyhow::Error> {
+) -> Result<(), EngineError> {
     let started = Instant::now();
     let direction = opts.direction.as_str();
     let Some(ext_bulk) = engine.external.bulk() else {
@@ -384,7 +387,7 @@ async fn to_external(
              the rows are written through the sync's batched writes",
             e.name()
         );
-        return Ok(through_sync(engine, e, Side::Crm, opts, run, report).await?);
+        return through_sync(engine, e, Side::Crm, opts, run, report).await;
     };
     let ext_bulk: &dyn Bulk = ext_bulk;
     let crm_bulk = engine.crm.bulk_source();
@@ -538,9 +541,7 @@ async fn to_external(
     analyze(engine, e, ext_bulk, state_here).await?;
     report.linked = report.linked_by_link_column + report.linked_by_crm_id + report.linked_by_match;
     // The next sync starts where the snapshot began (minus its overlap).
-    finish(engine, e, Side::Crm, opts, checkpoint, started, report)
-        .await
-        .map_err(anyhow::Error::from)
+    finish(engine, e, Side::Crm, opts, checkpoint, started, report).await
 }
 
 /// Refreshes the statistics of the target table and of the links table,

@@ -16,7 +16,7 @@ mod write;
 use super::mapping::{external_to_canonical, map_crm_row, FieldProblem, Layout, Values};
 use super::merge::View;
 use super::{later, window, Engine, EngineError, EntityReport, Mode, StateView};
-use crate::endpoint::{EndpointError, Lower, Scan, WriteBatch};
+use crate::endpoint::{Lower, Scan, WriteBatch};
 use crate::plan::{ExternalDelete, Side};
 use crate::schema::BoundEntity;
 use crate::state::{ConflictRecord, LinkWrite, Watermark};
@@ -195,10 +195,11 @@ pub(super) fn is_deleted(v: Option<&Value>) -> bool {
 }
 
 fn bad_link(e: &BoundEntity, key: &str, err: impl std::fmt::Display) -> EngineError {
-    EngineError::Endpoint(EndpointError::Schema(format!(
-        "entity {:?}: a link holds key {key:?}, which does not fit the key column: {err}",
-        e.name()
-    )))
+    EngineError::BadLink {
+        entity: e.name().to_string(),
+        key: key.to_string(),
+        reason: err.to_string(),
+    }
 }
 
 /// Everything one page decided, to be written at the end.

@@ -5,7 +5,7 @@
 use super::matching::{MatchIndex, Matched};
 use super::{deleted_flag, Ctx, Row, Writes};
 use crate::crm::write as crm_write;
-use crate::endpoint::{Assign, EndpointError, Insert};
+use crate::endpoint::{Assign, Insert};
 use crate::engine::mapping::{canonical_to_crm, FieldProblem};
 use crate::engine::{EngineError, EntityReport, Sample};
 use crate::state::{Base, KeyRef, LinkWrite, Shadow};
@@ -163,12 +163,12 @@ impl Ctx<'_> {
             let id = crm_key
                 .clone()
                 .coerce(&id_col.ty, None, false)
-                .map_err(|err| {
-                    EngineError::Endpoint(EndpointError::Schema(format!(
-                        "entity {:?}: CRM id {ks} does not fit external_crm_id_column {}: {err}",
-                        e.name(),
-                        id_col.name
-                    )))
+                .map_err(|err| EngineError::KeyDoesNotFit {
+                    entity: e.name().to_string(),
+                    column: format!("external_crm_id_column {}", id_col.name),
+                    key: format!("CRM id {ks}"),
+                    reason: err.to_string(),
+                    widen: false,
                 })?;
             columns.push((id_col.name.clone(), Assign::Value(id)));
         }

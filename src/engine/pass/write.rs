@@ -2,7 +2,7 @@
 //! keys of new rows resolved into the links and the columns that name them.
 
 use super::{Ctx, Writes};
-use crate::endpoint::{Assign, EndpointError, Update, WriteBatch};
+use crate::endpoint::{Assign, Update, WriteBatch};
 use crate::engine::EngineError;
 use crate::plan::Side;
 use crate::schema::BoundEntity;
@@ -139,11 +139,13 @@ fn link_of(e: &BoundEntity, inserted: &Value) -> Result<Value, EngineError> {
     let ks = inserted.key_string();
     match e.link_value(&ks) {
         Some(Ok(v)) => Ok(v),
-        Some(Err(err)) => Err(EngineError::Endpoint(EndpointError::Schema(format!(
-            "entity {:?}: the new external key {ks:?} does not fit the CRM link column: {err}; \
-             widen the column (crmsync check compares the two types)",
-            e.name()
-        )))),
+        Some(Err(err)) => Err(EngineError::KeyDoesNotFit {
+            entity: e.name().to_string(),
+            column: "the CRM link column".to_string(),
+            key: format!("the new external key {ks:?}"),
+            reason: err.to_string(),
+            widen: true,
+        }),
         None => Ok(Value::Null),
     }
 }
@@ -162,14 +164,14 @@ fn crm_id_updates(
         .into_iter()
         .map(|(key, i)| {
             let ks = inserted[i].key_string();
-            let v = Value::from_key_string(&ks, &id.ty).map_err(|err| {
-                EngineError::Endpoint(EndpointError::Schema(format!(
-                    "entity {:?}: CRM id {ks} does not fit external_crm_id_column {}: {err}; \
-                     widen the column (crmsync check compares the two types)",
-                    e.name(),
-                    id.name
-                )))
-            })?;
+            let v =
+                Value::from_key_string(&ks, &id.ty).map_err(|err| EngineError::KeyDoesNotFit {
+                    entity: e.name().to_string(),
+                    column: format!("external_crm_id_column {}", id.name),
+                    key: format!("CRM id {ks}"),
+                    reason: err.to_string(),
+                    widen: true,
+                })?;
             Ok(Update {
                 key,
                 set: vec![(id.name.clone(), Assign::Value(v))],
