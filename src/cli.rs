@@ -416,15 +416,13 @@ async fn backfill(
 }
 
 async fn status(plan: Plan) -> anyhow::Result<i32> {
-    let not_postgres = || {
-        anyhow::anyhow!(
-            "[state] side = \"{}\" is a SQL Server database; crmsync keeps its state on \
-             PostgreSQL only: set side to the PostgreSQL side",
-            plan.state_side
-        )
+    // The plan refuses such a side already; a plan built by hand gets the
+    // engine's own error (and exit code).
+    let not_postgres = || crate::engine::EngineError::StateNotPostgres {
+        side: plan.state_side.as_str(),
     };
     if plan.connection(plan.state_side).kind != DbKind::Postgres {
-        return Err(not_postgres());
+        return Err(not_postgres().into());
     }
     let state_side = crate::connect::side(&plan, plan.state_side).await?;
     let store = state_side
