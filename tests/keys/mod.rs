@@ -16,6 +16,9 @@ pub enum KeyKind {
     UuidDefault,
     /// `'SUP-' || lpad(nextval(...), 6, '0')` into a varchar(12).
     Code,
+    /// The same code into a blank-padded char(12): the ERP's key reads
+    /// back padded.
+    CharCode,
 }
 
 impl KeyKind {
@@ -26,6 +29,9 @@ impl KeyKind {
             KeyKind::UuidDefault => "uuid PRIMARY KEY DEFAULT gen_random_uuid()",
             KeyKind::Code => {
                 "varchar(12) PRIMARY KEY DEFAULT 'SUP-' || lpad(nextval('erp.partner_code')::text, 6, '0')"
+            }
+            KeyKind::CharCode => {
+                "char(12) PRIMARY KEY DEFAULT 'SUP-' || lpad(nextval('erp.partner_code')::text, 6, '0')"
             }
         }
     }
@@ -76,6 +82,7 @@ side = "{state_side}"
 [defaults]
 batch_size = 50
 settle = "0s"
+max_delete_ratio = 1.0
 
 [[entity]]
 name = "partner"
@@ -295,6 +302,11 @@ async fn char_link_column_with_a_coded_text_key() {
 }
 
 #[tokio::test]
+async fn varchar_link_column_with_a_blank_padded_char_key() {
+    round_trip("varchar(40)", KeyKind::CharCode, "external").await;
+}
+
+#[tokio::test]
 async fn char_link_column_with_an_integer_key_and_the_state_in_crm() {
     round_trip("char(12)", KeyKind::BigintIdentity, "crm").await;
 }
@@ -490,4 +502,39 @@ async fn a_backfill_names_each_crm_row_it_links() {
     assert_named(&env, 8).await;
     let quiet = sync(&env).await;
     assert_eq!(quiet.changes(), 0, "{quiet:?}");
+}
+
+/// An ERP row deleted outright is found by comparing the links with the
+/// table's keys as text. A blank-padded key reads back without its blanks
+/// there, so the links must hold it that way too, or every link of the
+/// entity looks gone.
+#[tokio::test]
+async fn a_hard_deleted_row_with_a_blank_padded_key_is_the_only_one_gone() {
+    let env = keyed_env("varchar(40)", KeyKind::CharCode, "external").await;
+    let mut keys = Vec::new();
+    for name in ["One", "Two", "Three"] {
+        keys.push(ext_insert(&env, name).await);
+    }
+    let first = sync(&env).await;
+    assert_eq!(first.crm_inserted, 3, "{first:?}");
+    env.erp
+        .execute("DELETE FROM erp.partner WHERE partner_id = $1", &[&keys[1]])
+        .await
+        .unwrap();
+    crate::common::flush_statistics(&env.erp).await;
+    let after = sync(&env).await;
+    assert_eq!(
+        (after.crm_deleted, after.deletes_refused),
+        (1, 0),
+        "{after:?}"
+    );
+    let deleted: Vec<String> = env
+        .crm
+        .query("SELECT comp_name FROM company WHERE comp_deleted = 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(deleted, ["Two"]);
 }
