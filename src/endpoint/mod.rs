@@ -39,6 +39,19 @@ pub enum Lookup {
     Ambiguous(Vec<String>),
 }
 
+/// The `(min, max)` of a one-row `SELECT min(c), max(c)` result; `None`
+/// for an empty table.
+pub(crate) fn min_max(mut rows: Vec<Vec<Value>>) -> Option<(Value, Value)> {
+    match rows.pop() {
+        Some(mut r) if r.len() == 2 && !r[0].is_null() => {
+            let hi = r.pop()?;
+            let lo = r.pop()?;
+            Some((lo, hi))
+        }
+        _ => None,
+    }
+}
+
 impl TableInfo {
     pub fn qualified(&self) -> String {
         format!("{}.{}", self.schema, self.name)

@@ -56,13 +56,7 @@ impl Engine {
         let e = bound
             .first()
             .ok_or_else(|| gone(format!("entity {:?} is no longer configured", c.entity)))?;
-        let lock = self
-            .state
-            .lock(e.name())
-            .await?
-            .ok_or_else(|| EngineError::Busy {
-                entity: e.name().to_string(),
-            })?;
+        let lock = self.lock(e).await?;
         let (fi, f) = e
             .fields
             .iter()

@@ -204,6 +204,9 @@ pub struct Engine {
     pub crm: Arc<dyn Endpoint>,
     pub external: Arc<dyn Endpoint>,
     pub state: Arc<dyn StateStore>,
+    /// Shadow layout ids registered by this process, by entity: looked
+    /// up once, however many passes and pages write links.
+    layouts: std::sync::Mutex<HashMap<String, i32>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -241,7 +244,18 @@ impl Engine {
             crm: crm.endpoint,
             external: external.endpoint,
             state,
+            layouts: Default::default(),
         })
+    }
+
+    /// The run lock of `e`, or `Busy` when another run holds it.
+    async fn lock(&self, e: &BoundEntity) -> Result<crate::state::LockGuard, EngineError> {
+        self.state
+            .lock(e.name())
+            .await?
+            .ok_or_else(|| EngineError::Busy {
+                entity: e.name().to_string(),
+            })
     }
 
     /// The shadow layout of every field of `e`, registered in the state
@@ -252,10 +266,17 @@ impl Engine {
         writes: bool,
     ) -> Result<mapping::Layout, EndpointError> {
         let names: Vec<String> = e.fields.iter().map(|f| f.name.clone()).collect();
-        let id = if writes {
-            self.state.shadow_layout(e.name(), &names).await?
-        } else {
-            0
+        let known = || self.layouts.lock().ok()?.get(e.name()).copied();
+        let id = match known() {
+            Some(id) => id,
+            None if writes => {
+                let id = self.state.shadow_layout(e.name(), &names).await?;
+                if let Ok(mut m) = self.layouts.lock() {
+                    m.insert(e.name().to_string(), id);
+                }
+                id
+            }
+            None => 0,
         };
         Ok(mapping::Layout::new(e, id, (0..names.len()).collect()))
     }
@@ -299,16 +320,7 @@ impl Engine {
         mode: Mode,
     ) -> Result<EntityReport, EngineError> {
         let lock = match mode {
-            Mode::Apply => {
-                Some(
-                    self.state
-                        .lock(e.name())
-                        .await?
-                        .ok_or_else(|| EngineError::Busy {
-                            entity: e.name().to_string(),
-                        })?,
-                )
-            }
+            Mode::Apply => Some(self.lock(e).await?),
             Mode::DryRun => None,
         };
         let run = state.start_run(e.name(), mode).await?;

@@ -196,10 +196,7 @@ impl Engine {
     ) -> Result<VerifyReport, EngineError> {
         // Held while repairs are written, so no sync runs in between.
         let lock = if repair {
-            let guard = self.state.lock(e.name()).await?;
-            Some(guard.ok_or_else(|| EngineError::Busy {
-                entity: e.name().to_string(),
-            })?)
+            Some(self.lock(e).await?)
         } else {
             None
         };

@@ -518,17 +518,10 @@ impl Endpoint for MssqlEndpoint {
     ) -> Result<Option<(Value, Value)>> {
         let c = quote(column);
         let sql = format!("SELECT MIN({c}), MAX({c}) FROM {}", qualified(table));
-        let mut rows = self
+        let rows = self
             .rows(&sql, &[], &format!("reading the range of {column}"))
             .await?;
-        Ok(match rows.pop() {
-            Some(mut r) if r.len() == 2 && !r[0].is_null() => {
-                let hi = r.pop().unwrap_or(Value::Null);
-                let lo = r.pop().unwrap_or(Value::Null);
-                Some((lo, hi))
-            }
-            _ => None,
-        })
+        Ok(crate::endpoint::min_max(rows))
     }
 
     async fn filter_accepts(

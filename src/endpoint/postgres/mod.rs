@@ -494,16 +494,8 @@ impl Endpoint for PgEndpoint {
             .query(&sql, &[])
             .await
             .map_err(|e| self.query_error(format!("reading the range of {column}"), e))?;
-        let mut rows =
-            rows_to_values(rows).map_err(|e| self.query_error("decoding the range", e))?;
-        Ok(match rows.pop() {
-            Some(mut r) if r.len() == 2 && !r[0].is_null() => {
-                let hi = r.pop().unwrap_or(Value::Null);
-                let lo = r.pop().unwrap_or(Value::Null);
-                Some((lo, hi))
-            }
-            _ => None,
-        })
+        let rows = rows_to_values(rows).map_err(|e| self.query_error("decoding the range", e))?;
+        Ok(crate::endpoint::min_max(rows))
     }
 
     async fn filter_accepts(

@@ -148,13 +148,7 @@ impl Engine {
         self.state.migrate().await?;
         let mut out = Vec::new();
         for e in &entities {
-            let lock = self
-                .state
-                .lock(e.name())
-                .await?
-                .ok_or_else(|| EngineError::Busy {
-                    entity: e.name().to_string(),
-                })?;
+            let lock = self.lock(e).await?;
             let run = self.state.start_run(e.name(), "backfill").await?;
             let mut report = BackfillReport {
                 entity: e.name().to_string(),

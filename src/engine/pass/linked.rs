@@ -84,13 +84,7 @@ impl Ctx<'_> {
         let ext_view = self.ext_view(&ext_row);
         // A crash between the write of one side and the other leaves a
         // side not naming its counterpart: finish it.
-        let named = self.name_each_other(
-            &l.crm_key,
-            &l.external_key,
-            Some(&crm_row),
-            Some(&ext_row),
-            w,
-        );
+        let named = self.name_each_other(&l.crm_key, &l.external_key, &crm_row, &ext_row, w);
         if let Err(p) = named {
             return self.problem(&ks, p, w, report);
         }
@@ -299,8 +293,8 @@ impl Ctx<'_> {
         &self,
         crm_key: &str,
         ext_key: &str,
-        crm: &View,
-        ext: &View,
+        (crm_row, crm): (&Row<'_>, &View),
+        (ext_row, ext): (&Row<'_>, &View),
         w: &mut Writes,
         report: &mut EntityReport,
     ) -> Result<(), FieldProblem> {
@@ -313,28 +307,27 @@ impl Ctx<'_> {
         };
         let m = merge(self.e, &link, Some(crm), Some(ext), &HashSet::new());
         report.adopted += 1;
-        self.apply_merge(&link, m, "link", w, report)
+        self.apply_merge(&link, m, "link", w, report)?;
+        self.name_each_other(crm_key, ext_key, crm_row, ext_row, w)
     }
 
     /// Queues what a linked pair needs so that each side names the other:
     /// the CRM link column gets the external key, the external CRM-id
     /// column the CRM id, each in its own column's type, wherever the
     /// column exists, the entity writes into that side and the row read
-    /// (when there is one) does not hold it already.
+    /// does not hold it already.
     pub(super) fn name_each_other(
         &self,
         crm_key: &str,
         ext_key: &str,
-        crm_row: Option<&Row<'_>>,
-        ext_row: Option<&Row<'_>>,
+        crm_row: &Row<'_>,
+        ext_row: &Row<'_>,
         w: &mut Writes,
     ) -> Result<(), FieldProblem> {
         let e = self.e;
-        let holds = |row: Option<&Row<'_>>, column: &str, key: &str| {
-            row.is_some_and(|r| {
-                let v = r.get(column);
-                !v.is_null() && v.key_string() == key
-            })
+        let holds = |row: &Row<'_>, column: &str, key: &str| {
+            let v = row.get(column);
+            !v.is_null() && v.key_string() == key
         };
         if let Some(lc) = e.crm_link.as_ref().filter(|_| self.writes_crm()) {
             if !holds(crm_row, &lc.name, ext_key) {

@@ -72,11 +72,14 @@ impl Ctx<'_> {
                         };
                         let ext_view = self.ext_view(&ext_row);
                         let ext_key = x[0].key_string();
-                        let r = self
-                            .adopt(&ks, &ext_key, &view, &ext_view, w, report)
-                            .and_then(|()| {
-                                self.name_each_other(&ks, &ext_key, Some(row), Some(&ext_row), w)
-                            });
+                        let r = self.adopt(
+                            &ks,
+                            &ext_key,
+                            (row, &view),
+                            (&ext_row, &ext_view),
+                            w,
+                            report,
+                        );
                         r.or_else(|p| self.problem(&ks, p, w, report))
                     }
                     None => self.problem(
@@ -107,11 +110,14 @@ impl Ctx<'_> {
                     };
                     let ext_view = self.ext_view(&ext_row);
                     let ext_key = x[0].key_string();
-                    let r = self
-                        .adopt(&ks, &ext_key, &view, &ext_view, w, report)
-                        .and_then(|()| {
-                            self.name_each_other(&ks, &ext_key, Some(row), Some(&ext_row), w)
-                        });
+                    let r = self.adopt(
+                        &ks,
+                        &ext_key,
+                        (row, &view),
+                        (&ext_row, &ext_view),
+                        w,
+                        report,
+                    );
                     return r.or_else(|p| self.problem(&ks, p, w, report));
                 }
             }
@@ -128,11 +134,14 @@ impl Ctx<'_> {
                         scan: &x_scan,
                     };
                     let ext_view = self.ext_view(&ext_row);
-                    let r = self
-                        .adopt(&ks, &ext_key, &view, &ext_view, w, report)
-                        .and_then(|()| {
-                            self.name_each_other(&ks, &ext_key, Some(row), Some(&ext_row), w)
-                        });
+                    let r = self.adopt(
+                        &ks,
+                        &ext_key,
+                        (row, &view),
+                        (&ext_row, &ext_view),
+                        w,
+                        report,
+                    );
                     return r.or_else(|p| self.problem(&ks, p, w, report));
                 }
                 Matched::Ambiguous(why) => {
@@ -284,8 +293,7 @@ impl Ctx<'_> {
                         Err(p) => return self.problem(&ks, p, w, report),
                     };
                     let r = self
-                        .adopt(&crm_key, &ks, &crm_view, &ext_view, w, report)
-                        .and_then(|()| self.name_each_other(&crm_key, &ks, Some(&crm_row), Some(row), w));
+                        .adopt(&crm_key, &ks, (&crm_row, &crm_view), (row, &ext_view), w, report);
                     return r.or_else(|p| self.problem(&ks, p, w, report));
                 }
                 [] => {}
@@ -315,11 +323,14 @@ impl Ctx<'_> {
                         Ok((v, _)) => v,
                         Err(p) => return self.problem(&ks, p, w, report),
                     };
-                    let r = self
-                        .adopt(&crm_key, &ks, &crm_view, &ext_view, w, report)
-                        .and_then(|()| {
-                            self.name_each_other(&crm_key, &ks, Some(&crm_row), Some(row), w)
-                        });
+                    let r = self.adopt(
+                        &crm_key,
+                        &ks,
+                        (&crm_row, &crm_view),
+                        (row, &ext_view),
+                        w,
+                        report,
+                    );
                     return r.or_else(|p| self.problem(&ks, p, w, report));
                 }
                 Matched::Ambiguous(why) => {
