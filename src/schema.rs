@@ -65,13 +65,6 @@ impl BoundEntity {
         Some(Value::from_key_string(external_key, &c.ty))
     }
 
-    /// The external CRM-id column's value that names the CRM row with key
-    /// `crm_key`, in the column's own type; `None` without that column.
-    pub fn crm_id_value(&self, crm_key: &str) -> Option<Result<Value, CoerceError>> {
-        let c = self.external_crm_id.as_ref()?;
-        Some(Value::from_key_string(crm_key, &c.ty))
-    }
-
     /// The read of `side`: [`BoundEntity::crm_scan`] or
     /// [`BoundEntity::external_scan`].
     pub fn scan(&self, side: Side) -> Scan {
