@@ -787,8 +787,8 @@ external = "created"
     // own): the same digests of the same values, field by field.
     let shadows = |entity: &str| {
         format!(
-            "SELECT string_agg(crm_key || ' ' || encode(substr(shadow, 6), 'hex'), E'\\n' \
-                               ORDER BY crm_key::int) \
+            "SELECT string_agg(crmsync.key_text(crm_key) || ' ' || encode(substr(shadow, 6), 'hex'), \
+                               E'\\n' ORDER BY crm_key) \
              FROM crmsync.links WHERE entity = '{entity}'"
         )
     };
@@ -871,14 +871,15 @@ async fn backfill_into_a_filled_table_looks_chunks_up_by_index() {
         // Each chunk's lookups go through the indexes, whatever the
         // statistics say. The few whole-table scans left come before the
         // first chunk (creating and migrating the state schema, is the
-        // table empty, has the entity links): as many with 80 chunks as
-        // with 40.
+        // table empty, has the entity links; the migration that rewrites
+        // the links' keys reads the table once and once per index): as many
+        // with 80 chunks as with 40.
         let scanned = count(
             &s.erp,
             &format!("SELECT seq_scan FROM pg_stat_user_tables WHERE relname = '{table}'"),
         )
         .await;
-        assert!(scanned <= 9, "{table} scanned whole {scanned} times");
+        assert!(scanned <= 12, "{table} scanned whole {scanned} times");
     }
     // Nothing was linked before this run: no chunk looks its keys up in
     // the links table (one probe per key of every chunk before).

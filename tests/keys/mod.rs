@@ -438,11 +438,14 @@ async fn a_version_5_state_store_with_padded_keys_upgrades_and_syncs_on() {
     let beta = ext_insert(&env, "Beta").await;
     sync(&env).await;
     let named = assert_named(&env, 2).await;
-    // What version 5 wrote: JSON shadows by field, a time per link, keys
-    // as read from a blank-padding column.
+    // What version 5 wrote: keys as text, as read from a blank-padding
+    // column; JSON shadows by field, a time per link.
     env.erp
         .batch_execute(
-            "ALTER TABLE crmsync.links ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),
+            "ALTER TABLE crmsync.links
+                 ALTER COLUMN crm_key TYPE text COLLATE \"C\" USING crmsync.key_text(crm_key),
+                 ALTER COLUMN external_key TYPE text COLLATE \"C\" USING crmsync.key_text(external_key);
+             ALTER TABLE crmsync.links ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),
                  ALTER COLUMN shadow TYPE text USING '';
              UPDATE crmsync.links l SET external_key = rpad(l.external_key, 14),
                  shadow = json_build_object('comp_name', p.name, 'comp_phonenumber', p.phone)::text
@@ -465,13 +468,14 @@ async fn a_version_5_state_store_with_padded_keys_upgrades_and_syncs_on() {
         .erp
         .query_one(
             "SELECT (SELECT version FROM crmsync.schema_version), \
-                    (SELECT count(*) FROM crmsync.links WHERE external_key LIKE '% ')",
+                    (SELECT count(*) FROM crmsync.links \
+                      WHERE crmsync.key_text(external_key) LIKE '% ')",
             &[],
         )
         .await
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
-    assert_eq!((version, padded), (7, 0));
+    assert_eq!((version, padded), (crmsync::state::SCHEMA_VERSION, 0));
     assert_named(&env, 2).await;
     let quiet = sync(&env).await;
     assert_eq!(quiet.changes(), 0, "{quiet:?}");
@@ -537,4 +541,84 @@ async fn a_hard_deleted_row_with_a_blank_padded_key_is_the_only_one_gone() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(deleted, ["Two"]);
+}
+
+/// The links table's key form is made in two places: by crmsync, and by
+/// the state schema's SQL functions (the hard-delete check compares the
+/// external table's keys in it). Both make the same bytes for every kind
+/// of key, and `key_text` reads them back.
+#[tokio::test]
+async fn the_state_schema_stores_keys_in_the_same_form_crmsync_does() {
+    use crmsync::state::keys;
+    let env = keyed_env("varchar(40)", KeyKind::BigintIdentity, "external").await;
+    crm_insert(&env.crm, "Alpha", None, None).await;
+    sync(&env).await;
+    let mut samples: Vec<String> = [
+        "0",
+        "1",
+        "-1",
+        "255",
+        "256",
+        "-255",
+        "-256",
+        "-257",
+        "65535",
+        "65536",
+        "16777216",
+        "4294967295",
+        "4294967296",
+        "1099511627776",
+        "281474976710656",
+        "72057594037927936",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "9223372036854775808",
+        "-9223372036854775809",
+        "007",
+        "+7",
+        "-0",
+        "1.5",
+        "",
+        "SUP-000001",
+        "Société Générale",
+        "550e8400-e29b-41d4-a716-446655440000",
+        "550E8400-E29B-41D4-A716-446655440000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut x: i64 = 0x9E37_79B9_7F4A_7C15u64 as i64;
+    for _ in 0..200 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        samples.push((x >> (x as u64 % 60)).to_string());
+    }
+    let rows = env
+        .erp
+        .query(
+            "SELECT k, crmsync.key_bytes(k), crmsync.key_text(crmsync.key_bytes(k)) \
+               FROM unnest($1::text[]) AS k",
+            &[&samples],
+        )
+        .await
+        .unwrap();
+    for r in rows {
+        let k: String = r.get(0);
+        let sql: Vec<u8> = r.get(1);
+        assert_eq!(sql, keys::to_bytes(&k), "key {k:?}");
+        assert_eq!(r.get::<_, String>(2), k, "key {k:?} read back");
+    }
+    let (int, uuid): (Vec<u8>, Vec<u8>) = env
+        .erp
+        .query_one(
+            "SELECT crmsync.key_bytes(-70000::bigint), \
+                    crmsync.key_bytes('550e8400-e29b-41d4-a716-446655440000'::uuid)",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(int, keys::to_bytes("-70000"));
+    assert_eq!(uuid, keys::to_bytes("550e8400-e29b-41d4-a716-446655440000"));
 }

@@ -960,8 +960,8 @@ match_on = [{ crm = "Comp_Name", external = "name" }]"#,
     let acme_link: String = env
         .erp
         .query_one(
-            "SELECT l.crm_key FROM crmsync.links l JOIN erp.supplier s \
-               ON s.supplier_id::text = l.external_key WHERE s.name = 'Acme'",
+            "SELECT crmsync.key_text(l.crm_key) FROM crmsync.links l JOIN erp.supplier s \
+               ON s.supplier_id::text = crmsync.key_text(l.external_key) WHERE s.name = 'Acme'",
             &[],
         )
         .await

@@ -491,22 +491,27 @@ impl PgEndpoint {
         fresh: &FreshLinks,
         inserted: &[Value],
     ) -> Result<()> {
-        let ext_keys: Vec<String> = fresh
+        let keys: Vec<(Vec<u8>, Vec<u8>)> = fresh
             .links
             .iter()
-            .map(|l| inserted[l.insert].key_string())
+            .map(|l| {
+                (
+                    crate::state::keys::to_bytes(&l.crm_key),
+                    crate::state::keys::value_bytes(&inserted[l.insert]),
+                )
+            })
             .collect();
         let columns: Vec<String> = ["entity", "crm_key", "external_key", "shadow"]
             .iter()
             .map(|c| c.to_string())
             .collect();
-        let types = [Type::TEXT, Type::TEXT, Type::TEXT, Type::BYTEA];
+        let types = [Type::TEXT, Type::BYTEA, Type::BYTEA, Type::BYTEA];
         let target = format!("{}.links", quote(&fresh.schema));
         let entity = fresh.entity.as_str();
-        let iter = fresh.links.iter().zip(&ext_keys).map(|(l, x)| {
+        let iter = fresh.links.iter().zip(&keys).map(|(l, (c, x))| {
             vec![
                 &entity as &(dyn ToSql + Sync),
-                &l.crm_key as &(dyn ToSql + Sync),
+                c as &(dyn ToSql + Sync),
                 x as &(dyn ToSql + Sync),
                 &l.shadow as &(dyn ToSql + Sync),
             ]

@@ -7,8 +7,8 @@
 use super::{to_json, PgStore};
 use crate::endpoint::postgres::{qualified, quote};
 use crate::endpoint::EndpointError;
-use crate::state::{shadow, Base, Checkpoint, GoneLinks, KeyRef, Link, LinkBatch, Shadow};
-use crate::value::Value;
+use crate::state::{keys, shadow, Base, Checkpoint, GoneLinks, KeyRef, Link, LinkBatch, Shadow};
+use crate::value::{SqlType, Value};
 use std::collections::HashMap;
 use tokio_postgres::GenericClient;
 
@@ -26,7 +26,7 @@ pub(crate) async fn write_links_in<C: GenericClient>(
     let mut deleted = Vec::with_capacity(batch.links.len());
     for l in &batch.links {
         let known = |k: &KeyRef| match k {
-            KeyRef::Known(s) => s.clone(),
+            KeyRef::Known(s) => keys::to_bytes(s),
             KeyRef::Inserted(i) => unreachable!("link to insert {i} was not resolved"),
         };
         crm.push(known(&l.crm_key));
@@ -37,7 +37,7 @@ pub(crate) async fn write_links_in<C: GenericClient>(
     let s = quote(&batch.schema);
     let sql = format!(
         "INSERT INTO {s}.links AS l (entity, crm_key, external_key, shadow, deleted) \
-         SELECT $1, c, e, sh, d FROM unnest($2::text[], $3::text[], $4::bytea[], $5::bool[]) AS u(c, e, sh, d) \
+         SELECT $1, c, e, sh, d FROM unnest($2::bytea[], $3::bytea[], $4::bytea[], $5::bool[]) AS u(c, e, sh, d) \
          ON CONFLICT (entity, crm_key) DO UPDATE SET external_key = excluded.external_key, \
            shadow = excluded.shadow, deleted = excluded.deleted"
     );
@@ -100,17 +100,18 @@ pub(super) async fn by_column(
         store.s()
     );
     let what = format!("reading links (state store {})", store.schema);
+    let stored: Vec<Vec<u8>> = keys.iter().map(|k| keys::to_bytes(k)).collect();
     let rows = store
         .db
-        .query_by_keys(&sql, &[&entity, &keys], &what)
+        .query_by_keys(&sql, &[&entity, &stored], &what)
         .await?;
     let mut out = HashMap::with_capacity(rows.len());
     let mut layouts = HashMap::new();
     for r in rows {
         let shadow = read_shadow(store, entity, r.get(2), &mut layouts).await?;
         let link = Link {
-            crm_key: r.get(0),
-            external_key: r.get(1),
+            crm_key: stored_key(entity, r.get(0))?,
+            external_key: stored_key(entity, r.get(1))?,
             shadow,
             deleted: r.get(3),
         };
@@ -122,6 +123,15 @@ pub(super) async fn by_column(
         out.insert(k, link);
     }
     Ok(out)
+}
+
+/// A key as the links table stores it, in its canonical text.
+pub(super) fn stored_key(entity: &str, stored: &[u8]) -> Result<String, EndpointError> {
+    keys::from_bytes(stored).map_err(|e| {
+        EndpointError::Schema(format!(
+            "entity {entity:?}: {e} in the state store's links table"
+        ))
+    })
 }
 
 /// A stored shadow: sealed (see `state::shadow`), or, as stored
@@ -290,18 +300,24 @@ pub(super) async fn gone_from(
     table: &crate::endpoint::TableInfo,
     key: &str,
 ) -> Result<GoneLinks, EndpointError> {
-    // Keys compare as text, the form links store. A hash anti-join
-    // reads each side once; a merge join would sort the whole table's
-    // keys by their text first, twice as slow at a million rows. The
-    // plan's cost estimate calls for JIT compilation, which costs more
-    // than it saves here (0.53 s -> 0.42 s without, at a million).
+    // The external table's keys are compared in the links' stored form
+    // (see `state::keys`), made by the state schema's `key_bytes`. A hash
+    // anti-join reads each side once; a merge join would sort the whole
+    // table's keys first, twice as slow at a million rows. The plan's cost
+    // estimate calls for JIT compilation, which costs more than it saves
+    // here (0.53 s -> 0.42 s without, at a million).
+    let s = store.s();
+    let x = format!("x.{}", quote(key));
+    let stored = match table.columns.iter().find(|c| c.name == key).map(|c| &c.ty) {
+        Some(SqlType::Int { .. }) => format!("{s}.key_bytes({x}::bigint)"),
+        Some(SqlType::Uuid) => format!("{s}.key_bytes({x})"),
+        _ => format!("{s}.key_bytes({x}::text)"),
+    };
     let gone_sql = format!(
         "SELECT l.crm_key, l.external_key FROM {s}.links l \
          WHERE l.entity = $1 AND NOT l.deleted \
-           AND NOT EXISTS (SELECT 1 FROM {t} x WHERE x.{k}::text = l.external_key)",
-        s = store.s(),
+           AND NOT EXISTS (SELECT 1 FROM {t} x WHERE {stored} = l.external_key)",
         t = qualified(table),
-        k = quote(key),
     );
     let count_sql = format!(
         "SELECT count(*) FROM {}.links WHERE entity = $1 AND NOT deleted",
@@ -319,13 +335,13 @@ pub(super) async fn gone_from(
     tx.batch_execute("SET LOCAL enable_mergejoin = off; SET LOCAL jit = off")
         .await
         .map_err(fail)?;
-    let gone: Vec<(String, String)> = tx
+    let gone = tx
         .query(&gone_sql, &[&entity])
         .await
         .map_err(fail)?
         .into_iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+        .map(|r| Ok((stored_key(entity, r.get(0))?, stored_key(entity, r.get(1))?)))
+        .collect::<Result<Vec<(String, String)>, EndpointError>>()?;
     let live = if gone.is_empty() {
         0
     } else {

@@ -146,6 +146,15 @@ DROP FUNCTION pg_temp.crmsync_key(text);
 ALTER TABLE {s}.links ALTER COLUMN shadow TYPE bytea USING convert_to(shadow, 'UTF8'),
     DROP COLUMN updated_at;
 "#,
+    // Keys in their compact, ordered binary form (`state::keys`), made by
+    // SQL functions of the state schema that stay there for the
+    // hard-delete check and for anyone reading the links.
+    r#"
+{key_functions}
+ALTER TABLE {s}.links
+    ALTER COLUMN crm_key TYPE bytea USING {s}.key_bytes(crm_key::text),
+    ALTER COLUMN external_key TYPE bytea USING {s}.key_bytes(external_key::text);
+"#,
 ];
 
 /// The versions whose migration only rewrites existing rows.
@@ -187,6 +196,7 @@ pub(super) async fn run(store: &PgStore) -> Result<(), EndpointError> {
         if version == 0 && DATA_FIXES.contains(&(i + 1)) {
             continue;
         }
+        let m = m.replace("{key_functions}", crate::state::keys::SQL_FUNCTIONS);
         tx.batch_execute(&m.replace("{s}", &s)).await.map_err(|e| {
             store.state_error(
                 &format!("migrating the state schema to version {}", i + 1),

@@ -384,7 +384,14 @@ impl StateStore for PgStore {
             )
             .await
             .map_err(|e| self.state_error("reading links", e))?;
-        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+        rows.into_iter()
+            .map(|r| {
+                Ok((
+                    links::stored_key(entity, r.get(0))?,
+                    links::stored_key(entity, r.get(1))?,
+                ))
+            })
+            .collect()
     }
 
     async fn links_gone_from(
