@@ -110,7 +110,8 @@ pub struct CheckpointWrite {
 /// The link of the `insert`-th inserted row of a chunk, new for certain.
 #[derive(Debug, Clone)]
 pub struct FreshLink {
-    pub crm_key: String,
+    /// The CRM key in the links' stored form (`state::keys`).
+    pub crm_key: Vec<u8>,
     pub insert: usize,
     /// The sealed shadow.
     pub shadow: Vec<u8>,

@@ -42,26 +42,38 @@ fn live_sql(deleted: Option<&str>) -> String {
 /// system call; larger messages cost a fraction of that.
 const COPY_MESSAGE: usize = 256 * 1024;
 
+type EncodeError = Box<dyn std::error::Error + Sync + Send>;
+
 /// Appends one row in PostgreSQL's binary COPY format: the field count,
 /// then each field's length (-1 for NULL) and its binary value.
 fn encode_row(
     buf: &mut bytes::BytesMut,
     row: &[&(dyn ToSql + Sync)],
     types: &[Type],
-) -> std::result::Result<(), Box<dyn std::error::Error + Sync + Send>> {
+) -> std::result::Result<(), EncodeError> {
     if row.len() != types.len() {
         return Err(format!("{} values for {} columns", row.len(), types.len()).into());
     }
     buf.put_i16(i16::try_from(row.len())?);
     for (v, ty) in row.iter().zip(types) {
-        let at = buf.len();
-        buf.put_i32(0);
-        match v.to_sql_checked(ty, buf)? {
-            IsNull::Yes => buf[at..at + 4].copy_from_slice(&(-1i32).to_be_bytes()),
-            IsNull::No => {
-                let len = i32::try_from(buf.len() - at - 4)?;
-                buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-            }
+        encode_field(buf, *v, ty)?;
+    }
+    Ok(())
+}
+
+/// Appends one field: its length (-1 for NULL), then its binary value.
+fn encode_field(
+    buf: &mut bytes::BytesMut,
+    v: &(dyn ToSql + Sync),
+    ty: &Type,
+) -> std::result::Result<(), EncodeError> {
+    let at = buf.len();
+    buf.put_i32(0);
+    match v.to_sql_checked(ty, buf)? {
+        IsNull::Yes => buf[at..at + 4].copy_from_slice(&(-1i32).to_be_bytes()),
+        IsNull::No => {
+            let len = i32::try_from(buf.len() - at - 4)?;
+            buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
         }
     }
     Ok(())
@@ -193,6 +205,26 @@ impl PgEndpoint {
     where
         I: Iterator<Item = Vec<&'r (dyn ToSql + Sync)>> + Send,
     {
+        let mut rows = rows;
+        self.copy_with(tx, target, columns, |buf| match rows.next() {
+            None => Ok(false),
+            Some(row) => encode_row(buf, &row, types).map(|()| true),
+        })
+        .await
+    }
+
+    /// Copies the rows `encode` appends to the buffer, one per call,
+    /// until it says there are no more.
+    async fn copy_with<F>(
+        &self,
+        tx: &tokio_postgres::Transaction<'_>,
+        target: &str,
+        columns: &[String],
+        mut encode: F,
+    ) -> Result<()>
+    where
+        F: FnMut(&mut bytes::BytesMut) -> std::result::Result<bool, EncodeError> + Send,
+    {
         let cols: Vec<String> = columns.iter().map(|c| quote(c)).collect();
         let sink = tx
             .copy_in::<_, bytes::Bytes>(&format!(
@@ -207,9 +239,9 @@ impl PgEndpoint {
         buf.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
         buf.put_i32(0); // flags
         buf.put_i32(0); // header extension
-        for row in rows {
-            encode_row(&mut buf, &row, types)
-                .map_err(|e| EndpointError::Schema(format!("encoding a row for {target}: {e}")))?;
+        while encode(&mut buf)
+            .map_err(|e| EndpointError::Schema(format!("encoding a row for {target}: {e}")))?
+        {
             if buf.len() >= COPY_MESSAGE {
                 sink.send(buf.split().freeze()).await.map_err(failed)?;
             }
@@ -242,18 +274,27 @@ impl PgEndpoint {
         tx: &tokio_postgres::Transaction<'_>,
         chunk: &ChunkWrite,
     ) -> Result<Vec<Value>> {
-        let raw_cells = chunk.raw_inserts.as_ref().map(|r| r.sql_cells());
-        let n = match &raw_cells {
-            Some(c) => c.len(),
+        let n = match &chunk.raw_inserts {
+            Some(raw) => raw.rows.len(),
             None => chunk.inserts.len(),
         };
         if n == 0 {
             return Ok(Vec::new());
         }
-        let row = |i: usize| -> Vec<&(dyn ToSql + Sync)> {
-            match &raw_cells {
-                Some(c) => c[i].iter().map(|x| x as &(dyn ToSql + Sync)).collect(),
-                None => refs(&chunk.inserts[i]),
+        // Row `i`, then `extra` (the key drawn for it, or its place in the
+        // staging table) when given.
+        let encode = |buf: &mut bytes::BytesMut,
+                      i: usize,
+                      extra: Option<&Value>,
+                      types: &[Type]|
+         -> std::result::Result<(), EncodeError> {
+            match &chunk.raw_inserts {
+                Some(raw) => raw.encode(buf, i, extra, types),
+                None => {
+                    let mut row = refs(&chunk.inserts[i]);
+                    row.extend(extra.map(|x| x as &(dyn ToSql + Sync)));
+                    encode_row(buf, &row, types)
+                }
             }
         };
         let target = qualified(&chunk.table);
@@ -279,8 +320,16 @@ impl PgEndpoint {
                         .collect::<Result<Vec<_>>>()?,
                     None => chunk.inserts.iter().map(|r| r[pos].clone()).collect(),
                 };
-                self.copy_rows(tx, &target, &columns, &types, (0..n).map(row))
-                    .await?;
+                let mut i = 0;
+                self.copy_with(tx, &target, &columns, |buf| {
+                    if i == n {
+                        return Ok(false);
+                    }
+                    encode(buf, i, None, &types)?;
+                    i += 1;
+                    Ok(true)
+                })
+                .await?;
                 Ok(keys)
             }
             Keys::Sequence(seq) => {
@@ -296,12 +345,16 @@ impl PgEndpoint {
                     .map_err(|e| self.query_error(format!("drawing keys from {seq}"), e))?
                     .get(0);
                 let keys: Vec<Value> = keys.into_iter().map(Value::Int).collect();
-                let rows = keys.iter().enumerate().map(|(i, k)| {
-                    let mut v = row(i);
-                    v.push(k as &(dyn ToSql + Sync));
-                    v
-                });
-                self.copy_rows(tx, &target, &columns, &types, rows).await?;
+                let mut i = 0;
+                self.copy_with(tx, &target, &columns, |buf| {
+                    if i == n {
+                        return Ok(false);
+                    }
+                    encode(buf, i, Some(&keys[i]), &types)?;
+                    i += 1;
+                    Ok(true)
+                })
+                .await?;
                 Ok(keys)
             }
             Keys::Database => {
@@ -316,14 +369,16 @@ impl PgEndpoint {
                 .map_err(|e| self.query_error("creating the staging table", e))?;
                 columns.push("crmsync_ord".into());
                 types.push(Type::INT8);
-                let ords: Vec<Value> = (0..n as i64).map(Value::Int).collect();
-                let rows = ords.iter().enumerate().map(|(i, o)| {
-                    let mut v = row(i);
-                    v.push(o as &(dyn ToSql + Sync));
-                    v
-                });
-                self.copy_rows(tx, "crmsync_stage", &columns, &types, rows)
-                    .await?;
+                let mut i = 0;
+                self.copy_with(tx, "crmsync_stage", &columns, |buf| {
+                    if i == n {
+                        return Ok(false);
+                    }
+                    encode(buf, i, Some(&Value::Int(i as i64)), &types)?;
+                    i += 1;
+                    Ok(true)
+                })
+                .await?;
                 // Rows are inserted, and returned, in the SELECT's order.
                 let keys = tx
                     .query(
@@ -424,37 +479,6 @@ fn decode_cell(ty: &Type, raw: Option<&[u8]>) -> Result<Value> {
     .map_err(|e| EndpointError::Schema(format!("a {ty} value cannot be read: {e}")))
 }
 
-/// A cell to insert, encoded for COPY: raw bytes as they are, values by
-/// their type.
-#[derive(Debug)]
-enum CellSql<'a> {
-    Raw(Option<&'a [u8]>),
-    Value(&'a Value),
-}
-
-impl ToSql for CellSql<'_> {
-    fn to_sql(
-        &self,
-        ty: &Type,
-        out: &mut bytes::BytesMut,
-    ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        match self {
-            CellSql::Raw(None) => Ok(IsNull::Yes),
-            CellSql::Raw(Some(b)) => {
-                out.extend_from_slice(b);
-                Ok(IsNull::No)
-            }
-            CellSql::Value(v) => v.to_sql_checked(ty, out),
-        }
-    }
-
-    fn accepts(_: &Type) -> bool {
-        true
-    }
-
-    tokio_postgres::types::to_sql_checked!();
-}
-
 impl RawInserts {
     /// The value of a cell in a column of type `ty`.
     fn value(&self, cell: &Cell, ty: &Type) -> Result<Value> {
@@ -466,20 +490,37 @@ impl RawInserts {
         }
     }
 
-    fn sql_cells(&self) -> Vec<Vec<CellSql<'_>>> {
-        self.rows
-            .iter()
-            .map(|r| {
-                r.iter()
-                    .map(|c| match c {
-                        Cell::Null => CellSql::Raw(None),
-                        Cell::Raw(a, b) => CellSql::Raw(Some(&self.data[*a as usize..*b as usize])),
-                        Cell::Value(v) => CellSql::Value(v),
-                        Cell::Const(i) => CellSql::Value(&self.constants[*i]),
-                    })
-                    .collect()
-            })
-            .collect()
+    /// Appends row `i` in binary COPY form (see [`encode_row`]), then
+    /// `extra` when given: cells read raw go over as they came, without
+    /// being decoded.
+    fn encode(
+        &self,
+        buf: &mut bytes::BytesMut,
+        i: usize,
+        extra: Option<&Value>,
+        types: &[Type],
+    ) -> std::result::Result<(), EncodeError> {
+        let row = &self.rows[i];
+        let fields = row.len() + usize::from(extra.is_some());
+        if fields != types.len() {
+            return Err(format!("{fields} values for {} columns", types.len()).into());
+        }
+        buf.put_i16(i16::try_from(fields)?);
+        for (cell, ty) in row.iter().zip(types) {
+            match cell {
+                Cell::Null => buf.put_i32(-1),
+                Cell::Raw(a, b) => {
+                    buf.put_i32(i32::try_from(b - a)?);
+                    buf.extend_from_slice(&self.data[*a as usize..*b as usize]);
+                }
+                Cell::Value(v) => encode_field(buf, v, ty)?,
+                Cell::Const(c) => encode_field(buf, &self.constants[*c], ty)?,
+            }
+        }
+        if let Some(x) = extra {
+            encode_field(buf, x, &types[fields - 1])?;
+        }
+        Ok(())
     }
 }
 
@@ -491,15 +532,10 @@ impl PgEndpoint {
         fresh: &FreshLinks,
         inserted: &[Value],
     ) -> Result<()> {
-        let keys: Vec<(Vec<u8>, Vec<u8>)> = fresh
+        let ext_keys: Vec<Vec<u8>> = fresh
             .links
             .iter()
-            .map(|l| {
-                (
-                    crate::state::keys::to_bytes(&l.crm_key),
-                    crate::state::keys::value_bytes(&inserted[l.insert]),
-                )
-            })
+            .map(|l| crate::state::keys::value_bytes(&inserted[l.insert]))
             .collect();
         let columns: Vec<String> = ["entity", "crm_key", "external_key", "shadow"]
             .iter()
@@ -508,10 +544,10 @@ impl PgEndpoint {
         let types = [Type::TEXT, Type::BYTEA, Type::BYTEA, Type::BYTEA];
         let target = format!("{}.links", quote(&fresh.schema));
         let entity = fresh.entity.as_str();
-        let iter = fresh.links.iter().zip(&keys).map(|(l, (c, x))| {
+        let iter = fresh.links.iter().zip(&ext_keys).map(|(l, x)| {
             vec![
                 &entity as &(dyn ToSql + Sync),
-                c as &(dyn ToSql + Sync),
+                &l.crm_key as &(dyn ToSql + Sync),
                 x as &(dyn ToSql + Sync),
                 &l.shadow as &(dyn ToSql + Sync),
             ]

@@ -13,7 +13,7 @@ use crate::engine::mapping::{external_to_canonical, map_crm_values, FieldProblem
 use crate::engine::{Engine, EngineError};
 use crate::plan::{ConflictPolicy, Side};
 use crate::schema::{BoundEntity, BoundField};
-use crate::state::{Base, Checkpoint, KeyRef, Link, LinkBatch, LinkWrite, Shadow};
+use crate::state::{keys, Base, Checkpoint, KeyRef, Link, LinkBatch, LinkWrite, Shadow};
 use crate::value::Value;
 use std::collections::HashMap;
 use std::time::Instant;
@@ -86,7 +86,7 @@ pub(super) async fn prepare_chunk(
             .map(|(values, _)| values),
             Some(raw) if linked.is_some() => raw_values(e, cols, &outgoing, raw, i)?,
             // Decoded whole only if a lookup finds a counterpart.
-            Some(raw) => match raw_row(e, cols, &outgoing, raw, i, ks)? {
+            Some(raw) => match raw_row(e, cols, &outgoing, raw, i, &row[cols.key])? {
                 Err(why) => Err(FieldProblem::Reject(why)),
                 Ok(r) => {
                     ready[i] = Some(r);
@@ -320,7 +320,7 @@ pub(super) async fn prepare_chunk(
                 });
             } else {
                 fresh.push(FreshLink {
-                    crm_key: c.key,
+                    crm_key: keys::to_bytes(&c.key),
                     insert,
                     shadow,
                 });
@@ -342,7 +342,7 @@ pub(super) async fn prepare_chunk(
                 });
             } else {
                 fresh.push(FreshLink {
-                    crm_key: c.key,
+                    crm_key: keys::to_bytes(&c.key),
                     insert,
                     shadow: cols.shadow_of(e, &c.values),
                 });
@@ -439,10 +439,11 @@ pub(super) async fn commit_chunk(
             }
         }
         for l in fresh.into_iter().flat_map(|f| &f.links) {
-            pairs.push((l.crm_key.clone(), KeyRef::Inserted(l.insert)));
+            pairs.push((fresh_key(l)?, KeyRef::Inserted(l.insert)));
         }
-        pairs
+        Ok::<_, EngineError>(pairs)
     });
+    let names = names.transpose()?;
     let keys = ext_bulk.write_chunk(&p.chunk, turn).await?;
     // The next chunk may commit now.
     let _ = done.send(());
@@ -456,13 +457,15 @@ pub(super) async fn commit_chunk(
                 links: f
                     .links
                     .into_iter()
-                    .map(|l| LinkWrite {
-                        crm_key: KeyRef::Known(l.crm_key),
-                        external_key: KeyRef::Inserted(l.insert),
-                        shadow: l.shadow,
-                        deleted: false,
+                    .map(|l| {
+                        Ok(LinkWrite {
+                            crm_key: KeyRef::Known(fresh_key(&l)?),
+                            external_key: KeyRef::Inserted(l.insert),
+                            shadow: l.shadow,
+                            deleted: false,
+                        })
                     })
-                    .collect(),
+                    .collect::<Result<_, EngineError>>()?,
                 schema: f.schema,
                 entity: f.entity,
             }),
@@ -743,6 +746,11 @@ async fn match_rows(
         }
     }
     Ok(left)
+}
+
+/// The CRM key of a fresh link, back in its canonical text.
+fn fresh_key(l: &FreshLink) -> Result<String, EngineError> {
+    keys::from_bytes(&l.crm_key).map_err(EngineError::Internal)
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::engine::mapping::{crm_to_canonical, map_crm_values, FieldProblem};
 use crate::engine::EngineError;
 use crate::schema::{BoundEntity, BoundField};
 use crate::state::shadow::{self, digest_int, digest_text, Sealer, Sealing};
-use crate::state::Checkpoint;
+use crate::state::{keys, Checkpoint};
 use crate::value::{SqlType, Value};
 
 /// Whether a value of CRM type `crm` is, unmapped and in the same binary
@@ -100,7 +100,7 @@ pub(super) fn raw_row(
     outgoing: &[&BoundField],
     rows: &RawRows,
     r: usize,
-    key: &str,
+    key: &Value,
 ) -> Result<Result<RawRow, String>, EngineError> {
     let mut cells: Vec<Cell> = Vec::with_capacity(outgoing.len() + 2);
     let mut shadow = Sealer::new(cols.layout.id, outgoing.len());
@@ -118,9 +118,10 @@ pub(super) fn raw_row(
             Some(p) => rows.value(r, p)?,
             None => Value::Null,
         };
-        let (v, _) = match settle(e, key, crm_to_canonical(f, v, e.to_external))? {
+        let (v, _) = match crm_to_canonical(f, v, e.to_external) {
             Ok(mapped) => mapped,
-            Err(why) => return Ok(Err(why)),
+            // The key's text is made only for a row that is refused.
+            Err(p) => return settle(e, &key.key_string(), Err(p)),
         };
         shadow.push(cols.layout.sealing(e, n, &v));
         cells.push(Cell::Value(v));
@@ -197,18 +198,17 @@ pub(super) fn prepare_raw(
     let mut fresh: Vec<FreshLink> = Vec::with_capacity(rows.len());
     for r in 0..rows.len() {
         let key = rows.value(r, cols.key)?;
-        let ks = key.key_string();
-        let RawRow { mut cells, shadow } = match raw_row(e, cols, &outgoing, rows, r, &ks)? {
+        let RawRow { mut cells, shadow } = match raw_row(e, cols, &outgoing, rows, r, &key)? {
             Ok(row) => row,
             Err(why) => {
-                rejects.push((ks, why));
+                rejects.push((key.key_string(), why));
                 continue;
             }
         };
         cells.extend(shape.crm_id(e, &key)?.map(Cell::Value));
         cells.extend((0..shape.constants.len()).map(Cell::Const));
         fresh.push(FreshLink {
-            crm_key: ks,
+            crm_key: keys::value_bytes(&key),
             insert: inserts.len(),
             shadow,
         });
