@@ -158,6 +158,9 @@ pub struct RawField {
     /// `checkbox` | `trim`.
     pub transform: Option<String>,
     pub on_truncate: Option<String>,
+    /// The entity whose keys this field holds: its CRM key on the CRM side,
+    /// its external key on the external side.
+    pub references: Option<String>,
 }
 
 /// A config file that could not be read or parsed.

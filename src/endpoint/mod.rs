@@ -80,7 +80,7 @@ impl TableInfo {
         let lower = name.to_lowercase();
         self.columns
             .iter()
-            .map(|c| (edit_distance(&lower, &c.name.to_lowercase()), &c.name))
+            .map(|c| (strsim::levenshtein(&lower, &c.name.to_lowercase()), &c.name))
             .filter(|(d, _)| *d <= 3)
             .min_by_key(|(d, _)| *d)
             .map(|(_, n)| n.clone())
@@ -93,20 +93,6 @@ impl TableInfo {
             .iter()
             .any(|ix| ix.first().is_some_and(|c| c.eq_ignore_ascii_case(column)))
     }
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// What to read from one table: real names only, taken from the catalog.

@@ -243,6 +243,14 @@ impl Plan {
             }
             entities.push(entity(&mut c, &at, e, &raw.defaults, state_side));
         }
+        super::order::check_references(&mut c, &entities);
+        // Parents run before the children that reference them.
+        let mut slots: Vec<Option<super::EntityPlan>> = entities.into_iter().map(Some).collect();
+        let entities: Vec<super::EntityPlan> =
+            super::order::run_order(&slots.iter().flatten().cloned().collect::<Vec<_>>())
+                .into_iter()
+                .filter_map(|i| slots[i].take())
+                .collect();
         if c.problems.is_empty() {
             Ok(Plan {
                 file: file.to_path_buf(),
@@ -293,6 +301,62 @@ direction = "crm_to_external"
 crm = "Comp_Name"
 external = "name"
 "#;
+
+    /// `GOOD` with more entities: (name, [references of its one field]).
+    fn related(entities: &[(&str, &[&str])]) -> String {
+        std::env::set_var("CRMSYNC_PLAN_TEST_PW", "s3cr3t-pw");
+        let mut text = GOOD.split("[[entity]]").next().unwrap().to_string();
+        for (name, refs) in entities {
+            text.push_str(&format!(
+                "[[entity]]\nname = \"{name}\"\ncrm_table = \"Person\"\n\
+                 external_table = \"erp.{name}\"\nexternal_key = \"id\"\n\
+                 external_updated_column = \"updated_at\"\ndirection = \"crm_to_external\"\n\
+                 [[entity.field]]\ncrm = \"Pers_FirstName\"\nexternal = \"first_name\"\n"
+            ));
+            for (i, r) in refs.iter().enumerate() {
+                text.push_str(&format!(
+                    "[[entity.field]]\ncrm = \"ref{i}\"\nexternal = \"ref{i}\"\nreferences = \"{r}\"\n"
+                ));
+            }
+        }
+        text
+    }
+
+    #[test]
+    fn entities_run_parents_first_and_a_cycle_keeps_config_order() {
+        let plan = build(&related(&[
+            ("line", &["order"]),
+            ("contact", &["supplier"]),
+            ("order", &["contact", "supplier"]),
+            ("supplier", &["contact"]),
+            ("note", &[]),
+        ]))
+        .unwrap();
+        let names: Vec<&str> = plan.entities.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["contact", "supplier", "order", "line", "note"]);
+        let cycles = crate::plan::order::cycles(&plan.entities);
+        assert_eq!(cycles, vec![vec![0, 1]]);
+    }
+
+    #[test]
+    fn a_reference_to_no_entity_is_refused_with_a_suggestion() {
+        let err = build(&related(&[("supplier", &[]), ("contact", &["supplers"])])).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("references = \"supplers\" names no entity (did you mean \"supplier\"?)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_reference_is_not_transformed() {
+        let text = related(&[("supplier", &[]), ("contact", &["supplier"])]).replace(
+            "references = \"supplier\"",
+            "references = \"supplier\"\ntransform = \"trim\"",
+        );
+        let err = build(&text).unwrap_err().to_string();
+        assert!(err.contains("remove transform and values"), "{err}");
+    }
 
     #[test]
     fn good_config_derives_sage_names_and_keeps_the_password_secret() {

@@ -326,7 +326,15 @@ fn field(
         entity_truncate,
         &TRUNCATE,
     );
+    if f.references.is_some() && (transform != Transform::None || !f.values.is_empty()) {
+        c.push(
+            at,
+            "a field with references holds keys, which are translated, not transformed; \
+             remove transform and values",
+        );
+    }
     FieldPlan {
+        references: f.references.clone(),
         crm: f.crm.clone(),
         external: f.external.clone(),
         values: f

@@ -11,6 +11,7 @@
 mod build;
 mod connection;
 mod entity;
+pub mod order;
 mod tls;
 
 pub use build::ConfigErrors;
@@ -167,6 +168,8 @@ pub struct FieldPlan {
     pub direction: Direction,
     pub transform: Transform,
     pub on_truncate: OnTruncate,
+    /// The entity whose keys the field holds (by its configured name).
+    pub references: Option<String>,
 }
 
 #[derive(Debug, Clone)]
