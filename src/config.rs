@@ -80,6 +80,8 @@ pub struct RawDefaults {
     pub overlap: Option<String>,
     pub max_delete_ratio: Option<f64>,
     pub on_truncate: Option<String>,
+    /// `status` exits 3 for an entity whose lag is longer; no default.
+    pub max_lag: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +123,7 @@ pub struct RawEntity {
     pub overlap: Option<String>,
     pub max_delete_ratio: Option<f64>,
     pub on_truncate: Option<String>,
+    pub max_lag: Option<String>,
 }
 
 impl RawEntity {
@@ -135,6 +138,7 @@ impl RawEntity {
                 .on_truncate
                 .clone()
                 .or_else(|| defaults.on_truncate.clone()),
+            max_lag: self.max_lag.clone().or_else(|| defaults.max_lag.clone()),
         }
     }
 }

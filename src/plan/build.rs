@@ -377,6 +377,31 @@ external = "name"
     }
 
     #[test]
+    fn max_lag_is_an_entity_setting_with_a_default_and_no_value_unless_set() {
+        std::env::set_var("CRMSYNC_PLAN_TEST_PW", "s3cr3t-pw");
+        assert_eq!(build(GOOD).unwrap().entities[0].max_lag, None);
+        let text = GOOD.replace("[[entity]]", "[defaults]\nmax_lag = \"1h\"\n[[entity]]");
+        assert_eq!(
+            build(&text).unwrap().entities[0].max_lag,
+            Some(Duration::from_secs(3600))
+        );
+        let text = text.replace(
+            "direction = \"crm_to_external\"",
+            "direction = \"crm_to_external\"\nmax_lag = \"90s\"",
+        );
+        assert_eq!(
+            build(&text).unwrap().entities[0].max_lag,
+            Some(Duration::from_secs(90))
+        );
+        let bad = GOOD.replace(
+            "direction = \"crm_to_external\"",
+            "direction = \"crm_to_external\"\nmax_lag = \"daily\"",
+        );
+        let err = build(&bad).unwrap_err().to_string();
+        assert!(err.contains("max_lag = \"daily\""), "{err}");
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once_with_its_place() {
         let bad = GOOD
             .replace(

@@ -148,6 +148,10 @@ pub(super) fn entity(
         settings.overlap.as_deref(),
         config::DEFAULT_OVERLAP,
     );
+    let max_lag = settings
+        .max_lag
+        .as_deref()
+        .map(|text| c.duration(at, "max_lag", Some(text), "0s"));
     let max_delete_ratio = match settings.max_delete_ratio {
         None => config::DEFAULT_MAX_DELETE_RATIO,
         Some(r) if (0.0..=1.0).contains(&r) => r,
@@ -268,6 +272,7 @@ pub(super) fn entity(
         overlap,
         max_delete_ratio,
         on_truncate,
+        max_lag,
     }
 }
 

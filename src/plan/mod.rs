@@ -208,6 +208,8 @@ pub struct EntityPlan {
     pub overlap: Duration,
     pub max_delete_ratio: f64,
     pub on_truncate: OnTruncate,
+    /// `status` exits 3 when the entity's lag is longer than this.
+    pub max_lag: Option<Duration>,
 }
 
 #[derive(Debug, Clone)]
