@@ -28,8 +28,10 @@ pub struct Watermark {
 
 pub mod keys;
 pub mod postgres;
+pub mod runs;
 pub mod shadow;
 
+pub use runs::{RunCounts, TargetCounts};
 pub use shadow::{Base, Shadow};
 
 /// A linked pair of rows and what was last synced between them.
@@ -133,6 +135,8 @@ pub struct RunInfo {
     pub command: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// From start to finish, or to now for a run that has not finished.
+    pub seconds: f64,
     pub outcome: Option<String>,
     pub summary: Option<serde_json::Value>,
 }
@@ -145,6 +149,10 @@ pub struct WatermarkInfo {
     #[serde(skip)]
     pub ts_value: Value,
     pub key: String,
+    /// The source clock when the run that saved it began reading (see
+    /// `Watermark::read_at`).
+    #[serde(skip)]
+    pub read_at: Option<Value>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -320,6 +328,30 @@ pub trait StateStore: Send + Sync {
     ) -> Result<Vec<ConflictInfo>, EndpointError>;
 
     async fn conflict(&self, id: i64) -> Result<Option<ConflictInfo>, EndpointError>;
+
+    /// Every conflict of `entity`, open or settled, logged at or after
+    /// `since` if given, oldest first.
+    async fn all_conflicts(
+        &self,
+        entity: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ConflictInfo>, EndpointError>;
+
+    /// The newest `last` runs, of `entity` or of all entities, newest
+    /// first.
+    async fn runs(&self, entity: Option<&str>, last: i64) -> Result<Vec<RunInfo>, EndpointError>;
+
+    /// The runs with these ids.
+    async fn runs_by_id(&self, ids: &[i64]) -> Result<Vec<RunInfo>, EndpointError>;
+
+    /// When each entity's last successful run (one that finished, with
+    /// or without rejects or conflicts left) ended.
+    async fn last_successes(&self) -> Result<HashMap<String, DateTime<Utc>>, EndpointError>;
+
+    /// The ids of the runs `start_run` began through this store, oldest
+    /// first: a process's own runs, told apart from others' running at
+    /// the same time.
+    fn runs_started(&self) -> Vec<i64>;
 
     async fn close_conflict(&self, id: i64, resolution: &str) -> Result<(), EndpointError>;
 

@@ -6,6 +6,7 @@ use crate::endpoint::EndpointError;
 use crate::plan::Side;
 use crate::state::{ConflictInfo, ConflictRecord};
 use crate::value::Value;
+use chrono::{DateTime, Utc};
 
 const CONFLICT_COLUMNS: &str = "conflict_id, entity, crm_key, external_key, field, base_value, \
      crm_value, external_value, crm_changed_at, external_changed_at, winner, run_id, created_at, \
@@ -112,6 +113,29 @@ pub(super) async fn open(
         )
         .await
         .map_err(|e| store.state_error("reading open conflicts", e))?;
+    rows.iter().map(conflict_from_row).collect()
+}
+
+/// Every conflict of `entity`, open or settled, logged at or after
+/// `since` if given, oldest first.
+pub(super) async fn all(
+    store: &PgStore,
+    entity: &str,
+    since: Option<DateTime<Utc>>,
+) -> Result<Vec<ConflictInfo>, EndpointError> {
+    let conn = store.conn().await?;
+    let rows = conn
+        .query(
+            &format!(
+                "SELECT {CONFLICT_COLUMNS} FROM {}.conflicts \
+                 WHERE entity = $1 AND ($2::timestamptz IS NULL OR created_at >= $2) \
+                 ORDER BY conflict_id",
+                store.s()
+            ),
+            &[&entity, &since],
+        )
+        .await
+        .map_err(|e| store.state_error("reading conflicts", e))?;
     rows.iter().map(conflict_from_row).collect()
 }
 

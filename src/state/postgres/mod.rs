@@ -7,6 +7,7 @@ mod conflicts;
 mod links;
 mod lock;
 mod migrate;
+mod runs;
 mod status;
 
 pub(crate) use links::{save_checkpoint_in, write_links_in};
@@ -16,10 +17,11 @@ use crate::endpoint::EndpointError;
 use crate::plan::Side;
 use crate::state::{
     Checkpoint, ConflictInfo, ConflictRecord, GoneLinks, Link, LinkBatch, LockGuard, RejectInfo,
-    StateStore, Status, Watermark,
+    RunInfo, StateStore, Status, Watermark,
 };
 use crate::value::Value;
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -33,6 +35,8 @@ pub struct PgStore {
     schema: String,
     /// Field lists of positional shadows, by (entity, layout).
     layouts: Mutex<Layouts>,
+    /// The runs started through this store, oldest first.
+    started: Mutex<Vec<i64>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -51,6 +55,7 @@ impl PgStore {
             db,
             schema: schema.to_string(),
             layouts: Default::default(),
+            started: Default::default(),
         }
     }
 
@@ -103,7 +108,11 @@ impl StateStore for PgStore {
             )
             .await
             .map_err(|e| self.state_error("recording the run", e))?;
-        Ok(row.get(0))
+        let run = row.get(0);
+        if let Ok(mut started) = self.started.lock() {
+            started.push(run);
+        }
+        Ok(run)
     }
 
     async fn finish_run(
@@ -310,6 +319,30 @@ impl StateStore for PgStore {
 
     async fn close_conflict(&self, id: i64, resolution: &str) -> Result<(), EndpointError> {
         conflicts::close(self, id, resolution).await
+    }
+
+    async fn all_conflicts(
+        &self,
+        entity: &str,
+        since: Option<DateTime<Utc>>,
+    ) -> Result<Vec<ConflictInfo>, EndpointError> {
+        conflicts::all(self, entity, since).await
+    }
+
+    async fn runs(&self, entity: Option<&str>, last: i64) -> Result<Vec<RunInfo>, EndpointError> {
+        runs::newest(self, entity, last).await
+    }
+
+    async fn runs_by_id(&self, ids: &[i64]) -> Result<Vec<RunInfo>, EndpointError> {
+        runs::by_id(self, ids).await
+    }
+
+    async fn last_successes(&self) -> Result<HashMap<String, DateTime<Utc>>, EndpointError> {
+        runs::last_successes(self).await
+    }
+
+    fn runs_started(&self) -> Vec<i64> {
+        self.started.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
     async fn shadow_layout(&self, entity: &str, fields: &[String]) -> Result<i32, EndpointError> {

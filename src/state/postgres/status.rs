@@ -2,7 +2,7 @@
 
 use super::{from_json, PgStore};
 use crate::endpoint::EndpointError;
-use crate::state::{EntityCounts, RunInfo, Status, WatermarkInfo};
+use crate::state::{EntityCounts, Status, WatermarkInfo};
 use std::collections::HashMap;
 
 /// Watermarks, counts by entity and each command's last run.
@@ -11,7 +11,12 @@ pub(super) async fn read(store: &PgStore) -> Result<Status, EndpointError> {
     let s = store.s();
     let wms = conn
         .query(
-            &format!("SELECT entity, side, ts, key, updated_at FROM {s}.watermarks ORDER BY entity, side"),
+            // read_at by name through the row's JSON: a schema older than
+            // 4 has no such column, and its watermarks none.
+            &format!(
+                "SELECT entity, side, ts, key, updated_at, to_jsonb(w) -> 'read_at' \
+                 FROM {s}.watermarks w ORDER BY entity, side"
+            ),
             &[],
         )
         .await
@@ -25,6 +30,10 @@ pub(super) async fn read(store: &PgStore) -> Result<Status, EndpointError> {
             ts: ts.display(),
             ts_value: ts,
             key: from_json(r.get(3))?.display(),
+            read_at: match r.get::<_, Option<serde_json::Value>>(5) {
+                None | Some(serde_json::Value::Null) => None,
+                Some(j) => Some(from_json(j)?),
+            },
             updated_at: r.get(4),
         });
     }
@@ -70,24 +79,16 @@ pub(super) async fn read(store: &PgStore) -> Result<Status, EndpointError> {
     let last_runs = conn
         .query(
             &format!(
-                "SELECT DISTINCT ON (entity, command) run_id, entity, command, started_at, \
-                        finished_at, outcome, summary \
-                 FROM {s}.runs ORDER BY entity, command, run_id DESC"
+                "SELECT DISTINCT ON (entity, command) {} \
+                 FROM {s}.runs ORDER BY entity, command, run_id DESC",
+                super::runs::RUN_COLUMNS
             ),
             &[],
         )
         .await
         .map_err(|e| store.state_error("reading runs", e))?
-        .into_iter()
-        .map(|r| RunInfo {
-            id: r.get(0),
-            entity: r.get(1),
-            command: r.get(2),
-            started_at: r.get(3),
-            finished_at: r.get(4),
-            outcome: r.get(5),
-            summary: r.get(6),
-        })
+        .iter()
+        .map(super::runs::run_from_row)
         .collect();
     Ok(Status {
         watermarks,
