@@ -2,14 +2,17 @@
 
 use crate::config::{self, CONFIG_ENV, DEFAULT_CONFIG_FILE};
 use crate::engine::{Engine, EntityReport, Mode};
+use crate::lag;
 use crate::plan::{DbKind, Plan, Side};
 use crate::report::{self, RunReport};
-use crate::value::Value;
+use crate::state::StateStore;
 use crate::{exit, exit_code};
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +54,8 @@ pub enum Command {
     Sync {
         #[arg(long)]
         entity: Option<String>,
+        #[command(flatten)]
+        metrics: MetricsArg,
     },
     /// Compare both sides in full and report drift; with --repair, make
     /// the next sync fix it and run that sync.
@@ -61,6 +66,8 @@ pub enum Command {
         /// touch rows that were missed, then sync.
         #[arg(long)]
         repair: bool,
+        #[command(flatten)]
+        metrics: MetricsArg,
     },
     /// One-shot bulk copy and linking of whole tables, resumable.
     Backfill {
@@ -77,14 +84,40 @@ pub enum Command {
         /// Source rows per chunk (one transaction each).
         #[arg(long, default_value_t = crate::engine::DEFAULT_CHUNK_ROWS)]
         chunk_rows: usize,
+        #[command(flatten)]
+        metrics: MetricsArg,
     },
-    /// Watermarks, last runs, open rejects and conflicts.
-    Status,
-    /// List open conflicts, or resolve one by taking a side's value.
+    /// Watermarks with each side's lag, last runs, open rejects and
+    /// conflicts.
+    Status {
+        /// Exit 3 naming each entity whose lag is longer than this (e.g.
+        /// "15m"); overrides the entities' max_lag.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_lag: Option<std::time::Duration>,
+    },
+    /// Run history: command, entity, start, duration, outcome and counts.
+    Runs {
+        #[arg(long)]
+        entity: Option<String>,
+        /// How many of the newest runs to show.
+        #[arg(long, default_value_t = 20)]
+        last: u32,
+    },
+    /// List open conflicts (or all, settled ones too), or resolve one by
+    /// taking a side's value.
     Conflicts {
         #[command(subcommand)]
         action: ConflictsAction,
     },
+}
+
+/// `--metrics-file` of the commands that run entities.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MetricsArg {
+    /// Write Prometheus metrics of the run to this file (text format, for
+    /// node_exporter's textfile collector), also when the run fails.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +126,13 @@ pub enum ConflictsAction {
     List {
         #[arg(long)]
         entity: Option<String>,
+        /// Settled conflicts too, with the winner and how it was settled.
+        #[arg(long)]
+        all: bool,
+        /// Only conflicts logged at or after TIME: a date, an RFC 3339
+        /// time, "YYYY-MM-DD HH:MM:SS" (UTC), or a duration ago ("24h").
+        #[arg(long, requires = "all", value_name = "TIME", value_parser = parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// Resolve conflict ID: write the chosen side's current value to the
     /// other side.
@@ -124,10 +164,50 @@ impl Command {
             Command::Plan { .. } => "plan",
             Command::Sync { .. } => "sync",
             Command::Verify { .. } => "verify",
-            Command::Status => "status",
+            Command::Status { .. } => "status",
+            Command::Runs { .. } => "runs",
             Command::Conflicts { .. } => "conflicts",
         }
     }
+
+    /// The `--metrics-file` and `--entity` of a command that runs
+    /// entities and was asked for metrics.
+    fn metrics(&self) -> Option<(&std::path::Path, Option<&str>)> {
+        let (m, entity) = match self {
+            Command::Sync { metrics, entity }
+            | Command::Verify {
+                metrics, entity, ..
+            }
+            | Command::Backfill {
+                metrics, entity, ..
+            } => (metrics, entity),
+            _ => return None,
+        };
+        m.metrics_file.as_deref().map(|p| (p, entity.as_deref()))
+    }
+}
+
+/// A point in time for `--since`: a date (midnight UTC), an RFC 3339
+/// time, "YYYY-MM-DD HH:MM:SS" in UTC, or a duration ago.
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    use chrono::{NaiveDate, NaiveDateTime, Utc};
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    if let Ok(t) = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M:%S") {
+        return Ok(t.and_utc());
+    }
+    if let Ok(d) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        return Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    }
+    if let Ok(d) = humantime::parse_duration(text) {
+        let d = chrono::Duration::from_std(d).map_err(|e| e.to_string())?;
+        return Ok(Utc::now() - d);
+    }
+    Err(format!(
+        "{text:?} is not a time: write a date (2026-12-01), a UTC time \
+         (\"2026-12-01 06:00:00\" or RFC 3339), or a duration ago (24h)"
+    ))
 }
 
 fn init_logging(format: LogFormat) {
@@ -153,6 +233,21 @@ pub fn load_plan(file: &std::path::Path) -> anyhow::Result<Plan> {
     Ok(Plan::build(file, raw)?)
 }
 
+/// How far a command got: the plan it loaded and the engine it
+/// connected, for the metrics file to read the state store through.
+#[derive(Default)]
+struct Reached {
+    plan: Option<Plan>,
+    engine: Option<Engine>,
+}
+
+impl Reached {
+    /// Connects the engine for `plan` and keeps it.
+    async fn connect(&mut self, plan: Plan) -> anyhow::Result<&Engine> {
+        Ok(self.engine.insert(Engine::connect(plan).await?))
+    }
+}
+
 /// Runs one command and returns its exit code (errors are the caller's to
 /// print).
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
@@ -168,13 +263,51 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let mut entities = Vec::new();
     let mut verified = Vec::new();
     let mut backfills = Vec::new();
-    let result = runtime.block_on(dispatch(
-        &cli,
-        &mut warnings,
-        &mut entities,
-        &mut verified,
-        &mut backfills,
-    ));
+    let mut runs = Vec::new();
+    let result = runtime.block_on(async {
+        let mut reached = Reached::default();
+        let result = dispatch(
+            &cli,
+            &mut reached,
+            &mut warnings,
+            &mut entities,
+            &mut verified,
+            &mut backfills,
+            &mut runs,
+        )
+        .await;
+        match cli.command.metrics() {
+            Some((path, entity)) => {
+                let run = crate::metrics::Invocation {
+                    command: cli.command.name(),
+                    entity: entity.map(str::to_string),
+                    started_at,
+                    seconds: started.elapsed().as_secs_f64(),
+                    exit_code: match &result {
+                        Ok(c) => *c,
+                        Err(e) => exit_code(e),
+                    },
+                };
+                let written = crate::metrics::write(
+                    path,
+                    &run,
+                    reached.plan.as_ref(),
+                    reached.engine.as_ref(),
+                )
+                .await
+                .with_context(|| format!("cannot write the metrics to {}", path.display()));
+                match (result, written) {
+                    (Ok(_), Err(e)) => Err(e),
+                    (Err(e), Err(w)) => {
+                        tracing::error!("{w:#}");
+                        Err(e)
+                    }
+                    (result, Ok(())) => result,
+                }
+            }
+            None => result,
+        }
+    });
     if let Some(path) = &cli.report {
         let report = RunReport {
             command: cli.command.name().to_string(),
@@ -189,6 +322,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             backfill: backfills,
             entities,
             verify: verified,
+            runs,
         };
         report
             .write(path)
@@ -199,16 +333,25 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 
 async fn dispatch(
     cli: &Cli,
+    reached: &mut Reached,
     warnings: &mut Vec<String>,
     entities: &mut Vec<EntityReport>,
     verified: &mut Vec<crate::engine::VerifyReport>,
     backfills: &mut Vec<crate::engine::BackfillReport>,
+    runs: &mut Vec<report::RunRecord>,
 ) -> anyhow::Result<i32> {
     let plan = load_plan(&cli.config)?;
+    reached.plan = Some(plan.clone());
     match &cli.command {
         Command::Check => check(plan, warnings).await,
-        Command::Plan { entity } => sync(plan, entity.as_deref(), Mode::DryRun, entities).await,
-        Command::Sync { entity } => sync(plan, entity.as_deref(), Mode::Apply, entities).await,
+        Command::Plan { entity } => {
+            let engine = reached.connect(plan).await?;
+            sync(engine, entity.as_deref(), Mode::DryRun, entities).await
+        }
+        Command::Sync { entity, .. } => {
+            let engine = reached.connect(plan).await?;
+            sync(engine, entity.as_deref(), Mode::Apply, entities).await
+        }
         Command::Backfill {
             entity,
             direction,
@@ -228,12 +371,15 @@ async fn dispatch(
                 restart: *restart,
                 chunk_rows: *chunk_rows,
             };
-            backfill(plan, entity.as_deref(), &opts, backfills).await
+            let engine = reached.connect(plan).await?;
+            backfill(engine, entity.as_deref(), &opts, backfills).await
         }
-        Command::Verify { entity, repair } => {
-            verify(plan, entity.as_deref(), *repair, verified).await
+        Command::Verify { entity, repair, .. } => {
+            let engine = reached.connect(plan).await?;
+            verify(engine, entity.as_deref(), *repair, verified).await
         }
-        Command::Status => status(plan).await,
+        Command::Status { max_lag } => status(plan, *max_lag).await,
+        Command::Runs { entity, last } => history(plan, entity.as_deref(), *last, runs).await,
         Command::Conflicts { action } => conflicts(plan, action).await,
     }
 }
@@ -340,12 +486,11 @@ async fn check(plan: Plan, warnings: &mut Vec<String>) -> anyhow::Result<i32> {
 }
 
 async fn sync(
-    plan: Plan,
+    engine: &Engine,
     entity: Option<&str>,
     mode: Mode,
     out: &mut Vec<EntityReport>,
 ) -> anyhow::Result<i32> {
-    let engine = Engine::connect(plan).await?;
     let reports = engine.sync(entity, mode).await?;
     let dry = mode == Mode::DryRun;
     let mut code = exit::OK;
@@ -376,12 +521,11 @@ async fn sync(
 }
 
 async fn verify(
-    plan: Plan,
+    engine: &Engine,
     entity: Option<&str>,
     repair: bool,
     out: &mut Vec<crate::engine::VerifyReport>,
 ) -> anyhow::Result<i32> {
-    let engine = Engine::connect(plan).await?;
     let reports = engine.verify(entity, repair).await?;
     let mut code = exit::OK;
     for r in &reports {
@@ -397,12 +541,11 @@ async fn verify(
 }
 
 async fn backfill(
-    plan: Plan,
+    engine: &Engine,
     entity: Option<&str>,
     opts: &crate::engine::BackfillOptions,
     out: &mut Vec<crate::engine::BackfillReport>,
 ) -> anyhow::Result<i32> {
-    let engine = Engine::connect(plan).await?;
     let reports = engine.backfill(entity, opts).await?;
     let mut code = exit::OK;
     for r in &reports {
@@ -415,7 +558,10 @@ async fn backfill(
     Ok(code)
 }
 
-async fn status(plan: Plan) -> anyhow::Result<i32> {
+/// The state side, connected, and the state store in it.
+async fn state_store(
+    plan: &Plan,
+) -> anyhow::Result<(crate::connect::Connected, Arc<dyn StateStore>)> {
     // The plan refuses such a side already; a plan built by hand gets the
     // engine's own error (and exit code).
     let not_postgres = || crate::engine::EngineError::StateNotPostgres {
@@ -424,10 +570,31 @@ async fn status(plan: Plan) -> anyhow::Result<i32> {
     if plan.connection(plan.state_side).kind != DbKind::Postgres {
         return Err(not_postgres().into());
     }
-    let state_side = crate::connect::side(&plan, plan.state_side).await?;
+    let state_side = crate::connect::side(plan, plan.state_side).await?;
     let store = state_side
         .state_store(&plan.state_schema)
         .ok_or_else(not_postgres)?;
+    Ok((state_side, store))
+}
+
+/// Whether `e` says the state schema (or a table of it) does not exist.
+fn no_state_yet(e: &crate::endpoint::EndpointError) -> bool {
+    matches!(
+        e,
+        crate::endpoint::EndpointError::Query {
+            missing_object: true,
+            ..
+        }
+    )
+}
+
+async fn status(plan: Plan, max_lag: Option<Duration>) -> anyhow::Result<i32> {
+    let (state_side, store) = state_store(&plan).await?;
+    let limits: Vec<(&str, Duration)> = plan
+        .entities
+        .iter()
+        .filter_map(|e| Some((e.name.as_str(), max_lag.or(e.max_lag)?)))
+        .collect();
     let status = match store.status().await {
         Ok(s) => s,
         Err(_) => {
@@ -435,13 +602,20 @@ async fn status(plan: Plan) -> anyhow::Result<i32> {
                 "no runs yet (the state schema {} does not exist)",
                 plan.state_schema
             );
-            return Ok(exit::OK);
+            if limits.is_empty() {
+                return Ok(exit::OK);
+            }
+            println!("stale (lag over max_lag):");
+            for (name, _) in &limits {
+                println!("  {name}: has never finished a run");
+            }
+            return Ok(exit::UNFINISHED);
         }
     };
-    // Lag: each side's own clock minus its watermark, where the side
-    // answers (status works without them). The state side is connected
-    // already.
-    let mut clocks = std::collections::HashMap::new();
+    // Lag: each side's own clock minus the end of its last window read
+    // in full, where the side answers (status works without them). The
+    // state side is connected already.
+    let mut clocks = HashMap::new();
     for side in [Side::Crm, Side::External] {
         let ep = if side == plan.state_side {
             Some(state_side.endpoint.clone())
@@ -452,28 +626,18 @@ async fn status(plan: Plan) -> anyhow::Result<i32> {
                 .map(|c| c.endpoint)
         };
         if let Some(ep) = ep {
-            // SQL Server's datetime columns follow GETDATE(); the lag is
-            // the same to the millisecond either way.
-            let naive = ep
-                .clock(&crate::value::SqlType::Timestamp { precision: 6 })
-                .await;
-            let tz = ep.clock(&crate::value::SqlType::TimestampTz).await;
-            if let (Ok(n), Ok(t)) = (naive, tz) {
-                clocks.insert(side.as_str(), (n, t));
+            if let Some(clock) = lag::Clock::read(&*ep).await {
+                clocks.insert(side.as_str(), clock);
             }
         }
     }
-    let lag = |w: &crate::state::WatermarkInfo| -> String {
-        let Some((naive, tz)) = clocks.get(w.side.as_str()) else {
-            return String::new();
-        };
-        let secs = match (&w.ts_value, naive, tz) {
-            (Value::Timestamp(m), Value::Timestamp(now), _) => (*now - *m).num_milliseconds(),
-            (Value::TimestampTz(m), _, Value::TimestampTz(now)) => (*now - *m).num_milliseconds(),
-            _ => return String::new(),
-        } as f64
-            / 1000.0;
-        format!(", {secs:.1} s behind the {} clock", w.side)
+    let lag_of = |w: &crate::state::WatermarkInfo| -> Option<(Side, f64)> {
+        let side = lag::side_of(w)?;
+        let settle = plan.entity(&w.entity).map(|e| e.settle).unwrap_or_default();
+        Some((
+            side,
+            lag::lag_seconds(w, settle, clocks.get(side.as_str())?)?,
+        ))
     };
     println!("watermarks:");
     for w in &status.watermarks {
@@ -483,7 +647,9 @@ async fn status(plan: Plan) -> anyhow::Result<i32> {
             w.side,
             w.ts,
             w.key,
-            lag(w),
+            lag_of(w)
+                .map(|(side, secs)| format!(", lag {secs:.1} s by the {side} clock"))
+                .unwrap_or_default(),
             w.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
         );
     }
@@ -521,12 +687,115 @@ async fn status(plan: Plan) -> anyhow::Result<i32> {
             }
         );
     }
+    if limits.is_empty() {
+        return Ok(code);
+    }
+    // An entity is stale when a side's lag is over its limit; without a
+    // lag to go by (no watermark, or no clock), when its last successful
+    // run ended longer ago than that.
+    let successes = store.last_successes().await.unwrap_or_default();
+    let mut stale = Vec::new();
+    for (name, limit) in &limits {
+        let worst = status
+            .watermarks
+            .iter()
+            .filter(|w| w.entity == *name)
+            .filter_map(lag_of)
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        let over = |secs: f64| secs > limit.as_secs_f64();
+        let limit = humantime::format_duration(*limit);
+        match (worst, successes.get(*name)) {
+            (Some((side, secs)), _) if over(secs) => stale.push(format!(
+                "  {name}: lag {secs:.1} s on the {side} side, over max_lag {limit}"
+            )),
+            (Some(_), _) => {}
+            (None, Some(t)) => {
+                let age = (chrono::Utc::now() - *t).num_milliseconds() as f64 / 1000.0;
+                if over(age) {
+                    stale.push(format!(
+                        "  {name}: last successful run ended {age:.1} s ago, over max_lag {limit}"
+                    ));
+                }
+            }
+            (None, None) => stale.push(format!("  {name}: has never finished a run")),
+        }
+    }
+    if !stale.is_empty() {
+        println!("stale (lag over max_lag):");
+        for line in stale {
+            println!("{line}");
+        }
+        code = exit::UNFINISHED;
+    }
     Ok(code)
+}
+
+/// `crmsync runs`: the newest runs from the state store.
+async fn history(
+    plan: Plan,
+    entity: Option<&str>,
+    last: u32,
+    out: &mut Vec<report::RunRecord>,
+) -> anyhow::Result<i32> {
+    let entity = match entity {
+        Some(name) => Some(crate::schema::selected(&plan, Some(name))?[0].name.clone()),
+        None => None,
+    };
+    let (_side, store) = state_store(&plan).await?;
+    let runs = match store.runs(entity.as_deref(), i64::from(last)).await {
+        Ok(r) => r,
+        Err(e) if no_state_yet(&e) => {
+            println!(
+                "no runs yet (the state schema {} does not exist)",
+                plan.state_schema
+            );
+            return Ok(exit::OK);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if runs.is_empty() {
+        println!("no runs yet");
+    }
+    for r in runs {
+        println!("{}", report::run_line(&r));
+        out.push(report::RunRecord {
+            counts: r.counts(),
+            run: r,
+        });
+    }
+    Ok(exit::OK)
 }
 
 async fn conflicts(plan: Plan, action: &ConflictsAction) -> anyhow::Result<i32> {
     match action {
-        ConflictsAction::List { entity } => {
+        ConflictsAction::List {
+            entity,
+            all: true,
+            since,
+        } => {
+            let names: Vec<String> = crate::schema::selected(&plan, entity.as_deref())?
+                .iter()
+                .map(|e| e.name.clone())
+                .collect();
+            let (_side, store) = state_store(&plan).await?;
+            let mut n = 0;
+            for name in names {
+                let logged = match store.all_conflicts(&name, *since).await {
+                    Ok(c) => c,
+                    Err(e) if no_state_yet(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                for c in logged {
+                    n += 1;
+                    println!("{}", report::conflict_line(&c));
+                }
+            }
+            if n == 0 {
+                println!("no conflicts");
+            }
+            Ok(exit::OK)
+        }
+        ConflictsAction::List { entity, .. } => {
             let names: Vec<String> = crate::schema::selected(&plan, entity.as_deref())?
                 .iter()
                 .map(|e| e.name.clone())

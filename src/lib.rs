@@ -8,6 +8,8 @@ pub mod connect;
 pub mod crm;
 pub mod endpoint;
 pub mod engine;
+pub mod lag;
+pub mod metrics;
 pub mod plan;
 pub mod progress;
 pub mod report;

@@ -2,6 +2,7 @@
 //! printed on stdout.
 
 use crate::engine::{Drift, EntityReport, VerifyCounts, VerifyReport};
+use crate::state::{ConflictInfo, RunCounts, RunInfo, TargetCounts};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::path::Path;
@@ -22,6 +23,17 @@ pub struct RunReport {
     /// `--repair`, what the repair did and what remains.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub verify: Vec<VerifyReport>,
+    /// `runs` only: the runs listed, newest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunRecord>,
+}
+
+/// A past run with the counts read from its summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRecord {
+    #[serde(flatten)]
+    pub run: RunInfo,
+    pub counts: RunCounts,
 }
 
 impl RunReport {
@@ -201,4 +213,64 @@ pub fn backfill_human(b: &crate::engine::BackfillReport) -> String {
         out.push_str("; rejected rows are listed by `crmsync status`");
     }
     out
+}
+
+/// One past run on one line, for `crmsync runs`.
+pub fn run_line(r: &RunInfo) -> String {
+    let head = format!(
+        "#{} {} {} {}",
+        r.id,
+        r.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        r.entity,
+        r.command
+    );
+    let outcome = match (&r.finished_at, &r.outcome) {
+        (Some(_), Some(o)) => format!("{o} after {:.1} s", r.seconds),
+        _ => format!(
+            "did not finish (crashed or still running; started {:.0} s ago)",
+            r.seconds
+        ),
+    };
+    let c = r.counts();
+    let side = |t: &TargetCounts| {
+        format!(
+            "inserted {}, updated {}, deleted {}",
+            t.inserted, t.updated, t.deleted
+        )
+    };
+    format!(
+        "{head}: {outcome}; read {}; external {}; CRM {}; conflicts {}, rejected {}",
+        c.read,
+        side(&c.external),
+        side(&c.crm),
+        c.conflicts,
+        c.rejected
+    )
+}
+
+/// One logged conflict, open or settled, for `crmsync conflicts list --all`.
+pub fn conflict_line(c: &ConflictInfo) -> String {
+    let r = &c.record;
+    let how = c.resolution.as_deref().unwrap_or("resolved");
+    let settled = match (&c.resolved_at, &r.winner) {
+        (None, _) => "open".to_string(),
+        (Some(at), Some(winner)) => format!(
+            "winner {winner} ({how}), settled {}",
+            at.format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        (Some(at), None) => format!("settled {} ({how})", at.format("%Y-%m-%d %H:%M:%S UTC")),
+    };
+    format!(
+        "#{} {} CRM {} / external {}: field {}: base {}, CRM {}, external {}; {settled} (run {}, logged {})",
+        c.id,
+        c.entity,
+        r.crm_key,
+        r.external_key,
+        r.field,
+        r.base.as_ref().map(|v| v.display()).unwrap_or_else(|| "-".into()),
+        r.crm.display(),
+        r.external.display(),
+        c.run.map(|n| n.to_string()).unwrap_or_else(|| "-".into()),
+        c.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+    )
 }

@@ -18,6 +18,9 @@ mod keys;
 /// datetime ties across pages, Sage's system columns under both id
 /// strategies, nvarchar lengths in UTF-16 units, the state side.
 mod mssql;
+/// Running unattended: the metrics file, the last success kept across a
+/// failed run, `status --max-lag`, `runs`, `conflicts list --all`.
+mod ops;
 /// Incremental sync: timestamp ties across pages, runs with nothing to
 /// do, late commits, soft deletes, crm_filter, dry runs.
 mod sync;

@@ -154,7 +154,7 @@ async fn unreachable_server_is_a_runtime_error_naming_it() {
 /// (trust authentication) a pg_hba.conf line is put in front for this role
 /// only; on a server given by CRMSYNC_TEST_PG_URL that file is not ours to
 /// edit, and `None` comes back.
-async fn password_role(admin: &tokio_postgres::Client) -> Option<String> {
+pub(crate) async fn password_role(admin: &tokio_postgres::Client) -> Option<String> {
     let role = format!("crmsync_pw_{}", std::process::id());
     admin
         .batch_execute(&format!(

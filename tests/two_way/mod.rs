@@ -513,7 +513,10 @@ async fn hard_delete(env: &Env, id: i64) {
 
 /// A pair whose name changed on both sides, plus a phone changed in CRM
 /// and a status changed outside.
-async fn clash(conflict: &'static str, ext_later: bool) -> (Env, i32, i64, EntityReport) {
+pub(crate) async fn clash(
+    conflict: &'static str,
+    ext_later: bool,
+) -> (Env, i32, i64, EntityReport) {
     let env = two_way_env(&TwoWay {
         conflict,
         ..Default::default()
