@@ -126,7 +126,15 @@ pub async fn render(
         .into_iter()
         .map(|e| (e.name.clone(), e.settle))
         .collect();
-    text(run, &entities, &known, previous)
+    // `--entity` as configured, not as typed.
+    let run = match (&run.entity, entities.as_slice()) {
+        (Some(_), [(name, _)]) => Invocation {
+            entity: Some(name.clone()),
+            ..run.clone()
+        },
+        _ => run.clone(),
+    };
+    text(&run, &entities, &known, previous)
 }
 
 fn text(
@@ -151,7 +159,7 @@ fn text(
     );
     let mut exit_code = Family::new(
         "crmsync_last_run_exit_code",
-        "The exit code of the last crmsync process: 0 ok, 1 failed, 2 bad usage or config, 3 rejects or conflicts left.",
+        "The exit code of the last crmsync process (labelled with the entity it was given with --entity): 0 ok, 1 failed, 2 bad usage or config, 3 rejects or conflicts left.",
     );
     let mut rows = Family::new(
         "crmsync_last_run_rows",
@@ -177,7 +185,14 @@ fn text(
         "crmsync_open_conflicts",
         "Conflicts waiting for `crmsync conflicts resolve`.",
     );
-    exit_code.add(Vec::new(), run.exit_code as f64);
+    // The process's own; a process of one entity names it, so that the
+    // files of entities run as separate processes never hold the same
+    // series (the textfile collector refuses that).
+    let process = match &run.entity {
+        Some(name) => entity(name),
+        None => Vec::new(),
+    };
+    exit_code.add(process, run.exit_code as f64);
     for (name, settle) in entities {
         let own = known.runs.get(name);
         match own {
@@ -212,6 +227,15 @@ fn text(
         }
         conflicts.add(entity(name), counts.conflicts as f64);
         rejected.add(entity(name), counts.rejected as f64);
+        if let Some(t) = known.successes.as_ref().and_then(|s| s.get(name)) {
+            success.add(entity(name), unix(*t));
+        }
+        if let Some(status) = &known.status {
+            let c = status.counts.iter().find(|c| &c.entity == name);
+            let (r, k) = c.map_or((0, 0), |c| (c.open_rejects, c.open_conflicts));
+            open_rejects.add(entity(name), r as f64);
+            open_conflicts.add(entity(name), k as f64);
+        }
         if let Some(status) = &known.status {
             for w in status.watermarks.iter().filter(|w| &w.entity == name) {
                 let Some(side) = lag::side_of(w) else {
@@ -225,19 +249,6 @@ fn text(
                     lag_family.add(labels, secs);
                 }
             }
-        }
-    }
-    if let Some(s) = &known.successes {
-        let mut all: Vec<_> = s.iter().collect();
-        all.sort();
-        for (name, t) in all {
-            success.add(entity(name), unix(*t));
-        }
-    }
-    if let Some(status) = &known.status {
-        for c in &status.counts {
-            open_rejects.add(entity(&c.entity), c.open_rejects as f64);
-            open_conflicts.add(entity(&c.entity), c.open_conflicts as f64);
         }
     }
     let mut families = [
@@ -426,11 +437,38 @@ mod tests {
             }),
             ..Default::default()
         };
-        let text = super::text(&run(0), &[], &known, Some(previous));
+        let supplier = [("supplier".to_string(), std::time::Duration::ZERO)];
+        let text = super::text(&run(0), &supplier, &known, Some(previous));
         assert!(text
             .contains("crmsync_last_success_timestamp_seconds{entity=\"supplier\"} 1700000100\n"));
         assert!(!text.contains("1699999000"));
         assert!(text.contains("crmsync_open_rejects{entity=\"supplier\"} 0\n"));
+    }
+
+    #[test]
+    fn a_process_of_one_entity_names_it_and_reports_on_it_alone() {
+        let known = Known {
+            successes: Some(HashMap::from([
+                (
+                    "supplier".to_string(),
+                    DateTime::from_timestamp(1_700_000_100, 0).unwrap(),
+                ),
+                (
+                    "contact".to_string(),
+                    DateTime::from_timestamp(1_700_000_200, 0).unwrap(),
+                ),
+            ])),
+            ..Default::default()
+        };
+        let one = Invocation {
+            entity: Some("supplier".into()),
+            ..run(0)
+        };
+        let supplier = [("supplier".to_string(), std::time::Duration::ZERO)];
+        let text = text(&one, &supplier, &known, None);
+        assert!(text.contains("crmsync_last_run_exit_code{entity=\"supplier\"} 0\n"));
+        assert!(text.contains("crmsync_last_success_timestamp_seconds{entity=\"supplier\"}"));
+        assert!(!text.contains("contact"), "{text}");
     }
 
     #[test]

@@ -209,10 +209,23 @@ async fn backfill_and_verify_write_metrics_files_too() {
     let env = Env::new(Opts::default()).await;
     insert_companies(&env.crm, 7, "timestamp '2026-01-01 10:00:00'", "Supplier").await;
     let path = env.dir.path().join("backfill.prom");
-    let out = env.run_binary(&["backfill", "--metrics-file", path.to_str().unwrap()], &[]);
+    let out = env.run_binary(
+        &[
+            "backfill",
+            "--entity",
+            "Supplier",
+            "--metrics-file",
+            path.to_str().unwrap(),
+        ],
+        &[],
+    );
     assert_exit(&out, 0);
     let m = Metrics::read(&path);
-    assert_eq!(m.get("crmsync_last_run_exit_code"), 0.0);
+    // A process of one entity names it on its exit code (as configured),
+    // so that entities run as separate processes never export the same
+    // series twice.
+    assert_eq!(m.get("crmsync_last_run_exit_code{entity=supplier}"), 0.0);
+    assert!(!m.samples.contains_key("crmsync_last_run_exit_code"));
     assert_eq!(m.rows("external", "insert"), 7.0);
     assert_eq!(m.rows("crm", "insert"), 0.0);
     assert!(m.get("crmsync_last_success_timestamp_seconds{entity=supplier}") > 0.0);
