@@ -75,9 +75,15 @@ struct Known {
     clocks: HashMap<&'static str, Clock>,
 }
 
-/// Reads what the file reports: from the engine's connections when the
-/// command got as far as connecting, else from the state side alone.
-async fn gather(plan: Option<&Plan>, engine: Option<&Engine>) -> Known {
+/// How long reading the state store and clocks for the file may take: a
+/// store that went down with the run would otherwise keep the file (and
+/// the process) waiting for a connection once per query.
+const GATHER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Reads what the file reports into `known`, as far as the databases
+/// answer: from the engine's connections when the command got as far as
+/// connecting, else from the state side alone.
+async fn gather(plan: Option<&Plan>, engine: Option<&Engine>, known: &mut Known) {
     let mut endpoints: Vec<(Side, Arc<dyn Endpoint>)> = Vec::new();
     let store: Option<Arc<dyn StateStore>> = match (engine, plan) {
         (Some(engine), _) => {
@@ -94,21 +100,23 @@ async fn gather(plan: Option<&Plan>, engine: Option<&Engine>) -> Known {
         },
         (None, None) => None,
     };
-    let mut known = Known::default();
-    let Some(store) = store else { return known };
+    let Some(store) = store else { return };
     if let Ok(runs) = store.runs_by_id(&store.runs_started()).await {
         for r in runs {
             known.runs.insert(r.entity.clone(), r);
         }
     }
-    known.successes = store.last_successes().await.ok();
+    match store.last_successes().await {
+        Ok(s) => known.successes = Some(s),
+        // Gone, or never created: nothing more to read.
+        Err(_) => return,
+    }
     known.status = store.status().await.ok();
     for (side, ep) in endpoints {
         if let Some(c) = Clock::read(&*ep).await {
             known.clocks.insert(side.as_str(), c);
         }
     }
-    known
 }
 
 /// The file's text for `run`, with what the state store and clocks say;
@@ -119,7 +127,9 @@ pub async fn render(
     engine: Option<&Engine>,
     previous: Option<&str>,
 ) -> String {
-    let known = gather(plan, engine).await;
+    let mut known = Known::default();
+    // What was read before the time ran out still counts.
+    let _ = tokio::time::timeout(GATHER_TIMEOUT, gather(plan, engine, &mut known)).await;
     let entities: Vec<(String, std::time::Duration)> = plan
         .and_then(|p| crate::schema::selected(p, run.entity.as_deref()).ok())
         .unwrap_or_default()
