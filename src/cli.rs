@@ -847,3 +847,27 @@ async fn conflicts(plan: Plan, action: &ConflictsAction) -> anyhow::Result<i32> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_dates_times_and_durations_ago() {
+        let at = |s: &str| parse_since(s).map(|t| t.to_rfc3339());
+        assert_eq!(at("2026-12-01"), Ok("2026-12-01T00:00:00+00:00".into()));
+        assert_eq!(
+            at("2026-12-01 06:30:00"),
+            Ok("2026-12-01T06:30:00+00:00".into())
+        );
+        assert_eq!(
+            at("2026-12-01T06:30:00+01:00"),
+            Ok("2026-12-01T05:30:00+00:00".into())
+        );
+        let ago = parse_since("24h").unwrap();
+        let expected = chrono::Utc::now() - chrono::Duration::hours(24);
+        assert!((ago - expected).num_seconds().abs() < 5);
+        let err = parse_since("yesterday").unwrap_err();
+        assert!(err.contains("\"yesterday\" is not a time"), "{err}");
+    }
+}
