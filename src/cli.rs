@@ -392,29 +392,38 @@ async fn check(plan: Plan, warnings: &mut Vec<String>) -> anyhow::Result<i32> {
         if n == 1 { "y" } else { "ies" }
     );
     let engine = Engine::connect(plan).await?;
-    println!("CRM database {}: connected", engine.crm.describe());
+    println!(
+        "CRM database {}: connected",
+        engine.endpoints.crm.describe()
+    );
     println!(
         "external database {}: connected",
-        engine.external.describe()
+        engine.endpoints.external.describe()
     );
     let (bound, findings) = engine.bind(None).await?;
     for b in &bound {
         println!(
             "entity {:?}: {} -> {}, {} fields mapped, direction {:?}",
             b.name(),
-            b.crm_table.qualified(),
-            b.external_table.qualified(),
+            b.side.crm.table.qualified(),
+            b.side.external.table.qualified(),
             b.fields.len(),
             b.plan.direction
         );
         // Rows crmsync creates must stay inside the filters, or the next
         // run would not see them.
         if b.plan.direction.external_to_crm() && b.plan.insert_into_crm {
-            let mut values = b.crm_defaults.clone();
+            let mut values = b.side.crm.defaults.clone();
             if let Some(t) = &b.crm_system.secterr {
                 values.push((t.clone(), crate::value::Value::Int(b.plan.secterr)));
             }
-            if engine.crm.filter_accepts(&b.crm_scan(), &values).await? == Some(false) {
+            if engine
+                .endpoints
+                .crm
+                .filter_accepts(&b.crm_scan(), &values)
+                .await?
+                == Some(false)
+            {
                 warnings.push(format!(
                     "entity {:?}: rows crmsync creates in CRM would not match crm_filter {:?}; \
                      set the columns it tests in crm_defaults (e.g. crm_defaults = {{ Comp_Type = \"Supplier\" }})",
@@ -424,8 +433,9 @@ async fn check(plan: Plan, warnings: &mut Vec<String>) -> anyhow::Result<i32> {
             }
         }
         if b.plan.direction.crm_to_external() && b.plan.insert_into_external {
-            let values = b.external_defaults.clone();
+            let values = b.side.external.defaults.clone();
             if engine
+                .endpoints
                 .external
                 .filter_accepts(&b.external_scan(), &values)
                 .await?
@@ -444,8 +454,9 @@ async fn check(plan: Plan, warnings: &mut Vec<String>) -> anyhow::Result<i32> {
         if b.plan.direction.external_to_crm()
             && b.plan.delete_into_crm == crate::plan::CrmDelete::Soft
             && engine
+                .endpoints
                 .external
-                .deletes_fingerprint(&b.external_table)
+                .deletes_fingerprint(&b.side.external.table)
                 .await?
                 .is_none()
         {
@@ -455,17 +466,22 @@ async fn check(plan: Plan, warnings: &mut Vec<String>) -> anyhow::Result<i32> {
                  (SQL Server, a partitioned or foreign table, or track_counts off); flag deletes \
                  in external_deleted_column instead where the application can",
                 b.name(),
-                b.external_table.qualified()
+                b.side.external.table.qualified()
             ));
         }
-        let crm_nulls = engine.crm.count_null_changes(&b.crm_scan()).await?;
+        let crm_nulls = engine
+            .endpoints
+            .crm
+            .count_null_changes(&b.crm_scan())
+            .await?;
         let ext_nulls = engine
+            .endpoints
             .external
             .count_null_changes(&b.external_scan())
             .await?;
         for (n, side, col) in [
-            (crm_nulls, "CRM", &b.crm_change.name),
-            (ext_nulls, "external", &b.external_change.name),
+            (crm_nulls, "CRM", &b.side.crm.change.name),
+            (ext_nulls, "external", &b.side.external.change.name),
         ] {
             if n > 0 {
                 let w = format!(

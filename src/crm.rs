@@ -129,7 +129,7 @@ pub mod write {
     /// A soft delete: Deleted = 1 plus the update columns.
     pub fn soft_delete(e: &BoundEntity, user_id: i64) -> Vec<(String, Assign)> {
         let mut out = Vec::new();
-        if let Some(d) = &e.crm_deleted {
+        if let Some(d) = &e.side.crm.deleted {
             out.push((d.name.clone(), Assign::Value(Value::Int(super::DELETED))));
         }
         touch(e, user_id, &mut out);
@@ -145,7 +145,7 @@ pub mod write {
         strategy: IdStrategy,
         out: &mut Vec<(String, Assign)>,
     ) {
-        for (c, v) in &e.crm_defaults {
+        for (c, v) in &e.side.crm.defaults {
             push(out, &Some(c.clone()), Assign::Value(v.clone()));
         }
         push(
@@ -160,13 +160,13 @@ pub mod write {
         );
         push(out, &e.crm_system.created_date, Assign::Now);
         touch(e, user_id, out);
-        if let Some(d) = &e.crm_deleted {
+        if let Some(d) = &e.side.crm.deleted {
             push(out, &Some(d.name.clone()), Assign::Value(Value::Null));
         }
         if id_strategy(e, strategy) == IdStrategy::StoredProcedure {
             push(
                 out,
-                &Some(e.crm_key.name.clone()),
+                &Some(e.side.crm.key.name.clone()),
                 Assign::AllocateId {
                     table: e.plan.crm_table.name.clone(),
                 },
@@ -178,7 +178,9 @@ pub mod write {
     /// the database assigns ids; otherwise `eware_get_identity_id`.
     pub fn id_strategy(e: &BoundEntity, strategy: IdStrategy) -> IdStrategy {
         match strategy {
-            IdStrategy::Auto if e.crm_key.identity || e.crm_key.has_default => IdStrategy::Identity,
+            IdStrategy::Auto if e.side.crm.key.identity || e.side.crm.key.has_default => {
+                IdStrategy::Identity
+            }
             IdStrategy::Auto => IdStrategy::StoredProcedure,
             s => s,
         }

@@ -14,6 +14,7 @@ pub mod plan;
 pub mod progress;
 pub mod report;
 pub mod schema;
+pub mod side;
 pub mod state;
 pub mod value;
 

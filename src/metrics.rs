@@ -87,8 +87,9 @@ async fn gather(plan: Option<&Plan>, engine: Option<&Engine>, known: &mut Known)
     let mut endpoints: Vec<(Side, Arc<dyn Endpoint>)> = Vec::new();
     let store: Option<Arc<dyn StateStore>> = match (engine, plan) {
         (Some(engine), _) => {
-            endpoints.push((Side::Crm, engine.crm.clone()));
-            endpoints.push((Side::External, engine.external.clone()));
+            for side in Side::BOTH {
+                endpoints.push((side, engine.endpoints[side].clone()));
+            }
             Some(engine.state.clone())
         }
         (None, Some(plan)) => match crate::connect::side(plan, plan.state_side).await {

@@ -3,8 +3,8 @@
 //! are checked, and the result carries only the catalogs' own spellings.
 
 use crate::crm::SystemColumns;
-use crate::endpoint::{ColumnInfo, Endpoint, EndpointError, Lookup, Scan, TableInfo};
-use crate::plan::{Direction, EntityPlan, FieldPlan, Plan, Side, Transform};
+use crate::endpoint::{ColumnInfo, Endpoint, EndpointError, Lookup, Scan, TableInfo, WriteBatch};
+use crate::plan::{Direction, EntityPlan, FieldPlan, PerSide, Plan, Side, Transform};
 use crate::value::{CoerceError, Family, SqlType, Value, Zones};
 use std::sync::Arc;
 
@@ -29,27 +29,46 @@ pub struct CrmSystem {
     pub secterr: Option<String>,
 }
 
+/// One side of a bound entity: its table and the columns every read and
+/// write of that side names.
+#[derive(Debug, Clone)]
+pub struct BoundSide {
+    pub table: Arc<TableInfo>,
+    pub key: ColumnInfo,
+    /// The column that records when a row changed.
+    pub change: ColumnInfo,
+    /// The soft-delete flag (`xxx_Deleted` on CRM, `external_deleted_column`
+    /// outside), if there is one.
+    pub deleted: Option<ColumnInfo>,
+    /// Constant values for rows created on this side.
+    pub defaults: Vec<(String, Value)>,
+}
+
 /// An entity ready to run: both tables and all columns resolved.
 #[derive(Debug, Clone)]
 pub struct BoundEntity {
     pub plan: EntityPlan,
-    pub crm_table: Arc<TableInfo>,
-    pub crm_key: ColumnInfo,
-    pub crm_change: ColumnInfo,
-    pub crm_deleted: Option<ColumnInfo>,
+    pub side: PerSide<BoundSide>,
+    /// The CRM column holding the external key (NULL: not linked).
     pub crm_link: Option<ColumnInfo>,
+    /// Sage CRM's system columns, set by its write rules.
     pub crm_system: CrmSystem,
-    pub external_table: Arc<TableInfo>,
-    pub external_key: ColumnInfo,
+    /// The external column holding the CRM id, if configured.
     pub external_crm_id: Option<ColumnInfo>,
-    pub external_change: ColumnInfo,
-    pub external_deleted: Option<ColumnInfo>,
     pub fields: Vec<BoundField>,
-    pub crm_defaults: Vec<(String, Value)>,
-    pub external_defaults: Vec<(String, Value)>,
     /// Zones to move wall-clock values from CRM to external and back.
     pub to_external: Zones,
     pub to_crm: Zones,
+}
+
+impl BoundField {
+    /// This field's column on `side`.
+    pub fn column(&self, side: Side) -> &ColumnInfo {
+        match side {
+            Side::Crm => &self.crm,
+            Side::External => &self.external,
+        }
+    }
 }
 
 impl BoundEntity {
@@ -65,82 +84,89 @@ impl BoundEntity {
         Some(Value::from_key_string(external_key, &c.ty))
     }
 
-    /// The read of `side`: [`BoundEntity::crm_scan`] or
-    /// [`BoundEntity::external_scan`].
-    pub fn scan(&self, side: Side) -> Scan {
+    /// The key `key` (canonical text, as links hold it) of a `side` row, in
+    /// its key column's type.
+    pub fn key_value(&self, side: Side, key: &str) -> Result<Value, CoerceError> {
+        Value::from_key_string(key, &self.side[side].key.ty)
+    }
+
+    /// The column of a `side` row that names its counterpart: the CRM link
+    /// column (holding the external key) or the external CRM-id column
+    /// (holding the CRM id). The two differ in what they hold; both mark a
+    /// row as claimed.
+    pub fn naming_column(&self, side: Side) -> Option<&ColumnInfo> {
         match side {
-            Side::Crm => self.crm_scan(),
-            Side::External => self.external_scan(),
+            Side::Crm => self.crm_link.as_ref(),
+            Side::External => self.external_crm_id.as_ref(),
         }
     }
 
-    /// The CRM read: key, change column, deleted flag, link column, then
-    /// the mapped columns.
+    /// The zones that carry a wall-clock value from `side` to the other.
+    pub fn zones_from(&self, side: Side) -> Zones {
+        match side {
+            Side::Crm => self.to_external,
+            Side::External => self.to_crm,
+        }
+    }
+
+    /// An empty write batch for the table of `side`.
+    pub fn write_batch(&self, side: Side) -> WriteBatch {
+        let s = &self.side[side];
+        WriteBatch::new(s.table.clone(), s.key.name.clone())
+    }
+
+    /// The CRM read: [`BoundEntity::scan`] of CRM.
     pub fn crm_scan(&self) -> Scan {
-        let mut columns = vec![self.crm_key.name.clone(), self.crm_change.name.clone()];
-        for c in [&self.crm_deleted, &self.crm_link].into_iter().flatten() {
-            if !columns.contains(&c.name) {
-                columns.push(c.name.clone());
-            }
-        }
-        for f in &self.fields {
-            if !columns.contains(&f.crm.name) {
-                columns.push(f.crm.name.clone());
-            }
-        }
-        // `match_on` columns that are not mapped fields: a sync matches
-        // by the values it read.
-        for (c, _) in &self.plan.match_on {
-            if let Ok(col) = self.crm_table.column(c) {
-                if !columns.contains(&col.name) {
-                    columns.push(col.name.clone());
-                }
-            }
-        }
-        Scan {
-            table: self.crm_table.clone(),
-            columns,
-            key: self.crm_key.name.clone(),
-            change: self.crm_change.name.clone(),
-            change_ty: self.crm_change.ty.clone(),
-            filter: self.plan.crm_filter.clone(),
-        }
+        self.scan(Side::Crm)
     }
 
-    /// The external read: key, change column, CRM id, deleted flag, then
-    /// the mapped columns.
+    /// The external read: [`BoundEntity::scan`] of the external side.
     pub fn external_scan(&self) -> Scan {
-        let mut columns = vec![
-            self.external_key.name.clone(),
-            self.external_change.name.clone(),
-        ];
-        for c in [&self.external_crm_id, &self.external_deleted]
-            .into_iter()
-            .flatten()
-        {
-            if !columns.contains(&c.name) {
-                columns.push(c.name.clone());
+        self.scan(Side::External)
+    }
+
+    /// The read of `side`: key, change column, the deleted flag and the
+    /// naming column (on CRM in that order, outside the other way round),
+    /// then the mapped columns and the `match_on` columns that are not
+    /// mapped (a sync matches by the values it read).
+    pub fn scan(&self, side: Side) -> Scan {
+        let s = &self.side[side];
+        let mut columns = vec![s.key.name.clone(), s.change.name.clone()];
+        let (deleted, naming) = (&s.deleted, self.naming_column(side).cloned());
+        let flags = match side {
+            Side::Crm => [deleted.clone(), naming],
+            Side::External => [naming, deleted.clone()],
+        };
+        let mut add = |name: &String| {
+            if !columns.contains(name) {
+                columns.push(name.clone());
             }
+        };
+        for c in flags.iter().flatten() {
+            add(&c.name);
         }
         for f in &self.fields {
-            if !columns.contains(&f.external.name) {
-                columns.push(f.external.name.clone());
-            }
+            add(&f.column(side).name);
         }
-        for (_, x) in &self.plan.match_on {
-            if let Ok(col) = self.external_table.column(x) {
-                if !columns.contains(&col.name) {
-                    columns.push(col.name.clone());
-                }
+        for pair in &self.plan.match_on {
+            let name = match side {
+                Side::Crm => &pair.0,
+                Side::External => &pair.1,
+            };
+            if let Ok(col) = s.table.column(name) {
+                add(&col.name);
             }
         }
         Scan {
-            table: self.external_table.clone(),
+            table: s.table.clone(),
             columns,
-            key: self.external_key.name.clone(),
-            change: self.external_change.name.clone(),
-            change_ty: self.external_change.ty.clone(),
-            filter: self.plan.external_filter.clone(),
+            key: s.key.name.clone(),
+            change: s.change.name.clone(),
+            change_ty: s.change.ty.clone(),
+            filter: match side {
+                Side::Crm => self.plan.crm_filter.clone(),
+                Side::External => self.plan.external_filter.clone(),
+            },
         }
     }
 }
@@ -683,20 +709,26 @@ pub async fn bind_entity(
     };
     Ok(Some(BoundEntity {
         plan: e.clone(),
-        crm_table: Arc::new(crm_t),
-        crm_key,
-        crm_change,
-        crm_deleted,
+        side: PerSide::new(
+            BoundSide {
+                table: Arc::new(crm_t),
+                key: crm_key,
+                change: crm_change,
+                deleted: crm_deleted,
+                defaults: crm_defaults,
+            },
+            BoundSide {
+                table: Arc::new(ext_t),
+                key: external_key,
+                change: external_change,
+                deleted: external_deleted,
+                defaults: external_defaults,
+            },
+        ),
         crm_link,
         crm_system,
-        external_table: Arc::new(ext_t),
-        external_key,
         external_crm_id,
-        external_change,
-        external_deleted,
         fields,
-        crm_defaults,
-        external_defaults,
         to_external,
         to_crm,
     }))

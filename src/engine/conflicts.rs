@@ -74,38 +74,48 @@ impl Engine {
             key: k.to_string(),
             reason: err.to_string(),
         };
-        let crm_key = Value::from_key_string(&link.crm_key, &e.crm_key.ty)
+        let crm_key = Value::from_key_string(&link.crm_key, &e.side.crm.key.ty)
             .map_err(|x| key_err(&link.crm_key, x))?;
-        let ext_key = Value::from_key_string(&link.external_key, &e.external_key.ty)
+        let ext_key = Value::from_key_string(&link.external_key, &e.side.external.key.ty)
             .map_err(|x| key_err(&link.external_key, x))?;
         let mut value = None;
         match take {
             Side::Crm => {
                 let mut scan = e.crm_scan();
                 scan.filter = None;
-                let rows = self.crm.fetch(&scan, &scan.key, &[crm_key]).await?;
+                let rows = self
+                    .endpoints
+                    .crm
+                    .fetch(&scan, &scan.key, &[crm_key])
+                    .await?;
                 let row = rows
                     .first()
                     .ok_or_else(|| gone("the CRM row is gone".into()))?;
                 let pos = scan.position(&f.crm.name).unwrap_or(0);
                 let (canonical, _) = crm_to_canonical(f, row[pos].clone(), e.to_external)
                     .map_err(|p| gone(format!("{p:?}")))?;
-                let mut batch =
-                    WriteBatch::new(e.external_table.clone(), e.external_key.name.clone());
+                let mut batch = WriteBatch::new(
+                    e.side.external.table.clone(),
+                    e.side.external.key.name.clone(),
+                );
                 batch.updates.push(Update {
                     key: ext_key,
                     set: vec![
                         (f.external.name.clone(), Assign::Value(canonical.clone())),
-                        (e.external_change.name.clone(), Assign::Now),
+                        (e.side.external.change.name.clone(), Assign::Now),
                     ],
                 });
-                self.external.apply(&batch, None).await?;
+                self.endpoints.external.apply(&batch, None).await?;
                 value = Some(canonical);
             }
             Side::External => {
                 let mut scan = e.external_scan();
                 scan.filter = None;
-                let rows = self.external.fetch(&scan, &scan.key, &[ext_key]).await?;
+                let rows = self
+                    .endpoints
+                    .external
+                    .fetch(&scan, &scan.key, &[ext_key])
+                    .await?;
                 let row = rows
                     .first()
                     .ok_or_else(|| gone("the external row is gone".into()))?;
@@ -115,9 +125,10 @@ impl Engine {
                     .map_err(|p| gone(format!("{p:?}")))?;
                 let mut set = vec![(f.crm.name.clone(), Assign::Value(crm_value))];
                 crm_write::touch(e, self.plan.crm_user_id, &mut set);
-                let mut batch = WriteBatch::new(e.crm_table.clone(), e.crm_key.name.clone());
+                let mut batch =
+                    WriteBatch::new(e.side.crm.table.clone(), e.side.crm.key.name.clone());
                 batch.updates.push(Update { key: crm_key, set });
-                self.crm.apply(&batch, None).await?;
+                self.endpoints.crm.apply(&batch, None).await?;
                 value = value.or(Some(canonical));
             }
         }

@@ -33,8 +33,9 @@ pub(super) async fn external_hard_deletes(
     // Read before the comparison: a delete after this read changes the
     // fingerprint the next run reads, so it is compared then.
     let fingerprint = engine
+        .endpoints
         .external
-        .deletes_fingerprint(&e.external_table)
+        .deletes_fingerprint(&e.side.external.table)
         .await?;
     if let Some(fp) = &fingerprint {
         if state
@@ -46,7 +47,7 @@ pub(super) async fn external_hard_deletes(
             tracing::debug!(
                 "entity {:?}: no row of {} deleted since the last check; links not compared",
                 e.name(),
-                e.external_table.qualified()
+                e.side.external.table.qualified()
             );
             return Ok(());
         }
@@ -83,11 +84,11 @@ pub(super) async fn external_hard_deletes(
     }
     let crm_keys: Vec<String> = gone.iter().map(|(c, _)| c.clone()).collect();
     let shadows = state.links_by_crm(e.name(), &crm_keys).await?;
-    let mut batch = WriteBatch::new(e.crm_table.clone(), e.crm_key.name.clone());
+    let mut batch = WriteBatch::new(e.side.crm.table.clone(), e.side.crm.key.name.clone());
     let mut link_writes = Vec::new();
     let layout = engine.layout(e, mode == Mode::Apply).await?;
     for (crm_key, ext_key) in &gone {
-        let Ok(key) = Value::from_key_string(crm_key, &e.crm_key.ty) else {
+        let Ok(key) = Value::from_key_string(crm_key, &e.side.crm.key.ty) else {
             continue;
         };
         batch.updates.push(Update {
@@ -124,10 +125,10 @@ pub(super) async fn external_hard_deletes(
     };
     match engine.plan.state_side {
         Side::Crm => {
-            engine.crm.apply(&batch, Some(&links)).await?;
+            engine.endpoints.crm.apply(&batch, Some(&links)).await?;
         }
         Side::External => {
-            engine.crm.apply(&batch, None).await?;
+            engine.endpoints.crm.apply(&batch, None).await?;
             state.store().write_links(&links).await?;
         }
     }
@@ -145,7 +146,7 @@ async fn gone_links(
 ) -> Result<GoneLinks, EngineError> {
     if engine.plan.state_side == Side::External {
         return Ok(state
-            .links_gone_from(e.name(), &e.external_table, &e.external_key.name)
+            .links_gone_from(e.name(), &e.side.external.table, &e.side.external.key.name)
             .await?);
     }
     let links = state.live_links(e.name()).await?;
@@ -153,6 +154,7 @@ async fn gone_links(
         return Ok(GoneLinks::default());
     }
     let present: HashSet<String> = engine
+        .endpoints
         .external
         .keys(&e.external_scan())
         .await?

@@ -19,7 +19,7 @@ pub use merge::{merge, winner, Merged, View};
 pub use verify::{Drift, FieldDiff, RepairReport, VerifyCounts, VerifyReport};
 
 use crate::endpoint::{Endpoint, EndpointError, Lower};
-use crate::plan::{DbKind, Plan, Side};
+use crate::plan::{DbKind, PerSide, Plan, Side};
 use crate::schema::{self, BindError, BoundEntity, Findings};
 use crate::state::{Link, RejectInfo, StateStore, Watermark};
 use crate::value::Value;
@@ -201,8 +201,8 @@ impl EntityReport {
 /// Everything a run needs: the plan, both databases and the state store.
 pub struct Engine {
     pub plan: Plan,
-    pub crm: Arc<dyn Endpoint>,
-    pub external: Arc<dyn Endpoint>,
+    /// The CRM database and the external one.
+    pub endpoints: PerSide<Arc<dyn Endpoint>>,
     pub state: Arc<dyn StateStore>,
     /// Shadow layout ids registered by this process, by entity: looked
     /// up once, however many passes and pages write links.
@@ -212,8 +212,8 @@ pub struct Engine {
 impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
-            .field("crm", &self.crm.describe())
-            .field("external", &self.external.describe())
+            .field("crm", &self.endpoints.crm.describe())
+            .field("external", &self.endpoints.external.describe())
             .finish()
     }
 }
@@ -233,16 +233,13 @@ impl Engine {
             crate::connect::side(&plan, Side::Crm),
             crate::connect::side(&plan, Side::External)
         )?;
-        let state = match plan.state_side {
-            Side::Crm => &crm,
-            Side::External => &external,
-        }
-        .state_store(&plan.state_schema)
-        .ok_or_else(not_postgres)?;
+        let connected = PerSide::new(crm, external);
+        let state = connected[plan.state_side]
+            .state_store(&plan.state_schema)
+            .ok_or_else(not_postgres)?;
         Ok(Engine {
             plan,
-            crm: crm.endpoint,
-            external: external.endpoint,
+            endpoints: connected.map(|_, c| c.endpoint),
             state,
             layouts: Default::default(),
         })
@@ -285,7 +282,13 @@ impl Engine {
         &self,
         only: Option<&str>,
     ) -> Result<(Vec<BoundEntity>, Findings), EngineError> {
-        Ok(schema::bind(&self.plan, only, &*self.crm, &*self.external).await?)
+        Ok(schema::bind(
+            &self.plan,
+            only,
+            &*self.endpoints.crm,
+            &*self.endpoints.external,
+        )
+        .await?)
     }
 
     /// One incremental run (or its dry run) of each selected entity.
@@ -427,6 +430,17 @@ impl StateView<'_> {
         keys: &[String],
     ) -> Result<HashMap<String, Link>, EndpointError> {
         let r = self.store().links_by_crm(entity, keys).await;
+        self.empty_if_missing(r)
+    }
+
+    /// The links of these `side` keys, by that key.
+    async fn links_by(
+        &self,
+        side: Side,
+        entity: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Link>, EndpointError> {
+        let r = self.store().links_by(side, entity, keys).await;
         self.empty_if_missing(r)
     }
 

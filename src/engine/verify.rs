@@ -16,8 +16,8 @@ use super::mapping::{crm_round_trip, crm_to_canonical, external_to_canonical};
 use super::pass::is_deleted;
 use super::{Engine, EngineError, EntityReport, Mode, StateView, MAX_SAMPLES};
 use crate::crm::write as crm_write;
-use crate::endpoint::{Assign, Endpoint, Scan, Update, WriteBatch};
-use crate::plan::{CrmDelete, Direction, ExternalDelete, Side};
+use crate::endpoint::{Assign, Scan, Update};
+use crate::plan::{CrmDelete, Direction, ExternalDelete, PerSide, Side};
 use crate::schema::BoundEntity;
 use crate::state::{Link, LinkBatch, LinkWrite};
 use crate::value::Value;
@@ -134,11 +134,11 @@ impl VerifyReport {
 struct Repairs {
     /// Links whose shadow lost fields, with what is left of it.
     links: Vec<(Link, crate::state::Shadow)>,
-    crm: Vec<Value>,
-    external: Vec<Value>,
+    /// Keys of the rows to touch, per side.
+    touch: PerSide<Vec<Value>>,
     shadows_cleared: u64,
-    crm_touched: u64,
-    external_touched: u64,
+    /// Rows touched so far, per side.
+    touched: PerSide<u64>,
 }
 
 /// How one linked pair compares.
@@ -211,12 +211,13 @@ impl Engine {
             return Ok(report);
         }
         let mut repairs = first.repair.take().unwrap_or_default();
-        repairs.crm_touched += self.touch_null_changes(e, Side::Crm).await?;
-        repairs.external_touched += self.touch_null_changes(e, Side::External).await?;
+        for side in Side::BOTH {
+            repairs.touched[side] += self.touch_null_changes(e, side).await?;
+        }
         if let Some(lock) = lock {
             lock.release().await;
         }
-        if repairs.crm_touched + repairs.external_touched > 0 {
+        if repairs.touched.crm + repairs.touched.external > 0 {
             // The window ends `settle` before the source clock: wait until
             // the touched rows are inside it.
             tokio::time::sleep(e.plan.settle + std::time::Duration::from_millis(20)).await;
@@ -230,8 +231,8 @@ impl Engine {
         let after = Compare::new(self, e, state, false).run().await?;
         report.repair = Some(RepairReport {
             shadows_cleared: repairs.shadows_cleared,
-            crm_touched: repairs.crm_touched,
-            external_touched: repairs.external_touched,
+            crm_touched: repairs.touched.crm,
+            external_touched: repairs.touched.external,
             sync,
             remaining: after.counts,
             remaining_samples: after.samples,
@@ -242,10 +243,7 @@ impl Engine {
     /// Sets the change column of every row of `side` (in the filter) whose
     /// change column is NULL to the server clock; returns how many.
     async fn touch_null_changes(&self, e: &BoundEntity, side: Side) -> Result<u64, EngineError> {
-        let (scan, ep) = match side {
-            Side::Crm => (e.crm_scan(), &*self.crm),
-            Side::External => (e.external_scan(), &*self.external),
-        };
+        let (scan, ep) = (e.scan(side), &*self.endpoints[side]);
         let total = ep.count_null_changes(&scan).await?.max(0) as u64;
         let mut done = 0;
         // Touched rows leave the NULL set, so each round reads the next
@@ -280,30 +278,19 @@ impl Engine {
         if keys.is_empty() {
             return Ok(());
         }
-        let (table, key, ep): (_, _, &dyn Endpoint) = match side {
-            Side::Crm => (e.crm_table.clone(), e.crm_key.name.clone(), &*self.crm),
-            Side::External => (
-                e.external_table.clone(),
-                e.external_key.name.clone(),
-                &*self.external,
-            ),
-        };
-        let mut set = Vec::new();
-        match side {
-            Side::Crm => {
-                set.push((e.crm_change.name.clone(), Assign::Now));
-                crm_write::touch(e, self.plan.crm_user_id, &mut set);
-            }
-            Side::External => set.push((e.external_change.name.clone(), Assign::Now)),
+        let mut set = vec![(e.side[side].change.name.clone(), Assign::Now)];
+        if side == Side::Crm {
+            // Sage CRM's update rules: who and when.
+            crm_write::touch(e, self.plan.crm_user_id, &mut set);
         }
-        let mut batch = WriteBatch::new(table, key);
+        let mut batch = e.write_batch(side);
         for k in keys {
             batch.updates.push(Update {
                 key: k,
                 set: set.clone(),
             });
         }
-        ep.apply(&batch, None).await?;
+        self.endpoints[side].apply(&batch, None).await?;
         Ok(())
     }
 }
@@ -335,18 +322,14 @@ impl<'a> Compare<'a> {
 
     async fn run(mut self) -> Result<Self, EngineError> {
         let e = self.e;
-        self.counts.null_change_crm = self
-            .engine
-            .crm
-            .count_null_changes(&e.crm_scan())
-            .await?
-            .max(0) as u64;
-        self.counts.null_change_external = self
-            .engine
-            .external
-            .count_null_changes(&e.external_scan())
-            .await?
-            .max(0) as u64;
+        let nulls = |side| async move {
+            let n = self.engine.endpoints[side]
+                .count_null_changes(&e.scan(side))
+                .await?;
+            Ok::<_, EngineError>(n.max(0) as u64)
+        };
+        self.counts.null_change_crm = nulls(Side::Crm).await?;
+        self.counts.null_change_external = nulls(Side::External).await?;
         self.pages(Side::Crm).await?;
         self.pages(Side::External).await?;
         Ok(self)
@@ -360,10 +343,7 @@ impl<'a> Compare<'a> {
     /// did not compare them).
     async fn pages(&mut self, side: Side) -> Result<(), EngineError> {
         let e = self.e;
-        let ep: &dyn Endpoint = match side {
-            Side::Crm => &*self.engine.crm,
-            Side::External => &*self.engine.external,
-        };
+        let ep = &*self.engine.endpoints[side];
         let scan = e.scan(side);
         // What each page reads of the other side: the link, not the
         // filter, decides what belongs to a pair.
@@ -416,12 +396,13 @@ impl<'a> Compare<'a> {
         let links = self.state.links_by_crm(e.name(), &keys).await?;
         let mut wanted = Vec::new();
         for l in links.values().filter(|l| !l.deleted) {
-            if let Ok(k) = Value::from_key_string(&l.external_key, &e.external_key.ty) {
+            if let Ok(k) = Value::from_key_string(&l.external_key, &e.side.external.key.ty) {
                 wanted.push(k);
             }
         }
         let counterparts: HashMap<String, Vec<Value>> = self
             .engine
+            .endpoints
             .external
             .fetch(ext_scan, &ext_scan.key, &wanted)
             .await?
@@ -431,7 +412,9 @@ impl<'a> Compare<'a> {
         for row in rows {
             let ks = row[0].key_string();
             let crm_deleted = e
-                .crm_deleted
+                .side
+                .crm
+                .deleted
                 .as_ref()
                 .is_some_and(|d| is_deleted(Some(&get(scan, row, &d.name))));
             match links.get(&ks) {
@@ -450,7 +433,7 @@ impl<'a> Compare<'a> {
                         fields: Vec::new(),
                     });
                     if let Some(r) = &mut self.repair {
-                        r.crm.push(row[0].clone());
+                        r.touch.crm.push(row[0].clone());
                     }
                 }
                 None => {}
@@ -476,11 +459,12 @@ impl<'a> Compare<'a> {
         let live: Vec<&Link> = links.values().filter(|l| !l.deleted).collect();
         let crm_keys: Vec<Value> = live
             .iter()
-            .filter_map(|l| Value::from_key_string(&l.crm_key, &e.crm_key.ty).ok())
+            .filter_map(|l| Value::from_key_string(&l.crm_key, &e.side.crm.key.ty).ok())
             .collect();
         // Those in the CRM filter were compared by the CRM pages.
         let seen: HashSet<String> = self
             .engine
+            .endpoints
             .crm
             .fetch(crm_keys_only, &crm_keys_only.key, &crm_keys)
             .await?
@@ -493,6 +477,7 @@ impl<'a> Compare<'a> {
             .collect();
         let outside: HashMap<String, Vec<Value>> = self
             .engine
+            .endpoints
             .crm
             .fetch(crm_any, &crm_any.key, &outside)
             .await?
@@ -502,7 +487,9 @@ impl<'a> Compare<'a> {
         for row in rows {
             let ks = row[0].key_string();
             let ext_deleted = e
-                .external_deleted
+                .side
+                .external
+                .deleted
                 .as_ref()
                 .is_some_and(|d| is_deleted(Some(&get(scan, row, &d.name))));
             match links.get(&ks) {
@@ -533,7 +520,7 @@ impl<'a> Compare<'a> {
                         fields: Vec::new(),
                     });
                     if let Some(r) = &mut self.repair {
-                        r.external.push(row[0].clone());
+                        r.touch.external.push(row[0].clone());
                     }
                 }
                 None => {}
@@ -562,11 +549,8 @@ impl<'a> Compare<'a> {
                 });
                 // A CRM-owned row is sent again when the sync sees it; for
                 // two-way entities the sync's delete detection decides.
-                if let (Some(r), Ok(k)) = (
-                    &mut self.repair,
-                    Value::from_key_string(&l.crm_key, &e.crm_key.ty),
-                ) {
-                    r.crm.push(k);
+                if let (Some(r), Ok(k)) = (&mut self.repair, e.key_value(Side::Crm, &l.crm_key)) {
+                    r.touch.crm.push(k);
                 }
             }
             Pair::Differ(fields, side) => {
@@ -581,17 +565,8 @@ impl<'a> Compare<'a> {
                         r.shadows_cleared += 1;
                         r.links.push((l.clone(), shadow));
                     }
-                    let key = match side {
-                        Side::Crm => Value::from_key_string(&l.crm_key, &e.crm_key.ty),
-                        Side::External => {
-                            Value::from_key_string(&l.external_key, &e.external_key.ty)
-                        }
-                    };
-                    if let Ok(k) = key {
-                        match side {
-                            Side::Crm => r.crm.push(k),
-                            Side::External => r.external.push(k),
-                        }
+                    if let Ok(k) = e.key_value(side, l.key(side)) {
+                        r.touch[side].push(k);
                     }
                 }
                 self.sample(Drift {
@@ -614,7 +589,9 @@ impl<'a> Compare<'a> {
     ) -> Pair {
         let e = self.e;
         let crm_deleted = e
-            .crm_deleted
+            .side
+            .crm
+            .deleted
             .as_ref()
             .is_some_and(|d| is_deleted(Some(&get(crm_scan, crm_row, &d.name))));
         let Some(ext_row) = ext_row else {
@@ -625,7 +602,9 @@ impl<'a> Compare<'a> {
             };
         };
         let ext_deleted = e
-            .external_deleted
+            .side
+            .external
+            .deleted
             .as_ref()
             .is_some_and(|d| is_deleted(Some(&get(ext_scan, ext_row, &d.name))));
         let state = |deleted: bool| if deleted { "deleted" } else { "live" }.to_string();
@@ -727,8 +706,8 @@ impl<'a> Compare<'a> {
             _ => {}
         }
         let crm_at =
-            get(crm_scan, crm_row, &e.crm_change.name).to_utc(self.engine.plan.crm.timezone);
-        let ext_at = get(ext_scan, ext_row, &e.external_change.name)
+            get(crm_scan, crm_row, &e.side.crm.change.name).to_utc(self.engine.plan.crm.timezone);
+        let ext_at = get(ext_scan, ext_row, &e.side.external.change.name)
             .to_utc(self.engine.plan.external.timezone);
         match (crm_at, ext_at) {
             (Some(c), Some(x)) if x > c => Side::External,
@@ -760,12 +739,11 @@ impl<'a> Compare<'a> {
             };
             self.state.store().write_links(&batch).await?;
         }
-        let crm = std::mem::take(&mut r.crm);
-        let external = std::mem::take(&mut r.external);
-        r.crm_touched += crm.len() as u64;
-        r.external_touched += external.len() as u64;
-        self.engine.touch(e, Side::Crm, crm).await?;
-        self.engine.touch(e, Side::External, external).await?;
+        for side in Side::BOTH {
+            let keys = std::mem::take(&mut r.touch[side]);
+            r.touched[side] += keys.len() as u64;
+            self.engine.touch(e, side, keys).await?;
+        }
         Ok(())
     }
 }

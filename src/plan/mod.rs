@@ -14,6 +14,8 @@ mod entity;
 pub mod order;
 mod tls;
 
+/// Re-exported: the plan speaks of sides throughout.
+pub use crate::side::{PerSide, Side};
 pub use build::ConfigErrors;
 pub use tls::{TlsCa, TlsClient};
 
@@ -37,6 +39,13 @@ impl Direction {
     }
     pub fn external_to_crm(self) -> bool {
         matches!(self, Direction::ExternalToCrm | Direction::Both)
+    }
+    /// Whether values flow out of `side`.
+    pub fn from(self, side: Side) -> bool {
+        match side {
+            Side::Crm => self.crm_to_external(),
+            Side::External => self.external_to_crm(),
+        }
     }
 }
 
@@ -82,36 +91,6 @@ pub enum Transform {
     Checkbox,
     /// Leading and trailing white space removed on the way out of CRM.
     Trim,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Side {
-    Crm,
-    External,
-}
-
-impl Side {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Side::Crm => "crm",
-            Side::External => "external",
-        }
-    }
-
-    /// The side across from this one.
-    pub fn other(self) -> Side {
-        match self {
-            Side::Crm => Side::External,
-            Side::External => Side::Crm,
-        }
-    }
-}
-
-impl fmt::Display for Side {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -60,7 +60,32 @@ pub struct LinkWrite {
     pub deleted: bool,
 }
 
+impl Link {
+    /// The key of the pair's `side` row.
+    pub fn key(&self, side: Side) -> &str {
+        match side {
+            Side::Crm => &self.crm_key,
+            Side::External => &self.external_key,
+        }
+    }
+}
+
 impl LinkWrite {
+    /// The key of the pair's `side` row, known or to come.
+    pub fn key(&self, side: Side) -> &KeyRef {
+        match side {
+            Side::Crm => &self.crm_key,
+            Side::External => &self.external_key,
+        }
+    }
+
+    pub fn key_mut(&mut self, side: Side) -> &mut KeyRef {
+        match side {
+            Side::Crm => &mut self.crm_key,
+            Side::External => &mut self.external_key,
+        }
+    }
+
     /// A write of a pair whose two keys are known.
     pub fn pair(crm_key: &str, external_key: &str, shadow: Vec<u8>, deleted: bool) -> LinkWrite {
         LinkWrite {
@@ -263,6 +288,19 @@ pub trait StateStore: Send + Sync {
         entity: &str,
         keys: &[String],
     ) -> Result<HashMap<String, Link>, EndpointError>;
+
+    /// The links of these `side` keys, by that key.
+    async fn links_by(
+        &self,
+        side: Side,
+        entity: &str,
+        keys: &[String],
+    ) -> Result<HashMap<String, Link>, EndpointError> {
+        match side {
+            Side::Crm => self.links_by_crm(entity, keys).await,
+            Side::External => self.links_by_external(entity, keys).await,
+        }
+    }
 
     /// Writes links whose keys are all `KeyRef::Known`.
     async fn write_links(&self, batch: &LinkBatch) -> Result<(), EndpointError>;

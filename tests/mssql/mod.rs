@@ -656,11 +656,13 @@ max_delete_ratio = 1.0"#,
     // unconverted (error 102); until it learns them the answer there is
     // "cannot tell". A real server must answer.
     let supplier = engine
+        .endpoints
         .crm
         .filter_accepts(&scan, &ty("Supplier"))
         .await
         .unwrap();
     let customer = engine
+        .endpoints
         .crm
         .filter_accepts(&scan, &ty("Customer"))
         .await
@@ -670,11 +672,25 @@ max_delete_ratio = 1.0"#,
     } else {
         assert_eq!((supplier, customer), (Some(true), Some(false)));
     }
-    assert_eq!(engine.crm.count_null_changes(&scan).await.unwrap(), 0);
-    engine.crm.check_filter(&scan).await.unwrap();
+    assert_eq!(
+        engine
+            .endpoints
+            .crm
+            .count_null_changes(&scan)
+            .await
+            .unwrap(),
+        0
+    );
+    engine.endpoints.crm.check_filter(&scan).await.unwrap();
     let mut bad = scan.clone();
     bad.filter = Some("Comp_Typo = 'Supplier'".into());
-    let err = engine.crm.check_filter(&bad).await.unwrap_err().to_string();
+    let err = engine
+        .endpoints
+        .crm
+        .check_filter(&bad)
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("207"), "{err}");
 
     for cmd in ["check", "plan", "verify", "status"] {

@@ -109,13 +109,11 @@ pub(super) async fn prepare_chunk(
                     report.unchanged += 1;
                     continue;
                 }
-                let key =
-                    Value::from_key_string(&l.external_key, &e.external_key.ty).map_err(|err| {
-                        EngineError::BadLinkOfRow {
-                            entity: e.name().to_string(),
-                            crm_key: ks.to_string(),
-                            reason: err.to_string(),
-                        }
+                let key = Value::from_key_string(&l.external_key, &e.side.external.key.ty)
+                    .map_err(|err| EngineError::BadLinkOfRow {
+                        entity: e.name().to_string(),
+                        crm_key: ks.to_string(),
+                        reason: err.to_string(),
                     })?;
                 push_update(e, &mut updates, key, set);
                 report.updated += 1;
@@ -143,7 +141,7 @@ pub(super) async fn prepare_chunk(
             .filter_map(|c| {
                 let v = &rows[c.row][lp];
                 (!v.is_null())
-                    .then(|| Value::from_key_string(&v.key_string(), &e.external_key.ty).ok())
+                    .then(|| Value::from_key_string(&v.key_string(), &e.side.external.key.ty).ok())
                     .flatten()
             })
             .collect();
@@ -377,8 +375,8 @@ pub(super) async fn prepare_chunk(
         checkpoint: checkpoint.clone(),
     };
     let mut chunk = ChunkWrite {
-        table: e.external_table.clone(),
-        key: e.external_key.name.clone(),
+        table: e.side.external.table.clone(),
+        key: e.side.external.key.name.clone(),
         columns: shape.columns.clone(),
         inserts,
         raw_inserts: raw.as_ref().map(|raw| RawInserts {
@@ -517,10 +515,11 @@ async fn name_crm_rows(
     scan.filter = None;
     let keys: Vec<Value> = pairs
         .iter()
-        .filter_map(|(c, _)| Value::from_key_string(c, &e.crm_key.ty).ok())
+        .filter_map(|(c, _)| Value::from_key_string(c, &e.side.crm.key.ty).ok())
         .collect();
     let pos = scan.position(&lc.name);
     let holds: HashMap<String, String> = engine
+        .endpoints
         .crm
         .fetch(&scan, &scan.key, &keys)
         .await?
@@ -530,13 +529,15 @@ async fn name_crm_rows(
             (!v.is_null()).then(|| (r[0].key_string(), v.key_string()))
         })
         .collect();
-    let mut batch = WriteBatch::new(e.crm_table.clone(), e.crm_key.name.clone());
+    let mut batch = WriteBatch::new(e.side.crm.table.clone(), e.side.crm.key.name.clone());
     for (c, x) in pairs {
         if holds.get(&c) == Some(&x) {
             continue;
         }
-        let (Ok(key), Some(v)) = (Value::from_key_string(&c, &e.crm_key.ty), e.link_value(&x))
-        else {
+        let (Ok(key), Some(v)) = (
+            Value::from_key_string(&c, &e.side.crm.key.ty),
+            e.link_value(&x),
+        ) else {
             continue;
         };
         let v = v.map_err(|err| EngineError::KeyDoesNotFit {
@@ -552,7 +553,7 @@ async fn name_crm_rows(
         });
     }
     if !batch.is_empty() {
-        engine.crm.apply(&batch, None).await?;
+        engine.endpoints.crm.apply(&batch, None).await?;
     }
     Ok(())
 }
@@ -591,7 +592,7 @@ fn push_update(e: &BoundEntity, updates: &mut Vec<Update>, key: Value, set: Vec<
         .into_iter()
         .map(|(c, v)| (c, Assign::Value(v)))
         .collect();
-    set.push((e.external_change.name.clone(), Assign::Now));
+    set.push((e.side.external.change.name.clone(), Assign::Now));
     updates.push(Update { key, set });
 }
 
@@ -607,7 +608,11 @@ async fn fetch_by(
     if values.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = engine.external.fetch(scan, column, values).await?;
+    let rows = engine
+        .endpoints
+        .external
+        .fetch(scan, column, values)
+        .await?;
     Ok(rows.into_iter().map(|r| (r[pos].key_string(), r)).collect())
 }
 
@@ -645,7 +650,9 @@ async fn match_rows(
         .collect();
     let first_ext = &cols.matches[0].1;
     let first_ty = e
-        .external_table
+        .side
+        .external
+        .table
         .column(first_ext)
         .map(|c| c.ty.clone())
         .map_err(|_| EngineError::Internal(format!("match_on column {first_ext} is gone")))?;
@@ -665,7 +672,9 @@ async fn match_rows(
     let mut candidates = ext_scan.clone();
     candidates.filter = e.plan.external_filter.clone();
     let deleted_pos = e
-        .external_deleted
+        .side
+        .external
+        .deleted
         .as_ref()
         .and_then(|c| ext_scan.position(&c.name));
     let crm_id_pos = e
@@ -675,6 +684,7 @@ async fn match_rows(
     let mut by_tuple: HashMap<String, Vec<Vec<Value>>> = HashMap::new();
     if !firsts.is_empty() {
         for r in engine
+            .endpoints
             .external
             .fetch(&candidates, first_ext, &firsts)
             .await?

@@ -80,14 +80,18 @@ pub(super) fn crm_columns(e: &BoundEntity) -> Result<CrmColumns, EngineError> {
     let mut matches = Vec::new();
     for (c, x) in &e.plan.match_on {
         let crm = e
-            .crm_table
+            .side
+            .crm
+            .table
             .column(c)
             .map_err(|_| EngineError::MatchColumnGone {
                 entity: e.name().to_string(),
                 column: c.to_string(),
             })?;
         let ext = e
-            .external_table
+            .side
+            .external
+            .table
             .column(x)
             .map_err(|_| EngineError::MatchColumnGone {
                 entity: e.name().to_string(),
@@ -200,22 +204,22 @@ pub(super) async fn insert_shape(
         _ => false,
     };
     let mut constants = Vec::new();
-    for (c, v) in &e.external_defaults {
+    for (c, v) in &e.side.external.defaults {
         if !columns.contains(c) {
             columns.push(c.clone());
             constants.push(v.clone());
         }
     }
-    if let Some(d) = &e.external_deleted {
+    if let Some(d) = &e.side.external.deleted {
         if !columns.contains(&d.name) && !d.has_default {
             columns.push(d.name.clone());
             constants.push(deleted_flag_false(&d.ty));
         }
     }
-    let chg = &e.external_change;
+    let chg = &e.side.external.change;
     if !columns.contains(&chg.name) && !chg.has_default {
         columns.push(chg.name.clone());
-        constants.push(engine.external.clock(&chg.ty).await?);
+        constants.push(engine.endpoints.external.clock(&chg.ty).await?);
     }
     Ok(InsertShape {
         columns,

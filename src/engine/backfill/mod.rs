@@ -273,10 +273,7 @@ async fn through_sync(
     let direction = opts.direction.as_str();
     let state = &*engine.state;
     let scan = e.scan(source);
-    let (endpoint, table) = match source {
-        Side::Crm => (&engine.crm, &e.crm_table),
-        Side::External => (&engine.external, &e.external_table),
-    };
+    let (endpoint, table) = (&engine.endpoints[source], &e.side[source].table);
     let mut checkpoint = match interrupted(engine, e, opts, report).await? {
         Some(cp) => cp,
         None => {
@@ -375,7 +372,7 @@ async fn to_external(
 ) -> Result<(), EngineError> {
     let started = Instant::now();
     let direction = opts.direction.as_str();
-    let Some(ext_bulk) = engine.external.bulk() else {
+    let Some(ext_bulk) = engine.endpoints.external.bulk() else {
         tracing::info!(
             "entity {:?}: the external database has no bulk interface (SQL Server): \
              the rows are written through the sync's batched writes",
@@ -384,7 +381,7 @@ async fn to_external(
         return through_sync(engine, e, Side::Crm, opts, run, report).await;
     };
     let ext_bulk: &dyn Bulk = ext_bulk;
-    let crm_bulk = engine.crm.bulk_source();
+    let crm_bulk = engine.endpoints.crm.bulk_source();
     let state = &*engine.state;
     let state_here = engine.plan.state_side == Side::External;
     // Whether links of this entity may exist for rows this run has not
@@ -397,16 +394,16 @@ async fn to_external(
         None => {
             // The snapshot starts now: what changes from here on is the
             // next sync's to carry.
-            let now = engine.crm.clock(&e.crm_change.ty).await?;
+            let now = engine.endpoints.crm.clock(&e.side.crm.change.ty).await?;
             links_before = state.has_links(e.name()).await?;
             let insert_only =
-                state_here && !links_before && !ext_bulk.has_rows(&e.external_table).await?;
+                state_here && !links_before && !ext_bulk.has_rows(&e.side.external.table).await?;
             if insert_only {
                 tracing::info!(
                     "entity {:?}: {} is empty and nothing is linked yet: every row is inserted \
                      without looking for a counterpart",
                     e.name(),
-                    e.external_table.qualified()
+                    e.side.external.table.qualified()
                 );
             }
             let cp = Checkpoint {
@@ -430,7 +427,7 @@ async fn to_external(
     cols.layout = Layout::new(e, layout, cols.outgoing.iter().map(|o| o.field).collect());
     let ext_scan = external_scan(e, &cols);
     let shape = insert_shape(engine, e).await?;
-    let deleted = e.crm_deleted.as_ref().map(|d| d.name.clone());
+    let deleted = e.side.crm.deleted.as_ref().map(|d| d.name.clone());
     let req = StreamRequest {
         scan: cols.scan.clone(),
         after: checkpoint.last_key.clone(),
@@ -443,6 +440,7 @@ async fn to_external(
     // target: every row of an insert-only backfill, and those a lookup
     // finds no counterpart for when the links commit with the data.
     let crm_raw = engine
+        .endpoints
         .crm
         .bulk()
         .filter(|b| state_here && e.plan.insert_into_external && b.kind() == ext_bulk.kind());
@@ -476,7 +474,8 @@ async fn to_external(
         Some(b) => Source::Raw(b.stream_raw(req)),
         None => Source::Values(crm_bulk.stream(req)),
     };
-    let estimate = (e.crm_table.row_estimate.max(0) as u64).saturating_sub(report.rows_done_before);
+    let estimate =
+        (e.side.crm.table.row_estimate.max(0) as u64).saturating_sub(report.rows_done_before);
     let mut progress = Progress::start(&format!("backfill {}", e.name()), estimate);
     // Up to WRITERS chunks are written at once while the next one is
     // linked and resolved. A chunk commits only after the one before it
@@ -551,18 +550,18 @@ async fn analyze(
     let links_side = if state_here {
         Some(ext_bulk)
     } else {
-        engine.crm.bulk()
+        engine.endpoints.crm.bulk()
     };
     // The columns the sync and the backfill's lookups search by.
-    let mut cols: Vec<String> = [Some(&e.external_key), e.external_crm_id.as_ref()]
+    let mut cols: Vec<String> = [Some(&e.side.external.key), e.external_crm_id.as_ref()]
         .into_iter()
         .flatten()
-        .chain([&e.external_change])
-        .chain(e.external_deleted.as_ref())
+        .chain([&e.side.external.change])
+        .chain(e.side.external.deleted.as_ref())
         .map(|c| c.name.clone())
         .collect();
     for (_, x) in &e.plan.match_on {
-        if let Ok(x) = e.external_table.column(x) {
+        if let Ok(x) = e.side.external.table.column(x) {
             if !cols.contains(&x.name) {
                 cols.push(x.name.clone());
             }
@@ -575,7 +574,7 @@ async fn analyze(
         }
     };
     tokio::try_join!(
-        ext_bulk.analyze(Some((&e.external_table, &cols)), None),
+        ext_bulk.analyze(Some((&e.side.external.table, &cols)), None),
         links,
     )?;
     Ok(())

@@ -218,8 +218,8 @@ pub(super) fn prepare_raw(
     report.rejected += rejects.len() as u64;
     let schema = engine.plan.state_schema.clone();
     let chunk = ChunkWrite {
-        table: e.external_table.clone(),
-        key: e.external_key.name.clone(),
+        table: e.side.external.table.clone(),
+        key: e.side.external.key.name.clone(),
         columns: shape.columns.clone(),
         inserts: Vec::new(),
         raw_inserts: Some(RawInserts {

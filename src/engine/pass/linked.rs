@@ -2,13 +2,13 @@
 //! across, reviving a pair, adopting a counterpart, and making each side
 //! name the other.
 
-use super::{bad_link, deleted_flag, is_deleted, Ctx, Row, Writes};
+use super::{bad_link, deleted_flag, Ctx, Row, Writes};
 use crate::crm::write as crm_write;
 use crate::endpoint::{Assign, Update};
 use crate::engine::mapping::{canonical_to_crm, external_to_canonical, FieldProblem};
 use crate::engine::merge::{merge, Merged, View};
 use crate::engine::{EngineError, EntityReport, Sample};
-use crate::plan::{CrmDelete, ExternalDelete, Side};
+use crate::plan::{CrmDelete, ExternalDelete, PerSide, Side};
 use crate::schema::BoundEntity;
 use crate::state::{Base, Link, LinkWrite, Shadow};
 use crate::value::Value;
@@ -57,26 +57,14 @@ impl Ctx<'_> {
     ) -> Result<(), EngineError> {
         let e = self.e;
         let ks = row.values[0].key_string();
-        let (crm_row, ext_row) = match self.source {
-            Side::Crm => (row, other_row),
-            Side::External => (other_row, row),
-        };
-        if self.source == Side::External
-            && e.crm_deleted
-                .as_ref()
-                .is_some_and(|d| is_deleted(Some(&crm_row.get(&d.name))))
-        {
+        if other_row.deleted(e, self.source.other()) {
             report.unchanged += 1;
             return Ok(());
         }
-        if self.source == Side::Crm
-            && e.external_deleted
-                .as_ref()
-                .is_some_and(|d| is_deleted(Some(&ext_row.get(&d.name))))
-        {
-            report.unchanged += 1;
-            return Ok(());
-        }
+        let PerSide {
+            crm: crm_row,
+            external: ext_row,
+        } = PerSide::from_side(self.source, row, other_row);
         let (crm_view, truncated) = match self.crm_view(&crm_row) {
             Ok(v) => v,
             Err(p) => return self.problem(&ks, p, w, report),
@@ -126,7 +114,7 @@ impl Ctx<'_> {
                 set.push((f.crm.name.clone(), Assign::Value(crm_v)));
             }
             crm_write::touch(e, user, &mut set);
-            let key = Value::from_key_string(&l.crm_key, &e.crm_key.ty)
+            let key = Value::from_key_string(&l.crm_key, &e.side.crm.key.ty)
                 .map_err(|err| FieldProblem::Reject(format!("CRM key {}: {err}", l.crm_key)))?;
             w.crm.updates.push(Update { key, set });
             report.crm_updated += 1;
@@ -138,11 +126,10 @@ impl Ctx<'_> {
                 fields.insert(f.external.name.clone(), v.display());
                 set.push((f.external.name.clone(), Assign::Value(v.clone())));
             }
-            set.push((e.external_change.name.clone(), Assign::Now));
-            let key =
-                Value::from_key_string(&l.external_key, &e.external_key.ty).map_err(|err| {
-                    FieldProblem::Reject(format!("external key {}: {err}", l.external_key))
-                })?;
+            set.push((e.side.external.change.name.clone(), Assign::Now));
+            let key = Value::from_key_string(&l.external_key, &e.side.external.key.ty).map_err(
+                |err| FieldProblem::Reject(format!("external key {}: {err}", l.external_key)),
+            )?;
             w.ext.updates.push(Update { key, set });
             report.updated += 1;
         }
@@ -177,22 +164,25 @@ impl Ctx<'_> {
         report: &mut EntityReport,
     ) -> Result<(), EngineError> {
         let e = self.e;
+        // Deletes into the external table follow its delete policy; into
+        // CRM they are Sage CRM soft deletes.
         let carried = match self.source {
             Side::Crm => {
-                let key = Value::from_key_string(&l.external_key, &e.external_key.ty)
+                let key = e
+                    .key_value(Side::External, &l.external_key)
                     .map_err(|err| bad_link(e, &l.external_key, err))?;
-                match e.plan.delete_into_external {
+                let carried = match e.plan.delete_into_external {
                     ExternalDelete::Hard => {
                         w.ext.deletes.push(key);
                         true
                     }
-                    ExternalDelete::Soft => match &e.external_deleted {
+                    ExternalDelete::Soft => match &e.side.external.deleted {
                         Some(d) => {
                             w.ext.updates.push(Update {
                                 key,
                                 set: vec![
                                     (d.name.clone(), Assign::Value(deleted_flag(&d.ty, true))),
-                                    (e.external_change.name.clone(), Assign::Now),
+                                    (e.side.external.change.name.clone(), Assign::Now),
                                 ],
                             });
                             true
@@ -200,26 +190,26 @@ impl Ctx<'_> {
                         None => false,
                     },
                     ExternalDelete::Ignore => false,
-                }
+                };
+                report.deleted += u64::from(carried);
+                carried
             }
             Side::External => match e.plan.delete_into_crm {
                 CrmDelete::Soft if e.plan.direction.external_to_crm() => {
-                    let key = Value::from_key_string(&l.crm_key, &e.crm_key.ty)
+                    let key = e
+                        .key_value(Side::Crm, &l.crm_key)
                         .map_err(|err| bad_link(e, &l.crm_key, err))?;
                     w.crm.updates.push(Update {
                         key,
                         set: crm_write::soft_delete(e, self.engine.plan.crm_user_id),
                     });
+                    report.crm_deleted += 1;
                     true
                 }
                 _ => false,
             },
         };
         if carried {
-            match self.source {
-                Side::Crm => report.deleted += 1,
-                Side::External => report.crm_deleted += 1,
-            }
             report.sample(Sample {
                 action: "delete",
                 crm_key: l.crm_key.clone(),
@@ -254,7 +244,7 @@ impl Ctx<'_> {
             }
             Err(p) => return self.problem(&l.crm_key, p, w, report),
         };
-        let key = Value::from_key_string(&l.external_key, &e.external_key.ty)
+        let key = Value::from_key_string(&l.external_key, &e.side.external.key.ty)
             .map_err(|err| bad_link(e, &l.external_key, err))?;
         let mut set: Vec<(String, Assign)> = e
             .fields
@@ -267,10 +257,10 @@ impl Ctx<'_> {
                 )
             })
             .collect();
-        if let Some(d) = &e.external_deleted {
+        if let Some(d) = &e.side.external.deleted {
             set.push((d.name.clone(), Assign::Value(deleted_flag(&d.ty, false))));
         }
-        set.push((e.external_change.name.clone(), Assign::Now));
+        set.push((e.side.external.change.name.clone(), Assign::Now));
         w.ext.updates.push(Update { key, set });
         report.updated += 1;
         let shadow: Shadow = view
@@ -338,7 +328,7 @@ impl Ctx<'_> {
                         lc.name
                     ))
                 })?;
-                let key = Value::from_key_string(crm_key, &e.crm_key.ty)
+                let key = Value::from_key_string(crm_key, &e.side.crm.key.ty)
                     .map_err(|err| FieldProblem::Reject(format!("CRM key {crm_key}: {err}")))?;
                 w.crm.updates.push(Update {
                     key,
@@ -359,9 +349,10 @@ impl Ctx<'_> {
                         id.name
                     ))
                 })?;
-                let key = Value::from_key_string(ext_key, &e.external_key.ty).map_err(|err| {
-                    FieldProblem::Reject(format!("external key {ext_key:?}: {err}"))
-                })?;
+                let key =
+                    Value::from_key_string(ext_key, &e.side.external.key.ty).map_err(|err| {
+                        FieldProblem::Reject(format!("external key {ext_key:?}: {err}"))
+                    })?;
                 w.ext.updates.push(Update {
                     key,
                     set: vec![(id.name.clone(), Assign::Value(v))],

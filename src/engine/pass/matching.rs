@@ -2,9 +2,10 @@
 //! and the one counterpart (or the ambiguity) an unlinked row finds there.
 
 use super::{is_deleted, Ctx, Row, Writes};
+use crate::endpoint::ColumnInfo;
 use crate::endpoint::Scan;
 use crate::engine::EngineError;
-use crate::plan::Side;
+use crate::plan::{PerSide, Side};
 use crate::state::KeyRef;
 use crate::value::Value;
 use std::collections::{HashMap, HashSet};
@@ -38,6 +39,21 @@ pub(super) struct MatchIndex {
 }
 
 impl Ctx<'_> {
+    /// The columns of a `match_on` pair (CRM column, external column) on
+    /// `side` and on the other side; None when either is gone.
+    fn match_columns(
+        &self,
+        side: Side,
+        (c, x): &(String, String),
+    ) -> Option<(&ColumnInfo, &ColumnInfo)> {
+        let t = &self.e.side;
+        let cols = PerSide::new(
+            t.crm.table.column(c).ok()?,
+            t.external.table.column(x).ok()?,
+        );
+        Some((cols[side], cols[side.other()]))
+    }
+
     /// The `match_on` values of a `side` row, in the other side's types
     /// where `side` is the source (the form both sides' rows are grouped
     /// by), as (own values, the tuple's text). None when a value is NULL
@@ -46,15 +62,9 @@ impl Ctx<'_> {
         let e = self.e;
         let mut own = Vec::new();
         let mut parts = Vec::new();
-        for (c, x) in &e.plan.match_on {
-            let (cc, xc) = (
-                e.crm_table.column(c).ok()?,
-                e.external_table.column(x).ok()?,
-            );
-            let (mine, theirs, zones) = match side {
-                Side::Crm => (cc, xc, e.to_external),
-                Side::External => (xc, cc, e.to_crm),
-            };
+        for pair in &e.plan.match_on {
+            let (mine, theirs) = self.match_columns(side, pair)?;
+            let zones = e.zones_from(side);
             let v = row.get(&mine.name);
             if v.is_null() {
                 return None;
@@ -99,17 +109,14 @@ impl Ctx<'_> {
                 }
             }
         }
-        let (c, x) = &e.plan.match_on[0];
-        let (Ok(cc), Ok(xc)) = (e.crm_table.column(c), e.external_table.column(x)) else {
+        let Some((own_col, other_col)) = self.match_columns(self.source, &e.plan.match_on[0])
+        else {
             return Ok(index);
         };
         if own_firsts.is_empty() {
             return Ok(index);
         }
-        let (own_col, other_col, zones) = match self.source {
-            Side::Crm => (cc, xc, e.to_external),
-            Side::External => (xc, cc, e.to_crm),
-        };
+        let zones = e.zones_from(self.source);
         // Every first value converted, or its row would have no tuple.
         let other_values: Vec<Value> = own_firsts
             .iter()
@@ -152,17 +159,10 @@ impl Ctx<'_> {
     ) -> Result<Vec<Vec<Value>>, EngineError> {
         let e = self.e;
         let scan = self.e.scan(side);
-        let (endpoint, deleted, claim) = match side {
-            Side::Crm => (&self.engine.crm, &e.crm_deleted, &e.crm_link),
-            Side::External => (
-                &self.engine.external,
-                &e.external_deleted,
-                &e.external_crm_id,
-            ),
-        };
-        let deleted = deleted.as_ref().and_then(|c| scan.position(&c.name));
-        let claim = claim.as_ref().and_then(|c| scan.position(&c.name));
-        let mut rows: Vec<Vec<Value>> = endpoint
+        let deleted = e.side[side].deleted.as_ref();
+        let deleted = deleted.and_then(|c| scan.position(&c.name));
+        let claim = e.naming_column(side).and_then(|c| scan.position(&c.name));
+        let mut rows: Vec<Vec<Value>> = self.engine.endpoints[side]
             .fetch(&scan, column, values)
             .await?
             .into_iter()
@@ -170,10 +170,7 @@ impl Ctx<'_> {
             .filter(|r| claim.is_none_or(|p| r[p].is_null()))
             .collect();
         let keys: Vec<String> = rows.iter().map(|r| r[0].key_string()).collect();
-        let linked = match side {
-            Side::Crm => self.state.links_by_crm(e.name(), &keys).await?,
-            Side::External => self.state.links_by_external(e.name(), &keys).await?,
-        };
+        let linked = self.state.links_by(side, e.name(), &keys).await?;
         rows.retain(|r| linked.get(&r[0].key_string()).is_none_or(|l| l.deleted));
         Ok(rows)
     }
@@ -188,13 +185,9 @@ impl Ctx<'_> {
             return Matched::None;
         };
         let in_page = |side: Side, k: &str| {
-            w.links.iter().any(|l| {
-                let key = match side {
-                    Side::Crm => &l.crm_key,
-                    Side::External => &l.external_key,
-                };
-                matches!(key, KeyRef::Known(o) if o == k)
-            })
+            w.links
+                .iter()
+                .any(|l| matches!(l.key(side), KeyRef::Known(o) if o == k))
         };
         let other_side = self.source.other();
         let candidates: Vec<&Vec<Value>> = index

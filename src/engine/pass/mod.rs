@@ -36,14 +36,8 @@ pub(super) async fn run(
     source: Side,
     report: &mut EntityReport,
 ) -> Result<(), EngineError> {
-    let (scan, ep) = match source {
-        Side::Crm => (e.crm_scan(), &*engine.crm),
-        Side::External => (e.external_scan(), &*engine.external),
-    };
-    let key_ty = match source {
-        Side::Crm => &e.crm_key.ty,
-        Side::External => &e.external_key.ty,
-    };
+    let scan = e.scan(source);
+    let ep = &*engine.endpoints[source];
     let ctx = Ctx {
         engine,
         e,
@@ -58,7 +52,7 @@ pub(super) async fn run(
     if !open.is_empty() {
         let keys: Vec<Value> = open
             .iter()
-            .filter_map(|r| Value::from_key_string(&r.key, key_ty).ok())
+            .filter_map(|r| e.key_value(source, &r.key).ok())
             .collect();
         let rows = ep.fetch(&scan, &scan.key, &keys).await?;
         let retried: HashSet<String> = open.iter().map(|r| r.key.clone()).collect();
@@ -231,6 +225,14 @@ impl Row<'_> {
             .map(|p| self.values[p].clone())
             .unwrap_or(Value::Null)
     }
+
+    /// Whether this row of `side` is flagged deleted.
+    fn deleted(&self, e: &BoundEntity, side: Side) -> bool {
+        e.side[side]
+            .deleted
+            .as_ref()
+            .is_some_and(|d| is_deleted(Some(&self.get(&d.name))))
+    }
 }
 
 /// What a pass over one side's window works with.
@@ -255,7 +257,7 @@ impl Ctx<'_> {
             View {
                 values: mapped.values,
                 changed_at: row
-                    .get(&e.crm_change.name)
+                    .get(&e.side.crm.change.name)
                     .to_utc(self.engine.plan.crm.timezone),
             },
             mapped.truncated,
@@ -274,7 +276,7 @@ impl Ctx<'_> {
         View {
             values,
             changed_at: row
-                .get(&e.external_change.name)
+                .get(&e.side.external.change.name)
                 .to_utc(self.engine.plan.external.timezone),
         }
     }
@@ -282,10 +284,7 @@ impl Ctx<'_> {
     /// Whether any field can flow from `side` (so its rows must be read to
     /// merge).
     fn flows_from(&self, side: Side) -> bool {
-        self.e.fields.iter().any(|f| match side {
-            Side::Crm => f.plan.direction.crm_to_external(),
-            Side::External => f.plan.direction.external_to_crm(),
-        })
+        self.e.fields.iter().any(|f| f.plan.direction.from(side))
     }
 
     fn other_scan(&self) -> Scan {
@@ -372,20 +371,10 @@ impl Ctx<'_> {
         let e = self.e;
         report.read += rows.len() as u64;
         let keys: Vec<String> = rows.iter().map(|r| r[0].key_string()).collect();
-        let links = match self.source {
-            Side::Crm => self.state.links_by_crm(e.name(), &keys).await?,
-            Side::External => self.state.links_by_external(e.name(), &keys).await?,
-        };
+        let links = self.state.links_by(self.source, e.name(), &keys).await?;
         let other = self.other_scan();
         let other_side = self.source.other();
-        let other_ep = match other_side {
-            Side::Crm => &*self.engine.crm,
-            Side::External => &*self.engine.external,
-        };
-        let other_key_ty = match other_side {
-            Side::Crm => &e.crm_key.ty,
-            Side::External => &e.external_key.ty,
-        };
+        let other_ep = &*self.engine.endpoints[other_side];
         let mut echoes: HashSet<&str> = HashSet::new();
         if self.source == Side::External {
             let positions: Vec<Option<usize>> = e
@@ -418,12 +407,10 @@ impl Ctx<'_> {
         if merged().next().is_some() {
             let mut wanted = Vec::new();
             for l in merged() {
-                let k = match other_side {
-                    Side::Crm => &l.crm_key,
-                    Side::External => &l.external_key,
-                };
+                let k = l.key(other_side);
                 wanted.push(
-                    Value::from_key_string(k, other_key_ty).map_err(|err| bad_link(e, k, err))?,
+                    e.key_value(other_side, k)
+                        .map_err(|err| bad_link(e, k, err))?,
                 );
             }
             for r in other_ep.fetch(&other, &other.key, &wanted).await? {
@@ -445,8 +432,8 @@ impl Ctx<'_> {
         }
 
         let mut w = Writes {
-            crm: WriteBatch::new(e.crm_table.clone(), e.crm_key.name.clone()),
-            ext: WriteBatch::new(e.external_table.clone(), e.external_key.name.clone()),
+            crm: e.write_batch(Side::Crm),
+            ext: e.write_batch(Side::External),
             links: Vec::new(),
             link_column_after_insert: Vec::new(),
             crm_id_after_insert: Vec::new(),
@@ -462,16 +449,7 @@ impl Ctx<'_> {
             if retried.contains(&ks) {
                 w.cleared.push(ks.clone());
             }
-            let deleted = match self.source {
-                Side::Crm => e
-                    .crm_deleted
-                    .as_ref()
-                    .is_some_and(|d| is_deleted(Some(&row.get(&d.name)))),
-                Side::External => e
-                    .external_deleted
-                    .as_ref()
-                    .is_some_and(|d| is_deleted(Some(&row.get(&d.name)))),
-            };
+            let deleted = row.deleted(e, self.source);
             let link = links.get(&ks);
             if deleted {
                 match link.filter(|l| !l.deleted) {
@@ -485,11 +463,7 @@ impl Ctx<'_> {
                     report.unchanged += 1;
                 }
                 Some(l) if !l.deleted => {
-                    let other_key = match other_side {
-                        Side::Crm => &l.crm_key,
-                        Side::External => &l.external_key,
-                    };
-                    let Some(counterpart) = counterparts.get(other_key) else {
+                    let Some(counterpart) = counterparts.get(l.key(other_side)) else {
                         if self.source == Side::Crm && !self.flows_from(Side::External) {
                             // The external copy of a CRM-owned row vanished:
                             // send the row again instead of updating nothing.

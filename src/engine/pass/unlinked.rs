@@ -54,10 +54,11 @@ impl Ctx<'_> {
                         report,
                     );
                 }
-                let key = Value::from_key_string(&claim, &e.external_key.ty).ok();
+                let key = Value::from_key_string(&claim, &e.side.external.key.ty).ok();
                 let found = match key {
                     Some(k) => {
                         self.engine
+                            .endpoints
                             .external
                             .fetch(&ext_scan, &ext_scan.key, &[k])
                             .await?
@@ -100,6 +101,7 @@ impl Ctx<'_> {
             if let Ok(id) = crm_key.clone().coerce(&id_col.ty, None, false) {
                 let found = self
                     .engine
+                    .endpoints
                     .external
                     .find(&ext_scan, &[(id_col.name.clone(), id)], 2)
                     .await?;
@@ -181,18 +183,21 @@ impl Ctx<'_> {
                 })?;
             columns.push((id_col.name.clone(), Assign::Value(id)));
         }
-        for (c, v) in &e.external_defaults {
+        for (c, v) in &e.side.external.defaults {
             if !columns.iter().any(|(n, _)| n == c) {
                 columns.push((c.clone(), Assign::Value(v.clone())));
             }
         }
-        if let Some(d) = &e.external_deleted {
+        if let Some(d) = &e.side.external.deleted {
             if !columns.iter().any(|(n, _)| *n == d.name) && !d.has_default {
                 columns.push((d.name.clone(), Assign::Value(deleted_flag(&d.ty, false))));
             }
         }
-        if !columns.iter().any(|(n, _)| *n == e.external_change.name) {
-            columns.push((e.external_change.name.clone(), Assign::Now));
+        if !columns
+            .iter()
+            .any(|(n, _)| *n == e.side.external.change.name)
+        {
+            columns.push((e.side.external.change.name.clone(), Assign::Now));
         }
         let index = w.ext.inserts.len();
         w.ext.inserts.push(Insert { columns });
@@ -237,13 +242,21 @@ impl Ctx<'_> {
         if keys.is_empty() {
             return Ok(named);
         }
-        for r in self.engine.crm.fetch(&crm_scan, &lc.name, &keys).await? {
+        for r in self
+            .engine
+            .endpoints
+            .crm
+            .fetch(&crm_scan, &lc.name, &keys)
+            .await?
+        {
             let row = Row {
                 values: &r,
                 scan: &crm_scan,
             };
             // Live: the deleted flag is NULL.
-            if e.crm_deleted
+            if e.side
+                .crm
+                .deleted
                 .as_ref()
                 .is_some_and(|d| !row.get(&d.name).is_null())
             {

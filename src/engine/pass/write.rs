@@ -2,7 +2,7 @@
 //! keys of new rows resolved into the links and the columns that name them.
 
 use super::{Ctx, Writes};
-use crate::endpoint::{Assign, Update, WriteBatch};
+use crate::endpoint::{Assign, Update};
 use crate::engine::EngineError;
 use crate::plan::Side;
 use crate::schema::BoundEntity;
@@ -37,7 +37,7 @@ impl Ctx<'_> {
             Side::External => {
                 // CRM first; resolve CRM inserts' keys into the links.
                 if !crm_batch.is_empty() {
-                    let applied = engine.crm.apply(&crm_batch, None).await?;
+                    let applied = engine.endpoints.crm.apply(&crm_batch, None).await?;
                     resolve(&mut links, Side::Crm, &applied.inserted_keys);
                     // The external rows name their new CRM rows in the
                     // transaction that writes the links.
@@ -48,13 +48,17 @@ impl Ctx<'_> {
                     )?);
                 }
                 let applied = if !ext_batch.is_empty() || !links.links.is_empty() {
-                    let a = engine.external.apply(&ext_batch, Some(&links)).await?;
+                    let a = engine
+                        .endpoints
+                        .external
+                        .apply(&ext_batch, Some(&links))
+                        .await?;
                     a.inserted_keys
                 } else {
                     Vec::new()
                 };
                 if !link_column_after_insert.is_empty() {
-                    let mut after = WriteBatch::new(e.crm_table.clone(), e.crm_key.name.clone());
+                    let mut after = e.write_batch(Side::Crm);
                     if let Some(lc) = &e.crm_link {
                         for (crm_key, i) in link_column_after_insert {
                             after.updates.push(Update {
@@ -66,12 +70,17 @@ impl Ctx<'_> {
                             });
                         }
                     }
-                    engine.crm.apply(&after, None).await?;
+                    engine.endpoints.crm.apply(&after, None).await?;
                 }
             }
             Side::Crm => {
                 let applied = if !ext_batch.is_empty() {
-                    engine.external.apply(&ext_batch, None).await?.inserted_keys
+                    engine
+                        .endpoints
+                        .external
+                        .apply(&ext_batch, None)
+                        .await?
+                        .inserted_keys
                 } else {
                     Vec::new()
                 };
@@ -85,16 +94,15 @@ impl Ctx<'_> {
                     }
                 }
                 if !crm_batch.is_empty() || !links.links.is_empty() {
-                    let applied = engine.crm.apply(&crm_batch, Some(&links)).await?;
+                    let applied = engine.endpoints.crm.apply(&crm_batch, Some(&links)).await?;
                     // The external rows name their new CRM rows after the
                     // links commit; a crash in between is finished by the
                     // next run, which reads the new CRM rows as changes.
                     let named = crm_id_updates(e, crm_id_after_insert, &applied.inserted_keys)?;
                     if !named.is_empty() {
-                        let mut after =
-                            WriteBatch::new(e.external_table.clone(), e.external_key.name.clone());
+                        let mut after = e.write_batch(Side::External);
                         after.updates = named;
-                        engine.external.apply(&after, None).await?;
+                        engine.endpoints.external.apply(&after, None).await?;
                     }
                 }
             }
@@ -124,10 +132,7 @@ impl Ctx<'_> {
 /// Replaces `KeyRef::Inserted` on `side` with the keys its inserts got.
 fn resolve(links: &mut LinkBatch, side: Side, inserted: &[Value]) {
     for l in &mut links.links {
-        let k = match side {
-            Side::Crm => &mut l.crm_key,
-            Side::External => &mut l.external_key,
-        };
+        let k = l.key_mut(side);
         if let KeyRef::Inserted(i) = *k {
             *k = KeyRef::Known(inserted[i].key_string());
         }
