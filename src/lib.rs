@@ -2,10 +2,12 @@
 //! step. The binary is a thin shell over this library: `cli::run` does one
 //! job and `exit_code` says how it ended.
 
+pub mod causes;
 pub mod cli;
 pub mod config;
 pub mod connect;
 pub mod crm;
+pub mod db;
 pub mod endpoint;
 pub mod engine;
 pub mod lag;

@@ -43,18 +43,6 @@ impl RunReport {
     }
 }
 
-/// An error followed by its causes, on one line.
-pub fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cause = err.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
-}
-
 /// One line per entity, for people.
 pub fn human(e: &EntityReport, dry_run: bool) -> String {
     let verb = if dry_run { "would write" } else { "wrote" };

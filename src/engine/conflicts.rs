@@ -4,8 +4,8 @@
 
 use super::mapping::{canonical_to_crm, crm_to_canonical, external_to_canonical};
 use super::{Engine, EngineError};
-use crate::crm::write as crm_write;
 use crate::endpoint::{Assign, Update, WriteBatch};
+use crate::engine::crm_write;
 use crate::plan::Side;
 use crate::state::{ConflictInfo, LinkBatch, LinkWrite};
 use crate::value::Value;

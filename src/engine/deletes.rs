@@ -3,8 +3,8 @@
 //! `max_delete_ratio` so that a partial read never looks like a mass delete.
 
 use super::{Engine, EngineError, EntityReport, Mode, Sample, StateView};
-use crate::crm::write as crm_write;
 use crate::endpoint::{Update, WriteBatch};
+use crate::engine::crm_write;
 use crate::plan::{CrmDelete, Side};
 use crate::schema::BoundEntity;
 use crate::state::{GoneLinks, LinkBatch, LinkWrite};

@@ -4,6 +4,7 @@
 
 mod backfill;
 mod conflicts;
+mod crm_write;
 mod deletes;
 mod mapping;
 mod merge;

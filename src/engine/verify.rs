@@ -15,8 +15,8 @@
 use super::mapping::{crm_round_trip, crm_to_canonical, external_to_canonical};
 use super::pass::is_deleted;
 use super::{Engine, EngineError, EntityReport, Mode, StateView, MAX_SAMPLES};
-use crate::crm::write as crm_write;
 use crate::endpoint::{Assign, Scan, Update};
+use crate::engine::crm_write;
 use crate::plan::{CrmDelete, Direction, ExternalDelete, PerSide, Side};
 use crate::schema::BoundEntity;
 use crate::state::{Link, LinkBatch, LinkWrite};

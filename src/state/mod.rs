@@ -3,7 +3,7 @@
 //! `[state] side`), in its own schema, created and migrated automatically.
 //! The store is the `StateStore` trait; `postgres` implements it.
 
-use crate::endpoint::EndpointError;
+use crate::db::EndpointError;
 use crate::plan::Side;
 use crate::value::Value;
 use async_trait::async_trait;
@@ -431,7 +431,7 @@ pub trait StateStore: Send + Sync {
     async fn links_gone_from(
         &self,
         entity: &str,
-        table: &crate::endpoint::TableInfo,
+        table: &crate::db::TableInfo,
         key: &str,
     ) -> Result<GoneLinks, EndpointError>;
 }

@@ -3,9 +3,7 @@
 //! (with the links, when `[state]` lives here; the state store itself is
 //! `state::postgres`, on the same pool).
 
-mod connect;
 mod copy;
-mod tls;
 pub mod types;
 
 use super::{Applied, Assign, Endpoint, EndpointError, Lower, Result, Scan, TableInfo, WriteBatch};
@@ -17,8 +15,8 @@ use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
-pub(crate) use connect::{query_failure, Pooled};
-pub use connect::{DbFailure, PgDatabase};
+pub(crate) use crate::db::postgres::{qualified, query_failure, Pooled};
+pub use crate::db::postgres::{quote, DbFailure, PgDatabase};
 pub use types::sql_type;
 
 /// A PostgreSQL database, as the CRM side or the external side.
@@ -33,15 +31,6 @@ impl std::fmt::Debug for PgEndpoint {
             .field("target", &self.db.target())
             .finish()
     }
-}
-
-/// Quotes an identifier taken from the catalog.
-pub fn quote(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-pub(crate) fn qualified(t: &TableInfo) -> String {
-    format!("{}.{}", quote(&t.schema), quote(&t.name))
 }
 
 impl PgEndpoint {
@@ -64,7 +53,7 @@ impl PgEndpoint {
         self.db.query_by_keys(sql, params, what).await
     }
 
-    async fn conn(&self) -> Result<connect::Pooled<'_>> {
+    async fn conn(&self) -> Result<Pooled<'_>> {
         self.db.conn().await
     }
 

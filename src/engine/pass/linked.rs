@@ -3,8 +3,8 @@
 //! name the other.
 
 use super::{bad_link, deleted_flag, Ctx, Row, Writes};
-use crate::crm::write as crm_write;
 use crate::endpoint::{Assign, Update};
+use crate::engine::crm_write;
 use crate::engine::mapping::{canonical_to_crm, external_to_canonical, FieldProblem};
 use crate::engine::merge::{merge, Merged, View};
 use crate::engine::{EngineError, EntityReport, Sample};

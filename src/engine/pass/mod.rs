@@ -330,7 +330,7 @@ impl Ctx<'_> {
                     tracing::warn!(
                         "entity {:?}: {}; retrying the page in {wait:?} (attempt {attempt} of {RETRIES})",
                         self.e.name(),
-                        crate::report::with_causes(&err)
+                        crate::causes::with_causes(&err)
                     );
                     tokio::time::sleep(wait).await;
                 }
@@ -342,7 +342,7 @@ impl Ctx<'_> {
                 *report = before;
                 if let [row] = rows {
                     let key = row[0].key_string();
-                    let reason = crate::report::with_causes(&err);
+                    let reason = crate::causes::with_causes(&err);
                     tracing::warn!("entity {:?}: row {key} set aside: {reason}", self.e.name());
                     report.read += 1;
                     report.rejected += 1;

@@ -4,8 +4,8 @@
 
 use super::matching::{MatchIndex, Matched};
 use super::{deleted_flag, Ctx, Row, Writes};
-use crate::crm::write as crm_write;
 use crate::endpoint::{Assign, Insert};
+use crate::engine::crm_write;
 use crate::engine::mapping::{canonical_to_crm, FieldProblem};
 use crate::engine::{EngineError, EntityReport, Sample};
 use crate::state::{Base, KeyRef, LinkWrite, Shadow};

@@ -2,7 +2,7 @@
 //! resolution.
 
 use super::{from_json, to_json, PgStore};
-use crate::endpoint::EndpointError;
+use crate::db::EndpointError;
 use crate::plan::Side;
 use crate::state::{ConflictInfo, ConflictRecord};
 use crate::value::Value;

@@ -5,8 +5,8 @@
 //! data they describe).
 
 use super::{to_json, PgStore};
-use crate::endpoint::postgres::{qualified, quote};
-use crate::endpoint::EndpointError;
+use crate::db::postgres::{qualified, quote};
+use crate::db::EndpointError;
 use crate::state::{keys, shadow, Base, Checkpoint, GoneLinks, KeyRef, Link, LinkBatch, Shadow};
 use crate::value::{SqlType, Value};
 use std::collections::HashMap;
@@ -297,7 +297,7 @@ pub(super) async fn register_layout(
 pub(super) async fn gone_from(
     store: &PgStore,
     entity: &str,
-    table: &crate::endpoint::TableInfo,
+    table: &crate::db::TableInfo,
     key: &str,
 ) -> Result<GoneLinks, EndpointError> {
     // The external table's keys are compared in the links' stored form

@@ -2,7 +2,7 @@
 //! connection of its own for the length of a run.
 
 use super::PgStore;
-use crate::endpoint::EndpointError;
+use crate::db::EndpointError;
 use crate::state::LockGuard;
 use async_trait::async_trait;
 

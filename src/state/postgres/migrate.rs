@@ -2,7 +2,7 @@
 //! from version n - 1 to n, all in one transaction under an advisory lock.
 
 use super::PgStore;
-use crate::endpoint::EndpointError;
+use crate::db::EndpointError;
 use crate::state::SCHEMA_VERSION;
 
 /// Schema version n is reached by running `MIGRATIONS[n - 1]`; `{s}`

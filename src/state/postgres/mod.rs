@@ -12,8 +12,8 @@ mod status;
 
 pub(crate) use links::{save_checkpoint_in, write_links_in};
 
-use crate::endpoint::postgres::{quote, PgDatabase};
-use crate::endpoint::EndpointError;
+use crate::db::postgres::{quote, PgDatabase};
+use crate::db::EndpointError;
 use crate::plan::Side;
 use crate::state::{
     Checkpoint, ConflictInfo, ConflictRecord, GoneLinks, Link, LinkBatch, LockGuard, RejectInfo,
@@ -64,7 +64,7 @@ impl PgStore {
         quote(&self.schema)
     }
 
-    async fn conn(&self) -> Result<crate::endpoint::postgres::Pooled<'_>, EndpointError> {
+    async fn conn(&self) -> Result<crate::db::postgres::Pooled<'_>, EndpointError> {
         self.db.conn().await
     }
 
@@ -430,7 +430,7 @@ impl StateStore for PgStore {
     async fn links_gone_from(
         &self,
         entity: &str,
-        table: &crate::endpoint::TableInfo,
+        table: &crate::db::TableInfo,
         key: &str,
     ) -> Result<GoneLinks, EndpointError> {
         links::gone_from(self, entity, table, key).await

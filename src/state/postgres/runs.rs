@@ -1,7 +1,7 @@
 //! Run history on PostgreSQL: past runs, each entity's last success.
 
 use super::PgStore;
-use crate::endpoint::EndpointError;
+use crate::db::EndpointError;
 use crate::state::RunInfo;
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;

@@ -1,7 +1,7 @@
 //! What `crmsync status` shows, read from the state schema.
 
 use super::{from_json, PgStore};
-use crate::endpoint::EndpointError;
+use crate::db::EndpointError;
 use crate::state::{EntityCounts, Status, WatermarkInfo};
 use std::collections::HashMap;
 

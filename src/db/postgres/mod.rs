@@ -1,11 +1,12 @@
 //! Connecting to PostgreSQL: the url and login checked by one direct
-//! connection, the bb8 pool, sessions of their own (the run lock's), and
-//! errors as crmsync reports them. [`PgDatabase`] is shared by the
-//! endpoint and, when `[state]` lives in the same database, the state
-//! store, so that both use one pool.
+//! connection, the bb8 pool, sessions of their own (the run lock's),
+//! errors as crmsync reports them, and identifier quoting. [`PgDatabase`]
+//! is shared by the endpoint and, when `[state]` lives in the same
+//! database, the state store, so that both use one pool.
 
-use super::tls;
-use crate::endpoint::{EndpointError, Result};
+mod tls;
+
+use super::{EndpointError, Result, TableInfo};
 use crate::plan::Connection;
 use bb8::Pool;
 use bb8_postgres::PostgresConnectionManager;
@@ -301,4 +302,14 @@ fn describe(config: &Config) -> String {
         config.get_user().unwrap_or(""),
         config.get_dbname().unwrap_or("")
     )
+}
+
+/// Quotes an identifier taken from the catalog.
+pub fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// A table's schema-qualified, quoted name.
+pub(crate) fn qualified(t: &TableInfo) -> String {
+    format!("{}.{}", quote(&t.schema), quote(&t.name))
 }
