@@ -9,6 +9,7 @@ mod deletes;
 mod mapping;
 mod merge;
 mod pass;
+mod retry;
 mod verify;
 
 pub use backfill::{

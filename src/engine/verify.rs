@@ -14,6 +14,7 @@
 
 use super::mapping::{crm_round_trip, crm_to_canonical, external_to_canonical};
 use super::pass::is_deleted;
+use super::retry::retrying;
 use super::{Engine, EngineError, EntityReport, Mode, StateView, MAX_SAMPLES};
 use crate::endpoint::{Assign, Scan, Update};
 use crate::engine::crm_write;
@@ -290,7 +291,8 @@ impl Engine {
                 set: set.clone(),
             });
         }
-        self.endpoints[side].apply(&batch, None).await?;
+        let ep = &self.endpoints[side];
+        retrying((e.name(), "the repair"), || ep.apply(&batch, None)).await?;
         Ok(())
     }
 }
@@ -737,7 +739,8 @@ impl<'a> Compare<'a> {
                     })
                     .collect(),
             };
-            self.state.store().write_links(&batch).await?;
+            let store = self.state.store();
+            retrying((e.name(), "the repair"), || store.write_links(&batch)).await?;
         }
         for side in Side::BOTH {
             let keys = std::mem::take(&mut r.touch[side]);

@@ -10,6 +10,7 @@ use crate::endpoint::bulk::{
 };
 use crate::endpoint::{Assign, Scan, Update, WriteBatch};
 use crate::engine::mapping::{external_to_canonical, map_crm_values, FieldProblem, Values};
+use crate::engine::retry::retrying;
 use crate::engine::{Engine, EngineError};
 use crate::plan::{ConflictPolicy, Side};
 use crate::schema::{BoundEntity, BoundField};
@@ -469,14 +470,15 @@ pub(super) async fn commit_chunk(
             }),
             None => None,
         };
+        // Links and checkpoint are upserts: safe to write again.
+        let what = (e.name(), "the chunk's links");
         for b in [upsert, fresh].into_iter().flatten() {
             let resolved = b.resolved(&keys);
-            state.write_links(&resolved).await?;
+            retrying(what, || state.write_links(&resolved)).await?;
         }
         if let Some(cp) = cp {
-            state
-                .save_checkpoint(e.name(), direction, &cp.checkpoint)
-                .await?;
+            let cp = &cp.checkpoint;
+            retrying(what, || state.save_checkpoint(e.name(), direction, cp)).await?;
         }
     }
     if let Some(pairs) = names {

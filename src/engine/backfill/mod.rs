@@ -19,6 +19,7 @@ mod columns;
 mod raw;
 
 use super::mapping::{FieldProblem, Layout};
+use super::retry::retrying;
 use super::{later, Engine, EngineError};
 use crate::endpoint::bulk::{
     Bulk, BulkSource, CheckpointWrite, ChunkWrite, FreshLinks, RawRows, Rows, StreamRequest, Turn,
@@ -302,9 +303,11 @@ async fn through_sync(
         ..Default::default()
     };
     loop {
-        let rows = endpoint
-            .read_page(&scan, checkpoint.last_key.as_ref(), chunk)
-            .await?;
+        let after = checkpoint.last_key.as_ref();
+        let rows = retrying((e.name(), "the read"), || {
+            endpoint.read_page(&scan, after, chunk)
+        })
+        .await?;
         let Some(last) = rows.last() else { break };
         let last = last[0].clone();
         pages.page(&rows, &mut done).await?;

@@ -15,6 +15,7 @@ mod write;
 
 use super::mapping::{external_to_canonical, map_crm_row, FieldProblem, Layout, Values};
 use super::merge::View;
+use super::retry::Retry;
 use super::{later, window, Engine, EngineError, EntityReport, Mode, StateView};
 use crate::endpoint::{Lower, Scan, WriteBatch};
 use crate::plan::{ExternalDelete, Side};
@@ -155,11 +156,6 @@ impl<'a> BackfillPages<'a> {
             .await
     }
 }
-
-/// How often a page is written again after a retryable failure.
-const RETRIES: u32 = 3;
-/// The first wait before a page is written again (doubled each time).
-const RETRY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The value that marks a row deleted in a flag column of type `ty`.
 fn deleted_flag(ty: &SqlType, deleted: bool) -> Value {
@@ -318,24 +314,15 @@ impl Ctx<'_> {
         report: &mut EntityReport,
     ) -> Result<(), EngineError> {
         let before = report.clone();
-        let mut attempt = 0;
+        // The page is idempotent: after a deadlock, serialization failure
+        // or dropped connection it is written again from the start.
+        let mut retry = Retry::new();
         let result = loop {
-            match self.page_once(scan, rows, retried, report).await {
-                Err(EngineError::Endpoint(err)) if err.is_retryable() && attempt < RETRIES => {
-                    // A deadlock, serialization failure or dropped
-                    // connection: the page is idempotent, so write it again.
-                    attempt += 1;
-                    *report = before.clone();
-                    let wait = RETRY_WAIT * 2u32.pow(attempt - 1);
-                    tracing::warn!(
-                        "entity {:?}: {}; retrying the page in {wait:?} (attempt {attempt} of {RETRIES})",
-                        self.e.name(),
-                        crate::causes::with_causes(&err)
-                    );
-                    tokio::time::sleep(wait).await;
-                }
-                other => break other,
+            let r = self.page_once(scan, rows, retried, report).await;
+            if !retry.again(&r, (self.e.name(), "the page")).await {
+                break r;
             }
+            *report = before.clone();
         };
         match result {
             Err(EngineError::Endpoint(err)) if err.refused_row() && self.mode == Mode::Apply => {
