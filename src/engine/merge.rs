@@ -168,3 +168,186 @@ pub fn merge(
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fixture;
+    use chrono::TimeZone;
+
+    const TWO_FIELDS: &str = r#"
+direction = "both"
+conflict = "newest_wins"
+[[entity.field]]
+crm = "Comp_Name"
+external = "name"
+[[entity.field]]
+crm = "Comp_City"
+external = "city"
+"#;
+
+    fn text(s: &str) -> Value {
+        Value::Text(s.into())
+    }
+
+    fn at(sec: u32) -> Option<DateTime<Utc>> {
+        Some(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, sec).unwrap())
+    }
+
+    /// A side's view: (field, value) pairs changed at second `sec`.
+    fn view(values: &[(&str, &str)], sec: u32) -> View {
+        View {
+            values: values
+                .iter()
+                .map(|(f, v)| (f.to_string(), text(v)))
+                .collect(),
+            changed_at: at(sec),
+        }
+    }
+
+    /// The pair 1 / 10 whose shadow holds `base`.
+    fn pair(base: &[(&str, &str)]) -> Link {
+        Link {
+            crm_key: "1".into(),
+            external_key: "10".into(),
+            shadow: base
+                .iter()
+                .map(|(f, v)| (f.to_string(), Base::from(text(v))))
+                .collect(),
+            deleted: false,
+        }
+    }
+
+    fn names(e: &BoundEntity, writes: &[(usize, Value)]) -> Vec<(String, Value)> {
+        writes
+            .iter()
+            .map(|(i, v)| (e.fields[*i].name.clone(), v.clone()))
+            .collect()
+    }
+
+    const BASE: [(&str, &str); 2] = [("comp_name", "Acme"), ("comp_city", "Leeds")];
+
+    #[test]
+    fn changes_to_different_fields_on_both_sides_both_survive() {
+        let e = fixture::entity(TWO_FIELDS);
+        let crm = view(&[("comp_name", "Acme Ltd"), ("comp_city", "Leeds")], 1);
+        let ext = view(&[("comp_name", "Acme"), ("comp_city", "York")], 2);
+        let m = merge(&e, &pair(&BASE), Some(&crm), Some(&ext), &HashSet::new());
+        assert_eq!(
+            names(&e, &m.to_external),
+            [("comp_name".into(), text("Acme Ltd"))]
+        );
+        assert_eq!(names(&e, &m.to_crm), [("comp_city".into(), text("York"))]);
+        assert!(m.conflicts.is_empty());
+        assert!(m.shadow["comp_name"].is(&text("Acme Ltd")));
+        assert!(m.shadow["comp_city"].is(&text("York")));
+    }
+
+    #[test]
+    fn a_row_equal_to_its_shadow_is_an_echo_and_writes_nothing() {
+        let e = fixture::entity(TWO_FIELDS);
+        let same = view(&BASE, 5);
+        let m = merge(&e, &pair(&BASE), Some(&same), Some(&same), &HashSet::new());
+        assert!(!m.writes());
+        assert!(m.conflicts.is_empty());
+        assert_eq!(m.shadow, pair(&BASE).shadow);
+    }
+
+    #[test]
+    fn the_same_change_on_both_sides_is_no_conflict() {
+        let e = fixture::entity(TWO_FIELDS);
+        let both = view(&[("comp_name", "Acme Ltd"), ("comp_city", "Leeds")], 3);
+        let m = merge(&e, &pair(&BASE), Some(&both), Some(&both), &HashSet::new());
+        assert!(!m.writes());
+        assert!(m.conflicts.is_empty());
+        assert!(m.shadow["comp_name"].is(&text("Acme Ltd")));
+    }
+
+    #[test]
+    fn a_clash_is_logged_and_the_newer_side_wins() {
+        let e = fixture::entity(TWO_FIELDS);
+        let crm = view(&[("comp_name", "Acme CRM"), ("comp_city", "Leeds")], 9);
+        let ext = view(&[("comp_name", "Acme ERP"), ("comp_city", "Leeds")], 4);
+        let m = merge(&e, &pair(&BASE), Some(&crm), Some(&ext), &HashSet::new());
+        assert_eq!(
+            names(&e, &m.to_external),
+            [("comp_name".into(), text("Acme CRM"))]
+        );
+        assert!(m.to_crm.is_empty());
+        let [c] = m.conflicts.as_slice() else {
+            panic!("one conflict expected: {:?}", m.conflicts)
+        };
+        assert_eq!(
+            (c.field.as_str(), c.winner, c.base.clone()),
+            ("comp_name", Some(Side::Crm), Some(text("Acme")))
+        );
+        assert_eq!(
+            (c.crm.clone(), c.external.clone()),
+            (text("Acme CRM"), text("Acme ERP"))
+        );
+
+        // The external side newer: it wins.
+        let ext = view(&[("comp_name", "Acme ERP"), ("comp_city", "Leeds")], 20);
+        let m = merge(&e, &pair(&BASE), Some(&crm), Some(&ext), &HashSet::new());
+        assert_eq!(
+            names(&e, &m.to_crm),
+            [("comp_name".into(), text("Acme ERP"))]
+        );
+        assert_eq!(m.conflicts[0].winner, Some(Side::External));
+    }
+
+    #[test]
+    fn manual_leaves_a_clash_alone_until_both_sides_agree() {
+        let e = fixture::entity(&TWO_FIELDS.replace("newest_wins", "manual"));
+        let crm = view(&[("comp_name", "Acme CRM"), ("comp_city", "Leeds")], 9);
+        let ext = view(&[("comp_name", "Acme ERP"), ("comp_city", "Leeds")], 4);
+        let m = merge(&e, &pair(&BASE), Some(&crm), Some(&ext), &HashSet::new());
+        assert!(!m.writes());
+        assert_eq!(m.conflicts[0].winner, None);
+        assert!(m.shadow["comp_name"].is(&text("Acme")), "the base stays");
+
+        // Held by that open conflict: nothing moves while the sides differ,
+        // and the field settles once they agree.
+        let held: HashSet<String> = ["comp_name".to_string()].into();
+        let m = merge(&e, &pair(&BASE), Some(&crm), Some(&ext), &held);
+        assert!(!m.writes() && m.conflicts.is_empty() && m.settled.is_empty());
+        let agreed = view(&[("comp_name", "Acme ERP"), ("comp_city", "Leeds")], 30);
+        let m = merge(&e, &pair(&BASE), Some(&agreed), Some(&ext), &held);
+        assert_eq!(m.settled, ["comp_name"]);
+        assert!(m.shadow["comp_name"].is(&text("Acme ERP")));
+    }
+
+    #[test]
+    fn a_field_that_flows_one_way_has_an_owner_and_never_clashes() {
+        let one_way = TWO_FIELDS.replace(
+            "crm = \"Comp_City\"\nexternal = \"city\"",
+            "crm = \"Comp_City\"\nexternal = \"city\"\ndirection = \"external_to_crm\"",
+        );
+        let e = fixture::entity(&one_way);
+        let crm = view(&[("comp_name", "Acme"), ("comp_city", "Hull")], 9);
+        let ext = view(&[("comp_name", "Acme"), ("comp_city", "York")], 4);
+        let m = merge(&e, &pair(&BASE), Some(&crm), Some(&ext), &HashSet::new());
+        assert!(m.conflicts.is_empty());
+        assert!(m.to_external.is_empty());
+        assert_eq!(names(&e, &m.to_crm), [("comp_city".into(), text("York"))]);
+    }
+
+    #[test]
+    fn winner_ties_and_missing_times_go_to_crm() {
+        let (crm, ext) = (view(&[], 5), view(&[], 5));
+        assert_eq!(
+            winner(ConflictPolicy::NewestWins, &crm, &ext),
+            Some(Side::Crm)
+        );
+        let undated = View::default();
+        assert_eq!(
+            winner(ConflictPolicy::NewestWins, &undated, &ext),
+            Some(Side::External)
+        );
+        assert_eq!(
+            winner(ConflictPolicy::NewestWins, &crm, &undated),
+            Some(Side::Crm)
+        );
+        assert_eq!(winner(ConflictPolicy::Manual, &crm, &ext), None);
+    }
+}

@@ -6,6 +6,8 @@ mod backfill;
 mod conflicts;
 mod crm_write;
 mod deletes;
+#[cfg(test)]
+mod fixture;
 mod mapping;
 mod merge;
 mod pass;
@@ -511,8 +513,20 @@ async fn window(
     overlap: std::time::Duration,
 ) -> Result<(Lower, Value, Value), EndpointError> {
     let now = ep.clock(&scan.change_ty).await?;
+    Ok(bounds(now, mark, settle, overlap))
+}
+
+/// The window of a change read whose source clock reads `now`: from
+/// [`lower_bound`] up to `now` minus the settle delay, and `now` itself
+/// (the next watermark's read time).
+fn bounds(
+    now: Value,
+    mark: Option<&Watermark>,
+    settle: std::time::Duration,
+    overlap: std::time::Duration,
+) -> (Lower, Value, Value) {
     let upto = now.minus(settle);
-    Ok((lower_bound(mark, overlap), upto, now))
+    (lower_bound(mark, overlap), upto, now)
 }
 
 /// Where a change read starts. A row that commits late was stamped at
@@ -639,6 +653,26 @@ mod tests {
             Lower::From(ts) => ("from", ts.clone()),
             Lower::After { ts, .. } => ("after", ts.clone()),
         }
+    }
+
+    #[test]
+    fn the_window_ends_settle_before_the_source_clock() {
+        let (settle, overlap) = (
+            std::time::Duration::from_secs(2),
+            std::time::Duration::from_secs(10),
+        );
+        let (lower, upto, read_at) = bounds(at(50), None, settle, overlap);
+        assert!(matches!(lower, Lower::Start));
+        assert_eq!((upto, read_at), (at(48), at(50)));
+        // The next read, 8 s later, after a page that ended at 45 s: it
+        // starts 10 s before this read began, and ends 2 s before its own.
+        let mark = Watermark {
+            read_at: Some(at(50)),
+            ..wm(45, 3)
+        };
+        let (lower, upto, read_at) = bounds(at(58), Some(&mark), settle, overlap);
+        assert_eq!(lower_ts(&lower), ("from", at(40)));
+        assert_eq!((upto, read_at), (at(56), at(58)));
     }
 
     #[test]
