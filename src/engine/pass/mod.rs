@@ -260,6 +260,14 @@ impl Ctx<'_> {
         ))
     }
 
+    /// The canonical view of a `side` row.
+    fn view(&self, side: Side, row: &Row<'_>) -> Result<View, FieldProblem> {
+        match side {
+            Side::Crm => self.crm_view(row).map(|(v, _)| v),
+            Side::External => Ok(self.ext_view(row)),
+        }
+    }
+
     fn ext_view(&self, row: &Row<'_>) -> View {
         let e = self.e;
         let mut values = Values::new();

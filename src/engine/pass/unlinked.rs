@@ -4,15 +4,80 @@
 
 use super::matching::{MatchIndex, Matched};
 use super::{deleted_flag, Ctx, Row, Writes};
-use crate::endpoint::{Assign, Insert};
+use crate::endpoint::{Assign, Insert, Scan};
 use crate::engine::crm_write;
 use crate::engine::mapping::{canonical_to_crm, FieldProblem};
+use crate::engine::merge::View;
 use crate::engine::{EngineError, EntityReport, Sample};
+use crate::plan::PerSide;
 use crate::state::{Base, KeyRef, LinkWrite, Shadow};
 use crate::value::Value;
 use std::collections::{BTreeMap, HashMap};
 
 impl Ctx<'_> {
+    /// Links the unlinked source `row` (its canonical view `own`) to
+    /// `other`, a row of the other side read with `other_scan`: the pair is
+    /// merged by the entity's policy and each side made to name the other.
+    /// A row that cannot be mapped is a reject.
+    fn link_to(
+        &self,
+        row: &Row<'_>,
+        own: &View,
+        other: &[Value],
+        other_scan: &Scan,
+        w: &mut Writes,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        let ks = row.values[0].key_string();
+        let other_row = Row {
+            values: other,
+            scan: other_scan,
+        };
+        let theirs = match self.view(self.source.other(), &other_row) {
+            Ok(v) => v,
+            Err(p) => return self.problem(&ks, p, w, report),
+        };
+        let keys = PerSide::from_side(self.source, ks.clone(), other[0].key_string());
+        let rows = PerSide::from_side(self.source, row, &other_row);
+        let views = PerSide::from_side(self.source, own, &theirs);
+        self.adopt(
+            &keys.crm,
+            &keys.external,
+            (rows.crm, views.crm),
+            (rows.external, views.external),
+            w,
+            report,
+        )
+        .or_else(|p| self.problem(&ks, p, w, report))
+    }
+
+    /// `match_on` for an unlinked source row: linked to its one match, or a
+    /// reject when the match is ambiguous; `None` when nothing matched
+    /// (or the entity has no `match_on`).
+    fn link_by_match(
+        &self,
+        row: &Row<'_>,
+        own: &View,
+        matches: &MatchIndex,
+        w: &mut Writes,
+        report: &mut EntityReport,
+    ) -> Option<Result<(), EngineError>> {
+        if self.e.plan.match_on.is_empty() {
+            return None;
+        }
+        match self.match_other(row, matches, w) {
+            Matched::One(other) => {
+                let other_scan = self.e.scan(self.source.other());
+                Some(self.link_to(row, own, &other, &other_scan, w, report))
+            }
+            Matched::Ambiguous(why) => {
+                let ks = row.values[0].key_string();
+                Some(self.problem(&ks, FieldProblem::Reject(why), w, report))
+            }
+            Matched::None => None,
+        }
+    }
+
     /// An unlinked live CRM row: a link column naming an external row
     /// links to it; an external row carrying its CRM id (an insert whose
     /// link was lost) is adopted; exactly one `match_on` match is linked;
@@ -66,23 +131,7 @@ impl Ctx<'_> {
                     None => Vec::new(),
                 };
                 return match found.first() {
-                    Some(x) => {
-                        let ext_row = Row {
-                            values: x,
-                            scan: &ext_scan,
-                        };
-                        let ext_view = self.ext_view(&ext_row);
-                        let ext_key = x[0].key_string();
-                        let r = self.adopt(
-                            &ks,
-                            &ext_key,
-                            (row, &view),
-                            (&ext_row, &ext_view),
-                            w,
-                            report,
-                        );
-                        r.or_else(|p| self.problem(&ks, p, w, report))
-                    }
+                    Some(x) => self.link_to(row, &view, x, &ext_scan, w, report),
                     None => self.problem(
                         &ks,
                         FieldProblem::Reject(format!(
@@ -106,51 +155,14 @@ impl Ctx<'_> {
                     .find(&ext_scan, &[(id_col.name.clone(), id)], 2)
                     .await?;
                 if let Some(x) = found.first() {
-                    let ext_row = Row {
-                        values: x,
-                        scan: &ext_scan,
-                    };
-                    let ext_view = self.ext_view(&ext_row);
-                    let ext_key = x[0].key_string();
-                    let r = self.adopt(
-                        &ks,
-                        &ext_key,
-                        (row, &view),
-                        (&ext_row, &ext_view),
-                        w,
-                        report,
-                    );
-                    return r.or_else(|p| self.problem(&ks, p, w, report));
+                    return self.link_to(row, &view, x, &ext_scan, w, report);
                 }
             }
         }
         // 3. `match_on`: exactly one unlinked live external row holds the
         // same values, and no other unlinked live CRM row does.
-        if !e.plan.match_on.is_empty() {
-            match self.match_other(row, matches, w) {
-                Matched::One(x) => {
-                    let ext_key = x[0].key_string();
-                    let x_scan = e.external_scan();
-                    let ext_row = Row {
-                        values: &x,
-                        scan: &x_scan,
-                    };
-                    let ext_view = self.ext_view(&ext_row);
-                    let r = self.adopt(
-                        &ks,
-                        &ext_key,
-                        (row, &view),
-                        (&ext_row, &ext_view),
-                        w,
-                        report,
-                    );
-                    return r.or_else(|p| self.problem(&ks, p, w, report));
-                }
-                Matched::Ambiguous(why) => {
-                    return self.problem(&ks, FieldProblem::Reject(why), w, report)
-                }
-                Matched::None => {}
-            }
+        if let Some(linked) = self.link_by_match(row, &view, matches, w, report) {
+            return linked;
         }
         if !(e.plan.insert_into_external && e.plan.direction.crm_to_external()) {
             report.unchanged += 1;
@@ -300,14 +312,7 @@ impl Ctx<'_> {
                             report,
                         );
                     }
-                    let crm_row = Row { values: one, scan: &crm_scan };
-                    let crm_view = match self.crm_view(&crm_row) {
-                        Ok((v, _)) => v,
-                        Err(p) => return self.problem(&ks, p, w, report),
-                    };
-                    let r = self
-                        .adopt(&crm_key, &ks, (&crm_row, &crm_view), (row, &ext_view), w, report);
-                    return r.or_else(|p| self.problem(&ks, p, w, report));
+                    return self.link_to(row, &ext_view, one, &crm_scan, w, report);
                 }
                 [] => {}
                 _ => {
@@ -323,34 +328,8 @@ impl Ctx<'_> {
                 }
             }
         }
-        if !e.plan.match_on.is_empty() {
-            match self.match_other(row, matches, w) {
-                Matched::One(one) => {
-                    let crm_key = one[0].key_string();
-                    let one_scan = e.crm_scan();
-                    let crm_row = Row {
-                        values: &one,
-                        scan: &one_scan,
-                    };
-                    let crm_view = match self.crm_view(&crm_row) {
-                        Ok((v, _)) => v,
-                        Err(p) => return self.problem(&ks, p, w, report),
-                    };
-                    let r = self.adopt(
-                        &crm_key,
-                        &ks,
-                        (&crm_row, &crm_view),
-                        (row, &ext_view),
-                        w,
-                        report,
-                    );
-                    return r.or_else(|p| self.problem(&ks, p, w, report));
-                }
-                Matched::Ambiguous(why) => {
-                    return self.problem(&ks, FieldProblem::Reject(why), w, report)
-                }
-                Matched::None => {}
-            }
+        if let Some(linked) = self.link_by_match(row, &ext_view, matches, w, report) {
+            return linked;
         }
         if !(e.plan.insert_into_crm && e.plan.direction.external_to_crm()) {
             report.unchanged += 1;
