@@ -12,11 +12,12 @@ mod mapping;
 mod merge;
 mod pass;
 mod retry;
+#[cfg(test)]
+mod run_summary_tests;
 mod verify;
 
-pub use backfill::{
-    BackfillDirection, BackfillError, BackfillOptions, BackfillReport, DEFAULT_CHUNK_ROWS,
-};
+pub use crate::plan::BackfillDirection;
+pub use backfill::{BackfillError, BackfillOptions, BackfillReport, DEFAULT_CHUNK_ROWS};
 pub use conflicts::ResolveError;
 pub use mapping::{canonical_to_crm, crm_to_canonical, FieldProblem};
 pub use merge::{merge, winner, Merged, View};

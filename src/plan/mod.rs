@@ -49,6 +49,24 @@ impl Direction {
     }
 }
 
+/// Which way a backfill copies. Here, below the engine that runs it, so
+/// that the state store's run history can name it too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackfillDirection {
+    CrmToExternal,
+    ExternalToCrm,
+}
+
+impl BackfillDirection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackfillDirection::CrmToExternal => "crm_to_external",
+            BackfillDirection::ExternalToCrm => "external_to_crm",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdStrategy {
     Auto,

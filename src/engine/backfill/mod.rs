@@ -25,7 +25,7 @@ use crate::endpoint::bulk::{
     Bulk, BulkSource, CheckpointWrite, ChunkWrite, FreshLinks, RawRows, Rows, StreamRequest, Turn,
 };
 use crate::endpoint::{EndpointError, Scan};
-use crate::plan::{Side, Transform};
+use crate::plan::{BackfillDirection, Side, Transform};
 use crate::progress::{peak_rss_bytes, Progress};
 use crate::schema::BoundEntity;
 use crate::state::{Checkpoint, LinkBatch, Watermark};
@@ -44,22 +44,6 @@ pub const READ_AHEAD: usize = 1;
 /// Chunks written at once, each on its own connection and in its own
 /// transaction; they commit in order.
 pub const WRITERS: usize = 2;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackfillDirection {
-    CrmToExternal,
-    ExternalToCrm,
-}
-
-impl BackfillDirection {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BackfillDirection::CrmToExternal => "crm_to_external",
-            BackfillDirection::ExternalToCrm => "external_to_crm",
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct BackfillOptions {
