@@ -93,7 +93,7 @@ fn verify_counts(c: &VerifyCounts) -> String {
     format!(
         "compared {} CRM and {} external rows; {} pairs: {} agree, {} differ; {} deleted on both sides; \
          not linked: {} CRM, {} external rows; links without their row: {} CRM, {} external; \
-         rows without a change time: {} CRM, {} external",
+         pairs not naming each other: {}; rows without a change time: {} CRM, {} external",
         c.crm_rows,
         c.external_rows,
         c.pairs,
@@ -104,6 +104,7 @@ fn verify_counts(c: &VerifyCounts) -> String {
         c.unlinked_external,
         c.missing_crm,
         c.missing_external,
+        c.unnamed,
         c.null_change_crm,
         c.null_change_external
     )

@@ -52,6 +52,11 @@ pub struct VerifyCounts {
     pub missing_crm: u64,
     /// Live links whose external row no longer exists.
     pub missing_external: u64,
+    /// Live pairs where one row does not name the other: the CRM link
+    /// column does not hold the external key, or `external_crm_id_column`
+    /// does not hold the CRM id (a run stopped between writing a pair and
+    /// naming it). The next sync that reads such a row names it again.
+    pub unnamed: u64,
     /// CRM rows in the filter whose change column is NULL.
     pub null_change_crm: u64,
     /// External rows in the filter whose change column is NULL.
@@ -66,6 +71,7 @@ impl VerifyCounts {
             + self.unlinked_external
             + self.missing_crm
             + self.missing_external
+            + self.unnamed
             + self.null_change_crm
             + self.null_change_external
             > 0
@@ -85,7 +91,7 @@ pub struct FieldDiff {
 #[derive(Debug, Clone, Serialize)]
 pub struct Drift {
     /// "differ", "missing external row", "missing CRM row", "unlinked CRM
-    /// row" or "unlinked external row".
+    /// row", "unlinked external row" or "unnamed pair".
     pub kind: &'static str,
     pub crm_key: Option<String>,
     pub external_key: Option<String>,
@@ -424,6 +430,9 @@ impl<'a> Compare<'a> {
                 Some(l) => {
                     let ext_row = counterparts.get(&l.external_key);
                     let outcome = self.compare(scan, row, ext_scan, ext_row.map(|r| r.as_slice()));
+                    if let (Some(x), Pair::Agree | Pair::Differ(..)) = (ext_row, &outcome) {
+                        self.check_names(l, scan, row, ext_scan, x);
+                    }
                     self.record(l, outcome);
                 }
                 None if !crm_deleted && send_unlinked => {
@@ -500,6 +509,9 @@ impl<'a> Compare<'a> {
                 Some(l) => match outside.get(&l.crm_key) {
                     Some(crm_row) => {
                         let outcome = self.compare(crm_any, crm_row, scan, Some(row));
+                        if let Pair::Agree | Pair::Differ(..) = &outcome {
+                            self.check_names(l, crm_any, crm_row, scan, row);
+                        }
                         self.record(l, outcome);
                     }
                     None if ext_deleted => self.counts.deleted_pairs += 1,
@@ -530,6 +542,85 @@ impl<'a> Compare<'a> {
         }
         self.flush().await?;
         Ok(())
+    }
+
+    /// Counts a live pair whose rows do not name each other, the way a
+    /// sync names them: the CRM link column holds the external key where
+    /// the entity writes into CRM, `external_crm_id_column` the CRM id
+    /// where it writes into the external table. The repair touches the
+    /// CRM row: the sync that reads it names both sides.
+    fn check_names(
+        &mut self,
+        l: &Link,
+        crm_scan: &Scan,
+        crm_row: &[Value],
+        ext_scan: &Scan,
+        ext_row: &[Value],
+    ) {
+        let e = self.e;
+        let mut wrong = Vec::new();
+        let mut check = |column: &str, scan: &Scan, row: &[Value], want: &str, what: &str| {
+            if scan.position(column).is_none() {
+                return;
+            }
+            let v = get(scan, row, column);
+            if v.is_null() || v.key_string() != want {
+                wrong.push(FieldDiff {
+                    field: format!("({what} {column})"),
+                    crm: if what == "CRM link column" {
+                        v.display()
+                    } else {
+                        want.to_string()
+                    },
+                    external: if what == "CRM link column" {
+                        want.to_string()
+                    } else {
+                        v.display()
+                    },
+                });
+            }
+        };
+        if let Some(lc) = e
+            .crm_link
+            .as_ref()
+            .filter(|_| e.plan.direction.external_to_crm())
+        {
+            check(
+                &lc.name,
+                crm_scan,
+                crm_row,
+                &l.external_key,
+                "CRM link column",
+            );
+        }
+        if let Some(id) = e
+            .external_crm_id
+            .as_ref()
+            .filter(|_| e.plan.direction.crm_to_external())
+        {
+            check(
+                &id.name,
+                ext_scan,
+                ext_row,
+                &l.crm_key,
+                "external CRM-id column",
+            );
+        }
+        if wrong.is_empty() {
+            return;
+        }
+        self.counts.unnamed += 1;
+        if let (Some(r), Ok(k)) = (&mut self.repair, e.key_value(Side::Crm, &l.crm_key)) {
+            if !r.touch.crm.contains(&k) {
+                r.touch.crm.push(k);
+            }
+        }
+        self.sample(Drift {
+            kind: "unnamed pair",
+            crm_key: Some(l.crm_key.clone()),
+            external_key: Some(l.external_key.clone()),
+            fields: wrong,
+        });
     }
 
     /// Counts a compared pair and queues its repair.

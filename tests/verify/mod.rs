@@ -453,3 +453,75 @@ async fn pairs_whose_crm_row_left_the_filter_are_compared_and_vanished_crm_rows_
         "{stdout}"
     );
 }
+
+/// A run stopped between writing a pair and naming it (a backfill killed
+/// after a chunk committed, say) leaves rows that do not name each other
+/// and that no sync reads again: `verify` reports them, and `--repair`
+/// gets the sync to name them.
+#[tokio::test]
+async fn pairs_that_do_not_name_each_other_are_drift_until_verify_repair() {
+    let (env, crm_ids, ext_ids) = synced_env(&TwoWay::default()).await;
+    age_rows(&env).await;
+    // One CRM row loses its ERP key, one ERP row its CRM id, neither
+    // moving its change time.
+    env.crm
+        .execute(
+            "UPDATE company SET comp_supplierid = NULL WHERE comp_companyid = $1",
+            &[&crm_ids[0]],
+        )
+        .await
+        .unwrap();
+    without_stamping(
+        &env,
+        &format!(
+            "UPDATE erp.supplier SET crm_company_id = NULL WHERE supplier_id = {}",
+            ext_ids[1]
+        ),
+    )
+    .await;
+    let r = sync(&env).await;
+    assert_eq!(r.changes(), 0, "a sync does not read these rows: {r:?}");
+
+    let (code, stdout, v) = verify(&env, &[]);
+    assert_eq!(code, 3, "{stdout}");
+    assert_eq!(v["unnamed"], 2, "{v}");
+    assert_eq!(
+        (v["agree"].as_u64(), v["differ"].as_u64()),
+        (Some(5), Some(0)),
+        "{v}"
+    );
+    assert!(
+        stdout.contains("unnamed pair") && stdout.contains("(CRM link column comp_supplierid)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("(external CRM-id column crm_company_id)"),
+        "{stdout}"
+    );
+
+    let (code, stdout, v) = verify(&env, &["--repair"]);
+    assert_eq!(code, 0, "{stdout}");
+    assert_eq!(v["repair"]["remaining"]["unnamed"], 0, "{v}");
+    let named: i64 = env
+        .erp
+        .query_one(
+            "SELECT count(*) FROM erp.supplier WHERE crm_company_id IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(named, 5);
+    let link: Option<String> = env
+        .crm
+        .query_one(
+            "SELECT comp_supplierid::text FROM company WHERE comp_companyid = $1",
+            &[&crm_ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(link.is_some(), "the CRM row names its ERP row again");
+    let (code, stdout, _) = verify(&env, &[]);
+    assert_eq!(code, 0, "{stdout}");
+}

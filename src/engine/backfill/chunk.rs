@@ -500,8 +500,9 @@ pub(super) async fn commit_chunk(
 /// Writes the external key into the link column of each CRM row of
 /// `pairs` (CRM key, external key) that does not hold it yet, so that the
 /// CRM row names its external row. After the chunk's data: a run killed
-/// in between leaves those CRM rows unnamed until the sync next reads
-/// them (the pairs themselves are linked and complete).
+/// in between leaves those CRM rows unnamed (the pairs themselves are
+/// linked and complete); `verify` reports them and `verify --repair` has
+/// the sync name them.
 async fn name_crm_rows(
     engine: &Engine,
     e: &BoundEntity,
