@@ -266,6 +266,50 @@ fn strip_words(text: &str, drop: &[&str]) -> String {
     out
 }
 
+/// Table hints PostgreSQL has no use for: its MVCC and the unique indexes
+/// decide who waits (see the README's "What it does not emulate").
+const TABLE_HINTS: &[&str] = &[
+    "HOLDLOCK",
+    "SERIALIZABLE",
+    "UPDLOCK",
+    "ROWLOCK",
+    "PAGLOCK",
+    "TABLOCK",
+    "TABLOCKX",
+    "XLOCK",
+    "READCOMMITTED",
+    "REPEATABLEREAD",
+    "NOLOCK",
+    "READUNCOMMITTED",
+    "READPAST",
+];
+
+/// `MERGE [INTO] target WITH (<hints>) …` without the hints, which the
+/// parser does not take. ("MERGE (Transact-SQL)": `MERGE [ TOP ( expression )
+/// [ PERCENT ] ] [ INTO ] <target_table> [ WITH ( <merge_hint> ) ] [ [ AS ]
+/// table_alias ]`.)
+fn strip_merge_hints(text: &str) -> String {
+    let upper = text.to_uppercase();
+    let Some(w) = upper.find(" WITH") else {
+        return text.to_string();
+    };
+    let rest = &upper[w + 5..];
+    let open = rest.len() - rest.trim_start().len();
+    if !rest.trim_start().starts_with('(') {
+        return text.to_string();
+    }
+    let Some(close) = rest.find(')') else {
+        return text.to_string();
+    };
+    let inner = &rest[open + 1..close];
+    let all_hints = inner.split(',').all(|h| TABLE_HINTS.contains(&h.trim()));
+    // Only a hint list right after the target (no USING before it).
+    if !all_hints || upper[..w].contains(" USING") {
+        return text.to_string();
+    }
+    format!("{}{}", &text[..w], &text[w + 5 + close + 1..])
+}
+
 fn parse_one(text: &str) -> Result<Statement, SqlError> {
     let mut stmts = Parser::parse_sql(&MsSqlDialect {}, text).map_err(|e| {
         let m = e.to_string();
@@ -1028,6 +1072,9 @@ impl Session {
         let text = if first == "CREATE" {
             cleaned = strip_words(text, &["NONCLUSTERED", "CLUSTERED"]);
             cleaned.as_str()
+        } else if first == "MERGE" {
+            cleaned = strip_merge_hints(text);
+            cleaned.as_str()
         } else {
             text
         };
@@ -1048,6 +1095,24 @@ impl Session {
                 let empty = Vars::new();
                 let env = self.env(&cat, &empty);
                 ddl::create_index(&self.pg, ci, &env).await?;
+                out.done(self.inxact(), 0);
+                return Ok(());
+            }
+            // CREATE SCHEMA [name]: the bracketed (or quoted) name becomes
+            // the PostgreSQL schema of that name, as the stand-in maps every
+            // schema (lower case).
+            Statement::CreateSchema {
+                schema_name:
+                    sqlparser::ast::SchemaName::Simple(name)
+                    | sqlparser::ast::SchemaName::NamedAuthorization(name, _),
+                ..
+            } => {
+                let name = translate::object_base_name(name);
+                self.pg
+                    .batch_execute(&format!("CREATE SCHEMA {}", translate::pg_ident(&name)))
+                    .await
+                    .map_err(|e| map_pg_error(&e, None))?;
+                self.reload_catalog().await?;
                 out.done(self.inxact(), 0);
                 return Ok(());
             }

@@ -746,6 +746,11 @@ impl VisitorMut for Translator<'_> {
         }
         if let TableFactor::Derived { alias: Some(a), .. } = tf {
             a.name = quoted_lower(&a.name);
+            // `AS u ([key], v)`: the derived table's column names, bracketed
+            // or not, as the stand-in names every column.
+            for col in a.columns.iter_mut() {
+                col.name = quoted_lower(&col.name);
+            }
         }
         ControlFlow::Continue(())
     }
@@ -1139,6 +1144,32 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
             m.into = true;
             if m.output.is_some() {
                 return Err(SqlError::unsupported("MERGE … OUTPUT"));
+            }
+            // SET targets and INSERT columns name the target's columns,
+            // bracketed or not, as UPDATE's and INSERT's do.
+            for c in m.clauses.iter_mut() {
+                match &mut c.action {
+                    sqlparser::ast::MergeAction::Update(u) => {
+                        let sqlparser::ast::MergeUpdateKind::Set(set) = &mut u.kind else {
+                            continue;
+                        };
+                        for a in set.iter_mut() {
+                            mark_uncast(&mut a.value, env);
+                            if let sqlparser::ast::AssignmentTarget::ColumnName(n) = &mut a.target {
+                                if n.0.len() > 1 {
+                                    n.0 = n.0.split_off(n.0.len() - 1);
+                                }
+                                map_column_name(n);
+                            }
+                        }
+                    }
+                    sqlparser::ast::MergeAction::Insert(i) => {
+                        for n in i.columns.iter_mut() {
+                            map_column_name(n);
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
         Statement::Delete(del) => {

@@ -55,12 +55,16 @@ CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
 JOIN mssql_standin.columns c ON c.table_oid = i.indrelid AND c.attnum = k.attnum
 WHERE x.is_primary_key OR x.is_unique_constraint;
 
+-- Every schema of the database: dbo and those CREATE SCHEMA made (not
+-- PostgreSQL's own, nor the stand-in's helpers).
 CREATE OR REPLACE VIEW mssql_sys.schemas AS
-SELECT n.oid::int AS schema_id, n.nspname::text AS name FROM pg_namespace n WHERE n.nspname = 'dbo';
+SELECT n.oid::int AS schema_id, n.nspname::text AS name FROM pg_namespace n
+WHERE n.nspname NOT LIKE 'pg\_%' AND n.nspname NOT IN ('information_schema', 'public',
+      'mssql_standin', 'mssql_sys', 'mssql_information_schema');
 
 CREATE OR REPLACE VIEW mssql_sys.tables AS
 SELECT DISTINCT c.table_name AS name, c.table_oid::int AS object_id,
-       (SELECT oid::int FROM pg_namespace WHERE nspname = 'dbo') AS schema_id,
+       k.relnamespace::int AS schema_id,
        'U'::text AS type, 'USER_TABLE'::text AS type_desc, 0::int2 AS is_ms_shipped
 FROM mssql_standin.columns c JOIN pg_class k ON k.oid = c.table_oid
 WHERE c.table_schema NOT IN ('sys', 'INFORMATION_SCHEMA');

@@ -363,3 +363,137 @@ async fn string_parameters_convert_to_the_column_type() {
     };
     assert_eq!(e.code(), 245);
 }
+
+/// A schema of its own, as a tool creates for its bookkeeping: `CREATE
+/// SCHEMA [name]` alone in its batch ("CREATE SCHEMA (Transact-SQL)": "must
+/// be the only statement in the batch"), listed in `sys.schemas` and owning
+/// the tables created in it (`sys.tables.schema_id`; "sys.schemas
+/// (Transact-SQL)", "sys.tables (Transact-SQL)"). Tables there with
+/// `varbinary(n|max)`, `bit`, `datetime2(3) DEFAULT SYSUTCDATETIME()`, a
+/// column `COLLATE`d binary, a `PRIMARY KEY NONCLUSTERED` and a filtered
+/// index ("CREATE TABLE (Transact-SQL)", "Create filtered indexes").
+#[tokio::test]
+async fn a_schema_of_its_own_with_binary_keys_and_a_filtered_index() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    assert_eq!(
+        scalar::<i32>(
+            &mut c,
+            "SELECT COUNT(*) FROM sys.schemas WHERE name = 'bookkeeping'"
+        )
+        .await,
+        Some(0)
+    );
+    exec(&mut c, "CREATE SCHEMA [bookkeeping]").await;
+    exec(
+        &mut c,
+        "CREATE TABLE [bookkeeping].links (
+             entity  nvarchar(200) NOT NULL,
+             k       varbinary(450) NOT NULL,
+             shadow  varbinary(max) NOT NULL,
+             deleted bit NOT NULL DEFAULT 0,
+             note    nvarchar(400) COLLATE Latin1_General_100_BIN2 NULL,
+             at      datetime2(3) NOT NULL DEFAULT SYSUTCDATETIME(),
+             PRIMARY KEY NONCLUSTERED (entity, k)
+         );
+         CREATE INDEX links_live ON [bookkeeping].links (entity) WHERE deleted = 0",
+    )
+    .await;
+    assert_eq!(
+        scalar::<i32>(
+            &mut c,
+            "SELECT COUNT(*) FROM sys.schemas WHERE name = 'bookkeeping'"
+        )
+        .await,
+        Some(1)
+    );
+    assert_eq!(
+        scalar::<i32>(
+            &mut c,
+            "SELECT COUNT(*) FROM sys.tables t JOIN sys.schemas s ON s.schema_id = t.schema_id \
+             WHERE s.name = 'bookkeeping' AND t.name = 'links'"
+        )
+        .await,
+        Some(1)
+    );
+    assert_eq!(
+        scalar::<i32>(
+            &mut c,
+            "SELECT COUNT(*) FROM sys.tables t JOIN sys.schemas s ON s.schema_id = t.schema_id \
+             WHERE s.name = 'dbo' AND t.name = 'links'"
+        )
+        .await,
+        Some(0)
+    );
+    // A second CREATE SCHEMA of the name fails.
+    let e = server_error(&mut c, "CREATE SCHEMA [bookkeeping]").await;
+    assert_eq!(e.class(), 16);
+}
+
+/// MERGE as an upsert: a table hint on the target (`WITH (HOLDLOCK)`),
+/// a `VALUES` source with column names, bracketed column names in `UPDATE
+/// SET` and `INSERT (…)` ("MERGE (Transact-SQL)": `MERGE [ INTO ]
+/// <target_table> [ WITH ( <merge_hint> ) ] [ [ AS ] table_alias ] USING
+/// <table_source> …`; "Table Value Constructor (Transact-SQL)"), with
+/// `varbinary` parameters.
+#[tokio::test]
+async fn merge_upserts_with_a_hint_values_and_bracketed_columns() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.kv (entity nvarchar(50) NOT NULL, [key] varbinary(100) NOT NULL, \
+         [value] varbinary(max) NOT NULL, PRIMARY KEY (entity, [key]))",
+    )
+    .await;
+    let upsert = "MERGE dbo.kv WITH (HOLDLOCK) AS t \
+         USING (VALUES (@P2, @P3), (@P4, @P5)) AS u ([key], [value]) \
+         ON t.entity = @P1 AND t.[key] = u.[key] \
+         WHEN MATCHED THEN UPDATE SET [value] = u.[value] \
+         WHEN NOT MATCHED THEN INSERT (entity, [key], [value]) VALUES (@P1, u.[key], u.[value]);";
+    let (k1, k2) = (vec![0x15u8, 0x01], vec![0x02u8, b'a', 0x00]);
+    for (v1, v2) in [(vec![1u8], vec![2u8]), (vec![3u8, 0], vec![4u8])] {
+        let r = c
+            .execute(upsert, &[&"e", &k1, &v1, &k2, &v2])
+            .await
+            .unwrap();
+        assert_eq!(r.total(), 2);
+    }
+    let got: Vec<(Vec<u8>, Vec<u8>)> =
+        rows(&mut c, "SELECT [key], [value] FROM dbo.kv ORDER BY [key]")
+            .await
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<&[u8], _>(0).unwrap().to_vec(),
+                    r.get::<&[u8], _>(1).unwrap().to_vec(),
+                )
+            })
+            .collect();
+    assert_eq!(got, vec![(k2, vec![4u8]), (k1, vec![3u8, 0])]);
+}
+
+/// A session-owned application lock lasts as long as the session: closing
+/// the connection releases it ("sp_getapplock (Transact-SQL)": "Locks
+/// associated with the current session are released when the session is
+/// logged out").
+#[tokio::test]
+async fn a_session_applock_goes_with_its_connection() {
+    let s = standin().await;
+    let get = "DECLARE @r int; EXEC @r = sp_getapplock @Resource = N'job:one', \
+               @LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 0; SELECT @r";
+    let mut a = connect(&s).await;
+    let mut b = connect(&s).await;
+    assert_eq!(scalar::<i32>(&mut a, get).await, Some(0));
+    assert_eq!(scalar::<i32>(&mut b, get).await, Some(-1));
+    drop(a);
+    let mut got = None;
+    for _ in 0..100 {
+        got = scalar::<i32>(&mut b, get).await;
+        if got == Some(0) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(got, Some(0), "the closed session's lock was released");
+}
