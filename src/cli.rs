@@ -3,7 +3,7 @@
 use crate::config::{self, CONFIG_ENV, DEFAULT_CONFIG_FILE};
 use crate::engine::{Engine, EntityReport, Mode};
 use crate::lag;
-use crate::plan::{DbKind, Plan, Side};
+use crate::plan::{Plan, Side};
 use crate::report::{self, RunReport};
 use crate::state::StateStore;
 use crate::{exit, exit_code};
@@ -578,18 +578,8 @@ async fn backfill(
 async fn state_store(
     plan: &Plan,
 ) -> anyhow::Result<(crate::connect::Connected, Arc<dyn StateStore>)> {
-    // The plan refuses such a side already; a plan built by hand gets the
-    // engine's own error (and exit code).
-    let not_postgres = || crate::engine::EngineError::StateNotPostgres {
-        side: plan.state_side.as_str(),
-    };
-    if plan.connection(plan.state_side).kind != DbKind::Postgres {
-        return Err(not_postgres().into());
-    }
     let state_side = crate::connect::side(plan, plan.state_side).await?;
-    let store = state_side
-        .state_store(&plan.state_schema)
-        .ok_or_else(not_postgres)?;
+    let store = state_side.state_store(&plan.state_schema);
     Ok((state_side, store))
 }
 

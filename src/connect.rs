@@ -2,10 +2,11 @@
 //! state side, the state store on that endpoint's own pool. The one place
 //! that decides it, for `Engine::connect` and `crmsync status` alike.
 
-use crate::endpoint::mssql::MssqlEndpoint;
+use crate::endpoint::mssql::{MssqlDatabase, MssqlEndpoint};
 use crate::endpoint::postgres::{PgDatabase, PgEndpoint};
 use crate::endpoint::{Endpoint, EndpointError};
 use crate::plan::{DbKind, Plan, Side};
+use crate::state::mssql::MsStore;
 use crate::state::postgres::PgStore;
 use crate::state::StateStore;
 use std::sync::Arc;
@@ -13,8 +14,14 @@ use std::sync::Arc;
 /// A side of the plan, connected.
 pub struct Connected {
     pub endpoint: Arc<dyn Endpoint>,
-    /// The database behind the endpoint when a state store can live in it.
-    postgres: Option<PgDatabase>,
+    /// The database behind the endpoint, where a state store can live.
+    database: Database,
+}
+
+/// The database behind a connected side.
+enum Database {
+    Postgres(Box<PgDatabase>),
+    Mssql(MssqlDatabase),
 }
 
 impl std::fmt::Debug for Connected {
@@ -27,12 +34,12 @@ impl std::fmt::Debug for Connected {
 
 impl Connected {
     /// The state store in `schema` of this side's database, on the
-    /// endpoint's pool; `None` for a SQL Server database, where crmsync
-    /// keeps no state.
-    pub fn state_store(&self, schema: &str) -> Option<Arc<dyn StateStore>> {
-        self.postgres
-            .as_ref()
-            .map(|db| Arc::new(PgStore::new(db.clone(), schema)) as Arc<dyn StateStore>)
+    /// endpoint's pool.
+    pub fn state_store(&self, schema: &str) -> Arc<dyn StateStore> {
+        match &self.database {
+            Database::Postgres(db) => Arc::new(PgStore::new((**db).clone(), schema)),
+            Database::Mssql(db) => Arc::new(MsStore::new(db.clone(), schema)),
+        }
     }
 }
 
@@ -54,12 +61,15 @@ pub async fn side(plan: &Plan, side: Side) -> Result<Connected, EndpointError> {
             let db = PgDatabase::connect(name, conn).await?;
             Connected {
                 endpoint: Arc::new(PgEndpoint::new(db.clone())),
-                postgres: Some(db),
+                database: Database::Postgres(Box::new(db)),
             }
         }
-        DbKind::Mssql => Connected {
-            endpoint: Arc::new(MssqlEndpoint::connect(name, conn).await?),
-            postgres: None,
-        },
+        DbKind::Mssql => {
+            let endpoint = MssqlEndpoint::connect(name, conn).await?;
+            Connected {
+                database: Database::Mssql(endpoint.database()),
+                endpoint: Arc::new(endpoint),
+            }
+        }
     })
 }

@@ -95,7 +95,7 @@ async fn gather(plan: Option<&Plan>, engine: Option<&Engine>, known: &mut Known)
         (None, Some(plan)) => match crate::connect::side(plan, plan.state_side).await {
             Ok(c) => {
                 endpoints.push((plan.state_side, c.endpoint.clone()));
-                c.state_store(&plan.state_schema)
+                Some(c.state_store(&plan.state_schema))
             }
             Err(_) => None,
         },

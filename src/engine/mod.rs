@@ -24,7 +24,7 @@ pub use merge::{merge, winner, Merged, View};
 pub use verify::{Drift, FieldDiff, RepairReport, VerifyCounts, VerifyReport};
 
 use crate::endpoint::{Endpoint, EndpointError, Lower};
-use crate::plan::{DbKind, PerSide, Plan, Side};
+use crate::plan::{PerSide, Plan, Side};
 use crate::schema::{self, BindError, BoundEntity, Findings};
 use crate::state::{Link, RejectInfo, StateStore, Watermark};
 use crate::value::Value;
@@ -60,12 +60,6 @@ pub enum EngineError {
         key: String,
         message: String,
     },
-    #[error(
-        "[state] side = \"{side}\" points at a SQL Server database, but crmsync keeps its \
-         state (watermarks, links, shadows, run lock) on PostgreSQL only; set [state] side \
-         to the PostgreSQL side"
-    )]
-    StateNotPostgres { side: &'static str },
     #[error(transparent)]
     Backfill(#[from] BackfillError),
     /// A link in the state store holds a key its entity's key column
@@ -125,7 +119,6 @@ impl EngineError {
             EngineError::Bind(e) => e.exit_code(),
             EngineError::Resolve(e) => e.exit_code(),
             EngineError::Backfill(e) => e.exit_code(),
-            EngineError::StateNotPostgres { .. } => crate::exit::BAD_CONFIG,
             EngineError::Busy { .. }
             | EngineError::Fail { .. }
             | EngineError::BadLink { .. }
@@ -224,24 +217,15 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Connects to both databases. crmsync's state lives on the
-    /// PostgreSQL side; the plan refuses a state side on SQL Server, and
-    /// this checks it again because a `Plan` can be built by hand.
+    /// Connects to both databases; the state store lives in the database
+    /// of `[state] side`, whichever kind it is.
     pub async fn connect(plan: Plan) -> Result<Engine, EngineError> {
-        let not_postgres = || EngineError::StateNotPostgres {
-            side: plan.state_side.as_str(),
-        };
-        if plan.connection(plan.state_side).kind != DbKind::Postgres {
-            return Err(not_postgres());
-        }
         let (crm, external) = tokio::try_join!(
             crate::connect::side(&plan, Side::Crm),
             crate::connect::side(&plan, Side::External)
         )?;
         let connected = PerSide::new(crm, external);
-        let state = connected[plan.state_side]
-            .state_store(&plan.state_schema)
-            .ok_or_else(not_postgres)?;
+        let state = connected[plan.state_side].state_store(&plan.state_schema);
         Ok(Engine {
             plan,
             endpoints: connected.map(|_, c| c.endpoint),

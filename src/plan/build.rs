@@ -3,7 +3,7 @@
 
 use super::connection::{connection, ConnectionKeys};
 use super::entity::entity;
-use super::{is_identifier, DbKind, IdStrategy, Plan, Side};
+use super::{is_identifier, IdStrategy, Plan, Side};
 use crate::config::{self, RawConfig};
 use std::collections::BTreeSet;
 use std::fmt;
@@ -203,20 +203,6 @@ impl Plan {
             Side::External,
             &[("crm", Side::Crm), ("external", Side::External)],
         );
-        let state_kind = match state_side {
-            Side::Crm => crm_conn.kind,
-            Side::External => external.kind,
-        };
-        if state_kind == DbKind::Mssql {
-            c.push(
-                "[state]",
-                format!(
-                    "side = \"{state_side}\" is a SQL Server database; crmsync keeps its state \
-                     (watermarks, links, shadows, run lock) on PostgreSQL only: set side to the \
-                     PostgreSQL side"
-                ),
-            );
-        }
         let state_schema = raw
             .state
             .schema

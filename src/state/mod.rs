@@ -1,7 +1,8 @@
 //! crmsync's own state: runs, watermarks, links with their shadows,
 //! rejected rows and conflicts. Kept in one of the two databases (the
 //! `[state] side`), in its own schema, created and migrated automatically.
-//! The store is the `StateStore` trait; `postgres` implements it.
+//! The store is the `StateStore` trait; `postgres` and `mssql` implement
+//! it, each in the database kind it is named for.
 
 use crate::db::EndpointError;
 use crate::plan::Side;
@@ -27,6 +28,7 @@ pub struct Watermark {
 }
 
 pub mod keys;
+pub mod mssql;
 pub mod postgres;
 pub mod runs;
 pub mod shadow;

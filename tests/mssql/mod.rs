@@ -551,22 +551,6 @@ on_truncate = "reject""#,
     assert_eq!(row[0].get::<&str, _>(0), Some(fits.as_str()));
 }
 
-/// The state store lives on PostgreSQL only: a `[state] side` on SQL
-/// Server is a config error (exit 2) that says what to do.
-#[tokio::test]
-async fn state_on_sql_server_is_a_config_error() {
-    let env = MsEnv::new(Ids::Identity).await;
-    env.write_config(20, "", "", "crm");
-    let out = run_binary_beside(&env, "sync").await;
-    let (stdout, stderr) = output_text(&out);
-    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
-    assert!(
-        stderr.contains("[state]") && stderr.contains("PostgreSQL"),
-        "{stderr}"
-    );
-    assert!(!stderr.contains(&env.server.password), "{stderr}");
-}
-
 /// Updates both ways and an external hard delete (a soft delete in CRM),
 /// then `check` and `verify` against the live SQL Server catalog.
 #[tokio::test]
@@ -992,6 +976,9 @@ match_on = [{ crm = "Comp_Name", external = "name" }]"#,
     );
     assert_eq!(again.changes(), 0, "{again:?}");
 }
+
+/// crmsync's state on SQL Server, on either side.
+mod state;
 
 const ERP_SCHEMA_MSSQL: &str = include_str!("../../sql/examples/erp_schema_mssql.sql");
 

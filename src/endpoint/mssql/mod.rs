@@ -3,16 +3,18 @@
 //! to the change column's own type, and batched writes in one transaction
 //! by Sage CRM's rules.
 //!
-//! crmsync's own state stays on PostgreSQL: this endpoint implements only
-//! [`Endpoint`], and the plan refuses a `[state] side` on SQL Server.
+//! When crmsync's state lives in this database (`state::mssql`), the
+//! batches it writes carry their links, written in the same transaction.
 //!
 //! Here: the endpoint type, the read side and the catalog. Alongside:
-//! `connect` (the url, TLS, the SQL Server Browser and the pool), `error`
+//! `connect` (the url, TLS, the SQL Server Browser and the pool),
+//! `database` (the pool shared with a state store), `error`
 //! (how errors are classified and kept free of row data), `write` (batched
 //! writes), `bulk` (backfill reads) and `types` (values both ways).
 
 mod bulk;
 mod connect;
+mod database;
 mod error;
 pub mod types;
 mod write;
@@ -31,6 +33,7 @@ use std::sync::Mutex;
 use tiberius::{Row, ToSql};
 use types::{from_column, NativeType, Param};
 
+pub use database::{MssqlDatabase, TdsClient};
 pub use error::DbFailure;
 pub use types::from_column as value_of;
 

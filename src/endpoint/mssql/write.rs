@@ -1,6 +1,7 @@
 //! The write path: a batch of inserts, updates and deletes in one
 //! transaction, with new keys taken from eware_get_identity_id, IDENTITY
-//! (SCOPE_IDENTITY()) or OUTPUT INSERTED, by Sage CRM's rules.
+//! (SCOPE_IDENTITY()) or OUTPUT INSERTED, by Sage CRM's rules, and the
+//! batch's links in the same transaction when the state lives here.
 
 use super::error::DbFailure;
 use super::types::{from_column, Param};
@@ -22,14 +23,6 @@ impl MssqlEndpoint {
         batch: &WriteBatch,
         links: Option<&LinkBatch>,
     ) -> Result<Applied> {
-        if links.is_some() {
-            // The plan keeps crmsync's state on PostgreSQL, so the engine
-            // never asks a SQL Server endpoint to write links.
-            return Err(EndpointError::Schema(
-                "internal error: links to write on SQL Server, which never holds the state store"
-                    .into(),
-            ));
-        }
         if batch.table.name.eq_ignore_ascii_case(TRIGGER_MAINTAINED) {
             return Err(EndpointError::Schema(format!(
                 "{} is maintained by Sage CRM's triggers; crmsync never writes it",
@@ -46,7 +39,18 @@ impl MssqlEndpoint {
             .into_results()
             .await
             .map_err(|e| self.query_error("starting a transaction", e))?;
-        let result = self.apply_in(&mut conn, batch, &table).await;
+        let result = async {
+            let applied = self.apply_in(&mut conn, batch, &table).await?;
+            // The links commit with the rows they describe.
+            if let Some(links) = links {
+                let resolved = links.resolved(&applied.inserted_keys);
+                crate::state::mssql::write_links_in(&mut conn, &resolved)
+                    .await
+                    .map_err(|e| self.query_error("writing links", e))?;
+            }
+            Ok::<_, EndpointError>(applied)
+        }
+        .await;
         match result {
             Ok(applied) => {
                 conn.simple_query("COMMIT TRANSACTION")

@@ -1,0 +1,70 @@
+//! A SQL Server database as its endpoint and a state store in it share it:
+//! the pool, a dedicated connection for a session-owned lock, and the one
+//! way errors are reported.
+
+use super::error::{pool_failure, query_failure};
+use super::MssqlEndpoint;
+use crate::endpoint::{EndpointError, Result};
+use bb8::Pool;
+use bb8_tiberius::ConnectionManager;
+use tokio::net::TcpStream;
+use tokio_util::compat::Compat;
+
+/// A tiberius client over TCP, as the pool hands them out.
+pub type TdsClient = tiberius::Client<Compat<TcpStream>>;
+
+/// The pool of a SQL Server database (a clone shares it).
+#[derive(Clone)]
+pub struct MssqlDatabase {
+    side: &'static str,
+    pool: Pool<ConnectionManager>,
+    target: String,
+}
+
+impl std::fmt::Debug for MssqlDatabase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MssqlDatabase")
+            .field("side", &self.side)
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+impl MssqlDatabase {
+    /// A pooled connection.
+    pub async fn conn(&self) -> Result<bb8::PooledConnection<'_, ConnectionManager>> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| pool_failure(self.side, e))
+    }
+
+    /// A connection of its own, outside the pool: a session-owned
+    /// application lock lives as long as it does, and closing it releases
+    /// the lock whatever happened.
+    pub async fn session(&self, what: &str) -> Result<TdsClient> {
+        self.pool.dedicated_connection().await.map_err(|e| {
+            let e = match e {
+                bb8_tiberius::Error::Tiberius(e) => e,
+                bb8_tiberius::Error::Io(e) => tiberius::error::Error::from(e),
+            };
+            query_failure(self.side, what.to_string(), e)
+        })
+    }
+
+    /// A failed statement, reported the endpoint's way (no row data).
+    pub fn query_error(&self, what: impl Into<String>, e: tiberius::error::Error) -> EndpointError {
+        query_failure(self.side, what.into(), e)
+    }
+}
+
+impl MssqlEndpoint {
+    /// The database behind this endpoint, for a state store kept in it.
+    pub fn database(&self) -> MssqlDatabase {
+        MssqlDatabase {
+            side: self.side,
+            pool: self.pool.clone(),
+            target: self.target.clone(),
+        }
+    }
+}

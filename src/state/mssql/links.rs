@@ -1,0 +1,327 @@
+//! Links and their shadows on SQL Server: reads by either key, the
+//! positional shadow layouts, the hard-delete comparison, and the writer
+//! that runs inside the caller's transaction (the SQL Server endpoint's
+//! data transactions call it, so that links commit with the rows they
+//! describe).
+
+use super::{bytes, int, placeholders, query, text, Arg, MsStore, MAX_PARAMS};
+use crate::endpoint::mssql::{quote, TdsClient};
+use crate::endpoint::EndpointError;
+use crate::state::{keys, shadow, GoneLinks, KeyRef, Link, LinkBatch, Shadow};
+use crate::value::Value;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Links per MERGE: four parameters each, and the entity.
+const LINKS_PER_STATEMENT: usize = (MAX_PARAMS - 1) / 4;
+
+/// Writes links inside the caller's transaction (or as statements of their
+/// own when there is none).
+pub(crate) async fn write_links_in(
+    c: &mut TdsClient,
+    batch: &LinkBatch,
+) -> Result<(), tiberius::error::Error> {
+    let s = quote(&batch.schema);
+    for chunk in batch.links.chunks(LINKS_PER_STATEMENT) {
+        let mut args = vec![Arg::text(&batch.entity)];
+        let rows: Vec<String> = chunk
+            .iter()
+            .map(|l| {
+                let known = |k: &KeyRef| match k {
+                    KeyRef::Known(s) => keys::to_bytes(s),
+                    KeyRef::Inserted(i) => unreachable!("link to insert {i} was not resolved"),
+                };
+                args.push(Arg::Bytes(known(&l.crm_key)));
+                args.push(Arg::Bytes(known(&l.external_key)));
+                args.push(Arg::Bytes(l.shadow.clone()));
+                args.push(Arg::Bool(l.deleted));
+                let n = args.len();
+                format!("(@P{}, @P{}, @P{}, @P{})", n - 3, n - 2, n - 1, n)
+            })
+            .collect();
+        let sql = format!(
+            "MERGE {s}.links WITH (HOLDLOCK) AS l \
+             USING (VALUES {}) AS u (crm_key, external_key, shadow, deleted) \
+             ON l.entity = @P1 AND l.crm_key = u.crm_key \
+             WHEN MATCHED THEN UPDATE SET external_key = u.external_key, shadow = u.shadow, \
+               deleted = u.deleted \
+             WHEN NOT MATCHED THEN INSERT (entity, crm_key, external_key, shadow, deleted) \
+               VALUES (@P1, u.crm_key, u.external_key, u.shadow, u.deleted);",
+            rows.join(", ")
+        );
+        super::exec(c, &sql, &args).await?;
+    }
+    Ok(())
+}
+
+/// A key as the links table stores it, in its canonical text.
+fn stored_key(entity: &str, stored: &[u8]) -> Result<String, EndpointError> {
+    keys::from_bytes(stored).map_err(|e| {
+        EndpointError::Schema(format!(
+            "entity {entity:?}: {e} in the state store's links table"
+        ))
+    })
+}
+
+/// The links of `entity` whose `column` (`crm_key` or `external_key`) is
+/// one of `keys`, by that key.
+pub(super) async fn by_column(
+    store: &MsStore,
+    column: &str,
+    entity: &str,
+    keys: &[String],
+) -> Result<HashMap<String, Link>, EndpointError> {
+    let mut out = HashMap::with_capacity(keys.len());
+    let mut layouts = HashMap::new();
+    for chunk in keys.chunks(MAX_PARAMS) {
+        let mut args = vec![Arg::text(entity)];
+        args.extend(chunk.iter().map(|k| Arg::Bytes(keys::to_bytes(k))));
+        let sql = format!(
+            "SELECT crm_key, external_key, shadow, deleted FROM {}.links \
+             WHERE entity = @P1 AND {column} IN ({})",
+            store.s(),
+            placeholders(2, chunk.len())
+        );
+        let rows = store.rows(&sql, &args, "reading links").await?;
+        for r in rows {
+            let shadow = read_shadow(store, entity, bytes(&r[2]), &mut layouts).await?;
+            let link = Link {
+                crm_key: stored_key(entity, bytes(&r[0]))?,
+                external_key: stored_key(entity, bytes(&r[1]))?,
+                shadow,
+                deleted: int(&r[3]) == Some(1),
+            };
+            let k = if column == "crm_key" {
+                link.crm_key.clone()
+            } else {
+                link.external_key.clone()
+            };
+            out.insert(k, link);
+        }
+    }
+    Ok(out)
+}
+
+/// Every live link of `entity` as (CRM key, external key).
+pub(super) async fn live(
+    store: &MsStore,
+    entity: &str,
+) -> Result<Vec<(String, String)>, EndpointError> {
+    let rows = store
+        .rows(
+            &format!(
+                "SELECT crm_key, external_key FROM {}.links WHERE entity = @P1 AND deleted = 0",
+                store.s()
+            ),
+            &[Arg::text(entity)],
+            "reading links",
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                stored_key(entity, bytes(&r[0]))?,
+                stored_key(entity, bytes(&r[1]))?,
+            ))
+        })
+        .collect()
+}
+
+/// A stored shadow, sealed (see `state::shadow`): the only form a SQL
+/// Server state store has held.
+async fn read_shadow(
+    store: &MsStore,
+    entity: &str,
+    stored: &[u8],
+    known: &mut HashMap<i32, Arc<Vec<String>>>,
+) -> Result<Shadow, EndpointError> {
+    let unreadable = |e: &dyn std::fmt::Display| {
+        EndpointError::Schema(format!(
+            "a shadow of entity {entity:?} in the state store is unreadable: {e}"
+        ))
+    };
+    let layout = shadow::layout_of(stored).ok_or_else(|| unreadable(&"it names no layout"))?;
+    let fields = match known.get(&layout) {
+        Some(f) => f.clone(),
+        None => {
+            let f = layout_fields(store, entity, layout).await?;
+            known.insert(layout, f.clone());
+            f
+        }
+    };
+    shadow::open(stored, &fields).map_err(|e| unreadable(&e))
+}
+
+/// The layouts of `entity` as stored: (id, fields).
+async fn layouts_of(
+    store: &MsStore,
+    c: &mut TdsClient,
+    entity: &str,
+) -> Result<Vec<(i32, Vec<String>)>, EndpointError> {
+    let rows = query(
+        c,
+        &format!(
+            "SELECT layout, fields FROM {}.shadow_layouts WHERE entity = @P1 ORDER BY layout",
+            store.s()
+        ),
+        &[Arg::text(entity)],
+    )
+    .await
+    .map_err(|e| store.state_error("reading the shadow layouts", e))?;
+    rows.iter()
+        .map(|r| {
+            let fields: Vec<String> = serde_json::from_str(&text(&r[1]).unwrap_or_default())
+                .map_err(|e| {
+                    EndpointError::Schema(format!(
+                        "a shadow layout of entity {entity:?} in the state store is \
+                         unreadable: {e}"
+                    ))
+                })?;
+            Ok((int(&r[0]).unwrap_or(0) as i32, fields))
+        })
+        .collect()
+}
+
+async fn layout_fields(
+    store: &MsStore,
+    entity: &str,
+    layout: i32,
+) -> Result<Arc<Vec<String>>, EndpointError> {
+    let key = (entity.to_string(), layout);
+    if let Some(f) = store.layouts.lock().ok().and_then(|m| m.get(&key).cloned()) {
+        return Ok(f);
+    }
+    let mut c = store.db.conn().await?;
+    let found = layouts_of(store, &mut c, entity).await?;
+    let mut wanted = None;
+    if let Ok(mut m) = store.layouts.lock() {
+        for (id, fields) in found {
+            let fields = Arc::new(fields);
+            if id == layout {
+                wanted = Some(fields.clone());
+            }
+            m.insert((entity.to_string(), id), fields);
+        }
+    }
+    wanted.ok_or_else(|| {
+        EndpointError::Schema(format!(
+            "shadow layout {layout} of entity {entity:?} is missing from the state store"
+        ))
+    })
+}
+
+/// The id of the positional shadow layout of `fields`, registered on
+/// first use. Field lists are compared here, exactly, whatever the
+/// database's collation; registration runs under a transaction-owned
+/// application lock, so that two processes never give one list two ids.
+pub(super) async fn register_layout(
+    store: &MsStore,
+    entity: &str,
+    fields: &[String],
+) -> Result<i32, EndpointError> {
+    let remember = |id: i32| {
+        if let Ok(mut m) = store.layouts.lock() {
+            m.insert((entity.to_string(), id), Arc::new(fields.to_vec()));
+        }
+        id
+    };
+    let mut c = store.db.conn().await?;
+    let find = |found: &[(i32, Vec<String>)]| {
+        found
+            .iter()
+            .find(|(_, f)| f.as_slice() == fields)
+            .map(|(id, _)| *id)
+    };
+    if let Some(id) = find(&layouts_of(store, &mut c, entity).await?) {
+        return Ok(remember(id));
+    }
+    let fail = |e| store.state_error("registering a shadow layout", e);
+    let lock = super::lock::resource("crmsync-layout", &store.schema, entity);
+    super::batch(&mut c, "SET XACT_ABORT ON; BEGIN TRANSACTION")
+        .await
+        .map_err(fail)?;
+    let result = async {
+        query(
+            &mut c,
+            "EXEC sp_getapplock @Resource = @P1, @LockMode = 'Exclusive', \
+             @LockOwner = 'Transaction', @LockTimeout = 30000",
+            &[Arg::text(&lock)],
+        )
+        .await
+        .map_err(fail)?;
+        let found = layouts_of(store, &mut c, entity).await?;
+        if let Some(id) = find(&found) {
+            return Ok(id);
+        }
+        let id = found.iter().map(|(id, _)| *id).max().unwrap_or(0) + 1;
+        let list = serde_json::to_string(fields).unwrap_or_else(|_| "[]".into());
+        super::exec(
+            &mut c,
+            &format!(
+                "INSERT INTO {}.shadow_layouts (entity, layout, fields) VALUES (@P1, @P2, @P3)",
+                store.s()
+            ),
+            &[
+                Arg::text(entity),
+                Arg::Int(Some(i64::from(id))),
+                Arg::Text(Some(list)),
+            ],
+        )
+        .await
+        .map_err(fail)?;
+        Ok::<_, EndpointError>(id)
+    }
+    .await;
+    let end = if result.is_ok() {
+        "COMMIT TRANSACTION"
+    } else {
+        "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION"
+    };
+    let ended = super::batch(&mut c, end).await;
+    let id = result?;
+    ended.map_err(fail)?;
+    Ok(remember(id))
+}
+
+/// See `StateStore::links_gone_from`: the live links, then the table's
+/// keys, compared in their canonical text. Read in that order, a link
+/// whose row was there throughout is always found; a row deleted in
+/// between is found gone by the next check.
+pub(super) async fn gone_from(
+    store: &MsStore,
+    entity: &str,
+    table: &crate::endpoint::TableInfo,
+    key: &str,
+) -> Result<GoneLinks, EndpointError> {
+    let links = live(store, entity).await?;
+    if links.is_empty() {
+        return Ok(GoneLinks::default());
+    }
+    let rows = store
+        .rows(
+            &format!(
+                "SELECT {} FROM {}.{}",
+                quote(key),
+                quote(&table.schema),
+                quote(&table.name)
+            ),
+            &[],
+            &format!("reading the keys of {}", table.qualified()),
+        )
+        .await?;
+    let present: HashSet<String> = rows
+        .iter()
+        .filter_map(|r| r.first())
+        .filter(|v| !matches!(v, Value::Null))
+        .map(Value::key_string)
+        .collect();
+    let live = links.len() as u64;
+    let gone: Vec<(String, String)> = links
+        .into_iter()
+        .filter(|(_, x)| !present.contains(x))
+        .collect();
+    Ok(GoneLinks {
+        live: if gone.is_empty() { 0 } else { live },
+        gone,
+    })
+}
