@@ -795,6 +795,17 @@ async fn tls_require_refuses_an_unverified_certificate() {
 /// from eware_get_identity_id, and the next sync has nothing to do.
 #[tokio::test]
 async fn backfill_external_to_crm_on_sql_server() {
+    backfill_external_to_crm_on_sql_server_with_state("external").await;
+}
+
+/// The same with the state in the CRM's SQL Server database: the links
+/// commit there with the CRM rows they describe.
+#[tokio::test]
+async fn backfill_external_to_crm_on_sql_server_with_the_state_there() {
+    backfill_external_to_crm_on_sql_server_with_state("crm").await;
+}
+
+async fn backfill_external_to_crm_on_sql_server_with_state(state_side: &str) {
     let mut env = MsEnv::new(Ids::StoredProcedure).await;
     env.write_config(
         50,
@@ -802,7 +813,7 @@ async fn backfill_external_to_crm_on_sql_server() {
 insert_into_crm = true
 secterr = -2147483640"#,
         "id_strategy = \"stored_procedure\"",
-        "external",
+        state_side,
     );
     exec(
         &mut env.crm,
@@ -862,6 +873,13 @@ secterr = -2147483640"#,
         .await,
         Some(7250)
     );
+    if state_side == "crm" {
+        assert_eq!(
+            scalar_i64(&mut env.crm, "SELECT COUNT(*) FROM crmsync.links").await,
+            Some(250),
+            "the links live with the CRM rows"
+        );
+    }
     let again = env.sync().await;
     assert_eq!(again.changes(), 0, "{again:?}");
 }

@@ -131,6 +131,8 @@ async fn state_on_the_crm_side_on_sql_server_syncs_both_ways() {
     assert_eq!(live, 0, "the CRM delete reached the ERP");
     assert_eq!(env.sync().await.changes(), 0);
 
+    assert_status_shows(&env.config, 5).await;
+
     // What a crash between the ERP's commit and the links' leaves, at its
     // worst: no links and no watermarks. Every pair is found again by the
     // keys both sides hold; nothing is inserted twice.
@@ -158,4 +160,298 @@ async fn state_on_the_crm_side_on_sql_server_syncs_both_ways() {
         "the live pairs are linked again"
     );
     assert_eq!(env.sync().await.changes(), 0);
+}
+
+/// The binary with `args` and `config`, off the test's runtime (the
+/// stand-in serves from it).
+async fn binary_beside(config: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let config = config.to_path_buf();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_binary(&config, &args, &[])
+    })
+    .await
+    .unwrap()
+}
+
+/// `status` reads the state where it lives: the watermarks, the links
+/// and the last runs.
+async fn assert_status_shows(config: &std::path::Path, links: i64) {
+    let out = binary_beside(config, &["status"]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("supplier crm: "), "{stdout}");
+    assert!(stdout.contains("supplier external: "), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "supplier: {links} links, 0 open rejects, 0 open conflicts"
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("supplier sync: started"), "{stdout}");
+    assert!(!stdout.contains("did not finish"), "{stdout}");
+}
+
+/// The Sage CRM on PostgreSQL, the ERP on SQL Server holding the state
+/// (`[state] side = "external"`): inserts both ways, a change each way,
+/// quiet runs, deletes both ways (the ERP's hard delete found by comparing
+/// the links with the ERP table), `status`, `verify`, and a rerun after a
+/// crash that lost the links and watermarks.
+#[tokio::test]
+async fn state_on_the_erp_side_on_sql_server_syncs_both_ways() {
+    use crate::two_way::{crm_insert, crm_set, sync};
+    let (_server, mut erp, env) = erp_on_sql_server().await;
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("side = \"crm\"", "side = \"external\"")
+        .replace(
+            "direction = \"both\"",
+            "direction = \"both\"\nmax_delete_ratio = 1.0",
+        );
+    assert!(config.contains("side = \"external\""));
+    std::fs::write(&env.config, config).unwrap();
+    // Before the first run there is no state schema: status says so.
+    let out = binary_beside(&env.config, &["status"]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("no runs yet"), "{stdout}");
+
+    let mut crm_ids = Vec::new();
+    for name in ["Alpha", "Bravo", "Charlie"] {
+        crm_ids.push(crm_insert(&env.crm, name, Some("Active"), None).await);
+    }
+    exec(
+        &mut erp,
+        "INSERT INTO erp.supplier (name, status, kind) VALUES (N'Delta', N'A', N'S'), \
+         (N'Echo', N'A', N'S')",
+    )
+    .await;
+    let first = sync(&env).await;
+    assert_eq!((first.inserted, first.crm_inserted), (3, 2), "{first:?}");
+    assert_eq!(first.rejected, 0, "{first:?}");
+    assert_eq!(
+        count_where(&mut erp, "crmsync.links", "deleted = 0").await,
+        5,
+        "the links live on SQL Server"
+    );
+    assert!(!pg_has_state(&env.crm).await, "nothing of crmsync's in CRM");
+    for _ in 0..2 {
+        let quiet = sync(&env).await;
+        assert_eq!(quiet.changes(), 0, "{quiet:?}");
+    }
+
+    // A change each way.
+    crm_set(
+        &env.crm,
+        crm_ids[0],
+        "comp_website",
+        Some("https://alpha.example"),
+    )
+    .await;
+    exec(
+        &mut erp,
+        "UPDATE erp.supplier SET phone = N'+1 555 0100', updated_at = SYSDATETIME() \
+         WHERE name = N'Delta'",
+    )
+    .await;
+    let changed = sync(&env).await;
+    assert_eq!(
+        (changed.updated, changed.crm_updated),
+        (1, 1),
+        "{changed:?}"
+    );
+    assert_eq!(sync(&env).await.changes(), 0);
+
+    // Deletes: the ERP deletes Echo for real; CRM soft-deletes Bravo.
+    exec(&mut erp, "DELETE FROM erp.supplier WHERE name = N'Echo'").await;
+    env.crm
+        .execute(
+            "UPDATE company SET comp_deleted = 1, comp_updateddate = localtimestamp(3), \
+             comp_timestamp = localtimestamp(3) WHERE comp_companyid = $1",
+            &[&crm_ids[1]],
+        )
+        .await
+        .unwrap();
+    let deleted = sync(&env).await;
+    assert_eq!(
+        (deleted.deleted, deleted.crm_deleted),
+        (1, 1),
+        "{deleted:?}"
+    );
+    assert!(deleted.hard_delete_check, "{deleted:?}");
+    let echo: Option<i16> = env
+        .crm
+        .query_one(
+            "SELECT comp_deleted FROM company WHERE comp_name = 'Echo'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(echo, Some(1));
+    assert_eq!(
+        count_where(
+            &mut erp,
+            "erp.supplier",
+            "name = N'Bravo' AND is_deleted = 0"
+        )
+        .await,
+        0
+    );
+    assert_eq!(sync(&env).await.changes(), 0);
+    assert_status_shows(&env.config, 3).await;
+    let out = binary_beside(&env.config, &["verify"]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+
+    // A crash that lost the links and the watermarks: every pair is found
+    // again by the keys both sides hold, nothing is inserted twice.
+    let erp_rows = count_where(&mut erp, "erp.supplier", "1 = 1").await;
+    exec(
+        &mut erp,
+        "DELETE FROM crmsync.links; DELETE FROM crmsync.watermarks",
+    )
+    .await;
+    let rerun = sync(&env).await;
+    assert_eq!((rerun.inserted, rerun.crm_inserted), (0, 0), "{rerun:?}");
+    assert_eq!(
+        count_where(&mut erp, "erp.supplier", "1 = 1").await,
+        erp_rows
+    );
+    assert_eq!(crate::common::count(&env.crm, "company").await, 5);
+    assert_eq!(
+        count_where(&mut erp, "crmsync.links", "deleted = 0").await,
+        3
+    );
+    assert_eq!(sync(&env).await.changes(), 0);
+}
+
+/// A second run of the same entity while another holds the run lock (an
+/// application lock on the SQL Server holding the state) exits 1 with the
+/// message a PostgreSQL state store gives, and writes nothing; once the
+/// lock is free, the same command works.
+#[tokio::test]
+async fn second_run_exits_1_while_the_sql_server_run_lock_is_held() {
+    let mut env = MsEnv::new(Ids::Identity).await;
+    env.write_config(20, TWO_WAY, "", "crm");
+    env.insert_companies(&[("Initech".into(), "2024-05-01 08:00:00.003".into())])
+        .await;
+    // The state schema first (a run creates it), then the lock as a run
+    // holds it: on a session of its own.
+    assert_eq!(env.sync().await.inserted, 1);
+    env.insert_companies(&[("Globex".into(), "2024-05-01 08:00:01.003".into())])
+        .await;
+    let mut holder = env.server.client().await;
+    let got = scalar_i64(
+        &mut holder,
+        "DECLARE @r int; EXEC @r = sp_getapplock @Resource = N'crmsync:crmsync:supplier', \
+         @LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 0; SELECT @r",
+    )
+    .await;
+    assert_eq!(got, Some(0));
+    let out = run_binary_beside(&env, "sync").await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("another crmsync run"), "{stderr}");
+    assert!(stderr.contains("supplier"), "{stderr}");
+    assert_eq!(
+        crate::common::count(&env.erp, "erp.supplier").await,
+        1,
+        "the second run wrote rows"
+    );
+    drop(holder);
+    let mut done = None;
+    for _ in 0..50 {
+        let out = run_binary_beside(&env, "sync").await;
+        if out.status.code() == Some(0) {
+            done = Some(out);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(done.is_some(), "the lock went with its session");
+    assert_eq!(crate::common::count(&env.erp, "erp.supplier").await, 2);
+}
+
+/// Two runs of the engine at once, each taking the lock: one gets it,
+/// the other is told the entity is busy.
+#[tokio::test]
+async fn the_run_lock_on_sql_server_admits_one_run() {
+    let env = MsEnv::new(Ids::Identity).await;
+    env.write_config(20, TWO_WAY, "", "crm");
+    let plan = crmsync::cli::load_plan(&env.config).unwrap();
+    let engine = Engine::connect(plan).await.unwrap();
+    engine.state.migrate().await.unwrap();
+    let first = engine.state.lock("supplier").await.unwrap();
+    assert!(first.is_some());
+    assert!(engine.state.lock("supplier").await.unwrap().is_none());
+    // Another entity's lock is another resource.
+    let other = engine.state.lock("contact").await.unwrap();
+    assert!(other.is_some());
+    first.unwrap().release().await;
+    let again = engine.state.lock("supplier").await.unwrap();
+    assert!(again.is_some(), "released at once");
+}
+
+/// A CRM → ERP backfill into SQL Server with the state there too: every
+/// chunk commits its rows and their links together, so a SIGKILL leaves
+/// exactly as many links as copied rows; the rerun resumes after the last
+/// checkpoint and every CRM row ends up in the ERP once, linked.
+#[tokio::test]
+async fn killed_backfill_into_sql_server_with_the_state_there_resumes() {
+    use crate::common::{binary, insert_companies};
+    let (_server, mut erp, env) = erp_on_sql_server().await;
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("side = \"crm\"", "side = \"external\"");
+    std::fs::write(&env.config, config).unwrap();
+    insert_companies(&env.crm, 1_500, "now() - interval '1 hour'", "Supplier").await;
+    let args = ["backfill", "--chunk-rows", "100"];
+    let mut child = binary(&env.config, &args, &[]).spawn().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let n = scalar_i64(&mut erp, "SELECT COUNT(*) FROM erp.supplier").await;
+        if n.unwrap_or(0) >= 250 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backfill ended before it was killed"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(120));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    let killed = child.wait().unwrap();
+    assert!(!killed.success(), "killed, not finished: {killed:?}");
+    let rows = count_where(&mut erp, "erp.supplier", "1 = 1").await;
+    assert!(rows < 1_500, "killed in the middle: {rows} rows");
+    assert_eq!(
+        count_where(&mut erp, "crmsync.links", "1 = 1").await,
+        rows,
+        "every copied row has its link, and no link its row missing"
+    );
+
+    let r = &backfill_binary(&env.config, &["--chunk-rows", "100"]).await;
+    assert_eq!(r["resumed"], serde_json::json!(true), "{r}");
+    let done_before = r["rows_done_before"].as_u64().unwrap();
+    assert!(done_before >= 100, "{r}");
+    assert_eq!(r["read"].as_u64().unwrap(), 1_500 - done_before, "{r}");
+    assert_eq!(count_where(&mut erp, "erp.supplier", "1 = 1").await, 1_500);
+    assert_eq!(
+        scalar_i64(
+            &mut erp,
+            "SELECT COUNT(DISTINCT crm_company_id) FROM erp.supplier"
+        )
+        .await,
+        Some(1_500),
+        "one ERP row per CRM row"
+    );
+    assert_eq!(
+        count_where(&mut erp, "crmsync.links", "deleted = 0").await,
+        1_500
+    );
+    assert!(!pg_has_state(&env.crm).await);
+    assert_eq!(crate::two_way::sync(&env).await.changes(), 0);
 }
