@@ -93,6 +93,24 @@ CREATE OR REPLACE FUNCTION mssql_standin.datalength(bytea) RETURNS int
 LANGUAGE sql IMMUTABLE AS $$ SELECT octet_length($1) $$;
 
 -- OBJECT_ID('[dbo].[Company]'): the table's oid, or NULL.
+-- binary/varbinary converted to an integer type of `bytes` bytes, as SQL
+-- Server does: big-endian, the rightmost `bytes` bytes, zeros padded on the
+-- left; tinyint unsigned, the others two's complement.
+CREATE OR REPLACE FUNCTION mssql_standin.binary_int(b bytea, bytes int) RETURNS int8
+LANGUAGE sql IMMUTABLE STRICT AS $$
+SELECT CASE bytes
+         WHEN 8 THEN ('x' || lpad(right(encode(b, 'hex'), 16), 16, '0'))::bit(64)::int8
+         WHEN 4 THEN ('x' || lpad(right(encode(b, 'hex'), 8), 8, '0'))::bit(32)::int4::int8
+         WHEN 2 THEN (('x' || lpad(right(encode(b, 'hex'), 4), 8, '0'))::bit(32)::int4
+                      # 32768) - 32768
+         ELSE ('x' || lpad(right(encode(b, 'hex'), 2), 8, '0'))::bit(32)::int4 END $$;
+-- An integer from a value the translator could not type (SUBSTRING of a
+-- column whose name several tables use): binary as above, text parsed.
+CREATE OR REPLACE FUNCTION mssql_standin.int_of(b bytea, bytes int) RETURNS int8
+LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT mssql_standin.binary_int(b, bytes) $$;
+CREATE OR REPLACE FUNCTION mssql_standin.int_of(t text, bytes int) RETURNS int8
+LANGUAGE sql IMMUTABLE STRICT AS $$ SELECT CAST(trim(t) AS int8) $$;
+
 CREATE OR REPLACE FUNCTION mssql_standin.object_id(name text, kind text DEFAULT NULL) RETURNS int
 LANGUAGE sql STABLE AS $$
   WITH p AS (

@@ -935,13 +935,45 @@ impl VisitorMut for Translator<'_> {
                     SqlValue::NationalStringLiteral(s) => {
                         Some(raw(format!("'{}'", s.replace('\'', "''"))))
                     }
+                    // 0x0100: a binary constant ("Constants (Transact-SQL)").
+                    SqlValue::HexStringLiteral(h) if h.chars().all(|c| c.is_ascii_hexdigit()) => {
+                        let h = if h.len() % 2 == 1 { format!("0{h}") } else { h.clone() };
+                        Some(raw(format!("'\\x{h}'::bytea")))
+                    }
                     _ => None,
                 },
                 Expr::Function(f) => self.rewrite_function(f)?.map(raw),
                 Expr::Cast { expr, data_type, .. } => {
                     let t = parse_decl(&data_type.to_string())
                         .ok_or_else(|| SqlError::new(243, 16, format!("Type {data_type} is not a defined system type.")))?;
-                    Some(raw(cast_sql(&expr.to_string(), &t)))
+                    let binary = matches!(
+                        hint(expr, self.env),
+                        Some(SqlType::VarBinary(_) | SqlType::Binary(_))
+                    );
+                    let int_bytes = match t {
+                        SqlType::TinyInt => Some(1),
+                        SqlType::SmallInt => Some(2),
+                        SqlType::Int => Some(4),
+                        SqlType::BigInt => Some(8),
+                        _ => None,
+                    };
+                    // A SUBSTRING whose operand the catalog cannot type by
+                    // name: chosen by PostgreSQL's own type of it.
+                    let untyped = matches!(expr.as_ref(), Expr::Substring { .. })
+                        && hint(expr, self.env).is_none();
+                    match int_bytes {
+                        // Binary to an integer ("CAST and CONVERT (Transact-SQL)",
+                        // binary and varbinary).
+                        Some(n) if binary => Some(raw(cast_sql(
+                            &format!("mssql_standin.binary_int({expr}, {n})"),
+                            &t,
+                        ))),
+                        Some(n) if untyped => Some(raw(cast_sql(
+                            &format!("mssql_standin.int_of({expr}, {n})"),
+                            &t,
+                        ))),
+                        _ => Some(raw(cast_sql(&expr.to_string(), &t))),
+                    }
                 }
                 Expr::Convert { expr, data_type: Some(dt), styles, .. } => {
                     let t = parse_decl(&dt.to_string())
@@ -1055,6 +1087,11 @@ pub fn hint(e: &Expr, env: &Env<'_>) -> Option<SqlType> {
             }
         }
         Expr::Case { conditions, .. } => conditions.first().and_then(|r| hint(&r.result, env)),
+        // SUBSTRING of a binary value is varbinary.
+        Expr::Substring { expr, .. } => match hint(expr, env) {
+            Some(SqlType::VarBinary(_) | SqlType::Binary(_)) => Some(SqlType::VarBinary(None)),
+            _ => None,
+        },
         _ => None,
     }
 }

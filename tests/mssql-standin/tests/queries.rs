@@ -497,3 +497,57 @@ async fn a_session_applock_goes_with_its_connection() {
     }
     assert_eq!(got, Some(0), "the closed session's lock was released");
 }
+
+/// binary and varbinary converted to integer types: the bytes read
+/// big-endian, padded with zeros on the left, as two's complement (tinyint
+/// unsigned) ("CAST and CONVERT (Transact-SQL)": "Converting binary and
+/// varbinary data"; "binary and varbinary (Transact-SQL)"), also of a
+/// SUBSTRING of a varbinary column.
+#[tokio::test]
+async fn binary_converts_to_integers_big_endian() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.bin (id int NOT NULL PRIMARY KEY, v varbinary(20) NOT NULL); \
+         INSERT INTO dbo.bin VALUES (1, 0x0100), (2, 0xFFFFFFFF), (3, 0x8000000000000000), \
+           (4, 0x01020304050607), (5, 0x15FF), (6, 0xFFFF)",
+    )
+    .await;
+    let big = |id: i32| format!("SELECT CAST(v AS bigint) FROM dbo.bin WHERE id = {id}");
+    assert_eq!(scalar::<i64>(&mut c, &big(1)).await, Some(256));
+    assert_eq!(scalar::<i64>(&mut c, &big(2)).await, Some(4_294_967_295));
+    assert_eq!(scalar::<i64>(&mut c, &big(3)).await, Some(i64::MIN));
+    assert_eq!(
+        scalar::<i64>(&mut c, &big(4)).await,
+        Some(0x0001_0203_0405_0607)
+    );
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT CAST(v AS int) FROM dbo.bin WHERE id = 2").await,
+        Some(-1)
+    );
+    assert_eq!(
+        scalar::<i16>(
+            &mut c,
+            "SELECT CAST(v AS smallint) FROM dbo.bin WHERE id = 6"
+        )
+        .await,
+        Some(-1)
+    );
+    assert_eq!(
+        scalar::<u8>(
+            &mut c,
+            "SELECT CAST(SUBSTRING(v, 2, 1) AS tinyint) FROM dbo.bin WHERE id = 5"
+        )
+        .await,
+        Some(255)
+    );
+    assert_eq!(
+        scalar::<i32>(
+            &mut c,
+            "SELECT CAST(SUBSTRING(v, 1, 1) AS int) FROM dbo.bin WHERE id = 5"
+        )
+        .await,
+        Some(21)
+    );
+}
