@@ -455,3 +455,138 @@ async fn killed_backfill_into_sql_server_with_the_state_there_resumes() {
     assert!(!pg_has_state(&env.crm).await);
     assert_eq!(crate::two_way::sync(&env).await.changes(), 0);
 }
+
+/// The hard-delete comparison with the state on SQL Server finds exactly
+/// the links whose row is gone, for keys of every kind: integers of every
+/// length and sign, in `bigint` and `int` columns (compared in the
+/// database), uuids and text (compared in their canonical text: a key
+/// differing only in case is another key, whatever the collation).
+#[tokio::test]
+async fn links_gone_from_finds_exactly_the_missing_keys_on_sql_server() {
+    use crmsync::state::{LinkBatch, LinkWrite};
+    let mut env = MsEnv::new(Ids::Identity).await;
+    env.write_config(20, TWO_WAY, "", "crm");
+    exec(
+        &mut env.crm,
+        "CREATE TABLE dbo.k_big (id bigint NOT NULL PRIMARY KEY); \
+         CREATE TABLE dbo.k_int (id int NOT NULL PRIMARY KEY); \
+         CREATE TABLE dbo.k_uuid (id uniqueidentifier NOT NULL PRIMARY KEY); \
+         CREATE TABLE dbo.k_text (id nvarchar(40) NOT NULL PRIMARY KEY)",
+    )
+    .await;
+    let big_present: Vec<i64> = vec![
+        0,
+        1,
+        -1,
+        7,
+        255,
+        256,
+        -255,
+        -256,
+        65_535,
+        65_536,
+        -65_536,
+        i64::from(i32::MAX),
+        i64::from(i32::MIN),
+        1 << 40,
+        -(1 << 40),
+        (1 << 56) - 1,
+        -(1 << 56),
+        i64::MAX,
+        i64::MIN,
+    ];
+    let big_missing: Vec<i64> = vec![2, -2, 300, -300, (1 << 40) + 1, i64::MAX - 1, i64::MIN + 1];
+    let int_present: Vec<i64> = vec![0, 1, -1, i64::from(i32::MAX), i64::from(i32::MIN)];
+    let int_missing: Vec<i64> = vec![5, -5];
+    let u1 = "550e8400-e29b-41d4-a716-446655440000";
+    let u2 = "6ba7b810-9dad-11d1-80b4-00c04fd430c8";
+    let u_missing = "00000000-0000-0000-0000-000000000001";
+    let text_present = ["A", "a b", "é", "SUP-0001"];
+    let text_missing = ["B", "a", "É", "SUP-0002"];
+    let list = |v: &[i64]| {
+        v.iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join("), (")
+    };
+    exec(
+        &mut env.crm,
+        &format!("INSERT INTO dbo.k_big VALUES ({})", list(&big_present)),
+    )
+    .await;
+    exec(
+        &mut env.crm,
+        &format!("INSERT INTO dbo.k_int VALUES ({})", list(&int_present)),
+    )
+    .await;
+    exec(
+        &mut env.crm,
+        &format!(
+            "INSERT INTO dbo.k_uuid VALUES ('{u1}'), ('{}')",
+            u2.to_uppercase()
+        ),
+    )
+    .await;
+    let texts: Vec<String> = text_present.iter().map(|t| format!("N'{t}'")).collect();
+    exec(
+        &mut env.crm,
+        &format!("INSERT INTO dbo.k_text VALUES ({})", texts.join("), (")),
+    )
+    .await;
+
+    let plan = crmsync::cli::load_plan(&env.config).unwrap();
+    let engine = Engine::connect(plan).await.unwrap();
+    engine.state.migrate().await.unwrap();
+    let cases: Vec<(&str, Vec<String>, Vec<String>)> = vec![
+        (
+            "k_big",
+            big_present.iter().map(i64::to_string).collect(),
+            big_missing.iter().map(i64::to_string).collect(),
+        ),
+        (
+            "k_int",
+            int_present.iter().map(i64::to_string).collect(),
+            int_missing.iter().map(i64::to_string).collect(),
+        ),
+        (
+            "k_uuid",
+            vec![u1.to_string(), u2.to_string()],
+            vec![u_missing.to_string()],
+        ),
+        (
+            "k_text",
+            text_present.iter().map(|t| t.to_string()).collect(),
+            text_missing.iter().map(|t| t.to_string()).collect(),
+        ),
+    ];
+    for (table, present, missing) in cases {
+        let links: Vec<LinkWrite> = present
+            .iter()
+            .chain(&missing)
+            .enumerate()
+            .map(|(i, k)| LinkWrite::pair(&i.to_string(), k, vec![0], false))
+            .collect();
+        let all = links.len() as u64;
+        engine
+            .state
+            .write_links(&LinkBatch {
+                schema: "crmsync".into(),
+                entity: table.into(),
+                links,
+            })
+            .await
+            .unwrap();
+        let info = engine.endpoints.crm.table(Some("dbo"), table).await.unwrap().unwrap();
+        let found = engine
+            .state
+            .links_gone_from(table, &info, "id")
+            .await
+            .unwrap();
+        let mut gone: Vec<String> = found.gone.into_iter().map(|(_, x)| x).collect();
+        gone.sort();
+        let mut want = missing.clone();
+        want.sort();
+        assert_eq!(gone, want, "{table}");
+        assert_eq!(found.live, all, "{table}");
+    }
+}

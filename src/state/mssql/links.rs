@@ -283,28 +283,91 @@ pub(super) async fn register_layout(
     Ok(remember(id))
 }
 
-/// See `StateStore::links_gone_from`: the live links, then the table's
-/// keys, compared in their canonical text. Read in that order, a link
-/// whose row was there throughout is always found; a row deleted in
-/// between is found gone by the next check.
+/// The stored form of an integer key (`state::keys`) decoded back into a
+/// `bigint` in T-SQL: the first byte gives the sign and the length n, the
+/// next n bytes the magnitude, big-endian (negative numbers as the
+/// complement, `2^(8n) - 1 - |v|`, which for n = 8 reads as `v - 1`). Binary converts to an integer
+/// big-endian, padded with zeros on the left ("CAST and CONVERT
+/// (Transact-SQL)", "binary and varbinary"). Any other stored form gives
+/// NULL, which names no row.
+fn int_key_sql(b: &str) -> String {
+    let part = |n: usize| format!("CAST(SUBSTRING({b}, 2, {n}) AS bigint)");
+    let mut arms = vec!["WHEN 20 THEN CAST(0 AS bigint)".to_string()];
+    for n in 1..=8usize {
+        arms.push(format!("WHEN {} THEN {}", 20 + n, part(n)));
+        let negative = if n == 8 {
+            // The bytes of the smallest bigint read as the largest.
+            format!(
+                "CASE WHEN {p} = 9223372036854775807 THEN CAST(-9223372036854775807 AS bigint) - 1 \
+                 ELSE {p} + 1 END",
+                p = part(8)
+            )
+        } else {
+            format!("{} - {}", part(n), (1i64 << (8 * n)) - 1)
+        };
+        arms.push(format!("WHEN {} THEN {negative}", 20 - n));
+    }
+    format!(
+        "CASE CAST(SUBSTRING({b}, 1, 1) AS int) {} END",
+        arms.join(" ")
+    )
+}
+
+/// See `StateStore::links_gone_from`. Integer keys (the identity or
+/// sequence keys of most ERP tables) are compared in one anti-join in the
+/// database: each live link's stored key decoded to the column's type and
+/// looked up in the table, in one statement and so one snapshot of it. Other
+/// keys (uuid, text) are compared here in their canonical text: SQL Server
+/// 2016 has no UTF-8 conversion to decode text keys with, and a text key
+/// compared by the table's collation could match another row.
 pub(super) async fn gone_from(
     store: &MsStore,
     entity: &str,
     table: &crate::endpoint::TableInfo,
     key: &str,
 ) -> Result<GoneLinks, EndpointError> {
+    let qualified = format!("{}.{}", quote(&table.schema), quote(&table.name));
+    let column = table.columns.iter().find(|c| c.name == key);
+    if let Some(crate::value::SqlType::Int { .. }) = column.map(|c| &c.ty) {
+        let sql = format!(
+            "SELECT l.crm_key, l.external_key, \
+               (SELECT COUNT_BIG(*) FROM {s}.links c WHERE c.entity = @P1 AND c.deleted = 0) \
+             FROM {s}.links l \
+             WHERE l.entity = @P1 AND l.deleted = 0 \
+               AND NOT EXISTS (SELECT 1 FROM {qualified} x WHERE x.{k} = {decoded})",
+            s = store.s(),
+            k = quote(key),
+            decoded = int_key_sql("l.external_key"),
+        );
+        let rows = store
+            .rows(
+                &sql,
+                &[Arg::text(entity)],
+                "looking for links whose external row is gone",
+            )
+            .await?;
+        let live = rows.first().and_then(|r| int(&r[2])).unwrap_or(0) as u64;
+        let gone = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    stored_key(entity, bytes(&r[0]))?,
+                    stored_key(entity, bytes(&r[1]))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, EndpointError>>()?;
+        return Ok(GoneLinks { gone, live });
+    }
+    // The live links first, then the table's keys: a link whose row was
+    // there throughout is always found; a row deleted in between is found
+    // gone by the next check.
     let links = live(store, entity).await?;
     if links.is_empty() {
         return Ok(GoneLinks::default());
     }
     let rows = store
         .rows(
-            &format!(
-                "SELECT {} FROM {}.{}",
-                quote(key),
-                quote(&table.schema),
-                quote(&table.name)
-            ),
+            &format!("SELECT {} FROM {qualified}", quote(key)),
             &[],
             &format!("reading the keys of {}", table.qualified()),
         )
@@ -324,4 +387,21 @@ pub(super) async fn gone_from(
         live: if gone.is_empty() { 0 } else { live },
         gone,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn integer_keys_decode_by_their_length_byte() {
+        let sql = int_key_sql("b");
+        // Positive lengths 1..8, negative lengths 1..8, and zero.
+        for byte in 12..=28 {
+            assert!(sql.contains(&format!("WHEN {byte} THEN")), "{byte}: {sql}");
+        }
+        assert!(sql.contains("WHEN 19 THEN CAST(SUBSTRING(b, 2, 1) AS bigint) - 255"));
+        assert!(sql.contains("ELSE CAST(SUBSTRING(b, 2, 8) AS bigint) + 1 END"));
+        assert!(sql.contains("- 72057594037927935"));
+    }
 }
