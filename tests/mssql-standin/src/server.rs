@@ -413,11 +413,20 @@ impl Server {
                 Some(Value::Text(s)) => s,
                 _ => String::new(),
             };
-            let _declarations = params.next();
+            // A NULL sent untyped takes the type its declaration gives it
+            // ("sp_executesql (Transact-SQL)": @params declares every
+            // parameter embedded in the statement).
+            let declared = match params.next().map(|p| p.value) {
+                Some(Value::Text(d)) => declarations(&d),
+                _ => Vec::new(),
+            };
             let mut vars = Vars::new();
             for p in params {
                 let ty = if p.wire.token == types::NULLTYPE {
-                    None
+                    declared
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(&p.name))
+                        .and_then(|(_, t)| *t)
                 } else {
                     Some(p.wire.sql_type())
                 };
@@ -491,4 +500,52 @@ fn parse_bulk(payload: &[u8]) -> Result<(BulkColumns, Vec<Vec<Value>>), Error> {
         }
     }
     Ok((cols, rows))
+}
+
+/// The names and types of sp_executesql's `@params`: `@P1 nvarchar(4000),
+/// @P2 numeric(10,2)`.
+fn declarations(text: &str) -> Vec<(String, Option<SqlType>)> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&text[start..]);
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let item = item.trim();
+            let (name, ty) = item.split_once(char::is_whitespace)?;
+            let ty = ty
+                .trim()
+                .trim_end_matches("OUTPUT")
+                .trim_end_matches("output");
+            Some((name.to_string(), crate::catalog::parse_decl(ty.trim())))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod declaration_tests {
+    use super::*;
+
+    #[test]
+    fn declarations_name_their_types() {
+        let d = declarations("@P1 nvarchar(4000),@P2 numeric(10,2), @P3 bigint");
+        assert_eq!(d.len(), 3);
+        assert_eq!(
+            d[0],
+            ("@P1".to_string(), Some(SqlType::NVarChar(Some(4000))))
+        );
+        assert_eq!(d[1], ("@P2".to_string(), Some(SqlType::Decimal(10, 2))));
+        assert_eq!(d[2], ("@P3".to_string(), Some(SqlType::BigInt)));
+    }
 }

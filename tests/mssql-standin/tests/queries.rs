@@ -551,3 +551,28 @@ async fn binary_converts_to_integers_big_endian() {
         Some(21)
     );
 }
+
+/// A NULL parameter has the type `sp_executesql`'s @params declares for it
+/// ("sp_executesql (Transact-SQL)"), wherever it is used: `@P1 IS NULL`
+/// in a CASE needs no other context.
+#[tokio::test]
+async fn a_null_parameter_has_its_declared_type() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    let none: Option<&str> = None;
+    let row = c
+        .query(
+            "SELECT CASE WHEN @P1 IS NULL THEN 1 ELSE 0 END, CASE WHEN @P2 IS NULL THEN 1 ELSE 0 END",
+            &[&none, &"x"],
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (row.get::<i32, _>(0), row.get::<i32, _>(1)),
+        (Some(1), Some(0))
+    );
+}
