@@ -590,3 +590,66 @@ async fn links_gone_from_finds_exactly_the_missing_keys_on_sql_server() {
         assert_eq!(found.live, all, "{table}");
     }
 }
+
+/// A conflict with the state on SQL Server (`conflict = "manual"`): logged
+/// there, listed by `conflicts list`, resolved by `conflicts resolve`, and
+/// the next run writes nothing.
+#[tokio::test]
+async fn conflicts_are_logged_listed_and_resolved_on_sql_server() {
+    let mut env = MsEnv::new(Ids::Identity).await;
+    env.write_config(20, &format!("{TWO_WAY}\nconflict = \"manual\""), "", "crm");
+    env.insert_companies(&[("Acme".into(), "2024-05-01 08:00:00.003".into())])
+        .await;
+    assert_eq!(env.sync().await.inserted, 1);
+    exec(
+        &mut env.crm,
+        "UPDATE dbo.Company SET Comp_Name = N'Acme CRM', Comp_UpdatedDate = GETDATE(), \
+         Comp_TimeStamp = GETDATE() WHERE Comp_CompanyId = 1",
+    )
+    .await;
+    env.erp
+        .execute(
+            "UPDATE erp.supplier SET name = 'Acme ERP', updated_at = now() \
+             WHERE crm_company_id = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let clash = env.sync().await;
+    assert_eq!((clash.conflicts, clash.open_conflicts), (1, 1), "{clash:?}");
+    assert_eq!(
+        count_where(&mut env.crm, "crmsync.conflicts", "resolved_at IS NULL").await,
+        1
+    );
+    let out = binary_beside(&env.config, &["conflicts", "list"]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert!(
+        stdout.contains("Acme CRM") && stdout.contains("Acme ERP"),
+        "{stdout}\n{stderr}"
+    );
+    let id = scalar_i64(
+        &mut env.crm,
+        "SELECT MAX(conflict_id) FROM crmsync.conflicts",
+    )
+    .await
+    .unwrap();
+    let out = binary_beside(
+        &env.config,
+        &["conflicts", "resolve", &id.to_string(), "--take", "crm"],
+    )
+    .await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let name: String = env
+        .erp
+        .query_one(
+            "SELECT name FROM erp.supplier WHERE crm_company_id = 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(name, "Acme CRM");
+    let after = env.sync().await;
+    assert_eq!((after.changes(), after.open_conflicts), (0, 0), "{after:?}");
+}
