@@ -653,3 +653,253 @@ async fn conflicts_are_logged_listed_and_resolved_on_sql_server() {
     let after = env.sync().await;
     assert_eq!((after.changes(), after.open_conflicts), (0, 0), "{after:?}");
 }
+
+/// A site on SQL Server alone: the Sage CRM and the ERP each on a SQL
+/// Server of its own, and the config between them.
+struct AllSqlServer {
+    _crm_server: Server,
+    _erp_server: Server,
+    crm: Tds,
+    erp: Tds,
+    /// Where the state lives.
+    state: Tds,
+    _dir: TempDir,
+    config: PathBuf,
+}
+
+impl AllSqlServer {
+    async fn new(state_side: &str, batch_size: usize) -> AllSqlServer {
+        let crm_server = Server::start().await;
+        let erp_server = Server::start().await;
+        let mut crm = crm_server.client().await;
+        for batch in go_batches(CRM_SCHEMA) {
+            exec(&mut crm, &batch).await;
+        }
+        let mut erp = erp_server.client().await;
+        for batch in go_batches(ERP_SCHEMA_MSSQL) {
+            exec(&mut erp, &batch).await;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("crm.pw"), &crm_server.password).unwrap();
+        std::fs::write(dir.path().join("erp.pw"), &erp_server.password).unwrap();
+        let url = |s: &Server| format!("mssql://{}@{}:{}/{}", s.user, s.host, s.port, s.database);
+        let config = dir.path().join("crmsync.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"[crm]
+url = "{crm}"
+password_file = "crm.pw"
+user_id = 1
+timezone = "UTC"
+tls = "{crm_tls}"
+
+[external]
+url = "{erp}"
+password_file = "erp.pw"
+timezone = "UTC"
+tls = "{erp_tls}"
+
+[state]
+side = "{state_side}"
+
+[defaults]
+batch_size = {batch_size}
+settle = "0s"
+overlap = "5m"
+
+[[entity]]
+name = "supplier"
+crm_table = "Company"
+crm_link_column = "comp_supplierid"
+crm_filter = "Comp_Type = 'Supplier'"
+crm_defaults = {{ Comp_Type = "Supplier" }}
+secterr = {WORLDWIDE}
+direction = "both"
+insert_into_crm = true
+delete_into_crm = "soft"
+max_delete_ratio = 1.0
+{entity}"#,
+                crm = url(&crm_server),
+                crm_tls = crm_server.tls(),
+                erp = url(&erp_server),
+                erp_tls = erp_server.tls(),
+                entity = crate::common::supplier_entity(""),
+            ),
+        )
+        .unwrap();
+        let state = match state_side {
+            "crm" => crm_server.client().await,
+            _ => erp_server.client().await,
+        };
+        AllSqlServer {
+            _crm_server: crm_server,
+            _erp_server: erp_server,
+            crm,
+            erp,
+            state,
+            _dir: dir,
+            config,
+        }
+    }
+
+    /// `n` Sage-style suppliers in CRM, `Crm 0` … .
+    async fn crm_suppliers(&mut self, n: usize) {
+        let rows: Vec<String> = (0..n)
+            .map(|i| {
+                format!(
+                    "(N'Crm {i}', N'Supplier', N'Active', 1, DATEADD(hour, -1, GETDATE()), 1, \
+                     DATEADD(hour, -1, GETDATE()), DATEADD(hour, -1, GETDATE()), {WORLDWIDE})"
+                )
+            })
+            .collect();
+        for chunk in rows.chunks(500) {
+            exec(
+                &mut self.crm,
+                &format!(
+                    "INSERT INTO dbo.Company (Comp_Name, Comp_Type, Comp_Status, Comp_CreatedBy, \
+                     Comp_CreatedDate, Comp_UpdatedBy, Comp_UpdatedDate, Comp_TimeStamp, \
+                     Comp_SecTerr) VALUES {}",
+                    chunk.join(", ")
+                ),
+            )
+            .await;
+        }
+    }
+
+    /// `n` suppliers in the ERP, `Erp 0` … .
+    async fn erp_suppliers(&mut self, n: usize) {
+        let rows: Vec<String> = (0..n)
+            .map(|i| format!("(N'Erp {i}', N'A', N'S', DATEADD(hour, -1, SYSDATETIME()))"))
+            .collect();
+        for chunk in rows.chunks(500) {
+            exec(
+                &mut self.erp,
+                &format!(
+                    "INSERT INTO erp.supplier (name, status, kind, updated_at) VALUES {}",
+                    chunk.join(", ")
+                ),
+            )
+            .await;
+        }
+    }
+
+    async fn sync(&self) -> EntityReport {
+        let plan = crmsync::cli::load_plan(&self.config).expect("the test config is valid");
+        let engine = Engine::connect(plan).await.expect("connect");
+        engine
+            .sync(None, Mode::Apply)
+            .await
+            .expect("sync")
+            .remove(0)
+    }
+}
+
+/// A site on SQL Server alone, the state on `state_side`: 2,000 CRM and
+/// 300 ERP suppliers synced both ways, the first run killed (SIGKILL) in
+/// the middle, a second run refused while a run holds the lock, the rerun
+/// converging without a duplicate, ERP rows in CRM by Sage's rules, quiet
+/// runs writing nothing, and `verify` finding both sides in step.
+async fn all_on_sql_server(state_side: &str) {
+    let mut site = AllSqlServer::new(state_side, 50).await;
+    site.crm_suppliers(2_000).await;
+    site.erp_suppliers(300).await;
+    let mut child = crate::common::binary(&site.config, &["sync"], &[])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let n = count_where(&mut site.erp, "erp.supplier", "crm_company_id IS NOT NULL").await;
+        if n >= 400 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the sync ended before it was killed"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(120));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap();
+    assert!(!child.wait().unwrap().success());
+    let copied = count_where(&mut site.erp, "erp.supplier", "crm_company_id IS NOT NULL").await;
+    assert!(copied < 2_000, "killed in the middle: {copied} rows");
+
+    // A run holding the lock: a second one exits 1 and writes nothing.
+    let got = scalar_i64(
+        &mut site.state,
+        "DECLARE @r int; EXEC @r = sp_getapplock @Resource = N'crmsync:crmsync:supplier', \
+         @LockMode = 'Exclusive', @LockOwner = 'Session', @LockTimeout = 10000; SELECT @r",
+    )
+    .await;
+    assert!(matches!(got, Some(0 | 1)), "{got:?}");
+    let out = binary_beside(&site.config, &["sync"]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("another crmsync run"), "{stderr}");
+    exec(
+        &mut site.state,
+        "EXEC sp_releaseapplock @Resource = N'crmsync:crmsync:supplier', @LockOwner = 'Session'",
+    )
+    .await;
+
+    let rerun = site.sync().await;
+    assert_eq!(rerun.rejected, 0, "{rerun:?}");
+    assert_eq!(rerun.crm_inserted, 300, "{rerun:?}");
+    assert_eq!(
+        count_where(&mut site.erp, "erp.supplier", "1 = 1").await,
+        2_300
+    );
+    assert_eq!(
+        scalar_i64(
+            &mut site.erp,
+            "SELECT COUNT(DISTINCT crm_company_id) FROM erp.supplier"
+        )
+        .await,
+        Some(2_300),
+        "one ERP row per CRM row"
+    );
+    assert_eq!(
+        count_where(&mut site.crm, "dbo.Company", "1 = 1").await,
+        2_300
+    );
+    assert_eq!(
+        count_where(
+            &mut site.crm,
+            "dbo.Company",
+            &format!(
+                "Comp_Name LIKE N'Erp %' AND Comp_CreatedBy = 1 AND Comp_UpdatedBy = 1 \
+                 AND Comp_SecTerr = {WORLDWIDE} AND Comp_Deleted IS NULL \
+                 AND Comp_Type = N'Supplier' AND comp_supplierid IS NOT NULL \
+                 AND Comp_CreatedDate = Comp_UpdatedDate AND Comp_TimeStamp IS NOT NULL"
+            )
+        )
+        .await,
+        300,
+        "ERP rows land in CRM by Sage's rules"
+    );
+    assert_eq!(
+        count_where(&mut site.state, "crmsync.links", "deleted = 0").await,
+        2_300
+    );
+    for _ in 0..2 {
+        let quiet = site.sync().await;
+        assert_eq!(quiet.changes(), 0, "{quiet:?}");
+    }
+    let out = binary_beside(&site.config, &["verify"]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stdout.contains("0 differ"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_on_sql_server_with_the_state_on_the_erp() {
+    all_on_sql_server("external").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_on_sql_server_with_the_state_on_the_crm() {
+    all_on_sql_server("crm").await;
+}
