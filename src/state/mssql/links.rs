@@ -241,14 +241,20 @@ pub(super) async fn register_layout(
         .await
         .map_err(fail)?;
     let result = async {
-        query(
+        let got = query(
             &mut c,
-            "EXEC sp_getapplock @Resource = @P1, @LockMode = 'Exclusive', \
-             @LockOwner = 'Transaction', @LockTimeout = 30000",
+            "DECLARE @r int; EXEC @r = sp_getapplock @Resource = @P1, @LockMode = 'Exclusive', \
+             @LockOwner = 'Transaction', @LockTimeout = 30000; SELECT @r",
             &[Arg::text(&lock)],
         )
         .await
         .map_err(fail)?;
+        if !matches!(super::int_at(&got, 0), Some(0 | 1)) {
+            return Err(EndpointError::Schema(format!(
+                "registering a shadow layout of entity {entity:?}: another process held the \
+                 application lock {lock:?} for over 30 s; run again"
+            )));
+        }
         let found = layouts_of(store, &mut c, entity).await?;
         if let Some(id) = find(&found) {
             return Ok(id);

@@ -597,6 +597,7 @@ impl StateStore for MsStore {
         entity: &str,
         within: std::time::Duration,
     ) -> Result<Option<String>, EndpointError> {
+        // DATEADD takes an int, not a bigint.
         let secs = i64::try_from(within.as_secs())
             .unwrap_or(i64::MAX)
             .min(i64::from(i32::MAX));
@@ -604,7 +605,8 @@ impl StateStore for MsStore {
             .rows(
                 &format!(
                     "SELECT fingerprint FROM {}.deletes_checked \
-                     WHERE entity = @P1 AND checked_at > DATEADD(second, -@P2, SYSUTCDATETIME())",
+                     WHERE entity = @P1 \
+                       AND checked_at > DATEADD(second, -CAST(@P2 AS int), SYSUTCDATETIME())",
                     self.s()
                 ),
                 &[Arg::text(entity), Arg::Int(Some(secs))],
