@@ -216,6 +216,16 @@ async fn state_on_the_erp_side_on_sql_server_syncs_both_ways() {
     let (stdout, stderr) = output_text(&out);
     assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
     assert!(stdout.contains("no runs yet"), "{stdout}");
+    // `plan` reads a state that is not there yet as empty, and creates
+    // nothing.
+    let out = binary_beside(&env.config, &["plan"]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(
+        count_where(&mut erp, "sys.schemas", "name = 'crmsync'").await,
+        0,
+        "plan wrote nothing"
+    );
 
     let mut crm_ids = Vec::new();
     for name in ["Alpha", "Bravo", "Charlie"] {
@@ -902,4 +912,40 @@ async fn all_on_sql_server_with_the_state_on_the_erp() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_on_sql_server_with_the_state_on_the_crm() {
     all_on_sql_server("crm").await;
+}
+
+/// Two processes creating the state schema at once: the application lock
+/// lets one build it and the other find it built; a schema newer than this
+/// crmsync is refused with a message that says so.
+#[tokio::test]
+async fn the_state_schema_is_created_once_under_its_lock() {
+    let mut env = MsEnv::new(Ids::Identity).await;
+    env.write_config(20, TWO_WAY, "", "crm");
+    let connect = || async {
+        let plan = crmsync::cli::load_plan(&env.config).unwrap();
+        Engine::connect(plan).await.unwrap()
+    };
+    let (a, b) = (connect().await, connect().await);
+    let (ra, rb) = tokio::join!(a.state.migrate(), b.state.migrate());
+    ra.unwrap();
+    rb.unwrap();
+    assert_eq!(
+        scalar_i64(&mut env.crm, "SELECT version FROM crmsync.schema_version").await,
+        Some(i64::from(crmsync::state::SCHEMA_VERSION))
+    );
+    assert_eq!(
+        count_where(&mut env.crm, "crmsync.schema_version", "1 = 1").await,
+        1
+    );
+    a.state.migrate().await.unwrap();
+    exec(
+        &mut env.crm,
+        "UPDATE crmsync.schema_version SET version = 99",
+    )
+    .await;
+    let err = a.state.migrate().await.unwrap_err().to_string();
+    assert!(
+        err.contains("version 99") && err.contains("upgrade crmsync"),
+        "{err}"
+    );
 }
