@@ -57,7 +57,7 @@ impl std::fmt::Debug for MsStore {
 
 /// A statement parameter.
 #[derive(Debug, Clone)]
-pub(crate) enum Arg {
+enum Arg {
     Text(Option<String>),
     Int(Option<i64>),
     Bytes(Vec<u8>),
