@@ -191,6 +191,29 @@ async fn assert_status_shows(config: &std::path::Path, links: i64) {
     );
     assert!(stdout.contains("supplier sync: started"), "{stdout}");
     assert!(!stdout.contains("did not finish"), "{stdout}");
+    // The run history and the metrics file read the same store.
+    let out = binary_beside(config, &["runs", "--last", "2"]).await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout.lines().filter(|l| l.contains("supplier")).count(),
+        2,
+        "{stdout}"
+    );
+    let metrics = config.with_file_name("crmsync.prom");
+    let out = binary_beside(
+        config,
+        &["sync", "--metrics-file", metrics.to_str().unwrap()],
+    )
+    .await;
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("crmsync_last_success_timestamp_seconds{entity=\"supplier\"}")),
+        "{prom}"
+    );
 }
 
 /// The Sage CRM on PostgreSQL, the ERP on SQL Server holding the state
@@ -586,7 +609,13 @@ async fn links_gone_from_finds_exactly_the_missing_keys_on_sql_server() {
             })
             .await
             .unwrap();
-        let info = engine.endpoints.crm.table(Some("dbo"), table).await.unwrap().unwrap();
+        let info = engine
+            .endpoints
+            .crm
+            .table(Some("dbo"), table)
+            .await
+            .unwrap()
+            .unwrap();
         let found = engine
             .state
             .links_gone_from(table, &info, "id")

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 /// The columns `run_from_row` reads (`{s}` is the schema).
 pub(super) const RUN_COLUMNS: &str = "run_id, entity, command, started_at, finished_at, \
-     DATEDIFF_BIG(microsecond, started_at, COALESCE(finished_at, SYSUTCDATETIME())), \
+     DATEDIFF_BIG(millisecond, started_at, COALESCE(finished_at, SYSUTCDATETIME())), \
      outcome, summary";
 
 pub(super) fn run_from_row(r: &[Value]) -> RunInfo {
@@ -19,7 +19,7 @@ pub(super) fn run_from_row(r: &[Value]) -> RunInfo {
         command: text(&r[2]).unwrap_or_default(),
         started_at: utc(&r[3]).unwrap_or_default(),
         finished_at: utc(&r[4]),
-        seconds: int(&r[5]).unwrap_or(0) as f64 / 1e6,
+        seconds: int(&r[5]).unwrap_or(0) as f64 / 1e3,
         outcome: text(&r[6]),
         summary: text(&r[7]).and_then(|t| serde_json::from_str(&t).ok()),
     }

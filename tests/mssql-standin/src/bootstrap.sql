@@ -198,3 +198,17 @@ LANGUAGE sql IMMUTABLE AS $$
     WHEN 'ms' THEN (extract(epoch FROM date_trunc('milliseconds', b)) - extract(epoch FROM date_trunc('milliseconds', a))) * 1000
   END)::int
 $$;
+
+-- DATEDIFF_BIG: the same boundaries counted, as bigint, down to microseconds.
+CREATE OR REPLACE FUNCTION mssql_standin.datediff_big(part text, a timestamp, b timestamp) RETURNS bigint
+LANGUAGE sql IMMUTABLE AS $$
+  SELECT CASE
+    WHEN lower(part) IN ('millisecond', 'ms') THEN
+      ((extract(epoch FROM date_trunc('milliseconds', b)) - extract(epoch FROM date_trunc('milliseconds', a))) * 1000)::bigint
+    WHEN lower(part) IN ('microsecond', 'mcs') THEN
+      ((extract(epoch FROM b) - extract(epoch FROM a)) * 1000000)::bigint
+    WHEN lower(part) IN ('second', 'ss', 's') THEN
+      (extract(epoch FROM date_trunc('second', b)) - extract(epoch FROM date_trunc('second', a)))::bigint
+    ELSE mssql_standin.datediff(part, a, b)::bigint
+  END
+$$;

@@ -615,6 +615,16 @@ impl<'a> Translator<'a> {
                 })?;
                 format!("mssql_standin.datediff('{part}', CAST({} AS timestamp), CAST({} AS timestamp))", a(1), a(2))
             }
+            "DATEDIFF_BIG" => {
+                let part = date_part(&a(0)).ok_or_else(|| {
+                    SqlError::new(
+                        155,
+                        15,
+                        format!("'{}' is not a recognized datediff_big option.", a(0)),
+                    )
+                })?;
+                format!("mssql_standin.datediff_big('{part}', CAST({} AS timestamp), CAST({} AS timestamp))", a(1), a(2))
+            }
             "IIF" => format!("(CASE WHEN {} THEN {} ELSE {} END)", a(0), a(1), a(2)),
             "DB_NAME" => format!("'{}'", self.env.database.replace('\'', "''")),
             "SUSER_SNAME" | "SUSER_NAME" | "USER_NAME" | "SYSTEM_USER" | "CURRENT_USER" => {
@@ -1063,7 +1073,7 @@ pub fn hint(e: &Expr, env: &Env<'_>) -> Option<SqlType> {
                 "SYSDATETIMEOFFSET" => Some(SqlType::DateTimeOffset(7)),
                 "COUNT" | "LEN" | "DATALENGTH" | "OBJECT_ID" | "COLUMNPROPERTY" | "DATEDIFF"
                 | "CHARINDEX" | "YEAR" | "MONTH" | "DAY" => Some(SqlType::Int),
-                "COUNT_BIG" => Some(SqlType::BigInt),
+                "COUNT_BIG" | "DATEDIFF_BIG" => Some(SqlType::BigInt),
                 "SCOPE_IDENTITY" | "IDENT_CURRENT" => Some(SqlType::Decimal(38, 0)),
                 "NEWID" => Some(SqlType::UniqueIdentifier),
                 "ISNULL" | "COALESCE" | "MAX" | "MIN" | "UPPER" | "LOWER" | "LTRIM" | "RTRIM"

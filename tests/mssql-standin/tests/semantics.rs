@@ -648,6 +648,19 @@ async fn builtin_functions_and_paging() {
         scalar::<NaiveDate>(&mut c, "SELECT CAST('2024-02-29T10:11:12' AS date)").await,
         NaiveDate::from_ymd_opt(2024, 2, 29)
     );
+    // DATEDIFF_BIG counts the same boundaries as DATEDIFF into a bigint,
+    // so spans that overflow int are counted ("DATEDIFF_BIG
+    // (Transact-SQL)", SQL Server 2016 and later): 60 days are
+    // 5,184,000,000 milliseconds.
+    assert_eq!(
+        scalar::<i64>(
+            &mut c,
+            "SELECT DATEDIFF_BIG(millisecond, CAST('2020-01-01' AS datetime2), \
+                    CAST('2020-03-01T00:00:00.25' AS datetime2))"
+        )
+        .await,
+        Some(5_184_000_250)
+    );
     // datetime minus a number counts days.
     assert_eq!(
         scalar::<i32>(&mut c, "SELECT DATEDIFF(day, GETDATE() - 7, GETDATE())").await,
