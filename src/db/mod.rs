@@ -1,8 +1,9 @@
 //! The layer below both the endpoints and the state store: the catalog
 //! types (a table and its columns as the live catalog names them), the
-//! error of a database call, and PostgreSQL's connection pool and quoting,
-//! which the PostgreSQL endpoint and the PostgreSQL state store share.
+//! error of a database call, and each kind's connection pool and quoting,
+//! which its endpoint and the state store kept in it share.
 
+pub mod mssql;
 pub mod postgres;
 
 use crate::value::SqlType;

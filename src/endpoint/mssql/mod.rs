@@ -14,28 +14,27 @@
 
 mod bulk;
 mod connect;
-mod database;
-mod error;
-pub mod types;
 mod write;
 
 use super::{
     Applied, ColumnInfo, Endpoint, EndpointError, Lower, Result, Scan, TableInfo, WriteBatch,
 };
+use crate::db::mssql::error::{self, pool_failure, query_failure};
+use crate::db::mssql::types;
 use crate::state::LinkBatch;
 use crate::value::{floor_to_precision, SqlType, Value};
 use async_trait::async_trait;
 use bb8::Pool;
 use bb8_tiberius::ConnectionManager;
-use error::{pool_failure, query_failure};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tiberius::{Row, ToSql};
 use types::{from_column, NativeType, Param};
 
-pub use database::{MssqlDatabase, TdsClient};
-pub use error::DbFailure;
-pub use types::from_column as value_of;
+pub use crate::db::mssql::error::DbFailure;
+pub use crate::db::mssql::quote;
+pub use crate::db::mssql::types::from_column as value_of;
+pub use crate::db::mssql::{MssqlDatabase, TdsClient};
 
 /// SQL Server's parameter limit is 2,100 per request; key lists are sent
 /// in chunks well below it.
@@ -60,9 +59,11 @@ impl std::fmt::Debug for MssqlEndpoint {
     }
 }
 
-/// Quotes an identifier taken from the catalog: `[name]`, `]` doubled.
-pub fn quote(ident: &str) -> String {
-    format!("[{}]", ident.replace(']', "]]"))
+impl MssqlEndpoint {
+    /// The database behind this endpoint, for a state store kept in it.
+    pub fn database(&self) -> MssqlDatabase {
+        MssqlDatabase::new(self.side, self.pool.clone(), self.target.clone())
+    }
 }
 
 fn qualified(t: &TableInfo) -> String {

@@ -2,7 +2,7 @@
 //! resolution.
 
 use super::{int, opt_json, placeholders, text, to_json, utc, Arg, MsStore, MAX_PARAMS};
-use crate::endpoint::EndpointError;
+use crate::db::EndpointError;
 use crate::plan::Side;
 use crate::state::{ConflictInfo, ConflictRecord};
 use crate::value::Value;

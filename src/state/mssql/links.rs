@@ -5,8 +5,8 @@
 //! describe).
 
 use super::{bytes, int, placeholders, query, text, Arg, MsStore, MAX_PARAMS};
-use crate::endpoint::mssql::{quote, TdsClient};
-use crate::endpoint::EndpointError;
+use crate::db::mssql::{quote, TdsClient};
+use crate::db::EndpointError;
 use crate::state::{keys, shadow, GoneLinks, KeyRef, Link, LinkBatch, Shadow};
 use crate::value::Value;
 use std::collections::{HashMap, HashSet};
@@ -329,7 +329,7 @@ fn int_key_sql(b: &str) -> String {
 pub(super) async fn gone_from(
     store: &MsStore,
     entity: &str,
-    table: &crate::endpoint::TableInfo,
+    table: &crate::db::TableInfo,
     key: &str,
 ) -> Result<GoneLinks, EndpointError> {
     let qualified = format!("{}.{}", quote(&table.schema), quote(&table.name));

@@ -4,8 +4,8 @@
 //! connection closes, so a run that dies never leaves the lock behind.
 
 use super::{Arg, MsStore};
-use crate::endpoint::mssql::TdsClient;
-use crate::endpoint::EndpointError;
+use crate::db::mssql::TdsClient;
+use crate::db::EndpointError;
 use crate::state::LockGuard;
 use async_trait::async_trait;
 

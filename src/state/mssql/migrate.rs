@@ -10,7 +10,7 @@
 //! only in case stay apart.
 
 use super::{Arg, MsStore};
-use crate::endpoint::EndpointError;
+use crate::db::EndpointError;
 use crate::state::SCHEMA_VERSION;
 
 /// The version a new SQL Server state schema is created at: the first

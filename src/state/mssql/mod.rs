@@ -14,8 +14,9 @@ mod status;
 
 pub(crate) use links::write_links_in;
 
-use crate::endpoint::mssql::{quote, value_of, MssqlDatabase, TdsClient};
-use crate::endpoint::EndpointError;
+use crate::db::mssql::types::from_column as value_of;
+use crate::db::mssql::{quote, MssqlDatabase, TdsClient};
+use crate::db::EndpointError;
 use crate::plan::Side;
 use crate::state::{
     Checkpoint, ConflictInfo, ConflictRecord, GoneLinks, Link, LinkBatch, LockGuard, RejectInfo,
@@ -652,7 +653,7 @@ impl StateStore for MsStore {
     async fn links_gone_from(
         &self,
         entity: &str,
-        table: &crate::endpoint::TableInfo,
+        table: &crate::db::TableInfo,
         key: &str,
     ) -> Result<GoneLinks, EndpointError> {
         links::gone_from(self, entity, table, key).await

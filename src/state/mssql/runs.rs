@@ -1,7 +1,7 @@
 //! Run history on SQL Server: past runs, each entity's last success.
 
 use super::{int, placeholders, text, utc, Arg, MsStore, MAX_PARAMS};
-use crate::endpoint::EndpointError;
+use crate::db::EndpointError;
 use crate::state::RunInfo;
 use crate::value::Value;
 use chrono::{DateTime, Utc};

@@ -1,7 +1,7 @@
 //! What `crmsync status` shows, read from the state schema on SQL Server.
 
 use super::{from_json, int, opt_json, text, utc, Arg, MsStore};
-use crate::endpoint::EndpointError;
+use crate::db::EndpointError;
 use crate::state::{EntityCounts, Status, WatermarkInfo};
 use std::collections::HashMap;
 

@@ -1,12 +1,14 @@
 //! A SQL Server database as its endpoint and a state store in it share it:
-//! the pool, a dedicated connection for a session-owned lock, and the one
-//! way errors are reported.
+//! the pool, a dedicated connection for a session-owned lock, the one way
+//! errors are reported, identifier quoting and the wire types.
 
-use super::error::{pool_failure, query_failure};
-use super::MssqlEndpoint;
-use crate::endpoint::{EndpointError, Result};
+pub mod error;
+pub mod types;
+
+use crate::db::EndpointError;
 use bb8::Pool;
 use bb8_tiberius::ConnectionManager;
+use error::{pool_failure, query_failure};
 use tokio::net::TcpStream;
 use tokio_util::compat::Compat;
 
@@ -30,7 +32,20 @@ impl std::fmt::Debug for MssqlDatabase {
     }
 }
 
+type Result<T> = std::result::Result<T, EndpointError>;
+
+/// `ident` as a T-SQL identifier: in brackets, a `]` doubled.
+pub fn quote(ident: &str) -> String {
+    format!("[{}]", ident.replace(']', "]]"))
+}
+
 impl MssqlDatabase {
+    /// The database of `side` behind `pool` (`target` names it in
+    /// messages, without secrets).
+    pub fn new(side: &'static str, pool: Pool<ConnectionManager>, target: String) -> Self {
+        MssqlDatabase { side, pool, target }
+    }
+
     /// A pooled connection.
     pub async fn conn(&self) -> Result<bb8::PooledConnection<'_, ConnectionManager>> {
         self.pool
@@ -55,16 +70,5 @@ impl MssqlDatabase {
     /// A failed statement, reported the endpoint's way (no row data).
     pub fn query_error(&self, what: impl Into<String>, e: tiberius::error::Error) -> EndpointError {
         query_failure(self.side, what.into(), e)
-    }
-}
-
-impl MssqlEndpoint {
-    /// The database behind this endpoint, for a state store kept in it.
-    pub fn database(&self) -> MssqlDatabase {
-        MssqlDatabase {
-            side: self.side,
-            pool: self.pool.clone(),
-            target: self.target.clone(),
-        }
     }
 }

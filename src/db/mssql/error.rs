@@ -9,7 +9,7 @@
 //! and for the errors whose first sentence itself quotes a value (245, 220,
 //! 8115) a fixed text instead. The number is enough to look the rest up.
 
-use crate::endpoint::EndpointError;
+use crate::db::EndpointError;
 
 /// A SQL Server error as crmsync reports it (see the module docs): never
 /// the row data some server messages quote.
@@ -77,11 +77,7 @@ fn is_retryable(e: &tiberius::error::Error) -> bool {
     }
 }
 
-pub(super) fn query_failure(
-    side: &'static str,
-    what: String,
-    e: tiberius::error::Error,
-) -> EndpointError {
+pub fn query_failure(side: &'static str, what: String, e: tiberius::error::Error) -> EndpointError {
     let code = server_code(&e);
     EndpointError::Query {
         side,
@@ -93,7 +89,7 @@ pub(super) fn query_failure(
     }
 }
 
-pub(super) fn pool_failure(
+pub fn pool_failure(
     side: &'static str,
     e: impl std::error::Error + Send + Sync + 'static,
 ) -> EndpointError {
