@@ -58,18 +58,21 @@ pub fn from_bytes(stored: &[u8]) -> Result<String, String> {
 }
 
 /// The state schema's SQL twins of `to_bytes` and `from_bytes`; `{s}` is
-/// the quoted schema. Plain SQL functions, so that the planner inlines
-/// them.
+/// the quoted schema. Plain SQL functions that the planner inlines: not
+/// STRICT (a NULL gives NULL all the same), and STABLE where they convert
+/// text (`convert_to` and `convert_from` are). Called instead, they cost
+/// the hard-delete check 25 µs a row (4.8 s against 0.04 s for 200,000
+/// keys).
 pub(crate) const SQL_FUNCTIONS: &str = r#"
 CREATE OR REPLACE FUNCTION {s}.key_int_len(v bigint) RETURNS int
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 SELECT CASE WHEN v = -9223372036854775808 THEN 8
             WHEN abs(v) < 256 THEN 1 WHEN abs(v) < 65536 THEN 2
             WHEN abs(v) < 16777216 THEN 3 WHEN abs(v) < 4294967296 THEN 4
             WHEN abs(v) < 1099511627776 THEN 5 WHEN abs(v) < 281474976710656 THEN 6
             WHEN abs(v) < 72057594037927936 THEN 7 ELSE 8 END $$;
 CREATE OR REPLACE FUNCTION {s}.key_bytes(v bigint) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 SELECT CASE WHEN v = 0 THEN '\x14'::bytea
             WHEN v > 0 THEN set_byte('\x00'::bytea, 0, 20 + {s}.key_int_len(v))
                             || substring(int8send(v) FROM 9 - {s}.key_int_len(v))
@@ -78,10 +81,10 @@ SELECT CASE WHEN v = 0 THEN '\x14'::bytea
                                             THEN 9223372036854775807 ELSE v - 1 END)
                               FROM 9 - {s}.key_int_len(v)) END $$;
 CREATE OR REPLACE FUNCTION {s}.key_bytes(v uuid) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
 SELECT '\x30'::bytea || uuid_send(v) $$;
 CREATE OR REPLACE FUNCTION {s}.key_bytes(k text) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
 SELECT CASE WHEN k ~ '^(0|-?[1-9][0-9]{0,18})$'
                  AND k::numeric BETWEEN -9223372036854775808 AND 9223372036854775807
             THEN {s}.key_bytes(k::bigint)
@@ -89,7 +92,7 @@ SELECT CASE WHEN k ~ '^(0|-?[1-9][0-9]{0,18})$'
             THEN {s}.key_bytes(k::uuid)
             ELSE '\x02'::bytea || convert_to(k, 'UTF8') || '\x00'::bytea END $$;
 CREATE OR REPLACE FUNCTION {s}.key_text(b bytea) RETURNS text
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
 SELECT CASE WHEN get_byte(b, 0) = 2
             THEN convert_from(substring(b FROM 2 FOR length(b) - 2), 'UTF8')
             WHEN get_byte(b, 0) = 48 THEN encode(substring(b FROM 2), 'hex')::uuid::text

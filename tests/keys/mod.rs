@@ -621,4 +621,33 @@ async fn the_state_schema_stores_keys_in_the_same_form_crmsync_does() {
         .unwrap();
     assert_eq!(int, keys::to_bytes("-70000"));
     assert_eq!(uuid, keys::to_bytes("550e8400-e29b-41d4-a716-446655440000"));
+    // The planner inlines only functions that are not STRICT; called
+    // instead, they made the hard-delete check a hundred times slower.
+    let strict: i64 = env
+        .erp
+        .query_one(
+            "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
+             WHERE n.nspname = 'crmsync' AND p.proname LIKE 'key\\_%' AND p.proisstrict",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(strict, 0);
+    let plan: String = env
+        .erp
+        .query(
+            "EXPLAIN (VERBOSE) SELECT crmsync.key_bytes(partner_id::text) FROM erp.partner",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !plan.contains("key_bytes"),
+        "key_bytes is not inlined:\n{plan}"
+    );
 }
