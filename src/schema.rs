@@ -594,15 +594,6 @@ pub async fn bind_entity(
     let mut fields = Vec::new();
     for (i, fp) in e.fields.iter().enumerate() {
         let fat = format!("{at}: field {} ({})", i + 1, fp.crm);
-        if let Some(r) = &fp.references {
-            // The order of entities follows references already; the keys
-            // themselves are not translated yet, and copying a CRM id into
-            // a column that holds an external key would corrupt it.
-            f.errors.push(format!(
-                "{fat}: references = {r:?}: translating keys through another entity's \
-                 links is not available in this version; leave the field out"
-            ));
-        }
         let c = lookup_column(f, &fat, "CRM", &crm_t, "crm", &fp.crm);
         let x = lookup_column(f, &fat, "external", &ext_t, "external", &fp.external);
         if let (Some(c), Some(x)) = (c, x) {

@@ -21,6 +21,9 @@ mod mssql;
 /// Running unattended: the metrics file, the last success kept across a
 /// failed run, `status --max-lag`, `runs`, `conflicts list --all`.
 mod ops;
+/// Related records: a child entity's keys of its parent translated
+/// through the parent's links, both ways, parents first.
+mod references;
 /// Incremental sync: timestamp ties across pages, runs with nothing to
 /// do, late commits, soft deletes, crm_filter, dry runs.
 mod sync;

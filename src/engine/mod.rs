@@ -11,6 +11,7 @@ mod fixture;
 mod mapping;
 mod merge;
 mod pass;
+mod references;
 mod retry;
 #[cfg(test)]
 mod run_summary_tests;

@@ -417,6 +417,9 @@ impl<'a> Compare<'a> {
             .into_iter()
             .map(|r| (r[0].key_string(), r))
             .collect();
+        let ext_rows: Vec<&Vec<Value>> = counterparts.values().collect();
+        let translated = self.translated(scan, rows, ext_scan, &ext_rows).await?;
+        let rows: &[Vec<Value>] = translated.as_deref().unwrap_or(rows);
         for row in rows {
             let ks = row[0].key_string();
             let crm_deleted = e
@@ -486,12 +489,18 @@ impl<'a> Compare<'a> {
             .into_iter()
             .filter(|k| !seen.contains(&k.key_string()))
             .collect();
-        let outside: HashMap<String, Vec<Value>> = self
+        let outside: Vec<Vec<Value>> = self
             .engine
             .endpoints
             .crm
             .fetch(crm_any, &crm_any.key, &outside)
-            .await?
+            .await?;
+        let ext_rows: Vec<&Vec<Value>> = rows.iter().collect();
+        let outside = match self.translated(crm_any, &outside, scan, &ext_rows).await? {
+            Some(t) => t,
+            None => outside,
+        };
+        let outside: HashMap<String, Vec<Value>> = outside
             .into_iter()
             .map(|r| (r[0].key_string(), r))
             .collect();
@@ -542,6 +551,39 @@ impl<'a> Compare<'a> {
         }
         self.flush().await?;
         Ok(())
+    }
+
+    /// CRM rows with the keys of referenced entities translated to those
+    /// entities' external keys, as a sync compares them; `None` when the
+    /// entity references none. A key whose parent is not linked stays as
+    /// it is, and the pair shows it as a difference.
+    async fn translated(
+        &self,
+        crm_scan: &Scan,
+        crm_rows: &[Vec<Value>],
+        ext_scan: &Scan,
+        ext_rows: &[&Vec<Value>],
+    ) -> Result<Option<Vec<Vec<Value>>>, EngineError> {
+        let fields = super::references::reference_fields(&self.engine.plan.entities, self.e);
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let crm: Vec<(&Scan, &[Value])> =
+            crm_rows.iter().map(|r| (crm_scan, r.as_slice())).collect();
+        let ext: Vec<(&Scan, &[Value])> =
+            ext_rows.iter().map(|r| (ext_scan, r.as_slice())).collect();
+        let refs = super::references::Refs::load(self.state, &fields, &crm, &ext).await?;
+        let mut out = crm_rows.to_vec();
+        for r in out.iter_mut() {
+            for (f, parent) in &fields {
+                if let Some(p) = crm_scan.position(&f.crm.name) {
+                    if let Ok(v) = refs.crm_to_external(f, parent, &r[p]) {
+                        r[p] = v;
+                    }
+                }
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Counts a live pair whose rows do not name each other, the way a

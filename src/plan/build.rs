@@ -230,6 +230,7 @@ impl Plan {
             entities.push(entity(&mut c, &at, e, &raw.defaults, state_side));
         }
         super::order::check_references(&mut c, &entities);
+        super::order::check_cycles(&mut c, &entities);
         // Parents run before the children that reference them.
         let mut slots: Vec<Option<super::EntityPlan>> = entities.into_iter().map(Some).collect();
         let entities: Vec<super::EntityPlan> =
@@ -309,19 +310,33 @@ external = "name"
     }
 
     #[test]
-    fn entities_run_parents_first_and_a_cycle_keeps_config_order() {
+    fn entities_run_parents_first() {
         let plan = build(&related(&[
             ("line", &["order"]),
             ("contact", &["supplier"]),
             ("order", &["contact", "supplier"]),
-            ("supplier", &["contact"]),
+            ("supplier", &[]),
             ("note", &[]),
         ]))
         .unwrap();
         let names: Vec<&str> = plan.entities.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["contact", "supplier", "order", "line", "note"]);
-        let cycles = crate::plan::order::cycles(&plan.entities);
-        assert_eq!(cycles, vec![vec![0, 1]]);
+        assert_eq!(names, ["supplier", "contact", "order", "line", "note"]);
+    }
+
+    #[test]
+    fn references_in_a_cycle_are_refused_naming_the_cycle() {
+        let err = build(&related(&[
+            ("contact", &["supplier"]),
+            ("supplier", &["contact"]),
+            ("note", &["note"]),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("references form a cycle (contact -> supplier)"),
+            "{err}"
+        );
+        assert!(err.contains("references form a cycle (note)"), "{err}");
     }
 
     #[test]

@@ -34,6 +34,22 @@ pub(super) fn check_references(c: &mut Collector, entities: &[EntityPlan]) {
     }
 }
 
+/// Refuses references that form a cycle: each entity of one would wait
+/// for the others to be linked first.
+pub(super) fn check_cycles(c: &mut Collector, entities: &[EntityPlan]) {
+    for cycle in cycles(entities) {
+        let names: Vec<&str> = cycle.iter().map(|&i| entities[i].name.as_str()).collect();
+        c.push(
+            &format!("entity {:?}", names[0]),
+            format!(
+                "references form a cycle ({}); a cycle is not supported yet: leave one \
+                 of its references out (map the column without references, or not at all)",
+                names.join(" -> ")
+            ),
+        );
+    }
+}
+
 /// The entities' indexes, parents before the children that reference
 /// them; the members of a cycle stay in config order.
 pub fn run_order(entities: &[EntityPlan]) -> Vec<usize> {

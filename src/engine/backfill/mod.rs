@@ -140,7 +140,14 @@ impl Engine {
                 direction: opts.direction.as_str().to_string(),
                 ..Default::default()
             };
+            // Keys of referenced entities are translated page by page,
+            // through the sync's writes; the bulk copy moves values as
+            // they are.
+            let translates = e.fields.iter().any(|f| f.plan.references.is_some());
             let result = match opts.direction {
+                BackfillDirection::CrmToExternal if translates => {
+                    through_sync(self, e, Side::Crm, opts, run, &mut report).await
+                }
                 BackfillDirection::CrmToExternal => {
                     to_external(self, e, opts, run, &mut report).await
                 }

@@ -5,7 +5,7 @@
 use super::{bad_link, deleted_flag, Ctx, Row, Writes};
 use crate::endpoint::{Assign, Update};
 use crate::engine::crm_write;
-use crate::engine::mapping::{canonical_to_crm, external_to_canonical, FieldProblem};
+use crate::engine::mapping::{external_to_canonical, FieldProblem};
 use crate::engine::merge::{merge, Merged, View};
 use crate::engine::{EngineError, EntityReport, Sample};
 use crate::plan::{CrmDelete, ExternalDelete, PerSide, Side};
@@ -108,7 +108,7 @@ impl Ctx<'_> {
             let mut set = Vec::new();
             for (i, v) in &m.to_crm {
                 let f = &e.fields[*i];
-                let (crm_v, truncated) = canonical_to_crm(f, v.clone(), e.to_crm)?;
+                let (crm_v, truncated) = self.to_crm(f, v.clone())?;
                 report.truncated += u64::from(truncated);
                 fields.insert(f.crm.name.clone(), crm_v.display());
                 set.push((f.crm.name.clone(), Assign::Value(crm_v)));

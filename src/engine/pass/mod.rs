@@ -13,8 +13,11 @@ mod matching;
 mod unlinked;
 mod write;
 
-use super::mapping::{external_to_canonical, map_crm_row, FieldProblem, Layout, Values};
+use super::mapping::{
+    canonical_to_crm, external_to_canonical, map_crm_row, FieldProblem, Layout, Values,
+};
 use super::merge::View;
+use super::references::{reference_fields, Refs};
 use super::retry::Retry;
 use super::{later, window, Engine, EngineError, EntityReport, Mode, StateView};
 use crate::endpoint::{Lower, Scan, WriteBatch};
@@ -47,6 +50,8 @@ pub(super) async fn run(
         mode,
         source,
         layout: engine.layout(e, state.writes()).await?,
+        ref_fields: reference_fields(&engine.plan.entities, e),
+        refs: Default::default(),
     };
     // Rows rejected earlier are retried first, by key.
     let open = state.open_rejects(e.name(), source).await?;
@@ -143,6 +148,8 @@ impl<'a> BackfillPages<'a> {
             mode: Mode::Apply,
             source,
             layout,
+            ref_fields: reference_fields(&engine.plan.entities, e),
+            refs: Default::default(),
         })
     }
 
@@ -241,6 +248,10 @@ struct Ctx<'a> {
     source: Side,
     /// The layout shadows are sealed in.
     layout: Layout,
+    /// The fields holding another entity's keys, with that entity.
+    ref_fields: Vec<(&'a crate::schema::BoundField, String)>,
+    /// Their keys on the page being processed, translated both ways.
+    refs: std::sync::Mutex<Refs>,
 }
 
 impl Ctx<'_> {
@@ -412,6 +423,50 @@ impl Ctx<'_> {
                 counterparts.insert(r[0].key_string(), r);
             }
         }
+        // Fields holding another entity's keys: translated through its
+        // links, the CRM rows' values to the parents' external keys. A row
+        // whose parent is not linked is held as a reject.
+        let mut held_back: HashMap<String, String> = HashMap::new();
+        let mut translated = None;
+        if !self.ref_fields.is_empty() {
+            let source_rows: Vec<(&Scan, &[Value])> =
+                rows.iter().map(|r| (scan, r.as_slice())).collect();
+            let other_rows: Vec<(&Scan, &[Value])> = counterparts
+                .values()
+                .map(|r| (&other, r.as_slice()))
+                .collect();
+            let (crm_rows, ext_rows) = match self.source {
+                Side::Crm => (&source_rows, &other_rows),
+                Side::External => (&other_rows, &source_rows),
+            };
+            let refs = Refs::load(self.state, &self.ref_fields, crm_rows, ext_rows).await?;
+            match self.source {
+                Side::Crm => {
+                    let mut t = rows.to_vec();
+                    for r in t.iter_mut() {
+                        if let Some(why) = refs.translate_crm_row(&self.ref_fields, scan, r) {
+                            held_back.insert(r[0].key_string(), why);
+                        }
+                    }
+                    translated = Some(t);
+                }
+                Side::External => {
+                    let by_crm: HashMap<&str, &str> = links
+                        .values()
+                        .map(|l| (l.crm_key.as_str(), l.external_key.as_str()))
+                        .collect();
+                    for (k, r) in counterparts.iter_mut() {
+                        if let Some(why) = refs.translate_crm_row(&self.ref_fields, &other, r) {
+                            if let Some(x) = by_crm.get(k.as_str()) {
+                                held_back.insert(x.to_string(), why);
+                            }
+                        }
+                    }
+                }
+            }
+            *self.refs.lock().unwrap_or_else(|p| p.into_inner()) = refs;
+        }
+        let rows: &[Vec<Value>] = translated.as_deref().unwrap_or(rows);
         // Open manual conflicts hold their fields.
         let crm_keys: Vec<String> = match self.source {
             Side::Crm => keys.clone(),
@@ -443,6 +498,10 @@ impl Ctx<'_> {
             let ks = values[0].key_string();
             if retried.contains(&ks) {
                 w.cleared.push(ks.clone());
+            }
+            if let Some(why) = held_back.get(&ks) {
+                self.problem(&ks, FieldProblem::Reject(why.clone()), &mut w, report)?;
+                continue;
             }
             let deleted = row.deleted(e, self.source);
             let link = links.get(&ks);
@@ -512,6 +571,24 @@ impl Ctx<'_> {
             return Ok(());
         }
         self.write(w).await
+    }
+
+    /// The CRM value of canonical value `v` of field `f`: a reference
+    /// translated back to the parent's CRM key first.
+    fn to_crm(
+        &self,
+        f: &crate::schema::BoundField,
+        v: Value,
+    ) -> Result<(Value, bool), FieldProblem> {
+        let v = match self.ref_fields.iter().find(|(r, _)| r.name == f.name) {
+            Some((_, parent)) => self
+                .refs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .external_to_crm(f, parent, &v)?,
+            None => v,
+        };
+        canonical_to_crm(f, v, self.e.to_crm)
     }
 
     /// A row that cannot be mapped: reject it, or stop the batch.

@@ -6,8 +6,9 @@ use super::matching::{MatchIndex, Matched};
 use super::{deleted_flag, Ctx, Row, Writes};
 use crate::endpoint::{Assign, Insert, Scan};
 use crate::engine::crm_write;
-use crate::engine::mapping::{canonical_to_crm, FieldProblem};
+use crate::engine::mapping::FieldProblem;
 use crate::engine::merge::View;
+use crate::engine::references::Refs;
 use crate::engine::{EngineError, EntityReport, Sample};
 use crate::plan::PerSide;
 use crate::state::{Base, KeyRef, LinkWrite, Shadow};
@@ -277,6 +278,26 @@ impl Ctx<'_> {
             let named_key = row.get(&lc.name).key_string();
             named.entry(named_key).or_default().push(r);
         }
+        if !self.ref_fields.is_empty() && !named.is_empty() {
+            // Their references are translated like any CRM row's; one
+            // whose parent is not linked reads as NULL there, which a NOT
+            // NULL column then refuses rather than take a wrong key.
+            let all: Vec<(&crate::endpoint::Scan, &[Value])> = named
+                .values()
+                .flatten()
+                .map(|r| (&crm_scan, r.as_slice()))
+                .collect();
+            let refs = Refs::load(self.state, &self.ref_fields, &all, &[]).await?;
+            for r in named.values_mut().flatten() {
+                for (f, parent) in &self.ref_fields {
+                    if let Some(p) = crm_scan.position(&f.crm.name) {
+                        r[p] = refs
+                            .crm_to_external(f, parent, &r[p])
+                            .unwrap_or(Value::Null);
+                    }
+                }
+            }
+        }
         Ok(named)
     }
 
@@ -345,7 +366,7 @@ impl Ctx<'_> {
             .filter(|f| f.plan.direction.external_to_crm())
         {
             let v = ext_view.values[&f.name].clone();
-            let (crm_v, truncated) = match canonical_to_crm(f, v.clone(), e.to_crm) {
+            let (crm_v, truncated) = match self.to_crm(f, v.clone()) {
                 Ok(x) => x,
                 Err(p) => return self.problem(&ks, p, w, report),
             };

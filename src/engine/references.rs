@@ -1,0 +1,181 @@
+//! Fields that hold another entity's keys (`references = "ENTITY"`),
+//! translated through that entity's links.
+//!
+//! The canonical value of such a field is the referenced (parent) row's
+//! external key: an external row's value is already one, a CRM row's value
+//! (the parent's CRM key) is translated when the row is read, and a value
+//! written into CRM is translated back. Each page of a pass looks up, in
+//! the parents' links, every key its rows hold, once. A key whose parent
+//! row is not linked cannot be translated: the row is held as a reject
+//! naming the parent, and retried on every run until the parent is linked.
+
+use super::mapping::FieldProblem;
+use super::{EngineError, StateView};
+use crate::endpoint::Scan;
+use crate::plan::Side;
+use crate::schema::{BoundEntity, BoundField};
+use crate::value::Value;
+use std::collections::{HashMap, HashSet};
+
+/// The parents' keys a page needs, translated both ways.
+#[derive(Debug, Default)]
+pub(super) struct Refs {
+    /// By parent entity: CRM key → external key.
+    to_external: HashMap<String, HashMap<String, String>>,
+    /// By parent entity: external key → CRM key.
+    to_crm: HashMap<String, HashMap<String, String>>,
+}
+
+/// The fields of `e` that reference another entity, with that entity's
+/// configured name.
+pub(super) fn reference_fields<'e>(
+    engine_entities: &[crate::plan::EntityPlan],
+    e: &'e BoundEntity,
+) -> Vec<(&'e BoundField, String)> {
+    e.fields
+        .iter()
+        .filter_map(|f| {
+            let r = f.plan.references.as_deref()?;
+            let parent = engine_entities
+                .iter()
+                .find(|p| p.name.eq_ignore_ascii_case(r))
+                .map(|p| p.name.clone())
+                .unwrap_or_else(|| r.to_string());
+            Some((f, parent))
+        })
+        .collect()
+}
+
+impl Refs {
+    /// Looks up the parents' links of every reference value of `crm_rows`
+    /// (CRM keys) and `ext_rows` (external keys).
+    pub(super) async fn load(
+        state: &StateView<'_>,
+        fields: &[(&BoundField, String)],
+        crm_rows: &[(&Scan, &[Value])],
+        ext_rows: &[(&Scan, &[Value])],
+    ) -> Result<Refs, EngineError> {
+        let mut out = Refs::default();
+        if fields.is_empty() {
+            return Ok(out);
+        }
+        let mut wanted: HashMap<(&str, Side), HashSet<String>> = HashMap::new();
+        for (f, parent) in fields {
+            for (side, rows, column) in [
+                (Side::Crm, crm_rows, &f.crm.name),
+                (Side::External, ext_rows, &f.external.name),
+            ] {
+                for (scan, row) in rows {
+                    let Some(p) = scan.position(column) else {
+                        continue;
+                    };
+                    if !row[p].is_null() {
+                        wanted
+                            .entry((parent.as_str(), side))
+                            .or_default()
+                            .insert(row[p].key_string());
+                    }
+                }
+            }
+        }
+        for ((parent, side), keys) in wanted {
+            let keys: Vec<String> = keys.into_iter().collect();
+            for l in state.links_by(side, parent, &keys).await?.into_values() {
+                if l.deleted {
+                    continue;
+                }
+                out.to_external
+                    .entry(parent.to_string())
+                    .or_default()
+                    .insert(l.crm_key.clone(), l.external_key.clone());
+                out.to_crm
+                    .entry(parent.to_string())
+                    .or_default()
+                    .insert(l.external_key, l.crm_key);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The canonical value of a CRM value of reference field `f`: the
+    /// parent's external key, in `f`'s external column type.
+    pub(super) fn crm_to_external(
+        &self,
+        f: &BoundField,
+        parent: &str,
+        v: &Value,
+    ) -> Result<Value, FieldProblem> {
+        if v.is_null() {
+            return Ok(Value::Null);
+        }
+        let k = v.key_string();
+        let ext = self
+            .to_external
+            .get(parent)
+            .and_then(|m| m.get(&k))
+            .ok_or_else(|| {
+                FieldProblem::Reject(format!(
+                    "field {}: parent {parent:?} CRM key {k} is not linked; \
+                     it goes through once its {parent:?} row is linked",
+                    f.plan.crm
+                ))
+            })?;
+        Value::from_key_string(ext, &f.external.ty).map_err(|err| {
+            FieldProblem::Reject(format!(
+                "field {}: parent {parent:?} external key {ext} does not fit {}: {err}",
+                f.plan.crm, f.external.name
+            ))
+        })
+    }
+
+    /// The CRM value of canonical value `v` (a parent's external key) of
+    /// reference field `f`: the parent's CRM key.
+    pub(super) fn external_to_crm(
+        &self,
+        f: &BoundField,
+        parent: &str,
+        v: &Value,
+    ) -> Result<Value, FieldProblem> {
+        if v.is_null() {
+            return Ok(Value::Null);
+        }
+        let k = v.key_string();
+        let crm = self
+            .to_crm
+            .get(parent)
+            .and_then(|m| m.get(&k))
+            .ok_or_else(|| {
+                FieldProblem::Reject(format!(
+                    "field {}: parent {parent:?} external key {k} is not linked; \
+                     it goes through once its {parent:?} row is linked",
+                    f.plan.crm
+                ))
+            })?;
+        Value::from_key_string(crm, &f.crm.ty).map_err(|err| {
+            FieldProblem::Reject(format!(
+                "field {}: parent {parent:?} CRM key {crm} does not fit {}: {err}",
+                f.plan.crm, f.crm.name
+            ))
+        })
+    }
+
+    /// Translates the reference values of a CRM row in place; the reason
+    /// when one cannot be.
+    pub(super) fn translate_crm_row(
+        &self,
+        fields: &[(&BoundField, String)],
+        scan: &Scan,
+        row: &mut [Value],
+    ) -> Option<String> {
+        for (f, parent) in fields {
+            let Some(p) = scan.position(&f.crm.name) else {
+                continue;
+            };
+            match self.crm_to_external(f, parent, &row[p]) {
+                Ok(v) => row[p] = v,
+                Err(FieldProblem::Reject(why) | FieldProblem::Fail(why)) => return Some(why),
+            }
+        }
+        None
+    }
+}
