@@ -996,6 +996,7 @@ match_on = [{ crm = "Comp_Name", external = "name" }]"#,
 }
 
 /// crmsync's state on SQL Server, on either side.
+mod references;
 mod state;
 
 const ERP_SCHEMA_MSSQL: &str = include_str!("../../sql/examples/erp_schema_mssql.sql");
