@@ -249,6 +249,11 @@ async fn lookup_table(
 
 /// Checks that data can flow between the two columns in `direction`.
 fn check_types(f: &mut Findings, at: &str, field: &FieldPlan, crm: &ColumnInfo, ext: &ColumnInfo) {
+    // The two columns of a reference hold different keys (a CRM id, an
+    // ERP code): each is checked against its parent's key instead.
+    if field.references.is_some() {
+        return;
+    }
     let (cf, ef) = (crm.ty.family(), ext.ty.family());
     let ok = match field.transform {
         Transform::Checkbox => {
@@ -738,6 +743,50 @@ pub async fn bind(
     for e in selected(plan, only).map_err(BindError::Mismatch)? {
         if let Some(b) = bind_entity(plan, e, crm, ext, &mut f).await? {
             out.push(b);
+        }
+    }
+    // A reference field's columns hold its parent's keys: the CRM column
+    // the parent's CRM key, the external column its external key. (With
+    // --entity the parent may not be bound here; every full run checks.)
+    if f.errors.is_empty() {
+        for b in &out {
+            for fld in &b.fields {
+                let Some(r) = &fld.plan.references else {
+                    continue;
+                };
+                let Some(parent) = out.iter().find(|p| p.name().eq_ignore_ascii_case(r)) else {
+                    continue;
+                };
+                let at = format!(
+                    "entity {:?}: field {} (references {:?})",
+                    b.name(),
+                    fld.plan.crm,
+                    parent.name()
+                );
+                for (side, ep) in [(Side::Crm, crm), (Side::External, ext)] {
+                    let parent_side = &parent.side[side];
+                    check_key_column(
+                        &mut f,
+                        &at,
+                        (ep, &parent_side.table),
+                        Named {
+                            config_key: match side {
+                                Side::Crm => "the parent's CRM key",
+                                Side::External => "the parent's external key",
+                            },
+                            column: &parent_side.key,
+                        },
+                        Named {
+                            config_key: match side {
+                                Side::Crm => "the CRM column",
+                                Side::External => "the external column",
+                            },
+                            column: fld.column(side),
+                        },
+                    )
+                    .await?;
+                }
+            }
         }
     }
     if f.errors.is_empty() {

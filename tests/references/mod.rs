@@ -305,3 +305,29 @@ async fn persons_follow_their_companies_both_ways_and_unlinked_parents_hold_the_
         assert!(!v.found.drift(), "{v:?}");
     }
 }
+
+/// `check` refuses a reference column that cannot hold its parent's keys
+/// (here a supplier key of 5000 in a varchar(2)), naming the field, the
+/// parent and a type that would fit.
+#[tokio::test]
+async fn check_refuses_a_reference_column_too_narrow_for_the_parents_keys() {
+    let env = related_env().await;
+    env.erp
+        .batch_execute(
+            "ALTER TABLE erp.contact DROP CONSTRAINT contact_supplier_id_fkey,
+                 ALTER COLUMN supplier_id TYPE varchar(2);
+             INSERT INTO erp.supplier (name) VALUES ('Acme');",
+        )
+        .await
+        .unwrap();
+    let out = env.run_binary(&["check"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("field Pers_CompanyId (references \"supplier\")")
+            && stderr.contains("the external column supplier_id")
+            && stderr.contains("the parent's external key supplier_id")
+            && stderr.contains("change it to bigint"),
+        "{stderr}"
+    );
+}
