@@ -60,6 +60,21 @@ FROM (
 ) AS g
 ORDER BY g.i;
 
+-- Two persons under each live supplier among the first 40 companies. (A
+-- customer's person would have no ERP supplier to go under: crmsync would
+-- hold it, with the reason, until its company became a supplier.)
+INSERT INTO Person (Pers_CompanyId, Pers_FirstName, Pers_LastName, Pers_EmailAddress,
+    Pers_CreatedBy, Pers_CreatedDate, Pers_UpdatedBy, Pers_UpdatedDate, Pers_TimeStamp,
+    Pers_SecTerr)
+SELECT c.Comp_CompanyId,
+       (ARRAY['Anna', 'Jürgen', 'Zoë', 'Kenji'])[1 + (c.Comp_CompanyId + n) % 4],
+       'Contact ' || c.Comp_CompanyId || '-' || n,
+       'contact' || n || '@company' || c.Comp_CompanyId || '.example.com',
+       1, c.Comp_CreatedDate, 1, c.Comp_CreatedDate, c.Comp_CreatedDate, -2147483640
+  FROM Company c, generate_series(1, 2) AS n
+ WHERE c.Comp_CompanyId <= 40 AND c.Comp_Deleted IS NULL AND c.Comp_Type = 'Supplier'
+ ORDER BY c.Comp_CompanyId, n;
+
 -- Keep the pre-7.2 allocator ahead of the ids IDENTITY handed out.
 UPDATE SQL_Identity
    SET Id_NextId = (SELECT coalesce(max(Comp_CompanyId), 0) + 1 FROM Company)

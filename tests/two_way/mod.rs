@@ -488,7 +488,7 @@ async fn two_percent_deleted(state_side: &'static str) {
     // TRUNCATE counts no deleted row, but gives the table a new file: the
     // links are compared, and the delete-ratio guard holds the deletes.
     env.erp
-        .batch_execute("TRUNCATE erp.supplier")
+        .batch_execute("TRUNCATE erp.supplier, erp.contact")
         .await
         .unwrap();
     let truncated = sync(&env).await;

@@ -111,7 +111,7 @@ async fn reset(env: &Env) {
         .unwrap();
     env.erp
         .batch_execute(
-            "TRUNCATE erp.supplier RESTART IDENTITY; DROP SCHEMA IF EXISTS crmsync CASCADE",
+            "TRUNCATE erp.supplier, erp.contact RESTART IDENTITY; DROP SCHEMA IF EXISTS crmsync CASCADE",
         )
         .await
         .unwrap();
