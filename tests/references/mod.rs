@@ -323,3 +323,55 @@ async fn check_refuses_a_reference_column_too_narrow_for_the_parents_keys() {
         "{stderr}"
     );
 }
+
+/// A supplier deleted in CRM whose ERP row still has contacts: the ERP's
+/// foreign key refuses the delete, the supplier is held as a reject whose
+/// reason names the contact table, nothing is lost, and the rest of the
+/// run goes on.
+#[tokio::test]
+async fn a_parent_delete_refused_by_a_foreign_key_is_held_naming_the_children() {
+    let env = related_env().await;
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let (contact, supplier) = text.split_at(text.find("name = \"supplier\"").unwrap());
+    let supplier = supplier.replacen(
+        "delete_into_external = \"ignore\"",
+        "delete_into_external = \"hard\"",
+        1,
+    );
+    std::fs::write(&env.config, format!("{contact}{supplier}")).unwrap();
+    let acme = crm_insert(&env.crm, "Acme", None, None).await;
+    let globex = crm_insert(&env.crm, "Globex", None, None).await;
+    person(&env.crm, Some(acme), "Ann").await;
+    sync_all(&env).await;
+    for id in [acme, globex] {
+        env.crm
+            .execute(
+                "UPDATE company SET comp_deleted = 1, comp_updateddate = localtimestamp(3), \
+                 comp_timestamp = localtimestamp(3) WHERE comp_companyid = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+    }
+    let run = sync_all(&env).await;
+    assert_eq!((run[0].deleted, run[0].rejected), (1, 1), "{:?}", run[0]);
+    let left: Vec<String> = env
+        .erp
+        .query("SELECT name FROM erp.supplier", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(left, ["Acme"], "Globex went, Acme kept its contact");
+    let reason: String = env
+        .erp
+        .query_one(
+            "SELECT reason FROM crmsync.rejects WHERE entity = 'supplier' AND resolved_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("contact"), "{reason}");
+}
