@@ -12,7 +12,7 @@
 use super::mapping::FieldProblem;
 use super::{EngineError, StateView};
 use crate::endpoint::Scan;
-use crate::plan::Side;
+use crate::plan::{PerSide, Side};
 use crate::schema::{BoundEntity, BoundField};
 use crate::value::Value;
 use std::collections::{HashMap, HashSet};
@@ -20,10 +20,9 @@ use std::collections::{HashMap, HashSet};
 /// The parents' keys a page needs, translated both ways.
 #[derive(Debug, Default)]
 pub(super) struct Refs {
-    /// By parent entity: CRM key → external key.
-    to_external: HashMap<String, HashMap<String, String>>,
-    /// By parent entity: external key → CRM key.
-    to_crm: HashMap<String, HashMap<String, String>>,
+    /// By the side a key is on, then by parent entity: that side's key →
+    /// the other side's key.
+    keys: PerSide<HashMap<String, HashMap<String, String>>>,
 }
 
 /// The fields of `e` that reference another entity, with that entity's
@@ -84,11 +83,13 @@ impl Refs {
                 if l.deleted {
                     continue;
                 }
-                out.to_external
+                out.keys
+                    .crm
                     .entry(parent.to_string())
                     .or_default()
                     .insert(l.crm_key.clone(), l.external_key.clone());
-                out.to_crm
+                out.keys
+                    .external
                     .entry(parent.to_string())
                     .or_default()
                     .insert(l.external_key, l.crm_key);
@@ -97,10 +98,13 @@ impl Refs {
         Ok(out)
     }
 
-    /// The canonical value of a CRM value of reference field `f`: the
-    /// parent's external key, in `f`'s external column type.
-    pub(super) fn crm_to_external(
+    /// Value `v` of reference field `f` on side `from` (a key of
+    /// `parent` there) as the other side's key of the same parent row, in
+    /// the type of `f`'s column on that side: a CRM value becomes the
+    /// canonical one, a canonical value the CRM one.
+    pub(super) fn translate(
         &self,
+        from: Side,
         f: &BoundField,
         parent: &str,
         v: &Value,
@@ -108,74 +112,56 @@ impl Refs {
         if v.is_null() {
             return Ok(Value::Null);
         }
+        let name = |side: Side| match side {
+            Side::Crm => "CRM",
+            Side::External => "external",
+        };
         let k = v.key_string();
-        let ext = self
-            .to_external
+        let other = self.keys[from]
             .get(parent)
             .and_then(|m| m.get(&k))
             .ok_or_else(|| {
                 FieldProblem::Reject(format!(
-                    "field {}: parent {parent:?} CRM key {k} is not linked; \
+                    "field {}: parent {parent:?} {} key {k} is not linked; \
                      it goes through once its {parent:?} row is linked",
-                    f.plan.crm
+                    f.plan.crm,
+                    name(from)
                 ))
             })?;
-        Value::from_key_string(ext, &f.external.ty).map_err(|err| {
+        let column = f.column(from.other());
+        Value::from_key_string(other, &column.ty).map_err(|err| {
             FieldProblem::Reject(format!(
-                "field {}: parent {parent:?} external key {ext} does not fit {}: {err}",
-                f.plan.crm, f.external.name
+                "field {}: parent {parent:?} {} key {other} does not fit {}: {err}",
+                f.plan.crm,
+                name(from.other()),
+                column.name
             ))
         })
     }
 
-    /// The CRM value of canonical value `v` (a parent's external key) of
-    /// reference field `f`: the parent's CRM key.
-    pub(super) fn external_to_crm(
-        &self,
-        f: &BoundField,
-        parent: &str,
-        v: &Value,
-    ) -> Result<Value, FieldProblem> {
-        if v.is_null() {
-            return Ok(Value::Null);
-        }
-        let k = v.key_string();
-        let crm = self
-            .to_crm
-            .get(parent)
-            .and_then(|m| m.get(&k))
-            .ok_or_else(|| {
-                FieldProblem::Reject(format!(
-                    "field {}: parent {parent:?} external key {k} is not linked; \
-                     it goes through once its {parent:?} row is linked",
-                    f.plan.crm
-                ))
-            })?;
-        Value::from_key_string(crm, &f.crm.ty).map_err(|err| {
-            FieldProblem::Reject(format!(
-                "field {}: parent {parent:?} CRM key {crm} does not fit {}: {err}",
-                f.plan.crm, f.crm.name
-            ))
-        })
-    }
-
-    /// Translates the reference values of a CRM row in place; the reason
-    /// when one cannot be.
+    /// Translates the reference values of a CRM row in place. A value
+    /// whose parent row is not linked becomes `unlinked(value)`; the
+    /// reason of the first is returned.
     pub(super) fn translate_crm_row(
         &self,
         fields: &[(&BoundField, String)],
         scan: &Scan,
         row: &mut [Value],
+        unlinked: impl Fn(Value) -> Value,
     ) -> Option<String> {
+        let mut reason = None;
         for (f, parent) in fields {
             let Some(p) = scan.position(&f.crm.name) else {
                 continue;
             };
-            match self.crm_to_external(f, parent, &row[p]) {
+            match self.translate(Side::Crm, f, parent, &row[p]) {
                 Ok(v) => row[p] = v,
-                Err(FieldProblem::Reject(why) | FieldProblem::Fail(why)) => return Some(why),
+                Err(FieldProblem::Reject(why) | FieldProblem::Fail(why)) => {
+                    row[p] = unlinked(std::mem::replace(&mut row[p], Value::Null));
+                    reason.get_or_insert(why);
+                }
             }
         }
-        None
+        reason
     }
 }

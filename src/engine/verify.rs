@@ -575,13 +575,7 @@ impl<'a> Compare<'a> {
         let refs = super::references::Refs::load(self.state, &fields, &crm, &ext).await?;
         let mut out = crm_rows.to_vec();
         for r in out.iter_mut() {
-            for (f, parent) in &fields {
-                if let Some(p) = crm_scan.position(&f.crm.name) {
-                    if let Ok(v) = refs.crm_to_external(f, parent, &r[p]) {
-                        r[p] = v;
-                    }
-                }
-            }
+            refs.translate_crm_row(&fields, crm_scan, r, |v| v);
         }
         Ok(Some(out))
     }

@@ -2,6 +2,7 @@
 
 use super::{exec, scalar_i64, Ids, MsEnv};
 use crate::common::WORLDWIDE;
+use crate::references::CONTACT_ENTITY;
 use crmsync::engine::{Engine, Mode};
 
 /// Related records with the Sage CRM on SQL Server: persons under their
@@ -23,29 +24,7 @@ async fn persons_follow_their_companies_with_the_crm_on_sql_server() {
     );
     let supplier = std::fs::read_to_string(&env.config).unwrap();
     let (head, entity) = supplier.split_at(supplier.find("[[entity]]").unwrap());
-    let contact = r#"[[entity]]
-name = "contact"
-crm_table = "Person"
-crm_link_column = "pers_intforeignid"
-external_table = "erp.contact"
-external_key = "contact_id"
-external_crm_id_column = "crm_person_id"
-external_updated_column = "updated_at"
-direction = "both"
-delete_into_external = "ignore"
-delete_into_crm = "ignore"
-
-[[entity.field]]
-crm = "Pers_LastName"
-external = "last_name"
-
-[[entity.field]]
-crm = "Pers_CompanyId"
-external = "supplier_id"
-references = "supplier"
-
-"#;
-    std::fs::write(&env.config, format!("{head}{contact}{entity}")).unwrap();
+    std::fs::write(&env.config, format!("{head}{CONTACT_ENTITY}\n{entity}")).unwrap();
     let company = |name: &str, kind: &str| {
         format!(
             "INSERT INTO dbo.Company (Comp_Name, Comp_Type, Comp_CreatedBy, Comp_CreatedDate, \

@@ -9,6 +9,30 @@ use crate::two_way::crm_insert;
 use crmsync::engine::{Engine, EntityReport, Mode};
 use tokio_postgres::Client;
 
+/// The contact entity: persons under their companies, ERP contacts under
+/// their suppliers, `Pers_CompanyId` referencing the supplier entity.
+pub const CONTACT_ENTITY: &str = r#"[[entity]]
+name = "contact"
+crm_table = "Person"
+crm_link_column = "pers_intforeignid"
+external_table = "erp.contact"
+external_key = "contact_id"
+external_crm_id_column = "crm_person_id"
+external_updated_column = "updated_at"
+direction = "both"
+delete_into_external = "ignore"
+delete_into_crm = "ignore"
+
+[[entity.field]]
+crm = "Pers_LastName"
+external = "last_name"
+
+[[entity.field]]
+crm = "Pers_CompanyId"
+external = "supplier_id"
+references = "supplier"
+"#;
+
 /// Fresh databases with an ERP contact table under `erp.supplier`, and a
 /// config of both entities (the child listed first).
 async fn related_env() -> Env {
@@ -38,27 +62,7 @@ batch_size = 50
 settle = "0s"
 overlap = "5m"
 
-[[entity]]
-name = "contact"
-crm_table = "Person"
-crm_link_column = "pers_intforeignid"
-external_table = "erp.contact"
-external_key = "contact_id"
-external_crm_id_column = "crm_person_id"
-external_updated_column = "updated_at"
-direction = "both"
-delete_into_external = "ignore"
-delete_into_crm = "ignore"
-
-[[entity.field]]
-crm = "Pers_LastName"
-external = "last_name"
-
-[[entity.field]]
-crm = "Pers_CompanyId"
-external = "supplier_id"
-references = "supplier"
-
+{CONTACT_ENTITY}
 [[entity]]
 name = "supplier"
 crm_table = "Company"

@@ -444,7 +444,8 @@ impl Ctx<'_> {
                 Side::Crm => {
                     let mut t = rows.to_vec();
                     for r in t.iter_mut() {
-                        if let Some(why) = refs.translate_crm_row(&self.ref_fields, scan, r) {
+                        if let Some(why) = refs.translate_crm_row(&self.ref_fields, scan, r, |v| v)
+                        {
                             held_back.insert(r[0].key_string(), why);
                         }
                     }
@@ -456,7 +457,9 @@ impl Ctx<'_> {
                         .map(|l| (l.crm_key.as_str(), l.external_key.as_str()))
                         .collect();
                     for (k, r) in counterparts.iter_mut() {
-                        if let Some(why) = refs.translate_crm_row(&self.ref_fields, &other, r) {
+                        if let Some(why) =
+                            refs.translate_crm_row(&self.ref_fields, &other, r, |v| v)
+                        {
                             if let Some(x) = by_crm.get(k.as_str()) {
                                 held_back.insert(x.to_string(), why);
                             }
@@ -585,7 +588,7 @@ impl Ctx<'_> {
                 .refs
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .external_to_crm(f, parent, &v)?,
+                .translate(Side::External, f, parent, &v)?,
             None => v,
         };
         canonical_to_crm(f, v, self.e.to_crm)

@@ -289,13 +289,7 @@ impl Ctx<'_> {
                 .collect();
             let refs = Refs::load(self.state, &self.ref_fields, &all, &[]).await?;
             for r in named.values_mut().flatten() {
-                for (f, parent) in &self.ref_fields {
-                    if let Some(p) = crm_scan.position(&f.crm.name) {
-                        r[p] = refs
-                            .crm_to_external(f, parent, &r[p])
-                            .unwrap_or(Value::Null);
-                    }
-                }
+                refs.translate_crm_row(&self.ref_fields, &crm_scan, r, |_| Value::Null);
             }
         }
         Ok(named)
