@@ -16,6 +16,11 @@ pub struct BoundField {
     pub crm: ColumnInfo,
     pub external: ColumnInfo,
     pub plan: FieldPlan,
+    /// A reference inside a cycle of entities whose columns may be NULL
+    /// where it is written: a row whose parent is not linked yet is written
+    /// with NULL here and revisited once the parent is (docs/design.md,
+    /// "References between entities").
+    pub deferrable: bool,
 }
 
 /// Sage CRM system columns present on the table (real names).
@@ -56,6 +61,10 @@ pub struct BoundEntity {
     /// The external column holding the CRM id, if configured.
     pub external_crm_id: Option<ColumnInfo>,
     pub fields: Vec<BoundField>,
+    /// The cycle of references this entity is in, when every entity of it
+    /// is bound (a full run): the run revisits the cycle's deferred rows
+    /// once all of its entities have run.
+    pub cycle: Option<usize>,
     /// Zones to move wall-clock values from CRM to external and back.
     pub to_external: Zones,
     pub to_crm: Zones,
@@ -618,6 +627,7 @@ pub async fn bind_entity(
                 crm: c,
                 external: x,
                 plan: fp.clone(),
+                deferrable: false,
             });
         }
     }
@@ -725,6 +735,7 @@ pub async fn bind_entity(
         crm_system,
         external_crm_id,
         fields,
+        cycle: None,
         to_external,
         to_crm,
     }))
@@ -790,6 +801,9 @@ pub async fn bind(
         }
     }
     if f.errors.is_empty() {
+        out = order_cycles(plan, out, &mut f);
+    }
+    if f.errors.is_empty() {
         for b in &out {
             for (scan, side) in [
                 (b.crm_scan(), Side::Crm),
@@ -819,6 +833,98 @@ pub async fn bind(
         }));
     }
     Ok((out, f))
+}
+
+/// Marks the references that may be written NULL first (those inside a
+/// cycle whose columns take NULL wherever the field writes), and orders
+/// each fully bound cycle so that every other reference finds its parent
+/// run before it. A cycle whose references all refuse NULL can never be
+/// written and is an error.
+fn order_cycles(plan: &Plan, mut out: Vec<BoundEntity>, f: &mut Findings) -> Vec<BoundEntity> {
+    let cycles = crate::plan::order::cycles(&plan.entities);
+    let cycle_of = |name: &str| {
+        cycles.iter().position(|c| {
+            c.iter()
+                .any(|&i| plan.entities[i].name.eq_ignore_ascii_case(name))
+        })
+    };
+    for b in &mut out {
+        let Some(own) = cycle_of(b.name()) else {
+            continue;
+        };
+        for fld in &mut b.fields {
+            let Some(r) = &fld.plan.references else {
+                continue;
+            };
+            let d = fld.plan.direction;
+            fld.deferrable = cycle_of(r) == Some(own)
+                && (!d.from(Side::Crm) || fld.external.nullable)
+                && (!d.from(Side::External) || fld.crm.nullable);
+        }
+    }
+    for (n, members) in cycles.iter().enumerate() {
+        let names: Vec<&str> = members
+            .iter()
+            .map(|&i| plan.entities[i].name.as_str())
+            .collect();
+        let bound: Vec<usize> = out
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| names.iter().any(|m| m.eq_ignore_ascii_case(b.name())))
+            .map(|(i, _)| i)
+            .collect();
+        // Which bound member must run before which: a reference that
+        // cannot be written NULL needs its parent linked first.
+        let needs: Vec<(usize, usize)> = bound
+            .iter()
+            .enumerate()
+            .flat_map(|(child, &bi)| {
+                let bound = &bound;
+                let out = &out;
+                out[bi]
+                    .fields
+                    .iter()
+                    .filter(|fld| !fld.deferrable)
+                    .filter_map(|fld| fld.plan.references.as_deref())
+                    .filter_map(move |r| {
+                        bound
+                            .iter()
+                            .position(|&p| out[p].name().eq_ignore_ascii_case(r))
+                    })
+                    .map(move |parent| (child, parent))
+            })
+            .collect();
+        match crate::plan::order::order_within(bound.len(), &needs) {
+            Ok(order) => {
+                if bound.len() == members.len() {
+                    let mut slots: Vec<Option<BoundEntity>> = bound
+                        .iter()
+                        .map(|&i| {
+                            let mut b = out[i].clone();
+                            b.cycle = Some(n);
+                            Some(b)
+                        })
+                        .collect();
+                    for (&at, k) in bound.iter().zip(order) {
+                        if let Some(b) = slots[k].take() {
+                            out[at] = b;
+                        }
+                    }
+                }
+            }
+            Err(stuck) => {
+                let stuck: Vec<&str> = stuck.iter().map(|&k| out[bound[k]].name()).collect();
+                f.errors.push(format!(
+                    "entities {}: their references form a cycle in which every reference \
+                     refuses NULL, so no row of it can be written first; make one reference's \
+                     columns nullable (in the databases it writes into), or leave that \
+                     reference out of the mapping",
+                    stuck.join(", ")
+                ));
+            }
+        }
+    }
+    out
 }
 
 /// The entities a command applies to.

@@ -75,6 +75,13 @@ SELECT c.Comp_CompanyId,
  WHERE c.Comp_CompanyId <= 40 AND c.Comp_Deleted IS NULL AND c.Comp_Type = 'Supplier'
  ORDER BY c.Comp_CompanyId, n;
 
+-- The first of them is the company's primary person (company and person
+-- reference each other).
+UPDATE Company c
+   SET Comp_PrimaryPersonId = (SELECT min(p.Pers_PersonId) FROM Person p
+                                WHERE p.Pers_CompanyId = c.Comp_CompanyId)
+ WHERE EXISTS (SELECT 1 FROM Person p WHERE p.Pers_CompanyId = c.Comp_CompanyId);
+
 -- Keep the pre-7.2 allocator ahead of the ids IDENTITY handed out.
 UPDATE SQL_Identity
    SET Id_NextId = (SELECT coalesce(max(Comp_CompanyId), 0) + 1 FROM Company)

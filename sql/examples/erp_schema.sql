@@ -70,4 +70,11 @@ CREATE TRIGGER contact_touch_updated_at
     BEFORE INSERT OR UPDATE ON erp.contact
     FOR EACH ROW EXECUTE FUNCTION erp.supplier_touch_updated_at();
 
+-- A supplier's primary contact: the two tables reference each other, as
+-- Sage CRM's Comp_PrimaryPersonId and Pers_CompanyId do. It may be NULL, so
+-- crmsync writes a new supplier first and names its primary contact once
+-- the contact is written.
+ALTER TABLE erp.supplier
+    ADD COLUMN primary_contact_id bigint REFERENCES erp.contact;
+
 COMMIT;

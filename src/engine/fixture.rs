@@ -88,6 +88,7 @@ pub(super) fn entity(rest: &str) -> BoundEntity {
             crm: text(&f.crm),
             external: text(&f.external),
             plan: f.clone(),
+            deferrable: false,
         })
         .collect();
     let mut crm_cols = vec![crm_key.clone(), crm_change.clone(), crm_deleted.clone()];
@@ -120,6 +121,7 @@ pub(super) fn entity(rest: &str) -> BoundEntity {
         crm_system: CrmSystem::default(),
         external_crm_id: None,
         fields,
+        cycle: None,
         to_external: zones,
         to_crm: Zones {
             from: zones.to,

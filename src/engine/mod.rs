@@ -171,6 +171,11 @@ pub struct EntityReport {
     pub open_rejects: u64,
     pub open_conflicts: u64,
     pub watermark: Option<String>,
+    /// Rows written with a reference NULL because its parent was not
+    /// linked yet, by side and key: revisited once the rest of their
+    /// cycle has run.
+    #[serde(skip)]
+    pub deferred: Vec<(Side, String)>,
     pub samples: Vec<Sample>,
 }
 
@@ -300,53 +305,167 @@ impl Engine {
             Mode::DryRun => StateView::ReadOnly(&*self.state),
         };
         let mut reports = Vec::new();
-        for e in &entities {
-            reports.push(self.sync_entity(e, &state, mode).await?);
+        // A cycle of references runs as one group (its entities are next to
+        // each other); every other entity is a group of its own.
+        let mut rest = &entities[..];
+        while let Some(first) = rest.first() {
+            let n = match first.cycle {
+                Some(c) => rest.iter().take_while(|e| e.cycle == Some(c)).count(),
+                None => 1,
+            };
+            let (group, after) = rest.split_at(n);
+            reports.extend(self.sync_group(group, &state, mode).await?);
+            rest = after;
         }
         Ok(reports)
     }
 
-    async fn sync_entity(
+    /// One run of each entity of `group`, each under its own lock and in
+    /// its own run record. In a cycle the rows written with a reference
+    /// NULL (their parent was not linked yet) are revisited once every
+    /// entity of the cycle has run, and the locks are held until then.
+    async fn sync_group(
+        &self,
+        group: &[BoundEntity],
+        state: &StateView<'_>,
+        mode: Mode,
+    ) -> Result<Vec<EntityReport>, EngineError> {
+        struct Open {
+            lock: Option<crate::state::LockGuard>,
+            run: i64,
+            report: EntityReport,
+            failed: bool,
+        }
+        let defer = group.first().is_some_and(|e| e.cycle.is_some());
+        let mut open: Vec<Open> = Vec::new();
+        let mut error = None;
+        for e in group {
+            let lock = match mode {
+                Mode::Apply => match self.lock(e).await {
+                    Ok(l) => Some(l),
+                    Err(err) => {
+                        error = Some(err);
+                        break;
+                    }
+                },
+                Mode::DryRun => None,
+            };
+            let run = match state.start_run(e.name(), mode).await {
+                Ok(run) => run,
+                Err(err) => {
+                    if let Some(lock) = lock {
+                        lock.release().await;
+                    }
+                    error = Some(err.into());
+                    break;
+                }
+            };
+            let mut o = Open {
+                lock,
+                run,
+                report: EntityReport {
+                    entity: e.name().to_string(),
+                    ..Default::default()
+                },
+                failed: false,
+            };
+            let r = self
+                .passes(e, state, o.run, mode, defer, &mut o.report)
+                .await;
+            o.failed = r.is_err();
+            open.push(o);
+            if let Err(err) = r {
+                error = Some(err);
+                break;
+            }
+        }
+        if error.is_none() && defer {
+            for (e, o) in group.iter().zip(open.iter_mut()) {
+                let deferred = std::mem::take(&mut o.report.deferred);
+                let mut r = Ok(());
+                for side in [Side::Crm, Side::External] {
+                    let keys: Vec<String> = deferred
+                        .iter()
+                        .filter(|(s, _)| *s == side)
+                        .map(|(_, k)| k.clone())
+                        .collect();
+                    r = pass::revisit(self, e, state, o.run, mode, side, &keys, &mut o.report)
+                        .await;
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                if let Err(err) = r {
+                    o.failed = true;
+                    error = Some(err);
+                    break;
+                }
+            }
+        }
+        let mut reports = Vec::new();
+        for (e, mut o) in group.iter().zip(open) {
+            if !o.failed {
+                if let Err(err) = self.count_open(e, state, &mut o.report).await {
+                    o.failed = true;
+                    error.get_or_insert(err);
+                }
+            }
+            let outcome = if o.failed {
+                "failed"
+            } else if o.report.unfinished() {
+                "finished with rejects, conflicts or refused deletes"
+            } else {
+                "ok"
+            };
+            let summary = serde_json::to_value(&o.report).unwrap_or_default();
+            let finished = state.finish_run(o.run, outcome, &summary).await;
+            if let Some(lock) = o.lock {
+                lock.release().await;
+            }
+            if let Err(err) = finished {
+                error.get_or_insert(err.into());
+            }
+            reports.push(o.report);
+        }
+        match error {
+            Some(err) => Err(err),
+            None => Ok(reports),
+        }
+    }
+
+    /// The passes of one entity's run: each direction it flows in, then
+    /// (when it writes into CRM) external rows deleted outright.
+    async fn passes(
         &self,
         e: &BoundEntity,
         state: &StateView<'_>,
+        run: i64,
         mode: Mode,
-    ) -> Result<EntityReport, EngineError> {
-        let lock = match mode {
-            Mode::Apply => Some(self.lock(e).await?),
-            Mode::DryRun => None,
-        };
-        let run = state.start_run(e.name(), mode).await?;
-        let mut report = EntityReport {
-            entity: e.name().to_string(),
-            ..Default::default()
-        };
-        let result = async {
-            if e.plan.direction.crm_to_external() {
-                pass::run(self, e, state, run, mode, Side::Crm, &mut report).await?;
-            }
-            if e.plan.direction.external_to_crm() {
-                pass::run(self, e, state, run, mode, Side::External, &mut report).await?;
-                deletes::external_hard_deletes(self, e, state, mode, &mut report).await?;
-            }
-            report.open_rejects = (state.open_rejects(e.name(), Side::Crm).await?.len()
-                + state.open_rejects(e.name(), Side::External).await?.len())
-                as u64;
-            report.open_conflicts = state.open_conflicts(e.name(), &[]).await?.len() as u64;
-            Ok::<_, EngineError>(())
+        defer: bool,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        if e.plan.direction.crm_to_external() {
+            pass::run(self, e, state, run, mode, Side::Crm, defer, report).await?;
         }
-        .await;
-        let outcome = match &result {
-            Ok(()) if report.unfinished() => "finished with rejects, conflicts or refused deletes",
-            Ok(()) => "ok",
-            Err(_) => "failed",
-        };
-        let summary = serde_json::to_value(&report).unwrap_or_default();
-        state.finish_run(run, outcome, &summary).await?;
-        if let Some(lock) = lock {
-            lock.release().await;
+        if e.plan.direction.external_to_crm() {
+            pass::run(self, e, state, run, mode, Side::External, defer, report).await?;
+            deletes::external_hard_deletes(self, e, state, mode, report).await?;
         }
-        result.map(|()| report)
+        Ok(())
+    }
+
+    /// What the run leaves open for a person: rejects and conflicts.
+    async fn count_open(
+        &self,
+        e: &BoundEntity,
+        state: &StateView<'_>,
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        report.open_rejects = (state.open_rejects(e.name(), Side::Crm).await?.len()
+            + state.open_rejects(e.name(), Side::External).await?.len())
+            as u64;
+        report.open_conflicts = state.open_conflicts(e.name(), &[]).await?.len() as u64;
+        Ok(())
     }
 }
 

@@ -140,16 +140,18 @@ impl Refs {
     }
 
     /// Translates the reference values of a CRM row in place. A value
-    /// whose parent row is not linked becomes `unlinked(value)`; the
-    /// reason of the first is returned.
+    /// whose parent row is not linked becomes NULL when its field is
+    /// deferrable (written NULL first, filled in once the parent is
+    /// linked), else `unlinked(value)`; the reasons of the first of each
+    /// are returned.
     pub(super) fn translate_crm_row(
         &self,
         fields: &[(&BoundField, String)],
         scan: &Scan,
         row: &mut [Value],
         unlinked: impl Fn(Value) -> Value,
-    ) -> Option<String> {
-        let mut reason = None;
+    ) -> Untranslated {
+        let mut out = Untranslated::default();
         for (f, parent) in fields {
             let Some(p) = scan.position(&f.crm.name) else {
                 continue;
@@ -157,11 +159,50 @@ impl Refs {
             match self.translate(Side::Crm, f, parent, &row[p]) {
                 Ok(v) => row[p] = v,
                 Err(FieldProblem::Reject(why) | FieldProblem::Fail(why)) => {
-                    row[p] = unlinked(std::mem::replace(&mut row[p], Value::Null));
-                    reason.get_or_insert(why);
+                    let v = std::mem::replace(&mut row[p], Value::Null);
+                    if f.deferrable {
+                        out.deferred.get_or_insert(why);
+                    } else {
+                        row[p] = unlinked(v);
+                        out.held.get_or_insert(why);
+                    }
                 }
+            }
+        }
+        out
+    }
+
+    /// Sets the deferrable reference values of an external row whose parent
+    /// row is not linked to NULL; the reason of the first is returned.
+    /// (Other values are translated when written, and a value that cannot
+    /// be makes its row a reject then.)
+    pub(super) fn defer_external_row(
+        &self,
+        fields: &[(&BoundField, String)],
+        scan: &Scan,
+        row: &mut [Value],
+    ) -> Option<String> {
+        let mut reason = None;
+        for (f, parent) in fields.iter().filter(|(f, _)| f.deferrable) {
+            let Some(p) = scan.position(&f.external.name) else {
+                continue;
+            };
+            if let Err(FieldProblem::Reject(why) | FieldProblem::Fail(why)) =
+                self.translate(Side::External, f, parent, &row[p])
+            {
+                row[p] = Value::Null;
+                reason.get_or_insert(why);
             }
         }
         reason
     }
+}
+
+/// The reference values of a row whose parent rows are not linked.
+#[derive(Debug, Default)]
+pub(super) struct Untranslated {
+    /// Why the row is held (a reference that cannot be written NULL).
+    pub held: Option<String>,
+    /// Why deferrable references were set to NULL, to be filled in later.
+    pub deferred: Option<String>,
 }

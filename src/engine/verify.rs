@@ -234,7 +234,11 @@ impl Engine {
             // for hard deletes whatever the table's statistics say yet.
             self.state.forget_deletes_checked(e.name()).await?;
         }
-        let sync = self.sync_entity(e, state, Mode::Apply).await?;
+        let sync = self
+            .sync_group(std::slice::from_ref(e), state, Mode::Apply)
+            .await?
+            .pop()
+            .unwrap_or_default();
         let after = Compare::new(self, e, state, false).run().await?;
         report.repair = Some(RepairReport {
             shadows_cleared: repairs.shadows_cleared,

@@ -5,9 +5,11 @@
 //! connected components are found with Tarjan's algorithm, which emits a
 //! component only after every component it references: parents first.
 //! A component of more than one entity (or an entity referencing itself)
-//! is a cycle; its entities keep their config order, and whether the cycle
-//! can be written at all (one of its references must be nullable) is the
-//! catalog's to say, not the config's.
+//! is a cycle; its entities keep their config order here. Whether the
+//! cycle can be written at all (one of its references must take NULL, to
+//! be written first and filled in later) and in which order is the
+//! catalog's to say, not the config's: the schema binding decides it with
+//! [`order_within`].
 
 use super::build::Collector;
 use super::EntityPlan;
@@ -34,20 +36,29 @@ pub(super) fn check_references(c: &mut Collector, entities: &[EntityPlan]) {
     }
 }
 
-/// Refuses references that form a cycle: each entity of one would wait
-/// for the others to be linked first.
-pub(super) fn check_cycles(c: &mut Collector, entities: &[EntityPlan]) {
-    for cycle in cycles(entities) {
-        let names: Vec<&str> = cycle.iter().map(|&i| entities[i].name.as_str()).collect();
-        c.push(
-            &format!("entity {:?}", names[0]),
-            format!(
-                "references form a cycle ({}); a cycle is not supported yet: leave one \
-                 of its references out (map the column without references, or not at all)",
-                names.join(" -> ")
-            ),
-        );
+/// An order of `n` entities (indexes `0..n`, in config order) in which
+/// every `(child, parent)` of `needs` has the parent first, the earliest
+/// in config order taken whenever several may go; or, when `needs` has a
+/// cycle, the entities that cannot be placed.
+pub fn order_within(n: usize, needs: &[(usize, usize)]) -> Result<Vec<usize>, Vec<usize>> {
+    let mut placed = vec![false; n];
+    let mut order = Vec::with_capacity(n);
+    while order.len() < n {
+        let next = (0..n).find(|&i| {
+            !placed[i]
+                && needs
+                    .iter()
+                    .all(|&(child, parent)| child != i || placed[parent])
+        });
+        match next {
+            Some(i) => {
+                placed[i] = true;
+                order.push(i);
+            }
+            None => return Err((0..n).filter(|&i| !placed[i]).collect()),
+        }
     }
+    Ok(order)
 }
 
 /// The entities' indexes, parents before the children that reference

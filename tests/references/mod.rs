@@ -36,6 +36,20 @@ references = "supplier"
 /// Fresh databases with an ERP contact table under `erp.supplier`, and a
 /// config of both entities (the child listed first).
 async fn related_env() -> Env {
+    related_env_with("").await
+}
+
+/// The supplier's primary contact, referencing the contact entity: with
+/// the contact's company, a cycle (as in Sage CRM's own model).
+const PRIMARY_CONTACT: &str = r#"
+[[entity.field]]
+crm = "Comp_PrimaryPersonId"
+external = "primary_contact_id"
+references = "contact"
+"#;
+
+/// [`related_env`] with `supplier_fields` added to the supplier entity.
+async fn related_env_with(supplier_fields: &str) -> Env {
     let env = Env::new(Opts::default()).await;
     env.erp
         .batch_execute(
@@ -82,7 +96,7 @@ delete_into_crm = "ignore"
 [[entity.field]]
 crm = "Comp_Name"
 external = "name"
-"#,
+{supplier_fields}"#,
         crm = env.crm_url,
         erp = env.erp_url,
     );
@@ -300,6 +314,322 @@ async fn persons_follow_their_companies_both_ways_and_unlinked_parents_hold_the_
     for v in engine.verify(None, false).await.unwrap() {
         assert!(!v.found.drift(), "{v:?}");
     }
+}
+
+async fn customer(crm: &Client, name: &str) -> i32 {
+    crm.query_one(
+        "INSERT INTO company (comp_name, comp_type, comp_updateddate, comp_timestamp) \
+         VALUES ($1, 'Customer', localtimestamp(3), localtimestamp(3)) RETURNING comp_companyid",
+        &[&name],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+async fn set_primary_person(crm: &Client, company: i32, person: i32) {
+    crm.execute(
+        "UPDATE company SET comp_primarypersonid = $1, comp_updateddate = localtimestamp(3), \
+         comp_timestamp = localtimestamp(3) WHERE comp_companyid = $2",
+        &[&person, &company],
+    )
+    .await
+    .unwrap();
+}
+
+/// Each ERP supplier's primary contact, as (CRM company id of the
+/// supplier, CRM person id of its primary contact), for every supplier
+/// that has one.
+async fn erp_primaries(erp: &Client) -> Vec<(i32, Option<i32>)> {
+    erp.query(
+        "SELECT s.crm_company_id, c.crm_person_id FROM erp.supplier s \
+         LEFT JOIN erp.contact c ON c.contact_id = s.primary_contact_id \
+         ORDER BY s.crm_company_id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
+/// The Sage model's cycle: a company names its primary person, a person
+/// its company; in the ERP a supplier names its primary contact (NULL
+/// allowed) and a contact its supplier (NOT NULL, a real foreign key).
+/// One run writes both sides complete: suppliers first with the primary
+/// contact NULL, then the contacts, then the suppliers' primary contacts.
+#[tokio::test]
+async fn a_cycle_of_references_is_written_complete_in_one_run_both_ways() {
+    let env = related_env_with(PRIMARY_CONTACT).await;
+    let mut companies = Vec::new();
+    for i in 0..3 {
+        let c = crm_insert(&env.crm, &format!("Supplier {i}"), None, None).await;
+        let first = person(&env.crm, Some(c), &format!("First {i}")).await;
+        person(&env.crm, Some(c), &format!("Second {i}")).await;
+        set_primary_person(&env.crm, c, first).await;
+        companies.push((c, Some(first)));
+    }
+    // A customer (outside the supplier filter) with its persons: held.
+    let initech = customer(&env.crm, "Initech").await;
+    let cid = person(&env.crm, Some(initech), "Cid").await;
+    set_primary_person(&env.crm, initech, cid).await;
+
+    let first = sync_all(&env).await;
+    let order: Vec<&str> = first.iter().map(|r| r.entity.as_str()).collect();
+    assert_eq!(
+        order,
+        ["supplier", "contact"],
+        "the reference that takes NULL is written first"
+    );
+    assert_eq!(first[0].inserted, 3, "{:?}", first[0]);
+    assert_eq!(first[0].rejected, 0, "{:?}", first[0]);
+    assert_eq!(first[0].open_rejects, 0, "{:?}", first[0]);
+    assert_eq!(first[1].inserted, 6, "{:?}", first[1]);
+    assert_eq!(first[1].open_rejects, 1, "Cid is held: {:?}", first[1]);
+    assert_eq!(erp_primaries(&env.erp).await, companies);
+    for (c, _) in &companies {
+        let persons: Vec<i32> = env
+            .crm
+            .query(
+                "SELECT pers_personid FROM person WHERE pers_companyid = $1",
+                &[c],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let supplier = erp_supplier(&env.erp, *c).await;
+        for p in persons {
+            assert_eq!(contact_supplier(&env.erp, p).await, Some(supplier));
+        }
+    }
+
+    // A new ERP supplier with two contacts, the first its primary contact
+    // (the foreign keys want the supplier first, then its contacts, then
+    // the primary contact named).
+    let umbrella: i64 = env
+        .erp
+        .query_one(
+            "INSERT INTO erp.supplier (name) VALUES ('Umbrella') RETURNING supplier_id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let dee: i64 = env
+        .erp
+        .query_one(
+            "INSERT INTO erp.contact (supplier_id, last_name) VALUES ($1, 'Dee') \
+             RETURNING contact_id",
+            &[&umbrella],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    env.erp
+        .execute(
+            "INSERT INTO erp.contact (supplier_id, last_name) VALUES ($1, 'Eve')",
+            &[&umbrella],
+        )
+        .await
+        .unwrap();
+    env.erp
+        .execute(
+            "UPDATE erp.supplier SET primary_contact_id = $1 WHERE supplier_id = $2",
+            &[&dee, &umbrella],
+        )
+        .await
+        .unwrap();
+    let second = sync_all(&env).await;
+    assert_eq!(second[0].crm_inserted, 1, "{:?}", second[0]);
+    assert_eq!(second[0].open_rejects, 0, "{:?}", second[0]);
+    assert_eq!(second[1].crm_inserted, 2, "{:?}", second[1]);
+    let row = env
+        .crm
+        .query_one(
+            "SELECT c.comp_companyid, c.comp_primarypersonid, p.pers_personid, \
+                    p.pers_companyid, c.comp_secterr, p.pers_createdby \
+             FROM company c JOIN person p ON p.pers_lastname = 'Dee' \
+             WHERE c.comp_name = 'Umbrella'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (company, primary, dee_person, dee_company): (i32, Option<i32>, i32, Option<i32>) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(primary, Some(dee_person), "the primary person is named");
+    assert_eq!(dee_company, Some(company), "the person sits under it");
+    let secterr: Option<i32> = row.get(4);
+    let created_by: Option<i32> = row.get(5);
+    assert!(secterr.is_some(), "Sage's write rules on the company");
+    assert_eq!(created_by, Some(7), "Sage's write rules on the person");
+
+    // A primary person changed in CRM follows into the ERP.
+    let (c0, _) = companies[0];
+    let second_person: i32 = env
+        .crm
+        .query_one(
+            "SELECT pers_personid FROM person WHERE pers_lastname = 'Second 0'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    set_primary_person(&env.crm, c0, second_person).await;
+    let third = sync_all(&env).await;
+    assert_eq!(third[0].updated, 1, "{:?}", third[0]);
+    let primaries = erp_primaries(&env.erp).await;
+    assert!(
+        primaries.contains(&(c0, Some(second_person))),
+        "{primaries:?}"
+    );
+
+    // Quiet runs write nothing on either side.
+    for _ in 0..2 {
+        for r in &sync_all(&env).await {
+            assert_eq!(r.changes(), 0, "{r:?}");
+        }
+    }
+    // verify finds both sides in step, but for the held person.
+    let plan = crmsync::cli::load_plan(&env.config).unwrap();
+    let engine = Engine::connect(plan).await.unwrap();
+    for v in engine.verify(None, false).await.unwrap() {
+        let f = &v.found;
+        assert_eq!(
+            f.differ + f.missing_crm + f.missing_external + f.unnamed,
+            0,
+            "{v:?}"
+        );
+        let held = if v.entity == "contact" { 1 } else { 0 };
+        assert_eq!(f.unlinked_crm, held, "{v:?}");
+    }
+}
+
+/// A run that wrote the suppliers of a cycle and stopped (here: the
+/// supplier entity run alone) leaves their primary contacts NULL and open
+/// as rejects naming the contacts; the next full run fills them in.
+#[tokio::test]
+async fn a_cycle_left_half_written_is_completed_by_the_next_run() {
+    let env = related_env_with(PRIMARY_CONTACT).await;
+    let mut companies = Vec::new();
+    for i in 0..4 {
+        let c = crm_insert(&env.crm, &format!("Supplier {i}"), None, None).await;
+        let p = person(&env.crm, Some(c), &format!("Primary {i}")).await;
+        set_primary_person(&env.crm, c, p).await;
+        companies.push((c, Some(p)));
+    }
+    let plan = crmsync::cli::load_plan(&env.config).unwrap();
+    let engine = Engine::connect(plan).await.unwrap();
+    let alone = engine.sync(Some("supplier"), Mode::Apply).await.unwrap();
+    assert_eq!(alone[0].inserted, 4, "{:?}", alone[0]);
+    assert_eq!(alone[0].rejected, 4, "{:?}", alone[0]);
+    assert_eq!(alone[0].open_rejects, 4, "{:?}", alone[0]);
+    let unnamed: Vec<(i32, Option<i32>)> = companies.iter().map(|(c, _)| (*c, None)).collect();
+    assert_eq!(erp_primaries(&env.erp).await, unnamed);
+    let reason: String = env
+        .erp
+        .query_one(
+            "SELECT min(reason) FROM crmsync.rejects WHERE resolved_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("parent \"contact\" CRM key"), "{reason}");
+    assert!(reason.contains("written NULL until then"), "{reason}");
+
+    let full = sync_all(&env).await;
+    assert_eq!(full[0].open_rejects, 0, "{:?}", full[0]);
+    assert_eq!(full[0].updated, 4, "{:?}", full[0]);
+    assert_eq!(full[1].inserted, 4, "{:?}", full[1]);
+    assert_eq!(erp_primaries(&env.erp).await, companies);
+    for r in &sync_all(&env).await {
+        assert_eq!(r.changes(), 0, "{r:?}");
+    }
+}
+
+/// A backfill of a cycle, both directions: the suppliers go first with
+/// their primary contacts NULL, then the contacts, then the suppliers'
+/// primary contacts are filled in, in the same command.
+#[tokio::test]
+async fn a_backfill_of_a_cycle_leaves_every_reference_complete() {
+    use crmsync::engine::{BackfillDirection, BackfillOptions};
+    let env = related_env_with(PRIMARY_CONTACT).await;
+    let mut companies = Vec::new();
+    for i in 0..5 {
+        let c = crm_insert(&env.crm, &format!("Supplier {i}"), None, None).await;
+        person(&env.crm, Some(c), &format!("Other {i}")).await;
+        let p = person(&env.crm, Some(c), &format!("Primary {i}")).await;
+        set_primary_person(&env.crm, c, p).await;
+        companies.push((c, Some(p)));
+    }
+    let plan = crmsync::cli::load_plan(&env.config).unwrap();
+    let engine = Engine::connect(plan).await.unwrap();
+    let opts = BackfillOptions {
+        direction: BackfillDirection::CrmToExternal,
+        restart: false,
+        chunk_rows: 2,
+    };
+    let reports = engine.backfill(None, &opts).await.expect("backfill");
+    let order: Vec<&str> = reports.iter().map(|r| r.entity.as_str()).collect();
+    assert_eq!(order, ["supplier", "contact"]);
+    assert_eq!(
+        (reports[0].inserted, reports[0].rejected),
+        (5, 0),
+        "{:?}",
+        reports[0]
+    );
+    assert_eq!(
+        reports[0].updated, 5,
+        "primary contacts filled in: {:?}",
+        reports[0]
+    );
+    assert_eq!(
+        (reports[1].inserted, reports[1].rejected),
+        (10, 0),
+        "{:?}",
+        reports[1]
+    );
+    assert_eq!(erp_primaries(&env.erp).await, companies);
+    let open: i64 = env
+        .erp
+        .query_one(
+            "SELECT count(*) FROM crmsync.rejects WHERE resolved_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 0);
+    // The sync that follows has nothing to do.
+    for r in &sync_all(&env).await {
+        assert_eq!(r.changes(), 0, "{r:?}");
+    }
+}
+
+/// A cycle whose every reference refuses NULL can never be written: the
+/// run refuses it before writing anything, naming the entities (exit 2).
+#[tokio::test]
+async fn a_cycle_of_not_null_references_is_a_configuration_error() {
+    let env = related_env_with(PRIMARY_CONTACT).await;
+    env.erp
+        .batch_execute("ALTER TABLE erp.supplier ALTER COLUMN primary_contact_id SET NOT NULL")
+        .await
+        .unwrap();
+    let plan = crmsync::cli::load_plan(&env.config).unwrap();
+    let engine = Engine::connect(plan).await.unwrap();
+    let err = engine.sync(None, Mode::Apply).await.unwrap_err();
+    assert_eq!(err.exit_code(), 2, "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("supplier, contact") || text.contains("contact, supplier"),
+        "{text}"
+    );
+    assert!(text.contains("refuses NULL"), "{text}");
+    // One entity alone translates through the links that exist.
+    assert!(engine.sync(Some("contact"), Mode::Apply).await.is_ok());
 }
 
 /// `check` refuses a reference column that cannot hold its parent's keys

@@ -20,7 +20,7 @@ mod raw;
 
 use super::mapping::{FieldProblem, Layout};
 use super::retry::retrying;
-use super::{later, Engine, EngineError};
+use super::{later, Engine, EngineError, Mode};
 use crate::endpoint::bulk::{
     Bulk, BulkSource, CheckpointWrite, ChunkWrite, FreshLinks, RawRows, Rows, StreamRequest, Turn,
 };
@@ -106,6 +106,11 @@ pub struct BackfillReport {
     pub rows_per_second: f64,
     pub peak_rss_bytes: Option<u64>,
     pub watermark: Option<String>,
+    /// Source rows written with a reference NULL because its parent (in
+    /// the same cycle) was not linked yet: revisited once the cycle's
+    /// other entities are backfilled.
+    #[serde(skip)]
+    pub deferred: Vec<(Side, String)>,
 }
 
 impl Engine {
@@ -165,6 +170,43 @@ impl Engine {
             lock.release().await;
             result?;
             out.push(report);
+        }
+        // Rows of a cycle written with a reference NULL get it now that
+        // every entity of the cycle is backfilled.
+        for (e, report) in entities.iter().zip(out.iter_mut()) {
+            if report.deferred.is_empty() {
+                continue;
+            }
+            let lock = self.lock(e).await?;
+            let run = self.state.start_run(e.name(), "backfill").await?;
+            let view = super::StateView::Store(&*self.state);
+            let mut done = super::EntityReport::default();
+            let deferred = std::mem::take(&mut report.deferred);
+            let mut result = Ok(());
+            for side in Side::BOTH {
+                let keys: Vec<String> = deferred
+                    .iter()
+                    .filter(|(s, _)| *s == side)
+                    .map(|(_, k)| k.clone())
+                    .collect();
+                result =
+                    super::pass::revisit(self, e, &view, run, Mode::Apply, side, &keys, &mut done)
+                        .await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            report.updated += done.updated + done.crm_updated;
+            report.rejected += done.rejected;
+            let outcome = match &result {
+                Ok(()) if done.rejected > 0 => "finished with rejects",
+                Ok(()) => "ok",
+                Err(_) => "failed",
+            };
+            let summary = serde_json::to_value(&*report).unwrap_or_default();
+            self.state.finish_run(run, outcome, &summary).await?;
+            lock.release().await;
+            result?;
         }
         Ok(out)
     }
@@ -285,7 +327,8 @@ async fn through_sync(
     };
     let view = super::StateView::Store(state);
     let layout = engine.layout(e, true).await?;
-    let pages = super::pass::BackfillPages::new(engine, e, &view, run, source, layout);
+    let defer = e.cycle.is_some();
+    let pages = super::pass::BackfillPages::new(engine, e, &view, run, source, layout, defer);
     let chunk = opts.chunk_rows.max(1);
     let estimate = (table.row_estimate.max(0) as u64).saturating_sub(report.rows_done_before);
     let mut progress = Progress::start(&format!("backfill {}", e.name()), estimate);
@@ -318,6 +361,7 @@ async fn through_sync(
     report.linked = done.adopted;
     report.rejected = done.rejected;
     report.unchanged = done.unchanged;
+    report.deferred = std::mem::take(&mut done.deferred);
     match source {
         Side::External => {
             report.inserted = done.crm_inserted;

@@ -31,6 +31,9 @@ use std::collections::{HashMap, HashSet};
 pub(super) use matching::match_part;
 
 /// One incremental pass of entity `e` over the change window of `source`.
+/// With `defer`, rows written with a deferred reference NULL are left in
+/// `report.deferred` for [`revisit`], not counted as rejected.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn run(
     engine: &Engine,
     e: &BoundEntity,
@@ -38,6 +41,7 @@ pub(super) async fn run(
     run: i64,
     mode: Mode,
     source: Side,
+    defer: bool,
     report: &mut EntityReport,
 ) -> Result<(), EngineError> {
     let scan = e.scan(source);
@@ -52,6 +56,7 @@ pub(super) async fn run(
         layout: engine.layout(e, state.writes()).await?,
         ref_fields: reference_fields(&engine.plan.entities, e),
         refs: Default::default(),
+        defer,
     };
     // Rows rejected earlier are retried first, by key.
     let open = state.open_rejects(e.name(), source).await?;
@@ -125,6 +130,54 @@ pub(super) async fn run(
     Ok(())
 }
 
+/// The `source` rows with keys `keys` of entity `e` again, once the
+/// parents their deferred references wait for may be linked: each goes
+/// through like a retried reject, its reference filled in, or stays a
+/// reject when its parent is still not linked.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn revisit(
+    engine: &Engine,
+    e: &BoundEntity,
+    state: &StateView<'_>,
+    run: i64,
+    mode: Mode,
+    source: Side,
+    keys: &[String],
+    report: &mut EntityReport,
+) -> Result<(), EngineError> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let scan = e.scan(source);
+    let ctx = Ctx {
+        engine,
+        e,
+        state,
+        run,
+        mode,
+        source,
+        layout: engine.layout(e, state.writes()).await?,
+        ref_fields: reference_fields(&engine.plan.entities, e),
+        refs: Default::default(),
+        defer: false,
+    };
+    let values: Vec<Value> = keys
+        .iter()
+        .filter_map(|k| e.key_value(source, k).ok())
+        .collect();
+    let retried: HashSet<String> = keys.iter().cloned().collect();
+    for chunk in values.chunks(e.plan.batch_size.max(1)) {
+        let rows = engine.endpoints[source]
+            .fetch(&scan, &scan.key, chunk)
+            .await?;
+        let read = report.read;
+        ctx.page(&scan, &rows, &retried, report).await?;
+        // Read once already in this run.
+        report.read = read;
+    }
+    Ok(())
+}
+
 /// One page of a backfill through the sync's writes: `source` rows read in
 /// key order, merged with their linked rows, linked to existing ones, or
 /// inserted by the target's rules, exactly as a sync pass handles a page
@@ -139,6 +192,7 @@ impl<'a> BackfillPages<'a> {
         run: i64,
         source: Side,
         layout: Layout,
+        defer: bool,
     ) -> Self {
         BackfillPages(Ctx {
             engine,
@@ -150,6 +204,7 @@ impl<'a> BackfillPages<'a> {
             layout,
             ref_fields: reference_fields(&engine.plan.entities, e),
             refs: Default::default(),
+            defer,
         })
     }
 
@@ -252,6 +307,10 @@ struct Ctx<'a> {
     ref_fields: Vec<(&'a crate::schema::BoundField, String)>,
     /// Their keys on the page being processed, translated both ways.
     refs: std::sync::Mutex<Refs>,
+    /// Whether rows written with a deferred reference NULL are revisited
+    /// later in this run (a full run of the entity's cycle): they are
+    /// counted as deferred then, not rejected.
+    defer: bool,
 }
 
 impl Ctx<'_> {
@@ -427,6 +486,9 @@ impl Ctx<'_> {
         // links, the CRM rows' values to the parents' external keys. A row
         // whose parent is not linked is held as a reject.
         let mut held_back: HashMap<String, String> = HashMap::new();
+        // Rows whose deferrable references were set to NULL (their parents
+        // are not linked yet): written so, and revisited.
+        let mut deferred: HashMap<String, String> = HashMap::new();
         let mut translated = None;
         if !self.ref_fields.is_empty() {
             let source_rows: Vec<(&Scan, &[Value])> =
@@ -444,9 +506,13 @@ impl Ctx<'_> {
                 Side::Crm => {
                     let mut t = rows.to_vec();
                     for r in t.iter_mut() {
-                        if let Some(why) = refs.translate_crm_row(&self.ref_fields, scan, r, |v| v)
-                        {
-                            held_back.insert(r[0].key_string(), why);
+                        let u = refs.translate_crm_row(&self.ref_fields, scan, r, |v| v);
+                        let k = r[0].key_string();
+                        if let Some(why) = u.held {
+                            held_back.insert(k.clone(), why);
+                        }
+                        if let Some(why) = u.deferred {
+                            deferred.insert(k, why);
                         }
                     }
                     translated = Some(t);
@@ -457,13 +523,24 @@ impl Ctx<'_> {
                         .map(|l| (l.crm_key.as_str(), l.external_key.as_str()))
                         .collect();
                     for (k, r) in counterparts.iter_mut() {
-                        if let Some(why) =
-                            refs.translate_crm_row(&self.ref_fields, &other, r, |v| v)
-                        {
-                            if let Some(x) = by_crm.get(k.as_str()) {
+                        let u = refs.translate_crm_row(&self.ref_fields, &other, r, |v| v);
+                        if let Some(x) = by_crm.get(k.as_str()) {
+                            if let Some(why) = u.held {
                                 held_back.insert(x.to_string(), why);
                             }
+                            if let Some(why) = u.deferred {
+                                deferred.insert(x.to_string(), why);
+                            }
                         }
+                    }
+                    if self.ref_fields.iter().any(|(f, _)| f.deferrable) {
+                        let mut t = rows.to_vec();
+                        for r in t.iter_mut() {
+                            if let Some(why) = refs.defer_external_row(&self.ref_fields, scan, r) {
+                                deferred.entry(r[0].key_string()).or_insert(why);
+                            }
+                        }
+                        translated = Some(t);
                     }
                 }
             }
@@ -505,6 +582,18 @@ impl Ctx<'_> {
             if let Some(why) = held_back.get(&ks) {
                 self.problem(&ks, FieldProblem::Reject(why.clone()), &mut w, report)?;
                 continue;
+            }
+            if let Some(why) = deferred.get(&ks) {
+                // Written with NULL for now; kept open as a reject, so that
+                // a rerun after a crash fills it in too.
+                w.cleared.retain(|k| *k != ks);
+                w.rejects
+                    .push((ks.clone(), format!("{why} (written NULL until then)")));
+                if self.defer {
+                    report.deferred.push((self.source, ks.clone()));
+                } else {
+                    report.rejected += 1;
+                }
             }
             let deleted = row.deleted(e, self.source);
             let link = links.get(&ks);
