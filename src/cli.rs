@@ -469,6 +469,7 @@ async fn check(plan: Plan, warnings: &mut Vec<String>) -> anyhow::Result<i32> {
                 b.side.external.table.qualified()
             ));
         }
+        warnings.extend(dangling_references(&engine, b, &bound).await?);
         let crm_nulls = engine
             .endpoints
             .crm
@@ -499,6 +500,63 @@ async fn check(plan: Plan, warnings: &mut Vec<String>) -> anyhow::Result<i32> {
     }
     println!("check passed");
     Ok(exit::OK)
+}
+
+/// Warnings for rows of `b` whose references name parent rows that the
+/// parent entity's filter leaves out: they cannot be translated and are
+/// held as rejects until the parent passes it.
+async fn dangling_references(
+    engine: &Engine,
+    b: &crate::schema::BoundEntity,
+    bound: &[crate::schema::BoundEntity],
+) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for f in &b.fields {
+        let Some(r) = &f.plan.references else {
+            continue;
+        };
+        let Some(parent) = bound.iter().find(|p| p.name().eq_ignore_ascii_case(r)) else {
+            continue;
+        };
+        for side in Side::BOTH {
+            let parent_scan = parent.scan(side);
+            let Some(filter) = parent_scan.filter.clone() else {
+                continue;
+            };
+            let n = match engine.endpoints[side]
+                .count_dangling(&b.scan(side), &f.column(side).name, &parent_scan)
+                .await
+            {
+                Ok(n) => n,
+                // Columns of kinds that do not compare: the bind has
+                // already checked that the keys fit, so say nothing.
+                Err(crate::endpoint::EndpointError::Query { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            if n > 0 {
+                out.push(format!(
+                    "entity {:?}: {n} {} rows name in {} a {} row that {}_filter {:?} of \
+                     entity {:?} leaves out; they are held as rejects until their parent \
+                     passes it: widen that filter, or narrow this entity's to leave them out",
+                    b.name(),
+                    side_name(side),
+                    f.column(side).name,
+                    parent.side[side].table.qualified(),
+                    side.as_str(),
+                    filter,
+                    parent.name(),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn side_name(side: Side) -> &'static str {
+    match side {
+        Side::Crm => "CRM",
+        Side::External => "external",
+    }
 }
 
 async fn sync(

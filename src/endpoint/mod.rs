@@ -189,6 +189,11 @@ pub trait Endpoint: Send + Sync {
         Ok(None)
     }
 
+    /// Rows of `child` (filter applied) whose `column` is not NULL and
+    /// names no row of `parent` by its key that passes `parent`'s filter:
+    /// references a sync cannot translate.
+    async fn count_dangling(&self, child: &Scan, column: &str, parent: &Scan) -> Result<i64>;
+
     /// Rows whose change column is NULL (they never enter a window).
     async fn count_null_changes(&self, scan: &Scan) -> Result<i64>;
 

@@ -658,6 +658,44 @@ async fn check_refuses_a_reference_column_too_narrow_for_the_parents_keys() {
     );
 }
 
+/// `check` warns when a child's rows reference parent rows that the parent
+/// entity's filter leaves out (persons of a customer, under a supplier
+/// entity filtered on `Comp_Type`), counting them.
+#[tokio::test]
+async fn check_warns_of_children_whose_parents_the_parent_filter_leaves_out() {
+    let env = related_env().await;
+    let acme = crm_insert(&env.crm, "Acme", None, None).await;
+    person(&env.crm, Some(acme), "Ann").await;
+    let initech = customer(&env.crm, "Initech").await;
+    for name in ["Cid", "Dan", "Eve"] {
+        person(&env.crm, Some(initech), name).await;
+    }
+    person(&env.crm, None, "Nobody").await;
+    let out = env.run_binary(&["check"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let warning = stdout
+        .lines()
+        .find(|l| l.contains("leaves out"))
+        .unwrap_or_else(|| panic!("no warning: {stdout}"));
+    assert!(
+        warning.contains("entity \"contact\": 3 CRM rows name in pers_companyid a")
+            && warning.contains("crm_filter \"Comp_Type = 'Supplier'\" of entity \"supplier\""),
+        "{warning}"
+    );
+    // Once the customer is a supplier nothing is left out.
+    env.crm
+        .execute(
+            "UPDATE company SET comp_type = 'Supplier' WHERE comp_companyid = $1",
+            &[&initech],
+        )
+        .await
+        .unwrap();
+    let out = env.run_binary(&["check"], &[]);
+    let (stdout, _) = crate::common::output_text(&out);
+    assert!(!stdout.contains("leaves out"), "{stdout}");
+}
+
 /// A supplier deleted in CRM whose ERP row still has contacts: the ERP's
 /// foreign key refuses the delete, the supplier is held as a reject whose
 /// reason names the contact table, nothing is lost, and the rest of the

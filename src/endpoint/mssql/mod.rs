@@ -515,6 +515,25 @@ impl Endpoint for MssqlEndpoint {
         Ok(rows.first().and_then(|r| int_of(&r[0])).unwrap_or(0))
     }
 
+    async fn count_dangling(&self, child: &Scan, column: &str, parent: &Scan) -> Result<i64> {
+        // The parent's filter names the parent's columns: inside the
+        // subquery they resolve to the parent table first.
+        let sql = format!(
+            "SELECT COUNT_BIG(*) FROM {} AS c WHERE c.{col} IS NOT NULL{} AND NOT EXISTS \
+             (SELECT 1 FROM {} AS p WHERE p.{} = c.{col}{})",
+            qualified(&child.table),
+            Self::filter_sql(child),
+            qualified(&parent.table),
+            quote(&parent.key),
+            Self::filter_sql(parent),
+            col = quote(column),
+        );
+        let rows = self
+            .rows(&sql, &[], "counting references to filtered-out rows")
+            .await?;
+        Ok(rows.first().and_then(|r| int_of(&r[0])).unwrap_or(0))
+    }
+
     async fn column_range(
         &self,
         table: &TableInfo,

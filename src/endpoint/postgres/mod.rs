@@ -471,6 +471,27 @@ impl Endpoint for PgEndpoint {
         Ok(row.get(0))
     }
 
+    async fn count_dangling(&self, child: &Scan, column: &str, parent: &Scan) -> Result<i64> {
+        // The parent's filter names the parent's columns: inside the
+        // subquery they resolve to the parent table first.
+        let sql = format!(
+            "SELECT count(*) FROM {} AS c WHERE c.{col} IS NOT NULL{} AND NOT EXISTS \
+             (SELECT 1 FROM {} AS p WHERE p.{} = c.{col}{})",
+            qualified(&child.table),
+            Self::filter_sql(child),
+            qualified(&parent.table),
+            quote(&parent.key),
+            Self::filter_sql(parent),
+            col = quote(column),
+        );
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one(&sql, &[])
+            .await
+            .map_err(|e| self.query_error("counting references to filtered-out rows", e))?;
+        Ok(row.get(0))
+    }
+
     async fn column_range(
         &self,
         table: &TableInfo,
