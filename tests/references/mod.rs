@@ -41,7 +41,7 @@ async fn related_env() -> Env {
 
 /// The supplier's primary contact, referencing the contact entity: with
 /// the contact's company, a cycle (as in Sage CRM's own model).
-const PRIMARY_CONTACT: &str = r#"
+pub const PRIMARY_CONTACT: &str = r#"
 [[entity.field]]
 crm = "Comp_PrimaryPersonId"
 external = "primary_contact_id"
