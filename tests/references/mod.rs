@@ -4,6 +4,8 @@
 //! `supplier_id` (an ERP supplier key) are translated through the supplier
 //! entity's links, both ways, in one run of both entities, parents first.
 
+mod property;
+
 use crate::common::{Env, Opts};
 use crate::two_way::crm_insert;
 use crmsync::engine::{Engine, EntityReport, Mode};

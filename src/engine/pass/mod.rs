@@ -579,11 +579,13 @@ impl Ctx<'_> {
             if retried.contains(&ks) {
                 w.cleared.push(ks.clone());
             }
-            if let Some(why) = held_back.get(&ks) {
+            // A deleted row needs no reference translated to be deleted.
+            let deleted = row.deleted(e, self.source);
+            if let Some(why) = held_back.get(&ks).filter(|_| !deleted) {
                 self.problem(&ks, FieldProblem::Reject(why.clone()), &mut w, report)?;
                 continue;
             }
-            if let Some(why) = deferred.get(&ks) {
+            if let Some(why) = deferred.get(&ks).filter(|_| !deleted) {
                 // Written with NULL for now; kept open as a reject, so that
                 // a rerun after a crash fills it in too.
                 w.cleared.retain(|k| *k != ks);
@@ -595,7 +597,6 @@ impl Ctx<'_> {
                     report.rejected += 1;
                 }
             }
-            let deleted = row.deleted(e, self.source);
             let link = links.get(&ks);
             if deleted {
                 match link.filter(|l| !l.deleted) {
