@@ -379,7 +379,9 @@ impl Engine {
                 break;
             }
         }
-        if error.is_none() && defer {
+        // A dry run links nothing, so a revisit would find the same
+        // parents missing: the rows it would fill in are left uncounted.
+        if error.is_none() && defer && mode == Mode::Apply {
             for (e, o) in group.iter().zip(open.iter_mut()) {
                 let deferred = std::mem::take(&mut o.report.deferred);
                 let mut r = Ok(());

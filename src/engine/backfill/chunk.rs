@@ -10,6 +10,7 @@ use crate::endpoint::bulk::{
 };
 use crate::endpoint::{Assign, Scan, Update, WriteBatch};
 use crate::engine::mapping::{external_to_canonical, map_crm_values, FieldProblem, Values};
+use crate::engine::references::Refs;
 use crate::engine::retry::retrying;
 use crate::engine::{Engine, EngineError};
 use crate::plan::{ConflictPolicy, Side};
@@ -43,6 +44,7 @@ pub(super) async fn prepare_chunk(
         links_before,
         direction,
         state_here,
+        ref_fields,
         ..
     } = *ctx;
     let state = &*engine.state;
@@ -55,6 +57,23 @@ pub(super) async fn prepare_chunk(
         Chunk::Raw(raw) => (lookup_rows(cols, &raw)?, Some(raw)),
     };
     let keys: Vec<String> = rows.iter().map(|r| r[cols.key].key_string()).collect();
+    // References become the parents' external keys; a row whose parent is
+    // not linked is held as a reject naming it, as a sync holds it.
+    let mut held: HashMap<usize, String> = HashMap::new();
+    if !ref_fields.is_empty() {
+        let view = crate::engine::StateView::Store(state);
+        let read: Vec<(&Scan, &[Value])> =
+            rows.iter().map(|r| (&cols.scan, r.as_slice())).collect();
+        let refs = Refs::load(&view, ref_fields, &read, &[]).await?;
+        for (i, r) in rows.iter_mut().enumerate() {
+            if let Some(why) = refs
+                .translate_crm_row(ref_fields, &cols.scan, r, |v| v)
+                .held
+            {
+                held.insert(i, why);
+            }
+        }
+    }
     // In an insert-only backfill nothing on the target can be this row's
     // counterpart: there is nothing to look up. Without links from before
     // the run, none of this chunk's rows has one yet.
@@ -74,6 +93,10 @@ pub(super) async fn prepare_chunk(
     let mut ready: Vec<Option<RawRow>> = (0..rows.len()).map(|_| None).collect();
     for (i, row) in rows.iter_mut().enumerate() {
         let ks = &keys[i];
+        if let Some(why) = held.remove(&i) {
+            rejects.push((ks.clone(), why));
+            continue;
+        }
         let linked = links.get(ks).filter(|l| !l.deleted);
         let mapped = match &raw {
             None => map_crm_values(outgoing.iter().copied(), e.to_external, |n, _| {

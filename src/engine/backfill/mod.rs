@@ -27,7 +27,7 @@ use crate::endpoint::bulk::{
 use crate::endpoint::{EndpointError, Scan};
 use crate::plan::{BackfillDirection, Side, Transform};
 use crate::progress::{peak_rss_bytes, Progress};
-use crate::schema::BoundEntity;
+use crate::schema::{BoundEntity, BoundField};
 use crate::state::{Checkpoint, LinkBatch, Watermark};
 use crate::value::Value;
 use chunk::{commit_chunk, prepare_chunk};
@@ -145,12 +145,12 @@ impl Engine {
                 direction: opts.direction.as_str().to_string(),
                 ..Default::default()
             };
-            // Keys of referenced entities are translated page by page,
-            // through the sync's writes; the bulk copy moves values as
-            // they are.
-            let translates = e.fields.iter().any(|f| f.plan.references.is_some());
+            // Keys of referenced entities are translated chunk by chunk;
+            // a reference of a cycle that is written NULL first and
+            // revisited goes through the sync's writes, which know how.
+            let defers = e.fields.iter().any(|f| f.deferrable);
             let result = match opts.direction {
-                BackfillDirection::CrmToExternal if translates => {
+                BackfillDirection::CrmToExternal if defers => {
                     through_sync(self, e, Side::Crm, opts, run, &mut report).await
                 }
                 BackfillDirection::CrmToExternal => {
@@ -398,6 +398,9 @@ struct ChunkCtx<'a> {
     state_here: bool,
     /// The run whose rejects the chunks record.
     run: i64,
+    /// The fields holding another entity's keys, with that entity: their
+    /// CRM values are translated to its external keys chunk by chunk.
+    ref_fields: &'a [(&'a BoundField, String)],
 }
 
 /// One CRM → external backfill of entity `e`.
@@ -477,11 +480,14 @@ async fn to_external(
     // they are, without decoding them, into rows that are new to the
     // target: every row of an insert-only backfill, and those a lookup
     // finds no counterpart for when the links commit with the data.
-    let crm_raw = engine
-        .endpoints
-        .crm
-        .bulk()
-        .filter(|b| state_here && e.plan.insert_into_external && b.kind() == ext_bulk.kind());
+    // Keys of referenced entities are decoded to be translated.
+    let ref_fields = super::references::reference_fields(&engine.plan.entities, e);
+    let crm_raw = engine.endpoints.crm.bulk().filter(|b| {
+        state_here
+            && e.plan.insert_into_external
+            && b.kind() == ext_bulk.kind()
+            && ref_fields.is_empty()
+    });
     let raw = crm_raw.is_some();
     if raw {
         let same_zone = e.to_external.from == e.to_external.to;
@@ -507,6 +513,7 @@ async fn to_external(
         direction,
         state_here,
         run,
+        ref_fields: &ref_fields,
     };
     let mut rx = match crm_raw {
         Some(b) => Source::Raw(b.stream_raw(req)),
