@@ -365,16 +365,19 @@ async fn erp_primaries(erp: &Client) -> Vec<(i32, Option<i32>)> {
 async fn a_cycle_of_references_is_written_complete_in_one_run_both_ways() {
     let env = related_env_with(PRIMARY_CONTACT).await;
     let mut companies = Vec::new();
-    for i in 0..3 {
+    for i in 0..300 {
         let c = crm_insert(&env.crm, &format!("Supplier {i}"), None, None).await;
         let first = person(&env.crm, Some(c), &format!("First {i}")).await;
         person(&env.crm, Some(c), &format!("Second {i}")).await;
         set_primary_person(&env.crm, c, first).await;
         companies.push((c, Some(first)));
     }
-    // A customer (outside the supplier filter) with its persons: held.
+    // A customer (outside the supplier filter) with five persons: held.
     let initech = customer(&env.crm, "Initech").await;
     let cid = person(&env.crm, Some(initech), "Cid").await;
+    for name in ["Cal", "Cob", "Cyd", "Cyr"] {
+        person(&env.crm, Some(initech), name).await;
+    }
     set_primary_person(&env.crm, initech, cid).await;
 
     // plan counts no reject for the primary contacts a run fills in.
@@ -385,7 +388,7 @@ async fn a_cycle_of_references_is_written_complete_in_one_run_both_ways() {
         .sync(None, Mode::DryRun)
         .await
         .unwrap();
-    assert_eq!((dry[0].inserted, dry[0].rejected), (3, 0), "{:?}", dry[0]);
+    assert_eq!((dry[0].inserted, dry[0].rejected), (300, 0), "{:?}", dry[0]);
 
     let first = sync_all(&env).await;
     let order: Vec<&str> = first.iter().map(|r| r.entity.as_str()).collect();
@@ -394,11 +397,36 @@ async fn a_cycle_of_references_is_written_complete_in_one_run_both_ways() {
         ["supplier", "contact"],
         "the reference that takes NULL is written first"
     );
-    assert_eq!(first[0].inserted, 3, "{:?}", first[0]);
+    assert_eq!(first[0].inserted, 300, "{:?}", first[0]);
     assert_eq!(first[0].rejected, 0, "{:?}", first[0]);
     assert_eq!(first[0].open_rejects, 0, "{:?}", first[0]);
-    assert_eq!(first[1].inserted, 6, "{:?}", first[1]);
-    assert_eq!(first[1].open_rejects, 1, "Cid is held: {:?}", first[1]);
+    assert_eq!(first[1].inserted, 600, "{:?}", first[1]);
+    assert_eq!(
+        first[1].open_rejects, 5,
+        "the customer's five: {:?}",
+        first[1]
+    );
+    assert!(first[1].unfinished(), "the run exits 3");
+    let reasons: Vec<String> = env
+        .erp
+        .query(
+            "SELECT reason FROM crmsync.rejects WHERE entity = 'contact' AND resolved_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(reasons.len(), 5);
+    for r in &reasons {
+        assert!(
+            r.contains(&format!(
+                "parent \"supplier\" CRM key {initech} is not linked"
+            )),
+            "{r}"
+        );
+    }
     assert_eq!(erp_primaries(&env.erp).await, companies);
     for (c, _) in &companies {
         let persons: Vec<i32> = env
@@ -504,7 +532,7 @@ async fn a_cycle_of_references_is_written_complete_in_one_run_both_ways() {
             assert_eq!(r.changes(), 0, "{r:?}");
         }
     }
-    // verify finds both sides in step, but for the held person.
+    // verify finds both sides in step, but for the held persons.
     let plan = crmsync::cli::load_plan(&env.config).unwrap();
     let engine = Engine::connect(plan).await.unwrap();
     for v in engine.verify(None, false).await.unwrap() {
@@ -514,8 +542,39 @@ async fn a_cycle_of_references_is_written_complete_in_one_run_both_ways() {
             0,
             "{v:?}"
         );
-        let held = if v.entity == "contact" { 1 } else { 0 };
+        let held = if v.entity == "contact" { 5 } else { 0 };
         assert_eq!(f.unlinked_crm, held, "{v:?}");
+    }
+
+    // The customer becomes a supplier: its persons are released, its
+    // primary person named in the ERP, and the run exits 0.
+    env.crm
+        .execute(
+            "UPDATE company SET comp_type = 'Supplier', comp_updateddate = localtimestamp(3), \
+             comp_timestamp = localtimestamp(3) WHERE comp_companyid = $1",
+            &[&initech],
+        )
+        .await
+        .unwrap();
+    let released = sync_all(&env).await;
+    for r in &released {
+        assert_eq!(r.open_rejects, 0, "{r:?}");
+        assert!(!r.unfinished(), "{r:?}");
+    }
+    assert_eq!(released[1].inserted, 5, "{:?}", released[1]);
+    let initech_supplier = erp_supplier(&env.erp, initech).await;
+    assert_eq!(
+        contact_supplier(&env.erp, cid).await,
+        Some(initech_supplier)
+    );
+    assert!(
+        erp_primaries(&env.erp)
+            .await
+            .contains(&(initech, Some(cid))),
+        "the new supplier names its primary contact"
+    );
+    for r in &sync_all(&env).await {
+        assert_eq!(r.changes(), 0, "{r:?}");
     }
 }
 
