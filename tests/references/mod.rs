@@ -750,6 +750,162 @@ async fn a_backfill_of_children_translates_their_references_in_bulk() {
     }
 }
 
+/// Suppliers matched by name and contacts by (company, last name), with
+/// the contact entity flowing `direction`; an ERP that already holds the
+/// suppliers and their contacts, and a CRM that holds the same companies
+/// and persons, two companies each with a "Smith". Returns each CRM
+/// person with the ERP supplier it belongs under.
+async fn matching_env(direction: &str) -> (Env, Vec<(i32, i64)>) {
+    let env = related_env().await;
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replacen(
+            "name = \"contact\"\n",
+            "name = \"contact\"\nmatch_on = [{ crm = \"Pers_CompanyId\", external = \"supplier_id\" }, \
+             { crm = \"Pers_LastName\", external = \"last_name\" }]\n",
+            1,
+        )
+        .replacen(
+            "direction = \"both\"\n",
+            &format!("direction = \"{direction}\"\n"),
+            1,
+        )
+        .replacen(
+            "crm_defaults = { Comp_Type = \"Supplier\" }\n",
+            "crm_defaults = { Comp_Type = \"Supplier\" }\n\
+             match_on = [{ crm = \"Comp_Name\", external = \"name\" }]\n",
+            1,
+        );
+    std::fs::write(&env.config, config).unwrap();
+    let mut persons = Vec::new();
+    for company in ["Acme", "Globex"] {
+        let c = crm_insert(&env.crm, company, None, None).await;
+        let s: i64 = env
+            .erp
+            .query_one(
+                "INSERT INTO erp.supplier (name) VALUES ($1) RETURNING supplier_id",
+                &[&company],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        for last in ["Smith", &format!("{company} Only")] {
+            persons.push((person(&env.crm, Some(c), last).await, s));
+            env.erp
+                .execute(
+                    "INSERT INTO erp.contact (supplier_id, last_name) VALUES ($1, $2)",
+                    &[&s, &last],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    (env, persons)
+}
+
+/// Each CRM person is linked (its link column names an ERP contact) to a
+/// contact under its own supplier.
+async fn assert_linked_under_own_supplier(env: &Env, persons: &[(i32, i64)]) {
+    for (p, s) in persons {
+        let contact: Option<String> = env
+            .crm
+            .query_one(
+                "SELECT pers_intforeignid FROM person WHERE pers_personid = $1",
+                &[p],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let contact: Option<i64> = contact.and_then(|c| c.trim().parse().ok());
+        let linked: Option<i64> = match contact {
+            Some(k) => env
+                .erp
+                .query_opt(
+                    "SELECT supplier_id FROM erp.contact WHERE contact_id = $1",
+                    &[&k],
+                )
+                .await
+                .unwrap()
+                .map(|r| r.get(0)),
+            None => None,
+        };
+        assert_eq!(linked, Some(*s), "person {p} linked under its own supplier");
+    }
+}
+
+/// `match_on` compares a reference in its translated form, from the CRM
+/// side: each CRM "Smith" finds the "Smith" of its own supplier, and two
+/// unlinked "Twin"s under one company are ambiguous (rejected), not one
+/// linked and the other copied.
+#[tokio::test]
+async fn match_on_a_reference_links_each_crm_child_under_its_own_parent() {
+    let (env, persons) = matching_env("both").await;
+    let acme: i32 = persons[0].0;
+    let acme_company: i32 = env
+        .crm
+        .query_one(
+            "SELECT pers_companyid FROM person WHERE pers_personid = $1",
+            &[&acme],
+        )
+        .await
+        .unwrap()
+        .get::<_, Option<i32>>(0)
+        .unwrap();
+    person(&env.crm, Some(acme_company), "Twin").await;
+    person(&env.crm, Some(acme_company), "Twin").await;
+    env.erp
+        .execute(
+            "INSERT INTO erp.contact (supplier_id, last_name) VALUES ($1, 'Twin')",
+            &[&persons[0].1],
+        )
+        .await
+        .unwrap();
+    let first = sync_all(&env).await;
+    assert_eq!(first[0].adopted, 2, "{:?}", first[0]);
+    assert_eq!(first[1].adopted, 4, "{:?}", first[1]);
+    assert_eq!(
+        (first[1].inserted, first[1].crm_inserted),
+        (0, 0),
+        "{:?}",
+        first[1]
+    );
+    assert!(first[1].rejected >= 2, "the twins: {:?}", first[1]);
+    assert_linked_under_own_supplier(&env, &persons).await;
+    let contacts: i64 = env
+        .erp
+        .query_one("SELECT count(*) FROM erp.contact", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(contacts, 5, "no duplicate");
+}
+
+/// The same from the ERP side: ERP contacts find the CRM persons under
+/// the companies their suppliers are linked to, none inserted again.
+#[tokio::test]
+async fn match_on_a_reference_links_each_erp_child_under_its_own_parent() {
+    let (env, persons) = matching_env("external_to_crm").await;
+    let first = sync_all(&env).await;
+    assert_eq!(first[0].adopted, 2, "{:?}", first[0]);
+    assert_eq!(
+        (first[1].adopted, first[1].crm_inserted, first[1].rejected),
+        (4, 0, 0),
+        "{:?}",
+        first[1]
+    );
+    assert_linked_under_own_supplier(&env, &persons).await;
+    let crm_persons: i64 = env
+        .crm
+        .query_one("SELECT count(*) FROM person", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(crm_persons, 4, "no duplicate");
+    for r in &sync_all(&env).await {
+        assert_eq!(r.changes(), 0, "{r:?}");
+    }
+}
+
 /// A cycle whose every reference refuses NULL can never be written: the
 /// run refuses it before writing anything, naming the entities (exit 2).
 #[tokio::test]

@@ -6,6 +6,7 @@ use crate::endpoint::ColumnInfo;
 use crate::endpoint::Scan;
 use crate::engine::EngineError;
 use crate::plan::{PerSide, Side};
+use crate::schema::BoundField;
 use crate::state::KeyRef;
 use crate::value::Value;
 use std::collections::{HashMap, HashSet};
@@ -54,6 +55,46 @@ impl Ctx<'_> {
         Some((cols[side], cols[side.other()]))
     }
 
+    /// The reference field (with its parent) whose CRM column is `crm`.
+    fn reference_of(&self, crm: &str) -> Option<&(&BoundField, String)> {
+        self.ref_fields
+            .iter()
+            .find(|(f, _)| f.crm.name.eq_ignore_ascii_case(crm))
+    }
+
+    /// Whether any `match_on` pair holds a reference.
+    fn matches_references(&self) -> bool {
+        self.e
+            .plan
+            .match_on
+            .iter()
+            .any(|(c, _)| self.reference_of(c).is_some())
+    }
+
+    /// The values of the first `match_on` pair's column on `side` to look
+    /// rows up by, from the source rows' `own` values: converted to the
+    /// other side's type, and a reference's canonical value (the parent's
+    /// external key) to the parent's CRM key on CRM.
+    fn lookup_values(&self, side: Side, other_ty: &ColumnInfo, own: &[Value]) -> Vec<Value> {
+        let pair = &self.e.plan.match_on[0];
+        match self.reference_of(&pair.0) {
+            Some((f, parent)) if side == Side::Crm => {
+                let refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
+                own.iter()
+                    .filter_map(|v| refs.translate(Side::External, f, parent, v).ok())
+                    .collect()
+            }
+            Some(_) => own.to_vec(),
+            None if side == self.source => own.to_vec(),
+            None => {
+                let zones = self.e.zones_from(self.source);
+                own.iter()
+                    .filter_map(|v| v.clone().coerce(&other_ty.ty, Some(zones), false).ok())
+                    .collect()
+            }
+        }
+    }
+
     /// The `match_on` values of a `side` row, in the other side's types
     /// where `side` is the source (the form both sides' rows are grouped
     /// by), as (own values, the tuple's text). None when a value is NULL
@@ -70,8 +111,12 @@ impl Ctx<'_> {
                 return None;
             }
             // A row of the other side is grouped by its values as read;
-            // a source-side row by its values converted to that side.
-            let t = if side == self.source {
+            // a source-side row by its values converted to that side. A
+            // reference is compared in its canonical form, which every
+            // row handed here holds.
+            let t = if self.reference_of(&pair.0).is_some() {
+                v.clone()
+            } else if side == self.source {
                 v.clone().coerce(&theirs.ty, Some(zones), false).ok()?
             } else {
                 v.clone()
@@ -116,18 +161,22 @@ impl Ctx<'_> {
         if own_firsts.is_empty() {
             return Ok(index);
         }
-        let zones = e.zones_from(self.source);
         // Every first value converted, or its row would have no tuple.
-        let other_values: Vec<Value> = own_firsts
-            .iter()
-            .filter_map(|v| v.clone().coerce(&other_col.ty, Some(zones), false).ok())
-            .collect();
+        let other_values = self.lookup_values(other_side, other_col, &own_firsts);
+        let own_values = self.lookup_values(self.source, own_col, &own_firsts);
         for (side, column, values) in [
             (other_side, &other_col.name, other_values),
-            (self.source, &own_col.name, own_firsts),
+            (self.source, &own_col.name, own_values),
         ] {
-            let rows = self.unclaimed(side, column, &values).await?;
+            let mut rows = self.unclaimed(side, column, &values).await?;
             let scan = self.e.scan(side);
+            if side == Side::Crm && self.matches_references() {
+                // CRM rows as read hold their parents' CRM keys.
+                let refs = self.refs.lock().unwrap_or_else(|p| p.into_inner());
+                for r in rows.iter_mut() {
+                    refs.translate_crm_row(&self.ref_fields, &scan, r, |_| Value::Null);
+                }
+            }
             for r in rows {
                 let Some((_, tuple)) = self.match_tuple(
                     side,
