@@ -906,6 +906,79 @@ async fn match_on_a_reference_links_each_erp_child_under_its_own_parent() {
     }
 }
 
+/// A person moved to one company in CRM while its ERP contact moved to
+/// another supplier in the same window: a conflict like any other, logged
+/// with both values in the ERP's form, and settled by the policy (here
+/// crm_wins) on both sides.
+#[tokio::test]
+async fn a_clash_on_a_reference_is_a_conflict_settled_by_the_policy() {
+    let env = related_env().await;
+    let config = std::fs::read_to_string(&env.config).unwrap().replacen(
+        "name = \"contact\"\n",
+        "name = \"contact\"\nconflict = \"crm_wins\"\n",
+        1,
+    );
+    std::fs::write(&env.config, config).unwrap();
+    let acme = crm_insert(&env.crm, "Acme", None, None).await;
+    let globex = crm_insert(&env.crm, "Globex", None, None).await;
+    let umbrella = crm_insert(&env.crm, "Umbrella", None, None).await;
+    let ann = person(&env.crm, Some(acme), "Ann").await;
+    sync_all(&env).await;
+    let (globex_erp, umbrella_erp) = (
+        erp_supplier(&env.erp, globex).await,
+        erp_supplier(&env.erp, umbrella).await,
+    );
+    env.crm
+        .execute(
+            "UPDATE person SET pers_companyid = $1, pers_updateddate = localtimestamp(3), \
+             pers_timestamp = localtimestamp(3) WHERE pers_personid = $2",
+            &[&globex, &ann],
+        )
+        .await
+        .unwrap();
+    env.erp
+        .execute(
+            "UPDATE erp.contact SET supplier_id = $1 WHERE crm_person_id = $2",
+            &[&umbrella_erp, &ann],
+        )
+        .await
+        .unwrap();
+    let run = sync_all(&env).await;
+    assert_eq!(run[1].conflicts, 1, "{:?}", run[1]);
+    assert_eq!(
+        contact_supplier(&env.erp, ann).await,
+        Some(globex_erp),
+        "CRM wins"
+    );
+    let row = env
+        .erp
+        .query_one(
+            "SELECT field, crm_value::text, external_value::text, winner FROM crmsync.conflicts",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (field, crm_value, ext_value, winner): (String, String, String, String) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    assert_eq!(field, "pers_companyid");
+    assert!(crm_value.contains(&globex_erp.to_string()), "{crm_value}");
+    assert!(ext_value.contains(&umbrella_erp.to_string()), "{ext_value}");
+    assert_eq!(winner, "crm");
+    let company: Option<i32> = env
+        .crm
+        .query_one(
+            "SELECT pers_companyid FROM person WHERE pers_personid = $1",
+            &[&ann],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(company, Some(globex));
+    for r in &sync_all(&env).await {
+        assert_eq!(r.changes(), 0, "{r:?}");
+    }
+}
+
 /// A cycle whose every reference refuses NULL can never be written: the
 /// run refuses it before writing anything, naming the entities (exit 2).
 #[tokio::test]
