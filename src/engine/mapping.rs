@@ -214,6 +214,14 @@ pub fn map_crm_values<'a>(
 
 /// The canonical form of a value read from the external side.
 pub fn external_to_canonical(field: &BoundField, v: Value) -> Value {
+    // A reference holds a key: compared as keys are (a blank-padded
+    // `char(n)` key names the same row as its trimmed text, which is what
+    // a key translated from CRM holds).
+    if field.plan.references.is_some() && !v.is_null() {
+        if let Ok(k) = Value::from_key_string(&v.key_string(), &field.external.ty) {
+            return k;
+        }
+    }
     v.clone()
         .coerce(&field.external.ty, None, true)
         .unwrap_or(v)

@@ -4,6 +4,7 @@
 //! `supplier_id` (an ERP supplier key) are translated through the supplier
 //! entity's links, both ways, in one run of both entities, parents first.
 
+mod keys;
 mod property;
 
 use crate::common::{Env, Opts};
