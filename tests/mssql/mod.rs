@@ -1495,3 +1495,64 @@ async fn uuid_keyed_erp_on_sql_server_names_both_sides() {
         assert_eq!(quiet.changes(), 0, "{quiet:?}");
     }
 }
+
+/// Regression: a CRM → external insert into an ERP table whose key a
+/// default draws (a `uniqueidentifier`, or a text code) read the new key
+/// with `OUTPUT INSERTED` without `INTO`, which SQL Server refuses on a
+/// table with an enabled trigger (error 334), and real ERP tables have
+/// triggers. Both rows land, the trigger runs for each, and each side names
+/// the other.
+#[tokio::test]
+async fn insert_into_a_triggered_erp_table_with_a_default_key() {
+    let identity = "supplier_id     bigint IDENTITY(1,1) NOT NULL PRIMARY KEY,";
+    assert!(
+        ERP_SCHEMA_MSSQL.contains(identity),
+        "erp_schema_mssql.sql changed"
+    );
+    let trigger = "\nGO\nCREATE TABLE erp.supplier_audit (supplier_id nvarchar(40) NULL)\nGO\n\
+        CREATE TRIGGER erp.supplier_audit_insert ON erp.supplier AFTER INSERT AS \
+        INSERT INTO erp.supplier_audit (supplier_id) SELECT CONVERT(nvarchar(40), supplier_id) FROM inserted\nGO\n";
+    for key in [
+        "supplier_id uniqueidentifier NOT NULL DEFAULT NEWID() PRIMARY KEY,",
+        "supplier_id nvarchar(40) NOT NULL DEFAULT ('S-' + CONVERT(nvarchar(36), NEWID())) PRIMARY KEY,",
+    ] {
+        let (_server, mut erp, env) = erp_on_sql_server_with(|s| {
+            format!("{}{trigger}", s.replace(identity, key))
+        })
+        .await;
+        let alpha = crate::two_way::crm_insert(&env.crm, "Alpha", Some("Active"), None).await;
+        let beta = crate::two_way::crm_insert(&env.crm, "Beta", None, None).await;
+        let first = crate::two_way::sync(&env).await;
+        assert_eq!(first.inserted, 2, "{key}: {first:?}");
+        assert_eq!(first.rejected, 0, "{key}: {first:?}");
+        for (name, crm_id) in [("Alpha", alpha), ("Beta", beta)] {
+            let link: Option<String> = env
+                .crm
+                .query_one(
+                    "SELECT comp_supplierid FROM company WHERE comp_companyid = $1",
+                    &[&crm_id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let link = link.unwrap_or_else(|| panic!("{key}: CRM row {name} names no ERP row"));
+            let named = scalar_i64(
+                &mut erp,
+                &format!(
+                    "SELECT COUNT(*) FROM erp.supplier s JOIN erp.supplier_audit a \
+                     ON a.supplier_id = CONVERT(nvarchar(40), s.supplier_id) \
+                     WHERE CONVERT(nvarchar(40), s.supplier_id) = '{link}' \
+                     AND s.crm_company_id = {crm_id} AND s.name = N'{name}'"
+                ),
+            )
+            .await;
+            assert_eq!(
+                named,
+                Some(1),
+                "{key}: ERP row {link} names CRM row {crm_id} ({name}) and its trigger ran"
+            );
+        }
+        let quiet = crate::two_way::sync(&env).await;
+        assert_eq!(quiet.changes(), 0, "{key}: {quiet:?}");
+    }
+}

@@ -1,6 +1,6 @@
 //! The write path: a batch of inserts, updates and deletes in one
 //! transaction, with new keys taken from eware_get_identity_id, IDENTITY
-//! (SCOPE_IDENTITY()) or OUTPUT INSERTED, by Sage CRM's rules, and the
+//! (SCOPE_IDENTITY()) or OUTPUT INSERTED … INTO, by Sage CRM's rules, and the
 //! batch's links in the same transaction when the state lives here.
 
 use super::error::DbFailure;
@@ -165,10 +165,11 @@ impl MssqlEndpoint {
     /// insert gives it itself.
     ///
     /// The new key comes back by `SELECT @id` (eware_get_identity_id), by
-    /// `SCOPE_IDENTITY()` (IDENTITY), or else by `OUTPUT INSERTED`: Sage
-    /// CRM's tables carry triggers, and SQL Server refuses `OUTPUT` without
-    /// `INTO` on a table with enabled triggers (error 334), so it is used
-    /// only where nothing else can tell the key.
+    /// `SCOPE_IDENTITY()` (IDENTITY), or else (a key drawn by a default,
+    /// such as `NEWID()`) by `OUTPUT INSERTED.key INTO` a table variable:
+    /// SQL Server refuses `OUTPUT` without `INTO` on a table with enabled
+    /// triggers (error 334), and Sage CRM's and most ERPs' tables carry
+    /// triggers.
     fn insert_sql(
         &self,
         batch: &WriteBatch,
@@ -212,7 +213,14 @@ impl MssqlEndpoint {
         } else if identity {
             (String::new(), "; SELECT SCOPE_IDENTITY()".to_string())
         } else {
-            (format!(" OUTPUT INSERTED.{key}"), String::new())
+            prefix.push_str(&format!(
+                "DECLARE @k TABLE (k {}); ",
+                self.declaration(&batch.table, &batch.key)
+            ));
+            (
+                format!(" OUTPUT INSERTED.{key} INTO @k"),
+                "; SELECT k FROM @k".to_string(),
+            )
         };
         let body = if names.is_empty() {
             format!("INSERT INTO {table}{output} DEFAULT VALUES")

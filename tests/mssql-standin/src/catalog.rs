@@ -3,7 +3,7 @@
 //! cached in memory, so results carry the real SQL Server types.
 
 use crate::sqltype::SqlType;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tokio_postgres::Client;
 
 /// One column as declared in T-SQL DDL.
@@ -54,7 +54,12 @@ pub struct Catalog {
     by_name: HashMap<String, usize>,
     /// PostgreSQL index (and key constraint) name -> declared name.
     index_names: HashMap<String, (String, IndexKind)>,
+    /// Tables with an enabled trigger made by CREATE TRIGGER.
+    triggered: HashSet<u32>,
 }
+
+/// PostgreSQL name prefix of the triggers CREATE TRIGGER makes.
+pub const USER_TRIGGER_PREFIX: &str = "standin_user_";
 
 /// DDL of the side tables, functions and collation the stand-in needs.
 pub const BOOTSTRAP: &str = include_str!("bootstrap.sql");
@@ -121,12 +126,26 @@ impl Catalog {
             };
             cat.index_names.insert(r.get(0), (r.get(1), kind));
         }
+        let rows = client
+            .query(
+                "SELECT DISTINCT tgrelid FROM pg_trigger \
+                 WHERE starts_with(tgname::text, $1) AND tgenabled <> 'D'",
+                &[&USER_TRIGGER_PREFIX],
+            )
+            .await?;
+        cat.triggered = rows.iter().map(|r| r.get(0)).collect();
         Ok(cat)
     }
 
     /// The declared name of an index or key constraint, by PostgreSQL name.
     pub fn index_name(&self, pg_name: &str) -> Option<(&str, IndexKind)> {
         self.index_names.get(pg_name).map(|(n, k)| (n.as_str(), *k))
+    }
+
+    /// Whether the table has an enabled trigger of its own (not the
+    /// stand-in's storage trigger).
+    pub fn has_triggers(&self, oid: u32) -> bool {
+        self.triggered.contains(&oid)
     }
 
     pub fn table_by_oid(&self, oid: u32) -> Option<&TableInfo> {

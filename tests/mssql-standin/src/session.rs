@@ -101,6 +101,8 @@ pub struct Session {
     descriptor: u64,
     next_descriptor: u64,
     identity_insert: HashSet<String>,
+    /// Table variables of the running batch (`@t`, lower case).
+    table_vars: Vec<String>,
     scope_identity: Option<i64>,
     rowcount: i64,
     last_error: i32,
@@ -310,7 +312,7 @@ fn strip_merge_hints(text: &str) -> String {
     format!("{}{}", &text[..w], &text[w + 5 + close + 1..])
 }
 
-fn parse_one(text: &str) -> Result<Statement, SqlError> {
+pub(crate) fn parse_one(text: &str) -> Result<Statement, SqlError> {
     let mut stmts = Parser::parse_sql(&MsSqlDialect {}, text).map_err(|e| {
         let m = e.to_string();
         let near = m
@@ -385,6 +387,7 @@ impl Session {
             descriptor: 0,
             next_descriptor: 1,
             identity_insert: HashSet::new(),
+            table_vars: Vec::new(),
             scope_identity: None,
             rowcount: 0,
             last_error: 0,
@@ -456,6 +459,19 @@ impl Session {
                 return failed;
             }
         }
+        // So does CREATE TRIGGER ("CREATE TRIGGER must be the first
+        // statement in the batch").
+        if let Some(p) = pieces.first() {
+            let w = words(&p.text);
+            if p.head == "CREATE" && w.iter().take(4).any(|x| x == "TRIGGER") {
+                let mut failed = false;
+                let r = self.create_trigger(sql, out).await;
+                if let Err(e) = r {
+                    let _ = self.handle_error(e, out, &mut failed).await;
+                }
+                return failed;
+            }
+        }
         let nodes = match batch::build(&pieces) {
             Ok(n) => n,
             Err(near) => {
@@ -467,7 +483,41 @@ impl Session {
         };
         let mut failed = false;
         let _ = self.run_nodes(&nodes, &mut vars, out, &mut failed).await;
+        self.drop_table_variables().await;
         failed
+    }
+
+    async fn create_trigger(&mut self, sql: &str, out: &mut Out) -> Result<(), SqlError> {
+        let cat = self.shared.catalog.read().await;
+        let empty = Vars::new();
+        let env = self.env(&cat, &empty);
+        ddl::create_trigger(&self.pg, sql, &env).await?;
+        drop(cat);
+        self.reload_catalog().await?;
+        out.done(self.inxact(), 0);
+        Ok(())
+    }
+
+    /// Table variables live until the end of the batch that declares them
+    /// ("table (Transact-SQL)": "The scope of a table variable is the
+    /// batch").
+    async fn drop_table_variables(&mut self) {
+        if self.table_vars.is_empty() {
+            return;
+        }
+        let names: Vec<String> = std::mem::take(&mut self.table_vars)
+            .iter()
+            .map(|n| translate::pg_ident(n))
+            .collect();
+        let _ = self
+            .pg
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {}; \
+                 DELETE FROM mssql_standin.columns WHERE table_oid NOT IN (SELECT oid FROM pg_class)",
+                names.join(", ")
+            ))
+            .await;
+        let _ = self.reload_catalog().await;
     }
 
     fn run_nodes<'a>(
@@ -916,6 +966,11 @@ impl Session {
                 .strip_prefix("AS ")
                 .or_else(|| ty_text.strip_prefix("as "))
                 .unwrap_or(ty_text);
+            let head = ty_text.split(['(', ' ']).next().unwrap_or("");
+            if head.eq_ignore_ascii_case("TABLE") && init.is_none() {
+                self.declare_table(&name, &ty_text[5..]).await?;
+                continue;
+            }
             let ty = crate::catalog::parse_decl(ty_text).ok_or_else(|| {
                 SqlError::new(
                     2715,
@@ -930,6 +985,36 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// `DECLARE @t TABLE (columns)`: a session temp table named `@t`,
+    /// dropped at the end of the batch.
+    async fn declare_table(&mut self, name: &str, columns: &str) -> Result<(), SqlError> {
+        if self.table_vars.iter().any(|t| t == name) {
+            return Err(SqlError::new(
+                134,
+                15,
+                format!("The variable name '{name}' has already been declared. Variable names must be unique within a query batch or stored procedure."),
+            ));
+        }
+        let stmt = parse_one(&format!("CREATE TABLE [{name}] {columns}"))?;
+        let Statement::CreateTable(ct) = &stmt else {
+            return Err(SqlError::syntax(name));
+        };
+        let _ = self
+            .pg
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS pg_temp.{}",
+                translate::pg_ident(name)
+            ))
+            .await;
+        let cat = self.shared.catalog.read().await;
+        let empty = Vars::new();
+        let env = self.env(&cat, &empty);
+        ddl::create_table(&self.pg, ct, &env, &self.shared.database).await?;
+        drop(cat);
+        self.table_vars.push(name.to_string());
+        self.reload_catalog().await
     }
 
     fn env<'a>(&'a self, cat: &'a Catalog, vars: &'a Vars) -> Env<'a> {
@@ -1193,6 +1278,29 @@ impl Session {
                 out.done(self.inxact(), 0);
                 return Ok(());
             }
+            "TRIGGER" => {
+                let name = names
+                    .first()
+                    .map(|n| n.rsplit('.').next().unwrap_or(n).trim_matches(['[', ']']))
+                    .unwrap_or("")
+                    .to_lowercase();
+                let prefix = format!("{}{name}_", crate::catalog::USER_TRIGGER_PREFIX);
+                let rows = self
+                    .pg
+                    .query(
+                        "SELECT format('DROP TRIGGER %I ON %s', tgname, tgrelid::regclass) FROM pg_trigger WHERE starts_with(tgname::text, $1)",
+                        &[&prefix],
+                    )
+                    .await
+                    .map_err(|e| map_pg_error(&e, None))?;
+                if rows.is_empty() && !if_exists {
+                    return Err(SqlError::new(3701, 11, format!("Cannot drop the trigger '{name}', because it does not exist or you do not have permission.")));
+                }
+                rows.iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
             other => return Err(SqlError::unsupported(format!("DROP {other}"))),
         };
         let cat = self.shared.catalog.read().await;
@@ -1259,6 +1367,30 @@ impl Session {
             }
         }
         let is_query = matches!(stmt, Statement::Query(_));
+        let dml_target = match &stmt {
+            Statement::Insert(i) => match &i.table {
+                sqlparser::ast::TableObject::TableName(n) => Some(translate::object_base_name(n)),
+                _ => None,
+            },
+            Statement::Update(u) => match &u.table.relation {
+                sqlparser::ast::TableFactor::Table { name, .. } => {
+                    Some(translate::object_base_name(name))
+                }
+                _ => None,
+            },
+            Statement::Delete(d) => match &d.from {
+                sqlparser::ast::FromTable::WithFromKeyword(t)
+                | sqlparser::ast::FromTable::WithoutKeyword(t) => {
+                    t.first().and_then(|t| match &t.relation {
+                        sqlparser::ast::TableFactor::Table { name, .. } => {
+                            Some(translate::object_base_name(name))
+                        }
+                        _ => None,
+                    })
+                }
+            },
+            _ => None,
+        };
         let has_output = match &stmt {
             Statement::Insert(i) => i.output.is_some(),
             Statement::Update(u) => u.output.is_some(),
@@ -1277,6 +1409,30 @@ impl Session {
                     }
                 }
             }
+        }
+        // OUTPUT without INTO on a table with enabled triggers is error 334
+        // ("OUTPUT Clause (Transact-SQL)": "If the OUTPUT clause is
+        // specified without also specifying the INTO keyword, the target of
+        // the DML operation cannot have any enabled trigger defined on it").
+        if has_output && tr.output_into.is_none() {
+            if let Some(name) = &dml_target {
+                let cat = self.shared.catalog.read().await;
+                if let Some(t) = cat.table(name).filter(|t| cat.has_triggers(t.oid)) {
+                    return Err(SqlError::new(
+                        334,
+                        16,
+                        format!(
+                            "The target table '{}.{}' of the DML statement cannot have any enabled triggers if the statement contains an OUTPUT clause without INTO clause.",
+                            t.schema, t.name
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(into) = tr.output_into.take() {
+            return self
+                .run_output_into(tr, into, ident_col.as_deref(), out)
+                .await;
         }
         // Capture the identity value generated by an INSERT.
         if let Some(ic) = &ident_col {
@@ -1371,6 +1527,55 @@ impl Session {
                 }
                 token::row(&mut out.buf, &cols, &vals)
                     .map_err(|e| SqlError::new(8114, 16, e.to_string()))?;
+            }
+        }
+        self.done_count(out, n);
+        Ok(())
+    }
+
+    /// Runs a DML statement with `OUTPUT … INTO`: the statement's RETURNING
+    /// rows go into the target table in the same PostgreSQL statement, the
+    /// client gets only the row count, and an INSERT's identity value is
+    /// still captured for SCOPE_IDENTITY().
+    async fn run_output_into(
+        &mut self,
+        tr: Translated,
+        into: translate::OutputInto,
+        ident_col: Option<&str>,
+        out: &mut Out,
+    ) -> Result<(), SqlError> {
+        let mut inner = tr.sql.clone();
+        if let Some(ic) = ident_col {
+            inner.push_str(&format!(
+                ", {} AS \"__standin_identity\"",
+                translate::pg_ident(ic)
+            ));
+        }
+        let cols = if into.columns.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", into.columns.join(", "))
+        };
+        let items: Vec<String> = (0..into.items).map(|i| format!("__out_{i}")).collect();
+        let result = if ident_col.is_some() {
+            "\"__standin_identity\""
+        } else {
+            "1"
+        };
+        let sql = format!(
+            "WITH __standin_output AS ({inner}), __standin_into AS (INSERT INTO {}{cols} SELECT {} FROM __standin_output) SELECT {result} FROM __standin_output",
+            into.table,
+            items.join(", ")
+        );
+        let tr = Translated { sql, ..tr };
+        let rows = self.query(&tr).await?;
+        let n = rows.len() as u64;
+        self.rowcount = n as i64;
+        if ident_col.is_some() {
+            if let Some(last) = rows.last() {
+                if let Ok(Value::Int(v)) = pgvalue::read(last, 0) {
+                    self.scope_identity = Some(v);
+                }
             }
         }
         self.done_count(out, n);
