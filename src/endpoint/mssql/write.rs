@@ -5,15 +5,26 @@
 
 use super::error::DbFailure;
 use super::types::{from_column, Param};
+use super::TdsClient;
 use super::{placeholders, qualified, quote, MssqlEndpoint, MAX_PARAMS};
 use crate::endpoint::{Applied, Assign, EndpointError, Result, WriteBatch};
 use crate::state::LinkBatch;
 use crate::value::Value;
-use tiberius::{Client, ToSql};
-use tokio::net::TcpStream;
+use tiberius::ToSql;
 
 /// Sage CRM maintains this table with triggers; crmsync never writes it.
 const TRIGGER_MAINTAINED: &str = "CRMEmailPhoneData";
+
+/// Refuses writes to a table that Sage CRM's triggers maintain.
+pub(super) fn refuse_trigger_maintained(table: &crate::endpoint::TableInfo) -> Result<()> {
+    if table.name.eq_ignore_ascii_case(TRIGGER_MAINTAINED) {
+        return Err(EndpointError::Schema(format!(
+            "{} is maintained by Sage CRM's triggers; crmsync never writes it",
+            table.qualified()
+        )));
+    }
+    Ok(())
+}
 
 impl MssqlEndpoint {
     /// [`Endpoint::apply`](crate::endpoint::Endpoint::apply): the batch in one
@@ -23,22 +34,10 @@ impl MssqlEndpoint {
         batch: &WriteBatch,
         links: Option<&LinkBatch>,
     ) -> Result<Applied> {
-        if batch.table.name.eq_ignore_ascii_case(TRIGGER_MAINTAINED) {
-            return Err(EndpointError::Schema(format!(
-                "{} is maintained by Sage CRM's triggers; crmsync never writes it",
-                batch.table.qualified()
-            )));
-        }
+        refuse_trigger_maintained(&batch.table)?;
         let table = batch.table.qualified();
         let mut conn = self.conn().await?;
-        // XACT_ABORT: any error rolls the whole transaction back, so a
-        // failed batch leaves nothing behind.
-        conn.simple_query("SET XACT_ABORT ON; BEGIN TRANSACTION")
-            .await
-            .map_err(|e| self.query_error("starting a transaction", e))?
-            .into_results()
-            .await
-            .map_err(|e| self.query_error("starting a transaction", e))?;
+        self.begin(&mut conn).await?;
         let result = async {
             let applied = self.apply_in(&mut conn, batch, &table).await?;
             // The links commit with the rows they describe.
@@ -51,15 +50,38 @@ impl MssqlEndpoint {
             Ok::<_, EndpointError>(applied)
         }
         .await;
+        self.end(&mut conn, result, &table).await
+    }
+
+    /// Opens a transaction in which any error rolls everything back
+    /// (XACT_ABORT), so a failed batch leaves nothing behind.
+    pub(super) async fn begin(&self, conn: &mut TdsClient) -> Result<()> {
+        conn.simple_query("SET XACT_ABORT ON; BEGIN TRANSACTION")
+            .await
+            .map_err(|e| self.query_error("starting a transaction", e))?
+            .into_results()
+            .await
+            .map_err(|e| self.query_error("starting a transaction", e))?;
+        Ok(())
+    }
+
+    /// Commits the transaction `begin` opened when `result` is a success,
+    /// rolls it back otherwise.
+    pub(super) async fn end<T>(
+        &self,
+        conn: &mut TdsClient,
+        result: Result<T>,
+        table: &str,
+    ) -> Result<T> {
         match result {
-            Ok(applied) => {
+            Ok(v) => {
                 conn.simple_query("COMMIT TRANSACTION")
                     .await
                     .map_err(|e| self.query_error(format!("committing writes to {table}"), e))?
                     .into_results()
                     .await
                     .map_err(|e| self.query_error(format!("committing writes to {table}"), e))?;
-                Ok(applied)
+                Ok(v)
             }
             Err(e) => {
                 let rollback = async {
@@ -76,9 +98,9 @@ impl MssqlEndpoint {
         }
     }
 
-    async fn apply_in(
+    pub(super) async fn apply_in(
         &self,
-        conn: &mut Client<tokio_util::compat::Compat<TcpStream>>,
+        conn: &mut TdsClient,
         batch: &WriteBatch,
         table: &str,
     ) -> Result<Applied> {

@@ -433,11 +433,9 @@ async fn to_external(
     // they are, without decoding them, into rows that are new to the
     // target: every row of an insert-only backfill, and those a lookup
     // finds no counterpart for when the links commit with the data.
-    let crm_raw = engine
-        .endpoints
-        .crm
-        .bulk()
-        .filter(|b| state_here && e.plan.insert_into_external && b.kind() == ext_bulk.kind());
+    let crm_raw = engine.endpoints.crm.bulk().filter(|b| {
+        state_here && e.plan.insert_into_external && b.kind() == ext_bulk.kind() && b.moves_raw()
+    });
     let raw = crm_raw.is_some();
     if raw {
         let same_zone = e.to_external.from == e.to_external.to;

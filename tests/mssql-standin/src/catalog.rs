@@ -76,6 +76,31 @@ impl Catalog {
                 &[],
             )
             .await?;
+        let mut cat = Catalog::tables_of(rows);
+        Self::load_rest(client, &mut cat).await?;
+        Ok(cat)
+    }
+
+    /// The tables of `oids` alone, as `client` sees them: a session's own
+    /// tables created in its open transaction (a #temp staging table) are
+    /// invisible to the shared catalog, which other sessions reload.
+    pub async fn load_oids(
+        client: &Client,
+        oids: &[u32],
+    ) -> Result<Catalog, tokio_postgres::Error> {
+        let rows = client
+            .query(
+                "SELECT c.table_oid, c.table_schema, c.table_name, c.column_name, c.attnum, \
+                 c.type_decl, c.is_nullable, c.is_identity \
+                 FROM mssql_standin.columns c WHERE c.table_oid = ANY($1) \
+                 ORDER BY c.table_oid, c.ordinal",
+                &[&oids],
+            )
+            .await?;
+        Ok(Catalog::tables_of(rows))
+    }
+
+    fn tables_of(rows: Vec<tokio_postgres::Row>) -> Catalog {
         let mut cat = Catalog::default();
         for r in rows {
             let oid: u32 = r.get(0);
@@ -111,6 +136,10 @@ impl Catalog {
             };
             cat.tables[idx].columns.push(col);
         }
+        cat
+    }
+
+    async fn load_rest(client: &Client, cat: &mut Catalog) -> Result<(), tokio_postgres::Error> {
         let rows = client
             .query(
                 "SELECT k.relname::text, x.name, x.is_primary_key, x.is_unique_constraint \
@@ -134,7 +163,7 @@ impl Catalog {
             )
             .await?;
         cat.triggered = rows.iter().map(|r| r.get(0)).collect();
-        Ok(cat)
+        Ok(())
     }
 
     /// The declared name of an index or key constraint, by PostgreSQL name.

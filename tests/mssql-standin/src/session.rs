@@ -1602,15 +1602,30 @@ impl Session {
         count: usize,
     ) -> Vec<Column> {
         let cat = self.shared.catalog.read().await;
+        // Tables the shared catalog does not know (yet): this session's own,
+        // made in its open transaction.
+        let unknown: Vec<u32> = stmt
+            .columns()
+            .iter()
+            .filter_map(|c| c.table_oid())
+            .filter(|o| *o != 0 && cat.table_by_oid(*o).is_none())
+            .collect();
+        let own = if unknown.is_empty() {
+            Catalog::default()
+        } else {
+            Catalog::load_oids(&self.pg, &unknown)
+                .await
+                .unwrap_or_default()
+        };
         stmt.columns()
             .iter()
             .take(count)
             .enumerate()
             .map(|(i, c)| {
-                let declared = c
-                    .table_oid()
-                    .zip(c.column_id())
-                    .and_then(|(o, a)| cat.column_by_attnum(o, a));
+                let declared = c.table_oid().zip(c.column_id()).and_then(|(o, a)| {
+                    cat.column_by_attnum(o, a)
+                        .or_else(|| own.column_by_attnum(o, a))
+                });
                 let hint = tr.hints.get(i).copied().flatten();
                 let name = match tr.names.get(i).cloned().flatten() {
                     Some(n) => n,
