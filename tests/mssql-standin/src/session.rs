@@ -84,6 +84,9 @@ pub struct Abort;
 #[derive(Debug, Clone)]
 pub struct BulkTarget {
     pub table: String,
+    /// `WITH (KEEP_NULLS)`: NULLs stay NULL instead of taking the column's
+    /// default.
+    pub keep_nulls: bool,
 }
 
 pub struct Session {
@@ -1086,7 +1089,8 @@ impl Session {
             "INSERT" if w.get(1).map(String::as_str) == Some("BULK") => {
                 let table = text.split_whitespace().nth(2).unwrap_or("").to_string();
                 let table = table.split('(').next().unwrap_or("").to_string();
-                self.bulk = Some(BulkTarget { table });
+                let keep_nulls = w.iter().any(|x| x == "KEEP_NULLS");
+                self.bulk = Some(BulkTarget { table, keep_nulls });
                 out.done(self.inxact(), 0);
                 return Ok(());
             }
@@ -1923,7 +1927,9 @@ impl Session {
             out.done(DONE_ERROR, 0);
             return true;
         };
-        let r = self.copy_rows(&target.table, cols, rows).await;
+        let r = self
+            .copy_rows(&target.table, cols, rows, target.keep_nulls)
+            .await;
         match r {
             Ok(n) => {
                 out.done(DONE_COUNT | self.inxact(), n);
@@ -1937,13 +1943,19 @@ impl Session {
         }
     }
 
+    /// Stores bulk-loaded rows. Without KEEP_NULLS a NULL sent for a column
+    /// with a default stores the default ("INSERT (BULK) (Transact-SQL)":
+    /// "KEEP_NULLS Specifies that empty columns should retain a null value
+    /// during the bulk-import operation, instead of having any default
+    /// values for the columns inserted"): such rows go through a staging
+    /// copy and an INSERT … SELECT that puts the defaults in.
     async fn copy_rows(
         &self,
         table: &str,
         cols: &[(String, SqlType)],
         rows: &[Vec<Value>],
+        keep_nulls: bool,
     ) -> Result<u64, SqlError> {
-        use futures_util::SinkExt;
         let parts: Vec<String> = table
             .split('.')
             .map(|p| translate::pg_ident(p.trim_matches(['[', ']', '"'])))
@@ -1956,6 +1968,74 @@ impl Session {
             format!("\"dbo\".{}", parts.join(""))
         };
         let col_list: Vec<String> = cols.iter().map(|(n, _)| translate::pg_ident(n)).collect();
+        let defaults = if keep_nulls {
+            Vec::new()
+        } else {
+            let names: Vec<String> = cols.iter().map(|(n, _)| n.to_lowercase()).collect();
+            self.pg
+                .query(
+                    "SELECT a.attnum, a.attname::text, pg_get_expr(d.adbin, d.adrelid) \
+                     FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                     WHERE a.attrelid = $1::text::regclass AND a.attname::text = ANY($2)",
+                    &[&table, &names],
+                )
+                .await
+                .map_err(|e| map_pg_error(&e, None))?
+                .iter()
+                .filter_map(|r| {
+                    let name: String = r.get(1);
+                    let i = names.iter().position(|n| *n == name)?;
+                    let any_null = rows.iter().any(|row| matches!(row.get(i), Some(Value::Null)));
+                    any_null.then(|| (i, r.get::<_, String>(2)))
+                })
+                .collect::<Vec<(usize, String)>>()
+        };
+        if defaults.is_empty() {
+            return self.copy_into(&table, &col_list, rows).await;
+        }
+        let stage = "pg_temp.\"__standin_bulk\"";
+        self.pg
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {stage}; CREATE TEMP TABLE \"__standin_bulk\" AS SELECT {} FROM {table} WITH NO DATA",
+                col_list.join(", ")
+            ))
+            .await
+            .map_err(|e| map_pg_error(&e, None))?;
+        self.copy_into(stage, &col_list, rows).await?;
+        let select: Vec<String> = col_list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match defaults.iter().find(|(d, _)| *d == i) {
+                Some((_, expr)) => format!("coalesce({c}, {expr})"),
+                None => c.clone(),
+            })
+            .collect();
+        let cat = self.shared.catalog.read().await;
+        let n = self
+            .pg
+            .execute(
+                &format!(
+                    "INSERT INTO {table} ({}) SELECT {} FROM {stage}",
+                    col_list.join(", "),
+                    select.join(", ")
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| map_pg_error(&e, Some(&cat)))?;
+        drop(cat);
+        let _ = self.pg.batch_execute(&format!("DROP TABLE {stage}")).await;
+        Ok(n)
+    }
+
+    /// COPYs rows into `table` (PostgreSQL name) as they are.
+    async fn copy_into(
+        &self,
+        table: &str,
+        col_list: &[String],
+        rows: &[Vec<Value>],
+    ) -> Result<u64, SqlError> {
+        use futures_util::SinkExt;
         let sql = format!("COPY {table} ({}) FROM STDIN", col_list.join(", "));
         let cat = self.shared.catalog.read().await;
         let sink = self

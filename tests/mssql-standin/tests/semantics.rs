@@ -1007,3 +1007,52 @@ async fn output_without_into_is_334_on_a_triggered_table_and_into_works() {
     .await;
     assert!(id.is_some());
 }
+
+/// 12. A bulk load without KEEP_NULLS stores a column's default where NULL
+/// is sent ("INSERT (BULK) (Transact-SQL)": "KEEP_NULLS Specifies that
+/// empty columns should retain a null value during the bulk-import
+/// operation, instead of having any default values for the columns
+/// inserted"). tiberius sends no WITH options, so its loads are such.
+#[tokio::test]
+async fn bulk_load_without_keep_nulls_stores_column_defaults() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.Loaded (Id int NOT NULL PRIMARY KEY, \
+         Kind nvarchar(1) NOT NULL DEFAULT N'S', Note nvarchar(20) NULL DEFAULT N'none', \
+         At datetime2(3) NOT NULL DEFAULT SYSDATETIME())",
+    )
+    .await;
+    let mut req = c.bulk_insert("dbo.Loaded").await.expect("bulk insert");
+    for (i, kind) in [(1i32, None), (2, Some("X"))] {
+        let mut row = tiberius::TokenRow::new();
+        row.push(tiberius::ColumnData::I32(Some(i)));
+        row.push(tiberius::ColumnData::String(kind.map(Into::into)));
+        row.push(tiberius::ColumnData::String(None));
+        row.push(tiberius::ColumnData::DateTime2(None));
+        req.send(row).await.unwrap();
+    }
+    assert_eq!(req.finalize().await.unwrap().total(), 2);
+    let got: Vec<(String, String, bool)> = rows(
+        &mut c,
+        "SELECT Kind, Note, CASE WHEN At > DATEADD(minute, -5, SYSDATETIME()) THEN 1 ELSE 0 END FROM dbo.Loaded ORDER BY Id",
+    )
+    .await
+    .iter()
+    .map(|r| {
+        (
+            r.get::<&str, _>(0).unwrap().to_string(),
+            r.get::<&str, _>(1).unwrap().to_string(),
+            r.get::<i32, _>(2) == Some(1),
+        )
+    })
+    .collect();
+    assert_eq!(
+        got,
+        [
+            ("S".to_string(), "none".to_string(), true),
+            ("X".to_string(), "none".to_string(), true)
+        ]
+    );
+}
