@@ -32,6 +32,19 @@ const STAGE: &str = "#crmsync_stage";
 /// The keys an IDENTITY handed out, from `OUTPUT … INTO`.
 const KEYS: &str = "#crmsync_keys";
 
+/// Rows to insert through the staging table.
+pub(super) struct Staged<'a> {
+    pub table: &'a TableInfo,
+    pub key: &'a str,
+    /// The target's columns, in order.
+    pub columns: &'a [String],
+    /// Per column: a server-side expression (`GETDATE()`) for every row,
+    /// or `None` for a value each row carries.
+    pub exprs: Vec<Option<String>>,
+    /// Per row, the values of the columns without an expression, in order.
+    pub rows: &'a [Vec<Value>],
+}
+
 /// How a column travels through the staging table.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Wire {
@@ -155,52 +168,116 @@ impl MssqlEndpoint {
         if chunk.inserts.is_empty() {
             return Ok(Vec::new());
         }
-        let given = chunk.columns.iter().position(|c| *c == chunk.key);
-        let key_col = column(&chunk.table, &chunk.key)?;
-        if given.is_none() && !key_col.identity {
-            // A key drawn by a default: nothing says which row got which
-            // from a set-based insert.
-            let mut batch = WriteBatch::new(chunk.table.clone(), chunk.key.clone());
-            batch.inserts = chunk
-                .inserts
-                .iter()
-                .map(|row| Insert {
-                    columns: chunk
-                        .columns
-                        .iter()
-                        .cloned()
-                        .zip(row.iter().cloned().map(Assign::Value))
-                        .collect(),
-                })
-                .collect();
-            return Ok(self.apply_in(conn, &batch, &target).await?.inserted_keys);
+        let staged = Staged {
+            table: &chunk.table,
+            key: &chunk.key,
+            columns: &chunk.columns,
+            exprs: vec![None; chunk.columns.len()],
+            rows: &chunk.inserts,
+        };
+        if let Some(keys) = self.insert_staged(conn, &staged).await? {
+            return Ok(keys);
         }
-        let wires = self.stage(conn, &chunk.table, &chunk.columns).await?;
-        let loaded = self.bulk_rows(conn, chunk, &wires).await?;
-        if loaded != chunk.inserts.len() as u64 {
+        // A key drawn by a default, or a value the staging table cannot
+        // carry: row by row.
+        let mut batch = WriteBatch::new(chunk.table.clone(), chunk.key.clone());
+        batch.inserts = chunk
+            .inserts
+            .iter()
+            .map(|row| Insert {
+                columns: chunk
+                    .columns
+                    .iter()
+                    .cloned()
+                    .zip(row.iter().cloned().map(Assign::Value))
+                    .collect(),
+            })
+            .collect();
+        Ok(self.apply_rows(conn, &batch, &target).await?.inserted_keys)
+    }
+
+    /// Inserts `s.rows` by a bulk load into a staging table and one
+    /// `INSERT … SELECT`, inside the caller's transaction; the keys of the
+    /// new rows in row order, or `None` (nothing written) when the key is
+    /// drawn by a default or a value does not fit its staging column.
+    pub(super) async fn insert_staged(
+        &self,
+        conn: &mut TdsClient,
+        s: &Staged<'_>,
+    ) -> Result<Option<Vec<Value>>> {
+        let target = s.table.qualified();
+        let given = s
+            .columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(s.key))
+            .filter(|i| s.exprs[*i].is_none());
+        let key_col = column(s.table, s.key)?;
+        if given.is_none() && !key_col.identity {
+            return Ok(None);
+        }
+        // The staged columns: those whose values travel.
+        let staged: Vec<usize> = (0..s.columns.len())
+            .filter(|i| s.exprs[*i].is_none())
+            .collect();
+        let mut wires = Vec::with_capacity(staged.len());
+        for i in &staged {
+            wires.push(Wire::of(&column(s.table, &s.columns[*i])?.ty));
+        }
+        let mut cells = Vec::with_capacity(s.rows.len());
+        for row in s.rows {
+            let mut tr = TokenRow::with_capacity(staged.len() + 1);
+            for (j, w) in wires.iter().enumerate() {
+                match w.cell(&row[j]) {
+                    Ok(c) => tr.push(c),
+                    Err(why) => {
+                        tracing::debug!(
+                            "column {} of {target}: {why}; inserting row by row",
+                            s.columns[staged[j]]
+                        );
+                        return Ok(None);
+                    }
+                }
+            }
+            tr.push(ColumnData::I32(Some(cells.len() as i32)));
+            cells.push(tr);
+        }
+        self.stage(conn, &wires).await?;
+        let loaded = self.bulk_rows(conn, &target, cells).await?;
+        if loaded != s.rows.len() as u64 {
             return Err(EndpointError::Schema(format!(
                 "the bulk load of {} rows for {target} stored {loaded}",
-                chunk.inserts.len()
+                s.rows.len()
             )));
         }
-        let table = qualified(&chunk.table);
-        let names: Vec<String> = chunk.columns.iter().map(|c| quote(c)).collect();
-        let staged: Vec<String> = (0..chunk.columns.len()).map(|i| format!("c{i}")).collect();
+        let table = qualified(s.table);
+        let names: Vec<String> = s.columns.iter().map(|c| quote(c)).collect();
+        let mut next = 0;
+        let select: Vec<String> = s
+            .exprs
+            .iter()
+            .map(|e| match e {
+                Some(expr) => expr.clone(),
+                None => {
+                    next += 1;
+                    format!("c{}", next - 1)
+                }
+            })
+            .collect();
         let keys = match given {
             Some(pos) => {
                 let sql = format!(
                     "INSERT INTO {table} ({}) SELECT {} FROM {STAGE} ORDER BY crmsync_ord; \
                      DROP TABLE {STAGE}",
                     names.join(", "),
-                    staged.join(", ")
+                    select.join(", ")
                 );
                 self.batch_in(conn, &sql, &format!("inserting into {target}"))
                     .await?;
-                chunk
-                    .inserts
+                let at = staged.iter().position(|i| *i == pos).unwrap_or(0);
+                s.rows
                     .iter()
                     .map(|r| {
-                        let v = r[pos].clone();
+                        let v = r[at].clone();
                         v.clone().coerce(&key_col.ty, None, false).unwrap_or(v)
                     })
                     .collect()
@@ -208,17 +285,17 @@ impl MssqlEndpoint {
             None => {
                 // IDENTITY values follow the ORDER BY: sorted in the
                 // direction of the increment, the n-th key is the n-th row's.
-                let descending = self.identity_descends(conn, &chunk.table).await?;
+                let descending = self.identity_descends(conn, s.table).await?;
                 let sql = format!(
                     "CREATE TABLE {KEYS} (k {}); \
                      INSERT INTO {table} ({}) OUTPUT INSERTED.{} INTO {KEYS} (k) \
                      SELECT {} FROM {STAGE} ORDER BY crmsync_ord; \
                      SELECT k FROM {KEYS} ORDER BY k{}; \
                      DROP TABLE {STAGE}; DROP TABLE {KEYS}",
-                    self.declaration(&chunk.table, &chunk.key),
+                    self.declaration(s.table, s.key),
                     names.join(", "),
-                    quote(&chunk.key),
-                    staged.join(", "),
+                    quote(s.key),
+                    select.join(", "),
                     if descending { " DESC" } else { "" }
                 );
                 let what = format!("inserting into {target}");
@@ -241,64 +318,47 @@ impl MssqlEndpoint {
                     })
                     .collect::<tiberius::Result<Vec<Value>>>()
                     .map_err(|e| self.query_error("decoding inserted keys", e))?;
-                if keys.len() != chunk.inserts.len() {
+                if keys.len() != s.rows.len() {
                     return Err(EndpointError::Schema(format!(
                         "inserting {} rows into {target} returned {} keys",
-                        chunk.inserts.len(),
+                        s.rows.len(),
                         keys.len()
                     )));
                 }
                 keys
             }
         };
-        Ok(keys)
+        Ok(Some(keys))
     }
 
-    /// Creates the staging table for `columns` of `table`: each column's
-    /// wire type, then the row's place in the chunk.
-    async fn stage(
-        &self,
-        conn: &mut TdsClient,
-        table: &TableInfo,
-        columns: &[String],
-    ) -> Result<Vec<Wire>> {
-        let mut wires = Vec::with_capacity(columns.len());
-        let mut defs = Vec::with_capacity(columns.len() + 1);
-        for (i, c) in columns.iter().enumerate() {
-            let w = Wire::of(&column(table, c)?.ty);
-            defs.push(format!("c{i} {} NULL", w.declaration()));
-            wires.push(w);
-        }
+    /// Creates the staging table: a column per wire type, then the row's
+    /// place.
+    async fn stage(&self, conn: &mut TdsClient, wires: &[Wire]) -> Result<()> {
+        let mut defs: Vec<String> = wires
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("c{i} {} NULL", w.declaration()))
+            .collect();
         defs.push("crmsync_ord int NOT NULL".into());
         let sql = format!("CREATE TABLE {STAGE} ({})", defs.join(", "));
         self.batch_in(conn, &sql, "creating the staging table")
-            .await?;
-        Ok(wires)
+            .await
     }
 
-    /// Sends the chunk's rows into the staging table by bulk load; the
-    /// rows the server stored.
+    /// Sends rows into the staging table by bulk load; the rows the server
+    /// stored.
     async fn bulk_rows(
         &self,
         conn: &mut TdsClient,
-        chunk: &ChunkWrite,
-        wires: &[Wire],
+        target: &str,
+        rows: Vec<TokenRow<'static>>,
     ) -> Result<u64> {
-        let target = chunk.table.qualified();
         let what = format!("bulk loading rows for {target}");
         let mut req = conn
             .bulk_insert(STAGE)
             .await
             .map_err(|e| self.query_error(what.clone(), e))?;
-        for (i, row) in chunk.inserts.iter().enumerate() {
-            let mut tr = TokenRow::with_capacity(row.len() + 1);
-            for ((v, w), c) in row.iter().zip(wires).zip(&chunk.columns) {
-                let cell = w
-                    .cell(v)
-                    .map_err(|e| EndpointError::Schema(format!("column {c} of {target}: {e}")))?;
-                tr.push(cell);
-            }
-            tr.push(ColumnData::I32(Some(i as i32)));
+        for tr in rows {
             req.send(tr)
                 .await
                 .map_err(|e| self.query_error(what.clone(), e))?;
