@@ -1001,6 +1001,15 @@ mod state;
 
 const ERP_SCHEMA_MSSQL: &str = include_str!("../../sql/examples/erp_schema_mssql.sql");
 
+/// erp_schema_mssql.sql without its contact table, for tests that change
+/// the supplier's key type (the contact's foreign key names it).
+fn suppliers_only(schema: &str) -> &str {
+    schema
+        .split("\n-- A supplier's contacts")
+        .next()
+        .unwrap_or(schema)
+}
+
 /// The suppliers of the ERP on SQL Server, sorted, as `Supplier`s.
 async fn erp_suppliers_on(erp: &mut Tds) -> Vec<crate::common::Supplier> {
     let rows = erp
@@ -1445,7 +1454,7 @@ async fn uuid_keyed_erp_on_sql_server_names_both_sides() {
         "erp_schema_mssql.sql changed"
     );
     let (_server, mut erp, env) = erp_on_sql_server_with(|s| {
-        s.replace(
+        suppliers_only(s).replace(
             identity,
             "supplier_id uniqueidentifier NOT NULL DEFAULT NEWID() PRIMARY KEY,",
         )
@@ -1516,7 +1525,7 @@ async fn insert_into_a_triggered_erp_table_with_a_default_key() {
         "supplier_id nvarchar(40) NOT NULL DEFAULT ('S-' + CONVERT(nvarchar(36), NEWID())) PRIMARY KEY,",
     ] {
         let (_server, mut erp, env) = erp_on_sql_server_with(|s| {
-            format!("{}{trigger}", s.replace(identity, key))
+            format!("{}{trigger}", suppliers_only(s).replace(identity, key))
         })
         .await;
         let alpha = crate::two_way::crm_insert(&env.crm, "Alpha", Some("Active"), None).await;
@@ -1553,5 +1562,35 @@ async fn insert_into_a_triggered_erp_table_with_a_default_key() {
         }
         let quiet = crate::two_way::sync(&env).await;
         assert_eq!(quiet.changes(), 0, "{key}: {quiet:?}");
+    }
+}
+
+/// The example ERP schema on SQL Server holds contacts under suppliers, by a
+/// real foreign key: a contact of a supplier that does not exist is
+/// refused (error 547).
+#[tokio::test]
+async fn erp_example_schema_on_sql_server_has_contacts_under_suppliers() {
+    let (_server, mut erp, _env) = erp_on_sql_server().await;
+    exec(
+        &mut erp,
+        "INSERT INTO erp.supplier (name, kind) VALUES (N'Acme', N'S'); \
+         INSERT INTO erp.contact (supplier_id, last_name) \
+         SELECT supplier_id, N'Ann' FROM erp.supplier WHERE name = N'Acme'",
+    )
+    .await;
+    assert_eq!(
+        scalar_i64(&mut erp, "SELECT COUNT(*) FROM erp.contact").await,
+        Some(1)
+    );
+    let refused = match erp
+        .simple_query("INSERT INTO erp.contact (supplier_id, last_name) VALUES (424242, N'Bob')")
+        .await
+    {
+        Ok(s) => s.into_results().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match refused {
+        Err(tiberius::error::Error::Server(e)) => assert_eq!(e.code(), 547, "{e}"),
+        other => panic!("an orphan contact was not refused: {other:?}"),
     }
 }
