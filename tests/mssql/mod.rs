@@ -1594,3 +1594,43 @@ async fn erp_example_schema_on_sql_server_has_contacts_under_suppliers() {
         other => panic!("an orphan contact was not refused: {other:?}"),
     }
 }
+
+/// A page of many inserts goes into SQL Server as one staged statement; a
+/// row the table refuses (here a unique index on email) fails it, and the
+/// page is written again row by row: that row alone becomes a reject, the
+/// others land once.
+#[tokio::test]
+async fn a_refused_row_in_a_staged_insert_is_the_only_reject() {
+    use crate::common::insert_companies;
+    let (_server, mut erp, env) = erp_on_sql_server_with(|s| {
+        format!(
+            "{s}\nGO\nCREATE UNIQUE INDEX supplier_email ON erp.supplier (email) WHERE email IS NOT NULL\nGO\n"
+        )
+    })
+    .await;
+    exec(
+        &mut erp,
+        "INSERT INTO erp.supplier (name, email, kind, updated_at) \
+         VALUES (N'Someone else', N'c7@example.com', N'S', '2026-01-01T00:00:00')",
+    )
+    .await;
+    insert_companies(&env.crm, 30, "now() - interval '1 minute'", "Supplier").await;
+    let r = crate::two_way::sync(&env).await;
+    assert_eq!((r.inserted, r.rejected), (29, 1), "{r:?}");
+    assert_eq!(
+        scalar_i64(
+            &mut erp,
+            "SELECT COUNT(DISTINCT crm_company_id) FROM erp.supplier WHERE name LIKE N'Company %'"
+        )
+        .await,
+        Some(29)
+    );
+    assert_eq!(
+        scalar_i64(
+            &mut erp,
+            "SELECT COUNT(*) FROM erp.supplier WHERE name = N'Company 7'"
+        )
+        .await,
+        Some(0)
+    );
+}

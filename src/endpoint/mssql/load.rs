@@ -14,7 +14,7 @@
 //!
 //! The staging columns carry the neutral type of each target column in
 //! the wire type tiberius sends it as (integers as `bigint`, text as
-//! `nvarchar`, timestamps as `datetime2(7)`), and the `INSERT … SELECT`
+//! `nvarchar(max)`, timestamps as `datetime2(7)`), and the `INSERT … SELECT`
 //! converts them to the target's own types as SQL Server converts
 //! parameters: a bulk load needs each cell in its column's exact wire type.
 
@@ -55,8 +55,8 @@ enum Wire {
         scale: u8,
     },
     Float,
-    /// nvarchar(n), `None` for max.
-    Text(Option<u32>),
+    /// nvarchar(max).
+    Text,
     DateTime2,
     DateTimeOffset,
     Date,
@@ -77,13 +77,16 @@ impl Wire {
                 }
             }
             SqlType::Float => Wire::Float,
-            SqlType::Text { max_len, .. } => Wire::Text(max_len.filter(|n| *n <= 4000)),
+            // Unbounded: a value too long for the target is refused by the
+            // INSERT into it (2628, naming the table and column, a refused
+            // row), not by the bulk load into the staging table.
+            SqlType::Text { .. } => Wire::Text,
             SqlType::Timestamp { .. } => Wire::DateTime2,
             SqlType::TimestampTz => Wire::DateTimeOffset,
             SqlType::Date => Wire::Date,
             SqlType::Uuid => Wire::Guid,
             SqlType::Bytes => Wire::Binary,
-            SqlType::Other(_) => Wire::Text(None),
+            SqlType::Other(_) => Wire::Text,
         }
     }
 
@@ -94,8 +97,7 @@ impl Wire {
             Wire::BigInt => "bigint".into(),
             Wire::Decimal { precision, scale } => format!("decimal({precision},{scale})"),
             Wire::Float => "float".into(),
-            Wire::Text(Some(n)) => format!("nvarchar({})", n.max(1)),
-            Wire::Text(None) => "nvarchar(max)".into(),
+            Wire::Text => "nvarchar(max)".into(),
             Wire::DateTime2 => "datetime2(7)".into(),
             Wire::DateTimeOffset => "datetimeoffset(7)".into(),
             Wire::Date => "date".into(),
@@ -111,7 +113,7 @@ impl Wire {
             (Wire::BigInt, Value::Null) => ColumnData::I64(None),
             (Wire::Decimal { .. }, Value::Null) => ColumnData::Numeric(None),
             (Wire::Float, Value::Null) => ColumnData::F64(None),
-            (Wire::Text(_), Value::Null) => ColumnData::String(None),
+            (Wire::Text, Value::Null) => ColumnData::String(None),
             (Wire::DateTime2, Value::Null) => ColumnData::DateTime2(None),
             (Wire::DateTimeOffset, Value::Null) => ColumnData::DateTimeOffset(None),
             (Wire::Date, Value::Null) => ColumnData::Date(None),
@@ -133,8 +135,8 @@ impl Wire {
             }
             (Wire::Float, Value::Float(f)) => ColumnData::F64(Some(*f)),
             (Wire::Float, Value::Int(i)) => ColumnData::F64(Some(*i as f64)),
-            (Wire::Text(_), Value::Text(s)) => ColumnData::String(Some(Cow::Owned(s.clone()))),
-            (Wire::Text(_), other) => ColumnData::String(Some(Cow::Owned(other.key_string()))),
+            (Wire::Text, Value::Text(s)) => ColumnData::String(Some(Cow::Owned(s.clone()))),
+            (Wire::Text, other) => ColumnData::String(Some(Cow::Owned(other.key_string()))),
             (Wire::DateTime2, Value::Timestamp(t)) => t.into_sql(),
             (Wire::DateTimeOffset, Value::TimestampTz(t)) => t.fixed_offset().into_sql(),
             (Wire::Date, Value::Date(d)) => d.into_sql(),
@@ -241,8 +243,11 @@ impl MssqlEndpoint {
             tr.push(ColumnData::I32(Some(cells.len() as i32)));
             cells.push(tr);
         }
+        let t = std::time::Instant::now();
         self.stage(conn, &wires).await?;
+        tracing::debug!("staging table for {target} created in {:?}", t.elapsed());
         let loaded = self.bulk_rows(conn, &target, cells).await?;
+        tracing::debug!("{loaded} rows bulk loaded at {:?}", t.elapsed());
         if loaded != s.rows.len() as u64 {
             return Err(EndpointError::Schema(format!(
                 "the bulk load of {} rows for {target} stored {loaded}",
@@ -318,6 +323,7 @@ impl MssqlEndpoint {
                     })
                     .collect::<tiberius::Result<Vec<Value>>>()
                     .map_err(|e| self.query_error("decoding inserted keys", e))?;
+                tracing::debug!("{} rows inserted at {:?}", keys.len(), t.elapsed());
                 if keys.len() != s.rows.len() {
                     return Err(EndpointError::Schema(format!(
                         "inserting {} rows into {target} returned {} keys",

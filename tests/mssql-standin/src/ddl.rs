@@ -530,6 +530,9 @@ fn trigger_sql(table: &str, declared: &str, schema: &str, database: &str, cols: 
             | SqlType::VarChar(Some(n))
             | SqlType::NChar(n)
             | SqlType::Char(n) => {
+                // A value of at most n UTF-8 bytes has at most n UTF-16
+                // units: only longer ones need counting.
+                body.push_str(&format!("IF octet_length({f}) > {n} THEN\n"));
                 body.push_str(&format!(
                     "IF mssql_standin.utf16_len(rtrim({f}, ' ')) > {n} THEN RAISE EXCEPTION USING ERRCODE = 'M2628', MESSAGE = format('String or binary data would be truncated in table ''%s'', column ''%s''. Truncated value: ''%s''.', {}, {}, left({f}, {n})); END IF;\n",
                     sql_str(&qualified),
@@ -539,6 +542,7 @@ fn trigger_sql(table: &str, declared: &str, schema: &str, database: &str, cols: 
                 body.push_str(&format!(
                     "IF mssql_standin.utf16_len({f}) > {n} THEN {f} := rtrim({f}, ' '); END IF;\n"
                 ));
+                body.push_str("END IF;\n");
                 if matches!(c.ty, SqlType::NChar(_) | SqlType::Char(_)) {
                     body.push_str(&format!("{f} := rpad({f}, {n});\n"));
                 }
