@@ -1,5 +1,6 @@
--- The example ERP supplier table of erp_schema.sql, for an external
--- database on SQL Server (2016 or later). Same columns and meanings.
+-- The example ERP tables of erp_schema.sql (suppliers, and contacts with a
+-- foreign key to them), for an external database on SQL Server (2016 or
+-- later). Same columns and meanings.
 --
 -- Load into an empty database:  sqlcmd -b -i erp_schema_mssql.sql
 
@@ -33,4 +34,31 @@ GO
 -- only); looked up when a retried insert is adopted, not inserted again.
 CREATE UNIQUE INDEX supplier_crm_company_id ON erp.supplier (crm_company_id)
     WHERE crm_company_id IS NOT NULL;
+GO
+
+-- A supplier's contacts: every contact belongs to a supplier (a real
+-- foreign key), so crmsync writes a contact's supplier_id as the ERP key of
+-- its person's company (`references = "supplier"`).
+CREATE TABLE erp.contact (
+    contact_id      bigint IDENTITY(1,1) NOT NULL PRIMARY KEY,
+    -- the CRM's Pers_PersonId
+    crm_person_id   int NULL,
+    supplier_id     bigint NOT NULL REFERENCES erp.supplier (supplier_id),
+    first_name      nvarchar(30) NULL,
+    last_name       nvarchar(40) NOT NULL,
+    email           nvarchar(255) NULL,
+    updated_at      datetime2(3) NOT NULL DEFAULT SYSDATETIME()
+);
+GO
+
+CREATE INDEX contact_updated_at_id ON erp.contact (updated_at, contact_id);
+GO
+
+CREATE INDEX contact_supplier ON erp.contact (supplier_id);
+GO
+
+-- One ERP contact per CRM person (a UNIQUE constraint would allow one NULL
+-- only).
+CREATE UNIQUE INDEX contact_crm_person_id ON erp.contact (crm_person_id)
+    WHERE crm_person_id IS NOT NULL;
 GO

@@ -1,7 +1,8 @@
 //! The bulk side of an endpoint, used by `backfill`: a streaming keyset
 //! read of a whole table ([`BulkSource`], all a backfill asks of its
 //! source) and a chunk write that commits data, links and the backfill
-//! checkpoint together ([`Bulk`], PostgreSQL's COPY).
+//! checkpoint together ([`Bulk`]: PostgreSQL's COPY, SQL Server's bulk
+//! load).
 
 use super::{Result, Scan, TableInfo, Update};
 use crate::state::{Checkpoint, LinkBatch};
@@ -182,6 +183,12 @@ pub trait BulkSource: Send + Sync {
 pub trait Bulk: BulkSource {
     /// `stream` in raw form.
     fn stream_raw(&self, req: StreamRequest) -> mpsc::Receiver<Result<RawRows>>;
+
+    /// Whether `stream_raw` and `ChunkWrite::raw_inserts` are served: raw
+    /// cells move only between databases whose writer takes them.
+    fn moves_raw(&self) -> bool {
+        true
+    }
 
     async fn write_chunk(&self, chunk: &ChunkWrite, turn: Option<Turn>) -> Result<Vec<Value>>;
 

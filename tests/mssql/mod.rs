@@ -1001,6 +1001,15 @@ mod state;
 
 const ERP_SCHEMA_MSSQL: &str = include_str!("../../sql/examples/erp_schema_mssql.sql");
 
+/// erp_schema_mssql.sql without its contact table, for tests that change
+/// the supplier's key type (the contact's foreign key names it).
+fn suppliers_only(schema: &str) -> &str {
+    schema
+        .split("\n-- A supplier's contacts")
+        .next()
+        .unwrap_or(schema)
+}
+
 /// The suppliers of the ERP on SQL Server, sorted, as `Supplier`s.
 async fn erp_suppliers_on(erp: &mut Tds) -> Vec<crate::common::Supplier> {
     let rows = erp
@@ -1166,11 +1175,10 @@ async fn killed_backfill_into_sql_server_resumes_without_duplicates() {
 }
 
 /// An ERP on SQL Server and the Sage CRM on PostgreSQL, which then holds
-/// the state store. SQL Server has no COPY, so a CRM → external `backfill`
-/// writes through the sync's batched writes: it links the row `match_on`
-/// finds (taking the CRM values, `crm_wins`), inserts the rest with their
-/// CRM ids, leaves soft-deleted CRM rows behind, and leaves nothing for the
-/// next sync. Changes then flow both ways, and an ERP hard delete becomes a
+/// the state store. A CRM → external `backfill` bulk loads the ERP: it
+/// reads the live CRM rows only (soft-deleted ones stay behind), links the
+/// row `match_on` finds (taking the CRM values, `crm_wins`), inserts the
+/// rest with their CRM ids, and leaves nothing for the next sync. Changes then flow both ways, and an ERP hard delete becomes a
 /// CRM soft delete.
 #[tokio::test]
 async fn erp_on_sql_server_backfills_and_syncs_both_ways() {
@@ -1198,7 +1206,7 @@ async fn erp_on_sql_server_backfills_and_syncs_both_ways() {
     assert_eq!(
         (&r["read"], &r["linked"], &r["inserted"], &r["rejected"]),
         (
-            &serde_json::json!(1_200),
+            &serde_json::json!(1_198),
             &serde_json::json!(1),
             &serde_json::json!(1_197),
             &serde_json::json!(0)
@@ -1446,7 +1454,7 @@ async fn uuid_keyed_erp_on_sql_server_names_both_sides() {
         "erp_schema_mssql.sql changed"
     );
     let (_server, mut erp, env) = erp_on_sql_server_with(|s| {
-        s.replace(
+        suppliers_only(s).replace(
             identity,
             "supplier_id uniqueidentifier NOT NULL DEFAULT NEWID() PRIMARY KEY,",
         )
@@ -1494,4 +1502,135 @@ async fn uuid_keyed_erp_on_sql_server_names_both_sides() {
         let quiet = crate::two_way::sync(&env).await;
         assert_eq!(quiet.changes(), 0, "{quiet:?}");
     }
+}
+
+/// Regression: a CRM → external insert into an ERP table whose key a
+/// default draws (a `uniqueidentifier`, or a text code) read the new key
+/// with `OUTPUT INSERTED` without `INTO`, which SQL Server refuses on a
+/// table with an enabled trigger (error 334), and real ERP tables have
+/// triggers. Both rows land, the trigger runs for each, and each side names
+/// the other.
+#[tokio::test]
+async fn insert_into_a_triggered_erp_table_with_a_default_key() {
+    let identity = "supplier_id     bigint IDENTITY(1,1) NOT NULL PRIMARY KEY,";
+    assert!(
+        ERP_SCHEMA_MSSQL.contains(identity),
+        "erp_schema_mssql.sql changed"
+    );
+    let trigger = "\nGO\nCREATE TABLE erp.supplier_audit (supplier_id nvarchar(40) NULL)\nGO\n\
+        CREATE TRIGGER erp.supplier_audit_insert ON erp.supplier AFTER INSERT AS \
+        INSERT INTO erp.supplier_audit (supplier_id) SELECT CONVERT(nvarchar(40), supplier_id) FROM inserted\nGO\n";
+    for key in [
+        "supplier_id uniqueidentifier NOT NULL DEFAULT NEWID() PRIMARY KEY,",
+        "supplier_id nvarchar(40) NOT NULL DEFAULT ('S-' + CONVERT(nvarchar(36), NEWID())) PRIMARY KEY,",
+    ] {
+        let (_server, mut erp, env) = erp_on_sql_server_with(|s| {
+            format!("{}{trigger}", suppliers_only(s).replace(identity, key))
+        })
+        .await;
+        let alpha = crate::two_way::crm_insert(&env.crm, "Alpha", Some("Active"), None).await;
+        let beta = crate::two_way::crm_insert(&env.crm, "Beta", None, None).await;
+        let first = crate::two_way::sync(&env).await;
+        assert_eq!(first.inserted, 2, "{key}: {first:?}");
+        assert_eq!(first.rejected, 0, "{key}: {first:?}");
+        for (name, crm_id) in [("Alpha", alpha), ("Beta", beta)] {
+            let link: Option<String> = env
+                .crm
+                .query_one(
+                    "SELECT comp_supplierid FROM company WHERE comp_companyid = $1",
+                    &[&crm_id],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            let link = link.unwrap_or_else(|| panic!("{key}: CRM row {name} names no ERP row"));
+            let named = scalar_i64(
+                &mut erp,
+                &format!(
+                    "SELECT COUNT(*) FROM erp.supplier s JOIN erp.supplier_audit a \
+                     ON a.supplier_id = CONVERT(nvarchar(40), s.supplier_id) \
+                     WHERE CONVERT(nvarchar(40), s.supplier_id) = '{link}' \
+                     AND s.crm_company_id = {crm_id} AND s.name = N'{name}'"
+                ),
+            )
+            .await;
+            assert_eq!(
+                named,
+                Some(1),
+                "{key}: ERP row {link} names CRM row {crm_id} ({name}) and its trigger ran"
+            );
+        }
+        let quiet = crate::two_way::sync(&env).await;
+        assert_eq!(quiet.changes(), 0, "{key}: {quiet:?}");
+    }
+}
+
+/// The example ERP schema on SQL Server holds contacts under suppliers, by a
+/// real foreign key: a contact of a supplier that does not exist is
+/// refused (error 547).
+#[tokio::test]
+async fn erp_example_schema_on_sql_server_has_contacts_under_suppliers() {
+    let (_server, mut erp, _env) = erp_on_sql_server().await;
+    exec(
+        &mut erp,
+        "INSERT INTO erp.supplier (name, kind) VALUES (N'Acme', N'S'); \
+         INSERT INTO erp.contact (supplier_id, last_name) \
+         SELECT supplier_id, N'Ann' FROM erp.supplier WHERE name = N'Acme'",
+    )
+    .await;
+    assert_eq!(
+        scalar_i64(&mut erp, "SELECT COUNT(*) FROM erp.contact").await,
+        Some(1)
+    );
+    let refused = match erp
+        .simple_query("INSERT INTO erp.contact (supplier_id, last_name) VALUES (424242, N'Bob')")
+        .await
+    {
+        Ok(s) => s.into_results().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    match refused {
+        Err(tiberius::error::Error::Server(e)) => assert_eq!(e.code(), 547, "{e}"),
+        other => panic!("an orphan contact was not refused: {other:?}"),
+    }
+}
+
+/// A page of many inserts goes into SQL Server as one staged statement; a
+/// row the table refuses (here a unique index on email) fails it, and the
+/// page is written again row by row: that row alone becomes a reject, the
+/// others land once.
+#[tokio::test]
+async fn a_refused_row_in_a_staged_insert_is_the_only_reject() {
+    use crate::common::insert_companies;
+    let (_server, mut erp, env) = erp_on_sql_server_with(|s| {
+        format!(
+            "{s}\nGO\nCREATE UNIQUE INDEX supplier_email ON erp.supplier (email) WHERE email IS NOT NULL\nGO\n"
+        )
+    })
+    .await;
+    exec(
+        &mut erp,
+        "INSERT INTO erp.supplier (name, email, kind, updated_at) \
+         VALUES (N'Someone else', N'c7@example.com', N'S', '2026-01-01T00:00:00')",
+    )
+    .await;
+    insert_companies(&env.crm, 30, "now() - interval '1 minute'", "Supplier").await;
+    let r = crate::two_way::sync(&env).await;
+    assert_eq!((r.inserted, r.rejected), (29, 1), "{r:?}");
+    assert_eq!(
+        scalar_i64(
+            &mut erp,
+            "SELECT COUNT(DISTINCT crm_company_id) FROM erp.supplier WHERE name LIKE N'Company %'"
+        )
+        .await,
+        Some(29)
+    );
+    assert_eq!(
+        scalar_i64(
+            &mut erp,
+            "SELECT COUNT(*) FROM erp.supplier WHERE name = N'Company 7'"
+        )
+        .await,
+        Some(0)
+    );
 }

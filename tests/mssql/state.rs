@@ -978,3 +978,67 @@ async fn the_state_schema_is_created_once_under_its_lock() {
         "{err}"
     );
 }
+
+/// A bulk backfill into an ERP table on SQL Server with a trigger and the
+/// state there: every CRM row lands once, in one set-based insert per
+/// chunk that fires the trigger for each row (an `OUTPUT` without `INTO`
+/// would be refused, error 334), with its link committed beside it; the
+/// next sync has nothing to do. Keyed by an IDENTITY (keys paired by
+/// order) and by a uuid default (rows inserted one by one).
+#[tokio::test]
+async fn bulk_backfill_into_a_triggered_table_with_the_state_there() {
+    use crate::common::insert_companies;
+    let identity = "supplier_id     bigint IDENTITY(1,1) NOT NULL PRIMARY KEY,";
+    let trigger = "\nGO\nCREATE TABLE erp.supplier_audit (crm_company_id int NULL)\nGO\n\
+        CREATE TRIGGER erp.supplier_audit_insert ON erp.supplier AFTER INSERT AS \
+        INSERT INTO erp.supplier_audit (crm_company_id) SELECT crm_company_id FROM inserted\nGO\n";
+    for key in [
+        identity,
+        "supplier_id uniqueidentifier NOT NULL DEFAULT NEWID() PRIMARY KEY,",
+    ] {
+        let (_server, mut erp, env) = super::erp_on_sql_server_with(|s| {
+            assert!(s.contains(identity), "erp_schema_mssql.sql changed");
+            format!(
+                "{}{trigger}",
+                super::suppliers_only(s).replace(identity, key)
+            )
+        })
+        .await;
+        let config = std::fs::read_to_string(&env.config)
+            .unwrap()
+            .replace("side = \"crm\"", "side = \"external\"");
+        std::fs::write(&env.config, config).unwrap();
+        insert_companies(&env.crm, 700, "now() - interval '1 hour'", "Supplier").await;
+        let r = &backfill_binary(&env.config, &["--chunk-rows", "300"]).await;
+        assert_eq!(
+            (&r["read"], &r["inserted"], &r["rejected"]),
+            (
+                &serde_json::json!(700),
+                &serde_json::json!(700),
+                &serde_json::json!(0)
+            ),
+            "{key}: {r}"
+        );
+        assert_eq!(
+            scalar_i64(
+                &mut erp,
+                "SELECT COUNT(DISTINCT s.crm_company_id) FROM erp.supplier s \
+                 JOIN erp.supplier_audit a ON a.crm_company_id = s.crm_company_id"
+            )
+            .await,
+            Some(700),
+            "{key}: every CRM row once, the trigger run for each"
+        );
+        assert_eq!(
+            count_where(&mut erp, "erp.supplier_audit", "1 = 1").await,
+            700,
+            "{key}"
+        );
+        assert_eq!(
+            count_where(&mut erp, "crmsync.links", "deleted = 0").await,
+            700,
+            "{key}"
+        );
+        assert_eq!(crate::two_way::sync(&env).await.changes(), 0, "{key}");
+    }
+}

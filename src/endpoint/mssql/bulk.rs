@@ -1,11 +1,14 @@
-//! What a backfill reads from SQL Server: a Sage CRM there is copied out in
-//! key order, a page per chunk, by the same queries and decoding as a sync.
+//! The bulk side of SQL Server: what a backfill reads (a Sage CRM there is
+//! copied out in key order, a page per chunk, by the same queries and
+//! decoding as a sync), and the chunk writer that loads rows through a
+//! staging table (`load`) and commits them with their updates, links and
+//! checkpoint.
 
 use super::error::{pool_failure, query_failure};
 use super::types::Param;
 use super::{decode_rows, placeholders, qualified, quote, MssqlEndpoint, MAX_PARAMS};
-use crate::endpoint::bulk::{BulkSource, Rows, StreamRequest};
-use crate::endpoint::{Result, Scan};
+use crate::endpoint::bulk::{Bulk, BulkSource, ChunkWrite, RawRows, Rows, StreamRequest, Turn};
+use crate::endpoint::{EndpointError, Result, Scan, TableInfo, WriteBatch};
 use crate::value::Value;
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
@@ -143,5 +146,93 @@ impl BulkSource for MssqlEndpoint {
             .filter(|(n, _)| *n > 1)
             .map(|(_, row)| row)
             .collect())
+    }
+}
+
+#[async_trait]
+impl Bulk for MssqlEndpoint {
+    /// Raw cells move between PostgreSQL databases only: SQL Server's rows
+    /// are decoded (see `moves_raw`).
+    fn stream_raw(&self, _req: StreamRequest) -> mpsc::Receiver<Result<RawRows>> {
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.try_send(Err(EndpointError::Schema(
+            "rows of SQL Server are not read in raw form".into(),
+        )));
+        rx
+    }
+
+    fn moves_raw(&self) -> bool {
+        false
+    }
+
+    async fn write_chunk(&self, chunk: &ChunkWrite, turn: Option<Turn>) -> Result<Vec<Value>> {
+        super::write::refuse_trigger_maintained(&chunk.table)?;
+        let table = chunk.table.qualified();
+        let mut conn = self.conn().await?;
+        self.begin(&mut conn).await?;
+        let result = async {
+            if !chunk.updates.is_empty() {
+                let mut batch = WriteBatch::new(chunk.table.clone(), chunk.key.clone());
+                batch.updates = chunk.updates.clone();
+                self.apply_in(&mut conn, &batch, &table).await?;
+            }
+            let t = std::time::Instant::now();
+            let keys = self.load_inserts(&mut conn, chunk).await?;
+            tracing::debug!("chunk: {} rows loaded in {:?}", keys.len(), t.elapsed());
+            if let Some(links) = &chunk.links {
+                let resolved = links.resolved(&keys);
+                crate::state::mssql::write_links_in(&mut conn, &resolved)
+                    .await
+                    .map_err(|e| self.query_error("writing links", e))?;
+            }
+            if let Some(fresh) = chunk.fresh_links.as_ref().filter(|l| !l.links.is_empty()) {
+                self.load_links(&mut conn, fresh, &keys).await?;
+            }
+            if let Some(turn) = turn {
+                turn.await.map_err(|_| {
+                    EndpointError::Schema(
+                        "an earlier backfill chunk did not commit; this one was rolled back".into(),
+                    )
+                })?;
+            }
+            if let Some(cp) = &chunk.checkpoint {
+                crate::state::mssql::save_checkpoint_in(
+                    &mut conn,
+                    &cp.schema,
+                    &cp.entity,
+                    &cp.direction,
+                    &cp.checkpoint,
+                )
+                .await
+                .map_err(|e| self.query_error("saving the backfill checkpoint", e))?;
+            }
+            Ok::<_, EndpointError>(keys)
+        }
+        .await;
+        self.end(&mut conn, result, &table).await
+    }
+
+    async fn has_rows(&self, table: &TableInfo) -> Result<bool> {
+        let sql = format!(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM {}) THEN 1 ELSE 0 END",
+            qualified(table)
+        );
+        let rows = self
+            .rows(&sql, &[], &format!("looking into {}", table.qualified()))
+            .await?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.first())
+            .is_some_and(|v| *v == Value::Int(1)))
+    }
+
+    /// SQL Server updates a table's statistics by itself once enough of it
+    /// changed (AUTO_UPDATE_STATISTICS, on by default); nothing to do.
+    async fn analyze(
+        &self,
+        _table: Option<(&TableInfo, &[String])>,
+        _state_schema: Option<&str>,
+    ) -> Result<()> {
+        Ok(())
     }
 }

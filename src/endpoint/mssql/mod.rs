@@ -10,10 +10,12 @@
 //! `connect` (the url, TLS, the SQL Server Browser and the pool),
 //! `database` (the pool shared with a state store), `error`
 //! (how errors are classified and kept free of row data), `write` (batched
-//! writes), `bulk` (backfill reads) and `types` (values both ways).
+//! writes), `bulk` (backfill reads and chunk writes), `load` (bulk loads
+//! through a staging table) and `types` (values both ways).
 
 mod bulk;
 mod connect;
+mod load;
 mod write;
 
 use super::{
@@ -607,6 +609,10 @@ impl Endpoint for MssqlEndpoint {
                 DbFailure::from(&e)
             ))
         })
+    }
+
+    fn bulk(&self) -> Option<&dyn super::bulk::Bulk> {
+        Some(self)
     }
 
     fn bulk_source(&self) -> &dyn super::bulk::BulkSource {

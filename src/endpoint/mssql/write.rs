@@ -1,19 +1,34 @@
 //! The write path: a batch of inserts, updates and deletes in one
 //! transaction, with new keys taken from eware_get_identity_id, IDENTITY
-//! (SCOPE_IDENTITY()) or OUTPUT INSERTED, by Sage CRM's rules, and the
+//! (SCOPE_IDENTITY()) or OUTPUT INSERTED … INTO, by Sage CRM's rules, and the
 //! batch's links in the same transaction when the state lives here.
 
 use super::error::DbFailure;
 use super::types::{from_column, Param};
+use super::TdsClient;
 use super::{placeholders, qualified, quote, MssqlEndpoint, MAX_PARAMS};
 use crate::endpoint::{Applied, Assign, EndpointError, Result, WriteBatch};
 use crate::state::LinkBatch;
 use crate::value::Value;
-use tiberius::{Client, ToSql};
-use tokio::net::TcpStream;
+use tiberius::ToSql;
+
+/// Batches with fewer inserts than this insert row by row; more go through
+/// a staging table in one statement.
+const STAGED_MIN: usize = 20;
 
 /// Sage CRM maintains this table with triggers; crmsync never writes it.
 const TRIGGER_MAINTAINED: &str = "CRMEmailPhoneData";
+
+/// Refuses writes to a table that Sage CRM's triggers maintain.
+pub(super) fn refuse_trigger_maintained(table: &crate::endpoint::TableInfo) -> Result<()> {
+    if table.name.eq_ignore_ascii_case(TRIGGER_MAINTAINED) {
+        return Err(EndpointError::Schema(format!(
+            "{} is maintained by Sage CRM's triggers; crmsync never writes it",
+            table.qualified()
+        )));
+    }
+    Ok(())
+}
 
 impl MssqlEndpoint {
     /// [`Endpoint::apply`](crate::endpoint::Endpoint::apply): the batch in one
@@ -23,22 +38,10 @@ impl MssqlEndpoint {
         batch: &WriteBatch,
         links: Option<&LinkBatch>,
     ) -> Result<Applied> {
-        if batch.table.name.eq_ignore_ascii_case(TRIGGER_MAINTAINED) {
-            return Err(EndpointError::Schema(format!(
-                "{} is maintained by Sage CRM's triggers; crmsync never writes it",
-                batch.table.qualified()
-            )));
-        }
+        refuse_trigger_maintained(&batch.table)?;
         let table = batch.table.qualified();
         let mut conn = self.conn().await?;
-        // XACT_ABORT: any error rolls the whole transaction back, so a
-        // failed batch leaves nothing behind.
-        conn.simple_query("SET XACT_ABORT ON; BEGIN TRANSACTION")
-            .await
-            .map_err(|e| self.query_error("starting a transaction", e))?
-            .into_results()
-            .await
-            .map_err(|e| self.query_error("starting a transaction", e))?;
+        self.begin(&mut conn).await?;
         let result = async {
             let applied = self.apply_in(&mut conn, batch, &table).await?;
             // The links commit with the rows they describe.
@@ -51,15 +54,38 @@ impl MssqlEndpoint {
             Ok::<_, EndpointError>(applied)
         }
         .await;
+        self.end(&mut conn, result, &table).await
+    }
+
+    /// Opens a transaction in which any error rolls everything back
+    /// (XACT_ABORT), so a failed batch leaves nothing behind.
+    pub(super) async fn begin(&self, conn: &mut TdsClient) -> Result<()> {
+        conn.simple_query("SET XACT_ABORT ON; BEGIN TRANSACTION")
+            .await
+            .map_err(|e| self.query_error("starting a transaction", e))?
+            .into_results()
+            .await
+            .map_err(|e| self.query_error("starting a transaction", e))?;
+        Ok(())
+    }
+
+    /// Commits the transaction `begin` opened when `result` is a success,
+    /// rolls it back otherwise.
+    pub(super) async fn end<T>(
+        &self,
+        conn: &mut TdsClient,
+        result: Result<T>,
+        table: &str,
+    ) -> Result<T> {
         match result {
-            Ok(applied) => {
+            Ok(v) => {
                 conn.simple_query("COMMIT TRANSACTION")
                     .await
                     .map_err(|e| self.query_error(format!("committing writes to {table}"), e))?
                     .into_results()
                     .await
                     .map_err(|e| self.query_error(format!("committing writes to {table}"), e))?;
-                Ok(applied)
+                Ok(v)
             }
             Err(e) => {
                 let rollback = async {
@@ -76,9 +102,140 @@ impl MssqlEndpoint {
         }
     }
 
-    async fn apply_in(
+    pub(super) async fn apply_in(
         &self,
-        conn: &mut Client<tokio_util::compat::Compat<TcpStream>>,
+        conn: &mut TdsClient,
+        batch: &WriteBatch,
+        table: &str,
+    ) -> Result<Applied> {
+        let inserted_keys = match self.staged_inserts(conn, batch).await? {
+            Some(keys) => keys,
+            None => self.apply_rows(conn, batch, table).await?.inserted_keys,
+        };
+        self.apply_changes(conn, batch, table).await?;
+        Ok(Applied { inserted_keys })
+    }
+
+    /// The batch's inserts as one set-based insert through the staging
+    /// table (`load`), when there are many and they are alike: the same
+    /// columns, each a value in every row, or the server's clock in every
+    /// row, or (the key) an id from `eware_get_identity_id`, drawn as a
+    /// block in one round trip. `None` when the batch is not such, or its
+    /// key is drawn by a default.
+    async fn staged_inserts(
+        &self,
+        conn: &mut TdsClient,
+        batch: &WriteBatch,
+    ) -> Result<Option<Vec<Value>>> {
+        let [first, ..] = batch.inserts.as_slice() else {
+            return Ok(None);
+        };
+        if batch.inserts.len() < STAGED_MIN {
+            return Ok(None);
+        }
+        let kind = |a: &Assign| std::mem::discriminant(a);
+        let alike = batch.inserts.iter().all(|ins| {
+            ins.columns.len() == first.columns.len()
+                && ins
+                    .columns
+                    .iter()
+                    .zip(&first.columns)
+                    .all(|((c, a), (c0, a0))| c == c0 && kind(a) == kind(a0))
+        });
+        if !alike {
+            return Ok(None);
+        }
+        let names: Vec<String> = first.columns.iter().map(|(c, _)| c.clone()).collect();
+        let mut exprs = Vec::with_capacity(names.len());
+        let mut allocate = None;
+        for (c, a) in &first.columns {
+            match a {
+                Assign::Value(_) => exprs.push(None),
+                Assign::Now => exprs.push(Some(self.now_expr(batch, c))),
+                Assign::AllocateId { table } if c.eq_ignore_ascii_case(&batch.key) => {
+                    allocate = Some(table.clone());
+                    exprs.push(None);
+                }
+                Assign::AllocateId { .. } => return Ok(None),
+            }
+        }
+        let ids = match &allocate {
+            Some(t) => self.allocate_ids(conn, t, batch.inserts.len()).await?,
+            None => Vec::new(),
+        };
+        let rows: Vec<Vec<Value>> = batch
+            .inserts
+            .iter()
+            .enumerate()
+            .map(|(r, ins)| {
+                ins.columns
+                    .iter()
+                    .filter_map(|(_, a)| match a {
+                        Assign::Value(v) => Some(v.clone()),
+                        Assign::AllocateId { .. } => ids.get(r).cloned(),
+                        Assign::Now => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let staged = super::load::Staged {
+            table: &batch.table,
+            key: &batch.key,
+            columns: &names,
+            exprs,
+            rows: &rows,
+        };
+        self.insert_staged(conn, &staged).await
+    }
+
+    /// `n` new ids for `table` from Sage CRM's `eware_get_identity_id`, in
+    /// one round trip.
+    async fn allocate_ids(
+        &self,
+        conn: &mut TdsClient,
+        table: &str,
+        n: usize,
+    ) -> Result<Vec<Value>> {
+        let sql: String = (0..n)
+            .map(|i| {
+                format!(
+                    "DECLARE @id{i} int; EXEC @id{i} = eware_get_identity_id @P1; SELECT @id{i}; "
+                )
+            })
+            .collect();
+        let what = format!("allocating {n} ids for {table}");
+        let p = Param::new(Value::Text(table.to_string()), None);
+        let ids: Vec<Value> = conn
+            .query(sql, &[&p as &dyn ToSql])
+            .await
+            .map_err(|e| self.query_error(what.clone(), e))?
+            .into_results()
+            .await
+            .map_err(|e| self.query_error(what.clone(), e))?
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                r.into_iter()
+                    .next()
+                    .map(|d| from_column(&d))
+                    .transpose()
+                    .map(|v| v.unwrap_or(Value::Null))
+            })
+            .collect::<tiberius::Result<_>>()
+            .map_err(|e| self.query_error("decoding allocated ids", e))?;
+        if ids.len() != n || ids.iter().any(Value::is_null) {
+            return Err(EndpointError::Schema(format!(
+                "eware_get_identity_id gave {} ids for {table} where {n} were asked",
+                ids.iter().filter(|v| !v.is_null()).count()
+            )));
+        }
+        Ok(ids)
+    }
+
+    /// The batch's inserts one statement each.
+    pub(super) async fn apply_rows(
+        &self,
+        conn: &mut TdsClient,
         batch: &WriteBatch,
         table: &str,
     ) -> Result<Applied> {
@@ -116,6 +273,16 @@ impl MssqlEndpoint {
             };
             inserted_keys.push(key);
         }
+        Ok(Applied { inserted_keys })
+    }
+
+    /// The batch's updates and deletes.
+    async fn apply_changes(
+        &self,
+        conn: &mut TdsClient,
+        batch: &WriteBatch,
+        table: &str,
+    ) -> Result<()> {
         for up in &batch.updates {
             let mut params = Vec::new();
             let sets: Vec<String> = up
@@ -158,17 +325,18 @@ impl MssqlEndpoint {
                 .await
                 .map_err(|e| self.query_error(format!("deleting from {table}"), e))?;
         }
-        Ok(Applied { inserted_keys })
+        Ok(())
     }
 
     /// The statement of one insert, its parameters, and the key when the
     /// insert gives it itself.
     ///
     /// The new key comes back by `SELECT @id` (eware_get_identity_id), by
-    /// `SCOPE_IDENTITY()` (IDENTITY), or else by `OUTPUT INSERTED`: Sage
-    /// CRM's tables carry triggers, and SQL Server refuses `OUTPUT` without
-    /// `INTO` on a table with enabled triggers (error 334), so it is used
-    /// only where nothing else can tell the key.
+    /// `SCOPE_IDENTITY()` (IDENTITY), or else (a key drawn by a default,
+    /// such as `NEWID()`) by `OUTPUT INSERTED.key INTO` a table variable:
+    /// SQL Server refuses `OUTPUT` without `INTO` on a table with enabled
+    /// triggers (error 334), and Sage CRM's and most ERPs' tables carry
+    /// triggers.
     fn insert_sql(
         &self,
         batch: &WriteBatch,
@@ -212,7 +380,14 @@ impl MssqlEndpoint {
         } else if identity {
             (String::new(), "; SELECT SCOPE_IDENTITY()".to_string())
         } else {
-            (format!(" OUTPUT INSERTED.{key}"), String::new())
+            prefix.push_str(&format!(
+                "DECLARE @k TABLE (k {}); ",
+                self.declaration(&batch.table, &batch.key)
+            ));
+            (
+                format!(" OUTPUT INSERTED.{key} INTO @k"),
+                "; SELECT k FROM @k".to_string(),
+            )
         };
         let body = if names.is_empty() {
             format!("INSERT INTO {table}{output} DEFAULT VALUES")
@@ -224,6 +399,17 @@ impl MssqlEndpoint {
             )
         };
         (format!("{prefix}{body}{suffix}"), params, given)
+    }
+
+    /// The server's clock in the form of `column`.
+    fn now_expr(&self, batch: &WriteBatch, column: &str) -> String {
+        let native = self.native(&batch.table, column).map(|n| n.name);
+        match native.as_deref() {
+            Some("datetimeoffset") => "SYSDATETIMEOFFSET()".into(),
+            Some("datetime2") => "SYSDATETIME()".into(),
+            Some("date") => "CAST(GETDATE() AS date)".into(),
+            _ => "GETDATE()".into(),
+        }
     }
 
     fn assign_expr(
@@ -238,15 +424,7 @@ impl MssqlEndpoint {
                 params.push(self.param(&batch.table, column, v));
                 format!("@P{}", params.len())
             }
-            Assign::Now => {
-                let native = self.native(&batch.table, column).map(|n| n.name);
-                match native.as_deref() {
-                    Some("datetimeoffset") => "SYSDATETIMEOFFSET()".into(),
-                    Some("datetime2") => "SYSDATETIME()".into(),
-                    Some("date") => "CAST(GETDATE() AS date)".into(),
-                    _ => "GETDATE()".into(),
-                }
-            }
+            Assign::Now => self.now_expr(batch, column),
             // Ids are allocated only for the key of an insert, which
             // insert_sql handles before the INSERT; `@id` is its variable.
             Assign::AllocateId { .. } => "@id".into(),

@@ -289,8 +289,8 @@ async fn finish(
 /// each chunk is handled as a sync pass handles changed rows of that side
 /// (merged with linked rows, linked by the CRM link column, the external
 /// CRM id column or `match_on`, or inserted by the target's rules). It
-/// serves every external → CRM backfill, and a CRM → external one whose
-/// target has no bulk interface (SQL Server). Each chunk writes the target
+/// serves every external → CRM backfill, a CRM → external one whose
+/// target has no bulk interface, and one whose fields translate references. Each chunk writes the target
 /// first, then the links; its checkpoint follows. A crash in between is
 /// repaired on rerun: the rows a lost chunk inserted carry their source key
 /// (the CRM link column, or the external CRM id column) and are linked, not
@@ -415,7 +415,7 @@ async fn to_external(
     let direction = opts.direction.as_str();
     let Some(ext_bulk) = engine.endpoints.external.bulk() else {
         tracing::info!(
-            "entity {:?}: the external database has no bulk interface (SQL Server): \
+            "entity {:?}: the external database has no bulk interface: \
              the rows are written through the sync's batched writes",
             e.name()
         );
@@ -486,6 +486,7 @@ async fn to_external(
         state_here
             && e.plan.insert_into_external
             && b.kind() == ext_bulk.kind()
+            && b.moves_raw()
             && ref_fields.is_empty()
     });
     let raw = crm_raw.is_some();

@@ -113,6 +113,45 @@ async fn batch(c: &mut TdsClient, sql: &str) -> Result<(), tiberius::error::Erro
     Ok(())
 }
 
+/// Saves a backfill checkpoint inside the caller's transaction (a bulk
+/// chunk's, so that it commits with the rows it counts), or as a statement
+/// of its own when there is none.
+pub(crate) async fn save_checkpoint_in(
+    c: &mut TdsClient,
+    schema: &str,
+    entity: &str,
+    direction: &str,
+    cp: &Checkpoint,
+) -> Result<(), tiberius::error::Error> {
+    exec(
+        c,
+        &format!(
+            "MERGE {}.backfill_checkpoints WITH (HOLDLOCK) AS c \
+             USING (SELECT @P1 AS entity, @P2 AS direction) AS u \
+             ON c.entity = u.entity AND c.direction = u.direction \
+             WHEN MATCHED THEN UPDATE SET snapshot_ts = @P3, last_key = @P4, rows_done = @P5, \
+               finished_at = CASE WHEN @P6 = 1 THEN SYSUTCDATETIME() END, \
+               insert_only = @P7, updated_at = SYSUTCDATETIME() \
+             WHEN NOT MATCHED THEN INSERT \
+               (entity, direction, snapshot_ts, last_key, rows_done, finished_at, insert_only) \
+               VALUES (@P1, @P2, @P3, @P4, @P5, \
+                 CASE WHEN @P6 = 1 THEN SYSUTCDATETIME() END, @P7);",
+            quote(schema)
+        ),
+        &[
+            Arg::text(entity),
+            Arg::text(direction),
+            Arg::Text(Some(to_json(&cp.snapshot_ts))),
+            Arg::Text(cp.last_key.as_ref().map(to_json)),
+            Arg::Int(Some(cp.rows_done)),
+            Arg::Bool(cp.finished),
+            Arg::Bool(cp.insert_only),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// The integer in column `i` of the first row.
 fn int_at(rows: &[Vec<Value>], i: usize) -> Option<i64> {
     int(rows.first()?.get(i)?)
@@ -479,33 +518,10 @@ impl StateStore for MsStore {
         direction: &str,
         cp: &Checkpoint,
     ) -> Result<(), EndpointError> {
-        self.exec(
-            &format!(
-                "MERGE {}.backfill_checkpoints WITH (HOLDLOCK) AS c \
-                 USING (SELECT @P1 AS entity, @P2 AS direction) AS u \
-                 ON c.entity = u.entity AND c.direction = u.direction \
-                 WHEN MATCHED THEN UPDATE SET snapshot_ts = @P3, last_key = @P4, rows_done = @P5, \
-                   finished_at = CASE WHEN @P6 = 1 THEN SYSUTCDATETIME() END, \
-                   insert_only = @P7, updated_at = SYSUTCDATETIME() \
-                 WHEN NOT MATCHED THEN INSERT \
-                   (entity, direction, snapshot_ts, last_key, rows_done, finished_at, insert_only) \
-                   VALUES (@P1, @P2, @P3, @P4, @P5, \
-                     CASE WHEN @P6 = 1 THEN SYSUTCDATETIME() END, @P7);",
-                self.s()
-            ),
-            &[
-                Arg::text(entity),
-                Arg::text(direction),
-                Arg::Text(Some(to_json(&cp.snapshot_ts))),
-                Arg::Text(cp.last_key.as_ref().map(to_json)),
-                Arg::Int(Some(cp.rows_done)),
-                Arg::Bool(cp.finished),
-                Arg::Bool(cp.insert_only),
-            ],
-            "saving the backfill checkpoint",
-        )
-        .await?;
-        Ok(())
+        let mut c = self.db.conn().await?;
+        save_checkpoint_in(&mut c, &self.schema, entity, direction, cp)
+            .await
+            .map_err(|e| self.state_error("saving the backfill checkpoint", e))
     }
 
     async fn clear_checkpoint(&self, entity: &str, direction: &str) -> Result<(), EndpointError> {

@@ -3,7 +3,7 @@
 //! cached in memory, so results carry the real SQL Server types.
 
 use crate::sqltype::SqlType;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tokio_postgres::Client;
 
 /// One column as declared in T-SQL DDL.
@@ -54,7 +54,12 @@ pub struct Catalog {
     by_name: HashMap<String, usize>,
     /// PostgreSQL index (and key constraint) name -> declared name.
     index_names: HashMap<String, (String, IndexKind)>,
+    /// Tables with an enabled trigger made by CREATE TRIGGER.
+    triggered: HashSet<u32>,
 }
+
+/// PostgreSQL name prefix of the triggers CREATE TRIGGER makes.
+pub const USER_TRIGGER_PREFIX: &str = "standin_user_";
 
 /// DDL of the side tables, functions and collation the stand-in needs.
 pub const BOOTSTRAP: &str = include_str!("bootstrap.sql");
@@ -71,6 +76,31 @@ impl Catalog {
                 &[],
             )
             .await?;
+        let mut cat = Catalog::tables_of(rows);
+        Self::load_rest(client, &mut cat).await?;
+        Ok(cat)
+    }
+
+    /// The tables of `oids` alone, as `client` sees them: a session's own
+    /// tables created in its open transaction (a #temp staging table) are
+    /// invisible to the shared catalog, which other sessions reload.
+    pub async fn load_oids(
+        client: &Client,
+        oids: &[u32],
+    ) -> Result<Catalog, tokio_postgres::Error> {
+        let rows = client
+            .query(
+                "SELECT c.table_oid, c.table_schema, c.table_name, c.column_name, c.attnum, \
+                 c.type_decl, c.is_nullable, c.is_identity \
+                 FROM mssql_standin.columns c WHERE c.table_oid = ANY($1) \
+                 ORDER BY c.table_oid, c.ordinal",
+                &[&oids],
+            )
+            .await?;
+        Ok(Catalog::tables_of(rows))
+    }
+
+    fn tables_of(rows: Vec<tokio_postgres::Row>) -> Catalog {
         let mut cat = Catalog::default();
         for r in rows {
             let oid: u32 = r.get(0);
@@ -106,6 +136,10 @@ impl Catalog {
             };
             cat.tables[idx].columns.push(col);
         }
+        cat
+    }
+
+    async fn load_rest(client: &Client, cat: &mut Catalog) -> Result<(), tokio_postgres::Error> {
         let rows = client
             .query(
                 "SELECT k.relname::text, x.name, x.is_primary_key, x.is_unique_constraint \
@@ -121,12 +155,26 @@ impl Catalog {
             };
             cat.index_names.insert(r.get(0), (r.get(1), kind));
         }
-        Ok(cat)
+        let rows = client
+            .query(
+                "SELECT DISTINCT tgrelid FROM pg_trigger \
+                 WHERE starts_with(tgname::text, $1) AND tgenabled <> 'D'",
+                &[&USER_TRIGGER_PREFIX],
+            )
+            .await?;
+        cat.triggered = rows.iter().map(|r| r.get(0)).collect();
+        Ok(())
     }
 
     /// The declared name of an index or key constraint, by PostgreSQL name.
     pub fn index_name(&self, pg_name: &str) -> Option<(&str, IndexKind)> {
         self.index_names.get(pg_name).map(|(n, k)| (n.as_str(), *k))
+    }
+
+    /// Whether the table has an enabled trigger of its own (not the
+    /// stand-in's storage trigger).
+    pub fn has_triggers(&self, oid: u32) -> bool {
+        self.triggered.contains(&oid)
     }
 
     pub fn table_by_oid(&self, oid: u32) -> Option<&TableInfo> {

@@ -31,7 +31,7 @@ fn pg_name(n: &ObjectName) -> String {
     let mut n = n.clone();
     map_object_name(&mut n);
     let s = n.to_string();
-    if s.contains('.') || s.starts_with("\"#") {
+    if s.contains('.') || s.starts_with("\"#") || s.starts_with("\"@") {
         s
     } else {
         format!("\"dbo\".{s}")
@@ -240,7 +240,8 @@ pub async fn create_table(
     }
     let mut defs: Vec<String> = cols.iter().map(column_sql).collect();
     defs.extend(constraints);
-    let temp = declared.starts_with('#');
+    // #temp tables and table variables are the session's own.
+    let temp = declared.starts_with('#') || declared.starts_with('@');
     let create = format!(
         "CREATE {}TABLE {table} ({})",
         if temp { "TEMP " } else { "" },
@@ -529,6 +530,9 @@ fn trigger_sql(table: &str, declared: &str, schema: &str, database: &str, cols: 
             | SqlType::VarChar(Some(n))
             | SqlType::NChar(n)
             | SqlType::Char(n) => {
+                // A value of at most n UTF-8 bytes has at most n UTF-16
+                // units: only longer ones need counting.
+                body.push_str(&format!("IF octet_length({f}) > {n} THEN\n"));
                 body.push_str(&format!(
                     "IF mssql_standin.utf16_len(rtrim({f}, ' ')) > {n} THEN RAISE EXCEPTION USING ERRCODE = 'M2628', MESSAGE = format('String or binary data would be truncated in table ''%s'', column ''%s''. Truncated value: ''%s''.', {}, {}, left({f}, {n})); END IF;\n",
                     sql_str(&qualified),
@@ -538,6 +542,7 @@ fn trigger_sql(table: &str, declared: &str, schema: &str, database: &str, cols: 
                 body.push_str(&format!(
                     "IF mssql_standin.utf16_len({f}) > {n} THEN {f} := rtrim({f}, ' '); END IF;\n"
                 ));
+                body.push_str("END IF;\n");
                 if matches!(c.ty, SqlType::NChar(_) | SqlType::Char(_)) {
                     body.push_str(&format!("{f} := rpad({f}, {n});\n"));
                 }
@@ -548,7 +553,7 @@ fn trigger_sql(table: &str, declared: &str, schema: &str, database: &str, cols: 
     // A #temp table's trigger function is the session's own, too.
     let fname = format!(
         "{}.{}",
-        if declared.starts_with('#') {
+        if declared.starts_with('#') || declared.starts_with('@') {
             "pg_temp"
         } else {
             "mssql_standin"
@@ -614,4 +619,159 @@ pub async fn create_index(pg: &Client, ci: &CreateIndex, env: &Env<'_>) -> Resul
     .await
     .map_err(|e| crate::session::map_pg_error(&e, None))?;
     Ok(())
+}
+
+/// Runs `CREATE [OR ALTER] TRIGGER name ON table {AFTER | FOR} events AS
+/// body` ("CREATE TRIGGER (Transact-SQL)"): one PostgreSQL statement-level
+/// AFTER trigger per event, whose transition tables are the `inserted`
+/// and `deleted` tables the body reads. The body is DML statements (SET
+/// NOCOUNT and BEGIN … END are accepted); INSTEAD OF triggers, IF and
+/// variables are not emulated.
+pub async fn create_trigger(pg: &Client, text: &str, env: &Env<'_>) -> Result<(), SqlError> {
+    let upper = text.to_uppercase();
+    let find = |word: &str, from: usize| -> Option<usize> {
+        let pat = format!(" {word} ");
+        let spaced: String = upper[from..]
+            .chars()
+            .map(|c| if c.is_whitespace() { ' ' } else { c })
+            .collect();
+        spaced.find(&pat).map(|i| from + i)
+    };
+    let start = upper
+        .find("TRIGGER")
+        .ok_or_else(|| SqlError::syntax("TRIGGER"))?
+        + "TRIGGER".len();
+    let on = find("ON", start).ok_or_else(|| SqlError::syntax("ON"))?;
+    let name = text[start..on].trim();
+    let (timing, after_at) = match (find("AFTER", on), find("FOR", on), find("INSTEAD", on)) {
+        (_, _, Some(_)) => return Err(SqlError::unsupported("INSTEAD OF triggers")),
+        (Some(a), _, _) => (a, a + " AFTER ".len()),
+        (None, Some(f), _) => (f, f + " FOR ".len()),
+        _ => return Err(SqlError::syntax("ON")),
+    };
+    let table_text = text[on + " ON ".len()..timing].trim();
+    let as_at = find("AS", after_at).ok_or_else(|| SqlError::syntax("AS"))?;
+    let events: Vec<String> = upper[after_at..as_at]
+        .split(',')
+        .map(|e| e.trim().to_string())
+        .collect();
+    let body = &text[as_at + " AS ".len()..];
+    let table_name = crate::session::parse_one(&format!("SELECT 1 FROM {table_text}"))
+        .ok()
+        .and_then(|s| match s {
+            sqlparser::ast::Statement::Query(q) => match *q.body {
+                sqlparser::ast::SetExpr::Select(s) => {
+                    s.from.first().and_then(|t| match &t.relation {
+                        sqlparser::ast::TableFactor::Table { name, .. } => Some(name.clone()),
+                        _ => None,
+                    })
+                }
+                _ => None,
+            },
+            _ => None,
+        })
+        .ok_or_else(|| SqlError::syntax(table_text))?;
+    let table = pg_name(&table_name);
+    let declared_table = object_base_name(&table_name);
+    if env.catalog.table(&declared_table).is_none() {
+        return Err(SqlError::new(
+            8197,
+            16,
+            format!("The object '{table_text}' does not exist or is invalid for this operation."),
+        ));
+    }
+    let trigger_name = name
+        .rsplit('.')
+        .next()
+        .unwrap_or(name)
+        .trim_matches(['[', ']', '"'])
+        .to_lowercase();
+    // The body's statements, translated once.
+    let nodes = crate::batch::build(&crate::batch::split(body)).map_err(SqlError::syntax)?;
+    let mut stmts = Vec::new();
+    fn collect<'n>(
+        nodes: &'n [crate::batch::Node],
+        out: &mut Vec<&'n str>,
+    ) -> Result<(), SqlError> {
+        for n in nodes {
+            match n {
+                crate::batch::Node::Stmt(s) => out.push(s),
+                crate::batch::Node::Block(b) => collect(b, out)?,
+                crate::batch::Node::If { .. } => {
+                    return Err(SqlError::unsupported("IF in a trigger body"))
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut texts = Vec::new();
+    collect(&nodes, &mut texts)?;
+    for s in texts {
+        let words: Vec<String> = s
+            .split_whitespace()
+            .take(2)
+            .map(str::to_uppercase)
+            .collect();
+        if words.first().map(String::as_str) == Some("SET")
+            && words.get(1).map(String::as_str) == Some("NOCOUNT")
+        {
+            continue;
+        }
+        let stmt = crate::session::parse_one(s)?;
+        let tr = crate::translate::translate_statement(stmt, env)?;
+        if !tr.binds.is_empty() || tr.output_into.is_some() {
+            return Err(SqlError::unsupported(
+                "variables or OUTPUT … INTO in a trigger body",
+            ));
+        }
+        stmts.push(tr.sql);
+    }
+    let mut sql = String::new();
+    for event in &events {
+        let referencing = match event.as_str() {
+            "INSERT" => "REFERENCING NEW TABLE AS inserted",
+            "UPDATE" => "REFERENCING OLD TABLE AS deleted NEW TABLE AS inserted",
+            "DELETE" => "REFERENCING OLD TABLE AS deleted",
+            other => return Err(SqlError::syntax(other)),
+        };
+        let pg_trigger = pg_ident(&format!(
+            "{}{trigger_name}_{}",
+            crate::catalog::USER_TRIGGER_PREFIX,
+            event.to_lowercase()
+        ));
+        let func = format!(
+            "mssql_standin.{}",
+            pg_ident(&format!(
+                "trg_user_{declared_table}_{trigger_name}_{}",
+                event.to_lowercase()
+            ))
+        );
+        let body: String = stmts.iter().map(|s| format!("{s};\n")).collect();
+        // RECURSIVE_TRIGGERS is OFF by default ("ALTER DATABASE SET
+        // Options"): a trigger's own writes to its table do not fire it
+        // again, while other tables' triggers do fire (nested triggers).
+        let guard: String = format!("{declared_table}_{trigger_name}_{}", event.to_lowercase())
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let guard = format!("'mssql_standin_trg.{guard}'");
+        let body = format!(
+            "IF coalesce(current_setting({guard}, true), '') = 'on' THEN RETURN NULL; END IF;\n\
+             PERFORM set_config({guard}, 'on', true);\n{body}PERFORM set_config({guard}, '', true);\n"
+        );
+        sql.push_str(&format!(
+            "CREATE OR REPLACE FUNCTION {func}() RETURNS trigger LANGUAGE plpgsql AS $trg$\nBEGIN\n{body}RETURN NULL;\nEND\n$trg$;\n\
+             DROP TRIGGER IF EXISTS {pg_trigger} ON {table};\n\
+             CREATE TRIGGER {pg_trigger} AFTER {event} ON {table} {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {func}();\n"
+        ));
+    }
+    pg.batch_execute(&sql)
+        .await
+        .map_err(|e| crate::session::map_pg_error(&e, None))
 }

@@ -84,6 +84,9 @@ pub struct Abort;
 #[derive(Debug, Clone)]
 pub struct BulkTarget {
     pub table: String,
+    /// `WITH (KEEP_NULLS)`: NULLs stay NULL instead of taking the column's
+    /// default.
+    pub keep_nulls: bool,
 }
 
 pub struct Session {
@@ -101,6 +104,8 @@ pub struct Session {
     descriptor: u64,
     next_descriptor: u64,
     identity_insert: HashSet<String>,
+    /// Table variables of the running batch (`@t`, lower case).
+    table_vars: Vec<String>,
     scope_identity: Option<i64>,
     rowcount: i64,
     last_error: i32,
@@ -310,7 +315,7 @@ fn strip_merge_hints(text: &str) -> String {
     format!("{}{}", &text[..w], &text[w + 5 + close + 1..])
 }
 
-fn parse_one(text: &str) -> Result<Statement, SqlError> {
+pub(crate) fn parse_one(text: &str) -> Result<Statement, SqlError> {
     let mut stmts = Parser::parse_sql(&MsSqlDialect {}, text).map_err(|e| {
         let m = e.to_string();
         let near = m
@@ -385,6 +390,7 @@ impl Session {
             descriptor: 0,
             next_descriptor: 1,
             identity_insert: HashSet::new(),
+            table_vars: Vec::new(),
             scope_identity: None,
             rowcount: 0,
             last_error: 0,
@@ -456,6 +462,19 @@ impl Session {
                 return failed;
             }
         }
+        // So does CREATE TRIGGER ("CREATE TRIGGER must be the first
+        // statement in the batch").
+        if let Some(p) = pieces.first() {
+            let w = words(&p.text);
+            if p.head == "CREATE" && w.iter().take(4).any(|x| x == "TRIGGER") {
+                let mut failed = false;
+                let r = self.create_trigger(sql, out).await;
+                if let Err(e) = r {
+                    let _ = self.handle_error(e, out, &mut failed).await;
+                }
+                return failed;
+            }
+        }
         let nodes = match batch::build(&pieces) {
             Ok(n) => n,
             Err(near) => {
@@ -467,7 +486,41 @@ impl Session {
         };
         let mut failed = false;
         let _ = self.run_nodes(&nodes, &mut vars, out, &mut failed).await;
+        self.drop_table_variables().await;
         failed
+    }
+
+    async fn create_trigger(&mut self, sql: &str, out: &mut Out) -> Result<(), SqlError> {
+        let cat = self.shared.catalog.read().await;
+        let empty = Vars::new();
+        let env = self.env(&cat, &empty);
+        ddl::create_trigger(&self.pg, sql, &env).await?;
+        drop(cat);
+        self.reload_catalog().await?;
+        out.done(self.inxact(), 0);
+        Ok(())
+    }
+
+    /// Table variables live until the end of the batch that declares them
+    /// ("table (Transact-SQL)": "The scope of a table variable is the
+    /// batch").
+    async fn drop_table_variables(&mut self) {
+        if self.table_vars.is_empty() {
+            return;
+        }
+        let names: Vec<String> = std::mem::take(&mut self.table_vars)
+            .iter()
+            .map(|n| translate::pg_ident(n))
+            .collect();
+        let _ = self
+            .pg
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {}; \
+                 DELETE FROM mssql_standin.columns WHERE table_oid NOT IN (SELECT oid FROM pg_class)",
+                names.join(", ")
+            ))
+            .await;
+        let _ = self.reload_catalog().await;
     }
 
     fn run_nodes<'a>(
@@ -916,6 +969,11 @@ impl Session {
                 .strip_prefix("AS ")
                 .or_else(|| ty_text.strip_prefix("as "))
                 .unwrap_or(ty_text);
+            let head = ty_text.split(['(', ' ']).next().unwrap_or("");
+            if head.eq_ignore_ascii_case("TABLE") && init.is_none() {
+                self.declare_table(&name, &ty_text[5..]).await?;
+                continue;
+            }
             let ty = crate::catalog::parse_decl(ty_text).ok_or_else(|| {
                 SqlError::new(
                     2715,
@@ -930,6 +988,36 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// `DECLARE @t TABLE (columns)`: a session temp table named `@t`,
+    /// dropped at the end of the batch.
+    async fn declare_table(&mut self, name: &str, columns: &str) -> Result<(), SqlError> {
+        if self.table_vars.iter().any(|t| t == name) {
+            return Err(SqlError::new(
+                134,
+                15,
+                format!("The variable name '{name}' has already been declared. Variable names must be unique within a query batch or stored procedure."),
+            ));
+        }
+        let stmt = parse_one(&format!("CREATE TABLE [{name}] {columns}"))?;
+        let Statement::CreateTable(ct) = &stmt else {
+            return Err(SqlError::syntax(name));
+        };
+        let _ = self
+            .pg
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS pg_temp.{}",
+                translate::pg_ident(name)
+            ))
+            .await;
+        let cat = self.shared.catalog.read().await;
+        let empty = Vars::new();
+        let env = self.env(&cat, &empty);
+        ddl::create_table(&self.pg, ct, &env, &self.shared.database).await?;
+        drop(cat);
+        self.table_vars.push(name.to_string());
+        self.reload_catalog().await
     }
 
     fn env<'a>(&'a self, cat: &'a Catalog, vars: &'a Vars) -> Env<'a> {
@@ -1001,7 +1089,8 @@ impl Session {
             "INSERT" if w.get(1).map(String::as_str) == Some("BULK") => {
                 let table = text.split_whitespace().nth(2).unwrap_or("").to_string();
                 let table = table.split('(').next().unwrap_or("").to_string();
-                self.bulk = Some(BulkTarget { table });
+                let keep_nulls = w.iter().any(|x| x == "KEEP_NULLS");
+                self.bulk = Some(BulkTarget { table, keep_nulls });
                 out.done(self.inxact(), 0);
                 return Ok(());
             }
@@ -1193,6 +1282,29 @@ impl Session {
                 out.done(self.inxact(), 0);
                 return Ok(());
             }
+            "TRIGGER" => {
+                let name = names
+                    .first()
+                    .map(|n| n.rsplit('.').next().unwrap_or(n).trim_matches(['[', ']']))
+                    .unwrap_or("")
+                    .to_lowercase();
+                let prefix = format!("{}{name}_", crate::catalog::USER_TRIGGER_PREFIX);
+                let rows = self
+                    .pg
+                    .query(
+                        "SELECT format('DROP TRIGGER %I ON %s', tgname, tgrelid::regclass) FROM pg_trigger WHERE starts_with(tgname::text, $1)",
+                        &[&prefix],
+                    )
+                    .await
+                    .map_err(|e| map_pg_error(&e, None))?;
+                if rows.is_empty() && !if_exists {
+                    return Err(SqlError::new(3701, 11, format!("Cannot drop the trigger '{name}', because it does not exist or you do not have permission.")));
+                }
+                rows.iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }
             other => return Err(SqlError::unsupported(format!("DROP {other}"))),
         };
         let cat = self.shared.catalog.read().await;
@@ -1259,6 +1371,30 @@ impl Session {
             }
         }
         let is_query = matches!(stmt, Statement::Query(_));
+        let dml_target = match &stmt {
+            Statement::Insert(i) => match &i.table {
+                sqlparser::ast::TableObject::TableName(n) => Some(translate::object_base_name(n)),
+                _ => None,
+            },
+            Statement::Update(u) => match &u.table.relation {
+                sqlparser::ast::TableFactor::Table { name, .. } => {
+                    Some(translate::object_base_name(name))
+                }
+                _ => None,
+            },
+            Statement::Delete(d) => match &d.from {
+                sqlparser::ast::FromTable::WithFromKeyword(t)
+                | sqlparser::ast::FromTable::WithoutKeyword(t) => {
+                    t.first().and_then(|t| match &t.relation {
+                        sqlparser::ast::TableFactor::Table { name, .. } => {
+                            Some(translate::object_base_name(name))
+                        }
+                        _ => None,
+                    })
+                }
+            },
+            _ => None,
+        };
         let has_output = match &stmt {
             Statement::Insert(i) => i.output.is_some(),
             Statement::Update(u) => u.output.is_some(),
@@ -1277,6 +1413,30 @@ impl Session {
                     }
                 }
             }
+        }
+        // OUTPUT without INTO on a table with enabled triggers is error 334
+        // ("OUTPUT Clause (Transact-SQL)": "If the OUTPUT clause is
+        // specified without also specifying the INTO keyword, the target of
+        // the DML operation cannot have any enabled trigger defined on it").
+        if has_output && tr.output_into.is_none() {
+            if let Some(name) = &dml_target {
+                let cat = self.shared.catalog.read().await;
+                if let Some(t) = cat.table(name).filter(|t| cat.has_triggers(t.oid)) {
+                    return Err(SqlError::new(
+                        334,
+                        16,
+                        format!(
+                            "The target table '{}.{}' of the DML statement cannot have any enabled triggers if the statement contains an OUTPUT clause without INTO clause.",
+                            t.schema, t.name
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(into) = tr.output_into.take() {
+            return self
+                .run_output_into(tr, into, ident_col.as_deref(), out)
+                .await;
         }
         // Capture the identity value generated by an INSERT.
         if let Some(ic) = &ident_col {
@@ -1377,6 +1537,55 @@ impl Session {
         Ok(())
     }
 
+    /// Runs a DML statement with `OUTPUT … INTO`: the statement's RETURNING
+    /// rows go into the target table in the same PostgreSQL statement, the
+    /// client gets only the row count, and an INSERT's identity value is
+    /// still captured for SCOPE_IDENTITY().
+    async fn run_output_into(
+        &mut self,
+        tr: Translated,
+        into: translate::OutputInto,
+        ident_col: Option<&str>,
+        out: &mut Out,
+    ) -> Result<(), SqlError> {
+        let mut inner = tr.sql.clone();
+        if let Some(ic) = ident_col {
+            inner.push_str(&format!(
+                ", {} AS \"__standin_identity\"",
+                translate::pg_ident(ic)
+            ));
+        }
+        let cols = if into.columns.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", into.columns.join(", "))
+        };
+        let items: Vec<String> = (0..into.items).map(|i| format!("__out_{i}")).collect();
+        let result = if ident_col.is_some() {
+            "\"__standin_identity\""
+        } else {
+            "1"
+        };
+        let sql = format!(
+            "WITH __standin_output AS ({inner}), __standin_into AS (INSERT INTO {}{cols} SELECT {} FROM __standin_output) SELECT {result} FROM __standin_output",
+            into.table,
+            items.join(", ")
+        );
+        let tr = Translated { sql, ..tr };
+        let rows = self.query(&tr).await?;
+        let n = rows.len() as u64;
+        self.rowcount = n as i64;
+        if ident_col.is_some() {
+            if let Some(last) = rows.last() {
+                if let Ok(Value::Int(v)) = pgvalue::read(last, 0) {
+                    self.scope_identity = Some(v);
+                }
+            }
+        }
+        self.done_count(out, n);
+        Ok(())
+    }
+
     /// DONE for a statement that affected `n` rows. Under SET NOCOUNT ON
     /// the count is not valid (no DONE_COUNT bit, MS-TDS 2.2.7.6), so none
     /// is sent.
@@ -1397,15 +1606,30 @@ impl Session {
         count: usize,
     ) -> Vec<Column> {
         let cat = self.shared.catalog.read().await;
+        // Tables the shared catalog does not know (yet): this session's own,
+        // made in its open transaction.
+        let unknown: Vec<u32> = stmt
+            .columns()
+            .iter()
+            .filter_map(|c| c.table_oid())
+            .filter(|o| *o != 0 && cat.table_by_oid(*o).is_none())
+            .collect();
+        let own = if unknown.is_empty() {
+            Catalog::default()
+        } else {
+            Catalog::load_oids(&self.pg, &unknown)
+                .await
+                .unwrap_or_default()
+        };
         stmt.columns()
             .iter()
             .take(count)
             .enumerate()
             .map(|(i, c)| {
-                let declared = c
-                    .table_oid()
-                    .zip(c.column_id())
-                    .and_then(|(o, a)| cat.column_by_attnum(o, a));
+                let declared = c.table_oid().zip(c.column_id()).and_then(|(o, a)| {
+                    cat.column_by_attnum(o, a)
+                        .or_else(|| own.column_by_attnum(o, a))
+                });
                 let hint = tr.hints.get(i).copied().flatten();
                 let name = match tr.names.get(i).cloned().flatten() {
                     Some(n) => n,
@@ -1703,7 +1927,9 @@ impl Session {
             out.done(DONE_ERROR, 0);
             return true;
         };
-        let r = self.copy_rows(&target.table, cols, rows).await;
+        let r = self
+            .copy_rows(&target.table, cols, rows, target.keep_nulls)
+            .await;
         match r {
             Ok(n) => {
                 out.done(DONE_COUNT | self.inxact(), n);
@@ -1717,13 +1943,19 @@ impl Session {
         }
     }
 
+    /// Stores bulk-loaded rows. Without KEEP_NULLS a NULL sent for a column
+    /// with a default stores the default ("INSERT (BULK) (Transact-SQL)":
+    /// "KEEP_NULLS Specifies that empty columns should retain a null value
+    /// during the bulk-import operation, instead of having any default
+    /// values for the columns inserted"): such rows go through a staging
+    /// copy and an INSERT … SELECT that puts the defaults in.
     async fn copy_rows(
         &self,
         table: &str,
         cols: &[(String, SqlType)],
         rows: &[Vec<Value>],
+        keep_nulls: bool,
     ) -> Result<u64, SqlError> {
-        use futures_util::SinkExt;
         let parts: Vec<String> = table
             .split('.')
             .map(|p| translate::pg_ident(p.trim_matches(['[', ']', '"'])))
@@ -1736,6 +1968,74 @@ impl Session {
             format!("\"dbo\".{}", parts.join(""))
         };
         let col_list: Vec<String> = cols.iter().map(|(n, _)| translate::pg_ident(n)).collect();
+        let defaults = if keep_nulls {
+            Vec::new()
+        } else {
+            let names: Vec<String> = cols.iter().map(|(n, _)| n.to_lowercase()).collect();
+            self.pg
+                .query(
+                    "SELECT a.attnum, a.attname::text, pg_get_expr(d.adbin, d.adrelid) \
+                     FROM pg_attribute a JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                     WHERE a.attrelid = $1::text::regclass AND a.attname::text = ANY($2)",
+                    &[&table, &names],
+                )
+                .await
+                .map_err(|e| map_pg_error(&e, None))?
+                .iter()
+                .filter_map(|r| {
+                    let name: String = r.get(1);
+                    let i = names.iter().position(|n| *n == name)?;
+                    let any_null = rows.iter().any(|row| matches!(row.get(i), Some(Value::Null)));
+                    any_null.then(|| (i, r.get::<_, String>(2)))
+                })
+                .collect::<Vec<(usize, String)>>()
+        };
+        if defaults.is_empty() {
+            return self.copy_into(&table, &col_list, rows).await;
+        }
+        let stage = "pg_temp.\"__standin_bulk\"";
+        self.pg
+            .batch_execute(&format!(
+                "DROP TABLE IF EXISTS {stage}; CREATE TEMP TABLE \"__standin_bulk\" AS SELECT {} FROM {table} WITH NO DATA",
+                col_list.join(", ")
+            ))
+            .await
+            .map_err(|e| map_pg_error(&e, None))?;
+        self.copy_into(stage, &col_list, rows).await?;
+        let select: Vec<String> = col_list
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match defaults.iter().find(|(d, _)| *d == i) {
+                Some((_, expr)) => format!("coalesce({c}, {expr})"),
+                None => c.clone(),
+            })
+            .collect();
+        let cat = self.shared.catalog.read().await;
+        let n = self
+            .pg
+            .execute(
+                &format!(
+                    "INSERT INTO {table} ({}) SELECT {} FROM {stage}",
+                    col_list.join(", "),
+                    select.join(", ")
+                ),
+                &[],
+            )
+            .await
+            .map_err(|e| map_pg_error(&e, Some(&cat)))?;
+        drop(cat);
+        let _ = self.pg.batch_execute(&format!("DROP TABLE {stage}")).await;
+        Ok(n)
+    }
+
+    /// COPYs rows into `table` (PostgreSQL name) as they are.
+    async fn copy_into(
+        &self,
+        table: &str,
+        col_list: &[String],
+        rows: &[Vec<Value>],
+    ) -> Result<u64, SqlError> {
+        use futures_util::SinkExt;
         let sql = format!("COPY {table} ({}) FROM STDIN", col_list.join(", "));
         let cat = self.shared.catalog.read().await;
         let sink = self

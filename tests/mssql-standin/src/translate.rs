@@ -43,6 +43,20 @@ pub struct Translated {
     pub names: Vec<Option<String>>,
     /// Variables assigned by `SELECT @v = …`, by select item position.
     pub assigns: Vec<Option<String>>,
+    /// `OUTPUT … INTO`: where the output rows go instead of the client.
+    pub output_into: Option<OutputInto>,
+}
+
+/// The target of `OUTPUT … INTO table [(columns)]`: the statement's
+/// RETURNING items are named `__out_0`, `__out_1`, … for the caller to
+/// insert into `table`.
+#[derive(Debug, Clone)]
+pub struct OutputInto {
+    /// The PostgreSQL relation (a #temp table, a table variable or a table).
+    pub table: String,
+    /// PostgreSQL column names; empty for all columns in order.
+    pub columns: Vec<String>,
+    pub items: usize,
 }
 
 /// An expression node whose Display is the given SQL text verbatim.
@@ -85,10 +99,11 @@ pub fn map_object_name(name: &mut ObjectName) {
     if parts.is_empty() || parts.iter().any(is_raw) {
         return;
     }
-    // #temp tables live in the session's own schema: no qualifier.
+    // #temp tables and table variables (@t) live in the session's own
+    // schema: no qualifier.
     if parts
         .last()
-        .map(|p| p.value.starts_with('#'))
+        .map(|p| p.value.starts_with('#') || p.value.starts_with('@'))
         .unwrap_or(false)
     {
         let last = parts
@@ -1111,6 +1126,7 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
     let mut hints = Vec::new();
     let mut names = Vec::new();
     let mut assigns = Vec::new();
+    let mut output_into = None;
     // UPDATE … OUTPUT DELETED.x reads the old row through a self-join.
     if let Statement::Update(up) = &stmt {
         if let Some(rewritten) = update_output_deleted(up)? {
@@ -1162,9 +1178,11 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
                 }
             }
             if let Some(out) = ins.output.take() {
-                let items = output_items(out)?;
-                let mut items = items;
-                prepare_projection(&mut items, env, &mut hints, &mut names, &mut assigns);
+                let (mut items, into) = output_items(out)?;
+                output_into = output_target(into, &mut items)?;
+                if output_into.is_none() {
+                    prepare_projection(&mut items, env, &mut hints, &mut names, &mut assigns);
+                }
                 ins.returning = Some(items);
             }
         }
@@ -1181,8 +1199,11 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
                 }
             }
             if let Some(out) = up.output.take() {
-                let mut items = output_items(out)?;
-                prepare_projection(&mut items, env, &mut hints, &mut names, &mut assigns);
+                let (mut items, into) = output_items(out)?;
+                output_into = output_target(into, &mut items)?;
+                if output_into.is_none() {
+                    prepare_projection(&mut items, env, &mut hints, &mut names, &mut assigns);
+                }
                 up.returning = Some(items);
             }
         }
@@ -1222,8 +1243,11 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
         Statement::Delete(del) => {
             rewrite_delete_from(del)?;
             if let Some(out) = del.output.take() {
-                let mut items = output_items(out)?;
-                prepare_projection(&mut items, env, &mut hints, &mut names, &mut assigns);
+                let (mut items, into) = output_items(out)?;
+                output_into = output_target(into, &mut items)?;
+                if output_into.is_none() {
+                    prepare_projection(&mut items, env, &mut hints, &mut names, &mut assigns);
+                }
                 del.returning = Some(items);
             }
         }
@@ -1240,6 +1264,7 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
         hints,
         names,
         assigns,
+        output_into,
     })
 }
 
@@ -1489,8 +1514,71 @@ fn map_column_name(n: &mut ObjectName) {
     }
 }
 
-/// OUTPUT INSERTED.x / DELETED.x items become RETURNING items.
-fn output_items(out: OutputClause) -> Result<Vec<SelectItem>, SqlError> {
+/// `OUTPUT … INTO target [(columns)]` ("OUTPUT Clause (Transact-SQL)"):
+/// names the RETURNING items `__out_i` and says where they go. The target
+/// is a #temp table, a table variable or a table; sqlparser reads a target
+/// with a column list as a call (`#keys(k, n)`).
+fn output_target(
+    into: Option<sqlparser::ast::SelectInto>,
+    items: &mut [SelectItem],
+) -> Result<Option<OutputInto>, SqlError> {
+    let Some(into) = into else {
+        return Ok(None);
+    };
+    let [target] = into.targets.as_slice() else {
+        return Err(SqlError::syntax("INTO"));
+    };
+    let (name, columns) = match target {
+        Expr::Identifier(i) => (
+            ObjectName(vec![ObjectNamePart::Identifier(i.clone())]),
+            vec![],
+        ),
+        Expr::CompoundIdentifier(ids) => (
+            ObjectName(
+                ids.iter()
+                    .cloned()
+                    .map(ObjectNamePart::Identifier)
+                    .collect(),
+            ),
+            vec![],
+        ),
+        Expr::Function(f) => {
+            let cols = func_args(&f.args)
+                .iter()
+                .map(|c| pg_ident(c.trim_matches(['[', ']', '"'])))
+                .collect();
+            (f.name.clone(), cols)
+        }
+        other => return Err(SqlError::unsupported(format!("OUTPUT … INTO {other}"))),
+    };
+    let mut name = name;
+    map_object_name(&mut name);
+    let mut table = name.to_string();
+    if !table.contains('.') && !table.starts_with("\"#") && !table.starts_with("\"@") {
+        table = format!("\"dbo\".{table}");
+    }
+    for (i, item) in items.iter_mut().enumerate() {
+        let expr = match item {
+            SelectItem::UnnamedExpr(e) | SelectItem::ExprWithAlias { expr: e, .. } => e.clone(),
+            _ => return Err(SqlError::unsupported("OUTPUT INSERTED.* … INTO")),
+        };
+        *item = SelectItem::ExprWithAlias {
+            expr,
+            alias: Ident::new(format!("__out_{i}")),
+        };
+    }
+    Ok(Some(OutputInto {
+        table,
+        columns,
+        items: items.len(),
+    }))
+}
+
+/// OUTPUT INSERTED.x / DELETED.x items become RETURNING items; the INTO
+/// target, if any, comes back beside them.
+fn output_items(
+    out: OutputClause,
+) -> Result<(Vec<SelectItem>, Option<sqlparser::ast::SelectInto>), SqlError> {
     let (items, into) = match out {
         OutputClause::Output {
             select_items,
@@ -1499,9 +1587,6 @@ fn output_items(out: OutputClause) -> Result<Vec<SelectItem>, SqlError> {
         } => (select_items, into_table),
         OutputClause::Returning { select_items, .. } => (select_items, None),
     };
-    if into.is_some() {
-        return Err(SqlError::unsupported("OUTPUT … INTO"));
-    }
     let strip = |e: Expr| -> Expr {
         match e {
             Expr::CompoundIdentifier(ids)
@@ -1514,7 +1599,7 @@ fn output_items(out: OutputClause) -> Result<Vec<SelectItem>, SqlError> {
             other => other,
         }
     };
-    Ok(items
+    let items = items
         .into_iter()
         .map(|i| match i {
             SelectItem::UnnamedExpr(e) => SelectItem::UnnamedExpr(strip(e)),
@@ -1525,7 +1610,8 @@ fn output_items(out: OutputClause) -> Result<Vec<SelectItem>, SqlError> {
             SelectItem::QualifiedWildcard(_, opts) => SelectItem::Wildcard(opts),
             other => other,
         })
-        .collect())
+        .collect();
+    Ok((items, into))
 }
 
 /// Gives every select item the column name SQL Server reports, and records

@@ -576,3 +576,86 @@ async fn a_null_parameter_has_its_declared_type() {
         (Some(1), Some(0))
     );
 }
+
+/// The shape of a bulk chunk: rows bulk loaded into a #temp staging table,
+/// then one `INSERT … SELECT … ORDER BY` into a table with an IDENTITY and
+/// a trigger, its keys through `OUTPUT INSERTED … INTO` a #temp table.
+/// SQL Server computes identity values in the ORDER BY's order ("ORDER BY
+/// Clause (Transact-SQL)": "INSERT queries that use SELECT with ORDER BY
+/// to populate rows guarantees how identity values are computed"), so the
+/// n-th smallest key is the n-th row's.
+#[tokio::test]
+async fn staged_rows_insert_in_order_with_keys_through_output_into() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.Goods (Id bigint IDENTITY(100,1) NOT NULL PRIMARY KEY, Name nvarchar(20) NOT NULL, \
+         Price decimal(9,2) NULL, Flag bit NOT NULL DEFAULT 0)",
+    )
+    .await;
+    exec(&mut c, "CREATE TABLE dbo.GoodsLog (Id bigint NULL)").await;
+    exec(
+        &mut c,
+        "CREATE TRIGGER dbo.Goods_Log ON dbo.Goods AFTER INSERT AS INSERT INTO dbo.GoodsLog (Id) SELECT Id FROM inserted",
+    )
+    .await;
+    exec(&mut c, "BEGIN TRANSACTION").await;
+    exec(
+        &mut c,
+        "CREATE TABLE #stage (c0 nvarchar(20) NULL, c1 decimal(9,2) NULL, c2 bit NULL, ord int NOT NULL)",
+    )
+    .await;
+    let mut req = c.bulk_insert("#stage").await.expect("bulk insert");
+    // Sent out of name order: the ORDER BY decides.
+    for (ord, name) in [(2, "c"), (0, "a"), (1, "b"), (3, "d")] {
+        let mut row = tiberius::TokenRow::new();
+        row.push(tiberius::ColumnData::String(Some(name.into())));
+        row.push(tiberius::ColumnData::Numeric(Some(
+            tiberius::numeric::Numeric::new_with_scale(150 + ord as i128, 2),
+        )));
+        row.push(tiberius::ColumnData::Bit(Some(ord % 2 == 1)));
+        row.push(tiberius::ColumnData::I32(Some(ord)));
+        req.send(row).await.unwrap();
+    }
+    assert_eq!(req.finalize().await.unwrap().total(), 4);
+    let keys: Vec<i64> = rows(
+        &mut c,
+        "CREATE TABLE #keys (k bigint); \
+         INSERT INTO dbo.Goods (Name, Price, Flag) OUTPUT INSERTED.Id INTO #keys (k) \
+         SELECT c0, c1, c2 FROM #stage ORDER BY ord; \
+         SELECT k FROM #keys ORDER BY k",
+    )
+    .await
+    .iter()
+    .map(|r| r.get::<i64, _>(0).unwrap())
+    .collect();
+    exec(&mut c, "COMMIT TRANSACTION").await;
+    assert_eq!(keys, [100, 101, 102, 103]);
+    let stored: Vec<(i64, String, bool)> =
+        rows(&mut c, "SELECT Id, Name, Flag FROM dbo.Goods ORDER BY Id")
+            .await
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<i64, _>(0).unwrap(),
+                    r.get::<&str, _>(1).unwrap().to_string(),
+                    r.get::<bool, _>(2).unwrap(),
+                )
+            })
+            .collect();
+    assert_eq!(
+        stored,
+        [
+            (100, "a".to_string(), false),
+            (101, "b".to_string(), true),
+            (102, "c".to_string(), false),
+            (103, "d".to_string(), true)
+        ]
+    );
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM dbo.GoodsLog").await,
+        Some(4),
+        "the trigger ran for the set-based insert"
+    );
+}

@@ -886,3 +886,173 @@ async fn crm_schema_loads_unchanged() {
     let e = server_error(&mut c, "SELECT * FROM dbo.Cases").await;
     assert_eq!(e.code(), 208);
 }
+
+/// 11. Triggers and OUTPUT ("OUTPUT Clause (Transact-SQL)"): "If the OUTPUT
+/// clause is specified without also specifying the INTO keyword, the
+/// target of the DML operation cannot have any enabled trigger defined on
+/// it" (error 334); `OUTPUT … INTO` a table variable or a #temp table is
+/// allowed on such a table. An AFTER trigger ("CREATE TRIGGER
+/// (Transact-SQL)") runs once per statement and reads the statement's
+/// rows from `inserted` and `deleted`. A table variable ("table
+/// (Transact-SQL)") lives until the end of its batch.
+#[tokio::test]
+async fn output_without_into_is_334_on_a_triggered_table_and_into_works() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.Item (Id uniqueidentifier NOT NULL DEFAULT NEWID() PRIMARY KEY, \
+         Code nvarchar(40) NOT NULL DEFAULT CONVERT(nvarchar(40), NEWID()), Name nvarchar(20) NULL)",
+    )
+    .await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.Audit (N int IDENTITY(1,1) NOT NULL PRIMARY KEY, ItemId uniqueidentifier NULL, What nvarchar(10) NULL)",
+    )
+    .await;
+    // Without a trigger, OUTPUT without INTO is fine.
+    let before: Option<uuid::Uuid> = scalar(
+        &mut c,
+        "INSERT INTO dbo.Item (Name) OUTPUT INSERTED.Id VALUES (N'plain')",
+    )
+    .await;
+    assert!(before.is_some());
+    exec(
+        &mut c,
+        "CREATE TRIGGER dbo.Item_Audit ON dbo.Item AFTER INSERT, UPDATE AS\n\
+         BEGIN\n  SET NOCOUNT ON\n  INSERT INTO dbo.Audit (ItemId, What) SELECT Id, N'row' FROM inserted\nEND",
+    )
+    .await;
+    for sql in [
+        "INSERT INTO dbo.Item (Name) OUTPUT INSERTED.Id VALUES (N'a')",
+        "UPDATE dbo.Item SET Name = N'b' OUTPUT INSERTED.Id WHERE Name = N'plain'",
+        "DELETE FROM dbo.Item OUTPUT DELETED.Id WHERE Name = N'plain'",
+    ] {
+        let e = server_error(&mut c, sql).await;
+        assert_eq!(e.code(), 334, "{sql}: {e}");
+        assert!(e.message().contains("Item"), "{e}");
+    }
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM dbo.Item").await,
+        Some(1)
+    );
+    // OUTPUT … INTO a table variable: the key comes back, the trigger runs.
+    let id: Option<uuid::Uuid> = scalar(
+        &mut c,
+        "DECLARE @k TABLE (k uniqueidentifier); \
+         INSERT INTO dbo.Item (Name) OUTPUT INSERTED.Id INTO @k VALUES (N'into'); \
+         SELECT k FROM @k",
+    )
+    .await;
+    let id = id.expect("the new key");
+    let stored: Option<uuid::Uuid> =
+        scalar(&mut c, "SELECT Id FROM dbo.Item WHERE Name = N'into'").await;
+    assert_eq!(stored, Some(id));
+    let audited: Option<uuid::Uuid> =
+        scalar(&mut c, "SELECT ItemId FROM dbo.Audit WHERE What = N'row'").await;
+    assert_eq!(audited, Some(id), "the AFTER INSERT trigger saw the row");
+    // A text code drawn by a default, into a #temp table with a column list.
+    let code: Option<String> = text(
+        &mut c,
+        "CREATE TABLE #codes (n int NULL, code nvarchar(40) NULL); \
+         INSERT INTO dbo.Item (Name) OUTPUT 7, INSERTED.Code INTO #codes (n, code) VALUES (N'coded'); \
+         SELECT code FROM #codes WHERE n = 7",
+    )
+    .await;
+    let stored = text(&mut c, "SELECT Code FROM dbo.Item WHERE Name = N'coded'").await;
+    assert_eq!(code, stored);
+    assert!(code.is_some());
+    // The table variable went with its batch.
+    let e = server_error(&mut c, "SELECT k FROM @k").await;
+    assert!(matches!(e.code(), 1087 | 208), "{e}");
+    // Several rows into one table variable, one trigger run for all.
+    exec(&mut c, "DELETE FROM dbo.Audit").await;
+    let n: Option<i32> = scalar(
+        &mut c,
+        "DECLARE @k TABLE (k uniqueidentifier); \
+         INSERT INTO dbo.Item (Name) OUTPUT INSERTED.Id INTO @k SELECT Name + N'2' FROM dbo.Item; \
+         SELECT COUNT(*) FROM @k",
+    )
+    .await;
+    assert_eq!(n, Some(3));
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM dbo.Audit").await,
+        Some(3)
+    );
+    // An AFTER UPDATE trigger that stamps its own table does not fire
+    // itself again (RECURSIVE_TRIGGERS OFF, "ALTER DATABASE SET Options").
+    exec(&mut c, "ALTER TABLE dbo.Item ADD Stamp int NULL").await;
+    exec(
+        &mut c,
+        "CREATE TRIGGER dbo.Item_Stamp ON dbo.Item AFTER UPDATE AS \
+         UPDATE t SET Stamp = ISNULL(t.Stamp, 0) + 1 FROM dbo.Item t JOIN inserted i ON i.Id = t.Id",
+    )
+    .await;
+    exec(
+        &mut c,
+        "UPDATE dbo.Item SET Name = N'z' WHERE Name = N'coded'",
+    )
+    .await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT Stamp FROM dbo.Item WHERE Name = N'z'").await,
+        Some(1)
+    );
+    exec(&mut c, "DROP TRIGGER dbo.Item_Stamp").await;
+    // Dropped, the trigger no longer refuses OUTPUT.
+    exec(&mut c, "DROP TRIGGER dbo.Item_Audit").await;
+    let id: Option<uuid::Uuid> = scalar(
+        &mut c,
+        "INSERT INTO dbo.Item (Name) OUTPUT INSERTED.Id VALUES (N'after')",
+    )
+    .await;
+    assert!(id.is_some());
+}
+
+/// 12. A bulk load without KEEP_NULLS stores a column's default where NULL
+/// is sent ("INSERT (BULK) (Transact-SQL)": "KEEP_NULLS Specifies that
+/// empty columns should retain a null value during the bulk-import
+/// operation, instead of having any default values for the columns
+/// inserted"). tiberius sends no WITH options, so its loads are such.
+#[tokio::test]
+async fn bulk_load_without_keep_nulls_stores_column_defaults() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.Loaded (Id int NOT NULL PRIMARY KEY, \
+         Kind nvarchar(1) NOT NULL DEFAULT N'S', Note nvarchar(20) NULL DEFAULT N'none', \
+         At datetime2(3) NOT NULL DEFAULT SYSDATETIME())",
+    )
+    .await;
+    let mut req = c.bulk_insert("dbo.Loaded").await.expect("bulk insert");
+    for (i, kind) in [(1i32, None), (2, Some("X"))] {
+        let mut row = tiberius::TokenRow::new();
+        row.push(tiberius::ColumnData::I32(Some(i)));
+        row.push(tiberius::ColumnData::String(kind.map(Into::into)));
+        row.push(tiberius::ColumnData::String(None));
+        row.push(tiberius::ColumnData::DateTime2(None));
+        req.send(row).await.unwrap();
+    }
+    assert_eq!(req.finalize().await.unwrap().total(), 2);
+    let got: Vec<(String, String, bool)> = rows(
+        &mut c,
+        "SELECT Kind, Note, CASE WHEN At > DATEADD(minute, -5, SYSDATETIME()) THEN 1 ELSE 0 END FROM dbo.Loaded ORDER BY Id",
+    )
+    .await
+    .iter()
+    .map(|r| {
+        (
+            r.get::<&str, _>(0).unwrap().to_string(),
+            r.get::<&str, _>(1).unwrap().to_string(),
+            r.get::<i32, _>(2) == Some(1),
+        )
+    })
+    .collect();
+    assert_eq!(
+        got,
+        [
+            ("S".to_string(), "none".to_string(), true),
+            ("X".to_string(), "none".to_string(), true)
+        ]
+    );
+}

@@ -1,0 +1,469 @@
+//! Bulk loads into SQL Server, for a backfill's chunks: the rows go into a
+//! `#crmsync_stage` table by TDS bulk load (`INSERT BULK`, tiberius
+//! `bulk_insert`), then into the target by one set-based `INSERT … SELECT`
+//! whose `OUTPUT INSERTED.key INTO #crmsync_keys` hands the assigned keys
+//! back (an `OUTPUT` without `INTO` is refused on tables with triggers).
+//! Updates, links and the checkpoint commit in the same transaction.
+//!
+//! Which key goes with which row: a key the chunk gives is known; an
+//! IDENTITY key is paired by order, because SQL Server computes the
+//! identity values of an `INSERT … SELECT … ORDER BY` in that order ("ORDER
+//! BY Clause (Transact-SQL)", Limitations and Restrictions); a key drawn
+//! by a default (`NEWID()`, a code) has no such guarantee, so those rows
+//! are inserted one by one through the sync's statements.
+//!
+//! The staging columns carry the neutral type of each target column in
+//! the wire type tiberius sends it as (integers as `bigint`, text as
+//! `nvarchar(max)`, timestamps as `datetime2(7)`), and the `INSERT … SELECT`
+//! converts them to the target's own types as SQL Server converts
+//! parameters: a bulk load needs each cell in its column's exact wire type.
+
+use super::{qualified, quote, MssqlEndpoint, TdsClient};
+use crate::endpoint::bulk::{ChunkWrite, FreshLinks};
+use crate::endpoint::{Assign, ColumnInfo, EndpointError, Insert, Result, TableInfo, WriteBatch};
+use crate::value::{SqlType, Value};
+use std::borrow::Cow;
+use tiberius::numeric::Numeric;
+use tiberius::{ColumnData, IntoSql, TokenRow};
+
+/// The staging table of one chunk's rows (session-scoped, created and
+/// dropped inside the chunk's transaction).
+const STAGE: &str = "#crmsync_stage";
+/// The keys an IDENTITY handed out, from `OUTPUT … INTO`.
+const KEYS: &str = "#crmsync_keys";
+
+/// Rows to insert through the staging table.
+pub(super) struct Staged<'a> {
+    pub table: &'a TableInfo,
+    pub key: &'a str,
+    /// The target's columns, in order.
+    pub columns: &'a [String],
+    /// Per column: a server-side expression (`GETDATE()`) for every row,
+    /// or `None` for a value each row carries.
+    pub exprs: Vec<Option<String>>,
+    /// Per row, the values of the columns without an expression, in order.
+    pub rows: &'a [Vec<Value>],
+}
+
+/// How a column travels through the staging table.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Wire {
+    Bit,
+    BigInt,
+    Decimal {
+        precision: u8,
+        scale: u8,
+    },
+    Float,
+    /// nvarchar(max).
+    Text,
+    DateTime2,
+    DateTimeOffset,
+    Date,
+    Guid,
+    Binary,
+}
+
+impl Wire {
+    fn of(ty: &SqlType) -> Wire {
+        match ty {
+            SqlType::Bool => Wire::Bit,
+            SqlType::Int { .. } => Wire::BigInt,
+            SqlType::Decimal { precision, scale } => {
+                let precision = (*precision).clamp(1, 38) as u8;
+                Wire::Decimal {
+                    precision,
+                    scale: (*scale as u8).min(precision),
+                }
+            }
+            SqlType::Float => Wire::Float,
+            // Unbounded: a value too long for the target is refused by the
+            // INSERT into it (2628, naming the table and column, a refused
+            // row), not by the bulk load into the staging table.
+            SqlType::Text { .. } => Wire::Text,
+            SqlType::Timestamp { .. } => Wire::DateTime2,
+            SqlType::TimestampTz => Wire::DateTimeOffset,
+            SqlType::Date => Wire::Date,
+            SqlType::Uuid => Wire::Guid,
+            SqlType::Bytes => Wire::Binary,
+            SqlType::Other(_) => Wire::Text,
+        }
+    }
+
+    /// The staging column's T-SQL type.
+    fn declaration(self) -> String {
+        match self {
+            Wire::Bit => "bit".into(),
+            Wire::BigInt => "bigint".into(),
+            Wire::Decimal { precision, scale } => format!("decimal({precision},{scale})"),
+            Wire::Float => "float".into(),
+            Wire::Text => "nvarchar(max)".into(),
+            Wire::DateTime2 => "datetime2(7)".into(),
+            Wire::DateTimeOffset => "datetimeoffset(7)".into(),
+            Wire::Date => "date".into(),
+            Wire::Guid => "uniqueidentifier".into(),
+            Wire::Binary => "varbinary(max)".into(),
+        }
+    }
+
+    /// A cell in this wire type; `Err` names what did not fit.
+    fn cell(self, v: &Value) -> std::result::Result<ColumnData<'static>, String> {
+        Ok(match (self, v) {
+            (Wire::Bit, Value::Null) => ColumnData::Bit(None),
+            (Wire::BigInt, Value::Null) => ColumnData::I64(None),
+            (Wire::Decimal { .. }, Value::Null) => ColumnData::Numeric(None),
+            (Wire::Float, Value::Null) => ColumnData::F64(None),
+            (Wire::Text, Value::Null) => ColumnData::String(None),
+            (Wire::DateTime2, Value::Null) => ColumnData::DateTime2(None),
+            (Wire::DateTimeOffset, Value::Null) => ColumnData::DateTimeOffset(None),
+            (Wire::Date, Value::Null) => ColumnData::Date(None),
+            (Wire::Guid, Value::Null) => ColumnData::Guid(None),
+            (Wire::Binary, Value::Null) => ColumnData::Binary(None),
+            (Wire::Bit, Value::Bool(b)) => ColumnData::Bit(Some(*b)),
+            (Wire::Bit, Value::Int(i)) => ColumnData::Bit(Some(*i != 0)),
+            (Wire::BigInt, Value::Int(i)) => ColumnData::I64(Some(*i)),
+            (Wire::BigInt, Value::Bool(b)) => ColumnData::I64(Some(i64::from(*b))),
+            (Wire::Decimal { scale, .. }, v) => {
+                let mut d = match v {
+                    Value::Decimal(d) => *d,
+                    Value::Int(i) => rust_decimal::Decimal::from(*i),
+                    other => return Err(format!("{} is not a number", kind(other))),
+                };
+                // The wire value's scale must be the column's.
+                d.rescale(u32::from(scale));
+                ColumnData::Numeric(Some(Numeric::new_with_scale(d.mantissa(), scale)))
+            }
+            (Wire::Float, Value::Float(f)) => ColumnData::F64(Some(*f)),
+            (Wire::Float, Value::Int(i)) => ColumnData::F64(Some(*i as f64)),
+            (Wire::Text, Value::Text(s)) => ColumnData::String(Some(Cow::Owned(s.clone()))),
+            (Wire::Text, other) => ColumnData::String(Some(Cow::Owned(other.key_string()))),
+            (Wire::DateTime2, Value::Timestamp(t)) => t.into_sql(),
+            (Wire::DateTimeOffset, Value::TimestampTz(t)) => t.fixed_offset().into_sql(),
+            (Wire::Date, Value::Date(d)) => d.into_sql(),
+            (Wire::Guid, Value::Uuid(u)) => ColumnData::Guid(Some(*u)),
+            (Wire::Binary, Value::Bytes(b)) => ColumnData::Binary(Some(Cow::Owned(b.clone()))),
+            (w, other) => {
+                return Err(format!(
+                    "a {} value where {} is expected",
+                    kind(other),
+                    w.declaration()
+                ))
+            }
+        })
+    }
+}
+
+impl MssqlEndpoint {
+    /// Inserts a chunk's rows inside the caller's transaction; the keys of
+    /// the new rows, in chunk order.
+    pub(super) async fn load_inserts(
+        &self,
+        conn: &mut TdsClient,
+        chunk: &ChunkWrite,
+    ) -> Result<Vec<Value>> {
+        let target = chunk.table.qualified();
+        if chunk.raw_inserts.is_some() {
+            return Err(EndpointError::Schema(format!(
+                "raw rows reached {target}: only PostgreSQL moves rows without decoding them"
+            )));
+        }
+        if chunk.inserts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let staged = Staged {
+            table: &chunk.table,
+            key: &chunk.key,
+            columns: &chunk.columns,
+            exprs: vec![None; chunk.columns.len()],
+            rows: &chunk.inserts,
+        };
+        if let Some(keys) = self.insert_staged(conn, &staged).await? {
+            return Ok(keys);
+        }
+        // A key drawn by a default, or a value the staging table cannot
+        // carry: row by row.
+        let mut batch = WriteBatch::new(chunk.table.clone(), chunk.key.clone());
+        batch.inserts = chunk
+            .inserts
+            .iter()
+            .map(|row| Insert {
+                columns: chunk
+                    .columns
+                    .iter()
+                    .cloned()
+                    .zip(row.iter().cloned().map(Assign::Value))
+                    .collect(),
+            })
+            .collect();
+        Ok(self.apply_rows(conn, &batch, &target).await?.inserted_keys)
+    }
+
+    /// Inserts `s.rows` by a bulk load into a staging table and one
+    /// `INSERT … SELECT`, inside the caller's transaction; the keys of the
+    /// new rows in row order, or `None` (nothing written) when the key is
+    /// drawn by a default or a value does not fit its staging column.
+    pub(super) async fn insert_staged(
+        &self,
+        conn: &mut TdsClient,
+        s: &Staged<'_>,
+    ) -> Result<Option<Vec<Value>>> {
+        let target = s.table.qualified();
+        let given = s
+            .columns
+            .iter()
+            .position(|c| c.eq_ignore_ascii_case(s.key))
+            .filter(|i| s.exprs[*i].is_none());
+        let key_col = column(s.table, s.key)?;
+        if given.is_none() && !key_col.identity {
+            return Ok(None);
+        }
+        // The staged columns: those whose values travel.
+        let staged: Vec<usize> = (0..s.columns.len())
+            .filter(|i| s.exprs[*i].is_none())
+            .collect();
+        let mut wires = Vec::with_capacity(staged.len());
+        for i in &staged {
+            wires.push(Wire::of(&column(s.table, &s.columns[*i])?.ty));
+        }
+        let mut cells = Vec::with_capacity(s.rows.len());
+        for row in s.rows {
+            let mut tr = TokenRow::with_capacity(staged.len() + 1);
+            for (j, w) in wires.iter().enumerate() {
+                match w.cell(&row[j]) {
+                    Ok(c) => tr.push(c),
+                    Err(why) => {
+                        tracing::debug!(
+                            "column {} of {target}: {why}; inserting row by row",
+                            s.columns[staged[j]]
+                        );
+                        return Ok(None);
+                    }
+                }
+            }
+            tr.push(ColumnData::I32(Some(cells.len() as i32)));
+            cells.push(tr);
+        }
+        let t = std::time::Instant::now();
+        self.stage(conn, &wires).await?;
+        tracing::debug!("staging table for {target} created in {:?}", t.elapsed());
+        let loaded = self.bulk_rows(conn, &target, cells).await?;
+        tracing::debug!("{loaded} rows bulk loaded at {:?}", t.elapsed());
+        if loaded != s.rows.len() as u64 {
+            return Err(EndpointError::Schema(format!(
+                "the bulk load of {} rows for {target} stored {loaded}",
+                s.rows.len()
+            )));
+        }
+        let table = qualified(s.table);
+        let names: Vec<String> = s.columns.iter().map(|c| quote(c)).collect();
+        let mut next = 0;
+        let select: Vec<String> = s
+            .exprs
+            .iter()
+            .map(|e| match e {
+                Some(expr) => expr.clone(),
+                None => {
+                    next += 1;
+                    format!("c{}", next - 1)
+                }
+            })
+            .collect();
+        let keys = match given {
+            Some(pos) => {
+                let sql = format!(
+                    "INSERT INTO {table} ({}) SELECT {} FROM {STAGE} ORDER BY crmsync_ord; \
+                     DROP TABLE {STAGE}",
+                    names.join(", "),
+                    select.join(", ")
+                );
+                self.batch_in(conn, &sql, &format!("inserting into {target}"))
+                    .await?;
+                let at = staged.iter().position(|i| *i == pos).unwrap_or(0);
+                s.rows
+                    .iter()
+                    .map(|r| {
+                        let v = r[at].clone();
+                        v.clone().coerce(&key_col.ty, None, false).unwrap_or(v)
+                    })
+                    .collect()
+            }
+            None => {
+                // IDENTITY values follow the ORDER BY: sorted in the
+                // direction of the increment, the n-th key is the n-th row's.
+                let descending = self.identity_descends(conn, s.table).await?;
+                let sql = format!(
+                    "CREATE TABLE {KEYS} (k {}); \
+                     INSERT INTO {table} ({}) OUTPUT INSERTED.{} INTO {KEYS} (k) \
+                     SELECT {} FROM {STAGE} ORDER BY crmsync_ord; \
+                     SELECT k FROM {KEYS} ORDER BY k{}; \
+                     DROP TABLE {STAGE}; DROP TABLE {KEYS}",
+                    self.declaration(s.table, s.key),
+                    names.join(", "),
+                    quote(s.key),
+                    select.join(", "),
+                    if descending { " DESC" } else { "" }
+                );
+                let what = format!("inserting into {target}");
+                let rows = conn
+                    .simple_query(sql)
+                    .await
+                    .map_err(|e| self.query_error(what.clone(), e))?
+                    .into_results()
+                    .await
+                    .map_err(|e| self.query_error(what.clone(), e))?;
+                let keys = rows
+                    .into_iter()
+                    .flatten()
+                    .map(|r| {
+                        r.into_iter()
+                            .next()
+                            .map(|d| super::from_column(&d))
+                            .transpose()
+                            .map(|v| v.unwrap_or(Value::Null))
+                    })
+                    .collect::<tiberius::Result<Vec<Value>>>()
+                    .map_err(|e| self.query_error("decoding inserted keys", e))?;
+                tracing::debug!("{} rows inserted at {:?}", keys.len(), t.elapsed());
+                if keys.len() != s.rows.len() {
+                    return Err(EndpointError::Schema(format!(
+                        "inserting {} rows into {target} returned {} keys",
+                        s.rows.len(),
+                        keys.len()
+                    )));
+                }
+                keys
+            }
+        };
+        Ok(Some(keys))
+    }
+
+    /// Creates the staging table: a column per wire type, then the row's
+    /// place.
+    async fn stage(&self, conn: &mut TdsClient, wires: &[Wire]) -> Result<()> {
+        let mut defs: Vec<String> = wires
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("c{i} {} NULL", w.declaration()))
+            .collect();
+        defs.push("crmsync_ord int NOT NULL".into());
+        let sql = format!("CREATE TABLE {STAGE} ({})", defs.join(", "));
+        self.batch_in(conn, &sql, "creating the staging table")
+            .await
+    }
+
+    /// Sends rows into the staging table by bulk load; the rows the server
+    /// stored.
+    async fn bulk_rows(
+        &self,
+        conn: &mut TdsClient,
+        target: &str,
+        rows: Vec<TokenRow<'static>>,
+    ) -> Result<u64> {
+        let what = format!("bulk loading rows for {target}");
+        let mut req = conn
+            .bulk_insert(STAGE)
+            .await
+            .map_err(|e| self.query_error(what.clone(), e))?;
+        for tr in rows {
+            req.send(tr)
+                .await
+                .map_err(|e| self.query_error(what.clone(), e))?;
+        }
+        let done = req
+            .finalize()
+            .await
+            .map_err(|e| self.query_error(what.clone(), e))?;
+        Ok(done.total())
+    }
+
+    /// Whether `table`'s IDENTITY counts down.
+    async fn identity_descends(&self, conn: &mut TdsClient, table: &TableInfo) -> Result<bool> {
+        let sql = "SELECT CAST(increment_value AS bigint) FROM sys.identity_columns \
+                   WHERE object_id = OBJECT_ID(@P1)";
+        let name = qualified(table);
+        let rows = conn
+            .query(sql, &[&name.as_str()])
+            .await
+            .map_err(|e| self.query_error("reading the identity increment", e))?
+            .into_first_result()
+            .await
+            .map_err(|e| self.query_error("reading the identity increment", e))?;
+        Ok(rows
+            .first()
+            .and_then(|r| r.get::<i64, _>(0))
+            .is_some_and(|inc| inc < 0))
+    }
+
+    /// Bulk loads links that are new for certain into the links table.
+    pub(super) async fn load_links(
+        &self,
+        conn: &mut TdsClient,
+        fresh: &FreshLinks,
+        inserted: &[Value],
+    ) -> Result<()> {
+        let table = format!("{}.[links]", quote(&fresh.schema));
+        let what = format!("bulk loading links into {table}");
+        let mut req = conn
+            .bulk_insert(&table)
+            .await
+            .map_err(|e| self.query_error(what.clone(), e))?;
+        for l in &fresh.links {
+            let mut tr = TokenRow::with_capacity(5);
+            tr.push(ColumnData::String(Some(Cow::Owned(fresh.entity.clone()))));
+            tr.push(ColumnData::Binary(Some(Cow::Owned(l.crm_key.clone()))));
+            tr.push(ColumnData::Binary(Some(Cow::Owned(
+                crate::state::keys::value_bytes(&inserted[l.insert]),
+            ))));
+            tr.push(ColumnData::Binary(Some(Cow::Owned(l.shadow.clone()))));
+            tr.push(ColumnData::Bit(Some(false)));
+            req.send(tr)
+                .await
+                .map_err(|e| self.query_error(what.clone(), e))?;
+        }
+        let stored = req
+            .finalize()
+            .await
+            .map_err(|e| self.query_error(what.clone(), e))?
+            .total();
+        if stored != fresh.links.len() as u64 {
+            return Err(EndpointError::Schema(format!(
+                "the bulk load of {} links stored {stored}",
+                fresh.links.len(),
+            )));
+        }
+        Ok(())
+    }
+
+    async fn batch_in(&self, conn: &mut TdsClient, sql: &str, what: &str) -> Result<()> {
+        conn.simple_query(sql)
+            .await
+            .map_err(|e| self.query_error(what, e))?
+            .into_results()
+            .await
+            .map_err(|e| self.query_error(what, e))?;
+        Ok(())
+    }
+}
+
+fn column<'t>(table: &'t TableInfo, name: &str) -> Result<&'t ColumnInfo> {
+    table.column(name).map_err(|_| {
+        EndpointError::Schema(format!("{} has no single column {name}", table.qualified()))
+    })
+}
+
+/// What kind of value `v` is, for messages (never the value itself).
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "NULL",
+        Value::Bool(_) => "boolean",
+        Value::Int(_) => "integer",
+        Value::Decimal(_) => "decimal",
+        Value::Float(_) => "float",
+        Value::Text(_) => "text",
+        Value::Timestamp(_) => "timestamp",
+        Value::TimestampTz(_) => "timestamp with zone",
+        Value::Date(_) => "date",
+        Value::Uuid(_) => "uuid",
+        Value::Bytes(_) => "binary",
+    }
+}
