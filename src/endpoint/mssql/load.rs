@@ -1,9 +1,10 @@
-//! Bulk loads into SQL Server, for a backfill's chunks: the rows go into a
-//! `#crmsync_stage` table by TDS bulk load (`INSERT BULK`, tiberius
-//! `bulk_insert`), then into the target by one set-based `INSERT … SELECT`
-//! whose `OUTPUT INSERTED.key INTO #crmsync_keys` hands the assigned keys
-//! back (an `OUTPUT` without `INTO` is refused on tables with triggers).
-//! Updates, links and the checkpoint commit in the same transaction.
+//! Bulk loads into SQL Server, for a backfill's chunks and a write batch's
+//! many inserts: the rows go into a `#crmsync_stage` table by TDS bulk load
+//! (`INSERT BULK`, tiberius `bulk_insert`), then into the target by one
+//! set-based `INSERT … SELECT` whose `OUTPUT INSERTED.key INTO
+//! #crmsync_keys` hands the assigned keys back (an `OUTPUT` without `INTO`
+//! is refused on tables with triggers). A chunk's updates, links and
+//! checkpoint commit in the same transaction.
 //!
 //! Which key goes with which row: a key the chunk gives is known; an
 //! IDENTITY key is paired by order, because SQL Server computes the
@@ -136,12 +137,13 @@ impl Wire {
             (Wire::Float, Value::Float(f)) => ColumnData::F64(Some(*f)),
             (Wire::Float, Value::Int(i)) => ColumnData::F64(Some(*i as f64)),
             (Wire::Text, Value::Text(s)) => ColumnData::String(Some(Cow::Owned(s.clone()))),
-            (Wire::Text, other) => ColumnData::String(Some(Cow::Owned(other.key_string()))),
             (Wire::DateTime2, Value::Timestamp(t)) => t.into_sql(),
             (Wire::DateTimeOffset, Value::TimestampTz(t)) => t.fixed_offset().into_sql(),
             (Wire::Date, Value::Date(d)) => d.into_sql(),
             (Wire::Guid, Value::Uuid(u)) => ColumnData::Guid(Some(*u)),
             (Wire::Binary, Value::Bytes(b)) => ColumnData::Binary(Some(Cow::Owned(b.clone()))),
+            // Anything else (a number into a text column, say) goes row by
+            // row, where SQL Server converts it as it converts parameters.
             (w, other) => {
                 return Err(format!(
                     "a {} value where {} is expected",
