@@ -120,6 +120,7 @@ pub(super) fn entity(rest: &str) -> BoundEntity {
         crm_system: CrmSystem::default(),
         external_crm_id: None,
         fields,
+        crm_children: Vec::new(),
         to_external: zones,
         to_crm: Zones {
             from: zones.to,

@@ -29,6 +29,12 @@ impl MssqlEndpoint {
                 batch.table.qualified()
             )));
         }
+        // Child values go to their own rows after the entity rows.
+        let split = crate::endpoint::children::split(batch);
+        let (batch, pending) = match &split {
+            Some((own, pending)) => (own, Some(pending)),
+            None => (batch, None),
+        };
         let table = batch.table.qualified();
         let mut conn = self.conn().await?;
         // XACT_ABORT: any error rolls the whole transaction back, so a
@@ -41,6 +47,10 @@ impl MssqlEndpoint {
             .map_err(|e| self.query_error("starting a transaction", e))?;
         let result = async {
             let applied = self.apply_in(&mut conn, batch, &table).await?;
+            if let Some(pending) = pending.filter(|p| !p.is_empty()) {
+                self.write_children(&mut conn, pending, &applied.inserted_keys)
+                    .await?;
+            }
             // The links commit with the rows they describe.
             if let Some(links) = links {
                 let resolved = links.resolved(&applied.inserted_keys);
@@ -76,7 +86,7 @@ impl MssqlEndpoint {
         }
     }
 
-    async fn apply_in(
+    pub(super) async fn apply_in(
         &self,
         conn: &mut Client<tokio_util::compat::Compat<TcpStream>>,
         batch: &WriteBatch,

@@ -94,16 +94,22 @@ impl PgEndpoint {
         let pool = self.db.pool().clone();
         let side = self.db.side();
         let key = quote(&req.scan.key);
-        let base = format!(
-            "SELECT {} FROM {} WHERE true{}{}",
-            Self::select_list(&req.scan),
-            qualified(&req.scan.table),
-            live_sql(req.deleted.as_deref()),
-            Self::filter_sql(&req.scan),
-        );
+        // Child values take parameters: after the key's in `next`.
+        let base = |first: usize| {
+            let mut p = super::Params::from(first);
+            let sql = format!(
+                "SELECT {} FROM {} WHERE true{}{}",
+                Self::select_list(&req.scan, &mut p),
+                qualified(&req.scan.table),
+                live_sql(req.deleted.as_deref()),
+                Self::filter_sql(&req.scan),
+            );
+            (sql, p.values)
+        };
         let limit = req.chunk_rows.max(1);
-        let first = format!("{base} ORDER BY {key} LIMIT {limit}");
-        let next = format!("{base} AND {key} > $1 ORDER BY {key} LIMIT {limit}");
+        let (first, child_params) = base(1);
+        let first = format!("{first} ORDER BY {key} LIMIT {limit}");
+        let next = format!("{} AND {key} > $1 ORDER BY {key} LIMIT {limit}", base(2).0);
         let what = format!("reading {}", req.scan.table.qualified());
         let key_pos = req.scan.position(&req.scan.key).unwrap_or(0);
         tokio::spawn(async move {
@@ -137,8 +143,12 @@ impl PgEndpoint {
                     return;
                 };
                 let rows = match &after {
-                    None => conn.query(&first, &[]).await,
-                    Some(k) => conn.query(&next, &[k]).await,
+                    None => conn.query(&first, &super::refs(&child_params)).await,
+                    Some(k) => {
+                        let mut params: Vec<&(dyn ToSql + Sync)> = vec![k];
+                        params.extend(super::refs(&child_params));
+                        conn.query(&next, &params).await
+                    }
                 };
                 let rows = match rows {
                     Ok(r) => r,
