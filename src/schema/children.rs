@@ -48,26 +48,29 @@ fn system(f: &mut Findings, at: &str, t: &TableInfo, prefix: &str) -> Option<Sys
     })
 }
 
-/// Warns when no index of `t` leads with `first` (or with `first` after
-/// one of `after`), printing the index to add.
-fn want_index(f: &mut Findings, at: &str, t: &TableInfo, cols: &[&str], why: &str) {
-    let leads = t.indexes.iter().any(|ix| {
-        ix.iter()
-            .zip(cols)
-            .all(|(have, want)| have.eq_ignore_ascii_case(want))
-            && ix.len() >= cols.len()
-    });
-    // An index leading with the first column serves the lookup too.
-    let first = t.has_index_starting_with(cols[0]);
-    if !(leads || first) {
-        f.warnings.push(format!(
-            "{at}: no index on {} starts with {}; {why}. Add one: CREATE INDEX ON {} ({})",
-            t.qualified(),
-            cols[0],
-            t.qualified(),
-            cols.join(", ")
-        ));
+/// Warns when no index of `t` leads with one of the column lists
+/// `accept`, printing the index `suggest` to add.
+fn want_index(f: &mut Findings, at: &str, t: &TableInfo, accept: &[&[&str]], why: &str) {
+    let leads = |want: &[&str]| {
+        t.indexes.iter().any(|ix| {
+            ix.len() >= want.len()
+                && ix
+                    .iter()
+                    .zip(want)
+                    .all(|(have, want)| have.eq_ignore_ascii_case(want))
+        })
+    };
+    if accept.iter().any(|want| leads(want)) {
+        return;
     }
+    let suggest = accept.last().copied().unwrap_or_default();
+    f.warnings.push(format!(
+        "{at}: no index on {} starts with {}; {why}. Add one: CREATE INDEX ON {} ({})",
+        t.qualified(),
+        suggest.join(", "),
+        t.qualified(),
+        suggest.join(", ")
+    ));
 }
 
 /// The `Custom_Tables.Bord_TableId` of `table`, or Sage CRM's standard id
@@ -227,6 +230,9 @@ pub(super) async fn bind(
             continue;
         };
         let mut link_conds = Vec::new();
+        // The index a lookup of the entity's links wants: Sage CRM's own
+        // (EntityID, RecordID, Type) on the phone and e-mail links.
+        let mut lookup_index: Vec<String> = Vec::new();
         let record = match kind {
             ChildKind::Phone | ChildKind::Email => {
                 let lp = ct.link_prefix;
@@ -247,6 +253,7 @@ pub(super) async fn bind(
                     ));
                     continue;
                 };
+                lookup_index = vec![entity.clone(), record.clone()];
                 link_conds.push(LinkCond::Eq(entity, Value::Int(id)));
                 record
             }
@@ -270,7 +277,13 @@ pub(super) async fn bind(
             let Some(tc) = need(f, &link_t, ct.link_type) else {
                 continue;
             };
+            if !lookup_index.is_empty() {
+                lookup_index.push(tc.clone());
+            }
             link_conds.push(LinkCond::Eq(tc, Value::Text(code.clone())));
+        }
+        if lookup_index.is_empty() {
+            lookup_index.push(record.clone());
         }
         let primary = match kind {
             ChildKind::Address => {
@@ -289,18 +302,20 @@ pub(super) async fn bind(
             }
             _ => None,
         };
+        let lookup: Vec<&str> = lookup_index.iter().map(String::as_str).collect();
+        let lookup_prefix = &lookup[..lookup.len().min(2)];
         want_index(
             f,
             &gat,
             &link_t,
-            &[&record],
+            &[&[record.as_str()], lookup_prefix, &lookup],
             "every read of the field looks the entity's links up by it",
         );
         want_index(
             f,
             &gat,
             &link_t,
-            &[&link_child],
+            &[&[link_child.as_str()]],
             "a changed child row finds its entity through it",
         );
         for (t, s) in [(&link_t, &link_system), (&child_t, &system)] {
@@ -308,7 +323,7 @@ pub(super) async fn bind(
                 f,
                 &gat,
                 t,
-                &[&s.updated_date],
+                &[&[s.updated_date.as_str()]],
                 "every incremental run looks for changed rows by it",
             );
         }

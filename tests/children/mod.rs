@@ -489,3 +489,87 @@ async fn a_new_erp_supplier_arrives_with_all_its_child_rows() {
     let quiet = env.sync().await;
     assert_eq!(quiet.changes(), 0, "{quiet:?}");
 }
+
+/// The child field lines of the config replaced by `field`.
+fn with_field(env: &Env, field: &str) {
+    let text = config(&env.crm_url, &env.erp_url);
+    let text = text.replace(
+        "crm = \"Phone[Business].Phon_Number\"",
+        &format!("crm = \"{field}\""),
+    );
+    std::fs::write(&env.config, text).unwrap();
+}
+
+/// `check` refuses a child table, a column or a syntax it does not know,
+/// saying what was meant, with exit code 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_refuses_unknown_child_tables_and_columns_with_a_suggestion() {
+    let env = child_env().await;
+    for (field, says) in [
+        ("Phon[Business].Phon_Number", "did you mean Phone?"),
+        ("Phone[Business].Phon_Numbr", "did you mean phon_number?"),
+        ("Phone[Business.Phon_Number", "no closing ']'"),
+        ("Phone[ Business].Phon_Number", "without surrounding blanks"),
+        (
+            "Phone[Business].Phon_UpdatedDate",
+            "kept by Sage CRM's rules",
+        ),
+    ] {
+        with_field(&env, field);
+        let out = crate::common::run_binary(&env.config, &["check"], &[]);
+        let (stdout, stderr) = crate::common::output_text(&out);
+        assert_eq!(out.status.code(), Some(2), "{field}\n{stdout}\n{stderr}");
+        assert!(
+            stderr.to_lowercase().contains(&says.to_lowercase()),
+            "{field}: {stderr}"
+        );
+        assert!(stderr.contains("entity \"supplier\""), "{stderr}");
+    }
+    // The types must fit: a phone number cannot go into a boolean.
+    let text = config(&env.crm_url, &env.erp_url)
+        .replace("external = \"phone\"", "external = \"promote\"");
+    std::fs::write(&env.config, text).unwrap();
+    let out = crate::common::run_binary(&env.config, &["check"], &[]);
+    let (_, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot map"), "{stderr}");
+    assert!(stderr.contains("Phone[Business]"), "{stderr}");
+    // Only Company and Person rows own phones.
+    let text = config(&env.crm_url, &env.erp_url)
+        .replace("crm_table = \"Company\"", "crm_table = \"Opportunity\"");
+    std::fs::write(&env.config, text).unwrap();
+    let out = crate::common::run_binary(&env.config, &["check"], &[]);
+    let (_, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("belong to Company and Person"), "{stderr}");
+}
+
+/// `check` passes the child fields and warns about each index the child
+/// reads need that is missing, printing the CREATE INDEX.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_warns_about_missing_child_indexes_with_the_index_to_add() {
+    let env = child_env().await;
+    let out = crate::common::run_binary(&env.config, &["check"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("phonelink"), "{stdout}");
+    env.crm
+        .batch_execute(
+            "DROP INDEX idx_plink_updateddate_linkid; DROP INDEX idx_plink_entityid_recordid_type;",
+        )
+        .await
+        .unwrap();
+    let out = crate::common::run_binary(&env.config, &["check"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("CREATE INDEX ON public.phonelink (plink_updateddate)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "CREATE INDEX ON public.phonelink (plink_entityid, plink_recordid, plink_type)"
+        ),
+        "{stdout}"
+    );
+}
