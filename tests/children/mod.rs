@@ -573,3 +573,52 @@ async fn check_warns_about_missing_child_indexes_with_the_index_to_add() {
         "{stdout}"
     );
 }
+
+/// A backfill copies the live Business values as the sync would; verify
+/// then finds both sides in step, sees a phone changed in CRM alone as
+/// drift, and `--repair` brings it across.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_and_verify_carry_child_values() {
+    use crmsync::engine::{BackfillDirection, BackfillOptions, Engine};
+    let env = child_env().await;
+    seed(&env.crm).await;
+    let plan = crmsync::cli::load_plan(&env.config).unwrap();
+    let engine = Engine::connect(plan).await.unwrap();
+    let reports = engine
+        .backfill(
+            None,
+            &BackfillOptions {
+                direction: BackfillDirection::CrmToExternal,
+                restart: false,
+                chunk_rows: 64,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(reports[0].inserted, 200, "{:?}", reports[0]);
+    let rows = erp_rows(&env.erp).await;
+    for i in [1, 5, 7, 9, 12, 200] {
+        let id = company(&env.crm, i).await;
+        assert_eq!(rows[&id].1, Some(format!("+44 20 7946 {i}")), "Company {i}");
+        assert_eq!(rows[&id].3, Some(format!("City {i}")), "Company {i}");
+    }
+    let v = engine.verify(None, false).await.unwrap();
+    assert_eq!((v[0].found.pairs, v[0].found.differ), (200, 0), "{v:?}");
+
+    // Changed in CRM only, and not synced: drift, then repaired.
+    env.crm
+        .execute(
+            "UPDATE phone SET phon_number = 'drifted' WHERE phon_number = '+44 20 7946 12'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let v = engine.verify(None, false).await.unwrap();
+    assert_eq!(v[0].found.differ, 1, "{v:?}");
+    let v = engine.verify(None, true).await.unwrap();
+    assert!(v[0].repair.is_some(), "{v:?}");
+    let id = company(&env.crm, 12).await;
+    assert_eq!(erp_rows(&env.erp).await[&id].1.as_deref(), Some("drifted"));
+    let v = engine.verify(None, false).await.unwrap();
+    assert_eq!(v[0].found.differ, 0, "{v:?}");
+}
