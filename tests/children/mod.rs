@@ -622,3 +622,81 @@ async fn backfill_and_verify_carry_child_values() {
     let v = engine.verify(None, false).await.unwrap();
     assert_eq!(v[0].found.differ, 0, "{v:?}");
 }
+
+/// A run killed while it writes a new company's child rows leaves nothing
+/// behind (the company and its children share one transaction); the next
+/// run creates each company once with one of each child row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_inside_the_child_writes_converges_without_duplicates() {
+    use crate::common::{binary, connect, output_text};
+    let env = child_env().await;
+    env.erp
+        .batch_execute(
+            "INSERT INTO erp.supplier (name, phone, email, city) \
+             SELECT 'Supplier ' || i, '+44 161 496 ' || i, 's' || i || '@example.com', 'Town ' || i \
+             FROM generate_series(1, 3) AS i",
+        )
+        .await
+        .unwrap();
+    // The run blocks on its first EmailLink insert, after the company, its
+    // phone and the e-mail row are written but not committed.
+    let blocker = connect(&env.crm_url).await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE emaillink IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut child = binary(&env.config, &["sync"], &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let watcher = connect(&env.crm_url).await;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!("crmsync exited ({status}) early: {:?}", output_text(&out));
+        }
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query ILIKE '%emaillink%' AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    assert_eq!(child.wait().unwrap().code(), None, "killed by a signal");
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let counts = "SELECT (SELECT count(*) FROM company), (SELECT count(*) FROM phone), \
+                  (SELECT count(*) FROM phonelink), (SELECT count(*) FROM email), \
+                  (SELECT count(*) FROM emaillink), (SELECT count(*) FROM address), \
+                  (SELECT count(*) FROM address_link), \
+                  (SELECT count(*) FROM company WHERE comp_primaryaddressid IS NOT NULL)";
+    let read = |r: tokio_postgres::Row| -> Vec<i64> { (0..8).map(|i| r.get(i)).collect() };
+    // The killed transaction left nothing.
+    let after_kill = read(env.crm.query_one(counts, &[]).await.unwrap());
+    assert_eq!(after_kill, vec![0; 8]);
+
+    let out = binary(&env.config, &["sync"], &[]).output().unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "rerun: {stdout}\n{stderr}");
+    let after = read(env.crm.query_one(counts, &[]).await.unwrap());
+    assert_eq!(
+        after,
+        vec![3; 8],
+        "one company and one of each child row per supplier"
+    );
+    let quiet = env.sync().await;
+    assert_eq!(quiet.changes(), 0, "{quiet:?}");
+    assert_eq!(
+        read(env.crm.query_one(counts, &[]).await.unwrap()),
+        vec![3; 8]
+    );
+}

@@ -135,8 +135,10 @@ impl MssqlEndpoint {
         scan.columns
             .iter()
             .map(|c| {
+                // Unnamed: rows are read by position, and the field's name
+                // may be longer than an identifier can be.
                 if let Some(cc) = scan.child(c) {
-                    return format!("{} AS {}", child_sql::value_sql(&DIALECT, p, cc), quote(c));
+                    return child_sql::value_sql(&DIALECT, p, cc);
                 }
                 if *c == scan.change && !scan.children.is_empty() {
                     return format!("{} AS {}", Self::change_expr(scan, p), quote(c));
