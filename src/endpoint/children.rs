@@ -136,6 +136,10 @@ pub struct Child {
     pub primary: Option<String>,
     /// The child follows the primary-address column rather than a type.
     pub follows_primary: bool,
+    /// A link column a new link row copies from the entity row: a
+    /// person's address link names the person's company
+    /// (`AdLi_CompanyID` from `Pers_CompanyId`).
+    pub link_copy: Option<(String, String)>,
     /// The child table's columns the entity maps, each once.
     pub columns: Vec<String>,
     /// Written to CreatedBy / UpdatedBy.
@@ -623,6 +627,19 @@ async fn write_one(
             for c in &child.link_conds {
                 if let LinkCond::Eq(col, v) = c {
                     cols.push((col.clone(), Assign::Value(v.clone())));
+                }
+            }
+            if let Some((link_col, parent_col)) = &child.link_copy {
+                let sql = format!(
+                    "SELECT {} FROM {} WHERE {} = {}",
+                    (d.quote)(parent_col),
+                    d.table(&child.parent),
+                    (d.quote)(&child.parent_key),
+                    (d.param)(1)
+                );
+                let row = tx.rows(&sql, std::slice::from_ref(record)).await?;
+                if let Some(v) = row.into_iter().next().and_then(|r| r.into_iter().next()) {
+                    cols.push((link_col.clone(), Assign::Value(v)));
                 }
             }
             created(

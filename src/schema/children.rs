@@ -230,6 +230,7 @@ pub(super) async fn bind(
             continue;
         };
         let mut link_conds = Vec::new();
+        let mut link_copy = None;
         // The index a lookup of the entity's links wants: Sage CRM's own
         // (EntityID, RecordID, Type) on the phone and e-mail links.
         let mut lookup_index: Vec<String> = Vec::new();
@@ -265,6 +266,11 @@ pub(super) async fn bind(
                     continue;
                 };
                 if person {
+                    let company_of = format!("{}CompanyId", e.crm_prefix);
+                    link_copy = parent
+                        .column(&company_of)
+                        .ok()
+                        .map(|c| (company, c.name.clone()));
                     person_col
                 } else {
                     // A company's own addresses name no person.
@@ -344,6 +350,7 @@ pub(super) async fn bind(
             parent_key: parent_key.name.clone(),
             primary,
             follows_primary: selector == ChildSelector::Primary,
+            link_copy,
             columns: cols.iter().map(|(_, c)| c.name.clone()).collect(),
             user_id: plan.crm_user_id,
             secterr: e.secterr,
