@@ -51,10 +51,6 @@ async fn env(ids: Ids) -> MsEnv {
         s
     })
     .await;
-    env.erp
-        .batch_execute("ALTER TABLE erp.supplier ADD COLUMN city varchar(30)")
-        .await
-        .unwrap();
     env.write_config(
         50,
         "direction = \"both\"\ndelete_into_external = \"soft\"\nconflict = \"crm_wins\"",
