@@ -4,6 +4,8 @@
 //! child alone carried across, and ERP values written back into Phone,
 //! PhoneLink, Email, EmailLink, Address and Address_Link by Sage's rules.
 
+mod property;
+
 use crate::common::{Env, Opts};
 use std::collections::BTreeMap;
 use tokio_postgres::Client;
