@@ -118,6 +118,12 @@ impl PgEndpoint {
     /// The columns of `scan`, child values and the change column of a
     /// scan with children computed (their parameters go to `p`).
     fn select_list(scan: &Scan, p: &mut Params) -> String {
+        Self::select_list_with(scan, p, None)
+    }
+
+    /// [`Self::select_list`] with the change column read from `change`
+    /// (an expression computed once per row) when given.
+    fn select_list_with(scan: &Scan, p: &mut Params, change: Option<&str>) -> String {
         scan.columns
             .iter()
             .map(|c| {
@@ -125,7 +131,11 @@ impl PgEndpoint {
                     return children::value_sql(&DIALECT, p, cc);
                 }
                 if *c == scan.change && !scan.children.is_empty() {
-                    return format!("{} AS {}", Self::change_expr(scan, p), quote(c));
+                    let expr = match change {
+                        Some(e) => e.to_string(),
+                        None => Self::change_expr(scan, p),
+                    };
+                    return format!("{expr} AS {}", quote(c));
                 }
                 let ty = scan.table.column(c).map(|ci| ci.ty.clone());
                 match ty {
@@ -354,8 +364,22 @@ impl Endpoint for PgEndpoint {
             Lower::After { ts, key: k } => (3, vec![upto, ts, k]),
         };
         let mut p = Params::from(base + 1);
-        let list = Self::select_list(scan, &mut p);
-        let chg = Self::change_expr(scan, &mut p);
+        // With children the change time is computed once per row, in a
+        // lateral subquery that OFFSET 0 keeps from being inlined into
+        // each place that names it.
+        let (from, chg) = if scan.children.is_empty() {
+            (qualified(&scan.table), raw_chg.clone())
+        } else {
+            let eff = Self::change_expr(scan, &mut p);
+            (
+                format!(
+                    "{} CROSS JOIN LATERAL (SELECT {eff} AS crmsync_eff OFFSET 0) AS crmsync_e",
+                    qualified(&scan.table)
+                ),
+                "crmsync_e.crmsync_eff".to_string(),
+            )
+        };
+        let list = Self::select_list_with(scan, &mut p, Some(&chg));
         let mut cond = match lower {
             Lower::Start => String::new(),
             Lower::From(_) => format!(" AND {chg} >= $2"),
@@ -373,9 +397,8 @@ impl Endpoint for PgEndpoint {
             ));
         }
         let sql = format!(
-            "SELECT {list} FROM {} WHERE {raw_chg} IS NOT NULL AND {chg} <= $1{cond}{} \
+            "SELECT {list} FROM {from} WHERE {raw_chg} IS NOT NULL AND {chg} <= $1{cond}{} \
              ORDER BY {chg}, {key} LIMIT {limit}",
-            qualified(&scan.table),
             Self::filter_sql(scan),
         );
         let conn = self.conn().await?;
