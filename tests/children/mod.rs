@@ -331,6 +331,19 @@ async fn erp_changes_update_create_and_end_child_rows_by_sages_rules() {
         ))
         .await
         .unwrap();
+    // `plan` tells what the sync will do, and writes nothing.
+    let crm_before = fingerprint(&env.crm, CRM_TABLES).await;
+    let out = crate::common::run_binary(&env.config, &["plan"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    for change in [
+        "Phone[Business].phon_number=\"+44 113 496 0001\"",
+        "Email[Business].emai_emailaddress=\"three@example.com\"",
+        "Phone[Business].phon_number=NULL",
+    ] {
+        assert!(stdout.contains(change), "{change}: {stdout}");
+    }
+    assert_eq!(crm_before, fingerprint(&env.crm, CRM_TABLES).await);
     let report = env.sync().await;
     assert_eq!(report.crm_updated, 3, "{report:?}");
     assert_eq!(report.rejected, 0, "{report:?}");
