@@ -112,6 +112,8 @@ impl PgEndpoint {
         let next = format!("{} AND {key} > $1 ORDER BY {key} LIMIT {limit}", base(2).0);
         let what = format!("reading {}", req.scan.table.qualified());
         let key_pos = req.scan.position(&req.scan.key).unwrap_or(0);
+        // See `scan_conn`: per-row child subqueries are not worth JIT.
+        let jit_off = !req.scan.children.is_empty();
         tokio::spawn(async move {
             let fail = |e: tokio_postgres::Error| super::query_failure(side, what.clone(), e);
             let conn = match pool.get().await {
@@ -130,6 +132,12 @@ impl PgEndpoint {
                     return;
                 }
             };
+            if jit_off {
+                if let Err(e) = conn.batch_execute("SET jit = off").await {
+                    let _ = tx.send(Err(fail(e))).await;
+                    return;
+                }
+            }
             let (first, next) = match (conn.prepare(&first).await, conn.prepare(&next).await) {
                 (Ok(f), Ok(n)) => (f, n),
                 (Err(e), _) | (_, Err(e)) => {
