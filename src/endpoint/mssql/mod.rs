@@ -132,6 +132,12 @@ impl MssqlEndpoint {
     /// The columns of `scan`, child values and the change column of a
     /// scan with children computed (their parameters go to `p`).
     fn select_list(&self, scan: &Scan, p: &mut Params) -> String {
+        self.select_list_with(scan, p, None)
+    }
+
+    /// [`Self::select_list`] with the change column read from `change`
+    /// (an expression computed once per row) when given.
+    fn select_list_with(&self, scan: &Scan, p: &mut Params, change: Option<&str>) -> String {
         scan.columns
             .iter()
             .map(|c| {
@@ -141,7 +147,11 @@ impl MssqlEndpoint {
                     return child_sql::value_sql(&DIALECT, p, cc);
                 }
                 if *c == scan.change && !scan.children.is_empty() {
-                    return format!("{} AS {}", Self::change_expr(scan, p), quote(c));
+                    let expr = match change {
+                        Some(e) => e.to_string(),
+                        None => Self::change_expr(scan, p),
+                    };
+                    return format!("{expr} AS {}", quote(c));
                 }
                 match self.native(&scan.table, c).and_then(|n| n.select_cast()) {
                     Some(ty) => format!("CAST({} AS {ty}) AS {}", quote(c), quote(c)),
@@ -408,8 +418,21 @@ impl Endpoint for MssqlEndpoint {
             }
         }
         let mut p = Params::from(params.len() + 1);
-        let list = self.select_list(scan, &mut p);
-        let chg = Self::change_expr(scan, &mut p);
+        // With children the change time is computed once per row, by
+        // CROSS APPLY, rather than wherever the query names it.
+        let (from, chg) = if scan.children.is_empty() {
+            (qualified(t), raw_chg.clone())
+        } else {
+            let eff = Self::change_expr(scan, &mut p);
+            (
+                format!(
+                    "{} CROSS APPLY (SELECT {eff} AS crmsync_eff) AS crmsync_e",
+                    qualified(t)
+                ),
+                "crmsync_e.crmsync_eff".to_string(),
+            )
+        };
+        let list = self.select_list_with(scan, &mut p, Some(&chg));
         let mut cond = match lower {
             Lower::Start => String::new(),
             Lower::From(_) => format!(" AND {chg} >= {}", bound(2)),
@@ -430,9 +453,8 @@ impl Endpoint for MssqlEndpoint {
             ));
         }
         let sql = format!(
-            "SELECT TOP ({limit}) {list} FROM {} WHERE {raw_chg} IS NOT NULL AND {chg} <= {}{cond}{} \
+            "SELECT TOP ({limit}) {list} FROM {from} WHERE {raw_chg} IS NOT NULL AND {chg} <= {}{cond}{} \
              ORDER BY {chg}, {key}",
-            qualified(t),
             bound(1),
             Self::filter_sql(scan),
         );
