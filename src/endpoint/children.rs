@@ -674,3 +674,45 @@ async fn write_one(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn quote(s: &str) -> String {
+        format!("\"{s}\"")
+    }
+
+    const PG: Dialect = Dialect {
+        quote,
+        param: |n| format!("${n}"),
+        top: false,
+        greatest: true,
+    };
+
+    #[test]
+    fn equal_parameters_share_one_placeholder() {
+        let mut p = Params::from(3);
+        assert_eq!(p.push(&PG, &Value::Int(5)), "$3");
+        assert_eq!(p.push(&PG, &Value::Text("Business".into())), "$4");
+        assert_eq!(p.push(&PG, &Value::Int(5)), "$3");
+        assert_eq!(p.values.len(), 2);
+    }
+
+    #[test]
+    fn greatest_is_a_values_list_without_greatest() {
+        let ms = Dialect {
+            greatest: false,
+            top: true,
+            ..PG
+        };
+        let items = ["a".to_string(), "b".to_string()];
+        assert_eq!(PG.greatest(&items), "GREATEST(a, b)");
+        assert_eq!(
+            ms.greatest(&items),
+            "(SELECT MAX(crmsync_v) FROM (VALUES (a), (b)) AS crmsync_x(crmsync_v))"
+        );
+        assert_eq!(ms.first("x", "FROM t"), "SELECT TOP 1 x FROM t");
+        assert_eq!(PG.first("x", "FROM t"), "SELECT x FROM t LIMIT 1");
+    }
+}

@@ -334,3 +334,46 @@ pub fn is_identifier(s: &str) -> bool {
     }
     s.len() <= 128 && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '$' | '#'))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_fields_parse_with_their_selector() {
+        let r = ChildRef::parse("Phone[Business].Phon_Number")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.table.table, "Phone");
+        assert_eq!(r.selector, ChildSelector::Type("Business".into()));
+        assert_eq!(r.column, "Phon_Number");
+        let r = ChildRef::parse("address[Primary].Addr_City")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.selector, ChildSelector::Primary);
+        assert_eq!(r.to_string(), "Address[primary].Addr_City");
+        // Only an address follows the primary column; a phone type code
+        // "primary" is just a code.
+        let r = ChildRef::parse("Phone[primary].Phon_Number")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.selector, ChildSelector::Type("primary".into()));
+        // Codes keep their case and inner blanks.
+        let r = ChildRef::parse("Email[Sales Office].Emai_EmailAddress")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.selector, ChildSelector::Type("Sales Office".into()));
+        assert!(ChildRef::parse("Comp_Name").is_none());
+    }
+
+    #[test]
+    fn malformed_child_fields_say_what_is_wrong() {
+        let why = |s: &str| ChildRef::parse(s).unwrap().unwrap_err();
+        assert!(why("Phon[Business].Phon_Number").contains("did you mean Phone?"));
+        assert!(why("Phone[Business.Phon_Number").contains("no closing ']'"));
+        assert!(why("Phone[Business]Phon_Number").contains("a '.' and a column"));
+        assert!(why("Phone[].Phon_Number").contains("type code"));
+        assert!(why("Phone[ Business].Phon_Number").contains("surrounding blanks"));
+        assert!(why("Fax[Business].Phon_Number").contains("not one of Sage CRM's child tables"));
+    }
+}
