@@ -75,12 +75,16 @@ fn want_index(f: &mut Findings, at: &str, t: &TableInfo, accept: &[&[&str]], why
 
 /// The `Custom_Tables.Bord_TableId` of `table`, or Sage CRM's standard id
 /// when the database has no `Custom_Tables` (or no row for it).
-async fn entity_id(crm: &dyn Endpoint, table: &str) -> Result<Option<i64>, EndpointError> {
+async fn entity_id(
+    crm: &dyn Endpoint,
+    schema: Option<&str>,
+    table: &str,
+) -> Result<Option<i64>, EndpointError> {
     let standard = crate::crm::default_entity_id(table);
     let Some(canonical) = crate::crm::known_table(table).map(|k| k.table) else {
         return Ok(standard);
     };
-    let Some(t) = crm.table(None, "Custom_Tables").await? else {
+    let Some(t) = crm.table(schema, "Custom_Tables").await? else {
         return Ok(standard);
     };
     let (Ok(id), Ok(name)) = (t.column("Bord_TableId"), t.column("Bord_Name")) else {
@@ -156,8 +160,10 @@ pub(super) async fn bind(
         let fat = format!("{at}: field {} ({})", i + 1, e.fields[*i].crm);
         let ct = r.table;
         if !tables.contains_key(ct.table) {
-            let child = lookup_table(f, &fat, "CRM", crm, "crm", None, ct.table).await?;
-            let link = lookup_table(f, &fat, "CRM", crm, "crm", None, ct.link_table).await?;
+            // Sage CRM's tables share one schema: the entity's.
+            let schema = e.crm_table.schema.as_deref();
+            let child = lookup_table(f, &fat, "CRM", crm, "crm", schema, ct.table).await?;
+            let link = lookup_table(f, &fat, "CRM", crm, "crm", schema, ct.link_table).await?;
             tables.insert(ct.table, child.zip(link));
         }
         let Some((child_t, _)) = &tables[ct.table] else {
@@ -244,7 +250,7 @@ pub(super) async fn bind(
                     continue;
                 };
                 if eid.is_none() {
-                    eid = Some(entity_id(crm, &parent.name).await?);
+                    eid = Some(entity_id(crm, e.crm_table.schema.as_deref(), &parent.name).await?);
                 }
                 let Some(id) = eid.flatten() else {
                     f.errors.push(format!(
