@@ -203,6 +203,35 @@ const CRM_TABLES: &[&str] = &[
     "address_link",
 ];
 
+/// 200 Business phones changed in one statement share one change time;
+/// read in pages of 50 they all arrive, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn children_changed_at_one_time_arrive_once_across_pages() {
+    let env = child_env().await;
+    seed(&env.crm).await;
+    assert_eq!(env.sync().await.inserted, 200);
+    let n = env
+        .crm
+        .execute(
+            "UPDATE phone p SET phon_number = 'tied ' || l.plink_recordid, \
+                    phon_updateddate = date_trunc('second', localtimestamp(3)) \
+             FROM phonelink l WHERE l.plink_phoneid = p.phon_phoneid \
+               AND l.plink_type = 'Business' AND l.plink_deleted IS NULL AND p.phon_deleted IS NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(n >= 200, "{n}");
+    let report = env.sync().await;
+    assert_eq!(report.updated, 200, "{report:?}");
+    let rows = erp_rows(&env.erp).await;
+    for (id, row) in &rows {
+        assert_eq!(row.1, Some(format!("tied {id}")), "company {id}");
+    }
+    let again = env.sync().await;
+    assert_eq!(again.changes(), 0, "{again:?}");
+}
+
 /// The first sync writes exactly the live Business values (not the fax,
 /// not the deleted phone or link, the lowest live link when two are live).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -313,16 +313,17 @@ async fn both_ways(ids: Ids) {
             "UPDATE erp.supplier SET phone = '+44 113 496 0001' WHERE crm_company_id = {};
              UPDATE erp.supplier SET email = 'three@example.com' WHERE crm_company_id = {};
              UPDATE erp.supplier SET phone = NULL WHERE crm_company_id = {};
+             UPDATE erp.supplier SET city = NULL WHERE crm_company_id = {};
              INSERT INTO erp.supplier (name, phone, email, city)
              VALUES ('Northwind', '+44 161 496 0000', 'orders@northwind.example', 'Manchester');",
-            c[&1], c[&3], c[&6]
+            c[&1], c[&3], c[&6], c[&7]
         ))
         .await
         .unwrap();
     let third = env.sync().await;
     assert_eq!(
         (third.crm_updated, third.crm_inserted, third.rejected),
-        (3, 1, 0),
+        (4, 1, 0),
         "{third:?}"
     );
     // In place.
@@ -356,6 +357,20 @@ async fn both_ways(ids: Ids) {
              WHERE l.PLink_RecordID = {} AND l.PLink_Type = N'Business' \
                AND l.PLink_Deleted = 1 AND p.Phon_Deleted = 1",
             c[&6]
+        ),
+    )
+    .await;
+    assert_eq!(ended, Some(1));
+    // A cleared city ends the primary address: link and address
+    // soft-deleted, Comp_PrimaryAddressId emptied.
+    let ended = scalar_i64(
+        &mut env.crm,
+        &format!(
+            "SELECT COUNT(*) FROM dbo.Address_Link l JOIN dbo.Address a ON a.Addr_AddressId = l.AdLi_AddressId \
+             JOIN dbo.Company c ON c.Comp_CompanyId = l.AdLi_CompanyID \
+             WHERE c.Comp_CompanyId = {} AND l.AdLi_Deleted = 1 AND a.Addr_Deleted = 1 \
+               AND c.Comp_PrimaryAddressId IS NULL",
+            c[&7]
         ),
     )
     .await;
