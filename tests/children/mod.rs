@@ -232,6 +232,46 @@ async fn children_changed_at_one_time_arrive_once_across_pages() {
     assert_eq!(again.changes(), 0, "{again:?}");
 }
 
+/// A phone change stamped below what a run reads past, committed after
+/// that run, is picked up by the next run (the overlap), as a change of
+/// the company row would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_committed_child_change_is_picked_up_by_the_next_run() {
+    let env = child_env().await;
+    seed(&env.crm).await;
+    assert_eq!(env.sync().await.inserted, 200);
+    let late = crate::common::connect(&env.crm_url).await;
+    late.batch_execute(
+        "BEGIN; UPDATE phone SET phon_number = 'late', \
+             phon_updateddate = localtimestamp(3) - interval '20 seconds' \
+         WHERE phon_number = '+44 20 7946 11'",
+    )
+    .await
+    .unwrap();
+    env.crm
+        .execute(
+            "UPDATE phone SET phon_number = 'early', phon_updateddate = localtimestamp(3) \
+             WHERE phon_number = '+44 20 7946 12'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let second = env.sync().await;
+    assert_eq!(second.updated, 1, "{second:?}");
+    late.batch_execute("COMMIT").await.unwrap();
+    let third = env.sync().await;
+    assert_eq!(third.updated, 1, "{third:?}");
+    let rows = erp_rows(&env.erp).await;
+    assert_eq!(
+        rows[&company(&env.crm, 11).await].1.as_deref(),
+        Some("late")
+    );
+    assert_eq!(
+        rows[&company(&env.crm, 12).await].1.as_deref(),
+        Some("early")
+    );
+}
+
 /// The first sync writes exactly the live Business values (not the fax,
 /// not the deleted phone or link, the lowest live link when two are live).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
