@@ -80,6 +80,90 @@ impl SystemColumns {
     }
 }
 
+/// Sage CRM's tables of a company's or person's phones, e-mails and
+/// addresses: rows of their own, joined to the entity row through a link
+/// table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildKind {
+    Phone,
+    Email,
+    Address,
+}
+
+/// One child table and its link table, as Sage CRM names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChildTable {
+    pub kind: ChildKind,
+    pub table: &'static str,
+    pub prefix: &'static str,
+    pub key: &'static str,
+    pub link_table: &'static str,
+    pub link_prefix: &'static str,
+    pub link_key: &'static str,
+    /// The link column naming the child row.
+    pub link_child: &'static str,
+    /// The link column holding the type code.
+    pub link_type: &'static str,
+}
+
+pub const CHILD_TABLES: &[ChildTable] = &[
+    ChildTable {
+        kind: ChildKind::Phone,
+        table: "Phone",
+        prefix: "Phon_",
+        key: "Phon_PhoneId",
+        link_table: "PhoneLink",
+        link_prefix: "PLink_",
+        link_key: "PLink_LinkID",
+        link_child: "PLink_PhoneId",
+        link_type: "PLink_Type",
+    },
+    ChildTable {
+        kind: ChildKind::Email,
+        table: "Email",
+        prefix: "Emai_",
+        key: "Emai_EmailId",
+        link_table: "EmailLink",
+        link_prefix: "ELink_",
+        link_key: "ELink_LinkID",
+        link_child: "ELink_EmailId",
+        link_type: "ELink_Type",
+    },
+    ChildTable {
+        kind: ChildKind::Address,
+        table: "Address",
+        prefix: "Addr_",
+        key: "Addr_AddressId",
+        link_table: "Address_Link",
+        link_prefix: "AdLi_",
+        link_key: "AdLi_AddressLinkId",
+        link_child: "AdLi_AddressId",
+        link_type: "AdLi_Type",
+    },
+];
+
+/// The child table named `table` (case-insensitively), if it is one.
+pub fn child_table(table: &str) -> Option<&'static ChildTable> {
+    CHILD_TABLES
+        .iter()
+        .find(|k| k.table.eq_ignore_ascii_case(table))
+}
+
+/// The bracket of `Address[primary]`: the address the entity's
+/// primary-address column names, not an `AdLi_Type` code.
+pub const PRIMARY: &str = "primary";
+
+/// The `Custom_Tables.Bord_TableId` of the entities that own phones,
+/// e-mails and addresses, as a standard install numbers them; used when the
+/// database has no `Custom_Tables`.
+pub fn default_entity_id(table: &str) -> Option<i64> {
+    match table.to_ascii_lowercase().as_str() {
+        "company" => Some(5),
+        "person" => Some(13),
+        _ => None,
+    }
+}
+
 /// Columns crmsync must never write: triggers maintain them.
 pub const NEVER_WRITE: &[&str] = &["CRMEmailPhoneData"];
 

@@ -2,7 +2,10 @@
 //! configured name is looked up (case-insensitively), every mapping's types
 //! are checked, and the result carries only the catalogs' own spellings.
 
+mod children;
+
 use crate::crm::SystemColumns;
+use crate::endpoint::children::ChildColumn;
 use crate::endpoint::{ColumnInfo, Endpoint, EndpointError, Lookup, Scan, TableInfo, WriteBatch};
 use crate::plan::{Direction, EntityPlan, FieldPlan, PerSide, Plan, Side, Transform};
 use crate::value::{CoerceError, Family, SqlType, Value, Zones};
@@ -65,6 +68,9 @@ pub struct BoundEntity {
     /// is bound (a full run): the run revisits the cycle's deferred rows
     /// once all of its entities have run.
     pub cycle: Option<usize>,
+    /// How the CRM scan reads the fields kept in Sage CRM's child tables
+    /// (phones, e-mails, addresses), and how writes reach them.
+    pub crm_children: Vec<ChildColumn>,
     /// Zones to move wall-clock values from CRM to external and back.
     pub to_external: Zones,
     pub to_crm: Zones,
@@ -118,10 +124,15 @@ impl BoundEntity {
         }
     }
 
-    /// An empty write batch for the table of `side`.
+    /// An empty write batch for the table of `side`; on CRM it carries
+    /// the child columns, so that their values reach their own rows.
     pub fn write_batch(&self, side: Side) -> WriteBatch {
         let s = &self.side[side];
-        WriteBatch::new(s.table.clone(), s.key.name.clone())
+        let mut b = WriteBatch::new(s.table.clone(), s.key.name.clone());
+        if side == Side::Crm {
+            b.children = self.crm_children.clone();
+        }
+        b
     }
 
     /// The CRM read: [`BoundEntity::scan`] of CRM.
@@ -175,6 +186,10 @@ impl BoundEntity {
             filter: match side {
                 Side::Crm => self.plan.crm_filter.clone(),
                 Side::External => self.plan.external_filter.clone(),
+            },
+            children: match side {
+                Side::Crm => self.crm_children.clone(),
+                Side::External => Vec::new(),
             },
         }
     }
@@ -606,9 +621,17 @@ pub async fn bind_entity(
         }
     }
     let mut fields = Vec::new();
+    let mut bound_children = children::bind(plan, e, crm, &crm_t, crm_key.as_ref(), f).await?;
+    let mut crm_children = Vec::new();
     for (i, fp) in e.fields.iter().enumerate() {
         let fat = format!("{at}: field {} ({})", i + 1, fp.crm);
-        let c = lookup_column(f, &fat, "CRM", &crm_t, "crm", &fp.crm);
+        let c = match &fp.child {
+            None => lookup_column(f, &fat, "CRM", &crm_t, "crm", &fp.crm),
+            Some(_) => bound_children.remove(&i).map(|b| {
+                crm_children.push(b.read);
+                b.column
+            }),
+        };
         let x = lookup_column(f, &fat, "external", &ext_t, "external", &fp.external);
         if let (Some(c), Some(x)) = (c, x) {
             if crate::crm::NEVER_WRITE
@@ -736,6 +759,7 @@ pub async fn bind_entity(
         external_crm_id,
         fields,
         cycle: None,
+        crm_children,
         to_external,
         to_crm,
     }))

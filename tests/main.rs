@@ -4,6 +4,10 @@
 
 /// `crmsync backfill`: bulk copy, linking, resume, progress output.
 mod backfill;
+/// Sage CRM's phones, e-mails and addresses as columns of the ERP row:
+/// read through the link tables, a child's own change carried across,
+/// written back into the child and link rows by Sage's rules.
+mod children;
 /// Shared set-up: databases with the schema files loaded, configs,
 /// in-process and binary runners, comparisons of both sides.
 mod common;

@@ -40,6 +40,13 @@ UPDATE Company
        Comp_UpdatedBy = 1, Comp_UpdatedDate = localtimestamp(3), Comp_TimeStamp = localtimestamp(3)
  WHERE Comp_CompanyId = 8 AND Comp_Type = 'Supplier' AND Comp_Deleted IS NULL;
 
+-- A phone number changed on its own: only the Phone row moves, the company
+-- row does not, and the sync still carries it.
+UPDATE Phone
+   SET Phon_Number = '+44 20 7946 1234',
+       Phon_UpdatedBy = 1, Phon_UpdatedDate = localtimestamp(3), Phon_TimeStamp = localtimestamp(3)
+ WHERE Phon_PhoneId = 3;
+
 -- A customer changes: outside the filter, so no sync traffic.
 UPDATE Company
    SET Comp_Name = 'Customer renamed 5',

@@ -82,6 +82,59 @@ UPDATE Company c
                                 WHERE p.Pers_CompanyId = c.Comp_CompanyId)
  WHERE EXISTS (SELECT 1 FROM Person p WHERE p.Pers_CompanyId = c.Comp_CompanyId);
 
+-- Each company's Business phone and e-mail and its primary address, as Sage
+-- CRM 7.2 and later keeps them: rows of their own, joined to the company by
+-- link rows (EntityID 5 is Company). Every fourth company has a Fax too,
+-- which the demo's Phone[Business] field must leave alone. The ids follow
+-- the company ids, so each table's sequence is moved past them below.
+INSERT INTO Phone (Phon_PhoneId, Phon_CountryCode, Phon_AreaCode, Phon_Number,
+    Phon_CreatedBy, Phon_CreatedDate, Phon_UpdatedBy, Phon_UpdatedDate, Phon_TimeStamp)
+SELECT Comp_CompanyId, Comp_PhoneCountryCode, Comp_PhoneAreaCode, '+44 20 ' || Comp_PhoneNumber,
+       1, Comp_CreatedDate, 1, Comp_CreatedDate, Comp_CreatedDate
+  FROM Company
+UNION ALL
+SELECT 10000 + Comp_CompanyId, '44', '20', '+44 20 7946 9' || lpad(Comp_CompanyId::text, 3, '0'),
+       1, Comp_CreatedDate, 1, Comp_CreatedDate, Comp_CreatedDate
+  FROM Company WHERE Comp_CompanyId % 4 = 0;
+INSERT INTO PhoneLink (PLink_LinkID, PLink_EntityID, PLink_RecordID, PLink_Type, PLink_PhoneId,
+    PLink_CreatedBy, PLink_CreatedDate, PLink_UpdatedBy, PLink_UpdatedDate, PLink_TimeStamp)
+SELECT Phon_PhoneId, 5, Phon_PhoneId % 10000, CASE WHEN Phon_PhoneId > 10000 THEN 'Fax' ELSE 'Business' END,
+       Phon_PhoneId, 1, Phon_CreatedDate, 1, Phon_CreatedDate, Phon_CreatedDate
+  FROM Phone;
+INSERT INTO Email (Emai_EmailId, Emai_EmailAddress,
+    Emai_CreatedBy, Emai_CreatedDate, Emai_UpdatedBy, Emai_UpdatedDate, Emai_TimeStamp)
+SELECT Comp_CompanyId, Comp_EmailAddress, 1, Comp_CreatedDate, 1, Comp_CreatedDate, Comp_CreatedDate
+  FROM Company WHERE Comp_EmailAddress IS NOT NULL;
+INSERT INTO EmailLink (ELink_LinkID, ELink_EntityID, ELink_RecordID, ELink_Type, ELink_EmailId,
+    ELink_CreatedBy, ELink_CreatedDate, ELink_UpdatedBy, ELink_UpdatedDate, ELink_TimeStamp)
+SELECT Emai_EmailId, 5, Emai_EmailId, 'Business', Emai_EmailId,
+       1, Emai_CreatedDate, 1, Emai_CreatedDate, Emai_CreatedDate
+  FROM Email;
+INSERT INTO Address (Addr_AddressId, Addr_Address1, Addr_City, Addr_PostCode, Addr_Country,
+    Addr_CreatedBy, Addr_CreatedDate, Addr_UpdatedBy, Addr_UpdatedDate, Addr_TimeStamp, Addr_SecTerr)
+SELECT Comp_CompanyId, Comp_CompanyId || ' High Street',
+       (ARRAY['London', 'München', 'Kraków', 'São Paulo', '東京', 'Reykjavík'])[1 + Comp_CompanyId % 6],
+       'PC' || Comp_CompanyId, 'GB', 1, Comp_CreatedDate, 1, Comp_CreatedDate, Comp_CreatedDate,
+       -2147483640
+  FROM Company;
+INSERT INTO Address_Link (AdLi_AddressLinkId, AdLi_AddressId, AdLi_CompanyID, AdLi_Type,
+    AdLi_CreatedBy, AdLi_CreatedDate, AdLi_UpdatedBy, AdLi_UpdatedDate, AdLi_TimeStamp, AdLi_SecTerr)
+SELECT Addr_AddressId, Addr_AddressId, Addr_AddressId, 'Billing',
+       1, Addr_CreatedDate, 1, Addr_CreatedDate, Addr_CreatedDate, -2147483640
+  FROM Address;
+UPDATE Company SET Comp_PrimaryAddressId = Comp_CompanyId;
+DO $$
+BEGIN
+    PERFORM setval(pg_get_serial_sequence('phone', 'phon_phoneid'), max(Phon_PhoneId)) FROM Phone;
+    PERFORM setval(pg_get_serial_sequence('phonelink', 'plink_linkid'), max(PLink_LinkID)) FROM PhoneLink;
+    PERFORM setval(pg_get_serial_sequence('email', 'emai_emailid'), max(Emai_EmailId)) FROM Email;
+    PERFORM setval(pg_get_serial_sequence('emaillink', 'elink_linkid'), max(ELink_LinkID)) FROM EmailLink;
+    PERFORM setval(pg_get_serial_sequence('address', 'addr_addressid'), max(Addr_AddressId)) FROM Address;
+    PERFORM setval(pg_get_serial_sequence('address_link', 'adli_addresslinkid'), max(AdLi_AddressLinkId))
+       FROM Address_Link;
+END
+$$;
+
 -- Keep the pre-7.2 allocator ahead of the ids IDENTITY handed out.
 UPDATE SQL_Identity
    SET Id_NextId = (SELECT coalesce(max(Comp_CompanyId), 0) + 1 FROM Company)

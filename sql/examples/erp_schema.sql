@@ -16,6 +16,7 @@ CREATE TABLE erp.supplier (
     website         varchar(100),
     phone           varchar(40),
     email           varchar(255),
+    city            varchar(30),
     promote         boolean NOT NULL DEFAULT false,
     kind            char(1) NOT NULL DEFAULT 'S', -- 'S' supplier
     is_deleted      boolean NOT NULL DEFAULT false,

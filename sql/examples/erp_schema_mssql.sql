@@ -16,6 +16,7 @@ CREATE TABLE erp.supplier (
     website         nvarchar(100) NULL,
     phone           nvarchar(40) NULL,
     email           nvarchar(255) NULL,
+    city            nvarchar(30) NULL,
     promote         bit NOT NULL DEFAULT 0,
     kind            nchar(1) NOT NULL DEFAULT 'S', -- 'S' supplier
     is_deleted      bit NOT NULL DEFAULT 0,

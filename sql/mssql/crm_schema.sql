@@ -216,6 +216,75 @@ CREATE INDEX IDX_AdLi_PersonID ON dbo.Address_Link (AdLi_PersonID);
 CREATE INDEX IDX_AdLi_QUICKFIND_Deleted_UpdatedDate ON dbo.Address_Link (AdLi_Deleted, AdLi_UpdatedDate);
 CREATE INDEX IDX_AdLi_UpdatedDate_AddressLinkId ON dbo.Address_Link (AdLi_UpdatedDate, AdLi_AddressLinkId);
 
+-- Phones and e-mails (Sage CRM 7.2 and later) are rows of their own, joined
+-- to a company or person through a link table: EntityID is the parent's
+-- Custom_Tables id (5 Company, 13 Person), RecordID its key, Type a
+-- custom_captions code such as 'Business', 'Fax' or 'Mobile'. Sage CRM's
+-- CRMEmailPhoneData is maintained by triggers on the link tables and is left
+-- out here. The UpdatedDate indexes serve crmsync's change reads of child
+-- fields (a child or link row that moved marks its parent changed).
+CREATE TABLE dbo.Phone (
+    Phon_PhoneId            int IDENTITY(1,1) NOT NULL PRIMARY KEY,
+    Phon_CountryCode        nvarchar(5),
+    Phon_AreaCode           nvarchar(20),
+    Phon_Number             nvarchar(34),
+    Phon_CreatedBy          int,
+    Phon_CreatedDate        datetime,
+    Phon_UpdatedBy          int,
+    Phon_UpdatedDate        datetime,
+    Phon_TimeStamp          datetime,
+    Phon_Deleted            tinyint
+);
+CREATE INDEX IDX_Phon_QUICKFIND_Deleted_UpdatedDate ON dbo.Phone (Phon_Deleted, Phon_UpdatedDate);
+CREATE INDEX IDX_Phon_UpdatedDate_PhoneId ON dbo.Phone (Phon_UpdatedDate, Phon_PhoneId);
+
+CREATE TABLE dbo.PhoneLink (
+    PLink_LinkID            int IDENTITY(1,1) NOT NULL PRIMARY KEY,
+    PLink_EntityID          int,
+    PLink_RecordID          int,
+    PLink_Type              nvarchar(40),
+    PLink_PhoneId           int,
+    PLink_CreatedBy         int,
+    PLink_CreatedDate       datetime,
+    PLink_UpdatedBy         int,
+    PLink_UpdatedDate       datetime,
+    PLink_TimeStamp         datetime,
+    PLink_Deleted           tinyint
+);
+CREATE INDEX IDX_PLink_EntityID_RecordID_Type ON dbo.PhoneLink (PLink_EntityID, PLink_RecordID, PLink_Type);
+CREATE INDEX IDX_PLink_PhoneId ON dbo.PhoneLink (PLink_PhoneId);
+CREATE INDEX IDX_PLink_UpdatedDate_LinkID ON dbo.PhoneLink (PLink_UpdatedDate, PLink_LinkID);
+
+CREATE TABLE dbo.Email (
+    Emai_EmailId            int IDENTITY(1,1) NOT NULL PRIMARY KEY,
+    Emai_EmailAddress       nvarchar(255),
+    Emai_CreatedBy          int,
+    Emai_CreatedDate        datetime,
+    Emai_UpdatedBy          int,
+    Emai_UpdatedDate        datetime,
+    Emai_TimeStamp          datetime,
+    Emai_Deleted            tinyint
+);
+CREATE INDEX IDX_Emai_QUICKFIND_Deleted_UpdatedDate ON dbo.Email (Emai_Deleted, Emai_UpdatedDate);
+CREATE INDEX IDX_Emai_UpdatedDate_EmailId ON dbo.Email (Emai_UpdatedDate, Emai_EmailId);
+
+CREATE TABLE dbo.EmailLink (
+    ELink_LinkID            int IDENTITY(1,1) NOT NULL PRIMARY KEY,
+    ELink_EntityID          int,
+    ELink_RecordID          int,
+    ELink_Type              nvarchar(40),
+    ELink_EmailId           int,
+    ELink_CreatedBy         int,
+    ELink_CreatedDate       datetime,
+    ELink_UpdatedBy         int,
+    ELink_UpdatedDate       datetime,
+    ELink_TimeStamp         datetime,
+    ELink_Deleted           tinyint
+);
+CREATE INDEX IDX_ELink_EntityID_RecordID_Type ON dbo.EmailLink (ELink_EntityID, ELink_RecordID, ELink_Type);
+CREATE INDEX IDX_ELink_EmailId ON dbo.EmailLink (ELink_EmailId);
+CREATE INDEX IDX_ELink_UpdatedDate_LinkID ON dbo.EmailLink (ELink_UpdatedDate, ELink_LinkID);
+
 -- Money is numeric(24,6) with a currency id column (_CID) beside it.
 CREATE TABLE dbo.Opportunity (
     Oppo_OpportunityId      int IDENTITY(1,1) NOT NULL PRIMARY KEY,
@@ -309,6 +378,15 @@ VALUES (16, N'Territories', N'Territories', N'Terr', N'Terr_TerritoryID', 1, GET
 INSERT INTO dbo.Custom_Tables (Bord_TableId, Bord_Name, Bord_Caption, Bord_Prefix, Bord_IdField, Bord_CreatedBy, Bord_CreatedDate, Bord_UpdatedBy, Bord_UpdatedDate, Bord_TimeStamp)
 VALUES (17, N'Users', N'Users', N'User', N'User_UserId', 1, GETDATE(), 1, GETDATE(), GETDATE());
 
+INSERT INTO dbo.Custom_Tables (Bord_TableId, Bord_Name, Bord_Caption, Bord_Prefix, Bord_IdField, Bord_CreatedBy, Bord_CreatedDate, Bord_UpdatedBy, Bord_UpdatedDate, Bord_TimeStamp)
+VALUES (120, N'Phone', N'Phone', N'Phon', N'Phon_PhoneId', 1, GETDATE(), 1, GETDATE(), GETDATE());
+INSERT INTO dbo.Custom_Tables (Bord_TableId, Bord_Name, Bord_Caption, Bord_Prefix, Bord_IdField, Bord_CreatedBy, Bord_CreatedDate, Bord_UpdatedBy, Bord_UpdatedDate, Bord_TimeStamp)
+VALUES (121, N'PhoneLink', N'Phone Link', N'PLink', N'PLink_LinkID', 1, GETDATE(), 1, GETDATE(), GETDATE());
+INSERT INTO dbo.Custom_Tables (Bord_TableId, Bord_Name, Bord_Caption, Bord_Prefix, Bord_IdField, Bord_CreatedBy, Bord_CreatedDate, Bord_UpdatedBy, Bord_UpdatedDate, Bord_TimeStamp)
+VALUES (122, N'Email', N'Email', N'Emai', N'Emai_EmailId', 1, GETDATE(), 1, GETDATE(), GETDATE());
+INSERT INTO dbo.Custom_Tables (Bord_TableId, Bord_Name, Bord_Caption, Bord_Prefix, Bord_IdField, Bord_CreatedBy, Bord_CreatedDate, Bord_UpdatedBy, Bord_UpdatedDate, Bord_TimeStamp)
+VALUES (123, N'EmailLink', N'Email Link', N'ELink', N'ELink_LinkID', 1, GETDATE(), 1, GETDATE(), GETDATE());
+
 INSERT INTO dbo.SQL_Identity (Id_TableId, Id_NextId) VALUES (1, 1);
 INSERT INTO dbo.SQL_Identity (Id_TableId, Id_NextId) VALUES (2, 1);
 INSERT INTO dbo.SQL_Identity (Id_TableId, Id_NextId) VALUES (3, 1);
@@ -317,6 +395,10 @@ INSERT INTO dbo.SQL_Identity (Id_TableId, Id_NextId) VALUES (10, 1);
 INSERT INTO dbo.SQL_Identity (Id_TableId, Id_NextId) VALUES (13, 1);
 INSERT INTO dbo.SQL_Identity (Id_TableId, Id_NextId) VALUES (16, 1);
 INSERT INTO dbo.SQL_Identity (Id_TableId, Id_NextId) VALUES (17, 3);
+INSERT INTO dbo.SQL_Identity (Id_TableId, Id_NextId) VALUES (120, 1);
+INSERT INTO dbo.SQL_Identity (Id_TableId, Id_NextId) VALUES (121, 1);
+INSERT INTO dbo.SQL_Identity (Id_TableId, Id_NextId) VALUES (122, 1);
+INSERT INTO dbo.SQL_Identity (Id_TableId, Id_NextId) VALUES (123, 1);
 
 -- The root territory and two children: each child owns a 2^28 - 1 wide slice.
 INSERT INTO dbo.Territories (Terr_TerritoryID, Terr_Caption, Terr_ParentID, Terr_CreatedBy, Terr_CreatedDate, Terr_UpdatedBy, Terr_UpdatedDate, Terr_TimeStamp, Terr_SecTerr)

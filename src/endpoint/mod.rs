@@ -2,6 +2,7 @@
 //! the catalog and batch types it speaks in. One folder per database kind.
 
 pub mod bulk;
+pub mod children;
 pub mod mssql;
 pub mod postgres;
 
@@ -37,11 +38,20 @@ pub struct Scan {
     /// A predicate from the config, validated against the database by
     /// `check`.
     pub filter: Option<String>,
+    /// Columns of `columns` read from Sage CRM's child tables. When there
+    /// are any, the change column reads as the latest change of the row
+    /// and of its children's link and child rows.
+    pub children: Vec<children::ChildColumn>,
 }
 
 impl Scan {
     pub fn position(&self, column: &str) -> Option<usize> {
         self.columns.iter().position(|c| c == column)
+    }
+
+    /// The child column `column` names, if it names one.
+    pub fn child(&self, column: &str) -> Option<&children::ChildColumn> {
+        self.children.iter().find(|c| c.name == column)
     }
 }
 
@@ -89,6 +99,10 @@ pub struct WriteBatch {
     pub updates: Vec<Update>,
     /// Keys of rows to delete for real.
     pub deletes: Vec<Value>,
+    /// Columns of inserts and updates that are Sage CRM child values
+    /// (`Phone[Business].Phon_Number`): written to their child and link
+    /// rows, in the same transaction.
+    pub children: Vec<children::ChildColumn>,
 }
 
 impl WriteBatch {
@@ -99,6 +113,7 @@ impl WriteBatch {
             inserts: Vec::new(),
             updates: Vec::new(),
             deletes: Vec::new(),
+            children: Vec::new(),
         }
     }
 

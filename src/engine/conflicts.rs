@@ -125,8 +125,7 @@ impl Engine {
                     .map_err(|p| gone(format!("{p:?}")))?;
                 let mut set = vec![(f.crm.name.clone(), Assign::Value(crm_value))];
                 crm_write::touch(e, self.plan.crm_user_id, &mut set);
-                let mut batch =
-                    WriteBatch::new(e.side.crm.table.clone(), e.side.crm.key.name.clone());
+                let mut batch = e.write_batch(crate::plan::Side::Crm);
                 batch.updates.push(Update { key: crm_key, set });
                 self.endpoints.crm.apply(&batch, None).await?;
                 value = value.or(Some(canonical));

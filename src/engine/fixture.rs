@@ -122,6 +122,7 @@ pub(super) fn entity(rest: &str) -> BoundEntity {
         external_crm_id: None,
         fields,
         cycle: None,
+        crm_children: Vec::new(),
         to_external: zones,
         to_crm: Zones {
             from: zones.to,

@@ -3,8 +3,8 @@
 
 use super::build::Collector;
 use super::{
-    ConflictPolicy, CrmDelete, Direction, EntityPlan, ExternalDelete, FieldPlan, OnTruncate, Side,
-    TableRef, Transform,
+    ChildRef, ConflictPolicy, CrmDelete, Direction, EntityPlan, ExternalDelete, FieldPlan,
+    OnTruncate, Side, TableRef, Transform,
 };
 use crate::config::{self, RawEntity, RawField};
 use crate::crm;
@@ -219,6 +219,17 @@ pub(super) fn entity(
             );
         }
     }
+    if fields.iter().any(|f| f.child.is_some()) && crm::default_entity_id(&crm_table.name).is_none()
+    {
+        c.push(
+            at,
+            format!(
+                "phone, e-mail and address fields (Table[TypeCode].Column) belong to Company and \
+                 Person rows; crm_table {:?} has none",
+                crm_table.name
+            ),
+        );
+    }
     let insert_into_external = e.insert_into_external.unwrap_or(true);
     if direction.crm_to_external()
         && insert_into_external
@@ -283,7 +294,26 @@ fn field(
     entity_direction: Direction,
     entity_truncate: OnTruncate,
 ) -> FieldPlan {
-    c.identifier(at, "crm", &f.crm);
+    let child = match ChildRef::parse(&f.crm) {
+        None => {
+            c.identifier(at, "crm", &f.crm);
+            None
+        }
+        Some(Ok(r)) => {
+            c.identifier(at, "crm", &r.column);
+            if f.references.is_some() {
+                c.push(
+                    at,
+                    "a phone, e-mail or address column holds no keys of another entity; remove references",
+                );
+            }
+            Some(r)
+        }
+        Some(Err(why)) => {
+            c.push(at, format!("crm = {:?}: {why}", f.crm));
+            None
+        }
+    };
     c.identifier(at, "external", &f.external);
     let direction = c.choice(
         at,
@@ -339,6 +369,7 @@ fn field(
         );
     }
     FieldPlan {
+        child,
         references: f.references.clone(),
         crm: f.crm.clone(),
         external: f.external.clone(),

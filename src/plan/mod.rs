@@ -167,6 +167,95 @@ pub struct FieldPlan {
     pub on_truncate: OnTruncate,
     /// The entity whose keys the field holds (by its configured name).
     pub references: Option<String>,
+    /// Set when `crm` names a column of a phone, e-mail or address
+    /// (`Phone[Business].Phon_Number`) rather than of the entity's table.
+    pub child: Option<ChildRef>,
+}
+
+/// A field's CRM side in one of Sage CRM's child tables:
+/// `Table[selector].Column`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChildRef {
+    pub table: &'static crate::crm::ChildTable,
+    pub selector: ChildSelector,
+    /// The child table's column, as configured.
+    pub column: String,
+}
+
+/// Which of the entity's children of a kind a field follows.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ChildSelector {
+    /// The live link of this type code (`PLink_Type`, `ELink_Type`,
+    /// `AdLi_Type`), matched exactly.
+    Type(String),
+    /// The address named by the entity's primary-address column.
+    Primary,
+}
+
+impl ChildRef {
+    /// Parses `Table[selector].Column`; `None` when `text` has no bracket
+    /// (a plain column), `Some(Err(why))` when it has one but is not a
+    /// child reference.
+    pub fn parse(text: &str) -> Option<Result<ChildRef, String>> {
+        let open = text.find('[')?;
+        let usage = "write Table[TypeCode].Column, e.g. Phone[Business].Phon_Number, \
+                     Email[Business].Emai_EmailAddress or Address[primary].Addr_City";
+        let Some(close) = text[open..].find(']').map(|i| open + i) else {
+            return Some(Err(format!("no closing ']'; {usage}")));
+        };
+        let table = text[..open].trim();
+        let code = &text[open + 1..close];
+        let Some(column) = text[close + 1..].strip_prefix('.') else {
+            return Some(Err(format!("a '.' and a column must follow ']'; {usage}")));
+        };
+        let Some(child) = crate::crm::child_table(table) else {
+            let names: Vec<&str> = crate::crm::CHILD_TABLES.iter().map(|c| c.table).collect();
+            let hint = names
+                .iter()
+                .map(|n| {
+                    (
+                        strsim::jaro_winkler(&n.to_lowercase(), &table.to_lowercase()),
+                        *n,
+                    )
+                })
+                .filter(|(score, _)| *score > 0.7)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, n)| format!(" (did you mean {n}?)"))
+                .unwrap_or_default();
+            return Some(Err(format!(
+                "{table:?} is not one of Sage CRM's child tables ({}){hint}",
+                names.join(", ")
+            )));
+        };
+        if code.trim().is_empty() || code.trim() != code {
+            return Some(Err(format!(
+                "the type code in brackets must be a stored code without surrounding blanks, \
+                 e.g. [Business]; {usage}"
+            )));
+        }
+        let selector = if child.kind == crate::crm::ChildKind::Address
+            && code.eq_ignore_ascii_case(crate::crm::PRIMARY)
+        {
+            ChildSelector::Primary
+        } else {
+            ChildSelector::Type(code.to_string())
+        };
+        Some(Ok(ChildRef {
+            table: child,
+            selector,
+            column: column.to_string(),
+        }))
+    }
+}
+
+impl fmt::Display for ChildRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sel = match &self.selector {
+            ChildSelector::Type(code) => code.as_str(),
+            ChildSelector::Primary => crate::crm::PRIMARY,
+        };
+        write!(f, "{}[{sel}].{}", self.table.table, self.column)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -244,4 +333,47 @@ pub fn is_identifier(s: &str) -> bool {
         _ => return false,
     }
     s.len() <= 128 && chars.all(|c| c.is_alphanumeric() || matches!(c, '_' | '$' | '#'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn child_fields_parse_with_their_selector() {
+        let r = ChildRef::parse("Phone[Business].Phon_Number")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.table.table, "Phone");
+        assert_eq!(r.selector, ChildSelector::Type("Business".into()));
+        assert_eq!(r.column, "Phon_Number");
+        let r = ChildRef::parse("address[Primary].Addr_City")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.selector, ChildSelector::Primary);
+        assert_eq!(r.to_string(), "Address[primary].Addr_City");
+        // Only an address follows the primary column; a phone type code
+        // "primary" is just a code.
+        let r = ChildRef::parse("Phone[primary].Phon_Number")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.selector, ChildSelector::Type("primary".into()));
+        // Codes keep their case and inner blanks.
+        let r = ChildRef::parse("Email[Sales Office].Emai_EmailAddress")
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.selector, ChildSelector::Type("Sales Office".into()));
+        assert!(ChildRef::parse("Comp_Name").is_none());
+    }
+
+    #[test]
+    fn malformed_child_fields_say_what_is_wrong() {
+        let why = |s: &str| ChildRef::parse(s).unwrap().unwrap_err();
+        assert!(why("Phon[Business].Phon_Number").contains("did you mean Phone?"));
+        assert!(why("Phone[Business.Phon_Number").contains("no closing ']'"));
+        assert!(why("Phone[Business]Phon_Number").contains("a '.' and a column"));
+        assert!(why("Phone[].Phon_Number").contains("type code"));
+        assert!(why("Phone[ Business].Phon_Number").contains("surrounding blanks"));
+        assert!(why("Fax[Business].Phon_Number").contains("not one of Sage CRM's child tables"));
+    }
 }

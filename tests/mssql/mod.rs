@@ -996,6 +996,7 @@ match_on = [{ crm = "Comp_Name", external = "name" }]"#,
 }
 
 /// crmsync's state on SQL Server, on either side.
+mod children;
 mod references;
 mod state;
 

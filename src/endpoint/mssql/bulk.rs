@@ -6,7 +6,7 @@
 
 use super::error::{pool_failure, query_failure};
 use super::types::Param;
-use super::{decode_rows, placeholders, qualified, quote, MssqlEndpoint, MAX_PARAMS};
+use super::{decode_rows, placeholders, qualified, quote, MssqlEndpoint, Params, MAX_PARAMS};
 use crate::endpoint::bulk::{Bulk, BulkSource, ChunkWrite, RawRows, Rows, StreamRequest, Turn};
 use crate::endpoint::{EndpointError, Result, Scan, TableInfo, WriteBatch};
 use crate::value::Value;
@@ -31,15 +31,21 @@ impl BulkSource for MssqlEndpoint {
         let scan = &req.scan;
         let key = quote(&scan.key);
         let limit = req.chunk_rows.max(1);
-        let base = format!(
-            "SELECT TOP ({limit}) {} FROM {} WHERE 1 = 1{}{}",
-            self.select_list(scan),
-            qualified(&scan.table),
-            live_sql(req.deleted.as_deref()),
-            Self::filter_sql(scan),
-        );
-        let first = format!("{base} ORDER BY {key}");
-        let next = format!("{base} AND {key} > @P1 ORDER BY {key}");
+        // Child values take parameters: after the key's in `next`.
+        let base = |first: usize| {
+            let mut p = Params::from(first);
+            let sql = format!(
+                "SELECT TOP ({limit}) {} FROM {} WHERE 1 = 1{}{}",
+                self.select_list(scan, &mut p),
+                qualified(&scan.table),
+                live_sql(req.deleted.as_deref()),
+                Self::filter_sql(scan),
+            );
+            (sql, p.values)
+        };
+        let (first, child_values) = base(1);
+        let first = format!("{first} ORDER BY {key}");
+        let next = format!("{} AND {key} > @P1 ORDER BY {key}", base(2).0);
         let key_ty = scan.table.column(&scan.key).ok().map(|c| c.ty.clone());
         let key_pos = scan.position(&scan.key).unwrap_or(0);
         let what = format!("reading {}", scan.table.qualified());
@@ -58,11 +64,21 @@ impl BulkSource for MssqlEndpoint {
                     return;
                 };
                 let read = async {
+                    let children: Vec<Param> = child_values
+                        .iter()
+                        .map(|v| Param::new(v.clone(), None))
+                        .collect();
                     let stream = match &after {
-                        None => conn.query(&first, &[]).await?,
+                        None => {
+                            let refs: Vec<&dyn ToSql> =
+                                children.iter().map(|p| p as &dyn ToSql).collect();
+                            conn.query(&first, &refs).await?
+                        }
                         Some(k) => {
                             let p = Param::new(k.clone(), key_ty.clone());
-                            conn.query(&next, &[&p as &dyn ToSql]).await?
+                            let mut refs: Vec<&dyn ToSql> = vec![&p as &dyn ToSql];
+                            refs.extend(children.iter().map(|p| p as &dyn ToSql));
+                            conn.query(&next, &refs).await?
                         }
                     };
                     decode_rows(stream.into_first_result().await?)
@@ -118,19 +134,21 @@ impl BulkSource for MssqlEndpoint {
         let mut seen = HashSet::new();
         let mut count: HashMap<String, (usize, Vec<Value>)> = HashMap::new();
         for chunk in first.chunks(MAX_PARAMS) {
+            let mut p = Params::from(chunk.len() + 1);
             let sql = format!(
                 "SELECT {} FROM {} WHERE {} IN ({}){}{}",
-                self.select_list(&only),
+                self.select_list(&only, &mut p),
                 qualified(&scan.table),
                 quote(&columns[0]),
                 placeholders(1, chunk.len()),
                 live_sql(deleted),
                 Self::filter_sql(scan),
             );
-            let params: Vec<Param> = chunk
+            let mut params: Vec<Param> = chunk
                 .iter()
                 .map(|v| self.param(&scan.table, &columns[0], v))
                 .collect();
+            params.extend(super::child_params(p));
             let what = format!("counting matches in {}", scan.table.qualified());
             for mut row in self.rows(&sql, &params, &what).await? {
                 let key = row.pop().map(|k| k.key_string()).unwrap_or_default();

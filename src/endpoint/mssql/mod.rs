@@ -14,10 +14,12 @@
 //! through a staging table) and `types` (values both ways).
 
 mod bulk;
+mod children;
 mod connect;
 mod load;
 mod write;
 
+use super::children::{self as child_sql, Dialect, Params};
 use super::{
     Applied, ColumnInfo, Endpoint, EndpointError, Lower, Result, Scan, TableInfo, WriteBatch,
 };
@@ -41,6 +43,19 @@ pub use crate::db::mssql::{MssqlDatabase, TdsClient};
 /// SQL Server's parameter limit is 2,100 per request; key lists are sent
 /// in chunks well below it.
 const MAX_PARAMS: usize = 2000;
+
+/// How the child SQL is spelled here: no GREATEST before SQL Server 2022.
+pub(crate) const DIALECT: Dialect = Dialect {
+    quote,
+    param: |n| format!("@P{n}"),
+    top: true,
+    greatest: false,
+};
+
+/// The child SQL's parameters, after a statement's own.
+fn child_params(p: Params) -> impl Iterator<Item = Param> {
+    p.values.into_iter().map(|v| Param::new(v, None))
+}
 
 /// A SQL Server database, as the CRM side or the external side.
 pub struct MssqlEndpoint {
@@ -116,17 +131,47 @@ impl MssqlEndpoint {
         }
     }
 
-    fn select_list(&self, scan: &Scan) -> String {
+    /// The columns of `scan`, child values and the change column of a
+    /// scan with children computed (their parameters go to `p`).
+    fn select_list(&self, scan: &Scan, p: &mut Params) -> String {
+        self.select_list_with(scan, p, None)
+    }
+
+    /// [`Self::select_list`] with the change column read from `change`
+    /// (an expression computed once per row) when given.
+    fn select_list_with(&self, scan: &Scan, p: &mut Params, change: Option<&str>) -> String {
         scan.columns
             .iter()
-            .map(
-                |c| match self.native(&scan.table, c).and_then(|n| n.select_cast()) {
+            .map(|c| {
+                // Unnamed: rows are read by position, and the field's name
+                // may be longer than an identifier can be.
+                if let Some(cc) = scan.child(c) {
+                    return child_sql::value_sql(&DIALECT, p, cc);
+                }
+                if *c == scan.change && !scan.children.is_empty() {
+                    let expr = match change {
+                        Some(e) => e.to_string(),
+                        None => Self::change_expr(scan, p),
+                    };
+                    return format!("{expr} AS {}", quote(c));
+                }
+                match self.native(&scan.table, c).and_then(|n| n.select_cast()) {
                     Some(ty) => format!("CAST({} AS {ty}) AS {}", quote(c), quote(c)),
                     None => quote(c),
-                },
-            )
+                }
+            })
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// The change time of a scanned row: its change column, or with
+    /// children the latest of it and theirs.
+    fn change_expr(scan: &Scan, p: &mut Params) -> String {
+        if scan.children.is_empty() {
+            quote(&scan.change)
+        } else {
+            child_sql::change_sql(&DIALECT, p, &quote(&scan.change), &scan.children)
+        }
     }
 
     fn filter_sql(scan: &Scan) -> String {
@@ -356,7 +401,7 @@ impl Endpoint for MssqlEndpoint {
         upto: &Value,
         limit: usize,
     ) -> Result<Vec<Vec<Value>>> {
-        let chg = quote(&scan.change);
+        let raw_chg = quote(&scan.change);
         let key = quote(&scan.key);
         // Every bound is cast to the change column's own type: tiberius
         // sends chrono values as datetime2(7), and a datetime column
@@ -366,29 +411,56 @@ impl Endpoint for MssqlEndpoint {
         let bound = |n: usize| format!("CAST(@P{n} AS {ty})");
         let t = &scan.table;
         let mut params = vec![self.param(t, &scan.change, upto)];
-        let cond = match lower {
-            Lower::Start => String::new(),
-            Lower::From(ts) => {
-                params.push(self.param(t, &scan.change, ts));
-                format!(" AND {chg} >= {}", bound(2))
-            }
+        match lower {
+            Lower::Start => {}
+            Lower::From(ts) => params.push(self.param(t, &scan.change, ts)),
             Lower::After { ts, key: k } => {
                 params.push(self.param(t, &scan.change, ts));
                 params.push(self.param(t, &scan.key, k));
-                format!(
-                    " AND ({chg} > {b} OR ({chg} = {b} AND {key} > @P3))",
-                    b = bound(2)
-                )
             }
+        }
+        let mut p = Params::from(params.len() + 1);
+        // With children the change time is computed once per row, by
+        // CROSS APPLY, rather than wherever the query names it.
+        let (from, chg) = if scan.children.is_empty() {
+            (qualified(t), raw_chg.clone())
+        } else {
+            let eff = Self::change_expr(scan, &mut p);
+            (
+                format!(
+                    "{} CROSS APPLY (SELECT {eff} AS crmsync_eff) AS crmsync_e",
+                    qualified(t)
+                ),
+                "crmsync_e.crmsync_eff".to_string(),
+            )
         };
+        let list = self.select_list_with(scan, &mut p, Some(&chg));
+        let mut cond = match lower {
+            Lower::Start => String::new(),
+            Lower::From(_) => format!(" AND {chg} >= {}", bound(2)),
+            Lower::After { .. } => format!(
+                " AND ({chg} > {b} OR ({chg} = {b} AND {key} > @P3))",
+                b = bound(2)
+            ),
+        };
+        if !scan.children.is_empty() && !matches!(lower, Lower::Start) {
+            cond.push_str(" AND ");
+            cond.push_str(&child_sql::candidates_sql(
+                &DIALECT,
+                &mut p,
+                (t, &scan.key, &scan.change),
+                &bound(2),
+                &bound(1),
+                &scan.children,
+            ));
+        }
         let sql = format!(
-            "SELECT TOP ({limit}) {} FROM {} WHERE {chg} IS NOT NULL AND {chg} <= {}{cond}{} \
+            "SELECT TOP ({limit}) {list} FROM {from} WHERE {raw_chg} IS NOT NULL AND {chg} <= {}{cond}{} \
              ORDER BY {chg}, {key}",
-            self.select_list(scan),
-            qualified(t),
             bound(1),
             Self::filter_sql(scan),
         );
+        params.extend(child_params(p));
         self.rows(
             &sql,
             &params,
@@ -400,18 +472,20 @@ impl Endpoint for MssqlEndpoint {
     async fn fetch(&self, scan: &Scan, column: &str, keys: &[Value]) -> Result<Vec<Vec<Value>>> {
         let mut out = Vec::new();
         for chunk in keys.chunks(MAX_PARAMS) {
+            let mut p = Params::from(chunk.len() + 1);
             let sql = format!(
                 "SELECT {} FROM {} WHERE {} IN ({}){}",
-                self.select_list(scan),
+                self.select_list(scan, &mut p),
                 qualified(&scan.table),
                 quote(column),
                 placeholders(1, chunk.len()),
                 Self::filter_sql(scan),
             );
-            let params: Vec<Param> = chunk
+            let mut params: Vec<Param> = chunk
                 .iter()
                 .map(|k| self.param(&scan.table, column, k))
                 .collect();
+            params.extend(child_params(p));
             out.extend(
                 self.rows(
                     &sql,
@@ -431,19 +505,21 @@ impl Endpoint for MssqlEndpoint {
         limit: usize,
     ) -> Result<Vec<Vec<Value>>> {
         let key = quote(&scan.key);
-        let (cond, params) = match after {
+        let (cond, mut params) = match after {
             Some(k) => (
                 format!("{key} > @P1"),
                 vec![self.param(&scan.table, &scan.key, k)],
             ),
             None => ("1 = 1".to_string(), Vec::new()),
         };
+        let mut p = Params::from(params.len() + 1);
         let sql = format!(
             "SELECT TOP ({limit}) {} FROM {} WHERE {cond}{} ORDER BY {key}",
-            self.select_list(scan),
+            self.select_list(scan, &mut p),
             qualified(&scan.table),
             Self::filter_sql(scan),
         );
+        params.extend(child_params(p));
         self.rows(
             &sql,
             &params,
@@ -468,9 +544,10 @@ impl Endpoint for MssqlEndpoint {
                 conds.push(format!("{} = @P{}", quote(c), params.len()));
             }
         }
+        let mut p = Params::from(params.len() + 1);
         let sql = format!(
             "SELECT TOP ({limit}) {} FROM {} WHERE {}{} ORDER BY {}",
-            self.select_list(scan),
+            self.select_list(scan, &mut p),
             qualified(&scan.table),
             if conds.is_empty() {
                 "1 = 1".to_string()
@@ -480,6 +557,7 @@ impl Endpoint for MssqlEndpoint {
             Self::filter_sql(scan),
             quote(&scan.key),
         );
+        params.extend(child_params(p));
         self.rows(
             &sql,
             &params,

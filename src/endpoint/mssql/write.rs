@@ -39,11 +39,21 @@ impl MssqlEndpoint {
         links: Option<&LinkBatch>,
     ) -> Result<Applied> {
         refuse_trigger_maintained(&batch.table)?;
+        // Child values go to their own rows after the entity rows.
+        let split = crate::endpoint::children::split(batch);
+        let (batch, pending) = match &split {
+            Some((own, pending)) => (own, Some(pending)),
+            None => (batch, None),
+        };
         let table = batch.table.qualified();
         let mut conn = self.conn().await?;
         self.begin(&mut conn).await?;
         let result = async {
             let applied = self.apply_in(&mut conn, batch, &table).await?;
+            if let Some(pending) = pending.filter(|p| !p.is_empty()) {
+                self.write_children(&mut conn, pending, &applied.inserted_keys)
+                    .await?;
+            }
             // The links commit with the rows they describe.
             if let Some(links) = links {
                 let resolved = links.resolved(&applied.inserted_keys);

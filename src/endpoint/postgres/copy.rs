@@ -94,18 +94,26 @@ impl PgEndpoint {
         let pool = self.db.pool().clone();
         let side = self.db.side();
         let key = quote(&req.scan.key);
-        let base = format!(
-            "SELECT {} FROM {} WHERE true{}{}",
-            Self::select_list(&req.scan),
-            qualified(&req.scan.table),
-            live_sql(req.deleted.as_deref()),
-            Self::filter_sql(&req.scan),
-        );
+        // Child values take parameters: after the key's in `next`.
+        let base = |first: usize| {
+            let mut p = super::Params::from(first);
+            let sql = format!(
+                "SELECT {} FROM {} WHERE true{}{}",
+                Self::select_list(&req.scan, &mut p),
+                qualified(&req.scan.table),
+                live_sql(req.deleted.as_deref()),
+                Self::filter_sql(&req.scan),
+            );
+            (sql, p.values)
+        };
         let limit = req.chunk_rows.max(1);
-        let first = format!("{base} ORDER BY {key} LIMIT {limit}");
-        let next = format!("{base} AND {key} > $1 ORDER BY {key} LIMIT {limit}");
+        let (first, child_params) = base(1);
+        let first = format!("{first} ORDER BY {key} LIMIT {limit}");
+        let next = format!("{} AND {key} > $1 ORDER BY {key} LIMIT {limit}", base(2).0);
         let what = format!("reading {}", req.scan.table.qualified());
         let key_pos = req.scan.position(&req.scan.key).unwrap_or(0);
+        // See `scan_conn`: per-row child subqueries are not worth JIT.
+        let jit_off = !req.scan.children.is_empty();
         tokio::spawn(async move {
             let fail = |e: tokio_postgres::Error| super::query_failure(side, what.clone(), e);
             let conn = match pool.get().await {
@@ -124,6 +132,12 @@ impl PgEndpoint {
                     return;
                 }
             };
+            if jit_off {
+                if let Err(e) = conn.batch_execute("SET jit = off").await {
+                    let _ = tx.send(Err(fail(e))).await;
+                    return;
+                }
+            }
             let (first, next) = match (conn.prepare(&first).await, conn.prepare(&next).await) {
                 (Ok(f), Ok(n)) => (f, n),
                 (Err(e), _) | (_, Err(e)) => {
@@ -137,8 +151,12 @@ impl PgEndpoint {
                     return;
                 };
                 let rows = match &after {
-                    None => conn.query(&first, &[]).await,
-                    Some(k) => conn.query(&next, &[k]).await,
+                    None => conn.query(&first, &super::refs(&child_params)).await,
+                    Some(k) => {
+                        let mut params: Vec<&(dyn ToSql + Sync)> = vec![k];
+                        params.extend(super::refs(&child_params));
+                        conn.query(&next, &params).await
+                    }
                 };
                 let rows = match rows {
                     Ok(r) => r,

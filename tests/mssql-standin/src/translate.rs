@@ -7,9 +7,9 @@ use crate::catalog::{parse_decl, Catalog};
 use crate::error::SqlError;
 use crate::sqltype::{SqlType, Value};
 use sqlparser::ast::{
-    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, LimitClause,
-    ObjectName, ObjectNamePart, OutputClause, Query, SelectItem, SetExpr, Statement, TableFactor,
-    TopQuantity, Value as SqlValue, VisitMut, VisitorMut,
+    BinaryOperator, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, Ident, JoinConstraint,
+    JoinOperator, LimitClause, ObjectName, ObjectNamePart, OutputClause, Query, SelectItem,
+    SetExpr, Statement, TableFactor, TopQuantity, Value as SqlValue, VisitMut, VisitorMut,
 };
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -782,6 +782,15 @@ impl VisitorMut for Translator<'_> {
 
     fn pre_visit_query(&mut self, q: &mut Query) -> ControlFlow<()> {
         if let SetExpr::Select(s) = q.body.as_mut() {
+            // CROSS APPLY (SELECT …) AS x: PostgreSQL's CROSS JOIN LATERAL.
+            for join in s.from.iter_mut().flat_map(|t| t.joins.iter_mut()) {
+                if matches!(join.join_operator, JoinOperator::CrossApply) {
+                    if let TableFactor::Derived { lateral, .. } = &mut join.relation {
+                        *lateral = true;
+                        join.join_operator = JoinOperator::CrossJoin(JoinConstraint::None);
+                    }
+                }
+            }
             if let Some(top) = s.top.take() {
                 if top.percent || top.with_ties {
                     self.error = Some(SqlError::unsupported("TOP … PERCENT / WITH TIES"));
@@ -1708,6 +1717,10 @@ mod tests {
         assert_eq!(
             pg("DELETE m FROM dbo.M AS m INNER JOIN dbo.Gone g ON g.Id = m.Id"),
             "DELETE FROM \"dbo\".\"m\" AS \"m\" USING \"dbo\".\"gone\" \"g\" WHERE \"g\".\"id\" = \"m\".\"id\""
+        );
+        assert_eq!(
+            pg("SELECT x.v FROM dbo.T AS t CROSS APPLY (SELECT t.A + 1 AS v) AS x"),
+            "SELECT \"x\".\"v\" AS \"v\" FROM \"dbo\".\"t\" AS \"t\" CROSS JOIN LATERAL (SELECT \"t\".\"a\" + 1 AS v) AS \"x\""
         );
         assert_eq!(
             pg("UPDATE t SET t.Name = s.Name FROM dbo.T AS t JOIN #s s ON s.Id = t.Id"),
