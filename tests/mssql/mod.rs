@@ -24,6 +24,8 @@ type Tds = Client<Compat<TcpStream>>;
 /// CRMSYNC_TEST_MSSQL_URL (`mssql://user:password@host:port/database`).
 struct Server {
     _standin: Option<StandIn>,
+    /// The PostgreSQL database behind the stand-in (none on a real server).
+    backing_url: Option<String>,
     /// The server offers TLS (a real server always does).
     offers_tls: bool,
     user: String,
@@ -46,7 +48,7 @@ impl Server {
                 let pg_url = testkit::fresh_database("crmmssql").await;
                 let standin = mssql_standin::start(
                     mssql_standin::Config {
-                        pg_url,
+                        pg_url: pg_url.clone(),
                         user: STANDIN_USER.into(),
                         password: STANDIN_PASSWORD.into(),
                         timezone: "UTC".into(),
@@ -64,6 +66,7 @@ impl Server {
                     port: standin.port(),
                     database: "CRM".into(),
                     _standin: Some(standin),
+                    backing_url: Some(pg_url),
                 }
             }
         }
@@ -83,6 +86,7 @@ impl Server {
             .unwrap_or((hostport, 1433));
         let mut s = Server {
             _standin: None,
+            backing_url: None,
             offers_tls: true,
             user: user.into(),
             password: password.into(),
@@ -997,6 +1001,7 @@ match_on = [{ crm = "Comp_Name", external = "name" }]"#,
 
 /// crmsync's state on SQL Server, on either side.
 mod children;
+mod property;
 mod references;
 mod state;
 

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_postgres::Client;
 
-mod property;
+pub mod property;
 
 /// Knobs of the two-way test entity.
 #[derive(Debug, Clone)]

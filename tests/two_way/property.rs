@@ -104,9 +104,20 @@ impl Pair {
     }
 }
 
+/// Empties both tables and starts each case with fresh state: the ERP's
+/// state schema dropped, or, with the state on a SQL Server CRM (whose
+/// stand-in keeps it in its PostgreSQL database), its tables emptied.
 async fn reset(env: &Env) {
     env.crm
-        .batch_execute("TRUNCATE company RESTART IDENTITY")
+        .batch_execute(
+            "TRUNCATE company RESTART IDENTITY;
+             DO $$ DECLARE t text; BEGIN
+               FOR t IN SELECT format('%I.%I', schemaname, tablename) FROM pg_tables
+                        WHERE schemaname = 'crmsync' AND tablename <> 'schema_version' LOOP
+                 EXECUTE 'TRUNCATE ' || t || ' RESTART IDENTITY CASCADE';
+               END LOOP;
+             END $$",
+        )
         .await
         .unwrap();
     env.erp
@@ -565,10 +576,16 @@ fn random_changes_on_both_sides_with_killed_runs_converge() {
         .build()
         .unwrap();
     let env = runtime.block_on(two_way_env(&TwoWay::default()));
+    run_property(&runtime, &env, 200);
+}
+
+/// Runs the property's cases on `env` (`CRMSYNC_PROPTEST_CASES` of them,
+/// else `default_cases`).
+pub fn run_property(runtime: &tokio::runtime::Runtime, env: &Env, default_cases: u32) {
     let cases = std::env::var("CRMSYNC_PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(default_cases);
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
@@ -584,7 +601,7 @@ fn random_changes_on_both_sides_with_killed_runs_converge() {
     let strategy = (seeds, prop::collection::vec(round, 1..5));
     runner
         .run(&strategy, |(seeds, rounds)| {
-            runtime.block_on(run_case(&env, &seeds, &rounds))
+            runtime.block_on(run_case(env, &seeds, &rounds))
         })
         .unwrap();
 }
