@@ -463,8 +463,9 @@ async fn check(plan: Plan, warnings: &mut Vec<String>) -> anyhow::Result<i32> {
             warnings.push(format!(
                 "entity {:?}: every run compares all its links with {} for hard deletes, a cost \
                  that grows with the table: its database cannot tell when no row was deleted \
-                 (SQL Server, a partitioned or foreign table, or track_counts off); flag deletes \
-                 in external_deleted_column instead where the application can",
+                 (a partitioned or foreign PostgreSQL table, track_counts off, or on SQL Server \
+                 no VIEW DATABASE STATE permission); flag deletes in external_deleted_column \
+                 instead where the application can, or grant the permission",
                 b.name(),
                 b.side.external.table.qualified()
             ));

@@ -332,7 +332,11 @@ async fn state_on_the_erp_side_on_sql_server_syncs_both_ways() {
         .await,
         0
     );
-    assert_eq!(sync(&env).await.changes(), 0);
+    // With no row deleted since, a run does not compare every link: SQL
+    // Server's statistics say so.
+    let quiet = sync(&env).await;
+    assert_eq!(quiet.changes(), 0, "{quiet:?}");
+    assert!(!quiet.hard_delete_check, "{quiet:?}");
     assert_status_shows(&env.config, 3).await;
     let out = binary_beside(&env.config, &["verify"]).await;
     let (stdout, stderr) = output_text(&out);

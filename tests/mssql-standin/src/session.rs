@@ -17,6 +17,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use tokio::sync::RwLock;
 use tokio_postgres::types::ToSql;
+
+/// Makes this session's table statistics visible to others at the end of
+/// its transaction (PostgreSQL 15+); older servers flush within seconds.
+const FLUSH_STATISTICS: &str = "DO $$ BEGIN PERFORM pg_stat_force_next_flush(); \
+    EXCEPTION WHEN undefined_function THEN NULL; END $$";
 use tokio_postgres::Client;
 
 /// Server-wide state shared by sessions.
@@ -1371,6 +1376,7 @@ impl Session {
             }
         }
         let is_query = matches!(stmt, Statement::Query(_));
+        let is_delete = matches!(stmt, Statement::Delete(_));
         let dml_target = match &stmt {
             Statement::Insert(i) => match &i.table {
                 sqlparser::ast::TableObject::TableName(n) => Some(translate::object_base_name(n)),
@@ -1460,6 +1466,12 @@ impl Session {
                 .map_err(|e| map_pg_error(&e, Some(&cat)))?;
             drop(cat);
             self.rowcount = n as i64;
+            if n > 0 && is_delete {
+                // SQL Server's operational statistics count a delete at
+                // once; PostgreSQL's counters reach other sessions when
+                // this one flushes them.
+                let _ = self.pg.batch_execute(FLUSH_STATISTICS).await;
+            }
             self.done_count(out, n);
             return Ok(());
         }

@@ -153,3 +153,33 @@ FROM pg_attribute a
 JOIN pg_class c ON c.oid = a.attrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname IN ('mssql_sys', 'mssql_information_schema') AND a.attnum > 0 AND NOT a.attisdropped;
+
+-- Rows per table ("sys.dm_db_partition_stats"): one partition, the heap or
+-- clustered index (index_id 1), its row count as PostgreSQL's statistics
+-- hold it.
+CREATE OR REPLACE VIEW mssql_sys.dm_db_partition_stats AS
+SELECT k.oid::int AS object_id, 1 AS index_id, 1 AS partition_number,
+       (pg_stat_get_live_tuples(k.oid) + pg_stat_get_xact_tuples_inserted(k.oid)
+        - pg_stat_get_xact_tuples_deleted(k.oid))::bigint AS row_count
+FROM pg_class k
+WHERE k.relkind = 'r' AND k.oid IN (SELECT table_oid FROM mssql_standin.columns);
+
+-- "sys.dm_db_index_operational_stats (database_id, object_id, index_id,
+-- partition_number)": cumulative leaf-level counts of one table (NULL:
+-- every table), from PostgreSQL's counters (a delete is a leaf delete;
+-- nothing is ghosted).
+CREATE OR REPLACE FUNCTION mssql_sys.dm_db_index_operational_stats(
+    p_database_id int, p_object_id int, p_index_id int, p_partition_number int)
+RETURNS TABLE (database_id int, object_id int, index_id int, partition_number int,
+               leaf_insert_count bigint, leaf_delete_count bigint,
+               leaf_update_count bigint, leaf_ghost_count bigint)
+LANGUAGE sql STABLE AS $$
+SELECT 5, k.oid::int, 1, 1,
+       pg_stat_get_tuples_inserted(k.oid) + pg_stat_get_xact_tuples_inserted(k.oid),
+       pg_stat_get_tuples_deleted(k.oid) + pg_stat_get_xact_tuples_deleted(k.oid),
+       pg_stat_get_tuples_updated(k.oid) + pg_stat_get_xact_tuples_updated(k.oid),
+       0::bigint
+FROM pg_class k
+WHERE k.relkind = 'r' AND k.oid IN (SELECT table_oid FROM mssql_standin.columns)
+  AND ($2 IS NULL OR k.oid = $2::oid)
+$$;

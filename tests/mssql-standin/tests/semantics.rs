@@ -1056,3 +1056,43 @@ async fn bulk_load_without_keep_nulls_stores_column_defaults() {
         ]
     );
 }
+
+/// A table's leaf-level deletes count up as soon as a DELETE is done, seen
+/// from any session ("sys.dm_db_index_operational_stats (Transact-SQL)":
+/// leaf_delete_count, "Cumulative count of leaf-level deletes", with
+/// leaf_ghost_count for deletes ghosted first), and its row count is in
+/// "sys.dm_db_partition_stats (Transact-SQL)" (row_count, index_id 0 for a
+/// heap, 1 for a clustered index). An UPDATE or INSERT leaves the delete
+/// count alone.
+#[tokio::test]
+async fn operational_stats_count_deletes_at_once_for_every_session() {
+    let s = standin().await;
+    let mut writer = connect(&s).await;
+    let mut reader = connect(&s).await;
+    exec(
+        &mut writer,
+        "CREATE TABLE dbo.t (id int NOT NULL PRIMARY KEY, v int NULL)",
+    )
+    .await;
+    exec(
+        &mut writer,
+        "INSERT INTO dbo.t VALUES (1, 1), (2, 2), (3, 3)",
+    )
+    .await;
+    let deletes = "SELECT CAST(SUM(leaf_delete_count + leaf_ghost_count) AS bigint) \
+                   FROM sys.dm_db_index_operational_stats(DB_ID(), OBJECT_ID('dbo.t'), NULL, NULL) \
+                   WHERE index_id IN (0, 1)";
+    let before: i64 = scalar(&mut reader, deletes).await.unwrap();
+    exec(&mut writer, "UPDATE dbo.t SET v = 9 WHERE id = 1").await;
+    exec(&mut writer, "INSERT INTO dbo.t VALUES (4, 4)").await;
+    assert_eq!(scalar::<i64>(&mut reader, deletes).await, Some(before));
+    exec(&mut writer, "DELETE FROM dbo.t WHERE id IN (2, 3)").await;
+    assert_eq!(scalar::<i64>(&mut reader, deletes).await, Some(before + 2));
+    let count: Option<i64> = scalar(
+        &mut reader,
+        "SELECT CAST(SUM(row_count) AS bigint) FROM sys.dm_db_partition_stats \
+         WHERE object_id = OBJECT_ID('dbo.t') AND index_id IN (0, 1)",
+    )
+    .await;
+    assert_eq!(count, Some(2));
+}
