@@ -980,6 +980,37 @@ async fn a_clash_on_a_reference_is_a_conflict_settled_by_the_policy() {
     }
 }
 
+/// Regression: a row set aside twice in one page (its deferred reference
+/// written NULL, then refused for naming an external row that does not
+/// exist) made recording the page's rejects fail ("ON CONFLICT DO UPDATE
+/// command cannot affect row a second time") and the whole run with it.
+#[tokio::test]
+async fn a_row_set_aside_twice_in_one_page_is_one_reject() {
+    let env = related_env_with(PRIMARY_CONTACT).await;
+    let c = crm_insert(&env.crm, "Typo", None, None).await;
+    let p = person(&env.crm, Some(c), "Ann").await;
+    set_primary_person(&env.crm, c, p).await;
+    env.crm
+        .execute(
+            "UPDATE company SET comp_supplierid = '999999' WHERE comp_companyid = $1",
+            &[&c],
+        )
+        .await
+        .unwrap();
+    let run = sync_all(&env).await;
+    assert_eq!(run[0].open_rejects, 1, "{:?}", run[0]);
+    let reason: String = env
+        .erp
+        .query_one(
+            "SELECT reason FROM crmsync.rejects WHERE entity = 'supplier' AND resolved_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(reason.contains("no row with that key"), "{reason}");
+}
+
 /// A cycle whose every reference refuses NULL can never be written: the
 /// run refuses it before writing anything, naming the entities (exit 2).
 #[tokio::test]

@@ -993,3 +993,51 @@ async fn match_on_links_within_the_filters_and_never_guesses() {
     let again = env.sync().await;
     assert_eq!(again.changes(), 0, "{again:?}");
 }
+
+/// Regression: a run that created a CRM row from an external row and died
+/// before linking them, and the external row deleted outright before the
+/// next run, left the CRM row live and a reject for ever ("the external
+/// table has no row with that key"). crmsync made that row (CreatedBy is
+/// the sync user): the delete is carried. A row someone else made, naming
+/// a key that does not exist, is still a reject.
+#[tokio::test]
+async fn an_external_delete_reaches_a_crm_row_whose_link_a_crash_lost() {
+    let env = two_way_env(&TwoWay::default()).await;
+    let x = ext_insert(&env.erp, "Orphan", Some("A"), None).await;
+    let first = sync(&env).await;
+    assert_eq!(first.crm_inserted, 1, "{first:?}");
+    // What a run that died between the CRM insert and the links leaves.
+    env.erp
+        .batch_execute("DELETE FROM crmsync.links; UPDATE erp.supplier SET crm_company_id = NULL")
+        .await
+        .unwrap();
+    env.erp
+        .execute("DELETE FROM erp.supplier WHERE supplier_id = $1", &[&x])
+        .await
+        .unwrap();
+    crate::common::flush_statistics(&env.erp).await;
+    // Someone else's row naming a key the ERP never had.
+    let typo = crm_insert(&env.crm, "Typo", None, None).await;
+    env.crm
+        .execute(
+            "UPDATE company SET comp_supplierid = '999999' WHERE comp_companyid = $1",
+            &[&typo],
+        )
+        .await
+        .unwrap();
+    let run = sync(&env).await;
+    assert_eq!(run.crm_deleted, 1, "{run:?}");
+    assert_eq!(run.open_rejects, 1, "only the typo: {run:?}");
+    let orphan: Option<i16> = env
+        .crm
+        .query_one(
+            "SELECT comp_deleted FROM company WHERE comp_name = 'Orphan'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(orphan, Some(1));
+    let again = sync(&env).await;
+    assert_eq!(again.changes(), 0, "{again:?}");
+}

@@ -4,13 +4,13 @@
 
 use super::matching::{MatchIndex, Matched};
 use super::{deleted_flag, Ctx, Row, Writes};
-use crate::endpoint::{Assign, Insert, Scan};
+use crate::endpoint::{Assign, Insert, Scan, Update};
 use crate::engine::crm_write;
 use crate::engine::mapping::FieldProblem;
 use crate::engine::merge::View;
 use crate::engine::references::Refs;
 use crate::engine::{EngineError, EntityReport, Sample};
-use crate::plan::PerSide;
+use crate::plan::{CrmDelete, PerSide};
 use crate::state::{Base, KeyRef, LinkWrite, Shadow};
 use crate::value::Value;
 use std::collections::{BTreeMap, HashMap};
@@ -131,6 +131,23 @@ impl Ctx<'_> {
                     }
                     None => Vec::new(),
                 };
+                if found.is_empty() && self.orphan_of_a_lost_link(&crm_key).await? {
+                    // crmsync created this row from that external row and
+                    // the run died before linking them; the external row
+                    // has been deleted since: carry the delete.
+                    w.crm.updates.push(Update {
+                        key: crm_key.clone(),
+                        set: crm_write::soft_delete(e, self.engine.plan.crm_user_id),
+                    });
+                    w.links.push(LinkWrite {
+                        crm_key: KeyRef::Known(ks.clone()),
+                        external_key: KeyRef::Known(claim.clone()),
+                        shadow: self.layout.seal(e, &Shadow::new()),
+                        deleted: true,
+                    });
+                    report.crm_deleted += 1;
+                    return Ok(());
+                }
                 return match found.first() {
                     Some(x) => self.link_to(row, &view, x, &ext_scan, w, report),
                     None => self.problem(
@@ -293,6 +310,34 @@ impl Ctx<'_> {
             }
         }
         Ok(named)
+    }
+
+    /// Whether CRM row `crm_key`, unlinked though its link column names an
+    /// external row that is gone, is one crmsync created from that row
+    /// (its CreatedBy is the sync user) in a run that died before linking
+    /// them, in an entity that carries external deletes into CRM. A row
+    /// created by someone else names a wrong key and stays a reject.
+    async fn orphan_of_a_lost_link(&self, crm_key: &Value) -> Result<bool, EngineError> {
+        let e = self.e;
+        let Some(created_by) = &e.crm_system.created_by else {
+            return Ok(false);
+        };
+        if e.plan.delete_into_crm != CrmDelete::Soft {
+            return Ok(false);
+        }
+        let mut scan = e.crm_scan();
+        scan.columns = vec![e.side.crm.key.name.clone(), created_by.clone()];
+        scan.filter = None;
+        let rows = self
+            .engine
+            .endpoints
+            .crm
+            .fetch(&scan, &scan.key, std::slice::from_ref(crm_key))
+            .await?;
+        let user = Value::Int(self.engine.plan.crm_user_id);
+        Ok(rows
+            .first()
+            .is_some_and(|r| r[1].key_string() == user.key_string()))
     }
 
     /// An unlinked live external row: a CRM row whose link column holds

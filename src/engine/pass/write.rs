@@ -107,6 +107,16 @@ impl Ctx<'_> {
                 }
             }
         }
+        // A row may be set aside twice in one page (written with a deferred
+        // reference, then refused for another reason): the last reason
+        // stands.
+        let mut seen = std::collections::HashSet::new();
+        let mut rejects: Vec<(String, String)> = rejects
+            .into_iter()
+            .rev()
+            .filter(|(k, _)| seen.insert(k.clone()))
+            .collect();
+        rejects.reverse();
         store
             .record_rejects(e.name(), self.run, self.source, &rejects)
             .await?;
