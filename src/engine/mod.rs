@@ -383,21 +383,9 @@ impl Engine {
         // parents missing: the rows it would fill in are left uncounted.
         if error.is_none() && defer && mode == Mode::Apply {
             for (e, o) in group.iter().zip(open.iter_mut()) {
-                let deferred = std::mem::take(&mut o.report.deferred);
-                let mut r = Ok(());
-                for side in [Side::Crm, Side::External] {
-                    let keys: Vec<String> = deferred
-                        .iter()
-                        .filter(|(s, _)| *s == side)
-                        .map(|(_, k)| k.clone())
-                        .collect();
-                    r = pass::revisit(self, e, state, o.run, mode, side, &keys, &mut o.report)
-                        .await;
-                    if r.is_err() {
-                        break;
-                    }
-                }
-                if let Err(err) = r {
+                if let Err(err) =
+                    pass::revisit_deferred(self, e, state, o.run, mode, &mut o.report).await
+                {
                     o.failed = true;
                     error = Some(err);
                     break;

@@ -114,6 +114,30 @@ async fn sync_all(env: &Env) -> Vec<EntityReport> {
     engine.sync(None, Mode::Apply).await.expect("sync")
 }
 
+/// The reasons of the open rejects of `entity`.
+async fn open_reasons(erp: &Client, entity: &str) -> Vec<String> {
+    erp.query(
+        "SELECT reason FROM crmsync.rejects WHERE entity = $1 AND resolved_at IS NULL",
+        &[&entity],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// How many rejects are open, of every entity.
+pub(super) async fn open_rejects(erp: &Client) -> i64 {
+    erp.query_one(
+        "SELECT count(*) FROM crmsync.rejects WHERE resolved_at IS NULL",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 async fn person(crm: &Client, company: Option<i32>, last: &str) -> i32 {
     crm.query_one(
         "INSERT INTO person (pers_companyid, pers_lastname, pers_createdby, pers_createddate, \
@@ -188,15 +212,7 @@ async fn persons_follow_their_companies_both_ways_and_unlinked_parents_hold_the_
         None,
         "held, not written"
     );
-    let reason: String = env
-        .erp
-        .query_one(
-            "SELECT reason FROM crmsync.rejects WHERE entity = 'contact' AND resolved_at IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let [reason] = open_reasons(&env.erp, "contact").await.try_into().unwrap();
     assert!(
         reason.contains(&format!(
             "parent \"supplier\" CRM key {customer} is not linked"
@@ -293,15 +309,7 @@ async fn persons_follow_their_companies_both_ways_and_unlinked_parents_hold_the_
         contact_supplier(&env.erp, cid).await,
         Some(erp_supplier(&env.erp, customer).await)
     );
-    let open: i64 = env
-        .erp
-        .query_one(
-            "SELECT count(*) FROM crmsync.rejects WHERE resolved_at IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let open = open_rejects(&env.erp).await;
     assert_eq!(open, 0);
 
     // Quiet runs write nothing on either side.
@@ -408,17 +416,7 @@ async fn a_cycle_of_references_is_written_complete_in_one_run_both_ways() {
         first[1]
     );
     assert!(first[1].unfinished(), "the run exits 3");
-    let reasons: Vec<String> = env
-        .erp
-        .query(
-            "SELECT reason FROM crmsync.rejects WHERE entity = 'contact' AND resolved_at IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let reasons = open_reasons(&env.erp, "contact").await;
     assert_eq!(reasons.len(), 5);
     for r in &reasons {
         assert!(
@@ -665,15 +663,7 @@ async fn a_backfill_of_a_cycle_leaves_every_reference_complete() {
         reports[1]
     );
     assert_eq!(erp_primaries(&env.erp).await, companies);
-    let open: i64 = env
-        .erp
-        .query_one(
-            "SELECT count(*) FROM crmsync.rejects WHERE resolved_at IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let open = open_rejects(&env.erp).await;
     assert_eq!(open, 0);
     // The sync that follows has nothing to do.
     for r in &sync_all(&env).await {
@@ -999,15 +989,7 @@ async fn a_row_set_aside_twice_in_one_page_is_one_reject() {
         .unwrap();
     let run = sync_all(&env).await;
     assert_eq!(run[0].open_rejects, 1, "{:?}", run[0]);
-    let reason: String = env
-        .erp
-        .query_one(
-            "SELECT reason FROM crmsync.rejects WHERE entity = 'supplier' AND resolved_at IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let [reason] = open_reasons(&env.erp, "supplier").await.try_into().unwrap();
     assert!(reason.contains("no row with that key"), "{reason}");
 }
 
@@ -1138,14 +1120,6 @@ async fn a_parent_delete_refused_by_a_foreign_key_is_held_naming_the_children() 
         .map(|r| r.get(0))
         .collect();
     assert_eq!(left, ["Acme"], "Globex went, Acme kept its contact");
-    let reason: String = env
-        .erp
-        .query_one(
-            "SELECT reason FROM crmsync.rejects WHERE entity = 'supplier' AND resolved_at IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let [reason] = open_reasons(&env.erp, "supplier").await.try_into().unwrap();
     assert!(reason.contains("contact"), "{reason}");
 }

@@ -513,14 +513,7 @@ async fn check_converged(env: &Env) -> Result<(), TestCaseError> {
             company
         );
     }
-    let open: i64 = erp
-        .query_one(
-            "SELECT count(*) FROM crmsync.rejects WHERE resolved_at IS NULL",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let open = super::open_rejects(erp).await;
     prop_assert_eq!(open, 0, "open rejects");
     Ok(())
 }

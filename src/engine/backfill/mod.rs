@@ -180,22 +180,12 @@ impl Engine {
             let lock = self.lock(e).await?;
             let run = self.state.start_run(e.name(), "backfill").await?;
             let view = super::StateView::Store(&*self.state);
-            let mut done = super::EntityReport::default();
-            let deferred = std::mem::take(&mut report.deferred);
-            let mut result = Ok(());
-            for side in Side::BOTH {
-                let keys: Vec<String> = deferred
-                    .iter()
-                    .filter(|(s, _)| *s == side)
-                    .map(|(_, k)| k.clone())
-                    .collect();
-                result =
-                    super::pass::revisit(self, e, &view, run, Mode::Apply, side, &keys, &mut done)
-                        .await;
-                if result.is_err() {
-                    break;
-                }
-            }
+            let mut done = super::EntityReport {
+                deferred: std::mem::take(&mut report.deferred),
+                ..Default::default()
+            };
+            let result =
+                super::pass::revisit_deferred(self, e, &view, run, Mode::Apply, &mut done).await;
             report.updated += done.updated + done.crm_updated;
             report.rejected += done.rejected;
             let outcome = match &result {

@@ -46,29 +46,12 @@ pub(super) async fn run(
 ) -> Result<(), EngineError> {
     let scan = e.scan(source);
     let ep = &*engine.endpoints[source];
-    let ctx = Ctx {
-        engine,
-        e,
-        state,
-        run,
-        mode,
-        source,
-        layout: engine.layout(e, state.writes()).await?,
-        ref_fields: reference_fields(&engine.plan.entities, e),
-        refs: Default::default(),
-        defer,
-    };
+    let layout = engine.layout(e, state.writes()).await?;
+    let ctx = Ctx::new(engine, e, state, run, mode, source, layout, defer);
     // Rows rejected earlier are retried first, by key.
     let open = state.open_rejects(e.name(), source).await?;
-    if !open.is_empty() {
-        let keys: Vec<Value> = open
-            .iter()
-            .filter_map(|r| e.key_value(source, &r.key).ok())
-            .collect();
-        let rows = ep.fetch(&scan, &scan.key, &keys).await?;
-        let retried: HashSet<String> = open.iter().map(|r| r.key.clone()).collect();
-        ctx.page(&scan, &rows, &retried, report).await?;
-    }
+    let keys: Vec<String> = open.into_iter().map(|r| r.key).collect();
+    ctx.retry_keys(&scan, &keys, report).await?;
     let mark = state.watermark(e.name(), source).await?;
     let (lower, upto, read_at) =
         window(ep, &scan, mark.as_ref(), e.plan.settle, e.plan.overlap).await?;
@@ -130,51 +113,35 @@ pub(super) async fn run(
     Ok(())
 }
 
-/// The `source` rows with keys `keys` of entity `e` again, once the
-/// parents their deferred references wait for may be linked: each goes
-/// through like a retried reject, its reference filled in, or stays a
-/// reject when its parent is still not linked.
-#[allow(clippy::too_many_arguments)]
-pub(super) async fn revisit(
+/// The rows of `e` a run wrote with a deferred reference NULL
+/// (`report.deferred`, taken), read again by key once the parents they
+/// wait for may be linked: each goes through like a retried reject, its
+/// reference filled in, or stays a reject when its parent is still not
+/// linked. Their second read is not counted.
+pub(super) async fn revisit_deferred(
     engine: &Engine,
     e: &BoundEntity,
     state: &StateView<'_>,
     run: i64,
     mode: Mode,
-    source: Side,
-    keys: &[String],
     report: &mut EntityReport,
 ) -> Result<(), EngineError> {
-    if keys.is_empty() {
+    let deferred = std::mem::take(&mut report.deferred);
+    if deferred.is_empty() {
         return Ok(());
     }
-    let scan = e.scan(source);
-    let ctx = Ctx {
-        engine,
-        e,
-        state,
-        run,
-        mode,
-        source,
-        layout: engine.layout(e, state.writes()).await?,
-        ref_fields: reference_fields(&engine.plan.entities, e),
-        refs: Default::default(),
-        defer: false,
-    };
-    let values: Vec<Value> = keys
-        .iter()
-        .filter_map(|k| e.key_value(source, k).ok())
-        .collect();
-    let retried: HashSet<String> = keys.iter().cloned().collect();
-    for chunk in values.chunks(e.plan.batch_size.max(1)) {
-        let rows = engine.endpoints[source]
-            .fetch(&scan, &scan.key, chunk)
-            .await?;
-        let read = report.read;
-        ctx.page(&scan, &rows, &retried, report).await?;
-        // Read once already in this run.
-        report.read = read;
+    let layout = engine.layout(e, state.writes()).await?;
+    let read = report.read;
+    for source in Side::BOTH {
+        let keys: Vec<String> = deferred
+            .iter()
+            .filter(|(s, _)| *s == source)
+            .map(|(_, k)| k.clone())
+            .collect();
+        let ctx = Ctx::new(engine, e, state, run, mode, source, layout.clone(), false);
+        ctx.retry_keys(&e.scan(source), &keys, report).await?;
     }
+    report.read = read;
     Ok(())
 }
 
@@ -194,18 +161,16 @@ impl<'a> BackfillPages<'a> {
         layout: Layout,
         defer: bool,
     ) -> Self {
-        BackfillPages(Ctx {
+        BackfillPages(Ctx::new(
             engine,
             e,
             state,
             run,
-            mode: Mode::Apply,
+            Mode::Apply,
             source,
             layout,
-            ref_fields: reference_fields(&engine.plan.entities, e),
-            refs: Default::default(),
             defer,
-        })
+        ))
     }
 
     pub(super) async fn page(
@@ -311,6 +276,59 @@ struct Ctx<'a> {
     /// later in this run (a full run of the entity's cycle): they are
     /// counted as deferred then, not rejected.
     defer: bool,
+}
+
+impl<'a> Ctx<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        engine: &'a Engine,
+        e: &'a BoundEntity,
+        state: &'a StateView<'a>,
+        run: i64,
+        mode: Mode,
+        source: Side,
+        layout: Layout,
+        defer: bool,
+    ) -> Self {
+        Ctx {
+            engine,
+            e,
+            state,
+            run,
+            mode,
+            source,
+            layout,
+            ref_fields: reference_fields(&engine.plan.entities, e),
+            refs: Default::default(),
+            defer,
+        }
+    }
+
+    /// The source rows with keys `keys` read again and processed as
+    /// retried rejects (a reject that goes through is closed), a batch at
+    /// a time.
+    async fn retry_keys(
+        &self,
+        scan: &Scan,
+        keys: &[String],
+        report: &mut EntityReport,
+    ) -> Result<(), EngineError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let values: Vec<Value> = keys
+            .iter()
+            .filter_map(|k| self.e.key_value(self.source, k).ok())
+            .collect();
+        let retried: HashSet<String> = keys.iter().cloned().collect();
+        for chunk in values.chunks(self.e.plan.batch_size.max(1)) {
+            let rows = self.engine.endpoints[self.source]
+                .fetch(scan, &scan.key, chunk)
+                .await?;
+            self.page(scan, &rows, &retried, report).await?;
+        }
+        Ok(())
+    }
 }
 
 impl Ctx<'_> {
