@@ -600,15 +600,56 @@ impl StateView<'_> {
 
 /// The window of one change read, up to the source clock minus the settle
 /// delay, with that clock (the read's start, for the next watermark).
+/// `zone` is the side's configured time zone: a local clock set back since
+/// the previous read widens the overlap by as much ([`clock_set_back`]).
 async fn window(
     ep: &dyn Endpoint,
     scan: &crate::endpoint::Scan,
     mark: Option<&Watermark>,
     settle: std::time::Duration,
     overlap: std::time::Duration,
+    zone: chrono_tz::Tz,
 ) -> Result<(Lower, Value, Value), EndpointError> {
     let now = ep.clock(&scan.change_ty).await?;
+    let overlap = overlap + clock_set_back(mark, &now, zone);
     Ok(bounds(now, mark, settle, overlap))
+}
+
+/// How far the side's local clock was set back between the previous read
+/// (or the watermark, when no read time is kept) and `now`: the hour that
+/// repeats when daylight saving time ends. A row stamped in the repeated
+/// hour carries a local time below a watermark taken in its first pass,
+/// so the read reaches back that much further; rows it reads again are
+/// equal to their shadows and left alone. Zero for zone-aware change
+/// columns, zones without such a change, and clocks set forward.
+///
+/// A local time that occurs twice is taken at its first occurrence for the
+/// previous read and at its second for `now`: when in doubt, read more.
+fn clock_set_back(
+    mark: Option<&Watermark>,
+    now: &Value,
+    zone: chrono_tz::Tz,
+) -> std::time::Duration {
+    use chrono::{Offset, TimeZone};
+    let (Some(m), Value::Timestamp(now)) = (mark, now) else {
+        return std::time::Duration::ZERO;
+    };
+    let Value::Timestamp(before) = m.read_at.as_ref().unwrap_or(&m.ts) else {
+        return std::time::Duration::ZERO;
+    };
+    let offset = |local: &chrono::NaiveDateTime, first: bool| {
+        let at = zone.from_local_datetime(local);
+        let at = if first { at.earliest() } else { at.latest() };
+        // A local time the clock skipped (never read off a real clock):
+        // the offset of the same reading taken as UTC.
+        let off = match at {
+            Some(t) => t.offset().fix(),
+            None => zone.offset_from_utc_datetime(local).fix(),
+        };
+        i64::from(off.local_minus_utc())
+    };
+    let back = offset(before, true) - offset(now, false);
+    std::time::Duration::from_secs(back.max(0) as u64)
 }
 
 /// The window of a change read whose source clock reads `now`: from
@@ -810,6 +851,80 @@ mod tests {
         assert_eq!(
             lower_ts(&lower_bound(Some(&edge), overlap)),
             ("from", at(30))
+        );
+    }
+
+    fn berlin(month: u32, day: u32, h: u32, m: u32) -> Value {
+        Value::Timestamp(
+            NaiveDate::from_ymd_opt(2026, month, day)
+                .unwrap()
+                .and_hms_opt(h, m, 0)
+                .unwrap(),
+        )
+    }
+
+    fn read_at(ts: Value, read: Value) -> Watermark {
+        Watermark {
+            ts,
+            key: Value::Int(1),
+            read_at: Some(read),
+        }
+    }
+
+    #[test]
+    fn a_clock_set_back_widens_the_read_by_the_repeated_hour() {
+        let zone = chrono_tz::Europe::Berlin;
+        let hour = std::time::Duration::from_secs(3600);
+        // 25 October 2026: at 03:00 CEST the clocks go back to 02:00 CET.
+        // Read at 02:58 in the hour's first pass, now 02:20 in its second.
+        let mark = read_at(berlin(10, 25, 2, 50), berlin(10, 25, 2, 58));
+        assert_eq!(
+            clock_set_back(Some(&mark), &berlin(10, 25, 2, 20), zone),
+            hour
+        );
+        // Read before the change, now after it.
+        let mark = read_at(berlin(10, 25, 1, 20), berlin(10, 25, 1, 30));
+        assert_eq!(
+            clock_set_back(Some(&mark), &berlin(10, 25, 3, 10), zone),
+            hour
+        );
+        // Both after it, both in summer, or the spring change (clocks set
+        // forward): nothing to add.
+        let zero = std::time::Duration::ZERO;
+        let mark = read_at(berlin(10, 25, 3, 5), berlin(10, 25, 3, 10));
+        assert_eq!(
+            clock_set_back(Some(&mark), &berlin(10, 25, 3, 20), zone),
+            zero
+        );
+        let mark = read_at(berlin(7, 1, 9, 0), berlin(7, 1, 9, 5));
+        assert_eq!(
+            clock_set_back(Some(&mark), &berlin(7, 1, 9, 10), zone),
+            zero
+        );
+        let mark = read_at(berlin(3, 29, 1, 40), berlin(3, 29, 1, 50));
+        assert_eq!(
+            clock_set_back(Some(&mark), &berlin(3, 29, 3, 10), zone),
+            zero
+        );
+        // UTC never repeats an hour; a zone-aware clock has no local time.
+        let mark = read_at(berlin(10, 25, 2, 50), berlin(10, 25, 2, 58));
+        assert_eq!(
+            clock_set_back(Some(&mark), &berlin(10, 25, 2, 20), chrono_tz::UTC),
+            zero
+        );
+        let aware = Value::TimestampTz(chrono::Utc::now());
+        assert_eq!(clock_set_back(Some(&mark), &aware, zone), zero);
+        assert_eq!(clock_set_back(None, &berlin(10, 25, 2, 20), zone), zero);
+        // Without the widening the read would start after 02:50 (first
+        // pass) and miss rows stamped 02:00 to 02:50 in the second pass;
+        // with it, it starts at 01:53.
+        let overlap = std::time::Duration::from_secs(300);
+        let now = berlin(10, 25, 3, 10);
+        let mark = read_at(berlin(10, 25, 2, 50), berlin(10, 25, 2, 58));
+        let widened = overlap + clock_set_back(Some(&mark), &now, zone);
+        assert_eq!(
+            lower_ts(&lower_bound(Some(&mark), widened)),
+            ("from", berlin(10, 25, 1, 53))
         );
     }
 }

@@ -147,6 +147,61 @@ async fn a_quiet_table_is_not_read_again() {
     assert_eq!((fourth.read, fourth.changes()), (1, 0), "{fourth:?}");
 }
 
+/// Sage CRM stamps local time. When daylight saving time ends, the hour
+/// from 02:00 to 03:00 repeats: a row changed at 02:10 in its second pass
+/// carries a time below a watermark taken at 02:50 in its first. The next
+/// read reaches back by the hour the clock was set back, and finds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_in_the_hour_that_repeats_when_clocks_go_back_is_not_lost() {
+    let env = Env::new(Opts::default()).await;
+    let text = env.config_text(&Opts::default()).replacen(
+        "timezone = \"UTC\"",
+        "timezone = \"Europe/Berlin\"",
+        1,
+    );
+    std::fs::write(&env.config, text).unwrap();
+    insert_companies(&env.crm, 3, "timestamp '2026-10-25 02:40:00'", "Supplier").await;
+    assert_eq!(env.sync().await.inserted, 3);
+    // As if that run had read at 02:58, in the first pass of the hour,
+    // after a last change at 02:50 (25 October 2026, Europe/Berlin: at
+    // 03:00 CEST the clocks went back to 02:00 CET).
+    env.erp
+        .execute(
+            r#"UPDATE crmsync.watermarks
+                  SET ts = '{"t": "Timestamp", "v": "2026-10-25T02:50:00"}',
+                      read_at = '{"t": "Timestamp", "v": "2026-10-25T02:58:00"}'
+                WHERE entity = 'supplier' AND side = 'crm'"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    // Changed in the second pass, an hour later by the sun.
+    env.crm
+        .execute(
+            "UPDATE company SET comp_name = 'Second pass', \
+             comp_updateddate = timestamp '2026-10-25 02:10:00' WHERE comp_name = 'Company 2'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let run = env.sync().await;
+    assert_eq!(run.updated, 1, "{run:?}");
+    let names: Vec<String> = env
+        .erp
+        .query(
+            "SELECT name FROM erp.supplier WHERE name = 'Second pass'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(names, ["Second pass"]);
+    // The first-pass rows read again are equal to their shadows.
+    assert_eq!(run.changes(), 1, "{run:?}");
+}
+
 /// A transaction stamps rows with a time below what the first run reads
 /// past, and commits only after that run: the next run, re-reading the
 /// overlap, picks both the insert and the update up.

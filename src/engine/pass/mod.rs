@@ -53,8 +53,19 @@ pub(super) async fn run(
     let keys: Vec<String> = open.into_iter().map(|r| r.key).collect();
     ctx.retry_keys(&scan, &keys, report).await?;
     let mark = state.watermark(e.name(), source).await?;
-    let (lower, upto, read_at) =
-        window(ep, &scan, mark.as_ref(), e.plan.settle, e.plan.overlap).await?;
+    let zone = match source {
+        Side::Crm => engine.plan.crm.timezone,
+        Side::External => engine.plan.external.timezone,
+    };
+    let (lower, upto, read_at) = window(
+        ep,
+        &scan,
+        mark.as_ref(),
+        e.plan.settle,
+        e.plan.overlap,
+        zone,
+    )
+    .await?;
     let mut current = mark.clone();
     let batch = e.plan.batch_size;
     let mut rows = ep.read_changes(&scan, &lower, &upto, batch).await?;
