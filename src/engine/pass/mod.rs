@@ -66,8 +66,20 @@ pub(super) async fn run(
         zone,
     )
     .await?;
-    let mut current = mark.clone();
     let batch = e.plan.batch_size;
+    // A first read sorts by change time only where an index has that order.
+    let sorts = !scan.children.is_empty() || !scan.table.has_index_starting_with(&scan.change);
+    if matches!(lower, Lower::Start) && sorts {
+        let first = read_all(&ctx, ep, &scan, &upto, batch, report).await?;
+        if let (Some(m), true) = (&first, state.writes()) {
+            state.store().set_watermark(e.name(), source, m).await?;
+        }
+        if source == Side::Crm {
+            report.watermark = first.map(|m| format!("{} / {}", m.ts.display(), m.key.display()));
+        }
+        return Ok(());
+    }
+    let mut current = mark.clone();
     let mut rows = ep.read_changes(&scan, &lower, &upto, batch).await?;
     loop {
         let n = rows.len();
@@ -122,6 +134,68 @@ pub(super) async fn run(
         report.watermark = current.map(|m| format!("{} / {}", m.ts.display(), m.key.display()));
     }
     Ok(())
+}
+
+/// A side's first read, with no watermark yet, when no index gives the
+/// change time's order (no index starts with the change column, or child
+/// rows make the change time a computed one): the whole table in key
+/// order, a page at a time. Each page is a range of the key's index, where
+/// an order by change time would sort the whole table for every page.
+/// Rows the window leaves out (no change time, or stamped after `upto`)
+/// are left out here too.
+///
+/// The watermark it returns holds `upto` and the largest key, without a
+/// read time, as a backfill leaves it: the next read starts `overlap`
+/// before `upto`, so a row changed or committed while this one ran is
+/// read then. A run that dies before the end reads from the start again;
+/// the rows it wrote are then equal to their shadows.
+async fn read_all(
+    ctx: &Ctx<'_>,
+    ep: &dyn crate::endpoint::Endpoint,
+    scan: &Scan,
+    upto: &Value,
+    batch: usize,
+    report: &mut EntityReport,
+) -> Result<Option<Watermark>, EngineError> {
+    let in_window = |r: &Vec<Value>| {
+        !r[1].is_null() && r[1].cmp_same(upto) != Some(std::cmp::Ordering::Greater)
+    };
+    let none = HashSet::new();
+    let mut rows = ep.read_page(scan, None, batch).await?;
+    let mut last = None;
+    loop {
+        let n = rows.len();
+        let Some(tail) = rows.last() else { break };
+        let after = tail[0].clone();
+        last = Some(after.clone());
+        // The next page is read while this one is processed.
+        let ahead = async {
+            if n < batch {
+                Ok(None)
+            } else {
+                ep.read_page(scan, Some(&after), batch).await.map(Some)
+            }
+        };
+        rows.retain(in_window);
+        let work = async {
+            if rows.is_empty() {
+                Ok(())
+            } else {
+                ctx.page(scan, &rows, &none, report).await
+            }
+        };
+        let (done, ahead) = tokio::join!(work, ahead);
+        done?;
+        match ahead? {
+            Some(more) => rows = more,
+            None => break,
+        }
+    }
+    Ok(last.map(|key| Watermark {
+        ts: upto.clone(),
+        key,
+        read_at: None,
+    }))
 }
 
 /// The rows of `e` a run wrote with a deferred reference NULL
