@@ -204,6 +204,14 @@ pub trait Endpoint: Send + Sync {
         Ok(None)
     }
 
+    /// Whether a committed delete can be missing from
+    /// [`deletes_fingerprint`](Endpoint::deletes_fingerprint) for a while
+    /// (PostgreSQL flushes a session's counts about a second after its
+    /// transaction, and later when busy).
+    fn deletes_fingerprint_lags(&self) -> bool {
+        false
+    }
+
     /// Rows of `child` (filter applied) whose `column` is not NULL and
     /// names no row of `parent` by its key that passes `parent`'s filter:
     /// references a sync cannot translate.

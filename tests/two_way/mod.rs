@@ -448,6 +448,9 @@ async fn two_percent_deleted(state_side: &'static str) {
     assert_eq!(live, 49);
     assert!(report.hard_delete_check, "{report:?}");
 
+    // A table PostgreSQL estimates at a million rows: no longer compared
+    // on every run, but only when its statistics show a delete.
+    pretend_large(&env).await;
     // No delete since that check: the links are not compared again, also
     // while rows are inserted and updated.
     env.erp
@@ -500,6 +503,40 @@ async fn two_percent_deleted(state_side: &'static str) {
         still.hard_delete_check && still.deletes_refused > 0,
         "refused deletes are looked at again: {still:?}"
     );
+}
+
+/// Makes the catalog estimate erp.supplier at a million rows, as if it
+/// were large (read by each run when it binds the mapping).
+async fn pretend_large(env: &Env) {
+    env.erp
+        .batch_execute(
+            "UPDATE pg_class SET reltuples = 1000000 WHERE oid = 'erp.supplier'::regclass",
+        )
+        .await
+        .unwrap();
+}
+
+/// PostgreSQL counts a session's deletes in its statistics a second or so
+/// after they commit. A small table is compared with the links on every
+/// run, so a row deleted just before a run is carried by that run.
+#[tokio::test]
+async fn a_row_deleted_just_before_the_run_is_carried_by_it() {
+    let env = two_way_env(&TwoWay::default()).await;
+    let pairs = linked_pairs(&env, 20).await;
+    // A first comparison records the fingerprint.
+    let first = sync(&env).await;
+    assert!(first.hard_delete_check, "{first:?}");
+    for (n, &(crm, ext)) in pairs.iter().take(3).enumerate() {
+        // No flush of the statistics: the delete is not counted yet.
+        env.erp
+            .execute("DELETE FROM erp.supplier WHERE supplier_id = $1", &[&ext])
+            .await
+            .unwrap();
+        let run = sync(&env).await;
+        assert_eq!(run.crm_deleted, 1, "delete {n}: {run:?}");
+        let r = crm_row(&env.crm, crm, &["comp_deleted"]).await;
+        assert_eq!(r["comp_deleted"].as_deref(), Some("1"), "delete {n}");
+    }
 }
 
 /// Deletes ERP row `id` for real, and makes the server count it now.

@@ -536,6 +536,10 @@ impl Endpoint for PgEndpoint {
     /// crash). Inserts and updates leave it alone. Only for an ordinary
     /// table with `track_counts` on: a partitioned table counts in its
     /// partitions, and without `track_counts` nothing is counted.
+    fn deletes_fingerprint_lags(&self) -> bool {
+        true
+    }
+
     async fn deletes_fingerprint(&self, table: &TableInfo) -> Result<Option<String>> {
         let sql = "SELECT c.oid::text || '/' || c.relfilenode::text || '/' \
                        || s.n_tup_del::text || '/' || coalesce(d.stats_reset::text, '') \
