@@ -407,6 +407,18 @@ async fn deployment(zone: &str) {
     // rewritten code back into CRM.
     let (code, out) = run(&env, &["backfill"]);
     assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&env, &["backfill", "--direction", "external_to_crm"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        one_int(
+            &env.crm,
+            "SELECT count(*) FROM person p JOIN company c ON c.comp_companyid = p.pers_companyid \
+              WHERE c.comp_name = 'Umbrella' AND p.pers_intforeignid IS NOT NULL"
+        )
+        .await,
+        2,
+        "the ERP's supplier and contacts are in CRM, linked, before any sync"
+    );
     let first = sync_all(&env).await;
     let open = open_rejects(&env.erp).await;
     assert!(open.is_empty(), "{open:?}\n{first:?}");
