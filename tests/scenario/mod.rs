@@ -1169,3 +1169,50 @@ async fn quoted_mixed_case_schemas_named_in_lower_case_with_uuid_and_char_keys()
 async fn quoted_mixed_case_schemas_with_the_state_in_the_crm() {
     quoted_case("crm").await;
 }
+
+/// A one-way field whose value an ERP trigger rewrites (the code
+/// upper-cased): written once per CRM change, not again on every run
+/// that reads the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_way_value_an_erp_trigger_rewrites_is_written_once() {
+    let env = scenario_env("Europe/Berlin").await;
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let text = swap(
+        &text,
+        "crm = \"Comp_IndCode\"\nexternal = \"code\"\n",
+        "crm = \"Comp_IndCode\"\nexternal = \"code\"\ndirection = \"crm_to_external\"\n",
+    );
+    std::fs::write(&env.config, text).unwrap();
+    let acme = company(&env.crm, "Acme", "Supplier", Some("ac-1")).await;
+    let first = sync_all(&env).await;
+    assert_eq!(first[0].inserted, 1, "{first:?}");
+    for _ in 0..2 {
+        let again = sync_all(&env).await;
+        assert_eq!(writes(&again), 0, "{again:?}");
+    }
+    crm_touch(
+        &env.crm,
+        &format!(
+            "UPDATE company SET comp_name = 'Acme Ltd', comp_updateddate = $stamp, \
+             comp_timestamp = $stamp WHERE comp_companyid = {acme}"
+        ),
+    )
+    .await;
+    let renamed = sync_all(&env).await;
+    assert_eq!(writes(&renamed), 1, "{renamed:?}");
+    let again = sync_all(&env).await;
+    assert_eq!(writes(&again), 0, "{again:?}");
+    assert_eq!(
+        one_text(&env.erp, "SELECT name || ' ' || code FROM erp.supplier")
+            .await
+            .as_deref(),
+        Some("Acme Ltd AC-1")
+    );
+    // The sides do differ in that field, and verify says so.
+    let (code, out) = run(&env, &["verify"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("comp_indcode: CRM \"ac-1\" / external \"AC-1\""),
+        "{out}"
+    );
+}
