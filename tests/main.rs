@@ -28,6 +28,10 @@ mod ops;
 /// Related records: a child entity's keys of its parent translated
 /// through the parent's links, both ways, parents first.
 mod references;
+/// Whole deployments end to end: the example mapping against a CRM in
+/// another time zone and an ERP with triggers and foreign keys, through
+/// backfill, two-way changes, deletes, a killed run, verify and status.
+mod scenario;
 /// Incremental sync: timestamp ties across pages, runs with nothing to
 /// do, late commits, soft deletes, crm_filter, dry runs.
 mod sync;

@@ -79,10 +79,9 @@ impl Refs {
         }
         for ((parent, side), keys) in wanted {
             let keys: Vec<String> = keys.into_iter().collect();
+            // A deleted pair still names the same two rows (a key is in one
+            // link at most): a child left under a deleted parent keeps it.
             for l in state.links_by(side, parent, &keys).await?.into_values() {
-                if l.deleted {
-                    continue;
-                }
                 out.keys
                     .crm
                     .entry(parent.to_string())

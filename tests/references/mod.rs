@@ -1123,3 +1123,69 @@ async fn a_parent_delete_refused_by_a_foreign_key_is_held_naming_the_children() 
     let [reason] = open_reasons(&env.erp, "supplier").await.try_into().unwrap();
     assert!(reason.contains("contact"), "{reason}");
 }
+
+/// Regression: a person whose company was deleted in CRM (the ERP
+/// supplier flagged deleted, its contacts kept) was held for ever as a
+/// reject ("parent \"supplier\" CRM key 1 is not linked") whenever it was
+/// read again: a deleted pair still names the same two rows, and the
+/// person's company translates through it.
+#[tokio::test]
+async fn a_person_left_under_a_deleted_company_keeps_its_supplier() {
+    let env = related_env().await;
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let (contact, supplier) = text.split_at(text.find("name = \"supplier\"").unwrap());
+    let supplier = supplier.replacen(
+        "delete_into_external = \"ignore\"",
+        "delete_into_external = \"soft\"\nexternal_deleted_column = \"is_deleted\"",
+        1,
+    );
+    std::fs::write(&env.config, format!("{contact}{supplier}")).unwrap();
+    let acme = crm_insert(&env.crm, "Acme", None, None).await;
+    let ann = person(&env.crm, Some(acme), "Ann").await;
+    sync_all(&env).await;
+    let key = erp_supplier(&env.erp, acme).await;
+    env.crm
+        .execute(
+            "UPDATE company SET comp_deleted = 1, comp_updateddate = localtimestamp(3), \
+             comp_timestamp = localtimestamp(3) WHERE comp_companyid = $1",
+            &[&acme],
+        )
+        .await
+        .unwrap();
+    let run = sync_all(&env).await;
+    let deleted: bool = env
+        .erp
+        .query_one(
+            "SELECT is_deleted FROM erp.supplier WHERE supplier_id = $1",
+            &[&key],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(deleted, "{run:?}");
+    assert_eq!(open_rejects(&env.erp).await, 0, "{run:?}");
+    // A change of the person still reaches its contact, under the same
+    // (deleted) supplier.
+    env.crm
+        .execute(
+            "UPDATE person SET pers_lastname = 'Ann-Marie', pers_updateddate = localtimestamp(3), \
+             pers_timestamp = localtimestamp(3) WHERE pers_personid = $1",
+            &[&ann],
+        )
+        .await
+        .unwrap();
+    let run = sync_all(&env).await;
+    assert_eq!(open_rejects(&env.erp).await, 0, "{run:?}");
+    let row = env
+        .erp
+        .query_one(
+            "SELECT supplier_id, last_name FROM erp.contact WHERE crm_person_id = $1",
+            &[&ann],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, i64>(0), row.get::<_, String>(1)),
+        (key, "Ann-Marie".to_string())
+    );
+}
