@@ -490,6 +490,10 @@ impl<'a> Translator<'a> {
                 self.env.vars.get(&id.value.to_lowercase()),
                 Some((Some(t), _)) if t.is_character()
             ),
+            // CAST(@P1 AS varchar(8000)): a string all the same.
+            Expr::Cast { data_type, .. } => {
+                parse_decl(&data_type.to_string()).is_some_and(|t| t.is_character())
+            }
             _ => false,
         }
     }

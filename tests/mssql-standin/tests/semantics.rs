@@ -263,6 +263,26 @@ async fn ci_as_collation_compares_and_orders_like_sql_server() {
         .unwrap()
         .get::<i32, _>(0);
     assert_eq!(n, Some(1));
+    // A parameter cast to a character type is a string too: a padded
+    // char(n) equals it.
+    exec(
+        &mut c,
+        "CREATE TABLE p (k char(6) NULL); INSERT INTO p VALUES ('K1')",
+    )
+    .await;
+    let n = c
+        .query(
+            "SELECT COUNT(*) FROM p WHERE k = CAST(@P1 AS varchar(8000))",
+            &[&"k1"],
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(n, Some(1));
     let order: Vec<String> = rows(&mut c, "SELECT v FROM t ORDER BY v")
         .await
         .iter()
