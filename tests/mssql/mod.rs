@@ -1641,3 +1641,43 @@ async fn a_refused_row_in_a_staged_insert_is_the_only_reject() {
         Some(0)
     );
 }
+
+/// A page of many inserts in which one text is longer than a bulk load
+/// carries into the staging table's `nvarchar(max)` (tiberius refuses
+/// more than 65,535 bytes there, in the middle of the load): the page goes
+/// row by row instead, and every row lands with its whole text.
+#[tokio::test]
+async fn a_text_too_long_for_a_bulk_load_is_inserted_row_by_row() {
+    use crate::common::insert_companies;
+    let declared = "website         nvarchar(100) NULL,";
+    let (_server, mut erp, env) = erp_on_sql_server_with(|s| {
+        assert!(s.contains(declared), "erp_schema_mssql.sql changed");
+        s.replace(declared, "website nvarchar(max) NULL,")
+    })
+    .await;
+    env.crm
+        .execute(
+            "ALTER TABLE company ALTER COLUMN comp_website TYPE text",
+            &[],
+        )
+        .await
+        .unwrap();
+    insert_companies(&env.crm, 30, "now() - interval '1 minute'", "Supplier").await;
+    env.crm
+        .execute(
+            "UPDATE company SET comp_website = repeat('w', 40000) WHERE comp_name = 'Company 9'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let r = crate::two_way::sync(&env).await;
+    assert_eq!((r.inserted, r.rejected), (30, 0), "{r:?}");
+    assert_eq!(
+        scalar_i64(
+            &mut erp,
+            "SELECT CAST(LEN(website) AS bigint) FROM erp.supplier WHERE name = N'Company 9'"
+        )
+        .await,
+        Some(40_000)
+    );
+}
