@@ -68,9 +68,10 @@ impl MssqlEndpoint {
     }
 
     /// Opens a transaction in which any error rolls everything back
-    /// (XACT_ABORT), so a failed batch leaves nothing behind.
+    /// (XACT_ABORT), so a failed batch leaves nothing behind (see
+    /// [`crate::db::mssql::BEGIN`]).
     pub(super) async fn begin(&self, conn: &mut TdsClient) -> Result<()> {
-        conn.simple_query("SET XACT_ABORT ON; BEGIN TRANSACTION")
+        conn.simple_query(crate::db::mssql::BEGIN)
             .await
             .map_err(|e| self.query_error("starting a transaction", e))?
             .into_results()
