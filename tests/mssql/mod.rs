@@ -1641,3 +1641,100 @@ async fn a_refused_row_in_a_staged_insert_is_the_only_reject() {
         Some(0)
     );
 }
+
+/// A page of many inserts in which one text is longer than a bulk load
+/// carries into the staging table's `nvarchar(max)` (tiberius refuses
+/// more than 65,535 bytes there, in the middle of the load): the page goes
+/// row by row instead, and every row lands with its whole text.
+#[tokio::test]
+async fn a_text_too_long_for_a_bulk_load_is_inserted_row_by_row() {
+    use crate::common::insert_companies;
+    let declared = "website         nvarchar(100) NULL,";
+    let (_server, mut erp, env) = erp_on_sql_server_with(|s| {
+        assert!(s.contains(declared), "erp_schema_mssql.sql changed");
+        s.replace(declared, "website nvarchar(max) NULL,")
+    })
+    .await;
+    env.crm
+        .execute(
+            "ALTER TABLE company ALTER COLUMN comp_website TYPE text",
+            &[],
+        )
+        .await
+        .unwrap();
+    insert_companies(&env.crm, 30, "now() - interval '1 minute'", "Supplier").await;
+    env.crm
+        .execute(
+            "UPDATE company SET comp_website = repeat('w', 40000) WHERE comp_name = 'Company 9'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let r = crate::two_way::sync(&env).await;
+    assert_eq!((r.inserted, r.rejected), (30, 0), "{r:?}");
+    assert_eq!(
+        scalar_i64(
+            &mut erp,
+            "SELECT CAST(LEN(website) AS bigint) FROM erp.supplier WHERE name = N'Company 9'"
+        )
+        .await,
+        Some(40_000)
+    );
+}
+
+/// A transaction left open on a pooled connection (by a request dropped
+/// half-way, as an in-flight backfill chunk is when another chunk fails)
+/// does not swallow the next batch written on that connection. Nested under
+/// it, the batch's COMMIT would only lower @@TRANCOUNT ("COMMIT TRANSACTION
+/// (Transact-SQL)"), and its rows would go when the connection closed.
+#[tokio::test]
+async fn a_transaction_left_open_on_a_pooled_connection_is_rolled_back_first() {
+    use crmsync::endpoint::mssql::MssqlEndpoint;
+    use crmsync::endpoint::{Assign, Endpoint, Insert, WriteBatch};
+    let mut env = MsEnv::new(Ids::Identity).await;
+    env.write_config(20, "", "", "external");
+    exec(
+        &mut env.crm,
+        "CREATE TABLE dbo.Pool_Probe (Prob_Id int IDENTITY(1,1) NOT NULL PRIMARY KEY, \
+         Prob_Text nvarchar(40) NULL)",
+    )
+    .await;
+    let plan = crmsync::cli::load_plan(&env.config).expect("the test config is valid");
+    let ep = MssqlEndpoint::connect("crm", &plan.crm).await.unwrap();
+    let table = ep.table(None, "Pool_Probe").await.unwrap().unwrap();
+    {
+        // The pool's one connection, left inside a transaction.
+        let db = ep.database();
+        let mut c = db.conn().await.unwrap();
+        c.simple_query(
+            "BEGIN TRANSACTION; INSERT INTO dbo.Pool_Probe (Prob_Text) VALUES (N'lost')",
+        )
+        .await
+        .unwrap()
+        .into_results()
+        .await
+        .unwrap();
+    }
+    let mut batch = WriteBatch::new(std::sync::Arc::new(table), "Prob_Id".into());
+    batch.inserts.push(Insert {
+        columns: vec![(
+            "Prob_Text".into(),
+            Assign::Value(Value::Text("kept".into())),
+        )],
+    });
+    ep.apply(&batch, None).await.unwrap();
+    assert_eq!(
+        scalar_i64(
+            &mut env.crm,
+            "SELECT COUNT(*) FROM dbo.Pool_Probe WHERE Prob_Text = N'kept'"
+        )
+        .await,
+        Some(1),
+        "the batch committed"
+    );
+    assert_eq!(
+        scalar_i64(&mut env.crm, "SELECT COUNT(*) FROM dbo.Pool_Probe").await,
+        Some(1),
+        "the abandoned transaction was rolled back"
+    );
+}

@@ -34,6 +34,15 @@ impl std::fmt::Debug for MssqlDatabase {
 
 type Result<T> = std::result::Result<T, EndpointError>;
 
+/// Opens a transaction in which any error rolls everything back
+/// (`XACT_ABORT`). A transaction still open on the pooled connection (left
+/// by a request that was dropped half-way) is rolled back first: nested
+/// under it, this one's `COMMIT` would only lower `@@TRANCOUNT` ("COMMIT
+/// TRANSACTION (Transact-SQL)"), and its writes would be lost with the
+/// connection; its `#` tables go with it.
+pub const BEGIN: &str =
+    "IF @@TRANCOUNT > 0 ROLLBACK TRANSACTION; SET XACT_ABORT ON; BEGIN TRANSACTION";
+
 /// `ident` as a T-SQL identifier: in brackets, a `]` doubled.
 pub fn quote(ident: &str) -> String {
     format!("[{}]", ident.replace(']', "]]"))

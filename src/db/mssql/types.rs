@@ -103,6 +103,28 @@ impl NativeType {
         }
     }
 
+    /// The type a parameter compared with a column of this type is cast
+    /// to, where the parameter's wire type would make SQL Server convert
+    /// the column instead. A text parameter travels as `nvarchar`, which
+    /// outranks `varchar` ("Data type precedence (Transact-SQL)"): the
+    /// column is converted, which under a SQL Server collation such as
+    /// SQL_Latin1_General_CP1_CI_AS both rules out an index seek and
+    /// compares by the Unicode rules where `ORDER BY` sorts by the
+    /// non-Unicode ones ("Collation and Unicode support"), so a keyset page
+    /// that ends at 'A-2' skips 'A1'. A chrono value travels as
+    /// `datetime2(7)`, to which a `datetime` is converted exactly (.857
+    /// becomes .8566667): `=` never holds. `varchar(8000)` rather than the
+    /// column's length, so that a longer value is not cut to a prefix that
+    /// matches.
+    pub fn param_cast(&self) -> Option<String> {
+        match self.name.as_str() {
+            "varchar" | "char" if self.char_len == Some(-1) => Some("varchar(max)".into()),
+            "varchar" | "char" => Some("varchar(8000)".into()),
+            "datetime" | "smalldatetime" => Some(self.name.clone()),
+            _ => None,
+        }
+    }
+
     /// Whether the endpoint must select the column through a cast so that
     /// tiberius decodes it without loss (`money` would come back as a
     /// float, `time` and `xml` have no `Value`).
@@ -253,6 +275,30 @@ mod tests {
             native("tinyint", None, None).sql_type(),
             SqlType::Int { bytes: 1 }
         );
+    }
+
+    #[test]
+    fn parameters_compared_with_varchar_and_datetime_columns_take_their_type() {
+        let cast = |name: &str, len: Option<i32>| native(name, len, None).param_cast();
+        assert_eq!(cast("varchar", Some(20)).as_deref(), Some("varchar(8000)"));
+        assert_eq!(cast("char", Some(8)).as_deref(), Some("varchar(8000)"));
+        assert_eq!(cast("varchar", Some(-1)).as_deref(), Some("varchar(max)"));
+        assert_eq!(cast("datetime", None).as_deref(), Some("datetime"));
+        assert_eq!(
+            cast("smalldatetime", None).as_deref(),
+            Some("smalldatetime")
+        );
+        // Already the parameter's own type, or one it converts to.
+        for name in [
+            "nvarchar",
+            "nchar",
+            "int",
+            "bigint",
+            "datetime2",
+            "uniqueidentifier",
+        ] {
+            assert_eq!(cast(name, Some(10)), None, "{name}");
+        }
     }
 
     #[test]

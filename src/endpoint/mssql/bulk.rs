@@ -6,7 +6,7 @@
 
 use super::error::{pool_failure, query_failure};
 use super::types::Param;
-use super::{decode_rows, placeholders, qualified, quote, MssqlEndpoint, Params, MAX_PARAMS};
+use super::{decode_rows, qualified, quote, MssqlEndpoint, Params, MAX_PARAMS};
 use crate::endpoint::bulk::{Bulk, BulkSource, ChunkWrite, RawRows, Rows, StreamRequest, Turn};
 use crate::endpoint::{EndpointError, Result, Scan, TableInfo, WriteBatch};
 use crate::value::Value;
@@ -45,7 +45,11 @@ impl BulkSource for MssqlEndpoint {
         };
         let (first, child_values) = base(1);
         let first = format!("{first} ORDER BY {key}");
-        let next = format!("{} AND {key} > @P1 ORDER BY {key}", base(2).0);
+        let next = format!(
+            "{} AND {key} > {} ORDER BY {key}",
+            base(2).0,
+            self.placeholder(&scan.table, &scan.key, 1)
+        );
         let key_ty = scan.table.column(&scan.key).ok().map(|c| c.ty.clone());
         let key_pos = scan.position(&scan.key).unwrap_or(0);
         let what = format!("reading {}", scan.table.qualified());
@@ -140,7 +144,7 @@ impl BulkSource for MssqlEndpoint {
                 self.select_list(&only, &mut p),
                 qualified(&scan.table),
                 quote(&columns[0]),
-                placeholders(1, chunk.len()),
+                self.placeholders_for(&scan.table, &columns[0], 1, chunk.len()),
                 live_sql(deleted),
                 Self::filter_sql(scan),
             );

@@ -46,6 +46,12 @@ pub(super) struct Staged<'a> {
     pub rows: &'a [Vec<Value>],
 }
 
+/// The longest value, in bytes, that tiberius' bulk load sends into a
+/// `(max)` column: it takes the 65,535 of the column's metadata for the
+/// limit and refuses anything longer, in the middle of the load. Longer
+/// texts and binaries go row by row, as parameters.
+const BULK_MAX_BYTES: usize = 0xFFFF;
+
 /// How a column travels through the staging table.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Wire {
@@ -136,6 +142,15 @@ impl Wire {
             }
             (Wire::Float, Value::Float(f)) => ColumnData::F64(Some(*f)),
             (Wire::Float, Value::Int(i)) => ColumnData::F64(Some(*i as f64)),
+            (Wire::Text, Value::Text(s)) if s.encode_utf16().count() * 2 > BULK_MAX_BYTES => {
+                return Err(format!(
+                    "a text of {} UTF-16 code units, longer than a bulk load carries",
+                    s.encode_utf16().count()
+                ))
+            }
+            (Wire::Binary, Value::Bytes(b)) if b.len() > BULK_MAX_BYTES => {
+                return Err(format!("{} bytes, more than a bulk load carries", b.len()))
+            }
             (Wire::Text, Value::Text(s)) => ColumnData::String(Some(Cow::Owned(s.clone()))),
             (Wire::DateTime2, Value::Timestamp(t)) => t.into_sql(),
             (Wire::DateTimeOffset, Value::TimestampTz(t)) => t.fixed_offset().into_sql(),
@@ -467,5 +482,24 @@ fn kind(v: &Value) -> &'static str {
         Value::Date(_) => "date",
         Value::Uuid(_) => "uuid",
         Value::Bytes(_) => "binary",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_longer_than_a_bulk_load_carries_go_row_by_row() {
+        let text = |n: usize| Value::Text("x".repeat(n));
+        assert!(Wire::Text.cell(&text(BULK_MAX_BYTES / 2)).is_ok());
+        assert!(Wire::Text.cell(&text(BULK_MAX_BYTES / 2 + 1)).is_err());
+        // Two UTF-16 code units for a character outside the BMP.
+        assert!(Wire::Text
+            .cell(&Value::Text("😀".repeat(BULK_MAX_BYTES / 4 + 1)))
+            .is_err());
+        let bytes = |n: usize| Value::Bytes(vec![7; n]);
+        assert!(Wire::Binary.cell(&bytes(BULK_MAX_BYTES)).is_ok());
+        assert!(Wire::Binary.cell(&bytes(BULK_MAX_BYTES + 1)).is_err());
     }
 }

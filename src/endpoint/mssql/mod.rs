@@ -181,6 +181,31 @@ impl MssqlEndpoint {
             .unwrap_or_default()
     }
 
+    /// `@P{n}` as a value compared with `column`: cast to the column's own
+    /// type where SQL Server would otherwise convert the column to the
+    /// parameter's (see [`NativeType::param_cast`]).
+    fn placeholder(&self, table: &TableInfo, column: &str, n: usize) -> String {
+        match self.native(table, column).and_then(|t| t.param_cast()) {
+            Some(ty) => format!("CAST(@P{n} AS {ty})"),
+            None => format!("@P{n}"),
+        }
+    }
+
+    /// [`Self::placeholder`] for `count` values compared with `column`,
+    /// from `@P{start}`.
+    fn placeholders_for(
+        &self,
+        table: &TableInfo,
+        column: &str,
+        start: usize,
+        count: usize,
+    ) -> String {
+        (start..start + count)
+            .map(|n| self.placeholder(table, column, n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     fn param(&self, table: &TableInfo, column: &str, v: &Value) -> Param {
         Param::new(v.clone(), table.column(column).ok().map(|c| c.ty.clone()))
     }
@@ -219,14 +244,6 @@ fn text_of(v: &Value) -> String {
         Value::Text(s) => s.clone(),
         other => other.key_string(),
     }
-}
-
-/// `@P1, @P2, …` from `start`.
-fn placeholders(start: usize, n: usize) -> String {
-    (start..start + n)
-        .map(|i| format!("@P{i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 #[async_trait]
@@ -439,8 +456,9 @@ impl Endpoint for MssqlEndpoint {
             Lower::Start => String::new(),
             Lower::From(_) => format!(" AND {chg} >= {}", bound(2)),
             Lower::After { .. } => format!(
-                " AND ({chg} > {b} OR ({chg} = {b} AND {key} > @P3))",
-                b = bound(2)
+                " AND ({chg} > {b} OR ({chg} = {b} AND {key} > {k}))",
+                b = bound(2),
+                k = self.placeholder(t, &scan.key, 3),
             ),
         };
         if !scan.children.is_empty() && !matches!(lower, Lower::Start) {
@@ -478,7 +496,7 @@ impl Endpoint for MssqlEndpoint {
                 self.select_list(scan, &mut p),
                 qualified(&scan.table),
                 quote(column),
-                placeholders(1, chunk.len()),
+                self.placeholders_for(&scan.table, column, 1, chunk.len()),
                 Self::filter_sql(scan),
             );
             let mut params: Vec<Param> = chunk
@@ -507,7 +525,7 @@ impl Endpoint for MssqlEndpoint {
         let key = quote(&scan.key);
         let (cond, mut params) = match after {
             Some(k) => (
-                format!("{key} > @P1"),
+                format!("{key} > {}", self.placeholder(&scan.table, &scan.key, 1)),
                 vec![self.param(&scan.table, &scan.key, k)],
             ),
             None => ("1 = 1".to_string(), Vec::new()),
@@ -541,7 +559,11 @@ impl Endpoint for MssqlEndpoint {
                 conds.push(format!("{} IS NULL", quote(c)));
             } else {
                 params.push(self.param(&scan.table, c, v));
-                conds.push(format!("{} = @P{}", quote(c), params.len()));
+                conds.push(format!(
+                    "{} = {}",
+                    quote(c),
+                    self.placeholder(&scan.table, c, params.len())
+                ));
             }
         }
         let mut p = Params::from(params.len() + 1);

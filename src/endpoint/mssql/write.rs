@@ -6,7 +6,7 @@
 use super::error::DbFailure;
 use super::types::{from_column, Param};
 use super::TdsClient;
-use super::{placeholders, qualified, quote, MssqlEndpoint, MAX_PARAMS};
+use super::{qualified, quote, MssqlEndpoint, MAX_PARAMS};
 use crate::endpoint::{Applied, Assign, EndpointError, Result, WriteBatch};
 use crate::state::LinkBatch;
 use crate::value::Value;
@@ -68,9 +68,10 @@ impl MssqlEndpoint {
     }
 
     /// Opens a transaction in which any error rolls everything back
-    /// (XACT_ABORT), so a failed batch leaves nothing behind.
+    /// (XACT_ABORT), so a failed batch leaves nothing behind (see
+    /// [`crate::db::mssql::BEGIN`]).
     pub(super) async fn begin(&self, conn: &mut TdsClient) -> Result<()> {
-        conn.simple_query("SET XACT_ABORT ON; BEGIN TRANSACTION")
+        conn.simple_query(crate::db::mssql::BEGIN)
             .await
             .map_err(|e| self.query_error("starting a transaction", e))?
             .into_results()
@@ -308,11 +309,11 @@ impl MssqlEndpoint {
                 .collect();
             params.push(self.param(&batch.table, &batch.key, &up.key));
             let sql = format!(
-                "UPDATE {} SET {} WHERE {} = @P{}",
+                "UPDATE {} SET {} WHERE {} = {}",
                 qualified(&batch.table),
                 sets.join(", "),
                 quote(&batch.key),
-                params.len()
+                self.placeholder(&batch.table, &batch.key, params.len())
             );
             let refs: Vec<&dyn ToSql> = params.iter().map(|p| p as &dyn ToSql).collect();
             conn.execute(sql, &refs)
@@ -324,7 +325,7 @@ impl MssqlEndpoint {
                 "DELETE FROM {} WHERE {} IN ({})",
                 qualified(&batch.table),
                 quote(&batch.key),
-                placeholders(1, chunk.len())
+                self.placeholders_for(&batch.table, &batch.key, 1, chunk.len())
             );
             let params: Vec<Param> = chunk
                 .iter()

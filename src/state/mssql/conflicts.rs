@@ -57,7 +57,7 @@ pub(super) async fn record(
     );
     let fail = |e| store.state_error("logging conflicts", e);
     let mut c = store.db.conn().await?;
-    super::batch(&mut c, "SET XACT_ABORT ON; BEGIN TRANSACTION")
+    super::batch(&mut c, crate::db::mssql::BEGIN)
         .await
         .map_err(fail)?;
     let result = async {

@@ -237,7 +237,7 @@ pub(super) async fn register_layout(
     }
     let fail = |e| store.state_error("registering a shadow layout", e);
     let lock = super::lock::resource("crmsync-layout", &store.schema, entity);
-    super::batch(&mut c, "SET XACT_ABORT ON; BEGIN TRANSACTION")
+    super::batch(&mut c, crate::db::mssql::BEGIN)
         .await
         .map_err(fail)?;
     let result = async {

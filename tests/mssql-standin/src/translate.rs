@@ -490,6 +490,10 @@ impl<'a> Translator<'a> {
                 self.env.vars.get(&id.value.to_lowercase()),
                 Some((Some(t), _)) if t.is_character()
             ),
+            // CAST(@P1 AS varchar(8000)): a string all the same.
+            Expr::Cast { data_type, .. } => {
+                parse_decl(&data_type.to_string()).is_some_and(|t| t.is_character())
+            }
             _ => false,
         }
     }
@@ -675,6 +679,23 @@ impl<'a> Translator<'a> {
             "REPLICATE" => format!("repeat({}, {})", a(0), a(1)),
             "STR" => format!("CAST({} AS text)", a(0)),
             "ERROR_MESSAGE" | "ERROR_NUMBER" => "NULL".into(),
+            // Built-ins that SQL Server 2016, the oldest version crmsync
+            // supports, does not have: STRING_AGG, CONCAT_WS and TRANSLATE
+            // came with 2017, GREATEST, LEAST and DATETRUNC with 2022
+            // ("Logical functions - GREATEST (Transact-SQL)": "Applies to:
+            // SQL Server 2022 (16.x) and later versions"). Older servers
+            // refuse them with 195; PostgreSQL has most of them, so they
+            // would otherwise pass through unnoticed.
+            "STRING_AGG" | "CONCAT_WS" | "TRANSLATE" | "GREATEST" | "LEAST" | "DATETRUNC" => {
+                return Err(SqlError::new(
+                    195,
+                    15,
+                    format!(
+                        "'{}' is not a recognized built-in function name.",
+                        object_base_name(&f.name)
+                    ),
+                ))
+            }
             _ => return Ok(None),
         }))
     }
@@ -979,6 +1000,16 @@ impl VisitorMut for Translator<'_> {
                     _ => None,
                 },
                 Expr::Function(f) => self.rewrite_function(f)?.map(raw),
+                // IS [NOT] DISTINCT FROM came with SQL Server 2022 ("IS
+                // [NOT] DISTINCT FROM (Transact-SQL)"); 2016 to 2019 stop
+                // at the keyword.
+                Expr::IsDistinctFrom(..) | Expr::IsNotDistinctFrom(..) => {
+                    return Err(SqlError::new(
+                        156,
+                        15,
+                        "Incorrect syntax near the keyword 'DISTINCT'.",
+                    ))
+                }
                 Expr::Cast { expr, data_type, .. } => {
                     let t = parse_decl(&data_type.to_string())
                         .ok_or_else(|| SqlError::new(243, 16, format!("Type {data_type} is not a defined system type.")))?;

@@ -263,6 +263,26 @@ async fn ci_as_collation_compares_and_orders_like_sql_server() {
         .unwrap()
         .get::<i32, _>(0);
     assert_eq!(n, Some(1));
+    // A parameter cast to a character type is a string too: a padded
+    // char(n) equals it.
+    exec(
+        &mut c,
+        "CREATE TABLE p (k char(6) NULL); INSERT INTO p VALUES ('K1')",
+    )
+    .await;
+    let n = c
+        .query(
+            "SELECT COUNT(*) FROM p WHERE k = CAST(@P1 AS varchar(8000))",
+            &[&"k1"],
+        )
+        .await
+        .unwrap()
+        .into_row()
+        .await
+        .unwrap()
+        .unwrap()
+        .get::<i32, _>(0);
+    assert_eq!(n, Some(1));
     let order: Vec<String> = rows(&mut c, "SELECT v FROM t ORDER BY v")
         .await
         .iter()
@@ -1095,4 +1115,55 @@ async fn operational_stats_count_deletes_at_once_for_every_session() {
     )
     .await;
     assert_eq!(count, Some(2));
+}
+
+/// 13. Built-ins newer than SQL Server 2016, the oldest version crmsync
+/// supports, are refused as SQL Server 2016 to 2019 refuse them: GREATEST,
+/// LEAST and DATETRUNC came with 2022 ("Logical functions - GREATEST
+/// (Transact-SQL)", "DATETRUNC (Transact-SQL)": "Applies to: SQL Server
+/// 2022 (16.x) and later versions"; older servers answer "Msg 195 … is not
+/// a recognized built-in function name"), STRING_AGG, CONCAT_WS and
+/// TRANSLATE with 2017 ("STRING_AGG (Transact-SQL)": "Applies to: SQL
+/// Server 2017 (14.x) and later versions"), IS [NOT] DISTINCT FROM with
+/// 2022 ("IS [NOT] DISTINCT FROM (Transact-SQL)"). PostgreSQL has them all,
+/// so without this a statement using one would run here and fail on a
+/// customer's server. The greatest of a VALUES list (crmsync's spelling)
+/// runs.
+#[tokio::test]
+async fn builtins_newer_than_sql_server_2016_are_refused() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE t (a int NULL, b int NULL, s nvarchar(10) NULL)",
+    )
+    .await;
+    let cases: &[(&str, u32)] = &[
+        ("SELECT GREATEST(a, b) FROM t", 195),
+        ("SELECT LEAST(a, b) FROM t", 195),
+        ("SELECT DATETRUNC(day, GETDATE())", 195),
+        ("SELECT STRING_AGG(s, N',') FROM t", 195),
+        ("SELECT CONCAT_WS(N',', s, s) FROM t", 195),
+        ("SELECT TRANSLATE(s, N'a', N'b') FROM t", 195),
+        ("SELECT a FROM t WHERE a IS DISTINCT FROM b", 156),
+        ("SELECT a FROM t WHERE a IS NOT DISTINCT FROM b", 156),
+    ];
+    for (sql, code) in cases {
+        let e = server_error(&mut c, sql).await;
+        assert_eq!((e.code(), e.class()), (*code, 15), "{sql}: {}", e.message());
+    }
+    let e = server_error(&mut c, "SELECT GREATEST(a, b) FROM t").await;
+    assert_eq!(
+        e.message(),
+        "'GREATEST' is not a recognized built-in function name."
+    );
+    exec(&mut c, "INSERT INTO t (a, b) VALUES (1, 3), (4, 2)").await;
+    assert_eq!(
+        scalar::<i32>(
+            &mut c,
+            "SELECT (SELECT MAX(v) FROM (VALUES (a), (b)) AS x(v)) FROM t WHERE a = 1"
+        )
+        .await,
+        Some(3)
+    );
 }
