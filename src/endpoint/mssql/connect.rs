@@ -16,6 +16,43 @@ use tiberius::{AuthMethod, Client, Config, EncryptionLevel};
 use tokio::net::TcpStream;
 use tokio_util::compat::TokioAsyncWriteCompatExt;
 
+/// The session options SQL Server requires of a statement that writes into
+/// a table with a filtered index, an indexed view or an index on a
+/// computed column ("SET Options That Affect Results" in "Create indexed
+/// views", and "CREATE INDEX (Transact-SQL)"), error 1934 otherwise: the
+/// state schema's `conflicts` table has one, and an ERP's tables may.
+/// tiberius' login asks for the ANSI defaults but leaves
+/// `CONCAT_NULL_YIELDS_NULL` and `ARITHABORT` to the database's defaults,
+/// so every new connection sets them all once.
+const SESSION_OPTIONS: &str = "SET ANSI_NULLS ON; SET ANSI_PADDING ON; SET ANSI_WARNINGS ON; \
+     SET ARITHABORT ON; SET CONCAT_NULL_YIELDS_NULL ON; SET QUOTED_IDENTIFIER ON; \
+     SET NUMERIC_ROUNDABORT OFF";
+
+/// Sets [`SESSION_OPTIONS`] on each connection the pool opens.
+#[derive(Debug)]
+struct SessionOptions;
+
+impl bb8::CustomizeConnection<bb8_tiberius::rt::Client, bb8_tiberius::Error> for SessionOptions {
+    fn on_acquire<'a>(
+        &'a self,
+        conn: &'a mut bb8_tiberius::rt::Client,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = std::result::Result<(), bb8_tiberius::Error>>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            conn.simple_query(SESSION_OPTIONS)
+                .await?
+                .into_results()
+                .await?;
+            Ok(())
+        })
+    }
+}
+
 /// `mssql://user@host:port/Database` or `mssql://user@host\INSTANCE/Database`
 /// taken apart.
 #[derive(Debug, Clone, PartialEq)]
@@ -296,6 +333,7 @@ impl MssqlEndpoint {
         let pool = Pool::builder()
             .max_size(8)
             .connection_timeout(Duration::from_secs(30))
+            .connection_customizer(Box::new(SessionOptions))
             .build(ConnectionManager::new(config))
             .await
             .map_err(|e| EndpointError::Connect {
