@@ -1062,8 +1062,9 @@ async fn bulk_load_without_keep_nulls_stores_column_defaults() {
 /// leaf_delete_count, "Cumulative count of leaf-level deletes", with
 /// leaf_ghost_count for deletes ghosted first), and its row count is in
 /// "sys.dm_db_partition_stats (Transact-SQL)" (row_count, index_id 0 for a
-/// heap, 1 for a clustered index). An UPDATE or INSERT leaves the delete
-/// count alone.
+/// heap, 1 for a clustered index) and "sys.partitions (Transact-SQL)"
+/// (rows, "the approximate number of rows in this partition"). An UPDATE or
+/// INSERT leaves the delete count alone.
 #[tokio::test]
 async fn operational_stats_count_deletes_at_once_for_every_session() {
     let s = standin().await;
@@ -1095,4 +1096,11 @@ async fn operational_stats_count_deletes_at_once_for_every_session() {
     )
     .await;
     assert_eq!(count, Some(2));
+    let rows: Option<i64> = scalar(
+        &mut reader,
+        "SELECT CAST(SUM(p.rows) AS bigint) FROM sys.partitions p \
+         WHERE p.object_id = OBJECT_ID('dbo.t') AND p.index_id IN (0, 1)",
+    )
+    .await;
+    assert_eq!(rows, Some(2));
 }
