@@ -1001,6 +1001,7 @@ match_on = [{ crm = "Comp_Name", external = "name" }]"#,
 
 /// crmsync's state on SQL Server, on either side.
 mod children;
+mod keys;
 mod property;
 mod references;
 mod state;

@@ -988,7 +988,8 @@ async fn the_state_schema_is_created_once_under_its_lock() {
 /// chunk that fires the trigger for each row (an `OUTPUT` without `INTO`
 /// would be refused, error 334), with its link committed beside it; the
 /// next sync has nothing to do. Keyed by an IDENTITY (keys paired by
-/// order) and by a uuid default (rows inserted one by one).
+/// order) and by a uuid default (keys paired with rows by a MERGE's
+/// OUTPUT; see `keys`).
 #[tokio::test]
 async fn bulk_backfill_into_a_triggered_table_with_the_state_there() {
     use crate::common::insert_companies;

@@ -9,9 +9,15 @@
 //! Which key goes with which row: a key the chunk gives is known; an
 //! IDENTITY key is paired by order, because SQL Server computes the
 //! identity values of an `INSERT … SELECT … ORDER BY` in that order ("ORDER
-//! BY Clause (Transact-SQL)", Limitations and Restrictions); a key drawn
-//! by a default (`NEWID()`, a code) has no such guarantee, so those rows
-//! are inserted one by one through the sync's statements.
+//! BY Clause (Transact-SQL)", Limitations and Restrictions). A key drawn by
+//! another default (`NEWID()`, `NEWSEQUENTIALID()`, a code) has no such
+//! guarantee, and an `INSERT`'s `OUTPUT` may name only the inserted row,
+//! so those rows go in by `MERGE INTO target USING #crmsync_stage ON 1 = 0
+//! WHEN NOT MATCHED THEN INSERT … OUTPUT INSERTED.key, s.crmsync_ord INTO
+//! #crmsync_keys`: a MERGE's `OUTPUT` may name the source's columns too
+//! ("MERGE (Transact-SQL)", `<output_clause>`; "OUTPUT Clause
+//! (Transact-SQL)", `from_table_name`), so every key comes back beside its
+//! row's place.
 //!
 //! The staging columns carry the neutral type of each target column in
 //! the wire type tiberius sends it as (integers as `bigint`, text as
@@ -30,7 +36,7 @@ use tiberius::{ColumnData, IntoSql, TokenRow};
 /// The staging table of one chunk's rows (session-scoped, created and
 /// dropped inside the chunk's transaction).
 const STAGE: &str = "#crmsync_stage";
-/// The keys an IDENTITY handed out, from `OUTPUT … INTO`.
+/// The keys the insert handed out, from `OUTPUT … INTO`.
 const KEYS: &str = "#crmsync_keys";
 
 /// Rows to insert through the staging table.
@@ -197,8 +203,7 @@ impl MssqlEndpoint {
         if let Some(keys) = self.insert_staged(conn, &staged).await? {
             return Ok(keys);
         }
-        // A key drawn by a default, or a value the staging table cannot
-        // carry: row by row.
+        // A value the staging table cannot carry: row by row.
         let mut batch = WriteBatch::new(chunk.table.clone(), chunk.key.clone());
         batch.inserts = chunk
             .inserts
@@ -217,8 +222,8 @@ impl MssqlEndpoint {
 
     /// Inserts `s.rows` by a bulk load into a staging table and one
     /// `INSERT … SELECT`, inside the caller's transaction; the keys of the
-    /// new rows in row order, or `None` (nothing written) when the key is
-    /// drawn by a default or a value does not fit its staging column.
+    /// new rows in row order, or `None` (nothing written) when a value does
+    /// not fit its staging column.
     pub(super) async fn insert_staged(
         &self,
         conn: &mut TdsClient,
@@ -231,9 +236,6 @@ impl MssqlEndpoint {
             .position(|c| c.eq_ignore_ascii_case(s.key))
             .filter(|i| s.exprs[*i].is_none());
         let key_col = column(s.table, s.key)?;
-        if given.is_none() && !key_col.identity {
-            return Ok(None);
-        }
         // The staged columns: those whose values travel.
         let staged: Vec<usize> = (0..s.columns.len())
             .filter(|i| s.exprs[*i].is_none())
@@ -304,6 +306,34 @@ impl MssqlEndpoint {
                     })
                     .collect()
             }
+            None if !key_col.identity => {
+                // A key another default draws: MERGE pairs each with its
+                // row's place. OUTPUT … INTO, because SQL Server refuses a
+                // bare OUTPUT on a table with triggers (error 334).
+                let values: Vec<String> = s
+                    .exprs
+                    .iter()
+                    .zip(&select)
+                    .map(|(e, sel)| match e {
+                        Some(_) => sel.clone(),
+                        None => format!("s.{sel}"),
+                    })
+                    .collect();
+                let sql = format!(
+                    "CREATE TABLE {KEYS} (k {}, crmsync_ord int NOT NULL); \
+                     MERGE INTO {table} AS t USING {STAGE} AS s ON 1 = 0 \
+                     WHEN NOT MATCHED THEN INSERT ({}) VALUES ({}) \
+                     OUTPUT INSERTED.{}, s.crmsync_ord INTO {KEYS} (k, crmsync_ord); \
+                     SELECT k FROM {KEYS} ORDER BY crmsync_ord; \
+                     DROP TABLE {STAGE}; DROP TABLE {KEYS}",
+                    self.declaration(s.table, s.key),
+                    names.join(", "),
+                    values.join(", "),
+                    quote(s.key),
+                );
+                self.inserted_keys(conn, sql, &target, s.rows.len(), t)
+                    .await?
+            }
             None => {
                 // IDENTITY values follow the ORDER BY: sorted in the
                 // direction of the increment, the n-th key is the n-th row's.
@@ -320,38 +350,51 @@ impl MssqlEndpoint {
                     select.join(", "),
                     if descending { " DESC" } else { "" }
                 );
-                let what = format!("inserting into {target}");
-                let rows = conn
-                    .simple_query(sql)
-                    .await
-                    .map_err(|e| self.query_error(what.clone(), e))?
-                    .into_results()
-                    .await
-                    .map_err(|e| self.query_error(what.clone(), e))?;
-                let keys = rows
-                    .into_iter()
-                    .flatten()
-                    .map(|r| {
-                        r.into_iter()
-                            .next()
-                            .map(|d| super::from_column(&d))
-                            .transpose()
-                            .map(|v| v.unwrap_or(Value::Null))
-                    })
-                    .collect::<tiberius::Result<Vec<Value>>>()
-                    .map_err(|e| self.query_error("decoding inserted keys", e))?;
-                tracing::debug!("{} rows inserted at {:?}", keys.len(), t.elapsed());
-                if keys.len() != s.rows.len() {
-                    return Err(EndpointError::Schema(format!(
-                        "inserting {} rows into {target} returned {} keys",
-                        s.rows.len(),
-                        keys.len()
-                    )));
-                }
-                keys
+                self.inserted_keys(conn, sql, &target, s.rows.len(), t)
+                    .await?
             }
         };
         Ok(Some(keys))
+    }
+
+    /// Runs the batch that inserts the staged rows and selects their keys
+    /// in row order; the keys, one per row.
+    async fn inserted_keys(
+        &self,
+        conn: &mut TdsClient,
+        sql: String,
+        target: &str,
+        expected: usize,
+        since: std::time::Instant,
+    ) -> Result<Vec<Value>> {
+        let what = format!("inserting into {target}");
+        let rows = conn
+            .simple_query(sql)
+            .await
+            .map_err(|e| self.query_error(what.clone(), e))?
+            .into_results()
+            .await
+            .map_err(|e| self.query_error(what.clone(), e))?;
+        let keys = rows
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                r.into_iter()
+                    .next()
+                    .map(|d| super::from_column(&d))
+                    .transpose()
+                    .map(|v| v.unwrap_or(Value::Null))
+            })
+            .collect::<tiberius::Result<Vec<Value>>>()
+            .map_err(|e| self.query_error("decoding inserted keys", e))?;
+        tracing::debug!("{} rows inserted at {:?}", keys.len(), since.elapsed());
+        if keys.len() != expected {
+            return Err(EndpointError::Schema(format!(
+                "inserting {expected} rows into {target} returned {} keys",
+                keys.len()
+            )));
+        }
+        Ok(keys)
     }
 
     /// Creates the staging table: a column per wire type, then the row's

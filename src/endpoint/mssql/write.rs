@@ -131,8 +131,7 @@ impl MssqlEndpoint {
     /// table (`load`), when there are many and they are alike: the same
     /// columns, each a value in every row, or the server's clock in every
     /// row, or (the key) an id from `eware_get_identity_id`, drawn as a
-    /// block in one round trip. `None` when the batch is not such, or its
-    /// key is drawn by a default.
+    /// block in one round trip. `None` when the batch is not such.
     async fn staged_inserts(
         &self,
         conn: &mut TdsClient,

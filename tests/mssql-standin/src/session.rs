@@ -1399,12 +1399,19 @@ impl Session {
                     })
                 }
             },
+            Statement::Merge(m) => match &m.table {
+                sqlparser::ast::TableFactor::Table { name, .. } => {
+                    Some(translate::object_base_name(name))
+                }
+                _ => None,
+            },
             _ => None,
         };
         let has_output = match &stmt {
             Statement::Insert(i) => i.output.is_some(),
             Statement::Update(u) => u.output.is_some(),
             Statement::Delete(d) => d.output.is_some(),
+            Statement::Merge(m) => m.output.is_some(),
             _ => false,
         };
         let cat = self.shared.catalog.read().await;
@@ -1438,6 +1445,12 @@ impl Session {
                     ));
                 }
             }
+        }
+        if let Some(merge) = tr.merge_insert.take() {
+            let Some(into) = tr.output_into.take() else {
+                return Err(SqlError::unsupported("MERGE … OUTPUT without INTO"));
+            };
+            return self.run_merge_insert(tr, merge, into, out).await;
         }
         if let Some(into) = tr.output_into.take() {
             return self
@@ -1594,6 +1607,104 @@ impl Session {
                 }
             }
         }
+        self.done_count(out, n);
+        Ok(())
+    }
+
+    /// Runs an insert-only `MERGE … OUTPUT … INTO` ("MERGE (Transact-SQL)")
+    /// as one PostgreSQL statement: a data-modifying WITH whose first part
+    /// is the source's rows that match nothing, with every target default
+    /// that an `INSERTED.c` item reads drawn once per row (materialized, so
+    /// a `gen_random_uuid()` or `nextval` is evaluated once); one INSERT of
+    /// those rows, the drawn values given explicitly, which fires the
+    /// target's triggers as any INSERT does; and an INSERT of the OUTPUT
+    /// rows, computed from the same drawn values and the source's own
+    /// columns, into the INTO target.
+    async fn run_merge_insert(
+        &mut self,
+        tr: Translated,
+        m: translate::MergeInsert,
+        into: translate::OutputInto,
+        out: &mut Out,
+    ) -> Result<(), SqlError> {
+        let cols = self
+            .pg
+            .query(
+                "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                 COALESCE(pg_get_expr(d.adbin, d.adrelid), \
+                   CASE WHEN a.attidentity <> '' THEN \
+                     format('nextval(%L::regclass)', pg_get_serial_sequence($1, a.attname)) END) \
+                 FROM pg_attribute a \
+                 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                 WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+                &[&m.target],
+            )
+            .await
+            .map_err(|e| map_pg_error(&e, None))?;
+        let s = &m.source_alias;
+        let mut insert_cols = m.columns.clone();
+        let mut insert_vals = m.values.clone();
+        let mut drawn = String::new();
+        let mut outputs = m.outputs.join(", ");
+        for (i, col) in m.inserted.iter().enumerate() {
+            let Some(row) = cols.iter().find(|r| r.get::<_, String>(0) == *col) else {
+                return Err(SqlError::new(
+                    207,
+                    16,
+                    format!("Invalid column name '{col}'."),
+                ));
+            };
+            let ty: String = row.get(1);
+            let quoted = translate::pg_ident(col);
+            let expr = match (
+                m.columns.iter().position(|c| *c == quoted),
+                row.get::<_, Option<String>>(2),
+            ) {
+                // A column the INSERT gives: its value, as the column stores it.
+                (Some(at), _) => format!("CAST(({}) AS {ty})", m.values[at]),
+                // Drawn by its default, once per source row.
+                (None, Some(default)) => {
+                    let name = format!("\"__standin_d_{i}\"");
+                    drawn.push_str(&format!(", CAST(({default}) AS {ty}) AS {name}"));
+                    insert_cols.push(quoted);
+                    insert_vals.push(format!("{s}.{name}"));
+                    format!("{s}.{name}")
+                }
+                (None, None) => format!("CAST(NULL AS {ty})"),
+            };
+            outputs = outputs.replace(&translate::inserted_placeholder(i), &expr);
+        }
+        let predicate = m
+            .predicate
+            .as_ref()
+            .map(|p| format!(" AND ({p})"))
+            .unwrap_or_default();
+        let into_cols = if into.columns.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", into.columns.join(", "))
+        };
+        let sql = format!(
+            "WITH __standin_src AS MATERIALIZED (SELECT {s}.*{drawn} FROM {source} \
+             WHERE NOT EXISTS (SELECT 1 FROM {target_from} WHERE {on}){predicate}), \
+             __standin_ins AS (INSERT INTO {target} ({icols}) SELECT {ivals} FROM __standin_src AS {s} RETURNING 1), \
+             __standin_into AS (INSERT INTO {into_table}{into_cols} SELECT {outputs} FROM __standin_src AS {s}) \
+             SELECT count(*) FROM __standin_ins",
+            source = m.source_from,
+            target_from = m.target_from,
+            on = m.on,
+            target = m.target,
+            icols = insert_cols.join(", "),
+            ivals = insert_vals.join(", "),
+            into_table = into.table,
+        );
+        let tr = Translated { sql, ..tr };
+        let rows = self.query(&tr).await?;
+        let n = rows
+            .first()
+            .and_then(|r| r.try_get::<_, i64>(0).ok())
+            .unwrap_or(0) as u64;
+        self.rowcount = n as i64;
         self.done_count(out, n);
         Ok(())
     }

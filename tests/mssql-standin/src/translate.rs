@@ -45,6 +45,44 @@ pub struct Translated {
     pub assigns: Vec<Option<String>>,
     /// `OUTPUT … INTO`: where the output rows go instead of the client.
     pub output_into: Option<OutputInto>,
+    /// A `MERGE … WHEN NOT MATCHED THEN INSERT … OUTPUT`, in pieces.
+    pub merge_insert: Option<MergeInsert>,
+}
+
+/// A `MERGE … WHEN NOT MATCHED THEN INSERT (…) VALUES (…) OUTPUT …` in
+/// translated pieces. PostgreSQL 15's MERGE has no RETURNING, so the session
+/// assembles a data-modifying WITH from them once it has read the target's
+/// column defaults: the source rows that match nothing, with each default
+/// an OUTPUT item reads drawn once per row, inserted by one INSERT (whose
+/// AFTER triggers fire once, as for any INSERT), and the OUTPUT rows
+/// computed from the same drawn values beside the source's own columns
+/// ("MERGE (Transact-SQL)": OUTPUT may name the source's columns).
+#[derive(Debug, Clone)]
+pub struct MergeInsert {
+    /// The target relation, schema-qualified, for `INSERT INTO` and the
+    /// catalog.
+    pub target: String,
+    /// The target with its alias, as a FROM item (the ON test).
+    pub target_from: String,
+    /// The source as a FROM item, and the name its columns go by.
+    pub source_from: String,
+    pub source_alias: String,
+    pub on: String,
+    /// `WHEN NOT MATCHED AND …`.
+    pub predicate: Option<String>,
+    /// The INSERT's columns (PostgreSQL names) and values.
+    pub columns: Vec<String>,
+    pub values: Vec<String>,
+    /// The OUTPUT items (`… AS __out_i`), where `INSERTED.c` stands as
+    /// [`inserted_placeholder`]`(i)` for `inserted[i]`.
+    pub outputs: Vec<String>,
+    /// Lower-case names of the target columns `INSERTED.` reads.
+    pub inserted: Vec<String>,
+}
+
+/// The stand-in text for `INSERTED.c` in a [`MergeInsert`]'s outputs.
+pub fn inserted_placeholder(i: usize) -> String {
+    format!("\"__standin_inserted_{i}\"")
 }
 
 /// The target of `OUTPUT … INTO table [(columns)]`: the statement's
@@ -1169,6 +1207,7 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
     let mut names = Vec::new();
     let mut assigns = Vec::new();
     let mut output_into = None;
+    let mut merge_output: Option<(Vec<SelectItem>, Vec<String>)> = None;
     // UPDATE … OUTPUT DELETED.x reads the old row through a self-join.
     if let Statement::Update(up) = &stmt {
         if let Some(rewritten) = update_output_deleted(up)? {
@@ -1252,8 +1291,10 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
         Statement::Merge(m) => {
             // PostgreSQL requires MERGE INTO; T-SQL makes INTO optional.
             m.into = true;
-            if m.output.is_some() {
-                return Err(SqlError::unsupported("MERGE … OUTPUT"));
+            if let Some(out) = m.output.take() {
+                let mut o = merge_output_items(m, out)?;
+                output_into = output_target(o.into.take(), &mut o.items)?;
+                merge_output = Some((o.items, o.inserted));
             }
             // SET targets and INSERT columns name the target's columns,
             // bracketed or not, as UPDATE's and INSERT's do.
@@ -1297,6 +1338,15 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
     }
     let mut t = Translator::new(env);
     let _ = stmt.visit(&mut t);
+    let merge_insert = match (merge_output, &stmt) {
+        (Some((mut items, inserted)), Statement::Merge(m)) if t.error.is_none() => {
+            for item in items.iter_mut() {
+                let _ = item.visit(&mut t);
+            }
+            Some(merge_pieces(m, &items, inserted)?)
+        }
+        _ => None,
+    };
     if let Some(e) = t.error {
         return Err(e);
     }
@@ -1307,6 +1357,144 @@ pub fn translate_statement(mut stmt: Statement, env: &Env<'_>) -> Result<Transla
         names,
         assigns,
         output_into,
+        merge_insert,
+    })
+}
+
+/// The OUTPUT of an insert-only `MERGE`, taken apart.
+struct MergeOutput {
+    items: Vec<SelectItem>,
+    into: Option<sqlparser::ast::SelectInto>,
+    /// Lower-case names of the columns `INSERTED.` reads.
+    inserted: Vec<String>,
+}
+
+/// The OUTPUT items of a `MERGE` that only inserts (one `WHEN NOT MATCHED
+/// [BY TARGET] THEN INSERT (…) VALUES (…)`), with `INSERTED.c` replaced by
+/// placeholders and `DELETED.c` by NULL (an inserted row has no old
+/// values), the columns `INSERTED.` names, and the INTO target.
+fn merge_output_items(
+    m: &sqlparser::ast::Merge,
+    out: OutputClause,
+) -> Result<MergeOutput, SqlError> {
+    use sqlparser::ast::{MergeAction, MergeClauseKind, MergeInsertKind};
+    let only_insert = match m.clauses.as_slice() {
+        [c] => {
+            matches!(
+                c.clause_kind,
+                MergeClauseKind::NotMatched | MergeClauseKind::NotMatchedByTarget
+            ) && matches!(&c.action, MergeAction::Insert(i)
+                if matches!(&i.kind, MergeInsertKind::Values(v) if v.rows.len() == 1))
+        }
+        _ => false,
+    };
+    if !only_insert {
+        return Err(SqlError::unsupported(
+            "MERGE … OUTPUT other than one WHEN NOT MATCHED THEN INSERT … VALUES",
+        ));
+    }
+    let (mut items, into) = match out {
+        OutputClause::Output {
+            select_items,
+            into_table,
+            ..
+        } => (select_items, into_table),
+        OutputClause::Returning { select_items, .. } => (select_items, None),
+    };
+    let mut inserted: Vec<String> = Vec::new();
+    for item in items.iter_mut() {
+        let _ = sqlparser::ast::visit_expressions_mut(item, |e| {
+            if let Expr::CompoundIdentifier(ids) = e {
+                if ids.len() == 2 {
+                    let col = ids[1].value.to_lowercase();
+                    if ids[0].value.eq_ignore_ascii_case("inserted") {
+                        let i = match inserted.iter().position(|c| *c == col) {
+                            Some(i) => i,
+                            None => {
+                                inserted.push(col);
+                                inserted.len() - 1
+                            }
+                        };
+                        *e = raw(inserted_placeholder(i));
+                    } else if ids[0].value.eq_ignore_ascii_case("deleted") {
+                        *e = raw("(NULL)");
+                    }
+                }
+            }
+            ControlFlow::<()>::Continue(())
+        });
+        if matches!(
+            item,
+            SelectItem::Wildcard(_) | SelectItem::QualifiedWildcard(..)
+        ) {
+            return Err(SqlError::unsupported("MERGE … OUTPUT *"));
+        }
+    }
+    Ok(MergeOutput {
+        items,
+        into,
+        inserted,
+    })
+}
+
+/// The translated pieces of an insert-only `MERGE … OUTPUT`.
+fn merge_pieces(
+    m: &sqlparser::ast::Merge,
+    items: &[SelectItem],
+    inserted: Vec<String>,
+) -> Result<MergeInsert, SqlError> {
+    use sqlparser::ast::{MergeAction, MergeInsertKind};
+    let TableFactor::Table { name, alias, .. } = &m.table else {
+        return Err(SqlError::unsupported("MERGE into a derived table"));
+    };
+    let mut target = name.to_string();
+    if !target.contains('.') && !target.starts_with("\"#") {
+        target = format!("\"dbo\".{target}");
+    }
+    let target_from = match alias {
+        Some(a) => format!("{target} AS {}", a.name),
+        None => target.clone(),
+    };
+    let source_alias = match &m.source {
+        TableFactor::Table { alias: Some(a), .. } | TableFactor::Derived { alias: Some(a), .. } => {
+            a.name.to_string()
+        }
+        TableFactor::Table { name, .. } => match name.0.last() {
+            Some(ObjectNamePart::Identifier(i)) => i.to_string(),
+            _ => return Err(SqlError::syntax("USING")),
+        },
+        _ => return Err(SqlError::unsupported("MERGE … USING without an alias")),
+    };
+    let clause = &m.clauses[0];
+    let (columns, values) = match &clause.action {
+        MergeAction::Insert(ins) => match &ins.kind {
+            MergeInsertKind::Values(v) => (
+                ins.columns.iter().map(|c| c.to_string()).collect(),
+                v.rows[0].iter().map(|e| e.to_string()).collect::<Vec<_>>(),
+            ),
+            _ => return Err(SqlError::unsupported("MERGE … INSERT ROW")),
+        },
+        _ => return Err(SqlError::unsupported("MERGE … OUTPUT")),
+    };
+    let columns: Vec<String> = columns;
+    if columns.len() != values.len() {
+        return Err(SqlError::new(
+            109,
+            15,
+            "There are more columns in the INSERT statement than values specified in the VALUES clause. The number of values in the VALUES clause must match the number of columns specified in the INSERT statement.",
+        ));
+    }
+    Ok(MergeInsert {
+        target,
+        target_from,
+        source_from: m.source.to_string(),
+        source_alias,
+        on: m.on.to_string(),
+        predicate: clause.predicate.as_ref().map(|p| p.to_string()),
+        columns,
+        values,
+        outputs: items.iter().map(|i| i.to_string()).collect(),
+        inserted,
     })
 }
 

@@ -129,6 +129,18 @@ SELECT x.name, x.table_oid::int AS parent_object_id,
        (CASE WHEN x.is_primary_key THEN 'PK' ELSE 'UQ' END)::text AS type
 FROM mssql_standin.indexes x WHERE x.is_primary_key OR x.is_unique_constraint;
 
+-- "sys.partitions": a row per partition of each heap or index, rows the
+-- approximate row count; here one partition of the heap or clustered index
+-- (index_id 1) per table, counted as sys.dm_db_partition_stats counts it.
+CREATE OR REPLACE VIEW mssql_sys.partitions AS
+SELECT k.oid::bigint AS partition_id, k.oid::int AS object_id, 1 AS index_id,
+       1 AS partition_number, k.oid::bigint AS hobt_id,
+       (pg_stat_get_live_tuples(k.oid) + pg_stat_get_xact_tuples_inserted(k.oid)
+        - pg_stat_get_xact_tuples_deleted(k.oid))::bigint AS rows,
+       0::int2 AS data_compression
+FROM pg_class k
+WHERE k.relkind = 'r' AND k.oid IN (SELECT table_oid FROM mssql_standin.columns);
+
 -- Register the views' columns in the side catalog so results carry SQL
 -- Server types and names (INFORMATION_SCHEMA in upper case, sys in lower).
 DELETE FROM mssql_standin.columns WHERE table_schema IN ('sys', 'INFORMATION_SCHEMA');
@@ -143,7 +155,7 @@ SELECT a.attrelid, a.attnum,
             WHEN a.attname::text LIKE 'is\_%' OR a.attname::text LIKE 'has\_%' THEN 'bit'
             WHEN a.atttypid = 'int4'::regtype THEN 'int'
             WHEN a.atttypid = 'int2'::regtype AND a.attname::text = 'precision' THEN 'tinyint'
-            WHEN a.atttypid = 'int2'::regtype AND a.attname::text IN ('scale', 'type', 'system_type_id', 'numeric_precision', 'compatibility_level') THEN 'tinyint'
+            WHEN a.atttypid = 'int2'::regtype AND a.attname::text IN ('scale', 'type', 'system_type_id', 'numeric_precision', 'compatibility_level', 'data_compression') THEN 'tinyint'
             WHEN a.atttypid = 'int2'::regtype THEN 'smallint'
             WHEN a.atttypid = 'int8'::regtype THEN 'bigint'
             WHEN a.attname::text IN ('type') THEN 'char(2)'

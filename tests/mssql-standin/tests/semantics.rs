@@ -1028,6 +1028,128 @@ async fn output_without_into_is_334_on_a_triggered_table_and_into_works() {
     assert!(id.is_some());
 }
 
+/// 13. An insert-only MERGE whose OUTPUT names the source's columns beside
+/// the new rows' ("MERGE (Transact-SQL)": "<output_clause> Returns a row for
+/// every row in target_table that's updated, inserted, or deleted", and
+/// the OUTPUT list may reference columns of the source table;
+/// "OUTPUT Clause (Transact-SQL)": `from_table_name` "is a column prefix
+/// that specifies a table included in the FROM clause of a DELETE,
+/// UPDATE, or MERGE statement", which INSERT's OUTPUT cannot name). Each
+/// key a default draws (`NEWID()`, a text code) comes back with its
+/// source row's place, `OUTPUT … INTO` is allowed on a table with a
+/// trigger while a bare `OUTPUT` is error 334, the AFTER INSERT trigger
+/// runs once for the statement and sees every row, and a source row that
+/// matches a target row by the ON condition is not inserted.
+#[tokio::test]
+async fn merge_output_pairs_default_keys_with_source_columns() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.Coded (Id uniqueidentifier NOT NULL DEFAULT NEWID() PRIMARY KEY, \
+         Code nvarchar(40) NOT NULL DEFAULT (N'C-' + CONVERT(nvarchar(36), NEWID())), \
+         Name nvarchar(20) NULL, At datetime2(3) NOT NULL DEFAULT SYSDATETIME())",
+    )
+    .await;
+    exec(
+        &mut c,
+        "CREATE TABLE dbo.CodedAudit (Id uniqueidentifier NULL, Rows int NULL)",
+    )
+    .await;
+    exec(
+        &mut c,
+        "CREATE TRIGGER dbo.Coded_Audit ON dbo.Coded AFTER INSERT AS\n\
+         BEGIN\n  SET NOCOUNT ON\n  INSERT INTO dbo.CodedAudit (Id, Rows) SELECT Id, (SELECT COUNT(*) FROM inserted) FROM inserted\nEND",
+    )
+    .await;
+    exec(
+        &mut c,
+        "CREATE TABLE #src (Name nvarchar(20) NULL, Place int NOT NULL); \
+         INSERT INTO #src (Name, Place) VALUES (N'e', 5), (N'a', 1), (N'd', 4), (N'b', 2), (N'c', 3)",
+    )
+    .await;
+    let bare = server_error(
+        &mut c,
+        "MERGE INTO dbo.Coded AS t USING #src AS s ON 1 = 0 \
+         WHEN NOT MATCHED THEN INSERT (Name) VALUES (s.Name) OUTPUT INSERTED.Id, s.Place;",
+    )
+    .await;
+    assert_eq!(bare.code(), 334, "{bare}");
+    let merge = "MERGE INTO dbo.Coded AS t USING #src AS s ON 1 = 0 \
+         WHEN NOT MATCHED THEN INSERT (Name) VALUES (s.Name) \
+         OUTPUT INSERTED.Id, INSERTED.Code, INSERTED.Name, s.Place INTO #keys (Id, Code, Name, Place);";
+    let done = c
+        .execute(
+            format!(
+                "CREATE TABLE #keys (Id uniqueidentifier NULL, Code nvarchar(40) NULL, \
+                 Name nvarchar(20) NULL, Place int NULL); {merge}"
+            ),
+            &[],
+        )
+        .await
+        .expect("MERGE … OUTPUT … INTO");
+    assert_eq!(done.total(), 5, "the MERGE counts the rows it inserted");
+    // Every output row names the stored row its source row became.
+    let paired: Vec<(i32, String)> = rows(
+        &mut c,
+        "SELECT k.Place, t.Name FROM #keys k JOIN dbo.Coded t ON t.Id = k.Id AND t.Code = k.Code \
+         AND t.Name = k.Name ORDER BY k.Place",
+    )
+    .await
+    .iter()
+    .map(|r| {
+        (
+            r.get::<i32, _>(0).unwrap(),
+            r.get::<&str, _>(1).unwrap().to_string(),
+        )
+    })
+    .collect();
+    let expected: Vec<(i32, String)> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i as i32 + 1, n.to_string()))
+        .collect();
+    assert_eq!(paired, expected);
+    let codes: Option<i32> = scalar(
+        &mut c,
+        "SELECT COUNT(DISTINCT Code) FROM dbo.Coded WHERE Code LIKE N'C-%'",
+    )
+    .await;
+    assert_eq!(codes, Some(5), "each row drew its own code");
+    // One trigger run that saw all five rows.
+    let audit: Vec<(i32, i32)> = rows(
+        &mut c,
+        "SELECT COUNT(*), MIN(Rows) FROM dbo.CodedAudit a JOIN dbo.Coded t ON t.Id = a.Id",
+    )
+    .await
+    .iter()
+    .map(|r| (r.get::<i32, _>(0).unwrap(), r.get::<i32, _>(1).unwrap()))
+    .collect();
+    assert_eq!(audit, [(5, 5)]);
+    // Matched by the ON condition: nothing more is inserted.
+    exec(&mut c, "INSERT INTO #src (Name, Place) VALUES (N'f', 6)").await;
+    let done = c
+        .execute(
+            "DELETE FROM #keys; MERGE INTO dbo.Coded AS t USING #src AS s ON t.Name = s.Name \
+             WHEN NOT MATCHED THEN INSERT (Name) VALUES (s.Name) \
+             OUTPUT INSERTED.Id, s.Place INTO #keys (Id, Place);",
+            &[],
+        )
+        .await
+        .expect("a second MERGE");
+    assert_eq!(done.rows_affected().last(), Some(&1));
+    let only: Option<i32> = scalar(
+        &mut c,
+        "SELECT k.Place FROM #keys k JOIN dbo.Coded t ON t.Id = k.Id AND t.Name = N'f'",
+    )
+    .await;
+    assert_eq!(only, Some(6));
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM dbo.Coded").await,
+        Some(6)
+    );
+}
+
 /// 12. A bulk load without KEEP_NULLS stores a column's default where NULL
 /// is sent ("INSERT (BULK) (Transact-SQL)": "KEEP_NULLS Specifies that
 /// empty columns should retain a null value during the bulk-import
@@ -1082,8 +1204,9 @@ async fn bulk_load_without_keep_nulls_stores_column_defaults() {
 /// leaf_delete_count, "Cumulative count of leaf-level deletes", with
 /// leaf_ghost_count for deletes ghosted first), and its row count is in
 /// "sys.dm_db_partition_stats (Transact-SQL)" (row_count, index_id 0 for a
-/// heap, 1 for a clustered index). An UPDATE or INSERT leaves the delete
-/// count alone.
+/// heap, 1 for a clustered index) and "sys.partitions (Transact-SQL)"
+/// (rows, "the approximate number of rows in this partition"). An UPDATE or
+/// INSERT leaves the delete count alone.
 #[tokio::test]
 async fn operational_stats_count_deletes_at_once_for_every_session() {
     let s = standin().await;
@@ -1115,6 +1238,13 @@ async fn operational_stats_count_deletes_at_once_for_every_session() {
     )
     .await;
     assert_eq!(count, Some(2));
+    let rows: Option<i64> = scalar(
+        &mut reader,
+        "SELECT CAST(SUM(p.rows) AS bigint) FROM sys.partitions p \
+         WHERE p.object_id = OBJECT_ID('dbo.t') AND p.index_id IN (0, 1)",
+    )
+    .await;
+    assert_eq!(rows, Some(2));
 }
 
 /// 13. Built-ins newer than SQL Server 2016, the oldest version crmsync
