@@ -654,7 +654,7 @@ async fn deployment(site: Site) {
         &mut d.erp,
         &format!(
             "INSERT INTO erp.contact (supplier_id, first_name, last_name)
-             SELECT supplier_id, N'Heidi', N'Hill' FROM erp.supplier WHERE crm_company_id = {acme}"
+             SELECT supplier_id, N'Heidi', N'O''Hill-Ødegård 🙂' FROM erp.supplier WHERE crm_company_id = {acme}"
         ),
     )
     .await;
@@ -732,7 +732,32 @@ async fn deployment(site: Site) {
         "UPDATE erp.supplier SET primary_contact_id = NULL
           WHERE primary_contact_id IN (SELECT contact_id FROM erp.contact WHERE first_name = N'Frank');
          DELETE FROM erp.contact WHERE first_name = N'Frank';
-         UPDATE erp.supplier SET is_deleted = 1 WHERE name = N'Hooli'",
+         UPDATE erp.supplier SET is_deleted = 1 WHERE name = N'Hooli';
+         UPDATE erp.supplier SET phone = NULL WHERE name = N'Umbrella';
+         UPDATE erp.contact SET supplier_id =
+             (SELECT supplier_id FROM erp.supplier WHERE name = N'Umbrella')
+          WHERE first_name = N'Heidi'",
+    )
+    .await;
+    // Bob moves to Umbrella in CRM, Heidi in the ERP.
+    touch(
+        &mut d.crm,
+        &format!(
+            "UPDATE dbo.Person SET Pers_CompanyId = {umbrella}, Pers_UpdatedDate = GETDATE(), \
+             Pers_TimeStamp = GETDATE() WHERE Pers_PersonId = {bob}"
+        ),
+    )
+    .await;
+    // Sage deletes Acme's e-mail: the link and the e-mail flagged.
+    exec(
+        &mut d.crm,
+        &format!(
+            "UPDATE dbo.Email SET Emai_Deleted = 1, Emai_UpdatedDate = GETDATE() \
+             WHERE Emai_EmailId = (SELECT ELink_EmailId FROM dbo.EmailLink \
+               WHERE ELink_RecordID = {acme} AND ELink_EntityID = 5); \
+             UPDATE dbo.EmailLink SET ELink_Deleted = 1, ELink_UpdatedDate = GETDATE() \
+             WHERE ELink_RecordID = {acme} AND ELink_EntityID = 5"
+        ),
     )
     .await;
     touch(
@@ -788,6 +813,44 @@ async fn deployment(site: Site) {
         .await,
         1,
         "the ERP's flag soft-deleted the company"
+    );
+    assert_eq!(
+        count(
+            &mut d.erp,
+            &format!(
+                "SELECT COUNT(*) FROM erp.contact c JOIN erp.supplier s \
+                   ON s.supplier_id = c.supplier_id \
+                 WHERE s.crm_company_id = {umbrella} AND c.first_name IN (N'Bobby', N'Heidi') \
+                   AND c.last_name IN (N'Baker', N'O''Hill-Ødegård 🙂')"
+            )
+        )
+        .await,
+        2,
+        "Bob and Heidi work for Umbrella on both sides"
+    );
+    assert_eq!(
+        one_text(
+            &mut d.erp,
+            &format!(
+                "SELECT ISNULL(email, N'none') FROM erp.supplier WHERE crm_company_id = {acme}"
+            )
+        )
+        .await
+        .as_deref(),
+        Some("none"),
+        "Sage's e-mail delete empties the ERP's column"
+    );
+    assert_eq!(
+        count(
+            &mut d.crm,
+            &format!(
+                "SELECT COUNT(*) FROM dbo.PhoneLink WHERE PLink_RecordID = {umbrella} \
+                 AND PLink_EntityID = 5 AND PLink_Deleted IS NULL"
+            )
+        )
+        .await,
+        0,
+        "the ERP's emptied phone ends the CRM phone link"
     );
 
     // A run while another holds the entity's lock exits 1 and writes
@@ -977,6 +1040,33 @@ async fn deployment(site: Site) {
         "no company inserted twice"
     );
 
+    if d.site.ids == Ids::StoredProcedure {
+        for (table, key) in [
+            ("Company", "Comp_CompanyId"),
+            ("Person", "Pers_PersonId"),
+            ("Phone", "Phon_PhoneId"),
+            ("PhoneLink", "PLink_LinkID"),
+            ("Email", "Emai_EmailId"),
+            ("EmailLink", "ELink_LinkID"),
+            ("Address", "Addr_AddressId"),
+            ("Address_Link", "AdLi_AddressLinkId"),
+        ] {
+            assert_eq!(
+                count(
+                    &mut d.crm,
+                    &format!(
+                        "SELECT COUNT(*) FROM dbo.SQL_Identity i JOIN dbo.Custom_Tables t \
+                           ON t.Bord_TableId = i.Id_TableId \
+                         WHERE t.Bord_Name = N'{table}' \
+                           AND i.Id_NextId > (SELECT ISNULL(MAX({key}), 0) FROM dbo.{table})"
+                    )
+                )
+                .await,
+                1,
+                "{table}: eware_get_identity_id would hand out an id in use"
+            );
+        }
+    }
     for args in [&["verify"][..], &["status", "--max-lag", "10m"], &["check"]] {
         let (code, out) = d.run(args).await;
         assert_eq!(code, 0, "{out}");
@@ -993,6 +1083,14 @@ async fn deployment(site: Site) {
                 );
             }
             assert!(!out.contains("did not finish"), "{out}");
+            // Each side's lag by its own clock: seconds, whatever the zones.
+            let lags: Vec<f64> = out
+                .split(", lag ")
+                .skip(1)
+                .map(|l| l.split(' ').next().unwrap().parse().unwrap())
+                .collect();
+            assert!(!lags.is_empty(), "{out}");
+            assert!(lags.iter().all(|l| (0.0..120.0).contains(l)), "{out}");
         }
     }
     let quiet = d.sync_all().await;
@@ -1062,5 +1160,152 @@ async fn the_example_mapping_all_on_sql_server_with_varchar_and_uuid_erp_keys() 
             ty: "uniqueidentifier",
         },
     })
+    .await;
+}
+
+/// Many new ERP suppliers, each with a phone, an e-mail, a city and two
+/// contacts, the first its primary one, arriving in a Sage CRM on SQL
+/// Server in pages large enough to be inserted set-based: every company,
+/// child row and person once, by Sage's rules, the cycle complete, ids
+/// that `eware_get_identity_id` will not hand out again.
+async fn many_from_the_erp(site: Site, backfill: bool) {
+    let mut d = Deployment::new(site).await;
+    let rows: Vec<String> = (1..=45)
+        .map(|i| {
+            format!(
+                "(N'Erp {i}', N'A', 'e-{i}', N'+49 30 {i}', N'erp{i}@example.com', N'City {i}')"
+            )
+        })
+        .collect();
+    exec(
+        &mut d.erp,
+        &format!(
+            "INSERT INTO erp.supplier (name, status, code, phone, email, city) VALUES {};
+             INSERT INTO erp.contact (supplier_id, first_name, last_name)
+             SELECT supplier_id, N'First', name FROM erp.supplier;
+             INSERT INTO erp.contact (supplier_id, first_name, last_name)
+             SELECT supplier_id, N'Second', name FROM erp.supplier;
+             UPDATE s SET primary_contact_id = c.contact_id
+               FROM erp.supplier s JOIN erp.contact c
+                 ON c.supplier_id = s.supplier_id AND c.first_name = N'First'",
+            rows.join(", ")
+        ),
+    )
+    .await;
+    if backfill {
+        let (code, out) = d.run(&["backfill", "--direction", "external_to_crm"]).await;
+        assert_eq!(code, 0, "{out}");
+    }
+    let first = d.sync_all().await;
+    let open = d.open_rejects().await;
+    assert!(open.is_empty(), "{open:?}\n{first:?}");
+    assert_eq!(d.assert_in_step().await, (45, 90), "{first:?}");
+    for (table, n) in [
+        ("Company", 45),
+        ("Person", 90),
+        ("Phone", 45),
+        ("PhoneLink", 45),
+        ("Email", 45),
+        ("EmailLink", 45),
+        ("Address", 45),
+        ("Address_Link", 45),
+    ] {
+        assert_eq!(
+            count(&mut d.crm, &format!("SELECT COUNT(*) FROM dbo.{table}")).await,
+            n,
+            "{table}: each row once"
+        );
+    }
+    let prefix = ["Comp", "Pers"];
+    for (table, p) in ["Company", "Person"].into_iter().zip(prefix) {
+        assert_eq!(
+            count(
+                &mut d.crm,
+                &format!(
+                    "SELECT COUNT(*) FROM dbo.{table} WHERE {p}_CreatedBy = 2 \
+                     AND {p}_UpdatedBy = 2 AND {p}_SecTerr = {WORLDWIDE} \
+                     AND {p}_CreatedDate <= {p}_UpdatedDate AND {p}_TimeStamp IS NOT NULL \
+                     AND {p}_Deleted IS NULL"
+                )
+            )
+            .await,
+            if table == "Company" { 45 } else { 90 },
+            "{table}: written by Sage's rules"
+        );
+    }
+    if site.ids == Ids::StoredProcedure {
+        for (table, key) in [
+            ("Company", "Comp_CompanyId"),
+            ("Person", "Pers_PersonId"),
+            ("Phone", "Phon_PhoneId"),
+            ("PhoneLink", "PLink_LinkID"),
+            ("Email", "Emai_EmailId"),
+            ("EmailLink", "ELink_LinkID"),
+            ("Address", "Addr_AddressId"),
+            ("Address_Link", "AdLi_AddressLinkId"),
+        ] {
+            assert_eq!(
+                count(
+                    &mut d.crm,
+                    &format!(
+                        "SELECT COUNT(*) FROM dbo.SQL_Identity i JOIN dbo.Custom_Tables t \
+                           ON t.Bord_TableId = i.Id_TableId \
+                         WHERE t.Bord_Name = N'{table}' \
+                           AND i.Id_NextId > (SELECT ISNULL(MAX({key}), 0) FROM dbo.{table})"
+                    )
+                )
+                .await,
+                1,
+                "{table}: eware_get_identity_id would hand out an id in use"
+            );
+        }
+    }
+    let quiet = d.sync_all().await;
+    assert_eq!(writes(&quiet), 0, "{quiet:?}");
+    let (code, out) = d.run(&["verify"]).await;
+    assert_eq!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_erp_suppliers_with_children_sync_into_a_crm_with_eware_ids() {
+    many_from_the_erp(
+        Site {
+            ids: Ids::StoredProcedure,
+            state_side: "external",
+            crm_zone: "Europe/Berlin",
+            erp_zone: "UTC",
+            supplier_key: Key {
+                def: "bigint IDENTITY(1,1) NOT NULL",
+                ty: "bigint",
+            },
+            contact_key: Key {
+                def: "bigint IDENTITY(1,1) NOT NULL",
+                ty: "bigint",
+            },
+        },
+        false,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_erp_suppliers_with_children_backfill_into_a_crm_with_eware_ids() {
+    many_from_the_erp(
+        Site {
+            ids: Ids::StoredProcedure,
+            state_side: "crm",
+            crm_zone: "Europe/Berlin",
+            erp_zone: "UTC",
+            supplier_key: Key {
+                def: "uniqueidentifier NOT NULL DEFAULT NEWID()",
+                ty: "uniqueidentifier",
+            },
+            contact_key: Key {
+                def: "int IDENTITY(1,1) NOT NULL",
+                ty: "int",
+            },
+        },
+        true,
+    )
     .await;
 }
