@@ -907,6 +907,51 @@ async fn crm_schema_loads_unchanged() {
     assert_eq!(e.code(), 208);
 }
 
+/// 10. DDL: a column added with a column constraint `REFERENCES`, as
+/// "ALTER TABLE (Transact-SQL)" allows in `ADD <column_definition>`
+/// (`[ CONSTRAINT constraint_name ] REFERENCES referenced_table_name
+/// [ ( ref_column ) ]`), the way two tables that
+/// reference each other are made: the new column is checked like any
+/// foreign key (error 547), NULL allowed.
+#[tokio::test]
+async fn alter_table_adds_a_column_with_a_foreign_key() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE sup (id bigint IDENTITY(1,1) NOT NULL PRIMARY KEY, name nvarchar(10) NULL);          CREATE TABLE con (id bigint IDENTITY(1,1) NOT NULL PRIMARY KEY,                            sup_id bigint NOT NULL REFERENCES sup (id))",
+    )
+    .await;
+    exec(
+        &mut c,
+        "ALTER TABLE sup ADD primary_con bigint NULL REFERENCES con (id)",
+    )
+    .await;
+    exec(
+        &mut c,
+        "ALTER TABLE con ADD other_sup bigint NULL CONSTRAINT FK_con_other REFERENCES sup",
+    )
+    .await;
+    exec(
+        &mut c,
+        "INSERT INTO sup (name) VALUES (N'a'); INSERT INTO con (sup_id) VALUES (1); \
+         UPDATE sup SET primary_con = 1 WHERE id = 1; UPDATE con SET other_sup = 1",
+    )
+    .await;
+    for sql in [
+        "UPDATE sup SET primary_con = 99 WHERE id = 1",
+        "UPDATE con SET other_sup = 99",
+        "DELETE FROM con",
+    ] {
+        let e = server_error(&mut c, sql).await;
+        assert_eq!((e.code(), e.class()), (547, 16), "{sql}: {}", e.message());
+    }
+    assert_eq!(
+        scalar::<i64>(&mut c, "SELECT primary_con FROM sup WHERE id = 1").await,
+        Some(1)
+    );
+}
+
 /// 11. Triggers and OUTPUT ("OUTPUT Clause (Transact-SQL)"): "If the OUTPUT
 /// clause is specified without also specifying the INTO keyword, the
 /// target of the DML operation cannot have any enabled trigger defined on
