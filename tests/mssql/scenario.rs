@@ -56,17 +56,13 @@ fn swap(text: &str, from: &str, to: &str) -> String {
     text.replacen(from, to, 1)
 }
 
-/// The ERP's own habits on top of erp_schema_mssql.sql: a supplier code,
-/// the supplier's primary contact (the contact's supplier is a foreign
-/// key; the stand-in cannot add one by ALTER TABLE), every insert audited by an AFTER
-/// INSERT trigger, and `updated_at` stamped by AFTER UPDATE triggers, so
-/// that the ERP's own updates need not set it.
-fn erp_habits(contact_ty: &str) -> String {
-    format!(
-        "
+/// The ERP's own habits on top of erp_schema_mssql.sql (whose contacts
+/// and suppliers reference each other by foreign keys): a supplier code,
+/// every insert audited by an AFTER INSERT trigger, and `updated_at`
+/// stamped by AFTER UPDATE triggers, so that the ERP's own updates need
+/// not set it.
+const ERP_HABITS: &str = "
 ALTER TABLE erp.supplier ADD code varchar(12) NULL
-GO
-ALTER TABLE erp.supplier ADD primary_contact_id {contact_ty} NULL
 GO
 CREATE TABLE erp.audit (
     audit_id int IDENTITY(1,1) NOT NULL PRIMARY KEY,
@@ -91,9 +87,7 @@ CREATE TRIGGER erp.contact_touch ON erp.contact AFTER UPDATE AS
     UPDATE c SET updated_at = SYSDATETIME()
       FROM erp.contact c JOIN inserted i ON i.contact_id = c.contact_id
 GO
-"
-    )
-}
+";
 
 /// A running deployment: both servers, a session on each, the config.
 struct Deployment {
@@ -141,7 +135,12 @@ impl Deployment {
             "supplier_id     bigint NOT NULL REFERENCES",
             &format!("supplier_id {} NOT NULL REFERENCES", site.supplier_key.ty),
         );
-        schema.push_str(&erp_habits(site.contact_key.ty));
+        schema = swap(
+            &schema,
+            "ADD primary_contact_id bigint NULL",
+            &format!("ADD primary_contact_id {} NULL", site.contact_key.ty),
+        );
+        schema.push_str(ERP_HABITS);
         for batch in go_batches(&schema) {
             exec(&mut erp, &batch).await;
         }
