@@ -187,6 +187,62 @@ async fn datetime_columns_meet_datetimeoffset_parameters_at_utc() {
     }
 }
 
+/// 1 (continued). A date or time without offset converted to
+/// datetimeoffset keeps its clock time at offset +00:00, whatever the
+/// server's time zone ("datetimeoffset (Transact-SQL)", converting
+/// datetime2 and the other date and time types to datetimeoffset): a
+/// `DateTime<Utc>` parameter, which tiberius sends as datetime2, cast to
+/// a datetimeoffset column's type is that UTC instant.
+#[tokio::test]
+async fn a_value_without_offset_converts_to_datetimeoffset_at_utc() {
+    let s = standin_with(false, "America/New_York").await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE t (id int NOT NULL, at datetimeoffset(3) NOT NULL); \
+         INSERT INTO t VALUES (1, '2024-07-01 08:00:00 -04:00'), (2, '2024-07-01 09:00:00 -04:00')",
+    )
+    .await;
+    let noon = chrono::NaiveDate::from_ymd_opt(2024, 7, 1)
+        .unwrap()
+        .and_hms_opt(12, 0, 0)
+        .unwrap();
+    let utc = noon.and_utc();
+    for sql in [
+        "SELECT CAST(@P1 AS datetimeoffset(3))",
+        "SELECT CONVERT(datetimeoffset(3), @P1)",
+        "SELECT CAST(CAST('2024-07-01 12:00:00' AS datetime2) AS datetimeoffset)",
+    ] {
+        let got: Option<chrono::DateTime<chrono::FixedOffset>> = c
+            .query(sql, &[&noon])
+            .await
+            .unwrap()
+            .into_row()
+            .await
+            .unwrap()
+            .unwrap()
+            .get(0);
+        // The instant; the stand-in shows every datetimeoffset at the
+        // server's offset, where SQL Server would show +00:00 here.
+        assert_eq!(got.map(|d| d.to_utc()), Some(utc), "{sql}");
+    }
+    // 08:00 at -04:00 is 12:00 UTC.
+    let ids: Vec<i32> = c
+        .query(
+            "SELECT id FROM t WHERE at >= CAST(@P1 AS datetimeoffset(3)) ORDER BY id",
+            &[&utc],
+        )
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0).unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2]);
+}
+
 /// 2. SQL Server: nvarchar(n) holds n byte-pairs (UTF-16 code units), so a
 /// character outside the BMP takes two ("nchar and nvarchar (Transact-SQL)");
 /// a longer value raises error 2628, level 16, and the statement is
