@@ -35,6 +35,8 @@ struct Site {
     erp_zone: &'static str,
     supplier_key: Key,
     contact_key: Key,
+    /// The ERP's `updated_at` column: its type and default.
+    erp_stamp: &'static str,
 }
 
 /// The keys of Sage CRM's tables this mapping writes, which lose their
@@ -59,8 +61,8 @@ fn swap(text: &str, from: &str, to: &str) -> String {
 /// The ERP's own habits on top of erp_schema_mssql.sql (whose contacts
 /// and suppliers reference each other by foreign keys): a supplier code,
 /// every insert audited by an AFTER INSERT trigger, and `updated_at`
-/// stamped by AFTER UPDATE triggers, so that the ERP's own updates need
-/// not set it.
+/// stamped by AFTER UPDATE triggers with its column's default (`$now`),
+/// so that the ERP's own updates need not set it.
 const ERP_HABITS: &str = "
 ALTER TABLE erp.supplier ADD code varchar(12) NULL
 GO
@@ -80,11 +82,11 @@ CREATE TRIGGER erp.contact_audit ON erp.contact AFTER INSERT AS
     SELECT N'contact', CONVERT(nvarchar(40), contact_id) FROM inserted
 GO
 CREATE TRIGGER erp.supplier_touch ON erp.supplier AFTER UPDATE AS
-    UPDATE s SET updated_at = SYSDATETIME()
+    UPDATE s SET updated_at = $now
       FROM erp.supplier s JOIN inserted i ON i.supplier_id = s.supplier_id
 GO
 CREATE TRIGGER erp.contact_touch ON erp.contact AFTER UPDATE AS
-    UPDATE c SET updated_at = SYSDATETIME()
+    UPDATE c SET updated_at = $now
       FROM erp.contact c JOIN inserted i ON i.contact_id = c.contact_id
 GO
 ";
@@ -140,7 +142,15 @@ impl Deployment {
             "ADD primary_contact_id bigint NULL",
             &format!("ADD primary_contact_id {} NULL", site.contact_key.ty),
         );
-        schema.push_str(ERP_HABITS);
+        let stamp = "updated_at      datetime2(3) NOT NULL DEFAULT SYSDATETIME()";
+        assert_eq!(
+            schema.matches(stamp).count(),
+            2,
+            "erp_schema_mssql.sql changed"
+        );
+        schema = schema.replace(stamp, &format!("updated_at {}", site.erp_stamp));
+        let (_, now) = site.erp_stamp.split_once("DEFAULT ").unwrap();
+        schema.push_str(&ERP_HABITS.replace("$now", now));
         for batch in go_batches(&schema) {
             exec(&mut erp, &batch).await;
         }
@@ -958,6 +968,10 @@ async fn deployment(site: Site) {
         assert!(started.elapsed() < Duration::from_secs(60), "no progress");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // A second run while this one works: refused, exit 1.
+    let (code, out) = d.run(&["sync", "--entity", "contact"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("another crmsync run"), "{out}");
     child.kill().unwrap();
     assert_eq!(child.wait().unwrap().code(), None, "killed by a signal");
     let partial = count(&mut d.erp, temp_contacts).await;
@@ -1113,6 +1127,7 @@ async fn the_example_mapping_all_on_sql_server_with_the_state_on_the_erp() {
             def: "bigint IDENTITY(9000,1) NOT NULL",
             ty: "bigint",
         },
+        erp_stamp: "datetime2(3) NOT NULL DEFAULT SYSDATETIME()",
     })
     .await;
 }
@@ -1136,6 +1151,7 @@ async fn the_example_mapping_all_on_sql_server_with_the_state_in_the_crm() {
                   DEFAULT ('K' + LEFT(REPLACE(CONVERT(varchar(36), NEWID()), '-', ''), 9))",
             ty: "char(10)",
         },
+        erp_stamp: "datetimeoffset(3) NOT NULL DEFAULT SYSDATETIMEOFFSET()",
     })
     .await;
 }
@@ -1158,6 +1174,7 @@ async fn the_example_mapping_all_on_sql_server_with_varchar_and_uuid_erp_keys() 
             def: "uniqueidentifier NOT NULL DEFAULT NEWID()",
             ty: "uniqueidentifier",
         },
+        erp_stamp: "datetime NOT NULL DEFAULT GETDATE()",
     })
     .await;
 }
@@ -1281,6 +1298,7 @@ async fn many_erp_suppliers_with_children_sync_into_a_crm_with_eware_ids() {
                 def: "bigint IDENTITY(1,1) NOT NULL",
                 ty: "bigint",
             },
+            erp_stamp: "datetime NOT NULL DEFAULT GETDATE()",
         },
         false,
     )
@@ -1303,6 +1321,7 @@ async fn many_erp_suppliers_with_children_backfill_into_a_crm_with_eware_ids() {
                 def: "int IDENTITY(1,1) NOT NULL",
                 ty: "int",
             },
+            erp_stamp: "datetime2(7) NOT NULL DEFAULT SYSDATETIME()",
         },
         true,
     )
