@@ -963,6 +963,48 @@ async fn crm_schema_loads_unchanged() {
     assert_eq!(e.code(), 208);
 }
 
+/// 9 (continued). sys.indexes and sys.index_columns list the indexes of
+/// every schema's tables, not only dbo's ("sys.indexes (Transact-SQL)":
+/// a row per index or heap of a tabular object).
+#[tokio::test]
+async fn sys_indexes_list_tables_of_every_schema() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(&mut c, "CREATE SCHEMA erp").await;
+    exec(
+        &mut c,
+        "CREATE TABLE erp.supplier (supplier_id bigint IDENTITY(1,1) NOT NULL PRIMARY KEY, \
+         updated_at datetime2(3) NOT NULL); \
+         CREATE INDEX supplier_updated_at_id ON erp.supplier (updated_at, supplier_id)",
+    )
+    .await;
+    let cols: Vec<(i32, bool, String)> = rows(
+        &mut c,
+        "SELECT i.index_id, i.is_primary_key, c.name FROM sys.indexes i \
+         JOIN sys.index_columns ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id \
+         JOIN sys.columns c ON c.object_id = ic.object_id AND c.column_id = ic.column_id \
+         WHERE i.object_id = OBJECT_ID('erp.supplier') ORDER BY i.index_id, ic.key_ordinal",
+    )
+    .await
+    .iter()
+    .map(|r| {
+        (
+            r.get::<i32, _>(0).unwrap(),
+            r.get::<bool, _>(1).unwrap(),
+            r.get::<&str, _>(2).unwrap().to_string(),
+        )
+    })
+    .collect();
+    assert_eq!(
+        cols,
+        [
+            (1, true, "supplier_id".to_string()),
+            (2, false, "updated_at".to_string()),
+            (2, false, "supplier_id".to_string()),
+        ]
+    );
+}
+
 /// 10. DDL: a column added with a column constraint `REFERENCES`, as
 /// "ALTER TABLE (Transact-SQL)" allows in `ADD <column_definition>`
 /// (`[ CONSTRAINT constraint_name ] REFERENCES referenced_table_name
