@@ -525,6 +525,9 @@ async fn deployment(site: Site) {
     let mut d = Deployment::new(site).await;
     let (code, out) = d.run(&["check"]).await;
     assert_eq!(code, 0, "{out}");
+    // Both sides have the indexes the change reads use.
+    assert!(out.contains("check passed"), "{out}");
+    assert!(!out.contains("no index on"), "{out}");
 
     // What each side holds before crmsync first runs.
     let acme = d.company("Acme", "Supplier", Some("ac-1")).await;
