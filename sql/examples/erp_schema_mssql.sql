@@ -63,3 +63,11 @@ GO
 CREATE UNIQUE INDEX contact_crm_person_id ON erp.contact (crm_person_id)
     WHERE crm_person_id IS NOT NULL;
 GO
+
+-- A supplier's primary contact: the two tables reference each other, as
+-- Sage CRM's Comp_PrimaryPersonId and Pers_CompanyId do. It may be NULL, so
+-- crmsync writes a new supplier first and names its primary contact once
+-- the contact is written.
+ALTER TABLE erp.supplier ADD primary_contact_id bigint NULL
+    REFERENCES erp.contact (contact_id);
+GO

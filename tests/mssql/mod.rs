@@ -42,6 +42,12 @@ impl Server {
 
     /// `standin_tls`: the stand-in offers TLS (a self-signed certificate).
     async fn start_with(standin_tls: bool) -> Server {
+        Server::start_in(standin_tls, "UTC").await
+    }
+
+    /// A stand-in whose `GETDATE()` is the local time of `zone`, as on a
+    /// SQL Server machine set to that zone (a real server keeps its own).
+    async fn start_in(standin_tls: bool, zone: &str) -> Server {
         match std::env::var("CRMSYNC_TEST_MSSQL_URL") {
             Ok(url) => Server::real(&url).await,
             Err(_) => {
@@ -51,7 +57,7 @@ impl Server {
                         pg_url: pg_url.clone(),
                         user: STANDIN_USER.into(),
                         password: STANDIN_PASSWORD.into(),
-                        timezone: "UTC".into(),
+                        timezone: zone.into(),
                         tls: standin_tls,
                     },
                     "127.0.0.1:0".parse().unwrap(),
@@ -1004,6 +1010,8 @@ mod children;
 mod keys;
 mod property;
 mod references;
+/// Whole deployments with the CRM and the ERP both on SQL Server.
+mod scenario;
 mod state;
 
 const ERP_SCHEMA_MSSQL: &str = include_str!("../../sql/examples/erp_schema_mssql.sql");

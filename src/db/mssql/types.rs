@@ -12,7 +12,7 @@
 //! an `nvarchar` NULL to every type implicitly (`varbinary`, for one).
 
 use crate::value::{round_to_precision, LengthUnit, SqlType, Value};
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, NaiveTime, Utc};
 use rust_decimal::Decimal;
 use std::borrow::Cow;
 use tiberius::{ColumnData, FromSql, ToSql};
@@ -167,9 +167,11 @@ pub fn from_column(data: &ColumnData<'static>) -> tiberius::Result<Value> {
         ColumnData::Time(_) => NaiveTime::from_sql(data)?.map_or(Value::Null, |t| {
             Value::Text(t.format("%H:%M:%S%.f").to_string())
         }),
-        ColumnData::DateTimeOffset(_) => {
-            DateTime::<Utc>::from_sql(data)?.map_or(Value::Null, Value::TimestampTz)
-        }
+        // On the wire a datetimeoffset's date and time are UTC (MS-TDS);
+        // tiberius 0.12 reads them so into `DateTime<FixedOffset>`, but into
+        // `DateTime<Utc>` as local time, off by the offset.
+        ColumnData::DateTimeOffset(_) => DateTime::<FixedOffset>::from_sql(data)?
+            .map_or(Value::Null, |t| Value::TimestampTz(t.with_timezone(&Utc))),
     })
 }
 
@@ -229,6 +231,29 @@ fn null_of(ty: Option<&SqlType>) -> ColumnData<'static> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression: a `datetimeoffset` stamped off UTC (SYSDATETIMEOFFSET()
+    /// on a server in New York) was read as an instant off by its offset,
+    /// so change reads of such a column set the watermark hours ahead and
+    /// missed the changes in between.
+    #[test]
+    fn a_datetimeoffset_off_utc_reads_as_its_instant() {
+        use chrono::TimeZone;
+        let at = Utc.with_ymd_and_hms(2026, 12, 7, 15, 9, 30).unwrap();
+        for minutes in [-300, 0, 60, 330] {
+            let zone = FixedOffset::east_opt(minutes * 60).unwrap();
+            let data = tiberius::IntoSql::into_sql(at.with_timezone(&zone));
+            assert_eq!(
+                from_column(&data).unwrap(),
+                Value::TimestampTz(at),
+                "offset {minutes} min"
+            );
+        }
+        assert_eq!(
+            from_column(&ColumnData::DateTimeOffset(None)).unwrap(),
+            Value::Null
+        );
+    }
 
     fn native(name: &str, len: Option<i32>, dp: Option<i16>) -> NativeType {
         NativeType {

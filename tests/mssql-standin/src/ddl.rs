@@ -358,8 +358,9 @@ async fn refresh_trigger(
         .map_err(|e| crate::session::map_pg_error(&e, None))
 }
 
-/// A column of ALTER TABLE … ADD.
-fn col_from_def(c: &sqlparser::ast::ColumnDef, env: &Env<'_>) -> Result<Col, SqlError> {
+/// A column of ALTER TABLE … ADD, and the PostgreSQL text of its
+/// `REFERENCES` clause (empty without one).
+fn col_from_def(c: &sqlparser::ast::ColumnDef, env: &Env<'_>) -> Result<(Col, String), SqlError> {
     let decl = c.data_type.to_string();
     let ty = parse_decl(&decl).ok_or_else(|| {
         SqlError::new(
@@ -375,6 +376,7 @@ fn col_from_def(c: &sqlparser::ast::ColumnDef, env: &Env<'_>) -> Result<Col, Sql
         identity: None,
         default: None,
     };
+    let mut references = String::new();
     for o in &c.options {
         match &o.option {
             ColumnOption::Null => col.nullable = true,
@@ -384,6 +386,26 @@ fn col_from_def(c: &sqlparser::ast::ColumnDef, env: &Env<'_>) -> Result<Col, Sql
                 col.identity = Some(identity_params(&o.option.to_string()));
                 col.nullable = false;
             }
+            ColumnOption::ForeignKey(fk) => {
+                let name = o
+                    .name
+                    .as_ref()
+                    .map(|n| format!(" CONSTRAINT {}", pg_ident(&n.value)))
+                    .unwrap_or_default();
+                let cols = if fk.referred_columns.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({})",
+                        fk.referred_columns
+                            .iter()
+                            .map(|c| pg_ident(&c.value))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                references = format!("{name} REFERENCES {}{cols}", pg_name(&fk.foreign_table));
+            }
             other => {
                 return Err(SqlError::unsupported(format!(
                     "ALTER TABLE … ADD column option {other}"
@@ -391,7 +413,7 @@ fn col_from_def(c: &sqlparser::ast::ColumnDef, env: &Env<'_>) -> Result<Col, Sql
             }
         }
     }
-    Ok(col)
+    Ok((col, references))
 }
 
 /// ALTER TABLE t ADD c type …, DROP COLUMN c.
@@ -413,9 +435,9 @@ pub async fn alter_table(
     for op in &at.operations {
         match op {
             Op::AddColumn { column_def, .. } => {
-                let col = col_from_def(column_def, env)?;
+                let (col, references) = col_from_def(column_def, env)?;
                 pg.batch_execute(&format!(
-                    "ALTER TABLE {table} ADD COLUMN {}",
+                    "ALTER TABLE {table} ADD COLUMN {}{references}",
                     column_sql(&col)
                 ))
                 .await

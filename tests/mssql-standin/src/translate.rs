@@ -262,6 +262,9 @@ pub struct Translator<'a> {
     pub binds: Vec<Value>,
     by_name: HashMap<String, usize>,
     error: Option<SqlError>,
+    /// CASTs and CONVERTs of a value without offset to datetimeoffset
+    /// (by address, marked before their operand is rewritten).
+    naive_to_offset: std::collections::HashSet<usize>,
 }
 
 impl<'a> Translator<'a> {
@@ -271,6 +274,7 @@ impl<'a> Translator<'a> {
             binds: Vec::new(),
             by_name: HashMap::new(),
             error: None,
+            naive_to_offset: std::collections::HashSet::new(),
         }
     }
 
@@ -400,6 +404,38 @@ impl<'a> Translator<'a> {
         };
         self.binds.push(value.clone());
         Ok(format!("${}", self.binds.len()))
+    }
+
+    /// Marks a conversion to datetimeoffset of a value without offset:
+    /// SQL Server takes its clock time at offset +00:00, whatever the
+    /// server's zone ("datetimeoffset (Transact-SQL)", converting other date
+    /// and time types to datetimeoffset), where PostgreSQL would read it in
+    /// the session's zone.
+    fn mark_naive_to_offset(&mut self, e: &Expr) {
+        let (expr, dt) = match e {
+            Expr::Cast {
+                expr, data_type, ..
+            } => (expr, data_type),
+            Expr::Convert {
+                expr,
+                data_type: Some(dt),
+                ..
+            } => (expr, dt),
+            _ => return,
+        };
+        let to_offset = matches!(
+            parse_decl(&dt.to_string()),
+            Some(SqlType::DateTimeOffset(_))
+        );
+        let naive = matches!(
+            hint(expr, self.env),
+            Some(
+                SqlType::DateTime | SqlType::DateTime2(_) | SqlType::SmallDateTime | SqlType::Date
+            )
+        );
+        if to_offset && naive {
+            self.naive_to_offset.insert(e as *const Expr as usize);
+        }
     }
 
     /// A datetime2 column compared with a datetimeoffset value: SQL Server
@@ -875,6 +911,7 @@ impl VisitorMut for Translator<'_> {
     }
 
     fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        self.mark_naive_to_offset(e);
         if let Some(new) = self.datetime_vs_datetime2(e) {
             *e = new;
             return ControlFlow::Continue(());
@@ -1010,6 +1047,7 @@ impl VisitorMut for Translator<'_> {
     }
 
     fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
+        let naive_to_offset = self.naive_to_offset.remove(&(e as *const Expr as usize));
         let result: Result<Option<Expr>, SqlError> = (|| {
             Ok(match e {
                 Expr::Identifier(id) if id.value.starts_with(UNCAST) => {
@@ -1066,6 +1104,12 @@ impl VisitorMut for Translator<'_> {
                     // name: chosen by PostgreSQL's own type of it.
                     let untyped = matches!(expr.as_ref(), Expr::Substring { .. })
                         && hint(expr, self.env).is_none();
+                    if naive_to_offset {
+                        return Ok(Some(raw(cast_sql(
+                            &format!("(CAST({expr} AS timestamp) AT TIME ZONE 'UTC')"),
+                            &t,
+                        ))));
+                    }
                     match int_bytes {
                         // Binary to an integer ("CAST and CONVERT (Transact-SQL)",
                         // binary and varbinary).
@@ -1083,6 +1127,12 @@ impl VisitorMut for Translator<'_> {
                 Expr::Convert { expr, data_type: Some(dt), styles, .. } => {
                     let t = parse_decl(&dt.to_string())
                         .ok_or_else(|| SqlError::new(243, 16, format!("Type {dt} is not a defined system type.")))?;
+                    if naive_to_offset {
+                        return Ok(Some(raw(cast_sql(
+                            &format!("(CAST({expr} AS timestamp) AT TIME ZONE 'UTC')"),
+                            &t,
+                        ))));
+                    }
                     let inner = expr.to_string();
                     let styled = if t.is_character() && !styles.is_empty() && !inner.starts_with('\'') {
                         convert_style_sql(&inner, &styles[0].to_string())

@@ -111,8 +111,9 @@ SELECT i.indrelid::int AS object_id, COALESCE(x.name, ic.relname::text) AS name,
 FROM pg_index i
 JOIN pg_class ic ON ic.oid = i.indexrelid
 JOIN pg_class tc ON tc.oid = i.indrelid
-JOIN pg_namespace n ON n.oid = tc.relnamespace AND n.nspname = 'dbo'
-LEFT JOIN mssql_standin.indexes x ON x.index_oid = i.indexrelid;
+JOIN pg_namespace n ON n.oid = tc.relnamespace
+LEFT JOIN mssql_standin.indexes x ON x.index_oid = i.indexrelid
+WHERE n.nspname IN (SELECT name FROM mssql_sys.schemas);
 
 CREATE OR REPLACE VIEW mssql_sys.index_columns AS
 SELECT s.object_id, s.index_id, k.ord::int AS index_column_id, k.attnum::int AS column_id,

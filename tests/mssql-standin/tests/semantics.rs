@@ -187,6 +187,62 @@ async fn datetime_columns_meet_datetimeoffset_parameters_at_utc() {
     }
 }
 
+/// 1 (continued). A date or time without offset converted to
+/// datetimeoffset keeps its clock time at offset +00:00, whatever the
+/// server's time zone ("datetimeoffset (Transact-SQL)", converting
+/// datetime2 and the other date and time types to datetimeoffset): a
+/// `DateTime<Utc>` parameter, which tiberius sends as datetime2, cast to
+/// a datetimeoffset column's type is that UTC instant.
+#[tokio::test]
+async fn a_value_without_offset_converts_to_datetimeoffset_at_utc() {
+    let s = standin_with(false, "America/New_York").await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE t (id int NOT NULL, at datetimeoffset(3) NOT NULL); \
+         INSERT INTO t VALUES (1, '2024-07-01 08:00:00 -04:00'), (2, '2024-07-01 09:00:00 -04:00')",
+    )
+    .await;
+    let noon = chrono::NaiveDate::from_ymd_opt(2024, 7, 1)
+        .unwrap()
+        .and_hms_opt(12, 0, 0)
+        .unwrap();
+    let utc = noon.and_utc();
+    for sql in [
+        "SELECT CAST(@P1 AS datetimeoffset(3))",
+        "SELECT CONVERT(datetimeoffset(3), @P1)",
+        "SELECT CAST(CAST('2024-07-01 12:00:00' AS datetime2) AS datetimeoffset)",
+    ] {
+        let got: Option<chrono::DateTime<chrono::FixedOffset>> = c
+            .query(sql, &[&noon])
+            .await
+            .unwrap()
+            .into_row()
+            .await
+            .unwrap()
+            .unwrap()
+            .get(0);
+        // The instant; the stand-in shows every datetimeoffset at the
+        // server's offset, where SQL Server would show +00:00 here.
+        assert_eq!(got.map(|d| d.to_utc()), Some(utc), "{sql}");
+    }
+    // 08:00 at -04:00 is 12:00 UTC.
+    let ids: Vec<i32> = c
+        .query(
+            "SELECT id FROM t WHERE at >= CAST(@P1 AS datetimeoffset(3)) ORDER BY id",
+            &[&utc],
+        )
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0).unwrap())
+        .collect();
+    assert_eq!(ids, [1, 2]);
+}
+
 /// 2. SQL Server: nvarchar(n) holds n byte-pairs (UTF-16 code units), so a
 /// character outside the BMP takes two ("nchar and nvarchar (Transact-SQL)");
 /// a longer value raises error 2628, level 16, and the statement is
@@ -905,6 +961,93 @@ async fn crm_schema_loads_unchanged() {
     assert_eq!(r[0].get::<i32, _>(2), Some(0));
     let e = server_error(&mut c, "SELECT * FROM dbo.Cases").await;
     assert_eq!(e.code(), 208);
+}
+
+/// 9 (continued). sys.indexes and sys.index_columns list the indexes of
+/// every schema's tables, not only dbo's ("sys.indexes (Transact-SQL)":
+/// a row per index or heap of a tabular object).
+#[tokio::test]
+async fn sys_indexes_list_tables_of_every_schema() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(&mut c, "CREATE SCHEMA erp").await;
+    exec(
+        &mut c,
+        "CREATE TABLE erp.supplier (supplier_id bigint IDENTITY(1,1) NOT NULL PRIMARY KEY, \
+         updated_at datetime2(3) NOT NULL); \
+         CREATE INDEX supplier_updated_at_id ON erp.supplier (updated_at, supplier_id)",
+    )
+    .await;
+    let cols: Vec<(i32, bool, String)> = rows(
+        &mut c,
+        "SELECT i.index_id, i.is_primary_key, c.name FROM sys.indexes i \
+         JOIN sys.index_columns ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id \
+         JOIN sys.columns c ON c.object_id = ic.object_id AND c.column_id = ic.column_id \
+         WHERE i.object_id = OBJECT_ID('erp.supplier') ORDER BY i.index_id, ic.key_ordinal",
+    )
+    .await
+    .iter()
+    .map(|r| {
+        (
+            r.get::<i32, _>(0).unwrap(),
+            r.get::<bool, _>(1).unwrap(),
+            r.get::<&str, _>(2).unwrap().to_string(),
+        )
+    })
+    .collect();
+    assert_eq!(
+        cols,
+        [
+            (1, true, "supplier_id".to_string()),
+            (2, false, "updated_at".to_string()),
+            (2, false, "supplier_id".to_string()),
+        ]
+    );
+}
+
+/// 10. DDL: a column added with a column constraint `REFERENCES`, as
+/// "ALTER TABLE (Transact-SQL)" allows in `ADD <column_definition>`
+/// (`[ CONSTRAINT constraint_name ] REFERENCES referenced_table_name
+/// [ ( ref_column ) ]`), the way two tables that
+/// reference each other are made: the new column is checked like any
+/// foreign key (error 547), NULL allowed.
+#[tokio::test]
+async fn alter_table_adds_a_column_with_a_foreign_key() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    exec(
+        &mut c,
+        "CREATE TABLE sup (id bigint IDENTITY(1,1) NOT NULL PRIMARY KEY, name nvarchar(10) NULL);          CREATE TABLE con (id bigint IDENTITY(1,1) NOT NULL PRIMARY KEY,                            sup_id bigint NOT NULL REFERENCES sup (id))",
+    )
+    .await;
+    exec(
+        &mut c,
+        "ALTER TABLE sup ADD primary_con bigint NULL REFERENCES con (id)",
+    )
+    .await;
+    exec(
+        &mut c,
+        "ALTER TABLE con ADD other_sup bigint NULL CONSTRAINT FK_con_other REFERENCES sup",
+    )
+    .await;
+    exec(
+        &mut c,
+        "INSERT INTO sup (name) VALUES (N'a'); INSERT INTO con (sup_id) VALUES (1); \
+         UPDATE sup SET primary_con = 1 WHERE id = 1; UPDATE con SET other_sup = 1",
+    )
+    .await;
+    for sql in [
+        "UPDATE sup SET primary_con = 99 WHERE id = 1",
+        "UPDATE con SET other_sup = 99",
+        "DELETE FROM con",
+    ] {
+        let e = server_error(&mut c, sql).await;
+        assert_eq!((e.code(), e.class()), (547, 16), "{sql}: {}", e.message());
+    }
+    assert_eq!(
+        scalar::<i64>(&mut c, "SELECT primary_con FROM sup WHERE id = 1").await,
+        Some(1)
+    );
 }
 
 /// 11. Triggers and OUTPUT ("OUTPUT Clause (Transact-SQL)"): "If the OUTPUT
