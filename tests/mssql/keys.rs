@@ -182,28 +182,11 @@ async fn backfill_into_a_default_keyed_table_pairs_every_key_with_its_row() {
 /// its link.
 #[tokio::test]
 async fn killed_backfill_into_a_default_keyed_table_resumes_with_one_copy_each() {
-    use crate::common::{binary, insert_companies};
+    use crate::common::insert_companies;
     for key in DEFAULT_KEYS {
         let (_server, mut erp, env) = erp_keyed_by(key).await;
         insert_companies(&env.crm, 1_500, "now() - interval '1 hour'", "Supplier").await;
-        let args = ["backfill", "--chunk-rows", "100"];
-        let mut child = binary(&env.config, &args, &[]).spawn().unwrap();
-        let started = std::time::Instant::now();
-        loop {
-            let n = scalar_i64(&mut erp, "SELECT COUNT(*) FROM erp.supplier").await;
-            if n.unwrap_or(0) >= 250 {
-                break;
-            }
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "{key}: the backfill ended before it was killed"
-            );
-            assert!(started.elapsed() < std::time::Duration::from_secs(120));
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        child.kill().unwrap();
-        let killed = child.wait().unwrap();
-        assert!(!killed.success(), "{key}: killed, not finished: {killed:?}");
+        super::kill_backfill_mid_way(&env.config, &mut erp, key).await;
         let copied = assert_links_name_their_rows(&mut erp, &env.crm, key).await;
         assert!(copied < 1_500, "{key}: killed in the middle: {copied} rows");
 

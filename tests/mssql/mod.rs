@@ -154,6 +154,33 @@ async fn exec(c: &mut Tds, sql: &str) {
         .unwrap_or_else(|e| panic!("{e}\nin: {short}"));
 }
 
+/// Starts `crmsync backfill --chunk-rows 100` with `config` and SIGKILLs
+/// it once erp.supplier holds 250 rows, in the middle of the copy; fails
+/// if it ends by itself first. `what` names the case in messages.
+async fn kill_backfill_mid_way(config: &std::path::Path, erp: &mut Tds, what: &str) {
+    let args = ["backfill", "--chunk-rows", "100"];
+    let mut child = crate::common::binary(config, &args, &[]).spawn().unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let n = scalar_i64(erp, "SELECT COUNT(*) FROM erp.supplier").await;
+        if n.unwrap_or(0) >= 250 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{what}: the backfill ended before it was killed"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(120));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    child.kill().unwrap();
+    let killed = child.wait().unwrap();
+    assert!(
+        !killed.success(),
+        "{what}: killed, not finished: {killed:?}"
+    );
+}
+
 async fn scalar_i64(c: &mut Tds, sql: &str) -> Option<i64> {
     let row = c
         .simple_query(sql)
@@ -1141,27 +1168,10 @@ async fn backfill_binary(config: &std::path::Path, args: &[&str]) -> serde_json:
 /// again, and every CRM row ends up in the ERP exactly once.
 #[tokio::test]
 async fn killed_backfill_into_sql_server_resumes_without_duplicates() {
-    use crate::common::{binary, insert_companies};
+    use crate::common::insert_companies;
     let (_server, mut erp, env) = erp_on_sql_server().await;
     insert_companies(&env.crm, 1_500, "now() - interval '1 hour'", "Supplier").await;
-    let args = ["backfill", "--chunk-rows", "100"];
-    let mut child = binary(&env.config, &args, &[]).spawn().unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let n = scalar_i64(&mut erp, "SELECT COUNT(*) FROM erp.supplier").await;
-        if n.unwrap_or(0) >= 250 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backfill ended before it was killed"
-        );
-        assert!(started.elapsed() < std::time::Duration::from_secs(120));
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    child.kill().unwrap();
-    let killed = child.wait().unwrap();
-    assert!(!killed.success(), "killed, not finished: {killed:?}");
+    kill_backfill_mid_way(&env.config, &mut erp, "state on the CRM").await;
     let before = scalar_i64(&mut erp, "SELECT COUNT(*) FROM erp.supplier")
         .await
         .unwrap();

@@ -495,6 +495,36 @@ async fn rows(c: &mut Tds, sql: &str) -> Rows {
     out
 }
 
+/// Every table `eware_get_identity_id` serves has its next id above the
+/// largest one in use: rows crmsync inserted took their ids from it.
+async fn assert_identities_ahead(crm: &mut Tds) {
+    for (table, key) in [
+        ("Company", "Comp_CompanyId"),
+        ("Person", "Pers_PersonId"),
+        ("Phone", "Phon_PhoneId"),
+        ("PhoneLink", "PLink_LinkID"),
+        ("Email", "Emai_EmailId"),
+        ("EmailLink", "ELink_LinkID"),
+        ("Address", "Addr_AddressId"),
+        ("Address_Link", "AdLi_AddressLinkId"),
+    ] {
+        assert_eq!(
+            count(
+                crm,
+                &format!(
+                    "SELECT COUNT(*) FROM dbo.SQL_Identity i JOIN dbo.Custom_Tables t \
+                       ON t.Bord_TableId = i.Id_TableId \
+                     WHERE t.Bord_Name = N'{table}' \
+                       AND i.Id_NextId > (SELECT ISNULL(MAX({key}), 0) FROM dbo.{table})"
+                )
+            )
+            .await,
+            1,
+            "{table}: eware_get_identity_id would hand out an id in use"
+        );
+    }
+}
+
 async fn count(c: &mut Tds, sql: &str) -> i64 {
     scalar_i64(c, sql).await.unwrap_or(0)
 }
@@ -1057,31 +1087,7 @@ async fn deployment(site: Site) {
     );
 
     if d.site.ids == Ids::StoredProcedure {
-        for (table, key) in [
-            ("Company", "Comp_CompanyId"),
-            ("Person", "Pers_PersonId"),
-            ("Phone", "Phon_PhoneId"),
-            ("PhoneLink", "PLink_LinkID"),
-            ("Email", "Emai_EmailId"),
-            ("EmailLink", "ELink_LinkID"),
-            ("Address", "Addr_AddressId"),
-            ("Address_Link", "AdLi_AddressLinkId"),
-        ] {
-            assert_eq!(
-                count(
-                    &mut d.crm,
-                    &format!(
-                        "SELECT COUNT(*) FROM dbo.SQL_Identity i JOIN dbo.Custom_Tables t \
-                           ON t.Bord_TableId = i.Id_TableId \
-                         WHERE t.Bord_Name = N'{table}' \
-                           AND i.Id_NextId > (SELECT ISNULL(MAX({key}), 0) FROM dbo.{table})"
-                    )
-                )
-                .await,
-                1,
-                "{table}: eware_get_identity_id would hand out an id in use"
-            );
-        }
+        assert_identities_ahead(&mut d.crm).await;
     }
     for args in [&["verify"][..], &["status", "--max-lag", "10m"], &["check"]] {
         let (code, out) = d.run(args).await;
@@ -1253,31 +1259,7 @@ async fn many_from_the_erp(site: Site, backfill: bool) {
         );
     }
     if site.ids == Ids::StoredProcedure {
-        for (table, key) in [
-            ("Company", "Comp_CompanyId"),
-            ("Person", "Pers_PersonId"),
-            ("Phone", "Phon_PhoneId"),
-            ("PhoneLink", "PLink_LinkID"),
-            ("Email", "Emai_EmailId"),
-            ("EmailLink", "ELink_LinkID"),
-            ("Address", "Addr_AddressId"),
-            ("Address_Link", "AdLi_AddressLinkId"),
-        ] {
-            assert_eq!(
-                count(
-                    &mut d.crm,
-                    &format!(
-                        "SELECT COUNT(*) FROM dbo.SQL_Identity i JOIN dbo.Custom_Tables t \
-                           ON t.Bord_TableId = i.Id_TableId \
-                         WHERE t.Bord_Name = N'{table}' \
-                           AND i.Id_NextId > (SELECT ISNULL(MAX({key}), 0) FROM dbo.{table})"
-                    )
-                )
-                .await,
-                1,
-                "{table}: eware_get_identity_id would hand out an id in use"
-            );
-        }
+        assert_identities_ahead(&mut d.crm).await;
     }
     let quiet = d.sync_all().await;
     assert_eq!(writes(&quiet), 0, "{quiet:?}");

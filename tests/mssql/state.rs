@@ -437,31 +437,14 @@ async fn the_run_lock_on_sql_server_admits_one_run() {
 /// checkpoint and every CRM row ends up in the ERP once, linked.
 #[tokio::test]
 async fn killed_backfill_into_sql_server_with_the_state_there_resumes() {
-    use crate::common::{binary, insert_companies};
+    use crate::common::insert_companies;
     let (_server, mut erp, env) = erp_on_sql_server().await;
     let config = std::fs::read_to_string(&env.config)
         .unwrap()
         .replace("side = \"crm\"", "side = \"external\"");
     std::fs::write(&env.config, config).unwrap();
     insert_companies(&env.crm, 1_500, "now() - interval '1 hour'", "Supplier").await;
-    let args = ["backfill", "--chunk-rows", "100"];
-    let mut child = binary(&env.config, &args, &[]).spawn().unwrap();
-    let started = std::time::Instant::now();
-    loop {
-        let n = scalar_i64(&mut erp, "SELECT COUNT(*) FROM erp.supplier").await;
-        if n.unwrap_or(0) >= 250 {
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "the backfill ended before it was killed"
-        );
-        assert!(started.elapsed() < std::time::Duration::from_secs(120));
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    child.kill().unwrap();
-    let killed = child.wait().unwrap();
-    assert!(!killed.success(), "killed, not finished: {killed:?}");
+    super::kill_backfill_mid_way(&env.config, &mut erp, "state on the ERP").await;
     let rows = count_where(&mut erp, "erp.supplier", "1 = 1").await;
     assert!(rows < 1_500, "killed in the middle: {rows} rows");
     assert_eq!(
