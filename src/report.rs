@@ -156,6 +156,17 @@ pub fn human_verify(v: &VerifyReport) -> Vec<String> {
             verify_counts(&r.remaining)
         ));
         out.extend(r.remaining_samples.iter().map(drift_line));
+        // Drift that no conflict, reject or refused delete of the repair's
+        // sync explains comes back each time it is written.
+        let held = r.sync.open_conflicts + r.sync.rejected + r.sync.deletes_refused;
+        if r.remaining.drift() && held == 0 {
+            out.push(format!(
+                "{}: what a repair leaves is rewritten where it is written: a trigger, rule or \
+                 default of the target changing the value crmsync writes; map that field the \
+                 other way, or not at all",
+                v.entity
+            ));
+        }
     } else if v.found.drift() {
         out.push(format!(
             "{}: run `crmsync verify --entity {} --repair` to have the next sync fix this",

@@ -1215,4 +1215,10 @@ async fn a_one_way_value_an_erp_trigger_rewrites_is_written_once() {
         out.contains("comp_indcode: CRM \"ac-1\" / external \"AC-1\""),
         "{out}"
     );
+    // A repair writes the value again and the trigger rewrites it: verify
+    // says where such a difference comes from, and nothing is held.
+    let (code, out) = run(&env, &["verify", "--repair"]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("STILL DRIFTING"), "{out}");
+    assert!(out.contains("rewritten where it is written"), "{out}");
 }

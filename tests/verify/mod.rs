@@ -419,6 +419,11 @@ async fn a_repair_that_meets_a_manual_conflict_exits_3_and_leaves_it_open() {
     assert_eq!(v["repair"]["sync"]["open_conflicts"], 1, "{v}");
     assert_eq!(v["repair"]["remaining"]["differ"], 1, "{v}");
     assert!(stdout.contains("STILL DRIFTING"), "{stdout}");
+    // The open conflict explains the drift: no talk of rewriting triggers.
+    assert!(
+        !stdout.contains("rewritten where it is written"),
+        "{stdout}"
+    );
     // Neither side was overwritten: the conflict waits for a person.
     assert_eq!(crm_name(&env.crm, crm_ids[0]).await, "Acme Ltd");
     assert_eq!(ext_name_of_crm(&env.erp, crm_ids[0]).await, "x");
