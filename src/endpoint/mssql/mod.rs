@@ -185,10 +185,12 @@ impl MssqlEndpoint {
     /// type where SQL Server would otherwise convert the column to the
     /// parameter's (see [`NativeType::param_cast`]).
     fn placeholder(&self, table: &TableInfo, column: &str, n: usize) -> String {
-        match self.native(table, column).and_then(|t| t.param_cast()) {
-            Some(ty) => format!("CAST(@P{n} AS {ty})"),
-            None => format!("@P{n}"),
-        }
+        cast_placeholder(self.param_cast(table, column).as_deref(), n)
+    }
+
+    /// The type a parameter compared with `column` is cast to, if any.
+    fn param_cast(&self, table: &TableInfo, column: &str) -> Option<String> {
+        self.native(table, column).and_then(|t| t.param_cast())
     }
 
     /// [`Self::placeholder`] for `count` values compared with `column`,
@@ -200,8 +202,11 @@ impl MssqlEndpoint {
         start: usize,
         count: usize,
     ) -> String {
+        // The column's type is looked up once, not for each of the list's
+        // (up to two thousand) values.
+        let cast = self.param_cast(table, column);
         (start..start + count)
-            .map(|n| self.placeholder(table, column, n))
+            .map(|n| cast_placeholder(cast.as_deref(), n))
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -236,6 +241,14 @@ fn int_of(v: &Value) -> Option<i64> {
         Value::Bool(b) => Some(i64::from(*b)),
         Value::Decimal(d) => i64::try_from(d.trunc()).ok(),
         _ => None,
+    }
+}
+
+/// `@P{n}`, cast to `ty` when given.
+fn cast_placeholder(ty: Option<&str>, n: usize) -> String {
+    match ty {
+        Some(ty) => format!("CAST(@P{n} AS {ty})"),
+        None => format!("@P{n}"),
     }
 }
 

@@ -53,10 +53,7 @@ pub(super) async fn run(
     let keys: Vec<String> = open.into_iter().map(|r| r.key).collect();
     ctx.retry_keys(&scan, &keys, report).await?;
     let mark = state.watermark(e.name(), source).await?;
-    let zone = match source {
-        Side::Crm => engine.plan.crm.timezone,
-        Side::External => engine.plan.external.timezone,
-    };
+    let zone = engine.plan.connection(source).timezone;
     let (lower, upto, read_at) = window(
         ep,
         &scan,
@@ -75,7 +72,7 @@ pub(super) async fn run(
             state.store().set_watermark(e.name(), source, m).await?;
         }
         if source == Side::Crm {
-            report.watermark = first.map(|m| format!("{} / {}", m.ts.display(), m.key.display()));
+            report.watermark = first.as_ref().map(shown);
         }
         return Ok(());
     }
@@ -131,9 +128,14 @@ pub(super) async fn run(
         current = Some(done);
     }
     if source == Side::Crm {
-        report.watermark = current.map(|m| format!("{} / {}", m.ts.display(), m.key.display()));
+        report.watermark = current.as_ref().map(shown);
     }
     Ok(())
+}
+
+/// A watermark as the report shows it.
+fn shown(m: &Watermark) -> String {
+    format!("{} / {}", m.ts.display(), m.key.display())
 }
 
 /// A side's first read, with no watermark yet, when no index gives the
