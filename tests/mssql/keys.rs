@@ -245,3 +245,35 @@ async fn a_sync_page_of_new_rows_into_a_default_keyed_table_is_one_insert() {
         assert_eq!(crate::two_way::sync(&env).await.changes(), 0, "{key}");
     }
 }
+
+/// A backfill into an IDENTITY-keyed table with the state beside it
+/// writes the links from the staging table in SQL, each key encoded by
+/// SQL Server itself: keys that cross each byte length the stored form
+/// counts (255 to 256, 65,535 to 65,536, 2^32), a descending IDENTITY,
+/// and one that passes zero into negative keys (those links are loaded
+/// as the client encodes them) all name their rows.
+#[tokio::test]
+async fn backfill_into_an_identity_table_links_every_key_it_drew() {
+    use crate::common::insert_companies;
+    for key in [
+        "supplier_id bigint IDENTITY(100,1) NOT NULL PRIMARY KEY,",
+        "supplier_id int IDENTITY(65300,1) NOT NULL PRIMARY KEY,",
+        "supplier_id bigint IDENTITY(4294967100,1) NOT NULL PRIMARY KEY,",
+        "supplier_id int IDENTITY(1000,-1) NOT NULL PRIMARY KEY,",
+        "supplier_id bigint IDENTITY(150,-1) NOT NULL PRIMARY KEY,",
+    ] {
+        let (_server, mut erp, env) = erp_keyed_by(key).await;
+        insert_companies(&env.crm, 450, "now() - interval '1 hour'", "Supplier").await;
+        let r = &backfill_binary(&env.config, &["--chunk-rows", "100"]).await;
+        assert_eq!(
+            (&r["inserted"], &r["rejected"]),
+            (&serde_json::json!(450), &serde_json::json!(0)),
+            "{key}: {r}"
+        );
+        assert_eq!(
+            assert_links_name_their_rows(&mut erp, &env.crm, key).await,
+            450
+        );
+        assert_eq!(crate::two_way::sync(&env).await.changes(), 0, "{key}");
+    }
+}

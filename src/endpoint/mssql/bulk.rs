@@ -199,7 +199,9 @@ impl Bulk for MssqlEndpoint {
                 self.apply_in(&mut conn, &batch, &table).await?;
             }
             let t = std::time::Instant::now();
-            let keys = self.load_inserts(&mut conn, chunk).await?;
+            let fresh = chunk.fresh_links.as_ref().filter(|l| !l.links.is_empty());
+            let loaded = self.load_inserts(&mut conn, chunk, fresh).await?;
+            let keys = loaded.keys;
             tracing::debug!("chunk: {} rows loaded in {:?}", keys.len(), t.elapsed());
             if let Some(links) = &chunk.links {
                 let resolved = links.resolved(&keys);
@@ -207,7 +209,7 @@ impl Bulk for MssqlEndpoint {
                     .await
                     .map_err(|e| self.query_error("writing links", e))?;
             }
-            if let Some(fresh) = chunk.fresh_links.as_ref().filter(|l| !l.links.is_empty()) {
+            if let Some(fresh) = fresh.filter(|_| !loaded.links_written) {
                 self.load_links(&mut conn, fresh, &keys).await?;
             }
             if let Some(turn) = turn {

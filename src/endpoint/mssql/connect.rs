@@ -347,6 +347,7 @@ impl MssqlEndpoint {
             pool,
             target,
             natives: Mutex::new(HashMap::new()),
+            identity_descends: Mutex::new(HashMap::new()),
         })
     }
 }

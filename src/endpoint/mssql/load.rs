@@ -19,6 +19,17 @@
 //! (Transact-SQL)", `from_table_name`), so every key comes back beside its
 //! row's place.
 //!
+//! The staging and key tables are the session's own (`#crmsync_stage_…`,
+//! `#crmsync_keys_…`, named by a digest of their columns): created on a
+//! connection's first use and emptied by `TRUNCATE TABLE` on each later
+//! one, not created and dropped per chunk.
+//!
+//! Links of new rows whose keys are positive integers (IDENTITY keys, in
+//! practice) do not travel twice: their CRM keys and shadows ride in the
+//! staging table beside the rows, and one `INSERT INTO links … SELECT`
+//! pairs them with the keys the insert handed out, encoding each key in
+//! T-SQL as `state::keys` does. Other keys' links are bulk loaded.
+//!
 //! The staging columns carry the neutral type of each target column in
 //! the wire type tiberius sends it as (integers as `bigint`, text as
 //! `nvarchar(max)`, timestamps as `datetime2(7)`), and the `INSERT … SELECT`
@@ -33,11 +44,29 @@ use std::borrow::Cow;
 use tiberius::numeric::Numeric;
 use tiberius::{ColumnData, IntoSql, TokenRow};
 
-/// The staging table of one chunk's rows (session-scoped, created and
-/// dropped inside the chunk's transaction).
-const STAGE: &str = "#crmsync_stage";
-/// The keys the insert handed out, from `OUTPUT … INTO`.
-const KEYS: &str = "#crmsync_keys";
+/// A session's scratch table of one shape: `#crmsync_{what}_{digest of
+/// its columns}`. It is created on first use and emptied, not dropped,
+/// after each: a pooled connection keeps it, so later chunks of the run
+/// neither create nor drop a table (DDL that SQL Server would log in
+/// tempdb and that recompiles every batch naming it). An entity of
+/// another shape on the same connection gets its own table.
+fn scratch(what: &str, columns: &str) -> String {
+    format!(
+        "#crmsync_{what}_{:016x}",
+        xxhash_rust::xxh3::xxh3_64(columns.as_bytes())
+    )
+}
+
+/// The statement that readies scratch table `name` for a use: created
+/// when the session has none, emptied otherwise. Emptying at the start
+/// too matters: a transaction that rolled back after emptying it at the
+/// end brings the old rows back.
+fn ready(name: &str, columns: &str) -> String {
+    format!(
+        "IF OBJECT_ID('tempdb..{name}') IS NULL CREATE TABLE {name} ({columns}) \
+         ELSE TRUNCATE TABLE {name}"
+    )
+}
 
 /// Rows to insert through the staging table.
 pub(super) struct Staged<'a> {
@@ -50,6 +79,21 @@ pub(super) struct Staged<'a> {
     pub exprs: Vec<Option<String>>,
     /// Per row, the values of the columns without an expression, in order.
     pub rows: &'a [Vec<Value>],
+    /// Links of the new rows (`FreshLink::insert` indexes `rows`) for the
+    /// links table of this same database; see [`StagedKeys`].
+    pub links: Option<&'a FreshLinks>,
+}
+
+/// What a staged insert did.
+pub(super) struct StagedKeys {
+    /// The keys of the new rows, in row order.
+    pub keys: Vec<Value>,
+    /// Whether `Staged::links` are written too: when every new key is a
+    /// positive integer, the links go from the staging table (which
+    /// carried their CRM keys and shadows) into the links table in one
+    /// statement, the external keys encoded by SQL Server itself; other
+    /// keys are for the caller to load.
+    pub links_written: bool,
 }
 
 /// The longest value, in bytes, that tiberius' bulk load sends into a
@@ -183,7 +227,8 @@ impl MssqlEndpoint {
         &self,
         conn: &mut TdsClient,
         chunk: &ChunkWrite,
-    ) -> Result<Vec<Value>> {
+        links: Option<&FreshLinks>,
+    ) -> Result<StagedKeys> {
         let target = chunk.table.qualified();
         if chunk.raw_inserts.is_some() {
             return Err(EndpointError::Schema(format!(
@@ -191,7 +236,10 @@ impl MssqlEndpoint {
             )));
         }
         if chunk.inserts.is_empty() {
-            return Ok(Vec::new());
+            return Ok(StagedKeys {
+                keys: Vec::new(),
+                links_written: false,
+            });
         }
         let staged = Staged {
             table: &chunk.table,
@@ -199,9 +247,10 @@ impl MssqlEndpoint {
             columns: &chunk.columns,
             exprs: vec![None; chunk.columns.len()],
             rows: &chunk.inserts,
+            links,
         };
-        if let Some(keys) = self.insert_staged(conn, &staged).await? {
-            return Ok(keys);
+        if let Some(done) = self.insert_staged(conn, &staged).await? {
+            return Ok(done);
         }
         // A value the staging table cannot carry: row by row.
         let mut batch = WriteBatch::new(chunk.table.clone(), chunk.key.clone());
@@ -217,7 +266,10 @@ impl MssqlEndpoint {
                     .collect(),
             })
             .collect();
-        Ok(self.apply_rows(conn, &batch, &target).await?.inserted_keys)
+        Ok(StagedKeys {
+            keys: self.apply_rows(conn, &batch, &target).await?.inserted_keys,
+            links_written: false,
+        })
     }
 
     /// Inserts `s.rows` by a bulk load into a staging table and one
@@ -228,7 +280,7 @@ impl MssqlEndpoint {
         &self,
         conn: &mut TdsClient,
         s: &Staged<'_>,
-    ) -> Result<Option<Vec<Value>>> {
+    ) -> Result<Option<StagedKeys>> {
         let target = s.table.qualified();
         let given = s
             .columns
@@ -244,8 +296,18 @@ impl MssqlEndpoint {
         for i in &staged {
             wires.push(Wire::of(&column(s.table, &s.columns[*i])?.ty));
         }
+        // Each row's link, if the links travel with the rows.
+        let mut link_of: Vec<Option<&crate::endpoint::bulk::FreshLink>> = Vec::new();
+        if let Some(fresh) = s.links {
+            link_of.resize(s.rows.len(), None);
+            for l in &fresh.links {
+                if let Some(slot) = link_of.get_mut(l.insert) {
+                    *slot = Some(l);
+                }
+            }
+        }
         let mut cells = Vec::with_capacity(s.rows.len());
-        for row in s.rows {
+        for (r, row) in s.rows.iter().enumerate() {
             let mut tr = TokenRow::with_capacity(staged.len() + 1);
             for (j, w) in wires.iter().enumerate() {
                 match w.cell(&row[j]) {
@@ -260,12 +322,21 @@ impl MssqlEndpoint {
                 }
             }
             tr.push(ColumnData::I32(Some(cells.len() as i32)));
+            if s.links.is_some() {
+                let link = link_of[r];
+                tr.push(ColumnData::Binary(
+                    link.map(|l| Cow::Owned(l.crm_key.clone())),
+                ));
+                tr.push(ColumnData::Binary(
+                    link.map(|l| Cow::Owned(l.shadow.clone())),
+                ));
+            }
             cells.push(tr);
         }
         let t = std::time::Instant::now();
-        self.stage(conn, &wires).await?;
-        tracing::debug!("staging table for {target} created in {:?}", t.elapsed());
-        let loaded = self.bulk_rows(conn, &target, cells).await?;
+        let stage = self.stage(conn, &wires, s.links.is_some()).await?;
+        tracing::debug!("staging table for {target} ready in {:?}", t.elapsed());
+        let loaded = self.bulk_rows(conn, &stage, &target, cells).await?;
         tracing::debug!("{loaded} rows bulk loaded at {:?}", t.elapsed());
         if loaded != s.rows.len() as u64 {
             return Err(EndpointError::Schema(format!(
@@ -287,24 +358,31 @@ impl MssqlEndpoint {
                 }
             })
             .collect();
-        let keys = match given {
+        // The keys, with the SQL of a new row's key as a bigint and the
+        // FROM clause that pairs it with its staged row, for the links.
+        let (keys, key_sql, from) = match given {
             Some(pos) => {
                 let sql = format!(
-                    "INSERT INTO {table} ({}) SELECT {} FROM {STAGE} ORDER BY crmsync_ord; \
-                     DROP TABLE {STAGE}",
+                    "INSERT INTO {table} ({}) SELECT {} FROM {stage} ORDER BY crmsync_ord",
                     names.join(", "),
                     select.join(", ")
                 );
                 self.batch_in(conn, &sql, &format!("inserting into {target}"))
                     .await?;
                 let at = staged.iter().position(|i| *i == pos).unwrap_or(0);
-                s.rows
+                let keys = s
+                    .rows
                     .iter()
                     .map(|r| {
                         let v = r[at].clone();
                         v.clone().coerce(&key_col.ty, None, false).unwrap_or(v)
                     })
-                    .collect()
+                    .collect();
+                (
+                    keys,
+                    format!("CAST(s.c{at} AS bigint)"),
+                    format!("{stage} AS s"),
+                )
             }
             None if !key_col.identity => {
                 // A key another default draws: MERGE pairs each with its
@@ -319,42 +397,105 @@ impl MssqlEndpoint {
                         None => format!("s.{sel}"),
                     })
                     .collect();
+                let columns = format!(
+                    "k {}, crmsync_ord int NOT NULL",
+                    self.declaration(s.table, s.key)
+                );
+                let keys = scratch("keys", &columns);
                 let sql = format!(
-                    "CREATE TABLE {KEYS} (k {}, crmsync_ord int NOT NULL); \
-                     MERGE INTO {table} AS t USING {STAGE} AS s ON 1 = 0 \
+                    "{}; \
+                     MERGE INTO {table} AS t USING {stage} AS s ON 1 = 0 \
                      WHEN NOT MATCHED THEN INSERT ({}) VALUES ({}) \
-                     OUTPUT INSERTED.{}, s.crmsync_ord INTO {KEYS} (k, crmsync_ord); \
-                     SELECT k FROM {KEYS} ORDER BY crmsync_ord; \
-                     DROP TABLE {STAGE}; DROP TABLE {KEYS}",
-                    self.declaration(s.table, s.key),
+                     OUTPUT INSERTED.{}, s.crmsync_ord INTO {keys} (k, crmsync_ord); \
+                     SELECT k FROM {keys} ORDER BY crmsync_ord",
+                    ready(&keys, &columns),
                     names.join(", "),
                     values.join(", "),
                     quote(s.key),
                 );
-                self.inserted_keys(conn, sql, &target, s.rows.len(), t)
-                    .await?
+                let got = self
+                    .inserted_keys(conn, sql, &target, s.rows.len(), t)
+                    .await?;
+                (
+                    got,
+                    "CAST(k.k AS bigint)".to_string(),
+                    format!("{keys} AS k JOIN {stage} AS s ON s.crmsync_ord = k.crmsync_ord"),
+                )
             }
             None => {
                 // IDENTITY values follow the ORDER BY: sorted in the
                 // direction of the increment, the n-th key is the n-th row's.
                 let descending = self.identity_descends(conn, s.table).await?;
+                let order = if descending { " DESC" } else { "" };
+                let columns = format!("k {}", self.declaration(s.table, s.key));
+                let keys = scratch("keys", &columns);
                 let sql = format!(
-                    "CREATE TABLE {KEYS} (k {}); \
-                     INSERT INTO {table} ({}) OUTPUT INSERTED.{} INTO {KEYS} (k) \
-                     SELECT {} FROM {STAGE} ORDER BY crmsync_ord; \
-                     SELECT k FROM {KEYS} ORDER BY k{}; \
-                     DROP TABLE {STAGE}; DROP TABLE {KEYS}",
-                    self.declaration(s.table, s.key),
+                    "{}; \
+                     INSERT INTO {table} ({}) OUTPUT INSERTED.{} INTO {keys} (k) \
+                     SELECT {} FROM {stage} ORDER BY crmsync_ord; \
+                     SELECT k FROM {keys} ORDER BY k{order}",
+                    ready(&keys, &columns),
                     names.join(", "),
                     quote(s.key),
                     select.join(", "),
-                    if descending { " DESC" } else { "" }
                 );
-                self.inserted_keys(conn, sql, &target, s.rows.len(), t)
-                    .await?
+                let got = self
+                    .inserted_keys(conn, sql, &target, s.rows.len(), t)
+                    .await?;
+                (
+                    got,
+                    "CAST(k.k AS bigint)".to_string(),
+                    format!(
+                        "(SELECT k, ROW_NUMBER() OVER (ORDER BY k{order}) - 1 AS crmsync_ord \
+                         FROM {keys}) AS k JOIN {stage} AS s ON s.crmsync_ord = k.crmsync_ord"
+                    ),
+                )
             }
         };
-        Ok(Some(keys))
+        let links_written = match s.links {
+            Some(fresh) if !fresh.links.is_empty() && keys.iter().all(positive_int) => {
+                self.insert_links(conn, fresh, &key_sql, &from).await?;
+                true
+            }
+            _ => false,
+        };
+        Ok(Some(StagedKeys {
+            keys,
+            links_written,
+        }))
+    }
+
+    /// Writes `fresh` from the staging table into the links table: the
+    /// CRM key and shadow each row carried, the external key its new row
+    /// got (`key_sql`, a positive `bigint` expression over `from`),
+    /// encoded in SQL as `state::keys` encodes it.
+    async fn insert_links(
+        &self,
+        conn: &mut TdsClient,
+        fresh: &FreshLinks,
+        key_sql: &str,
+        from: &str,
+    ) -> Result<()> {
+        let table = format!("{}.[links]", quote(&fresh.schema));
+        let sql = format!(
+            "INSERT INTO {table} (entity, crm_key, external_key, shadow, deleted) \
+             SELECT @P1, s.crmsync_crm_key, {}, s.crmsync_shadow, 0 FROM {from} \
+             WHERE s.crmsync_crm_key IS NOT NULL",
+            crate::state::mssql::positive_int_key_sql(key_sql)
+        );
+        let what = format!("writing links into {table}");
+        let done = conn
+            .execute(sql, &[&fresh.entity.as_str()])
+            .await
+            .map_err(|e| self.query_error(what.clone(), e))?;
+        let stored: u64 = done.rows_affected().iter().sum();
+        if stored != fresh.links.len() as u64 {
+            return Err(EndpointError::Schema(format!(
+                "{what}: {} links were due, {stored} were stored",
+                fresh.links.len()
+            )));
+        }
+        Ok(())
     }
 
     /// Runs the batch that inserts the staged rows and selects their keys
@@ -397,18 +538,24 @@ impl MssqlEndpoint {
         Ok(keys)
     }
 
-    /// Creates the staging table: a column per wire type, then the row's
-    /// place.
-    async fn stage(&self, conn: &mut TdsClient, wires: &[Wire]) -> Result<()> {
+    /// Readies the staging table of `wires` (a column per wire type, then
+    /// the row's place), empty; its name.
+    async fn stage(&self, conn: &mut TdsClient, wires: &[Wire], links: bool) -> Result<String> {
         let mut defs: Vec<String> = wires
             .iter()
             .enumerate()
             .map(|(i, w)| format!("c{i} {} NULL", w.declaration()))
             .collect();
         defs.push("crmsync_ord int NOT NULL".into());
-        let sql = format!("CREATE TABLE {STAGE} ({})", defs.join(", "));
-        self.batch_in(conn, &sql, "creating the staging table")
-            .await
+        if links {
+            defs.push("crmsync_crm_key varbinary(8000) NULL".into());
+            defs.push("crmsync_shadow varbinary(8000) NULL".into());
+        }
+        let columns = defs.join(", ");
+        let stage = scratch("stage", &columns);
+        self.batch_in(conn, &ready(&stage, &columns), "readying the staging table")
+            .await?;
+        Ok(stage)
     }
 
     /// Sends rows into the staging table by bulk load; the rows the server
@@ -416,12 +563,13 @@ impl MssqlEndpoint {
     async fn bulk_rows(
         &self,
         conn: &mut TdsClient,
+        stage: &str,
         target: &str,
         rows: Vec<TokenRow<'static>>,
     ) -> Result<u64> {
         let what = format!("bulk loading rows for {target}");
         let mut req = conn
-            .bulk_insert(STAGE)
+            .bulk_insert(stage)
             .await
             .map_err(|e| self.query_error(what.clone(), e))?;
         for tr in rows {
@@ -438,9 +586,17 @@ impl MssqlEndpoint {
 
     /// Whether `table`'s IDENTITY counts down.
     async fn identity_descends(&self, conn: &mut TdsClient, table: &TableInfo) -> Result<bool> {
+        let name = qualified(table);
+        if let Some(known) = self
+            .identity_descends
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&name).copied())
+        {
+            return Ok(known);
+        }
         let sql = "SELECT CAST(increment_value AS bigint) FROM sys.identity_columns \
                    WHERE object_id = OBJECT_ID(@P1)";
-        let name = qualified(table);
         let rows = conn
             .query(sql, &[&name.as_str()])
             .await
@@ -448,10 +604,14 @@ impl MssqlEndpoint {
             .into_first_result()
             .await
             .map_err(|e| self.query_error("reading the identity increment", e))?;
-        Ok(rows
+        let descends = rows
             .first()
             .and_then(|r| r.get::<i64, _>(0))
-            .is_some_and(|inc| inc < 0))
+            .is_some_and(|inc| inc < 0);
+        if let Ok(mut cache) = self.identity_descends.lock() {
+            cache.insert(name, descends);
+        }
+        Ok(descends)
     }
 
     /// Bulk loads links that are new for certain into the links table.
@@ -503,6 +663,12 @@ impl MssqlEndpoint {
             .map_err(|e| self.query_error(what, e))?;
         Ok(())
     }
+}
+
+/// Whether a new row's key is one whose stored form SQL Server can make
+/// (`state::mssql::positive_int_key_sql`).
+fn positive_int(key: &Value) -> bool {
+    matches!(key, Value::Int(k) if *k > 0)
 }
 
 fn column<'t>(table: &'t TableInfo, name: &str) -> Result<&'t ColumnInfo> {

@@ -65,6 +65,9 @@ pub struct MssqlEndpoint {
     /// Declared types by table (`schema.name`, lower case), from `table`:
     /// casts need `datetime` told apart from `datetime2(3)`.
     natives: Mutex<HashMap<String, Vec<(String, NativeType)>>>,
+    /// Whether a table's IDENTITY counts down, by qualified name: read
+    /// once, as an IDENTITY's increment never changes.
+    identity_descends: Mutex<HashMap<String, bool>>,
 }
 
 impl std::fmt::Debug for MssqlEndpoint {

@@ -194,8 +194,9 @@ impl MssqlEndpoint {
             columns: &names,
             exprs,
             rows: &rows,
+            links: None,
         };
-        self.insert_staged(conn, &staged).await
+        Ok(self.insert_staged(conn, &staged).await?.map(|s| s.keys))
     }
 
     /// `n` new ids for `table` from Sage CRM's `eware_get_identity_id`, in

@@ -8,7 +8,7 @@ use super::{settle, BackfillReport, Chunk, ChunkCtx, Prepared};
 use crate::endpoint::bulk::{
     Cell, CheckpointWrite, ChunkWrite, FreshLink, FreshLinks, RawInserts, Rows, Turn,
 };
-use crate::endpoint::{Assign, Scan, Update, WriteBatch};
+use crate::endpoint::{Assign, EndpointError, Scan, Update, WriteBatch};
 use crate::engine::mapping::{external_to_canonical, map_crm_values, FieldProblem, Values};
 use crate::engine::references::Refs;
 use crate::engine::retry::retrying;
@@ -432,6 +432,42 @@ pub(super) async fn prepare_chunk(
 }
 
 /// Commits a prepared chunk with its links and checkpoint, after `turn`.
+/// Writes `chunk` into the external database (the backfill's `ext_bulk`)
+/// on a task of its own: the write then goes on between its statements
+/// while the backfill's task prepares the next chunk, CPU work that would
+/// otherwise hold up every write in flight. A write whose backfill gave
+/// up is aborted, which rolls its transaction back.
+async fn write_apart(
+    engine: &Engine,
+    chunk: ChunkWrite,
+    turn: Option<Turn>,
+) -> Result<Vec<Value>, EngineError> {
+    let endpoint = engine.endpoints.external.clone();
+    let mut task = AbortOnDrop(tokio::spawn(async move {
+        match endpoint.bulk() {
+            Some(bulk) => bulk.write_chunk(&chunk, turn).await,
+            None => Err(EndpointError::Schema(
+                "the external database has no bulk interface".into(),
+            )),
+        }
+    }));
+    match (&mut task.0).await {
+        Ok(written) => Ok(written?),
+        Err(e) => {
+            Err(EndpointError::Schema(format!("a backfill chunk's write failed: {e}")).into())
+        }
+    }
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub(super) async fn commit_chunk(
     ctx: &ChunkCtx<'_>,
     p: Prepared,
@@ -441,7 +477,6 @@ pub(super) async fn commit_chunk(
     let ChunkCtx {
         engine,
         e,
-        ext_bulk,
         direction,
         run,
         ..
@@ -466,11 +501,10 @@ pub(super) async fn commit_chunk(
         Ok::<_, EngineError>(pairs)
     });
     let names = names.transpose()?;
-    let keys = ext_bulk.write_chunk(&p.chunk, turn).await?;
+    let keys = write_apart(engine, p.chunk, turn).await?;
     // The next chunk may commit now.
     let _ = done.send(());
     tracing::debug!("chunk written in {:?}", t.elapsed());
-    drop(p.chunk);
     if let Some((upsert, fresh, cp)) = p.deferred {
         // Not atomic with the data: a crash here is repaired on rerun by
         // finding the inserted rows by external_crm_id_column.

@@ -376,7 +376,6 @@ struct ChunkCtx<'a> {
     ext_scan: &'a Scan,
     shape: &'a InsertShape,
     crm_bulk: &'a dyn BulkSource,
-    ext_bulk: &'a dyn Bulk,
     /// The CRM deleted-flag column, if any.
     deleted: Option<&'a str>,
     /// Whether links of this entity may exist for rows this run has not
@@ -498,7 +497,6 @@ async fn to_external(
         ext_scan: &ext_scan,
         shape: &shape,
         crm_bulk,
-        ext_bulk,
         deleted: deleted.as_deref(),
         links_before,
         direction,
@@ -519,16 +517,12 @@ async fn to_external(
     // leaves a gap behind it. With the state store in the CRM database the
     // links follow the data in separate writes, and one writer keeps them
     // in order too.
+    // The next chunk is read and prepared while the writers are busy, and
+    // handed to the first writer that frees up.
     let writers = if state_here { WRITERS } else { 1 };
     let mut inflight = FuturesOrdered::new();
     let mut prev: Option<Turn> = None;
     loop {
-        if inflight.len() >= writers {
-            if let Some(w) = inflight.next().await {
-                progress.add(w?);
-            }
-            continue;
-        }
         let prepared = {
             let next = async {
                 match rx.recv().await? {
@@ -557,6 +551,11 @@ async fn to_external(
             }
         };
         let Some(p) = prepared else { break };
+        while inflight.len() >= writers {
+            if let Some(w) = inflight.next().await {
+                progress.add(w?);
+            }
+        }
         report.chunks += 1;
         let (done, turn) = tokio::sync::oneshot::channel();
         inflight.push_back(commit_chunk(&ctx, p, prev.replace(turn), done));

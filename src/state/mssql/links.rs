@@ -319,6 +319,20 @@ fn int_key_sql(b: &str) -> String {
     )
 }
 
+/// The stored form (`state::keys`) of `x`, a positive `bigint`, made in
+/// T-SQL: the type byte 20 + n, then the n big-endian bytes its magnitude
+/// needs. An integer cast to `binary(8)` is its big-endian bytes, and
+/// `binary(1)` keeps the lowest byte ("CAST and CONVERT (Transact-SQL)",
+/// "binary and varbinary": other types are "padded or truncated on the
+/// left").
+pub(crate) fn positive_int_key_sql(x: &str) -> String {
+    let arms: Vec<String> = (1..8u32)
+        .map(|n| format!("WHEN {x} < {} THEN {n}", 1u64 << (8 * n)))
+        .collect();
+    let n = format!("CASE {} ELSE 8 END", arms.join(" "));
+    format!("CAST(20 + {n} AS binary(1)) + SUBSTRING(CAST({x} AS binary(8)), 9 - {n}, {n})")
+}
+
 /// See `StateStore::links_gone_from`. Integer keys (the identity or
 /// sequence keys of most ERP tables) are compared in one anti-join in the
 /// database: each live link's stored key decoded to the column's type and
@@ -398,6 +412,34 @@ pub(super) async fn gone_from(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positive_integer_keys_encode_as_the_state_does() {
+        // The SQL's length arms, evaluated here as SQL Server would.
+        let sql = positive_int_key_sql("x");
+        for k in [
+            1i64,
+            255,
+            256,
+            65_535,
+            65_536,
+            16_777_216,
+            1 << 40,
+            (1 << 56) - 1,
+            1 << 56,
+            i64::MAX,
+        ] {
+            let n = (1..8u32)
+                .find(|n| (k as u64) < 1u64 << (8 * n))
+                .unwrap_or(8) as usize;
+            let mut made = vec![20 + n as u8];
+            made.extend_from_slice(&k.to_be_bytes()[8 - n..]);
+            assert_eq!(made, keys::value_bytes(&Value::Int(k)), "{k}");
+            if n < 8 {
+                assert!(sql.contains(&format!("WHEN x < {} THEN {n}", 1u64 << (8 * n))));
+            }
+        }
+    }
 
     #[test]
     fn integer_keys_decode_by_their_length_byte() {

@@ -12,7 +12,7 @@ mod migrate;
 mod runs;
 mod status;
 
-pub(crate) use links::write_links_in;
+pub(crate) use links::{positive_int_key_sql, write_links_in};
 
 use crate::db::mssql::types::from_column as value_of;
 use crate::db::mssql::{quote, MssqlDatabase, TdsClient};

@@ -1091,6 +1091,11 @@ impl Session {
         match first {
             "EXEC" | "EXECUTE" => return self.exec_proc(text, vars, out).await,
             "DROP" => return self.drop(w, out).await,
+            "TRUNCATE" if w.get(1).map(String::as_str) == Some("TABLE") => {
+                return self
+                    .truncate(w.get(2).map(String::as_str).unwrap_or(""), out)
+                    .await
+            }
             "INSERT" if w.get(1).map(String::as_str) == Some("BULK") => {
                 let table = text.split_whitespace().nth(2).unwrap_or("").to_string();
                 let table = table.split('(').next().unwrap_or("").to_string();
@@ -1230,6 +1235,48 @@ impl Session {
             .await
             .map_err(|e| map_pg_error(&e, None))?;
         *self.shared.catalog.write().await = cat;
+        Ok(())
+    }
+
+    /// TRUNCATE TABLE ("TRUNCATE TABLE (Transact-SQL)"): every row goes,
+    /// inside the caller's transaction (a rollback brings them back); a
+    /// table that does not exist is error 4701.
+    async fn truncate(&mut self, name: &str, out: &mut Out) -> Result<(), SqlError> {
+        let parts: Vec<String> = name
+            .split('.')
+            .filter(|p| !p.is_empty())
+            .map(|p| translate::pg_ident(p.trim_matches(['[', ']', '"'])))
+            .collect();
+        let pg = if parts.len() >= 2 {
+            parts[parts.len() - 2..].join(".")
+        } else if name.starts_with('#') {
+            parts.join("")
+        } else {
+            format!("\"dbo\".{}", parts.join(""))
+        };
+        let base = name
+            .rsplit('.')
+            .next()
+            .unwrap_or(name)
+            .trim_matches(['[', ']']);
+        let missing = || {
+            SqlError::new(
+                4701,
+                16,
+                format!("Cannot find the object \"{base}\" because it does not exist or you do not have permissions."),
+            )
+        };
+        if pg.is_empty() {
+            return Err(missing());
+        }
+        self.pg
+            .batch_execute(&format!("TRUNCATE TABLE {pg}"))
+            .await
+            .map_err(|e| match e.code() {
+                Some(c) if *c == tokio_postgres::error::SqlState::UNDEFINED_TABLE => missing(),
+                _ => map_pg_error(&e, None),
+            })?;
+        out.done(self.inxact(), 0);
         Ok(())
     }
 

@@ -265,6 +265,9 @@ pub struct Translator<'a> {
     /// CASTs and CONVERTs of a value without offset to datetimeoffset
     /// (by address, marked before their operand is rewritten).
     naive_to_offset: std::collections::HashSet<usize>,
+    /// CASTs of an integer to binary, with the integer's width in bytes
+    /// (by address, marked before their operand is rewritten).
+    int_to_binary: HashMap<usize, u8>,
 }
 
 impl<'a> Translator<'a> {
@@ -275,6 +278,7 @@ impl<'a> Translator<'a> {
             by_name: HashMap::new(),
             error: None,
             naive_to_offset: std::collections::HashSet::new(),
+            int_to_binary: HashMap::new(),
         }
     }
 
@@ -912,6 +916,25 @@ impl VisitorMut for Translator<'_> {
 
     fn pre_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
         self.mark_naive_to_offset(e);
+        if let Expr::Cast {
+            expr, data_type, ..
+        } = &*e
+        {
+            let width = match hint(expr, self.env) {
+                Some(SqlType::TinyInt) => Some(1),
+                Some(SqlType::SmallInt) => Some(2),
+                Some(SqlType::Int) => Some(4),
+                Some(SqlType::BigInt) => Some(8),
+                _ => None,
+            };
+            let binary = matches!(
+                parse_decl(&data_type.to_string()),
+                Some(SqlType::Binary(_) | SqlType::VarBinary(_))
+            );
+            if let (Some(w), true) = (width, binary) {
+                self.int_to_binary.insert(e as *const Expr as usize, w);
+            }
+        }
         if let Some(new) = self.datetime_vs_datetime2(e) {
             *e = new;
             return ControlFlow::Continue(());
@@ -1048,6 +1071,7 @@ impl VisitorMut for Translator<'_> {
 
     fn post_visit_expr(&mut self, e: &mut Expr) -> ControlFlow<()> {
         let naive_to_offset = self.naive_to_offset.remove(&(e as *const Expr as usize));
+        let int_to_binary = self.int_to_binary.remove(&(e as *const Expr as usize));
         let result: Result<Option<Expr>, SqlError> = (|| {
             Ok(match e {
                 Expr::Identifier(id) if id.value.starts_with(UNCAST) => {
@@ -1109,6 +1133,26 @@ impl VisitorMut for Translator<'_> {
                             &format!("(CAST({expr} AS timestamp) AT TIME ZONE 'UTC')"),
                             &t,
                         ))));
+                    }
+                    // An integer to binary ("CAST and CONVERT (Transact-SQL)",
+                    // binary and varbinary): its big-endian bytes, "padded or
+                    // truncated on the left" to binary(n); varbinary is not padded.
+                    let source_bytes = int_to_binary;
+                    let to_binary = match t {
+                        SqlType::Binary(n) => Some((Some(n), true)),
+                        SqlType::VarBinary(n) => Some((n, false)),
+                        _ => None,
+                    };
+                    if let (Some(w), Some((len, pad))) = (source_bytes, to_binary) {
+                        let w = u16::from(w);
+                        let kept = len.map_or(w, |n| n.min(w));
+                        let bytes = format!("substring(int8send(CAST({expr} AS int8)) FROM {})", 9 - kept);
+                        return Ok(Some(raw(match len {
+                            Some(n) if pad && n > w => {
+                                format!("('\\x{}'::bytea || {bytes})", "00".repeat(usize::from(n - w)))
+                            }
+                            _ => bytes,
+                        })));
                     }
                     match int_bytes {
                         // Binary to an integer ("CAST and CONVERT (Transact-SQL)",
@@ -1242,6 +1286,35 @@ pub fn hint(e: &Expr, env: &Env<'_>) -> Option<SqlType> {
             }
         }
         Expr::Case { conditions, .. } => conditions.first().and_then(|r| hint(&r.result, env)),
+        Expr::UnaryOp {
+            op: sqlparser::ast::UnaryOperator::Minus | sqlparser::ast::UnaryOperator::Plus,
+            expr,
+        } => hint(expr, env),
+        // Integer arithmetic: the wider operand's type (data type
+        // precedence, "Data type precedence (Transact-SQL)").
+        Expr::BinaryOp {
+            left,
+            op:
+                BinaryOperator::Plus
+                | BinaryOperator::Minus
+                | BinaryOperator::Multiply
+                | BinaryOperator::Divide
+                | BinaryOperator::Modulo,
+            right,
+        } => {
+            let rank = |t: &SqlType| match t {
+                SqlType::TinyInt => Some(1),
+                SqlType::SmallInt => Some(2),
+                SqlType::Int => Some(3),
+                SqlType::BigInt => Some(4),
+                _ => None,
+            };
+            let (l, r) = (hint(left, env)?, hint(right, env)?);
+            match (rank(&l), rank(&r)) {
+                (Some(a), Some(b)) => Some(if a >= b { l } else { r }),
+                _ => None,
+            }
+        }
         // SUBSTRING of a binary value is varbinary.
         Expr::Substring { expr, .. } => match hint(expr, env) {
             Some(SqlType::VarBinary(_) | SqlType::Binary(_)) => Some(SqlType::VarBinary(None)),

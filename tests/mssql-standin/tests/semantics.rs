@@ -1440,3 +1440,92 @@ async fn builtins_newer_than_sql_server_2016_are_refused() {
         Some(3)
     );
 }
+
+/// 20. TRUNCATE TABLE ("TRUNCATE TABLE (Transact-SQL)"): removes all rows
+/// of a table, a session's #temp table included; it "can be rolled back"
+/// inside a transaction; a table that does not exist is error 4701.
+/// `OBJECT_ID('tempdb..#t')` names the session's own temporary table
+/// ("OBJECT_ID (Transact-SQL)"), so a batch can create it once and empty it
+/// on every later use.
+#[tokio::test]
+async fn truncate_empties_a_temp_table_and_rolls_back() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    let reuse = "IF OBJECT_ID('tempdb..#stage') IS NULL CREATE TABLE #stage (v int NULL) \
+                 ELSE TRUNCATE TABLE #stage; INSERT INTO #stage VALUES (1), (2)";
+    exec(&mut c, reuse).await;
+    exec(&mut c, reuse).await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM #stage").await,
+        Some(2)
+    );
+    exec(&mut c, "BEGIN TRANSACTION; TRUNCATE TABLE #stage").await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM #stage").await,
+        Some(0)
+    );
+    exec(&mut c, "ROLLBACK TRANSACTION").await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM #stage").await,
+        Some(2)
+    );
+    exec(
+        &mut c,
+        "CREATE TABLE t (v int NULL); INSERT INTO t VALUES (7); TRUNCATE TABLE dbo.t",
+    )
+    .await;
+    assert_eq!(
+        scalar::<i32>(&mut c, "SELECT COUNT(*) FROM t").await,
+        Some(0)
+    );
+    let e = server_error(&mut c, "TRUNCATE TABLE nosuch").await;
+    assert_eq!((e.code(), e.class()), (4701, 16), "{}", e.message());
+    // Another session's #stage is its own.
+    let mut other = connect(&s).await;
+    let e = server_error(&mut other, "TRUNCATE TABLE #stage").await;
+    assert_eq!(e.code(), 4701, "{}", e.message());
+}
+
+/// 21. Integers to binary ("CAST and CONVERT (Transact-SQL)", "binary and
+/// varbinary"): "when other data types are converted to binary, the data
+/// is padded or truncated on the left", so an integer becomes its
+/// big-endian bytes and `binary(1)` keeps the lowest; `+` concatenates
+/// binary strings ("+ (String Concatenation) (Transact-SQL)") and
+/// SUBSTRING takes bytes of them ("SUBSTRING (Transact-SQL)").
+#[tokio::test]
+async fn integers_cast_to_binary_big_endian_and_concatenate() {
+    let s = standin().await;
+    let mut c = connect(&s).await;
+    let cases: [(&str, &[u8]); 7] = [
+        ("SELECT CAST(CAST(258 AS bigint) AS binary(8))", &[0, 0, 0, 0, 0, 0, 1, 2]),
+        ("SELECT CAST(21 AS binary(1))", &[21]),
+        ("SELECT CAST(277 AS binary(1))", &[21]),
+        (
+            "SELECT CAST(22 AS binary(1)) + SUBSTRING(CAST(CAST(258 AS bigint) AS binary(8)), 7, 2)",
+            &[22, 1, 2],
+        ),
+        ("SELECT CAST(CAST(-2 AS bigint) AS binary(8))", &[255, 255, 255, 255, 255, 255, 255, 254]),
+        ("SELECT CAST(1 AS binary(6))", &[0, 0, 0, 0, 0, 1]),
+        ("SELECT CAST(-2 AS varbinary(8))", &[255, 255, 255, 254]),
+    ];
+    for (sql, want) in cases {
+        let got: Vec<u8> = rows(&mut c, sql).await[0]
+            .get::<&[u8], _>(0)
+            .unwrap()
+            .to_vec();
+        assert_eq!(got, want, "{sql}");
+    }
+    exec(&mut c, "CREATE TABLE k (k bigint NOT NULL)").await;
+    exec(&mut c, "INSERT INTO k VALUES (5), (70000)").await;
+    let got: Vec<Vec<u8>> = rows(
+        &mut c,
+        "SELECT CAST(20 + CASE WHEN k < 256 THEN 1 ELSE 3 END AS binary(1)) \
+         + SUBSTRING(CAST(k AS binary(8)), 9 - CASE WHEN k < 256 THEN 1 ELSE 3 END, \
+                     CASE WHEN k < 256 THEN 1 ELSE 3 END) FROM k ORDER BY k",
+    )
+    .await
+    .iter()
+    .map(|r| r.get::<&[u8], _>(0).unwrap().to_vec())
+    .collect();
+    assert_eq!(got, vec![vec![21, 5], vec![23, 1, 0x11, 0x70]]);
+}
