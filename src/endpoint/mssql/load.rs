@@ -89,10 +89,11 @@ pub(super) struct StagedKeys {
     /// The keys of the new rows, in row order.
     pub keys: Vec<Value>,
     /// Whether `Staged::links` are written too: when every new key is a
-    /// positive integer, the links go from the staging table (which
+    /// positive integer (and every CRM key and shadow fits
+    /// `LINK_CELL_MAX`), the links go from the staging table (which
     /// carried their CRM keys and shadows) into the links table in one
     /// statement, the external keys encoded by SQL Server itself; other
-    /// keys are for the caller to load.
+    /// links are for the caller to load.
     pub links_written: bool,
 }
 
@@ -101,6 +102,10 @@ pub(super) struct StagedKeys {
 /// limit and refuses anything longer, in the middle of the load. Longer
 /// texts and binaries go row by row, as parameters.
 const BULK_MAX_BYTES: usize = 0xFFFF;
+
+/// The longest CRM key or shadow, in bytes, that rides in the staging
+/// table's `varbinary(8000)` link columns.
+const LINK_CELL_MAX: usize = 8000;
 
 /// How a column travels through the staging table.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -296,9 +301,17 @@ impl MssqlEndpoint {
         for i in &staged {
             wires.push(Wire::of(&column(s.table, &s.columns[*i])?.ty));
         }
-        // Each row's link, if the links travel with the rows.
+        // The links that travel with the rows: not those with a CRM key or
+        // shadow longer than the staging table's varbinary(8000) columns
+        // (the caller bulk loads them).
+        let carried = s.links.filter(|f| {
+            f.links
+                .iter()
+                .all(|l| l.crm_key.len() <= LINK_CELL_MAX && l.shadow.len() <= LINK_CELL_MAX)
+        });
+        // Each row's link, if they travel.
         let mut link_of: Vec<Option<&crate::endpoint::bulk::FreshLink>> = Vec::new();
-        if let Some(fresh) = s.links {
+        if let Some(fresh) = carried {
             link_of.resize(s.rows.len(), None);
             for l in &fresh.links {
                 if let Some(slot) = link_of.get_mut(l.insert) {
@@ -322,7 +335,7 @@ impl MssqlEndpoint {
                 }
             }
             tr.push(ColumnData::I32(Some(cells.len() as i32)));
-            if s.links.is_some() {
+            if carried.is_some() {
                 let link = link_of[r];
                 tr.push(ColumnData::Binary(
                     link.map(|l| Cow::Owned(l.crm_key.clone())),
@@ -334,7 +347,7 @@ impl MssqlEndpoint {
             cells.push(tr);
         }
         let t = std::time::Instant::now();
-        let stage = self.stage(conn, &wires, s.links.is_some()).await?;
+        let stage = self.stage(conn, &wires, carried.is_some()).await?;
         tracing::debug!("staging table for {target} ready in {:?}", t.elapsed());
         let loaded = self.bulk_rows(conn, &stage, &target, cells).await?;
         tracing::debug!("{loaded} rows bulk loaded at {:?}", t.elapsed());
@@ -452,7 +465,7 @@ impl MssqlEndpoint {
                 )
             }
         };
-        let links_written = match s.links {
+        let links_written = match carried {
             Some(fresh) if !fresh.links.is_empty() && keys.iter().all(positive_int) => {
                 self.insert_links(conn, fresh, &key_sql, &from).await?;
                 true
@@ -548,8 +561,8 @@ impl MssqlEndpoint {
             .collect();
         defs.push("crmsync_ord int NOT NULL".into());
         if links {
-            defs.push("crmsync_crm_key varbinary(8000) NULL".into());
-            defs.push("crmsync_shadow varbinary(8000) NULL".into());
+            defs.push(format!("crmsync_crm_key varbinary({LINK_CELL_MAX}) NULL"));
+            defs.push(format!("crmsync_shadow varbinary({LINK_CELL_MAX}) NULL"));
         }
         let columns = defs.join(", ");
         let stage = scratch("stage", &columns);
