@@ -1242,18 +1242,7 @@ impl Session {
     /// inside the caller's transaction (a rollback brings them back); a
     /// table that does not exist is error 4701.
     async fn truncate(&mut self, name: &str, out: &mut Out) -> Result<(), SqlError> {
-        let parts: Vec<String> = name
-            .split('.')
-            .filter(|p| !p.is_empty())
-            .map(|p| translate::pg_ident(p.trim_matches(['[', ']', '"'])))
-            .collect();
-        let pg = if parts.len() >= 2 {
-            parts[parts.len() - 2..].join(".")
-        } else if name.starts_with('#') {
-            parts.join("")
-        } else {
-            format!("\"dbo\".{}", parts.join(""))
-        };
+        let pg = pg_table(name);
         let base = name
             .rsplit('.')
             .next()
@@ -1287,19 +1276,7 @@ impl Session {
         if if_exists {
             names.drain(..2.min(names.len()));
         }
-        let pg_name = |n: &str| -> String {
-            let parts: Vec<String> = n
-                .split('.')
-                .map(|p| translate::pg_ident(p.trim_matches(['[', ']', '"'])))
-                .collect();
-            if parts.len() >= 2 {
-                parts[parts.len() - 2..].join(".")
-            } else if n.starts_with('#') {
-                parts.join("")
-            } else {
-                format!("\"dbo\".{}", parts.join(""))
-            }
-        };
+        let pg_name = |n: &str| pg_table(n);
         let sql = match kind {
             "TABLE" => format!(
                 "DROP TABLE {}{}",
@@ -2126,17 +2103,7 @@ impl Session {
         rows: &[Vec<Value>],
         keep_nulls: bool,
     ) -> Result<u64, SqlError> {
-        let parts: Vec<String> = table
-            .split('.')
-            .map(|p| translate::pg_ident(p.trim_matches(['[', ']', '"'])))
-            .collect();
-        let table = if parts.len() >= 2 {
-            parts[parts.len() - 2..].join(".")
-        } else if table.starts_with('#') {
-            parts.join("")
-        } else {
-            format!("\"dbo\".{}", parts.join(""))
-        };
+        let table = pg_table(table);
         let col_list: Vec<String> = cols.iter().map(|(n, _)| translate::pg_ident(n)).collect();
         let defaults = if keep_nulls {
             Vec::new()
@@ -2271,5 +2238,29 @@ fn copy_text(buf: &mut Vec<u8>, v: &Value) {
             b'\r' => buf.extend_from_slice(b"\\r"),
             _ => buf.push(c),
         }
+    }
+}
+
+/// The PostgreSQL name of table `name` as T-SQL writes it (`t`,
+/// `schema.t`, `db.schema.t`, `[x].[y]`, `#temp`): schema and table, `dbo`
+/// when no schema is given, a #temp table (`tempdb..#t` too) by its own
+/// name.
+fn pg_table(name: &str) -> String {
+    let parts: Vec<String> = name
+        .split('.')
+        .filter(|p| !p.is_empty())
+        .map(|p| translate::pg_ident(p.trim_matches(['[', ']', '"'])))
+        .collect();
+    let last = name
+        .rsplit('.')
+        .next()
+        .unwrap_or(name)
+        .trim_start_matches('[');
+    if last.starts_with('#') {
+        parts.last().cloned().unwrap_or_default()
+    } else if parts.len() >= 2 {
+        parts[parts.len() - 2..].join(".")
+    } else {
+        format!("\"dbo\".{}", parts.join(""))
     }
 }
