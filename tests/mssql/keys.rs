@@ -121,6 +121,30 @@ async fn statement_sizes(erp: &mut Tds) -> (Option<i64>, Option<i64>) {
     )
 }
 
+/// The ERP keyed by `key` (see `erp_keyed_by`), 450 CRM companies
+/// backfilled into it in chunks of 100: every row read and inserted,
+/// none refused, and every link naming its row.
+async fn backfill_450_into(key: &str) -> (Server, Tds, crate::common::Env) {
+    use crate::common::insert_companies;
+    let (server, mut erp, env) = erp_keyed_by(key).await;
+    insert_companies(&env.crm, 450, "now() - interval '1 hour'", "Supplier").await;
+    let r = &backfill_binary(&env.config, &["--chunk-rows", "100"]).await;
+    assert_eq!(
+        (&r["read"], &r["inserted"], &r["rejected"]),
+        (
+            &serde_json::json!(450),
+            &serde_json::json!(450),
+            &serde_json::json!(0)
+        ),
+        "{key}: {r}"
+    );
+    assert_eq!(
+        assert_links_name_their_rows(&mut erp, &env.crm, key).await,
+        450
+    );
+    (server, erp, env)
+}
+
 /// A backfill of 450 CRM rows in chunks of 100 into a table keyed by a
 /// uuid or a text code its default draws: five set-based inserts (the
 /// trigger sees statements of 100 and 50 rows, never one), every row
@@ -128,24 +152,8 @@ async fn statement_sizes(erp: &mut Tds) -> (Option<i64>, Option<i64>) {
 /// name, and nothing left for the next sync.
 #[tokio::test]
 async fn backfill_into_a_default_keyed_table_pairs_every_key_with_its_row() {
-    use crate::common::insert_companies;
     for key in DEFAULT_KEYS {
-        let (_server, mut erp, env) = erp_keyed_by(key).await;
-        insert_companies(&env.crm, 450, "now() - interval '1 hour'", "Supplier").await;
-        let r = &backfill_binary(&env.config, &["--chunk-rows", "100"]).await;
-        assert_eq!(
-            (&r["read"], &r["inserted"], &r["rejected"]),
-            (
-                &serde_json::json!(450),
-                &serde_json::json!(450),
-                &serde_json::json!(0)
-            ),
-            "{key}: {r}"
-        );
-        assert_eq!(
-            assert_links_name_their_rows(&mut erp, &env.crm, key).await,
-            450
-        );
+        let (_server, mut erp, env) = backfill_450_into(key).await;
         assert_eq!(
             scalar_i64(
                 &mut erp,
@@ -254,7 +262,6 @@ async fn a_sync_page_of_new_rows_into_a_default_keyed_table_is_one_insert() {
 /// as the client encodes them) all name their rows.
 #[tokio::test]
 async fn backfill_into_an_identity_table_links_every_key_it_drew() {
-    use crate::common::insert_companies;
     for key in [
         "supplier_id bigint IDENTITY(100,1) NOT NULL PRIMARY KEY,",
         "supplier_id int IDENTITY(65300,1) NOT NULL PRIMARY KEY,",
@@ -262,18 +269,7 @@ async fn backfill_into_an_identity_table_links_every_key_it_drew() {
         "supplier_id int IDENTITY(1000,-1) NOT NULL PRIMARY KEY,",
         "supplier_id bigint IDENTITY(150,-1) NOT NULL PRIMARY KEY,",
     ] {
-        let (_server, mut erp, env) = erp_keyed_by(key).await;
-        insert_companies(&env.crm, 450, "now() - interval '1 hour'", "Supplier").await;
-        let r = &backfill_binary(&env.config, &["--chunk-rows", "100"]).await;
-        assert_eq!(
-            (&r["inserted"], &r["rejected"]),
-            (&serde_json::json!(450), &serde_json::json!(0)),
-            "{key}: {r}"
-        );
-        assert_eq!(
-            assert_links_name_their_rows(&mut erp, &env.crm, key).await,
-            450
-        );
+        let (_server, _erp, env) = backfill_450_into(key).await;
         assert_eq!(crate::two_way::sync(&env).await.changes(), 0, "{key}");
     }
 }

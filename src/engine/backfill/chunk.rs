@@ -19,6 +19,7 @@ use crate::state::{keys, Base, Checkpoint, KeyRef, Link, LinkBatch, LinkWrite, S
 use crate::value::Value;
 use std::collections::HashMap;
 use std::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
 
 /// A CRM row of the chunk that is not linked yet.
 struct Candidate {
@@ -443,7 +444,7 @@ async fn write_apart(
     turn: Option<Turn>,
 ) -> Result<Vec<Value>, EngineError> {
     let endpoint = engine.endpoints.external.clone();
-    let mut task = AbortOnDrop(tokio::spawn(async move {
+    let task = AbortOnDropHandle::new(tokio::spawn(async move {
         match endpoint.bulk() {
             Some(bulk) => bulk.write_chunk(&chunk, turn).await,
             None => Err(EndpointError::Schema(
@@ -451,20 +452,11 @@ async fn write_apart(
             )),
         }
     }));
-    match (&mut task.0).await {
+    match task.await {
         Ok(written) => Ok(written?),
         Err(e) => {
             Err(EndpointError::Schema(format!("a backfill chunk's write failed: {e}")).into())
         }
-    }
-}
-
-/// A task aborted when its handle is dropped.
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

@@ -920,13 +920,7 @@ impl VisitorMut for Translator<'_> {
             expr, data_type, ..
         } = &*e
         {
-            let width = match hint(expr, self.env) {
-                Some(SqlType::TinyInt) => Some(1),
-                Some(SqlType::SmallInt) => Some(2),
-                Some(SqlType::Int) => Some(4),
-                Some(SqlType::BigInt) => Some(8),
-                _ => None,
-            };
+            let width = hint(expr, self.env).as_ref().and_then(int_bytes);
             let binary = matches!(
                 parse_decl(&data_type.to_string()),
                 Some(SqlType::Binary(_) | SqlType::VarBinary(_))
@@ -1117,13 +1111,7 @@ impl VisitorMut for Translator<'_> {
                         hint(expr, self.env),
                         Some(SqlType::VarBinary(_) | SqlType::Binary(_))
                     );
-                    let int_bytes = match t {
-                        SqlType::TinyInt => Some(1),
-                        SqlType::SmallInt => Some(2),
-                        SqlType::Int => Some(4),
-                        SqlType::BigInt => Some(8),
-                        _ => None,
-                    };
+                    let to_int = int_bytes(&t);
                     // A SUBSTRING whose operand the catalog cannot type by
                     // name: chosen by PostgreSQL's own type of it.
                     let untyped = matches!(expr.as_ref(), Expr::Substring { .. })
@@ -1137,13 +1125,12 @@ impl VisitorMut for Translator<'_> {
                     // An integer to binary ("CAST and CONVERT (Transact-SQL)",
                     // binary and varbinary): its big-endian bytes, "padded or
                     // truncated on the left" to binary(n); varbinary is not padded.
-                    let source_bytes = int_to_binary;
                     let to_binary = match t {
                         SqlType::Binary(n) => Some((Some(n), true)),
                         SqlType::VarBinary(n) => Some((n, false)),
                         _ => None,
                     };
-                    if let (Some(w), Some((len, pad))) = (source_bytes, to_binary) {
+                    if let (Some(w), Some((len, pad))) = (int_to_binary, to_binary) {
                         let w = u16::from(w);
                         let kept = len.map_or(w, |n| n.min(w));
                         let bytes = format!("substring(int8send(CAST({expr} AS int8)) FROM {})", 9 - kept);
@@ -1154,7 +1141,7 @@ impl VisitorMut for Translator<'_> {
                             _ => bytes,
                         })));
                     }
-                    match int_bytes {
+                    match to_int {
                         // Binary to an integer ("CAST and CONVERT (Transact-SQL)",
                         // binary and varbinary).
                         Some(n) if binary => Some(raw(cast_sql(
@@ -1302,15 +1289,8 @@ pub fn hint(e: &Expr, env: &Env<'_>) -> Option<SqlType> {
                 | BinaryOperator::Modulo,
             right,
         } => {
-            let rank = |t: &SqlType| match t {
-                SqlType::TinyInt => Some(1),
-                SqlType::SmallInt => Some(2),
-                SqlType::Int => Some(3),
-                SqlType::BigInt => Some(4),
-                _ => None,
-            };
             let (l, r) = (hint(left, env)?, hint(right, env)?);
-            match (rank(&l), rank(&r)) {
+            match (int_bytes(&l), int_bytes(&r)) {
                 (Some(a), Some(b)) => Some(if a >= b { l } else { r }),
                 _ => None,
             }
@@ -1320,6 +1300,17 @@ pub fn hint(e: &Expr, env: &Env<'_>) -> Option<SqlType> {
             Some(SqlType::VarBinary(_) | SqlType::Binary(_)) => Some(SqlType::VarBinary(None)),
             _ => None,
         },
+        _ => None,
+    }
+}
+
+/// The width in bytes of an integer type.
+fn int_bytes(t: &SqlType) -> Option<u8> {
+    match t {
+        SqlType::TinyInt => Some(1),
+        SqlType::SmallInt => Some(2),
+        SqlType::Int => Some(4),
+        SqlType::BigInt => Some(8),
         _ => None,
     }
 }
