@@ -31,6 +31,8 @@ pub struct RawRows {
     /// for NULL.
     pub cells: Vec<Option<(u32, u32)>>,
     pub columns: usize,
+    /// Text cells are valid UTF-8: the server converted them into it.
+    pub text_checked: bool,
     /// Decodes the cell of column `i`.
     pub decode: Arc<CellDecoder>,
 }

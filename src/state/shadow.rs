@@ -261,23 +261,27 @@ fn from_inline(b: &[u8]) -> Result<Value, String> {
     })
 }
 
-/// Builds a sealed shadow field by field, in the layout's order.
+/// Builds a sealed shadow field by field, in the layout's order: the
+/// header, a nibble of code per field, then the fields' bodies, written
+/// into one buffer (a backfill seals a shadow for every row it copies).
 #[derive(Debug)]
 pub struct Sealer {
-    codes: Vec<u8>,
-    body: Vec<u8>,
+    buf: Vec<u8>,
+    /// Where the bodies begin: after the header and the codes.
+    codes_end: usize,
     n: usize,
 }
 
 impl Sealer {
     pub fn new(layout: i32, fields: usize) -> Sealer {
-        let mut codes = Vec::with_capacity(5 + fields.div_ceil(2));
-        codes.push(FORMAT);
-        codes.extend_from_slice(&layout.to_be_bytes());
-        codes.resize(5 + fields.div_ceil(2), 0);
+        let codes_end = 5 + fields.div_ceil(2);
+        let mut buf = Vec::with_capacity(codes_end + fields * 8);
+        buf.push(FORMAT);
+        buf.extend_from_slice(&layout.to_be_bytes());
+        buf.resize(codes_end, 0);
         Sealer {
-            codes,
-            body: Vec::with_capacity(fields * 8),
+            buf,
+            codes_end,
             n: 0,
         }
     }
@@ -287,30 +291,31 @@ impl Sealer {
             Sealing::Absent => code::ABSENT,
             Sealing::Null => code::NULL,
             Sealing::Digest(v, None) => {
-                self.body.extend_from_slice(&v.to_le_bytes());
+                self.buf.extend_from_slice(&v.to_le_bytes());
                 code::DIGEST
             }
             Sealing::Digest(v, Some(c)) => {
-                self.body.extend_from_slice(&v.to_le_bytes());
-                self.body.extend_from_slice(&c.to_le_bytes());
+                self.buf.extend_from_slice(&v.to_le_bytes());
+                self.buf.extend_from_slice(&c.to_le_bytes());
                 code::DIGESTS
             }
             Sealing::Inline(b, len) => {
-                self.body.extend_from_slice(&b[..usize::from(len)]);
+                self.buf.extend_from_slice(&b[..usize::from(len)]);
                 code::INLINE + len
             }
         };
         let byte = 5 + self.n / 2;
-        if byte >= self.codes.len() {
-            self.codes.push(0);
+        if byte >= self.codes_end {
+            // More fields than announced: one more byte of codes.
+            self.buf.insert(self.codes_end, 0);
+            self.codes_end += 1;
         }
-        self.codes[byte] |= code << (4 * (self.n % 2));
+        self.buf[byte] |= code << (4 * (self.n % 2));
         self.n += 1;
     }
 
-    pub fn finish(mut self) -> Vec<u8> {
-        self.codes.append(&mut self.body);
-        self.codes
+    pub fn finish(self) -> Vec<u8> {
+        self.buf
     }
 }
 

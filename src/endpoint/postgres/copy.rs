@@ -84,11 +84,12 @@ impl PgEndpoint {
     /// a single streaming query would let the driver buffer the whole
     /// table in memory when the writer is slower than the reader.
     /// `convert` turns a chunk's rows into what is sent, with the key of
-    /// its last row.
+    /// its last row; it is told whether the server has checked that text
+    /// is valid UTF-8.
     fn stream_with<T, F>(&self, req: StreamRequest, convert: F) -> mpsc::Receiver<Result<T>>
     where
         T: Send + 'static,
-        F: Fn(Vec<tokio_postgres::Row>, usize) -> Result<(T, Option<Value>)> + Send + 'static,
+        F: Fn(Vec<tokio_postgres::Row>, usize, bool) -> Result<(T, Option<Value>)> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(req.depth.max(1));
         let pool = self.db.pool().clone();
@@ -138,6 +139,15 @@ impl PgEndpoint {
                     return;
                 }
             }
+            // Text arrives converted into UTF-8, which checks it, unless
+            // the database stores bytes unchecked (SQL_ASCII).
+            let text_checked = match conn.query_one("SHOW server_encoding", &[]).await {
+                Ok(r) => r.get::<_, String>(0) != "SQL_ASCII",
+                Err(e) => {
+                    let _ = tx.send(Err(fail(e))).await;
+                    return;
+                }
+            };
             let (first, next) = match (conn.prepare(&first).await, conn.prepare(&next).await) {
                 (Ok(f), Ok(n)) => (f, n),
                 (Err(e), _) | (_, Err(e)) => {
@@ -169,7 +179,7 @@ impl PgEndpoint {
                 if n == 0 {
                     return;
                 }
-                match convert(rows, key_pos) {
+                match convert(rows, key_pos, text_checked) {
                     Ok((chunk, last)) => {
                         after = last;
                         permit.send(Ok(chunk));
@@ -262,6 +272,9 @@ impl PgEndpoint {
         {
             if buf.len() >= COPY_MESSAGE {
                 sink.send(buf.split().freeze()).await.map_err(failed)?;
+                // A buffer of the whole message at once: grown from empty
+                // it would be copied over again at every doubling.
+                buf.reserve(COPY_MESSAGE + 64 * 1024);
             }
         }
         buf.put_i16(-1);
@@ -446,13 +459,28 @@ impl<'a> tokio_postgres::types::FromSql<'a> for WireCell<'a> {
 }
 
 /// Rows in raw form: every cell's bytes copied into one buffer.
-fn raw_rows(side: &'static str, rows: Vec<tokio_postgres::Row>) -> Result<RawRows> {
+fn raw_rows(
+    side: &'static str,
+    rows: Vec<tokio_postgres::Row>,
+    text_checked: bool,
+) -> Result<RawRows> {
     let types: Vec<Type> = rows
         .first()
         .map(|r| r.columns().iter().map(|c| c.type_().clone()).collect())
         .unwrap_or_default();
     let columns = types.len();
-    let mut data = bytes::BytesMut::new();
+    // Room for rows the size of the first, so that the buffer is seldom
+    // grown (and copied) while it fills.
+    let first_row: usize = match rows.first() {
+        Some(r) => (0..columns)
+            .map(|i| {
+                r.try_get::<_, WireCell>(i)
+                    .map_or(0, |c| c.0.map_or(0, <[u8]>::len))
+            })
+            .sum(),
+        None => 0,
+    };
+    let mut data = bytes::BytesMut::with_capacity((first_row + first_row / 4) * rows.len());
     let mut cells = Vec::with_capacity(rows.len() * columns);
     for r in &rows {
         for i in 0..columns {
@@ -478,6 +506,7 @@ fn raw_rows(side: &'static str, rows: Vec<tokio_postgres::Row>) -> Result<RawRow
         data: data.freeze(),
         cells,
         columns,
+        text_checked,
         decode: std::sync::Arc::new(move |i, raw| decode_cell(&types[i], raw)),
     })
 }
@@ -578,7 +607,7 @@ impl PgEndpoint {
 impl BulkSource for PgEndpoint {
     fn stream(&self, req: StreamRequest) -> mpsc::Receiver<Result<Rows>> {
         let side = self.db.side();
-        self.stream_with(req, move |rows, key_pos| {
+        self.stream_with(req, move |rows, key_pos, _| {
             let rows = super::rows_to_values(rows)
                 .map_err(|e| super::query_failure(side, "decoding rows".into(), e))?;
             let last = rows.last().map(|r| r[key_pos].clone());
@@ -620,8 +649,8 @@ impl BulkSource for PgEndpoint {
 impl Bulk for PgEndpoint {
     fn stream_raw(&self, req: StreamRequest) -> mpsc::Receiver<Result<RawRows>> {
         let side = self.db.side();
-        self.stream_with(req, move |rows, key_pos| {
-            let raw = raw_rows(side, rows)?;
+        self.stream_with(req, move |rows, key_pos, text_checked| {
+            let raw = raw_rows(side, rows, text_checked)?;
             let last = match raw.len() {
                 0 => None,
                 n => Some(raw.value(n - 1, key_pos)?),

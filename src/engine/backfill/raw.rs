@@ -51,16 +51,18 @@ fn raw_cell(rows: &RawRows, row: usize, pos: usize, f: &BoundField) -> Option<Ce
 
 /// How a raw cell of CRM type `ty` is sealed into a shadow, as its
 /// decoded value would be (a raw cell's CRM reading is the value itself),
-/// decoding only what is not text, integer or boolean.
+/// decoding only what is not text, integer or boolean. `checked`: text
+/// cells are known to be valid UTF-8.
 fn raw_sealing(
     ty: &SqlType,
     cell: Option<&[u8]>,
+    checked: bool,
     decode: impl FnOnce() -> Result<Value, EndpointError>,
 ) -> Result<Sealing, EngineError> {
     let int = |i: i64| shadow::inline_int(i).unwrap_or(Sealing::Digest(digest_int(i), None));
     Ok(match (ty, cell) {
         (_, None) => Sealing::Null,
-        (SqlType::Text { .. }, Some(b)) if std::str::from_utf8(b).is_ok() => {
+        (SqlType::Text { .. }, Some(b)) if checked || std::str::from_utf8(b).is_ok() => {
             shadow::inline_text(b).unwrap_or(Sealing::Digest(digest_text(b), None))
         }
         (SqlType::Int { bytes: 2 }, Some(&[a, b])) => int(i16::from_be_bytes([a, b]).into()),
@@ -107,9 +109,12 @@ pub(super) fn raw_row(
     for (n, (o, f)) in cols.outgoing.iter().zip(outgoing).enumerate() {
         if let Some(p) = o.pos.filter(|_| o.raw) {
             if let Some(cell) = raw_cell(rows, r, p, f) {
-                shadow.push(raw_sealing(&f.crm.ty, rows.cell(r, p), || {
-                    rows.value(r, p)
-                })?);
+                shadow.push(raw_sealing(
+                    &f.crm.ty,
+                    rows.cell(r, p),
+                    rows.text_checked,
+                    || rows.value(r, p),
+                )?);
                 cells.push(cell);
                 continue;
             }
@@ -272,13 +277,34 @@ mod tests {
                 (SqlType::Bool, vec![u8::from(flag)], Value::Bool(flag)),
             ];
             for (ty, cell, v) in cases {
-                let raw = raw_sealing(&ty, Some(&cell), || unreachable!("decoded")).unwrap();
-                proptest::prop_assert_eq!(raw, shadow::sealing(&v, &v));
+                // Text the server has checked is sealed without a second look.
+                for checked in [false, true] {
+                    let raw = raw_sealing(&ty, Some(&cell), checked, || unreachable!("decoded"))
+                        .unwrap();
+                    proptest::prop_assert_eq!(raw, shadow::sealing(&v, &v));
+                }
             }
             proptest::prop_assert_eq!(
-                raw_sealing(&SqlType::Bool, None, || unreachable!()).unwrap(),
+                raw_sealing(&SqlType::Bool, None, false, || unreachable!()).unwrap(),
                 Sealing::Null
             );
         }
+    }
+
+    /// Unchecked text that is not UTF-8 (a SQL_ASCII database) is decoded,
+    /// which refuses it, rather than sealed as text.
+    #[test]
+    fn unchecked_text_that_is_not_utf8_is_decoded() {
+        let ty = SqlType::Text {
+            max_len: None,
+            unit: crate::value::LengthUnit::Chars,
+            fixed: false,
+        };
+        let mut decoded = false;
+        let r = raw_sealing(&ty, Some(b"caf\xe9"), false, || {
+            decoded = true;
+            Err(EndpointError::Schema("not UTF-8".into()))
+        });
+        assert!(decoded && r.is_err());
     }
 }
