@@ -508,6 +508,58 @@ async fn a_backfill_names_each_crm_row_it_links() {
     assert_eq!(quiet.changes(), 0, "{quiet:?}");
 }
 
+/// An ERP whose BEFORE INSERT trigger assigns the key itself, whatever
+/// the insert gave: a backfill must link each CRM row with the key its
+/// ERP row got, not with one it drew from the column's sequence.
+#[tokio::test]
+async fn a_backfill_links_the_keys_an_erp_trigger_assigns() {
+    let env = keyed_env("bigint", KeyKind::BigintIdentity, "external").await;
+    env.erp
+        .batch_execute(
+            "CREATE SEQUENCE erp.partner_ids START 5000 INCREMENT 7;
+             CREATE FUNCTION erp.partner_key() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN NEW.partner_id := nextval('erp.partner_ids'); RETURN NEW; END $$;
+             CREATE TRIGGER partner_key BEFORE INSERT ON erp.partner
+                 FOR EACH ROW EXECUTE FUNCTION erp.partner_key();",
+        )
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        ids.push(crm_insert(&env.crm, &format!("Backfilled {i}"), None, None).await);
+    }
+    let out = env.run_binary(&["backfill", "--chunk-rows", "3"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let named = assert_named(&env, 7).await;
+    assert!(
+        named.values().all(|k| k.parse::<i64>().unwrap() >= 5000),
+        "every key is the trigger's: {named:?}"
+    );
+    let quiet = sync(&env).await;
+    assert_eq!(quiet.changes(), 0, "{quiet:?}");
+    // A change reaches the ERP row its CRM row names.
+    crm_set(
+        &env.crm,
+        ids[4],
+        "comp_phonenumber",
+        Some("+44 20 7946 0004"),
+    )
+    .await;
+    let after = sync(&env).await;
+    assert_eq!(after.updated, 1, "{after:?}");
+    let phone: Option<String> = env
+        .erp
+        .query_one(
+            "SELECT phone FROM erp.partner WHERE crm_company_id = $1",
+            &[&ids[4]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(phone.as_deref(), Some("+44 20 7946 0004"));
+}
+
 /// An ERP row deleted outright is found by comparing the links with the
 /// table's keys as text. A blank-padded key reads back without its blanks
 /// there, so the links must hold it that way too, or every link of the

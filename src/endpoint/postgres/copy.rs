@@ -4,9 +4,10 @@
 //! Inserted rows need their keys for the links. When the key is mapped,
 //! the rows carry it; when it comes from a sequence (serial or identity
 //! `BY DEFAULT`), the keys are drawn with `nextval` first and the rows are
-//! copied straight into the target. Otherwise (identity `ALWAYS`, or a
-//! default expression) the rows are copied into a temporary staging table
-//! and moved with one `INSERT ... SELECT ... ORDER BY ... RETURNING`.
+//! copied straight into the target. Otherwise (identity `ALWAYS`, a
+//! default expression, or a table with a BEFORE INSERT row trigger, which
+//! may set the key itself) the rows are copied into a temporary staging
+//! table and moved with one `INSERT ... SELECT ... ORDER BY ... RETURNING`.
 
 use super::{qualified, quote, refs, PgEndpoint};
 use crate::endpoint::bulk::{
@@ -202,20 +203,29 @@ impl PgEndpoint {
         tx: &tokio_postgres::Transaction<'_>,
         chunk: &ChunkWrite,
     ) -> Result<Keys> {
-        if chunk.columns.contains(&chunk.key) {
-            return Ok(Keys::Given);
-        }
+        // A BEFORE INSERT trigger may set the key whatever the row gave:
+        // only the keys the insert returns are the rows' own.
         let row = tx
             .query_one(
                 "SELECT pg_get_serial_sequence($1, $2), \
                         (SELECT a.attidentity::text FROM pg_attribute a \
-                          WHERE a.attrelid = $1::regclass AND a.attname = $2)",
+                          WHERE a.attrelid = $1::regclass AND a.attname = $2), \
+                        EXISTS (SELECT 1 FROM pg_trigger t \
+                                 WHERE t.tgrelid = $1::regclass AND NOT t.tgisinternal \
+                                   AND t.tgenabled IN ('O', 'A') AND t.tgtype & 7 = 7)",
                 &[&qualified(&chunk.table), &chunk.key],
             )
             .await
             .map_err(|e| self.query_error("looking up the key's sequence", e))?;
         let seq: Option<String> = row.get(0);
         let identity: Option<String> = row.get(1);
+        let before_insert: bool = row.get(2);
+        if before_insert {
+            return Ok(Keys::Database);
+        }
+        if chunk.columns.contains(&chunk.key) {
+            return Ok(Keys::Given);
+        }
         Ok(match (seq, identity.as_deref()) {
             (Some(_), Some("a")) | (None, _) => Keys::Database,
             (Some(s), _) => Keys::Sequence(s),
