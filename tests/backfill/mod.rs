@@ -973,3 +973,81 @@ async fn oversize_values_in_a_backfill_follow_on_truncate() {
         }
     }
 }
+
+/// Rows the ERP refuses (a CHECK constraint here) are set aside as
+/// rejects naming them, and every other row is copied: the refused chunk
+/// goes through the sync's writes, then the bulk copy goes on. Once the
+/// ERP accepts them, a sync retries the rejects and writes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_the_erp_refuses_are_set_aside_and_the_rest_is_copied() {
+    let s = setup(2000, "crm_wins", false).await;
+    s.erp
+        .batch_execute(
+            "ALTER TABLE erp.supplier ADD CONSTRAINT no_such_name \
+             CHECK (name NOT IN ('Supplier 777', 'Supplier 1500'))",
+        )
+        .await
+        .unwrap();
+    let (out, rep) = run(&s, "backfill", &["backfill", "--chunk-rows", "300"]);
+    assert_exit(&out, 3);
+    assert_eq!(num(&rep, "/backfill/0/rejected"), 2, "{rep:#}");
+    assert_eq!(num(&rep, "/backfill/0/inserted"), 1998, "{rep:#}");
+    assert_eq!(num(&rep, "/backfill/0/read"), 2000, "{rep:#}");
+    assert_eq!(
+        rep.pointer("/backfill/0/resumed"),
+        Some(&Json::Bool(false)),
+        "{rep:#}"
+    );
+    assert_eq!(
+        count(
+            &s.erp,
+            "SELECT count(*) FROM erp.supplier WHERE crm_company_id IS NOT NULL"
+        )
+        .await,
+        1998
+    );
+    assert_eq!(
+        count(&s.erp, "SELECT count(*) FROM crmsync.links").await,
+        1998
+    );
+    let rejected: Vec<String> = s
+        .erp
+        .query(
+            "SELECT key FROM crmsync.rejects WHERE entity = 'supplier' \
+             AND resolved_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let ids: Vec<String> = s
+        .crm
+        .query(
+            "SELECT comp_companyid::text FROM company \
+             WHERE comp_name IN ('Supplier 777', 'Supplier 1500')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let (mut rejected, mut ids) = (rejected, ids);
+    rejected.sort();
+    ids.sort();
+    assert_eq!(rejected, ids);
+    // The ERP takes them now: the next sync writes them, and only them.
+    s.erp
+        .batch_execute("ALTER TABLE erp.supplier DROP CONSTRAINT no_such_name")
+        .await
+        .unwrap();
+    let (out, rep) = run(&s, "sync", &["sync"]);
+    assert_exit(&out, 0);
+    assert_eq!(num(&rep, "/entities/0/inserted"), 2, "{rep:#}");
+    assert_eq!(
+        count(&s.erp, "SELECT count(*) FROM erp.supplier").await,
+        2000
+    );
+}

@@ -273,3 +273,77 @@ async fn backfill_into_an_identity_table_links_every_key_it_drew() {
         assert_eq!(crate::two_way::sync(&env).await.changes(), 0, "{key}");
     }
 }
+
+/// Rows SQL Server refuses in a bulk-loaded chunk (a CHECK constraint,
+/// error 547) are set aside as rejects naming them: the refused chunk goes
+/// through the sync's writes, the other chunks in bulk, and every other
+/// row is copied and linked.
+#[tokio::test]
+async fn rows_sql_server_refuses_in_a_bulk_chunk_are_set_aside() {
+    use crate::common::insert_companies;
+    // CRM ids are drawn from 1 in a fresh database: rows 121 and 334 are
+    // in the second and fourth chunks of 100.
+    let refused = [121, 334];
+    let key = format!(
+        "{IDENTITY}\n    CONSTRAINT no_such_id CHECK (crm_company_id NOT IN ({}, {})),",
+        refused[0], refused[1]
+    );
+    let (_server, mut erp, env) = erp_keyed_by(&key).await;
+    insert_companies(&env.crm, 450, "now() - interval '1 hour'", "Supplier").await;
+    for id in refused {
+        let n: i64 = env
+            .crm
+            .query_one(
+                "SELECT count(*) FROM company WHERE comp_companyid = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "CRM row {id}");
+    }
+    let report = env.config.with_file_name("refused.json");
+    let config = env.config.clone();
+    let report_arg = report.to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        run_binary(
+            &config,
+            &["--report", &report_arg, "backfill", "--chunk-rows", "100"],
+            &[],
+        )
+    })
+    .await
+    .unwrap();
+    let (stdout, stderr) = output_text(&out);
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{stderr}");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let r = &json["backfill"][0];
+    assert_eq!(
+        (&r["read"], &r["inserted"], &r["rejected"]),
+        (
+            &serde_json::json!(450),
+            &serde_json::json!(448),
+            &serde_json::json!(2)
+        ),
+        "{r}"
+    );
+    assert_eq!(
+        assert_links_name_their_rows(&mut erp, &env.crm, "refused rows").await,
+        448
+    );
+    let mut rejected: Vec<String> = erp
+        .simple_query("SELECT [key] FROM crmsync.rejects WHERE resolved_at IS NULL")
+        .await
+        .unwrap()
+        .into_first_result()
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<&str, _>(0).unwrap().to_string())
+        .collect();
+    rejected.sort();
+    let mut expected: Vec<String> = refused.iter().map(i32::to_string).collect();
+    expected.sort();
+    assert_eq!(rejected, expected);
+}

@@ -428,7 +428,7 @@ pub(super) async fn prepare_chunk(
         chunk,
         deferred,
         rejects,
-        rows: rows.len() as u64,
+        counts: BackfillReport::default(),
     })
 }
 
@@ -465,7 +465,7 @@ pub(super) async fn commit_chunk(
     p: Prepared,
     turn: Option<Turn>,
     done: tokio::sync::oneshot::Sender<()>,
-) -> Result<u64, EngineError> {
+) -> Result<BackfillReport, EngineError> {
     let ChunkCtx {
         engine,
         e,
@@ -543,7 +543,7 @@ pub(super) async fn commit_chunk(
     state
         .record_rejects(e.name(), run, Side::Crm, &p.rejects)
         .await?;
-    Ok(p.rows)
+    Ok(p.counts)
 }
 
 /// Writes the external key into the link column of each CRM row of

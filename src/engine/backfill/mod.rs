@@ -113,6 +113,23 @@ pub struct BackfillReport {
     pub deferred: Vec<(Side, String)>,
 }
 
+impl BackfillReport {
+    /// Adds the counts of a committed chunk; returns its rows read.
+    fn absorb(&mut self, chunk: BackfillReport) -> u64 {
+        self.read += chunk.read;
+        self.linked_by_link_column += chunk.linked_by_link_column;
+        self.linked_by_crm_id += chunk.linked_by_crm_id;
+        self.linked_by_match += chunk.linked_by_match;
+        self.already_linked += chunk.already_linked;
+        self.updated += chunk.updated;
+        self.inserted += chunk.inserted;
+        self.rejected += chunk.rejected;
+        self.unchanged += chunk.unchanged;
+        self.chunks += chunk.chunks;
+        chunk.read
+    }
+}
+
 impl Engine {
     /// Backfills each selected entity.
     pub async fn backfill(
@@ -154,7 +171,7 @@ impl Engine {
                     through_sync(self, e, Side::Crm, opts, run, &mut report).await
                 }
                 BackfillDirection::CrmToExternal => {
-                    to_external(self, e, opts, run, &mut report).await
+                    to_external_setting_aside(self, e, opts, run, &mut report).await
                 }
                 BackfillDirection::ExternalToCrm => {
                     through_sync(self, e, Side::External, opts, run, &mut report).await
@@ -293,6 +310,21 @@ async fn through_sync(
     run: i64,
     report: &mut BackfillReport,
 ) -> Result<(), EngineError> {
+    through_sync_for(engine, e, source, opts, run, report, None).await
+}
+
+/// [`through_sync`], for at most `chunks` chunks when given: then it
+/// returns with the checkpoint saved and the backfill not finished, even
+/// when no rows were left.
+async fn through_sync_for(
+    engine: &Engine,
+    e: &BoundEntity,
+    source: Side,
+    opts: &BackfillOptions,
+    run: i64,
+    report: &mut BackfillReport,
+    chunks: Option<u64>,
+) -> Result<(), EngineError> {
     let started = Instant::now();
     let direction = opts.direction.as_str();
     let state = &*engine.state;
@@ -326,6 +358,7 @@ async fn through_sync(
         entity: e.name().to_string(),
         ..Default::default()
     };
+    let mut written = 0u64;
     loop {
         let after = checkpoint.last_key.as_ref();
         let rows = retrying((e.name(), "the read"), || {
@@ -341,26 +374,31 @@ async fn through_sync(
             .save_checkpoint(e.name(), direction, &checkpoint)
             .await?;
         report.chunks += 1;
+        written += 1;
         progress.add(rows.len() as u64);
-        if rows.len() < chunk {
+        if rows.len() < chunk || chunks.is_some_and(|n| written >= n) {
             break;
         }
     }
     progress.finish();
-    report.read = done.read;
-    report.linked = done.adopted;
-    report.rejected = done.rejected;
-    report.unchanged = done.unchanged;
-    report.deferred = std::mem::take(&mut done.deferred);
+    report.read += done.read;
+    report.linked += done.adopted;
+    report.rejected += done.rejected;
+    report.unchanged += done.unchanged;
+    report.deferred.append(&mut done.deferred);
     match source {
         Side::External => {
-            report.inserted = done.crm_inserted;
-            report.updated = done.crm_updated;
+            report.inserted += done.crm_inserted;
+            report.updated += done.crm_updated;
         }
         Side::Crm => {
-            report.inserted = done.inserted;
-            report.updated = done.updated;
+            report.inserted += done.inserted;
+            report.updated += done.updated;
         }
+    }
+    // A bounded run leaves the backfill unfinished, for its caller to go on.
+    if chunks.is_some() {
+        return Ok(());
     }
     // The next sync reads the source's changes from the snapshot on.
     finish(engine, e, source, opts, checkpoint, started, report).await
@@ -393,7 +431,13 @@ struct ChunkCtx<'a> {
 }
 
 /// One CRM → external backfill of entity `e`.
-async fn to_external(
+/// A CRM → external backfill in bulk ([`to_external`]) that goes on when
+/// the database refuses a chunk for one of its rows (a constraint, a
+/// value out of range): the chunk is rolled back whole, so it is written
+/// again through the sync's writes, which set each refused row aside as a
+/// reject naming it and write the others; then the bulk copy resumes
+/// from the checkpoint after it.
+async fn to_external_setting_aside(
     engine: &Engine,
     e: &BoundEntity,
     opts: &BackfillOptions,
@@ -401,6 +445,38 @@ async fn to_external(
     report: &mut BackfillReport,
 ) -> Result<(), EngineError> {
     let started = Instant::now();
+    let mut opts = opts.clone();
+    let mut first: Option<(bool, u64)> = None;
+    loop {
+        let r = to_external(engine, e, &opts, run, report, started).await;
+        // Whether this run resumed an interrupted one is as it first found.
+        let (resumed, before) = *first.get_or_insert((report.resumed, report.rows_done_before));
+        (report.resumed, report.rows_done_before) = (resumed, before);
+        match r {
+            Err(EngineError::Endpoint(err)) if err.refused_row() => {
+                tracing::warn!(
+                    "entity {:?}: the external database refused a chunk ({}); its rows are \
+                     written one batch at a time and refused rows set aside",
+                    e.name(),
+                    crate::causes::with_causes(&err)
+                );
+                // From here on the checkpoint is resumed, never restarted.
+                opts.restart = false;
+                through_sync_for(engine, e, Side::Crm, &opts, run, report, Some(1)).await?;
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn to_external(
+    engine: &Engine,
+    e: &BoundEntity,
+    opts: &BackfillOptions,
+    run: i64,
+    report: &mut BackfillReport,
+    started: Instant,
+) -> Result<(), EngineError> {
     let direction = opts.direction.as_str();
     let Some(ext_bulk) = engine.endpoints.external.bulk() else {
         tracing::info!(
@@ -531,13 +607,18 @@ async fn to_external(
                         let (n, last) = chunk.extent(cols.key)?;
                         checkpoint.last_key = last;
                         checkpoint.rows_done += n as i64;
-                        let p = match chunk {
+                        // Counted when the chunk commits: a chunk rolled
+                        // back is written again, and counted then.
+                        let mut counts = BackfillReport::default();
+                        let mut p = match chunk {
                             Chunk::Raw(rows) if checkpoint.insert_only => {
-                                prepare_raw(&ctx, &rows, &checkpoint, report)?
+                                prepare_raw(&ctx, &rows, &checkpoint, &mut counts)?
                             }
-                            chunk => prepare_chunk(&ctx, chunk, &checkpoint, report).await?,
+                            chunk => prepare_chunk(&ctx, chunk, &checkpoint, &mut counts).await?,
                         };
-                        report.read += n as u64;
+                        counts.read = n as u64;
+                        counts.chunks = 1;
+                        p.counts = counts;
                         Ok::<_, EngineError>(Some(p))
                     }
                 }
@@ -546,22 +627,23 @@ async fn to_external(
             loop {
                 tokio::select! {
                     r = &mut next => break r?,
-                    Some(w) = inflight.next(), if !inflight.is_empty() => progress.add(w?),
+                    Some(w) = inflight.next(), if !inflight.is_empty() => {
+                        progress.add(report.absorb(w?));
+                    }
                 }
             }
         };
         let Some(p) = prepared else { break };
         while inflight.len() >= writers {
             if let Some(w) = inflight.next().await {
-                progress.add(w?);
+                progress.add(report.absorb(w?));
             }
         }
-        report.chunks += 1;
         let (done, turn) = tokio::sync::oneshot::channel();
         inflight.push_back(commit_chunk(&ctx, p, prev.replace(turn), done));
     }
     while let Some(w) = inflight.next().await {
-        progress.add(w?);
+        progress.add(report.absorb(w?));
     }
     progress.finish();
     // Fresh statistics after the bulk load: without them the planner takes
@@ -628,7 +710,8 @@ struct Prepared {
     /// lives in the other database.
     deferred: Option<Deferred>,
     rejects: Vec<(String, String)>,
-    rows: u64,
+    /// What the chunk counts for the report once it has committed.
+    counts: BackfillReport,
 }
 
 /// The source of chunks: decoded rows, or raw ones.

@@ -250,7 +250,7 @@ pub(super) fn prepare_raw(
         chunk,
         deferred: None,
         rejects,
-        rows: rows.len() as u64,
+        counts: BackfillReport::default(),
     })
 }
 

@@ -487,8 +487,8 @@ impl Ctx<'_> {
 
     /// Diffs one page of source rows and writes the result. When a
     /// database refuses a row (a constraint, a value it cannot take), the
-    /// page is written again row by row and only the refused rows are set
-    /// aside as rejects, to be retried on later runs.
+    /// page is written again in halves, down to single rows, and only the
+    /// refused rows are set aside as rejects, to be retried on later runs.
     async fn page(
         &self,
         scan: &Scan,
@@ -522,8 +522,11 @@ impl Ctx<'_> {
                         .await?;
                     return Ok(());
                 }
-                for row in rows {
-                    Box::pin(self.page(scan, std::slice::from_ref(row), retried, report)).await?;
+                // Halves, down to the refused rows: a few rows among
+                // thousands cost a few transactions each, not one per row.
+                let (left, right) = rows.split_at(rows.len() / 2);
+                for half in [left, right] {
+                    Box::pin(self.page(scan, half, retried, report)).await?;
                 }
                 Ok(())
             }
