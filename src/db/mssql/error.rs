@@ -60,6 +60,14 @@ impl From<&tiberius::error::Error> for DbFailure {
 /// Error numbers meaning the data was refused, not the statement.
 const REFUSED_ROW: [u32; 10] = [2627, 2601, 547, 515, 2628, 8152, 245, 8114, 220, 8115];
 
+/// User-defined errors (`THROW`, `RAISERROR` with a message of its own)
+/// start here: how a validation trigger refuses a row.
+const FIRST_USER_ERROR: u32 = 50000;
+
+fn refuses_row(code: u32) -> bool {
+    REFUSED_ROW.contains(&code) || code >= FIRST_USER_ERROR
+}
+
 fn server_code(e: &tiberius::error::Error) -> Option<u32> {
     match e {
         tiberius::error::Error::Server(t) => Some(t.code()),
@@ -84,7 +92,7 @@ pub fn query_failure(side: &'static str, what: String, e: tiberius::error::Error
         what,
         retryable: is_retryable(&e),
         missing_object: matches!(code, Some(208 | 207)),
-        refused_row: code.is_some_and(|c| REFUSED_ROW.contains(&c)),
+        refused_row: code.is_some_and(refuses_row),
         source: Box::new(DbFailure::from(&e)),
     }
 }
@@ -106,6 +114,18 @@ pub fn pool_failure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Data refused (constraints, conversions, a trigger's own error) is a
+    /// refused row; a missing object or a deadlock is not.
+    #[test]
+    fn user_errors_and_constraints_refuse_a_row() {
+        for code in [547, 2627, 8152, 50000, 50123] {
+            assert!(refuses_row(code), "{code}");
+        }
+        for code in [208, 1205, 18456, 3609] {
+            assert!(!refuses_row(code), "{code}");
+        }
+    }
 
     #[test]
     fn messages_keep_no_row_data() {

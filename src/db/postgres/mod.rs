@@ -73,10 +73,11 @@ pub(crate) fn query_failure(
         retryable: is_retryable(&e),
         missing_object,
         // SQLSTATE classes 22 (data exception) and 23 (integrity
-        // constraint violation).
-        refused_row: e
-            .code()
-            .is_some_and(|c| c.code().starts_with("22") || c.code().starts_with("23")),
+        // constraint violation), and an exception a trigger raises
+        // (P0001: how a validation trigger refuses a row).
+        refused_row: e.code().is_some_and(|c| {
+            c.code().starts_with("22") || c.code().starts_with("23") || c.code() == "P0001"
+        }),
         source: Box::new(DbFailure::from(&e)),
     }
 }
