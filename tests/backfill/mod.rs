@@ -981,7 +981,21 @@ async fn oversize_values_in_a_backfill_follow_on_truncate() {
 /// rejects and writes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_the_erp_refuses_are_set_aside_and_the_rest_is_copied() {
+    for side in ["external", "crm"] {
+        refused_rows_with_the_state_on(side).await;
+    }
+}
+
+async fn refused_rows_with_the_state_on(side: &str) {
     let s = setup(2000, "crm_wins", false).await;
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("side = \"external\"", &format!("side = \"{side}\"")),
+    )
+    .unwrap();
+    // Where crmsync keeps its links and rejects.
+    let state = if side == "crm" { &s.crm } else { &s.erp };
     s.erp
         .batch_execute(
             "ALTER TABLE erp.supplier ADD CONSTRAINT no_such_name \
@@ -1000,18 +1014,18 @@ async fn rows_the_erp_refuses_are_set_aside_and_the_rest_is_copied() {
         .unwrap();
     let (out, rep) = run(&s, "backfill", &["backfill", "--chunk-rows", "300"]);
     assert_exit(&out, 3);
-    assert_eq!(num(&rep, "/backfill/0/rejected"), 3, "{rep:#}");
-    assert_eq!(num(&rep, "/backfill/0/inserted"), 1997, "{rep:#}");
+    assert_eq!(num(&rep, "/backfill/0/rejected"), 3, "{side}: {rep:#}");
+    assert_eq!(num(&rep, "/backfill/0/inserted"), 1997, "{side}: {rep:#}");
     // Counted once (a refused chunk is read twice); the sync's read of the
     // last chunk also meets the five soft-deleted rows after it.
     assert!(
         (2000..=2005).contains(&num(&rep, "/backfill/0/read")),
-        "{rep:#}"
+        "{side}: {rep:#}"
     );
     assert_eq!(
         rep.pointer("/backfill/0/resumed"),
         Some(&Json::Bool(false)),
-        "{rep:#}"
+        "{side}: {rep:#}"
     );
     assert_eq!(
         count(
@@ -1022,11 +1036,10 @@ async fn rows_the_erp_refuses_are_set_aside_and_the_rest_is_copied() {
         1997
     );
     assert_eq!(
-        count(&s.erp, "SELECT count(*) FROM crmsync.links").await,
+        count(state, "SELECT count(*) FROM crmsync.links").await,
         1997
     );
-    let rejected: Vec<String> = s
-        .erp
+    let rejected: Vec<String> = state
         .query(
             "SELECT key FROM crmsync.rejects WHERE entity = 'supplier' \
              AND resolved_at IS NULL",
@@ -1056,7 +1069,7 @@ async fn rows_the_erp_refuses_are_set_aside_and_the_rest_is_copied() {
     // The trigger's own words say why its row was set aside.
     assert_eq!(
         count(
-            &s.erp,
+            state,
             "SELECT count(*) FROM crmsync.rejects WHERE reason LIKE '%Supplier 1999 is on hold%'"
         )
         .await,
@@ -1072,7 +1085,7 @@ async fn rows_the_erp_refuses_are_set_aside_and_the_rest_is_copied() {
         .unwrap();
     let (out, rep) = run(&s, "sync", &["sync"]);
     assert_exit(&out, 0);
-    assert_eq!(num(&rep, "/entities/0/inserted"), 3, "{rep:#}");
+    assert_eq!(num(&rep, "/entities/0/inserted"), 3, "{side}: {rep:#}");
     assert_eq!(
         count(&s.erp, "SELECT count(*) FROM erp.supplier").await,
         2000
