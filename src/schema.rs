@@ -645,6 +645,24 @@ pub async fn bind_entity(
                 ));
             }
             check_types(f, &fat, fp, &c, &x);
+            for (side, col, writes, only) in [
+                ("CRM", &c, fp.direction.external_to_crm(), "crm_to_external"),
+                (
+                    "external",
+                    &x,
+                    fp.direction.crm_to_external(),
+                    "external_to_crm",
+                ),
+            ] {
+                if writes && col.generated {
+                    f.errors.push(format!(
+                        "{fat}: the {side} column {} is computed by the database (a generated \
+                         or computed column, a rowversion), so crmsync cannot write it; let \
+                         the field flow from that side only (direction = \"{only}\") or drop it",
+                        col.name
+                    ));
+                }
+            }
             fields.push(BoundField {
                 name: c.name.to_lowercase(),
                 crm: c,
@@ -662,10 +680,44 @@ pub async fn bind_entity(
         from: plan.external.timezone,
         to: plan.crm.timezone,
     };
+    // Columns crmsync writes besides the fields.
+    let written = [
+        (
+            "crm_link_column",
+            crm_link.as_ref(),
+            e.direction.external_to_crm(),
+        ),
+        (
+            "external_crm_id_column",
+            external_crm_id.as_ref(),
+            e.direction.crm_to_external(),
+        ),
+        (
+            "external_deleted_column",
+            external_deleted.as_ref(),
+            e.direction.crm_to_external(),
+        ),
+    ];
+    for (key, col, writes) in written {
+        if let Some(c) = col.filter(|c| writes && c.generated) {
+            f.errors.push(format!(
+                "{at}: {key}: {} is computed by the database (a generated or computed column, \
+                 a rowversion), so crmsync cannot write it; name a column of its own",
+                c.name
+            ));
+        }
+    }
     let mut defaults = |side: &str, table: &TableInfo, list: &[(String, Value)], zones| {
         let mut out = Vec::new();
         for (col, v) in list {
             if let Some(c) = lookup_column(f, &at, side, table, &format!("{side}_defaults"), col) {
+                if c.generated {
+                    f.errors.push(format!(
+                        "{at}: {side}_defaults.{col}: {} is computed by the database, so \
+                         crmsync cannot write it; leave it out of {side}_defaults",
+                        c.name
+                    ));
+                }
                 match v.clone().coerce(&c.ty, Some(zones), false) {
                     Ok(v) => out.push((c.name.clone(), v)),
                     Err(err) => f.errors.push(format!("{at}: {side}_defaults.{col}: {err}")),

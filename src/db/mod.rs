@@ -29,6 +29,9 @@ pub struct ColumnInfo {
     pub nullable: bool,
     pub has_default: bool,
     pub identity: bool,
+    /// The database computes it (a generated or computed column, a
+    /// rowversion): it is read, never written.
+    pub generated: bool,
 }
 
 /// Looking a configured name up in the catalog failed.
@@ -152,6 +155,7 @@ mod tests {
             nullable: true,
             has_default: false,
             identity: false,
+            generated: false,
         };
         TableInfo {
             schema: "public".into(),

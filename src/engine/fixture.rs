@@ -45,6 +45,7 @@ fn column(name: &str, ty: SqlType) -> ColumnInfo {
         nullable: true,
         has_default: false,
         identity: false,
+        generated: false,
     }
 }
 

@@ -336,6 +336,68 @@ async fn check_refuses(env: &Env, expect: &[&str]) {
     }
 }
 
+/// A column the ERP computes (a generated column) cannot be written:
+/// `check` refuses a field that would write it and says which direction
+/// would do; flowing from the ERP only, it is read and synced into CRM.
+#[tokio::test]
+async fn a_generated_erp_column_is_only_read() {
+    let env = keyed_env("bigint", KeyKind::BigintIdentity, "external").await;
+    env.erp
+        .batch_execute(
+            "ALTER TABLE erp.partner DROP COLUMN phone;
+             ALTER TABLE erp.partner ADD COLUMN phone varchar(40)
+                 GENERATED ALWAYS AS ('+1 ' || length(name)::text) STORED;",
+        )
+        .await
+        .unwrap();
+    check_refuses(
+        &env,
+        &[
+            "field 2",
+            "external column phone is computed by the database",
+            "direction = \"external_to_crm\"",
+        ],
+    )
+    .await;
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    let field = "crm = \"comp_phonenumber\"\nexternal = \"phone\"\n";
+    assert!(text.contains(field));
+    std::fs::write(
+        &env.config,
+        text.replace(field, &format!("{field}direction = \"external_to_crm\"\n")),
+    )
+    .unwrap();
+    let out = env.run_binary(&["check"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let key = ext_insert(&env, "Umbrella").await;
+    let id = crm_insert(&env.crm, "Acme", None, None).await;
+    let first = sync(&env).await;
+    assert_eq!((first.inserted, first.crm_inserted), (1, 1), "{first:?}");
+    let phones: Vec<(String, Option<String>)> = env
+        .crm
+        .query(
+            "SELECT comp_name, comp_phonenumber FROM company WHERE comp_type = 'Supplier' \
+             ORDER BY comp_name",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        phones,
+        [
+            ("Acme".to_string(), Some("+1 4".to_string())),
+            ("Umbrella".to_string(), Some("+1 8".to_string()))
+        ],
+        "ERP partner {key}, CRM company {id}"
+    );
+    let quiet = sync(&env).await;
+    assert_eq!(quiet.changes(), 0, "{quiet:?}");
+}
+
 #[tokio::test]
 async fn check_refuses_link_columns_that_cannot_hold_the_external_key() {
     // A uuid key into an int column.

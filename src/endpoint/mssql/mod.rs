@@ -311,16 +311,19 @@ impl Endpoint for MssqlEndpoint {
                 &format!("reading the columns of {name}"),
             )
             .await?;
-        let identity: Vec<String> = self
+        // Identity and computed columns, by name.
+        let special: Vec<(String, bool, bool)> = self
             .rows(
-                "SELECT name FROM sys.columns WHERE object_id = OBJECT_ID(@P1) AND is_identity = 1",
+                "SELECT name, CONVERT(int, is_identity), CONVERT(int, is_computed) FROM sys.columns \
+                 WHERE object_id = OBJECT_ID(@P1) AND (is_identity = 1 OR is_computed = 1)",
                 &[Param::new(Value::Text(object.clone()), None)],
-                &format!("reading the identity column of {name}"),
+                &format!("reading the identity and computed columns of {name}"),
             )
             .await?
             .iter()
-            .map(|r| text_of(&r[0]))
+            .map(|r| (text_of(&r[0]), int_of(&r[1]) == Some(1), int_of(&r[2]) == Some(1)))
             .collect();
+        let special_of = |col: &str| special.iter().find(|s| s.0.eq_ignore_ascii_case(col));
         let mut info = TableInfo {
             schema: schema.clone(),
             name: name.clone(),
@@ -344,7 +347,10 @@ impl Endpoint for MssqlEndpoint {
                 ty: native.sql_type(),
                 nullable: text_of(&c[6]).eq_ignore_ascii_case("YES"),
                 has_default: !c[7].is_null(),
-                identity: identity.iter().any(|i| i.eq_ignore_ascii_case(&col)),
+                identity: special_of(&col).is_some_and(|s| s.1),
+                // A rowversion is written by the server alone.
+                generated: special_of(&col).is_some_and(|s| s.2)
+                    || matches!(native.name.as_str(), "timestamp" | "rowversion"),
             });
             natives.push((col, native));
         }

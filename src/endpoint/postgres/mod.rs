@@ -308,7 +308,7 @@ impl Endpoint for PgEndpoint {
         let cols = conn
             .query(
                 "SELECT a.attname::text, t.typname::text, a.atttypmod, NOT a.attnotnull, \
-                        a.atthasdef, a.attidentity <> '' \
+                        a.atthasdef, a.attidentity <> '', a.attgenerated <> '' \
                  FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid \
                  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped \
                  ORDER BY a.attnum",
@@ -324,6 +324,7 @@ impl Endpoint for PgEndpoint {
                 nullable: c.get(3),
                 has_default: c.get(4),
                 identity: c.get(5),
+                generated: c.get(6),
             });
         }
         let ixs = conn
