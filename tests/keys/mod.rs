@@ -398,6 +398,88 @@ async fn a_generated_erp_column_is_only_read() {
     assert_eq!(quiet.changes(), 0, "{quiet:?}");
 }
 
+/// An ERP column of an enum type (a legacy application's status codes),
+/// written from CRM values through a value map and read back, by backfill
+/// and by sync, both ways; and one of a domain over text.
+#[tokio::test]
+async fn an_erp_enum_column_takes_mapped_values_both_ways() {
+    let env = keyed_env("bigint", KeyKind::BigintIdentity, "external").await;
+    env.erp
+        .batch_execute(
+            "CREATE TYPE erp.partner_status AS ENUM ('A', 'I');
+             ALTER TABLE erp.partner ADD COLUMN status erp.partner_status;
+             CREATE DOMAIN erp.phone_text AS varchar(40) CHECK (VALUE <> '');
+             ALTER TABLE erp.partner ALTER COLUMN phone TYPE erp.phone_text;",
+        )
+        .await
+        .unwrap();
+    let text = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!(
+            "{text}\n[[entity.field]]\ncrm = \"comp_status\"\nexternal = \"status\"\n\
+             values = {{ \"Active\" = \"A\", \"Inactive\" = \"I\" }}\n"
+        ),
+    )
+    .unwrap();
+    let out = env.run_binary(&["check"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let backfilled = crm_insert(&env.crm, "Backfilled", Some("Inactive"), None).await;
+    let out = env.run_binary(&["backfill"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    let synced = crm_insert(&env.crm, "Synced", Some("Active"), Some("+1 555 0100")).await;
+    let first = sync(&env).await;
+    assert_eq!(first.inserted, 1, "{first:?}");
+    let status_of = |id: i32| {
+        let erp = &env.erp;
+        async move {
+            erp.query_one(
+                "SELECT status::text FROM erp.partner WHERE crm_company_id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get::<_, Option<String>>(0)
+        }
+    };
+    assert_eq!(status_of(backfilled).await.as_deref(), Some("I"));
+    assert_eq!(status_of(synced).await.as_deref(), Some("A"));
+    let phone: Option<String> = env
+        .erp
+        .query_one(
+            "SELECT phone::text FROM erp.partner WHERE crm_company_id = $1",
+            &[&synced],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(phone.as_deref(), Some("+1 555 0100"));
+    // The ERP's own change comes back into CRM through the map.
+    env.erp
+        .execute(
+            "UPDATE erp.partner SET status = 'I' WHERE crm_company_id = $1",
+            &[&synced],
+        )
+        .await
+        .unwrap();
+    let back = sync(&env).await;
+    assert_eq!(back.crm_updated, 1, "{back:?}");
+    let status: Option<String> = env
+        .crm
+        .query_one(
+            "SELECT comp_status FROM company WHERE comp_companyid = $1",
+            &[&synced],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status.as_deref(), Some("Inactive"));
+    let quiet = sync(&env).await;
+    assert_eq!(quiet.changes(), 0, "{quiet:?}");
+}
+
 #[tokio::test]
 async fn check_refuses_link_columns_that_cannot_hold_the_external_key() {
     // A uuid key into an int column.

@@ -4,7 +4,7 @@
 use crate::value::{LengthUnit, SqlType, Value};
 use bytes::BytesMut;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
-use postgres_types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
+use postgres_types::{to_sql_checked, FromSql, IsNull, Kind, ToSql, Type};
 use rust_decimal::Decimal;
 use std::error::Error;
 
@@ -119,6 +119,16 @@ impl ToSql for Value {
             (Value::Uuid(u), &Type::UUID) => u.to_sql(ty, out),
             (Value::Bytes(b), &Type::BYTEA) => b.to_sql(ty, out),
             (Value::Text(s), _) if <String as ToSql>::accepts(ty) => s.to_sql(ty, out),
+            // An enum's binary form is its label.
+            (Value::Text(s), ty) if matches!(ty.kind(), Kind::Enum(_)) => {
+                out.extend_from_slice(s.as_bytes());
+                Ok(IsNull::No)
+            }
+            // A domain travels as the type it is over.
+            (v, ty) if matches!(ty.kind(), Kind::Domain(_)) => match ty.kind() {
+                Kind::Domain(base) => v.to_sql(base, out),
+                _ => Err(mismatch(v, ty)),
+            },
             (Value::Text(s), &Type::JSON | &Type::JSONB) => {
                 serde_json::from_str::<serde_json::Value>(s)?.to_sql(ty, out)
             }
