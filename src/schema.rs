@@ -732,6 +732,24 @@ pub async fn bind_entity(
         lookup_column(f, &at, "CRM", &crm_t, "match_on.crm", c);
         lookup_column(f, &at, "external", &ext_t, "match_on.external", x);
     }
+    // A key names one row: without a unique index on it alone, two rows
+    // may share a value and each would take the other's writes.
+    for (key, table, col) in [
+        ("crm_key", &crm_t, crm_key.as_ref()),
+        ("external_key", &ext_t, external_key.as_ref()),
+    ] {
+        if let Some(c) = col.filter(|c| !table.is_unique(&c.name)) {
+            f.warnings.push(format!(
+                "{at}: {key} {} is neither the primary key of {} nor alone in a unique index, \
+                 so two rows may share a value and crmsync would take them for one; name the \
+                 table's key, or add one: CREATE UNIQUE INDEX ON {} ({})",
+                c.name,
+                table.qualified(),
+                table.qualified(),
+                c.name
+            ));
+        }
+    }
     if let Some(k) = &external_key {
         let mapped = fields.iter().any(|fl| fl.external.name == k.name);
         if e.direction.crm_to_external()

@@ -18,6 +18,8 @@ pub struct TableInfo {
     pub primary_key: Vec<String>,
     /// Column lists of the table's indexes, in index order.
     pub indexes: Vec<Vec<String>>,
+    /// Column lists of its unique indexes (the primary key's too).
+    pub unique: Vec<Vec<String>>,
     /// The catalog's row estimate (not a count).
     pub row_estimate: i64,
 }
@@ -44,6 +46,12 @@ pub enum Lookup {
 impl TableInfo {
     pub fn qualified(&self) -> String {
         format!("{}.{}", self.schema, self.name)
+    }
+
+    /// Whether the primary key or a unique index holds column `name` alone.
+    pub fn is_unique(&self, name: &str) -> bool {
+        let alone = |cols: &[String]| matches!(cols, [c] if c.eq_ignore_ascii_case(name));
+        alone(&self.primary_key) || self.unique.iter().any(|u| alone(u))
     }
 
     /// The column named `name`, matched case-insensitively as SQL Server
@@ -163,6 +171,7 @@ mod tests {
             columns: vec![col("comp_name"), col("comp_companyid"), col("X"), col("x")],
             primary_key: vec!["comp_companyid".into()],
             indexes: vec![],
+            unique: vec![],
             row_estimate: 0,
         }
     }

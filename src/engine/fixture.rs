@@ -65,6 +65,7 @@ fn table(name: &str, columns: Vec<ColumnInfo>) -> Arc<TableInfo> {
         primary_key: vec![columns[0].name.clone()],
         columns,
         indexes: Vec::new(),
+        unique: Vec::new(),
         row_estimate: 0,
     })
 }

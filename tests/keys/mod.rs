@@ -398,6 +398,36 @@ async fn a_generated_erp_column_is_only_read() {
     assert_eq!(quiet.changes(), 0, "{quiet:?}");
 }
 
+/// An external key that no unique index holds alone may name two rows:
+/// `check` warns and says what to add; with the index, no warning.
+#[tokio::test]
+async fn check_warns_of_an_external_key_that_is_not_unique() {
+    let env = keyed_env("bigint", KeyKind::BigintIdentity, "external").await;
+    let warning = "external_key partner_id is neither the primary key of erp.partner";
+    env.erp
+        .batch_execute("ALTER TABLE erp.partner DROP CONSTRAINT partner_pkey")
+        .await
+        .unwrap();
+    let out = env.run_binary(&["check"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    let text = format!("{stdout}\n{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains(warning), "{text}");
+    assert!(
+        text.contains("CREATE UNIQUE INDEX ON erp.partner (partner_id)"),
+        "{text}"
+    );
+    env.erp
+        .batch_execute("CREATE UNIQUE INDEX ON erp.partner (partner_id)")
+        .await
+        .unwrap();
+    let out = env.run_binary(&["check"], &[]);
+    let (stdout, stderr) = crate::common::output_text(&out);
+    let text = format!("{stdout}\n{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains(warning), "{text}");
+}
+
 /// An ERP column of an enum type (a legacy application's status codes),
 /// written from CRM values through a value map and read back, by backfill
 /// and by sync, both ways; and one of a domain over text.

@@ -330,6 +330,7 @@ impl Endpoint for MssqlEndpoint {
             columns: Vec::new(),
             primary_key: Vec::new(),
             indexes: Vec::new(),
+            unique: Vec::new(),
             row_estimate: 0,
         };
         let mut natives = Vec::new();
@@ -356,7 +357,7 @@ impl Endpoint for MssqlEndpoint {
         }
         let ixs = self
             .rows(
-                "SELECT i.index_id, i.is_primary_key, c.name \
+                "SELECT i.index_id, i.is_primary_key, c.name, i.is_unique \
                  FROM sys.indexes i \
                  JOIN sys.index_columns ic ON ic.object_id = i.object_id AND ic.index_id = i.index_id \
                  JOIN sys.columns c ON c.object_id = ic.object_id AND c.column_id = ic.column_id \
@@ -366,11 +367,15 @@ impl Endpoint for MssqlEndpoint {
                 &format!("reading the indexes of {name}"),
             )
             .await?;
-        let mut current: Option<(i64, bool, Vec<String>)> = None;
-        let finish = |ix: Option<(i64, bool, Vec<String>)>, info: &mut TableInfo| {
-            if let Some((_, pk, cols)) = ix {
+        // (index id, primary key, unique, columns)
+        let mut current: Option<(i64, bool, bool, Vec<String>)> = None;
+        let finish = |ix: Option<(i64, bool, bool, Vec<String>)>, info: &mut TableInfo| {
+            if let Some((_, pk, unique, cols)) = ix {
                 if pk {
                     info.primary_key = cols.clone();
+                }
+                if unique || pk {
+                    info.unique.push(cols.clone());
                 }
                 info.indexes.push(cols);
             }
@@ -379,11 +384,12 @@ impl Endpoint for MssqlEndpoint {
             let id = int_of(&r[0]).unwrap_or(-1);
             let pk = int_of(&r[1]) == Some(1);
             let col = text_of(&r[2]);
+            let unique = int_of(&r[3]) == Some(1);
             match &mut current {
-                Some((cur, _, cols)) if *cur == id => cols.push(col),
+                Some((cur, _, _, cols)) if *cur == id => cols.push(col),
                 _ => {
                     finish(current.take(), &mut info);
-                    current = Some((id, pk, vec![col]));
+                    current = Some((id, pk, unique, vec![col]));
                 }
             }
         }

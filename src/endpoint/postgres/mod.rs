@@ -303,6 +303,7 @@ impl Endpoint for PgEndpoint {
             columns: Vec::new(),
             primary_key: Vec::new(),
             indexes: Vec::new(),
+            unique: Vec::new(),
             row_estimate: row.get(3),
         };
         let cols = conn
@@ -329,7 +330,7 @@ impl Endpoint for PgEndpoint {
         }
         let ixs = conn
             .query(
-                "SELECT i.indisprimary, \
+                "SELECT i.indisprimary, i.indisunique, \
                         array(SELECT a.attname::text \
                               FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord) \
                               JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
@@ -340,9 +341,12 @@ impl Endpoint for PgEndpoint {
             .await
             .map_err(|e| self.query_error(format!("reading the indexes of {name}"), e))?;
         for ix in ixs {
-            let cols: Vec<String> = ix.get(1);
+            let cols: Vec<String> = ix.get(2);
             if ix.get::<_, bool>(0) {
                 info.primary_key = cols.clone();
+            }
+            if ix.get::<_, bool>(1) {
+                info.unique.push(cols.clone());
             }
             info.indexes.push(cols);
         }
