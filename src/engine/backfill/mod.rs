@@ -168,13 +168,13 @@ impl Engine {
             let defers = e.fields.iter().any(|f| f.deferrable);
             let result = match opts.direction {
                 BackfillDirection::CrmToExternal if defers => {
-                    through_sync(self, e, Side::Crm, opts, run, &mut report).await
+                    through_sync(self, e, Side::Crm, opts, run, &mut report, None).await
                 }
                 BackfillDirection::CrmToExternal => {
                     to_external_setting_aside(self, e, opts, run, &mut report).await
                 }
                 BackfillDirection::ExternalToCrm => {
-                    through_sync(self, e, Side::External, opts, run, &mut report).await
+                    through_sync(self, e, Side::External, opts, run, &mut report, None).await
                 }
             };
             let outcome = match &result {
@@ -302,21 +302,11 @@ async fn finish(
 /// repaired on rerun: the rows a lost chunk inserted carry their source key
 /// (the CRM link column, or the external CRM id column) and are linked, not
 /// inserted again.
+///
+/// With `chunks`, it writes at most that many chunks and returns with the
+/// checkpoint saved and the backfill not finished, even when no rows were
+/// left.
 async fn through_sync(
-    engine: &Engine,
-    e: &BoundEntity,
-    source: Side,
-    opts: &BackfillOptions,
-    run: i64,
-    report: &mut BackfillReport,
-) -> Result<(), EngineError> {
-    through_sync_for(engine, e, source, opts, run, report, None).await
-}
-
-/// [`through_sync`], for at most `chunks` chunks when given: then it
-/// returns with the checkpoint saved and the backfill not finished, even
-/// when no rows were left.
-async fn through_sync_for(
     engine: &Engine,
     e: &BoundEntity,
     source: Side,
@@ -462,7 +452,7 @@ async fn to_external_setting_aside(
                 );
                 // From here on the checkpoint is resumed, never restarted.
                 opts.restart = false;
-                through_sync_for(engine, e, Side::Crm, &opts, run, report, Some(1)).await?;
+                through_sync(engine, e, Side::Crm, &opts, run, report, Some(1)).await?;
             }
             other => return other,
         }
@@ -484,7 +474,7 @@ async fn to_external(
              the rows are written through the sync's batched writes",
             e.name()
         );
-        return through_sync(engine, e, Side::Crm, opts, run, report).await;
+        return through_sync(engine, e, Side::Crm, opts, run, report, None).await;
     };
     let ext_bulk: &dyn Bulk = ext_bulk;
     let crm_bulk = engine.endpoints.crm.bulk_source();
