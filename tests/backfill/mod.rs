@@ -1091,3 +1091,64 @@ async fn refused_rows_with_the_state_on(side: &str) {
         2000
     );
 }
+
+/// A BEFORE INSERT trigger that skips a row (returns NULL) would shift
+/// every key after it: the backfill stops at that chunk, saying why, and
+/// what it committed before pairs each ERP row with its own CRM row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_that_skips_rows_stops_the_backfill_before_a_wrong_link() {
+    let s = setup(500, "crm_wins", false).await;
+    s.erp
+        .batch_execute(
+            "CREATE FUNCTION erp.supplier_skip() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN
+                    IF NEW.name = 'Supplier 250' THEN RETURN NULL; END IF;
+                    RETURN NEW;
+                 END $$;
+             CREATE TRIGGER supplier_skip BEFORE INSERT ON erp.supplier
+                 FOR EACH ROW EXECUTE FUNCTION erp.supplier_skip();",
+        )
+        .await
+        .unwrap();
+    let (out, _) = run(&s, "backfill", &["backfill", "--chunk-rows", "100"]);
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a BEFORE INSERT trigger skipped some"),
+        "{stderr}"
+    );
+    let copied = count(&s.erp, "SELECT count(*) FROM erp.supplier").await;
+    assert!(copied < 500, "the chunk of the skipped row did not commit");
+    let names: std::collections::HashMap<i32, String> = s
+        .crm
+        .query("SELECT comp_companyid, comp_name FROM company", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    for r in s
+        .erp
+        .query("SELECT crm_company_id, name FROM erp.supplier", &[])
+        .await
+        .unwrap()
+    {
+        let (id, name): (i32, String) = (r.get(0), r.get(1));
+        assert_eq!(names[&id], name, "ERP row {name} names CRM row {id}");
+    }
+    // Every link pairs an ERP row with the CRM row it carries.
+    assert_eq!(
+        count(
+            &s.erp,
+            "SELECT count(*) FROM crmsync.links l JOIN erp.supplier x \
+               ON crmsync.key_bytes(x.supplier_id::bigint) = l.external_key \
+             WHERE crmsync.key_text(l.crm_key) = x.crm_company_id::text"
+        )
+        .await,
+        copied
+    );
+    assert_eq!(
+        count(&s.erp, "SELECT count(*) FROM crmsync.links").await,
+        copied
+    );
+}

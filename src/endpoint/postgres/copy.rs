@@ -437,6 +437,17 @@ impl PgEndpoint {
                     .map(|r| r.try_get::<_, Value>(0))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| self.query_error("decoding inserted keys", e))?;
+                // Keys pair with rows by place: a row a trigger skipped
+                // (returned NULL for) would shift every key after it.
+                if keys.len() != n {
+                    return Err(EndpointError::Schema(format!(
+                        "inserting {n} rows into {target} inserted {}: a BEFORE INSERT trigger \
+                         skipped some, so crmsync cannot tell which key is whose; nothing of \
+                         this chunk was committed. Let the trigger insert every row crmsync \
+                         writes, or leave the table out",
+                        keys.len()
+                    )));
+                }
                 tx.batch_execute("DROP TABLE crmsync_stage")
                     .await
                     .map_err(|e| self.query_error("dropping the staging table", e))?;
