@@ -1152,3 +1152,32 @@ async fn a_trigger_that_skips_rows_stops_the_backfill_before_a_wrong_link() {
         copied
     );
 }
+
+/// A table that refuses every row (here a NOT NULL column nothing fills)
+/// stops the backfill after one chunk, saying where the cause is, rather
+/// than setting a million rows aside one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_that_refuses_every_row_stops_the_backfill() {
+    let s = setup(600, "crm_wins", false).await;
+    s.erp
+        .batch_execute("ALTER TABLE erp.supplier ADD COLUMN region text NOT NULL")
+        .await
+        .unwrap();
+    let (out, _) = run(&s, "backfill", &["backfill", "--chunk-rows", "100"]);
+    assert_exit(&out, 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("refused every one of the 100 rows of a chunk")
+            && stderr.contains("region"),
+        "{stderr}"
+    );
+    assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, 0);
+    assert_eq!(
+        count(
+            &s.erp,
+            "SELECT count(*) FROM crmsync.rejects WHERE resolved_at IS NULL"
+        )
+        .await,
+        100
+    );
+}

@@ -64,13 +64,26 @@ pub enum BackfillError {
         direction: &'static str,
         actual: String,
     },
+    #[error(
+        "entity {entity:?}: the external database refused every one of the {rows} rows of a \
+         chunk ({reason}), so the cause is not in the rows (a NOT NULL column nothing fills, a \
+         constraint no row meets); fix the table or the mapping and run backfill again. Those \
+         rows are rejects that every sync retries"
+    )]
+    EveryRowRefused {
+        entity: String,
+        rows: u64,
+        reason: String,
+    },
 }
 
 impl BackfillError {
-    /// Each is bad usage of the command.
+    /// A wrong direction is bad usage; a table that refuses every row
+    /// fails the run.
     pub fn exit_code(&self) -> i32 {
         match self {
             BackfillError::WrongDirection { .. } => crate::exit::BAD_CONFIG,
+            BackfillError::EveryRowRefused { .. } => crate::exit::FAILED,
         }
     }
 }
@@ -444,15 +457,27 @@ async fn to_external_setting_aside(
         (report.resumed, report.rows_done_before) = (resumed, before);
         match r {
             Err(EngineError::Endpoint(err)) if err.refused_row() => {
+                let reason = crate::causes::with_causes(&err);
                 tracing::warn!(
-                    "entity {:?}: the external database refused a chunk ({}); its rows are \
-                     written one batch at a time and refused rows set aside",
+                    "entity {:?}: the external database refused a chunk ({reason}); its rows are \
+                     written in halves and refused rows set aside",
                     e.name(),
-                    crate::causes::with_causes(&err)
                 );
                 // From here on the checkpoint is resumed, never restarted.
                 opts.restart = false;
+                let (read, rejected) = (report.read, report.rejected);
                 through_sync(engine, e, Side::Crm, &opts, run, report, Some(1)).await?;
+                // Every row refused: the cause is the table or the
+                // mapping, and setting each row aside would take hours.
+                let rows = report.read - read;
+                if rows > 1 && report.rejected - rejected == rows {
+                    return Err(BackfillError::EveryRowRefused {
+                        entity: e.name().to_string(),
+                        rows,
+                        reason,
+                    }
+                    .into());
+                }
             }
             other => return other,
         }
