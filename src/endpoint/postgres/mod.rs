@@ -11,7 +11,7 @@ use super::{Applied, Assign, Endpoint, EndpointError, Lower, Result, Scan, Table
 use crate::state::LinkBatch;
 use crate::value::{floor_to_precision, SqlType, Value};
 use async_trait::async_trait;
-use futures_util::future::try_join_all;
+use futures_util::future::join_all;
 use std::collections::HashMap;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
@@ -120,7 +120,7 @@ impl PgEndpoint {
                 p
             })
             .collect();
-        try_join_all(sqls.iter().zip(&params).map(|(sql, p)| {
+        pipelined(sqls.iter().zip(&params).map(|(sql, p)| {
             let st = &statements[sql];
             async move { tx.execute(st, &refs(p)).await }
         }))
@@ -177,6 +177,20 @@ impl PgEndpoint {
             .map(|f| format!(" AND ({f})"))
             .unwrap_or_default()
     }
+}
+
+/// Runs statements pipelined in one transaction and returns their results,
+/// or the first error in statement order. Once one statement fails the
+/// server refuses every later one ("current transaction is aborted"), and
+/// such an error may be the first to come back: waiting for all of them
+/// keeps the one that says what was wrong (a refused row, say).
+async fn pipelined<T, F>(
+    statements: impl IntoIterator<Item = F>,
+) -> Result<Vec<T>, tokio_postgres::Error>
+where
+    F: std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+{
+    join_all(statements).await.into_iter().collect()
 }
 
 fn rows_to_values(
@@ -696,7 +710,7 @@ impl Endpoint for PgEndpoint {
             .iter()
             .map(|i| params_of(&i.columns))
             .collect();
-        let inserted = try_join_all(insert_sqls.iter().zip(&insert_params).map(|(sql, p)| {
+        let inserted = pipelined(insert_sqls.iter().zip(&insert_params).map(|(sql, p)| {
             let st = &statements[sql];
             let tx = &tx;
             async move { tx.query_one(st, &refs(p)).await }

@@ -613,52 +613,71 @@ async fn to_external(
     let writers = if state_here { WRITERS } else { 1 };
     let mut inflight = FuturesOrdered::new();
     let mut prev: Option<Turn> = None;
-    loop {
-        let prepared = {
-            let next = async {
-                match rx.recv().await? {
-                    None => Ok(None),
-                    Some(chunk) => {
-                        let (n, last) = chunk.extent(cols.key)?;
-                        checkpoint.last_key = last;
-                        checkpoint.rows_done += n as i64;
-                        // Counted when the chunk commits: a chunk rolled
-                        // back is written again, and counted then.
-                        let mut counts = BackfillReport::default();
-                        let mut p = match chunk {
-                            Chunk::Raw(rows) if checkpoint.insert_only => {
-                                prepare_raw(&ctx, &rows, &checkpoint, &mut counts)?
-                            }
-                            chunk => prepare_chunk(&ctx, chunk, &checkpoint, &mut counts).await?,
-                        };
-                        counts.read = n as u64;
-                        counts.chunks = 1;
-                        p.counts = counts;
-                        Ok::<_, EngineError>(Some(p))
+    let written = async {
+        loop {
+            let prepared = {
+                let next = async {
+                    match rx.recv().await? {
+                        None => Ok(None),
+                        Some(chunk) => {
+                            let (n, last) = chunk.extent(cols.key)?;
+                            checkpoint.last_key = last;
+                            checkpoint.rows_done += n as i64;
+                            // Counted when the chunk commits: a chunk rolled
+                            // back is written again, and counted then.
+                            let mut counts = BackfillReport::default();
+                            let mut p = match chunk {
+                                Chunk::Raw(rows) if checkpoint.insert_only => {
+                                    prepare_raw(&ctx, &rows, &checkpoint, &mut counts)?
+                                }
+                                chunk => {
+                                    prepare_chunk(&ctx, chunk, &checkpoint, &mut counts).await?
+                                }
+                            };
+                            counts.read = n as u64;
+                            counts.chunks = 1;
+                            p.counts = counts;
+                            Ok::<_, EngineError>(Some(p))
+                        }
+                    }
+                };
+                let mut next = std::pin::pin!(next);
+                loop {
+                    tokio::select! {
+                        r = &mut next => break r?,
+                        Some(w) = inflight.next(), if !inflight.is_empty() => {
+                            progress.add(report.absorb(w?));
+                        }
                     }
                 }
             };
-            let mut next = std::pin::pin!(next);
-            loop {
-                tokio::select! {
-                    r = &mut next => break r?,
-                    Some(w) = inflight.next(), if !inflight.is_empty() => {
-                        progress.add(report.absorb(w?));
-                    }
+            let Some(p) = prepared else { break };
+            while inflight.len() >= writers {
+                if let Some(w) = inflight.next().await {
+                    progress.add(report.absorb(w?));
                 }
             }
-        };
-        let Some(p) = prepared else { break };
-        while inflight.len() >= writers {
-            if let Some(w) = inflight.next().await {
-                progress.add(report.absorb(w?));
+            let (done, turn) = tokio::sync::oneshot::channel();
+            inflight.push_back(commit_chunk(&ctx, p, prev.replace(turn), done));
+        }
+        while let Some(w) = inflight.next().await {
+            progress.add(report.absorb(w?));
+        }
+        Ok::<(), EngineError>(())
+    }
+    .await;
+    if let Err(err) = written {
+        // The chunks still in flight finish on their own: one whose turn
+        // never comes rolls back, one that may still commit does. Dropping
+        // them instead would abort their writes mid-statement and hand
+        // their connections back to the pool mid-protocol, which the
+        // writes after a refused chunk would then meet.
+        while let Some(w) = inflight.next().await {
+            if let Ok(counts) = w {
+                progress.add(report.absorb(counts));
             }
         }
-        let (done, turn) = tokio::sync::oneshot::channel();
-        inflight.push_back(commit_chunk(&ctx, p, prev.replace(turn), done));
-    }
-    while let Some(w) = inflight.next().await {
-        progress.add(report.absorb(w?));
+        return Err(err);
     }
     progress.finish();
     // Fresh statistics after the bulk load: without them the planner takes
