@@ -272,6 +272,15 @@ async fn lookup_table(
 }
 
 /// Checks that data can flow between the two columns in `direction`.
+/// The error for a write into a column the database computes: `what`
+/// names the column, `fix` says what to do instead.
+fn computed(what: &str, fix: &str) -> String {
+    format!(
+        "{what} is computed by the database (a generated or computed column, a rowversion), \
+         so crmsync cannot write it; {fix}"
+    )
+}
+
 fn check_types(f: &mut Findings, at: &str, field: &FieldPlan, crm: &ColumnInfo, ext: &ColumnInfo) {
     // The two columns of a reference hold different keys (a CRM id, an
     // ERP code): each is checked against its parent's key instead.
@@ -655,11 +664,9 @@ pub async fn bind_entity(
                 ),
             ] {
                 if writes && col.generated {
-                    f.errors.push(format!(
-                        "{fat}: the {side} column {} is computed by the database (a generated \
-                         or computed column, a rowversion), so crmsync cannot write it; let \
-                         the field flow from that side only (direction = \"{only}\") or drop it",
-                        col.name
+                    f.errors.push(computed(
+                        &format!("{fat}: the {side} column {}", col.name),
+                        &format!("let the field flow from that side only (direction = \"{only}\") or drop it"),
                     ));
                 }
             }
@@ -700,10 +707,9 @@ pub async fn bind_entity(
     ];
     for (key, col, writes) in written {
         if let Some(c) = col.filter(|c| writes && c.generated) {
-            f.errors.push(format!(
-                "{at}: {key}: {} is computed by the database (a generated or computed column, \
-                 a rowversion), so crmsync cannot write it; name a column of its own",
-                c.name
+            f.errors.push(computed(
+                &format!("{at}: {key}: {}", c.name),
+                "name a column of its own",
             ));
         }
     }
@@ -712,10 +718,9 @@ pub async fn bind_entity(
         for (col, v) in list {
             if let Some(c) = lookup_column(f, &at, side, table, &format!("{side}_defaults"), col) {
                 if c.generated {
-                    f.errors.push(format!(
-                        "{at}: {side}_defaults.{col}: {} is computed by the database, so \
-                         crmsync cannot write it; leave it out of {side}_defaults",
-                        c.name
+                    f.errors.push(computed(
+                        &format!("{at}: {side}_defaults.{col}: {}", c.name),
+                        &format!("leave it out of {side}_defaults"),
                     ));
                 }
                 match v.clone().coerce(&c.ty, Some(zones), false) {
