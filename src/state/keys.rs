@@ -46,6 +46,14 @@ pub fn value_bytes(key: &Value) -> Vec<u8> {
     }
 }
 
+/// The integer a stored key holds, if it holds one.
+pub fn stored_int(stored: &[u8]) -> Option<i64> {
+    match unpack::<Element>(stored) {
+        Ok(Element::Int(i)) => Some(i),
+        _ => None,
+    }
+}
+
 /// A stored key back in its canonical text.
 pub fn from_bytes(stored: &[u8]) -> Result<String, String> {
     match unpack::<Element>(stored) {
@@ -131,7 +139,9 @@ mod tests {
         assert!(enc.windows(2).all(|w| w[0] < w[1]), "{enc:x?}");
         for (k, e) in ks.iter().zip(&enc) {
             assert_eq!(from_bytes(e).unwrap(), k.to_string());
+            assert_eq!(stored_int(e), Some(*k));
         }
+        assert_eq!(stored_int(&to_bytes("SUP-1")), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::Serialize;
 use std::collections::HashMap;
 
 /// The state schema's version; `migrate` brings older schemas up to it.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// Where change reading stopped: a `(change time, key)` position.
 #[derive(Debug, Clone, PartialEq)]

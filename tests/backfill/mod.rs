@@ -250,7 +250,7 @@ async fn backfill_into_empty_table_then_sync_has_nothing_to_do() {
     assert_eq!(
         count(
             &s.erp,
-            "SELECT count(*) FROM crmsync.links WHERE entity = 'supplier'"
+            "SELECT count(*) FROM crmsync.all_links WHERE entity = 'supplier'"
         )
         .await,
         n
@@ -258,12 +258,20 @@ async fn backfill_into_empty_table_then_sync_has_nothing_to_do() {
     assert_eq!(
         count(
             &s.erp,
-            "SELECT count(*) FROM crmsync.links WHERE get_byte(shadow, 0) = 1"
+            "SELECT count(*) FROM crmsync.all_links WHERE get_byte(shadow, 0) = 1"
         )
         .await,
         n,
         "backfilled shadows are sealed"
     );
+    // Keys from the identity ascend with the CRM's: the links went in as
+    // blocks, not a row each.
+    let in_blocks = count(
+        &s.erp,
+        "SELECT coalesce(sum(cardinality(crm_keys)), 0)::bigint FROM crmsync.link_blocks",
+    )
+    .await;
+    assert!(in_blocks > n * 9 / 10, "{in_blocks} of {n} links in blocks");
     // The values arrived mapped.
     let row = s
         .erp
@@ -288,6 +296,50 @@ async fn backfill_into_empty_table_then_sync_has_nothing_to_do() {
         );
     }
     assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
+
+    // Changes to rows whose links sit in blocks: each is written once,
+    // its link moves to a row of its own, and the next run is quiet.
+    s.crm
+        .batch_execute(
+            "UPDATE company SET comp_name = 'Renamed ' || comp_companyid, \
+                    comp_updateddate = localtimestamp(3), comp_timestamp = localtimestamp(3) \
+              WHERE comp_companyid IN (2, 17, 25000, 49999)",
+        )
+        .await
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let (out, rep) = run(&s, "sync", &["sync"]);
+    assert_exit(&out, 0);
+    assert_eq!(num(&rep, "/entities/0/updated"), 4);
+    assert_eq!(num(&rep, "/entities/0/inserted"), 0);
+    assert_eq!(
+        count(
+            &s.erp,
+            "SELECT count(*) FROM erp.supplier WHERE name LIKE 'Renamed %'"
+        )
+        .await,
+        4
+    );
+    assert_eq!(
+        count(
+            &s.erp,
+            "SELECT count(*) FROM crmsync.all_links WHERE entity = 'supplier'"
+        )
+        .await,
+        n,
+        "one link a pair still"
+    );
+    assert_eq!(
+        count(
+            &s.erp,
+            "SELECT count(*) FROM crmsync.links WHERE crmsync.key_text(crm_key) IN ('2', '17', '25000', '49999')"
+        )
+        .await,
+        4
+    );
+    let (out, rep) = run(&s, "sync", &["sync"]);
+    assert_exit(&out, 0);
+    assert_eq!(num(&rep, "/entities/0/updated"), 0);
 }
 
 /// Inserts 30% of the CRM rows into erp.supplier by hand (no CRM id), every
@@ -447,7 +499,10 @@ async fn sigkill_during_backfill_then_rerun_resumes_with_exactly_one_copy() {
         .await,
         n
     );
-    assert_eq!(count(&s.erp, "SELECT count(*) FROM crmsync.links").await, n);
+    assert_eq!(
+        count(&s.erp, "SELECT count(*) FROM crmsync.all_links").await,
+        n
+    );
     // --restart starts over, and finds everything linked already.
     let (out, rep) = run(&s, "restart", &["backfill", "--restart"]);
     assert_eq!(out.status.code(), Some(0));
@@ -517,7 +572,10 @@ async fn backfill_with_the_state_in_the_crm_database() {
         "links do not commit with the data here"
     );
     assert_eq!(count(&s.erp, "SELECT count(*) FROM erp.supplier").await, n);
-    assert_eq!(count(&s.crm, "SELECT count(*) FROM crmsync.links").await, n);
+    assert_eq!(
+        count(&s.crm, "SELECT count(*) FROM crmsync.all_links").await,
+        n
+    );
     let (out, rep) = run(&s, "sync", &["sync"]);
     assert_exit(&out, 0);
     assert_eq!(
@@ -609,7 +667,10 @@ async fn backfill_external_to_crm_follows_crm_rules_links_matches_and_resumes() 
         .await,
         shared
     );
-    assert_eq!(count(&s.erp, "SELECT count(*) FROM crmsync.links").await, n);
+    assert_eq!(
+        count(&s.erp, "SELECT count(*) FROM crmsync.all_links").await,
+        n
+    );
     // Inserted by the CRM's rules.
     let broken = count(
         &s.crm,
@@ -789,7 +850,7 @@ external = "created"
         format!(
             "SELECT string_agg(crmsync.key_text(crm_key) || ' ' || encode(substr(shadow, 6), 'hex'), \
                                E'\\n' ORDER BY crm_key) \
-             FROM crmsync.links WHERE entity = '{entity}'"
+             FROM crmsync.all_links WHERE entity = '{entity}'"
         )
     };
     let raw: String = s.erp.query_one(&shadows("raw"), &[]).await.unwrap().get(0);
@@ -1036,7 +1097,7 @@ async fn refused_rows_with_the_state_on(side: &str) {
         1997
     );
     assert_eq!(
-        count(state, "SELECT count(*) FROM crmsync.links").await,
+        count(state, "SELECT count(*) FROM crmsync.all_links").await,
         1997
     );
     let rejected: Vec<String> = state
@@ -1140,7 +1201,7 @@ async fn a_trigger_that_skips_rows_stops_the_backfill_before_a_wrong_link() {
     assert_eq!(
         count(
             &s.erp,
-            "SELECT count(*) FROM crmsync.links l JOIN erp.supplier x \
+            "SELECT count(*) FROM crmsync.all_links l JOIN erp.supplier x \
                ON crmsync.key_bytes(x.supplier_id::bigint) = l.external_key \
              WHERE crmsync.key_text(l.crm_key) = x.crm_company_id::text"
         )
@@ -1148,7 +1209,7 @@ async fn a_trigger_that_skips_rows_stops_the_backfill_before_a_wrong_link() {
         copied
     );
     assert_eq!(
-        count(&s.erp, "SELECT count(*) FROM crmsync.links").await,
+        count(&s.erp, "SELECT count(*) FROM crmsync.all_links").await,
         copied
     );
 }

@@ -94,7 +94,7 @@ async fn sigkill_in_the_middle_of_a_large_sync_then_rerun_converges() {
         partial > 0 && partial < ROWS,
         "the kill left a partial copy ({partial} of {ROWS} rows)"
     );
-    let links: i64 = count(&env.erp, "crmsync.links").await;
+    let links: i64 = count(&env.erp, "crmsync.all_links").await;
     assert_eq!(links, partial, "every committed row has its link");
 
     // The killed run is recorded as unfinished and holds no lock.
@@ -121,7 +121,7 @@ async fn sigkill_in_the_middle_of_a_large_sync_then_rerun_converges() {
         .unwrap()
         .get(0);
     assert_eq!(dupes, 0);
-    assert_eq!(count(&env.erp, "crmsync.links").await, ROWS);
+    assert_eq!(count(&env.erp, "crmsync.all_links").await, ROWS);
 }
 
 /// With the state on the CRM side, links are written after the external
@@ -161,7 +161,7 @@ async fn lost_links_after_a_crash_are_adopted_not_duplicated() {
     assert_eq!(second.adopted, 100, "{second:?}");
     assert_eq!(count(&env.erp, "erp.supplier").await, 300);
     assert_eq!(assert_converged(&env).await, 300);
-    assert_eq!(count(&env.crm, "crmsync.links").await, 300);
+    assert_eq!(count(&env.crm, "crmsync.all_links").await, 300);
 }
 
 /// A deadlock with another writer of the external table aborts crmsync's

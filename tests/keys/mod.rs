@@ -616,7 +616,10 @@ async fn a_version_5_state_store_with_padded_keys_upgrades_and_syncs_on() {
     // column; JSON shadows by field, a time per link.
     env.erp
         .batch_execute(
-            "ALTER TABLE crmsync.links
+            "DROP VIEW crmsync.all_links;
+             DROP TABLE crmsync.link_blocks;
+             DROP TYPE crmsync.key_range;
+             ALTER TABLE crmsync.links
                  ALTER COLUMN crm_key TYPE text COLLATE \"C\" USING crmsync.key_text(crm_key),
                  ALTER COLUMN external_key TYPE text COLLATE \"C\" USING crmsync.key_text(external_key);
              ALTER TABLE crmsync.links ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now(),
@@ -853,7 +856,8 @@ async fn the_state_schema_stores_keys_in_the_same_form_crmsync_does() {
         .erp
         .query_one(
             "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-             WHERE n.nspname = 'crmsync' AND p.proname LIKE 'key\\_%' AND p.proisstrict",
+             WHERE n.nspname = 'crmsync' AND p.proisstrict \
+               AND p.proname IN ('key_bytes', 'key_text', 'key_int_len')",
             &[],
         )
         .await

@@ -991,7 +991,7 @@ match_on = [{ crm = "Comp_Name", external = "name" }]"#,
         "every copied row carries its CRM id, and so do the two matched ones"
     );
     assert_eq!(
-        count("SELECT count(DISTINCT external_key) FROM crmsync.links").await,
+        count("SELECT count(DISTINCT external_key) FROM crmsync.all_links").await,
         1_200,
         "every row is linked"
     );
@@ -1015,7 +1015,7 @@ match_on = [{ crm = "Comp_Name", external = "name" }]"#,
     let acme_link: String = env
         .erp
         .query_one(
-            "SELECT crmsync.key_text(l.crm_key) FROM crmsync.links l JOIN erp.supplier s \
+            "SELECT crmsync.key_text(l.crm_key) FROM crmsync.all_links l JOIN erp.supplier s \
                ON s.supplier_id::text = crmsync.key_text(l.external_key) WHERE s.name = 'Acme'",
             &[],
         )
@@ -1195,7 +1195,10 @@ async fn killed_backfill_into_sql_server_resumes_without_duplicates() {
         Some(1_500),
         "one ERP row per CRM row"
     );
-    assert_eq!(crate::common::count(&env.crm, "crmsync.links").await, 1_500);
+    assert_eq!(
+        crate::common::count(&env.crm, "crmsync.all_links").await,
+        1_500
+    );
     assert_eq!(env.sync().await.changes(), 0);
 }
 

@@ -682,6 +682,9 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
             r#"CREATE FUNCTION pg_temp.t(v text) RETURNS jsonb LANGUAGE sql AS $$
                  SELECT CASE WHEN v IS NULL THEN '{"t": "Null"}'::jsonb
                              ELSE jsonb_build_object('t', 'Text', 'v', v) END $$;
+               DROP VIEW crmsync.all_links;
+               DROP TABLE crmsync.link_blocks;
+               DROP TYPE crmsync.key_range;
                ALTER TABLE crmsync.links
                  ALTER COLUMN crm_key TYPE text COLLATE "C" USING crmsync.key_text(crm_key),
                  ALTER COLUMN external_key TYPE text COLLATE "C" USING crmsync.key_text(external_key);

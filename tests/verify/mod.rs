@@ -45,6 +45,7 @@ async fn fingerprint(client: &Client, tables: &[&str]) -> Vec<Option<String>> {
 const STATE_TABLES: &[&str] = &[
     "erp.supplier",
     "crmsync.links",
+    "crmsync.link_blocks",
     "crmsync.runs",
     "crmsync.watermarks",
     "crmsync.rejects",

@@ -593,33 +593,128 @@ impl RawInserts {
 }
 
 impl PgEndpoint {
-    /// Copies links that are new for certain into the links table.
+    /// Copies links that are new for certain into the state store: runs
+    /// of them whose keys ascend as link blocks, the rest as rows of the
+    /// links table (see `state::postgres::blocks`).
     async fn copy_links(
         &self,
         tx: &tokio_postgres::Transaction<'_>,
         fresh: &FreshLinks,
         inserted: &[Value],
     ) -> Result<()> {
+        use crate::state::{keys, postgres::blocks};
         let ext_keys: Vec<Vec<u8>> = fresh
             .links
             .iter()
-            .map(|l| crate::state::keys::value_bytes(&inserted[l.insert]))
+            .map(|l| keys::value_bytes(&inserted[l.insert]))
             .collect();
+        let crm: Vec<&[u8]> = fresh.links.iter().map(|l| l.crm_key.as_slice()).collect();
+        let ext: Vec<&[u8]> = ext_keys.iter().map(|k| k.as_slice()).collect();
+        let crm_ints: Vec<Option<i64>> = crm.iter().map(|k| keys::stored_int(k)).collect();
+        let ext_ints: Vec<Option<i64>> = fresh
+            .links
+            .iter()
+            .map(|l| match inserted[l.insert] {
+                Value::Int(i) => Some(i),
+                _ => None,
+            })
+            .collect();
+        let runs = blocks::runs(&crm_ints, &ext_ints);
+        let entity = fresh.entity.as_str();
+        let schema = quote(&fresh.schema);
+        if !runs.is_empty() {
+            struct Block<'a> {
+                bounds: [Vec<u8>; 4],
+                crm: &'a [&'a [u8]],
+                ext: &'a [&'a [u8]],
+                shadows: Vec<&'a [u8]>,
+            }
+            let made: Vec<Block> = runs
+                .iter()
+                .map(|r| {
+                    let (c, x) = (&crm[r.clone()], &ext[r.clone()]);
+                    let (first, last) = (r.start, r.end - 1);
+                    Block {
+                        bounds: [
+                            blocks::probe(entity, crm[first]),
+                            blocks::probe(entity, crm[last]),
+                            blocks::probe(entity, ext[first]),
+                            blocks::probe(entity, ext[last]),
+                        ],
+                        crm: c,
+                        ext: x,
+                        shadows: fresh.links[r.clone()]
+                            .iter()
+                            .map(|l| l.shadow.as_slice())
+                            .collect(),
+                    }
+                })
+                .collect();
+            let columns: Vec<String> = [
+                "entity",
+                "crm_lo",
+                "crm_hi",
+                "external_lo",
+                "external_hi",
+                "crm_keys",
+                "external_keys",
+                "shadows",
+            ]
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+            let types = [
+                Type::TEXT,
+                Type::BYTEA,
+                Type::BYTEA,
+                Type::BYTEA,
+                Type::BYTEA,
+                Type::BYTEA_ARRAY,
+                Type::BYTEA_ARRAY,
+                Type::BYTEA_ARRAY,
+            ];
+            let iter = made.iter().map(|b| {
+                vec![
+                    &entity as &(dyn ToSql + Sync),
+                    &b.bounds[0] as &(dyn ToSql + Sync),
+                    &b.bounds[1] as &(dyn ToSql + Sync),
+                    &b.bounds[2] as &(dyn ToSql + Sync),
+                    &b.bounds[3] as &(dyn ToSql + Sync),
+                    &b.crm as &(dyn ToSql + Sync),
+                    &b.ext as &(dyn ToSql + Sync),
+                    &b.shadows as &(dyn ToSql + Sync),
+                ]
+            });
+            let target = format!("{schema}.link_blocks");
+            self.copy_rows(tx, &target, &columns, &types, iter).await?;
+        }
+        let mut in_block = vec![false; fresh.links.len()];
+        for r in &runs {
+            in_block[r.clone()].fill(true);
+        }
+        if in_block.iter().all(|b| *b) {
+            return Ok(());
+        }
         let columns: Vec<String> = ["entity", "crm_key", "external_key", "shadow"]
             .iter()
             .map(|c| c.to_string())
             .collect();
         let types = [Type::TEXT, Type::BYTEA, Type::BYTEA, Type::BYTEA];
-        let target = format!("{}.links", quote(&fresh.schema));
-        let entity = fresh.entity.as_str();
-        let iter = fresh.links.iter().zip(&ext_keys).map(|(l, x)| {
-            vec![
-                &entity as &(dyn ToSql + Sync),
-                &l.crm_key as &(dyn ToSql + Sync),
-                x as &(dyn ToSql + Sync),
-                &l.shadow as &(dyn ToSql + Sync),
-            ]
-        });
+        let target = format!("{schema}.links");
+        let iter = fresh
+            .links
+            .iter()
+            .zip(&ext_keys)
+            .zip(&in_block)
+            .filter(|(_, b)| !**b)
+            .map(|((l, x), _)| {
+                vec![
+                    &entity as &(dyn ToSql + Sync),
+                    &l.crm_key as &(dyn ToSql + Sync),
+                    x as &(dyn ToSql + Sync),
+                    &l.shadow as &(dyn ToSql + Sync),
+                ]
+            });
         self.copy_rows(tx, &target, &columns, &types, iter).await
     }
 }

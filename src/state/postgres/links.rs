@@ -34,6 +34,7 @@ pub(crate) async fn write_links_in<C: GenericClient>(
         shadow.push(l.shadow.as_slice());
         deleted.push(l.deleted);
     }
+    super::blocks::materialize_in(client, &batch.schema, &batch.entity, &crm, &ext).await?;
     let s = quote(&batch.schema);
     let sql = format!(
         "INSERT INTO {s}.links AS l (entity, crm_key, external_key, shadow, deleted) \
@@ -94,16 +95,23 @@ pub(super) async fn by_column(
     if keys.is_empty() {
         return Ok(HashMap::new());
     }
+    let s = store.s();
+    let side = column.trim_end_matches("_key");
     let sql = format!(
-        "SELECT crm_key, external_key, shadow, deleted FROM {}.links \
-         WHERE entity = $1 AND {column} = ANY($2)",
-        store.s()
+        "SELECT crm_key, external_key, shadow, deleted FROM {s}.links \
+         WHERE entity = $1 AND {column} = ANY($2) \
+         UNION ALL SELECT crm_key, external_key, shadow, false FROM ({}) AS b",
+        super::blocks::entries_sql(&s, side, 1, 2, 3)
     );
     let what = format!("reading links (state store {})", store.schema);
     let stored: Vec<Vec<u8>> = keys.iter().map(|k| keys::to_bytes(k)).collect();
+    let probes: Vec<Vec<u8>> = stored
+        .iter()
+        .map(|k| super::blocks::probe(entity, k))
+        .collect();
     let rows = store
         .db
-        .query_by_keys(&sql, &[&entity, &stored], &what)
+        .query_by_keys(&sql, &[&entity, &stored, &probes], &what)
         .await?;
     let mut out = HashMap::with_capacity(rows.len());
     let mut layouts = HashMap::new();
@@ -314,13 +322,13 @@ pub(super) async fn gone_from(
         _ => format!("{s}.key_bytes({x}::text)"),
     };
     let gone_sql = format!(
-        "SELECT l.crm_key, l.external_key FROM {s}.links l \
+        "SELECT l.crm_key, l.external_key FROM {s}.all_links l \
          WHERE l.entity = $1 AND NOT l.deleted \
            AND NOT EXISTS (SELECT 1 FROM {t} x WHERE {stored} = l.external_key)",
         t = qualified(table),
     );
     let count_sql = format!(
-        "SELECT count(*) FROM {}.links WHERE entity = $1 AND NOT deleted",
+        "SELECT count(*) FROM {}.all_links WHERE entity = $1 AND NOT deleted",
         store.s()
     );
     let mut conn = store.conn().await?;

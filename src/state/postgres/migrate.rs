@@ -155,6 +155,37 @@ ALTER TABLE {s}.links
     ALTER COLUMN crm_key TYPE bytea USING {s}.key_bytes(crm_key::text),
     ALTER COLUMN external_key TYPE bytea USING {s}.key_bytes(external_key::text);
 "#,
+    // Link blocks: the links a backfill creates, up to 128 a row, in key
+    // order (`links::blocks`). A row of `links` for the same CRM key
+    // overrides a block's entry; `all_links` shows both as one table.
+    r#"
+CREATE TYPE {s}.key_range AS RANGE (subtype = bytea);
+CREATE TABLE {s}.link_blocks (
+    entity        text NOT NULL,
+    crm_lo        bytea NOT NULL,
+    crm_hi        bytea NOT NULL,
+    external_lo   bytea NOT NULL,
+    external_hi   bytea NOT NULL,
+    crm_keys      bytea[] NOT NULL,
+    external_keys bytea[] NOT NULL,
+    shadows       bytea[] NOT NULL
+);
+ALTER TABLE {s}.link_blocks ALTER COLUMN crm_keys SET STORAGE EXTERNAL,
+    ALTER COLUMN external_keys SET STORAGE EXTERNAL, ALTER COLUMN shadows SET STORAGE EXTERNAL;
+CREATE INDEX link_blocks_crm ON {s}.link_blocks
+    USING gist ({s}.key_range(crm_lo, crm_hi, '[]'));
+CREATE INDEX link_blocks_external ON {s}.link_blocks
+    USING gist ({s}.key_range(external_lo, external_hi, '[]'));
+CREATE VIEW {s}.all_links AS
+SELECT entity, crm_key, external_key, shadow, deleted FROM {s}.links
+UNION ALL
+SELECT b.entity, u.crm_key, u.external_key, u.shadow, false
+  FROM {s}.link_blocks b
+ CROSS JOIN LATERAL unnest(b.crm_keys, b.external_keys, b.shadows)
+       AS u(crm_key, external_key, shadow)
+ WHERE NOT EXISTS (SELECT 1 FROM {s}.links l
+                    WHERE l.entity = b.entity AND l.crm_key = u.crm_key);
+"#,
 ];
 
 /// The versions whose migration only rewrites existing rows.

@@ -3,6 +3,7 @@
 //! migrations and an advisory lock per entity held on a connection of its
 //! own for the length of a run.
 
+pub(crate) mod blocks;
 mod conflicts;
 mod links;
 mod lock;
@@ -352,8 +353,9 @@ impl StateStore for PgStore {
     async fn has_links(&self, entity: &str) -> Result<bool, EndpointError> {
         let conn = self.conn().await?;
         let sql = format!(
-            "SELECT EXISTS (SELECT 1 FROM {}.links WHERE entity = $1)",
-            self.s()
+            "SELECT EXISTS (SELECT 1 FROM {s}.links WHERE entity = $1) \
+                 OR EXISTS (SELECT 1 FROM {s}.link_blocks WHERE entity = $1)",
+            s = self.s()
         );
         conn.query_one(&sql, &[&entity])
             .await
@@ -410,7 +412,8 @@ impl StateStore for PgStore {
         let rows = conn
             .query(
                 &format!(
-                    "SELECT crm_key, external_key FROM {}.links WHERE entity = $1 AND NOT deleted",
+                    "SELECT crm_key, external_key FROM {}.all_links \
+                     WHERE entity = $1 AND NOT deleted",
                     self.s()
                 ),
                 &[&entity],

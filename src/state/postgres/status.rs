@@ -40,9 +40,10 @@ pub(super) async fn read(store: &PgStore) -> Result<Status, EndpointError> {
     let counts = conn
         .query(
             &format!(
-                "WITH e AS (SELECT entity FROM {s}.runs UNION SELECT entity FROM {s}.links) \
+                "WITH e AS (SELECT entity FROM {s}.runs UNION SELECT entity FROM {s}.links \
+                            UNION SELECT entity FROM {s}.link_blocks) \
                  SELECT e.entity, \
-                   (SELECT count(*) FROM {s}.links l WHERE l.entity = e.entity AND NOT l.deleted), \
+                   (SELECT count(*) FROM {s}.all_links l WHERE l.entity = e.entity AND NOT l.deleted), \
                    (SELECT count(*) FROM {s}.rejects r WHERE r.entity = e.entity AND r.resolved_at IS NULL), \
                    (SELECT count(*) FROM {s}.conflicts c WHERE c.entity = e.entity AND c.resolved_at IS NULL) \
                  FROM e ORDER BY e.entity"
