@@ -618,7 +618,6 @@ async fn a_version_5_state_store_with_padded_keys_upgrades_and_syncs_on() {
         .batch_execute(
             "DROP VIEW crmsync.all_links;
              DROP TABLE crmsync.link_blocks;
-             DROP TYPE crmsync.key_range;
              ALTER TABLE crmsync.links
                  ALTER COLUMN crm_key TYPE text COLLATE \"C\" USING crmsync.key_text(crm_key),
                  ALTER COLUMN external_key TYPE text COLLATE \"C\" USING crmsync.key_text(external_key);

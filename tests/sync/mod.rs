@@ -684,7 +684,6 @@ async fn links_from_schema_version_2_migrate_and_keep_their_shadows() {
                              ELSE jsonb_build_object('t', 'Text', 'v', v) END $$;
                DROP VIEW crmsync.all_links;
                DROP TABLE crmsync.link_blocks;
-               DROP TYPE crmsync.key_range;
                ALTER TABLE crmsync.links
                  ALTER COLUMN crm_key TYPE text COLLATE "C" USING crmsync.key_text(crm_key),
                  ALTER COLUMN external_key TYPE text COLLATE "C" USING crmsync.key_text(external_key);

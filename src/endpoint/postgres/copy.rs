@@ -619,30 +619,38 @@ impl PgEndpoint {
                 _ => None,
             })
             .collect();
-        let runs = blocks::runs(&crm_ints, &ext_ints);
+        let bytes: usize = fresh
+            .links
+            .iter()
+            .zip(&ext)
+            .map(|(l, x)| l.crm_key.len() + x.len() + l.shadow.len())
+            .sum();
+        let per_block = blocks::links_per_block(bytes / fresh.links.len().max(1));
+        let runs = blocks::runs(&crm_ints, &ext_ints, per_block);
         let entity = fresh.entity.as_str();
         let schema = quote(&fresh.schema);
         if !runs.is_empty() {
+            // Every key of a run is an integer (`blocks::runs`).
+            let int = |k: &Option<i64>| k.unwrap_or_default();
             struct Block<'a> {
-                bounds: [Vec<u8>; 4],
-                crm: &'a [&'a [u8]],
-                ext: &'a [&'a [u8]],
+                bounds: [i64; 4],
+                crm: Vec<i64>,
+                ext: Vec<i64>,
                 shadows: Vec<&'a [u8]>,
             }
             let made: Vec<Block> = runs
                 .iter()
                 .map(|r| {
-                    let (c, x) = (&crm[r.clone()], &ext[r.clone()]);
                     let (first, last) = (r.start, r.end - 1);
                     Block {
                         bounds: [
-                            blocks::probe(entity, crm[first]),
-                            blocks::probe(entity, crm[last]),
-                            blocks::probe(entity, ext[first]),
-                            blocks::probe(entity, ext[last]),
+                            int(&crm_ints[first]),
+                            int(&crm_ints[last]),
+                            int(&ext_ints[first]),
+                            int(&ext_ints[last]),
                         ],
-                        crm: c,
-                        ext: x,
+                        crm: crm_ints[r.clone()].iter().map(int).collect(),
+                        ext: ext_ints[r.clone()].iter().map(int).collect(),
                         shadows: fresh.links[r.clone()]
                             .iter()
                             .map(|l| l.shadow.as_slice())
@@ -665,12 +673,12 @@ impl PgEndpoint {
             .collect();
             let types = [
                 Type::TEXT,
-                Type::BYTEA,
-                Type::BYTEA,
-                Type::BYTEA,
-                Type::BYTEA,
-                Type::BYTEA_ARRAY,
-                Type::BYTEA_ARRAY,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8,
+                Type::INT8_ARRAY,
+                Type::INT8_ARRAY,
                 Type::BYTEA_ARRAY,
             ];
             let iter = made.iter().map(|b| {
@@ -789,9 +797,12 @@ impl Bulk for PgEndpoint {
             .into_iter()
             .collect();
         // The shadows' statistics serve no query.
-        names.extend(
-            state_schema.map(|s| format!("{}.links (entity, crm_key, external_key)", quote(s))),
-        );
+        if let Some(s) = state_schema.map(quote) {
+            names.push(format!("{s}.links (entity, crm_key, external_key)"));
+            names.push(format!(
+                "{s}.link_blocks (entity, crm_lo, crm_hi, external_lo, external_hi)"
+            ));
+        }
         if names.is_empty() {
             return Ok(());
         }

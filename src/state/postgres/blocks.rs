@@ -3,59 +3,70 @@
 //! A backfill links every row it copies, and a row of `links` per link
 //! costs two B-tree entries besides the tuple: on PostgreSQL that was most
 //! of what a backfill spent beyond the copy itself. So a backfill stores
-//! runs of its fresh links as blocks instead: up to [`BLOCK_LINKS`] links
-//! whose CRM keys and external keys both ascend (keys from a sequence or
-//! an identity do; random keys such as uuids do not, and stay rows), with
-//! the key ranges they span. A GiST index on each range finds the blocks
-//! that can hold a key; the key's place in the block's array gives the
+//! runs of its fresh links with integer keys as blocks instead: a row of
+//! `link_blocks` holds up to [`CRM_BUCKET`] links, their keys and shadows
+//! in arrays, all of whose CRM keys fall in one bucket of [`CRM_BUCKET`]
+//! consecutive values and all of whose external keys in one of
+//! 128 (see [`EXTERNAL_SHIFT`]), both ascending. Keys from a sequence or an
+//! identity fill blocks; uuids, codes and scattered keys stay rows. An
+//! index on each side's bucket finds the blocks that can hold a key with
+//! one B-tree probe, and the key's place in the block's array gives the
 //! link.
 //!
 //! A block is never rewritten. A row of `links` for one of its CRM keys
-//! overrides its entry: every link write first copies the block entries
-//! of the keys it touches into `links` (`materialize_in`), so that the
-//! unique keys of `links` keep guarding both sides exactly as before, and
-//! a link that changes lives on as a row. The view `all_links` shows both
-//! as one table.
+//! overrides its entry: a link that changes lives on as a row. Before a
+//! link is written, the block entries of its external key are copied into
+//! `links` (`materialize_in`), so that the unique external key there keeps
+//! guarding that side exactly as before. The view `all_links` shows rows
+//! and live block entries as one table.
 
 use crate::db::postgres::quote;
+use crate::state::keys;
 use std::ops::Range;
 use tokio_postgres::GenericClient;
 
-/// Links in a block, at most.
-pub(crate) const BLOCK_LINKS: usize = 128;
+/// CRM keys of a block share `key >> CRM_SHIFT`: a bucket of 64 values.
+pub(crate) const CRM_SHIFT: u32 = 6;
+/// External keys of a block share `key >> EXTERNAL_SHIFT`: a bucket of
+/// 128 values, so that the keys a few writers draw from one sequence at
+/// once still fill blocks.
+pub(crate) const EXTERNAL_SHIFT: u32 = 7;
+const CRM_BUCKET: usize = 1 << CRM_SHIFT;
+/// Bytes of keys and shadows in a block, at most: a block stays within
+/// one heap page (the table keeps rows of up to 8,160 bytes in place), so
+/// that a lookup reads one page and no TOAST.
+const BLOCK_BYTES: usize = 7_600;
 /// Fewer links than this stay rows.
 pub(crate) const BLOCK_MIN: usize = 2;
-/// A block's keys on either side span at most this many times as many
-/// values as it holds links: keys drawn from a sequence by a few writers
-/// at once stay far below it, and no block's range reaches over many
-/// others' (a probe then finds one block or two).
-const SPAN_PER_LINK: i128 = 64;
+
+/// How many links of `bytes` bytes each (keys and shadow, on average) a
+/// block holds.
+pub(crate) fn links_per_block(bytes: usize) -> usize {
+    // Each array element takes a header and padding besides its bytes.
+    (BLOCK_BYTES / (bytes + 24).max(1)).clamp(BLOCK_MIN, CRM_BUCKET)
+}
 
 /// The runs of links (by place) that go into blocks: integer keys on both
-/// sides, both strictly ascending and dense (see [`SPAN_PER_LINK`]), at
-/// most [`BLOCK_LINKS`] and at least [`BLOCK_MIN`] of them. Any other key
-/// (text, uuid, a key out of order) stays a row.
-pub(crate) fn runs(crm: &[Option<i64>], external: &[Option<i64>]) -> Vec<Range<usize>> {
+/// sides, both strictly ascending, each side within one bucket, at most
+/// `max` (see [`links_per_block`]) and at least [`BLOCK_MIN`] of them.
+/// Any other key (text, uuid, a key out of order) stays a row.
+pub(crate) fn runs(crm: &[Option<i64>], external: &[Option<i64>], max: usize) -> Vec<Range<usize>> {
     let n = crm.len().min(external.len());
     let mut out = Vec::new();
     let mut start = 0;
-    let ascends = |keys: &[Option<i64>], i: usize| match (keys[i - 1], keys[i]) {
-        (Some(a), Some(b)) => a < b,
+    let joins = |keys: &[Option<i64>], start: usize, i: usize, shift: u32| match (
+        keys[start],
+        keys[i - 1],
+        keys[i],
+    ) {
+        (Some(first), Some(a), Some(b)) => a < b && first >> shift == b >> shift,
         _ => false,
     };
-    let dense =
-        |keys: &[Option<i64>], r: &Range<usize>, len: usize| match (keys[r.start], keys[r.end - 1])
-        {
-            (Some(lo), Some(hi)) => i128::from(hi) - i128::from(lo) < SPAN_PER_LINK * len as i128,
-            _ => false,
-        };
     for i in 1..=n {
         let ends = i == n
-            || i - start == BLOCK_LINKS
-            || !ascends(crm, i)
-            || !ascends(external, i)
-            || !dense(crm, &(start..i + 1), i + 1 - start)
-            || !dense(external, &(start..i + 1), i + 1 - start);
+            || i - start >= max.max(BLOCK_MIN)
+            || !joins(crm, start, i, CRM_SHIFT)
+            || !joins(external, start, i, EXTERNAL_SHIFT);
         if ends {
             let r = start..i;
             if r.len() >= BLOCK_MIN && crm[r.start].is_some() && external[r.start].is_some() {
@@ -67,37 +78,67 @@ pub(crate) fn runs(crm: &[Option<i64>], external: &[Option<i64>]) -> Vec<Range<u
     out
 }
 
-/// A block bound or probe: the entity's name, a zero byte, then the key,
-/// so that one index serves every entity and their ranges never meet (a
-/// name holds no zero byte).
-pub(crate) fn probe(entity: &str, key: &[u8]) -> Vec<u8> {
-    let mut p = Vec::with_capacity(entity.len() + 1 + key.len());
-    p.extend_from_slice(entity.as_bytes());
-    p.push(0);
-    p.extend_from_slice(key);
-    p
-}
-
-/// SQL for the live block entries (`crm_key`, `external_key`, `shadow`)
-/// of entity `$entity` whose `side` key (`crm` or `external`) is one of
-/// the keys in `$keys`, whose probes are `$probes` in the same order.
-pub(crate) fn entries_sql(s: &str, side: &str, entity: u8, keys: u8, probes: u8) -> String {
+/// SQL for the live block entries (`crm_key` and `external_key` in stored
+/// form, `shadow`) of entity `$entity` whose `side` key (`crm` or
+/// `external`) is one of the integers in `$keys` and has no row in
+/// `links`. With `paired`, the CRM keys (stored form) in `$paired` go
+/// with `$keys` place by place, and an entry of a key's own pair is left
+/// out.
+pub(crate) fn entries_sql(s: &str, side: &str, entity: u8, keys: u8, paired: Option<u8>) -> String {
+    let shift = if side == "crm" {
+        CRM_SHIFT
+    } else {
+        EXTERNAL_SHIFT
+    };
+    let overridden = if side == "crm" {
+        String::new()
+    } else {
+        format!(
+            " AND NOT EXISTS (SELECT 1 FROM {s}.links o \
+                               WHERE o.entity = ${entity} AND o.crm_key = {s}.key_bytes(b.crm_keys[b.i]))"
+        )
+    };
+    let (source, other_pair) = match paired {
+        Some(p) => (
+            format!("unnest(${keys}::bigint[], ${p}::bytea[]) AS k(key, crm)"),
+            format!(" AND {s}.key_bytes(b.crm_keys[b.i]) <> k.crm"),
+        ),
+        None => (
+            format!("unnest(${keys}::bigint[]) AS k(key)"),
+            String::new(),
+        ),
+    };
+    // A probe of the bucket index per key (OFFSET 0 keeps the planner from
+    // joining the whole table instead, which it would do for want of
+    // statistics on the buckets).
     format!(
-        "SELECT b.crm_keys[i] AS crm_key, b.external_keys[i] AS external_key, \
-                b.shadows[i] AS shadow \
-           FROM unnest(${keys}::bytea[], ${probes}::bytea[]) AS k(key, probe) \
-           JOIN {s}.link_blocks b \
-             ON {s}.key_range(b.{side}_lo, b.{side}_hi, '[]') @> k.probe \
-          CROSS JOIN LATERAL array_position(b.{side}_keys, k.key) AS i \
-          WHERE i IS NOT NULL AND b.entity = ${entity} \
+        "SELECT {s}.key_bytes(b.crm_keys[b.i]) AS crm_key, \
+                {s}.key_bytes(b.external_keys[b.i]) AS external_key, b.shadows[b.i] AS shadow \
+           FROM {source} \
+          CROSS JOIN LATERAL ( \
+                SELECT b.crm_keys, b.external_keys, b.shadows, \
+                       array_position(b.{side}_keys, k.key) AS i \
+                  FROM {s}.link_blocks b \
+                 WHERE b.entity = ${entity} AND (b.{side}_lo >> {shift}) = (k.key >> {shift}) \
+                OFFSET 0) AS b \
+          WHERE b.i IS NOT NULL \
             AND NOT EXISTS (SELECT 1 FROM {s}.links l \
-                             WHERE l.entity = ${entity} AND l.crm_key = b.crm_keys[i])"
+                             WHERE l.entity = ${entity} AND l.{side}_key = {s}.key_bytes(k.key))\
+                {overridden}{other_pair}"
     )
 }
 
-/// Copies into `links` the live block entries of `entity` that hold one
-/// of `crm` (CRM keys) or `external` (external keys), all in stored form,
-/// so that a write to those links finds them there.
+/// The integers among stored keys: only they can be in a block.
+pub(crate) fn ints(stored: &[Vec<u8>]) -> Vec<i64> {
+    stored.iter().filter_map(|k| keys::stored_int(k)).collect()
+}
+
+/// Before links `(crm[i], external[i])` (stored form) are written:
+/// copies into `links` the live block entries of `entity` that hold one
+/// of those external keys with another CRM key, so that the unique
+/// external key there refuses a second link to it, as it refuses one
+/// between rows. An entry of the same pair needs no copy: the row written
+/// for its CRM key overrides it.
 pub(crate) async fn materialize_in<C: GenericClient>(
     client: &C,
     schema: &str,
@@ -105,22 +146,22 @@ pub(crate) async fn materialize_in<C: GenericClient>(
     crm: &[Vec<u8>],
     external: &[Vec<u8>],
 ) -> Result<(), tokio_postgres::Error> {
+    let (ext, crm): (Vec<i64>, Vec<&[u8]>) = external
+        .iter()
+        .zip(crm)
+        .filter_map(|(x, c)| keys::stored_int(x).map(|x| (x, c.as_slice())))
+        .unzip();
+    if ext.is_empty() {
+        return Ok(());
+    }
     let s = quote(schema);
-    let probes =
-        |keys: &[Vec<u8>]| -> Vec<Vec<u8>> { keys.iter().map(|k| probe(entity, k)).collect() };
     let sql = format!(
         "INSERT INTO {s}.links (entity, crm_key, external_key, shadow) \
-         SELECT $1, crm_key, external_key, shadow FROM ({} UNION {}) AS m \
+         SELECT $1, crm_key, external_key, shadow FROM ({}) AS m \
          ON CONFLICT DO NOTHING",
-        entries_sql(&s, "crm", 1, 2, 3),
-        entries_sql(&s, "external", 1, 4, 5),
+        entries_sql(&s, "external", 1, 2, Some(3)),
     );
-    client
-        .execute(
-            &sql,
-            &[&entity, &crm, &probes(crm), &external, &probes(external)],
-        )
-        .await?;
+    client.execute(&sql, &[&entity, &ext, &crm]).await?;
     Ok(())
 }
 
@@ -131,41 +172,49 @@ mod tests {
     fn plan(crm: &[i64], ext: &[i64]) -> Vec<Range<usize>> {
         let c: Vec<Option<i64>> = crm.iter().copied().map(Some).collect();
         let x: Vec<Option<i64>> = ext.iter().copied().map(Some).collect();
-        runs(&c, &x)
+        runs(&c, &x, CRM_BUCKET)
     }
 
     #[test]
-    fn ascending_keys_go_in_full_blocks_and_the_rest_in_a_last_one() {
-        let crm: Vec<i64> = (0..300).map(|i| i * 3).collect();
-        let ext: Vec<i64> = (0..300).map(|i| 1000 + i * 2).collect();
-        assert_eq!(plan(&crm, &ext), vec![0..128, 128..256, 256..300]);
+    fn ascending_keys_fill_their_buckets() {
+        // CRM keys 0, 3, 6, ...: 22 of them in each bucket of 64.
+        let crm: Vec<i64> = (0..60).map(|i| i * 3).collect();
+        let ext: Vec<i64> = (0..60).map(|i| 1024 + i).collect();
+        assert_eq!(plan(&crm, &ext), vec![0..22, 22..43, 43..60]);
+        // External keys two apart (two writers on one sequence): a bucket
+        // of 128 takes 64 of them, so the CRM's bucket ends a block first.
+        let crm: Vec<i64> = (0..200).collect();
+        let ext: Vec<i64> = (0..200).map(|i| 2 * i).collect();
+        assert_eq!(plan(&crm, &ext), vec![0..64, 64..128, 128..192, 192..200]);
     }
 
     #[test]
     fn a_key_that_does_not_ascend_ends_a_block() {
-        let crm: Vec<i64> = (0..100).collect();
-        let mut ext: Vec<i64> = (0..100).map(|i| 10 * i).collect();
-        ext[40] = 385; // below its neighbour: the block ends before it
-        assert_eq!(plan(&crm, &ext), vec![0..40, 40..100]);
+        let crm: Vec<i64> = (0..60).collect();
+        let mut ext: Vec<i64> = (0..60).collect();
+        ext[40] = 38; // below its neighbour: the block ends before it
+        assert_eq!(plan(&crm, &ext), vec![0..40, 40..60]);
         // Equal neighbours cannot share a block either.
         let mut crm2 = crm.clone();
-        crm2[70] = crm2[69];
-        assert_eq!(plan(&crm2, &crm), vec![0..70, 70..100]);
+        crm2[50] = crm2[49];
+        assert_eq!(plan(&crm2, &crm), vec![0..50, 50..60]);
     }
 
     #[test]
-    fn sparse_random_and_lone_keys_stay_rows() {
+    fn scattered_and_lone_keys_stay_rows() {
         let crm: Vec<i64> = (0..200).collect();
-        // A pseudo-random permutation: short runs over wide ranges.
+        // A pseudo-random permutation: no two neighbours share a bucket.
         let ext: Vec<i64> = (0..200i64)
             .map(|i| (i * 2_654_435_761) % 4_294_967_291)
             .collect();
         assert!(plan(&crm, &ext).is_empty(), "{:?}", plan(&crm, &ext));
-        // Ascending but far apart: each block would span the others.
         let wide: Vec<i64> = (0..200).map(|i| i * 1_000).collect();
         assert!(plan(&crm, &wide).is_empty());
         assert!(plan(&[7], &[9]).is_empty());
         assert_eq!(plan(&[7, 8], &[9, 12]), vec![0..2]);
+        // Negative keys have buckets too.
+        assert_eq!(plan(&[-64, -1], &[-128, -1]), vec![0..2]);
+        assert!(plan(&[-1, 0], &[5, 6]).is_empty());
     }
 
     #[test]
@@ -173,16 +222,15 @@ mod tests {
         let crm: Vec<Option<i64>> = (0..10).map(Some).collect();
         let mut ext = crm.clone();
         ext[5] = None;
-        assert_eq!(runs(&crm, &ext), vec![0..5, 6..10]);
+        assert_eq!(runs(&crm, &ext, CRM_BUCKET), vec![0..5, 6..10]);
     }
 
     #[test]
-    fn probes_keep_entities_apart() {
-        let a = probe("company", &[0x15, 0xff]);
-        let b = probe("company2", &[0x15, 0x00]);
-        let c = probe("compan", &[0x79]);
-        // Every key of "company" sorts between its entity's bounds and
-        // outside any other entity's, however the names share a prefix.
-        assert!(c < a && a < b, "{c:x?} {a:x?} {b:x?}");
+    fn blocks_hold_fewer_links_as_shadows_grow() {
+        assert_eq!(links_per_block(8), CRM_BUCKET);
+        assert_eq!(links_per_block(200), 33);
+        assert_eq!(links_per_block(100_000), BLOCK_MIN);
+        let crm: Vec<Option<i64>> = (0..64).map(Some).collect();
+        assert_eq!(runs(&crm, &crm, 33), vec![0..33, 33..64]);
     }
 }

@@ -101,17 +101,14 @@ pub(super) async fn by_column(
         "SELECT crm_key, external_key, shadow, deleted FROM {s}.links \
          WHERE entity = $1 AND {column} = ANY($2) \
          UNION ALL SELECT crm_key, external_key, shadow, false FROM ({}) AS b",
-        super::blocks::entries_sql(&s, side, 1, 2, 3)
+        super::blocks::entries_sql(&s, side, 1, 3, None)
     );
     let what = format!("reading links (state store {})", store.schema);
     let stored: Vec<Vec<u8>> = keys.iter().map(|k| keys::to_bytes(k)).collect();
-    let probes: Vec<Vec<u8>> = stored
-        .iter()
-        .map(|k| super::blocks::probe(entity, k))
-        .collect();
+    let ints = super::blocks::ints(&stored);
     let rows = store
         .db
-        .query_by_keys(&sql, &[&entity, &stored, &probes], &what)
+        .query_by_keys(&sql, &[&entity, &stored, &ints], &what)
         .await?;
     let mut out = HashMap::with_capacity(rows.len());
     let mut layouts = HashMap::new();

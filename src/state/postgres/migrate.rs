@@ -155,36 +155,40 @@ ALTER TABLE {s}.links
     ALTER COLUMN crm_key TYPE bytea USING {s}.key_bytes(crm_key::text),
     ALTER COLUMN external_key TYPE bytea USING {s}.key_bytes(external_key::text);
 "#,
-    // Link blocks: the links a backfill creates, up to 128 a row, in key
-    // order (`links::blocks`). A row of `links` for the same CRM key
+    // Link blocks: the links a backfill creates, a heap page of them to a
+    // row, in key order (`blocks`). A row of `links` for the same CRM key
     // overrides a block's entry; `all_links` shows both as one table.
     r#"
-CREATE TYPE {s}.key_range AS RANGE (subtype = bytea);
 CREATE TABLE {s}.link_blocks (
     entity        text NOT NULL,
-    crm_lo        bytea NOT NULL,
-    crm_hi        bytea NOT NULL,
-    external_lo   bytea NOT NULL,
-    external_hi   bytea NOT NULL,
-    crm_keys      bytea[] NOT NULL,
-    external_keys bytea[] NOT NULL,
+    crm_lo        bigint NOT NULL,
+    crm_hi        bigint NOT NULL,
+    external_lo   bigint NOT NULL,
+    external_hi   bigint NOT NULL,
+    crm_keys      bigint[] NOT NULL,
+    external_keys bigint[] NOT NULL,
     shadows       bytea[] NOT NULL
 );
-ALTER TABLE {s}.link_blocks ALTER COLUMN crm_keys SET STORAGE EXTERNAL,
-    ALTER COLUMN external_keys SET STORAGE EXTERNAL, ALTER COLUMN shadows SET STORAGE EXTERNAL;
-CREATE INDEX link_blocks_crm ON {s}.link_blocks
-    USING gist ({s}.key_range(crm_lo, crm_hi, '[]'));
-CREATE INDEX link_blocks_external ON {s}.link_blocks
-    USING gist ({s}.key_range(external_lo, external_hi, '[]'));
+-- A block fits a heap page and stays in it (a lookup reads one page, no
+-- TOAST); its arrays are left out of statistics, which would read every
+-- element of every block.
+ALTER TABLE {s}.link_blocks
+    ALTER COLUMN crm_keys SET STATISTICS 0, ALTER COLUMN external_keys SET STATISTICS 0,
+    ALTER COLUMN shadows SET STORAGE EXTERNAL, ALTER COLUMN shadows SET STATISTICS 0,
+    SET (toast_tuple_target = 8160);
+-- The keys of a block share a bucket on each side: 64 CRM keys, 128
+-- external keys (`blocks::CRM_SHIFT`, `EXTERNAL_SHIFT`).
+CREATE INDEX link_blocks_crm ON {s}.link_blocks (entity, (crm_lo >> 6));
+CREATE INDEX link_blocks_external ON {s}.link_blocks (entity, (external_lo >> 7));
 CREATE VIEW {s}.all_links AS
 SELECT entity, crm_key, external_key, shadow, deleted FROM {s}.links
 UNION ALL
-SELECT b.entity, u.crm_key, u.external_key, u.shadow, false
+SELECT b.entity, {s}.key_bytes(u.crm_key), {s}.key_bytes(u.external_key), u.shadow, false
   FROM {s}.link_blocks b
  CROSS JOIN LATERAL unnest(b.crm_keys, b.external_keys, b.shadows)
        AS u(crm_key, external_key, shadow)
  WHERE NOT EXISTS (SELECT 1 FROM {s}.links l
-                    WHERE l.entity = b.entity AND l.crm_key = u.crm_key);
+                    WHERE l.entity = b.entity AND l.crm_key = {s}.key_bytes(u.crm_key));
 "#,
 ];
 
@@ -249,4 +253,23 @@ pub(super) async fn run(store: &PgStore) -> Result<(), EndpointError> {
     tx.commit()
         .await
         .map_err(|e| store.state_error("committing the migration", e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+    use crate::state::postgres::blocks::{CRM_SHIFT, EXTERNAL_SHIFT};
+
+    #[test]
+    fn the_block_indexes_bucket_keys_as_the_lookups_do() {
+        let m = MIGRATIONS[8];
+        assert!(
+            m.contains(&format!("(entity, (crm_lo >> {CRM_SHIFT}))")),
+            "{m}"
+        );
+        assert!(
+            m.contains(&format!("(entity, (external_lo >> {EXTERNAL_SHIFT}))")),
+            "{m}"
+        );
+    }
 }
