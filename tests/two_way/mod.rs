@@ -686,6 +686,106 @@ async fn crm_wins_takes_the_crm_value_and_logs_the_clash() {
     assert_eq!(sync(&env).await.changes(), 0);
 }
 
+/// Pairs a backfill linked in blocks, changed on both sides in the first
+/// window after it: fields changed on one side each merge, a field
+/// changed on both is a conflict logged with both values, each changed
+/// link becomes a row of its own, and the next run writes nothing.
+#[tokio::test]
+async fn pairs_in_link_blocks_changed_on_both_sides_merge_field_by_field() {
+    let env = two_way_env(&TwoWay::default()).await;
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        ids.push(
+            crm_insert(
+                &env.crm,
+                &format!("Supplier {i}"),
+                Some("Active"),
+                Some("1"),
+            )
+            .await,
+        );
+    }
+    let plan = crmsync::cli::load_plan(&env.config).expect("the test config is valid");
+    let engine = Engine::connect(plan).await.expect("connect");
+    let opts = crmsync::engine::BackfillOptions {
+        direction: crmsync::engine::BackfillDirection::CrmToExternal,
+        restart: false,
+        chunk_rows: 100,
+    };
+    let reports = engine.backfill(None, &opts).await.expect("backfill");
+    assert_eq!(reports[0].inserted, 40);
+    let count = |sql: &'static str| {
+        let erp = &env.erp;
+        async move { erp.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+    assert_eq!(count("SELECT count(*) FROM crmsync.links").await, 0);
+    assert_eq!(
+        count("SELECT sum(cardinality(crm_keys))::bigint FROM crmsync.link_blocks").await,
+        40,
+        "the identity's keys ascend with the CRM's: every link is in a block"
+    );
+    let ext = |a: i32| {
+        let erp = &env.erp;
+        async move {
+            erp.query_one(
+                "SELECT supplier_id FROM erp.supplier WHERE crm_company_id = $1",
+                &[&a],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    let (a, b) = (ids[3], ids[17]);
+    let (xa, xb) = (ext(a).await, ext(b).await);
+    crm_set(&env.crm, a, "comp_phonenumber", Some("2")).await;
+    ext_set(&env.erp, xa, "status", Some("I")).await;
+    ext_set(&env.erp, xb, "name", Some("ERP name")).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    crm_set(&env.crm, b, "comp_name", Some("CRM name")).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let report = sync(&env).await;
+    assert_eq!(report.conflicts, 1, "{report:?}");
+    assert_eq!((report.inserted, report.crm_inserted), (0, 0), "{report:?}");
+    assert_other_fields_merged(&env, a, xa).await;
+    assert_eq!(
+        both_names(&env, b, xb).await,
+        ("CRM name".into(), "CRM name".into())
+    );
+    let log = logged_conflicts(&env).await;
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        (log[0].0.as_str(), log[0].1.as_deref()),
+        ("comp_name", Some("crm"))
+    );
+    let (crm, ext_value): (serde_json::Value, serde_json::Value) = env
+        .erp
+        .query_one(
+            "SELECT crm_value, external_value FROM crmsync.conflicts",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(
+        (crm.as_str(), ext_value.as_str()),
+        (Some("CRM name"), Some("ERP name"))
+    );
+    assert_eq!(count("SELECT count(*) FROM crmsync.links").await, 2);
+    assert_eq!(count("SELECT count(*) FROM crmsync.all_links").await, 40);
+    assert_eq!(sync(&env).await.changes(), 0);
+    // Both sides still name each other, block and row alike.
+    assert_eq!(
+        count(
+            "SELECT count(*) FROM crmsync.all_links l JOIN erp.supplier s \
+               ON crmsync.key_text(l.external_key) = s.supplier_id::text \
+              AND crmsync.key_text(l.crm_key) = s.crm_company_id::text"
+        )
+        .await,
+        40
+    );
+}
+
 #[tokio::test]
 async fn external_wins_takes_the_external_value() {
     let (env, a, x, report) = clash("external_wins", false).await;
