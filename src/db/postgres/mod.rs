@@ -130,7 +130,13 @@ impl PgDatabase {
             config.password(pw.expose_secret());
         }
         config.application_name("crmsync");
-        config.options(format!("-c TimeZone={}", conn.timezone.name()));
+        // No JIT compilation: crmsync's statements are key lookups, bulk
+        // copies and one-pass scans, whose estimated costs still cross
+        // jit_above_cost. Compiling them cost more than it saved every
+        // time it was measured: 1.2 s instead of 0.3 s for a page of
+        // 8,000 rows with child fields, 87 ms on a 5 ms lookup of 1,000
+        // links, 0.53 s instead of 0.42 s for the hard-delete check.
+        config.options(format!("-c TimeZone={} -c jit=off", conn.timezone.name()));
         config.connect_timeout(Duration::from_secs(10));
         config.ssl_mode(tls::ssl_mode(conn.tls));
         let target = describe(&config);
@@ -279,9 +285,7 @@ impl PgDatabase {
         let mut conn = self.conn().await?;
         let fail = |e| self.query_error(what.to_string(), e);
         let tx = conn.transaction().await.map_err(fail)?;
-        // JIT compiling a lookup by keys costs more than it saves (with a
-        // scan's per-row subqueries, seconds per thousand rows).
-        tx.batch_execute("SET LOCAL enable_seqscan = off; SET LOCAL jit = off")
+        tx.batch_execute("SET LOCAL enable_seqscan = off")
             .await
             .map_err(fail)?;
         let rows = tx.query(sql, params).await.map_err(fail)?;

@@ -76,20 +76,6 @@ impl PgEndpoint {
         self.db.conn().await
     }
 
-    /// A connection for reading `scan`. A scan with children runs per-row
-    /// subqueries whose estimated cost makes PostgreSQL JIT-compile them,
-    /// which costs far more than it saves (1.2 s instead of 0.3 s for a
-    /// page of 8,000 rows): JIT is turned off on that connection.
-    async fn scan_conn(&self, scan: &Scan) -> Result<Pooled<'_>> {
-        let conn = self.conn().await?;
-        if !scan.children.is_empty() {
-            conn.batch_execute("SET jit = off")
-                .await
-                .map_err(|e| self.query_error("turning JIT off", e))?;
-        }
-        Ok(conn)
-    }
-
     /// Runs a batch's updates in `tx`: each distinct statement shape is
     /// prepared once, then all are pipelined.
     pub(crate) async fn apply_updates(
@@ -434,7 +420,7 @@ impl Endpoint for PgEndpoint {
              ORDER BY {chg}, {key} LIMIT {limit}",
             Self::filter_sql(scan),
         );
-        let conn = self.scan_conn(scan).await?;
+        let conn = self.conn().await?;
         let rows = conn
             .query(&sql, &all_refs(params, &p.values))
             .await
@@ -486,7 +472,7 @@ impl Endpoint for PgEndpoint {
             qualified(&scan.table),
             Self::filter_sql(scan),
         );
-        let conn = self.scan_conn(scan).await?;
+        let conn = self.conn().await?;
         let rows = conn
             .query(&sql, &all_refs(params, &p.values))
             .await
@@ -528,7 +514,7 @@ impl Endpoint for PgEndpoint {
             Self::filter_sql(scan),
             quote(&scan.key),
         );
-        let conn = self.scan_conn(scan).await?;
+        let conn = self.conn().await?;
         let rows = conn
             .query(&sql, &all_refs(params, &p.values))
             .await
