@@ -128,6 +128,50 @@ pub(crate) fn entries_sql(s: &str, side: &str, entity: u8, keys: u8, paired: Opt
     )
 }
 
+/// The buckets of `side` (`crm` or `external`) that `keys` fall in, when
+/// they are few enough to read whole (eight keys or more a bucket, as
+/// for a page of rows read in key order); `None` for scattered keys,
+/// which are better probed one by one.
+pub(crate) fn dense_buckets(side: &str, keys: &[i64]) -> Option<Vec<i64>> {
+    let shift = if side == "crm" {
+        CRM_SHIFT
+    } else {
+        EXTERNAL_SHIFT
+    };
+    let mut buckets: Vec<i64> = keys.iter().map(|k| k >> shift).collect();
+    buckets.sort_unstable();
+    buckets.dedup();
+    (buckets.len() * 8 <= keys.len()).then_some(buckets)
+}
+
+/// SQL for what [`entries_sql`] reads, for keys whose buckets are few
+/// (`dense_buckets`, in `$buckets`): the blocks of those buckets, read
+/// in one scan of the bucket index and joined to the keys.
+pub(crate) fn entries_by_bucket_sql(
+    s: &str,
+    side: &str,
+    entity: u8,
+    keys: u8,
+    buckets: u8,
+) -> String {
+    let shift = if side == "crm" {
+        CRM_SHIFT
+    } else {
+        EXTERNAL_SHIFT
+    };
+    let column = if side == "crm" { "c" } else { "x" };
+    format!(
+        "SELECT {s}.key_bytes(u.c) AS crm_key, {s}.key_bytes(u.x) AS external_key, \
+                u.sh AS shadow \
+           FROM {s}.link_blocks b \
+          CROSS JOIN LATERAL unnest(b.crm_keys, b.external_keys, b.shadows) AS u(c, x, sh) \
+           JOIN unnest(${keys}::bigint[]) AS k(key) ON k.key = u.{column} \
+          WHERE b.entity = ${entity} AND (b.{side}_lo >> {shift}) = ANY (${buckets}::bigint[]) \
+            AND NOT EXISTS (SELECT 1 FROM {s}.links o \
+                             WHERE o.entity = ${entity} AND o.crm_key = {s}.key_bytes(u.c))"
+    )
+}
+
 /// The integers among stored keys: only they can be in a block.
 pub(crate) fn ints(stored: &[Vec<u8>]) -> Vec<i64> {
     stored.iter().filter_map(|k| keys::stored_int(k)).collect()
@@ -223,6 +267,16 @@ mod tests {
         let mut ext = crm.clone();
         ext[5] = None;
         assert_eq!(runs(&crm, &ext, CRM_BUCKET), vec![0..5, 6..10]);
+    }
+
+    #[test]
+    fn keys_in_few_buckets_are_read_by_bucket() {
+        let page: Vec<i64> = (1_000..6_000).collect();
+        assert_eq!(dense_buckets("crm", &page).map(|b| b.len()), Some(79));
+        assert_eq!(dense_buckets("external", &page).map(|b| b.len()), Some(40));
+        let scattered: Vec<i64> = (0..1_000).map(|i| i * 1_000).collect();
+        assert_eq!(dense_buckets("crm", &scattered), None);
+        assert_eq!(dense_buckets("external", &[]), Some(vec![]));
     }
 
     #[test]

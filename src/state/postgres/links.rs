@@ -97,19 +97,26 @@ pub(super) async fn by_column(
     }
     let s = store.s();
     let side = column.trim_end_matches("_key");
+    let stored: Vec<Vec<u8>> = keys.iter().map(|k| keys::to_bytes(k)).collect();
+    let ints = super::blocks::ints(&stored);
+    // A page read in key order has its keys in few buckets: their blocks
+    // are read whole, not probed key by key.
+    let dense = super::blocks::dense_buckets(side, &ints);
+    let blocks = match dense {
+        Some(_) => super::blocks::entries_by_bucket_sql(&s, side, 1, 3, 4),
+        None => super::blocks::entries_sql(&s, side, 1, 3, None),
+    };
     let sql = format!(
         "SELECT crm_key, external_key, shadow, deleted FROM {s}.links \
          WHERE entity = $1 AND {column} = ANY($2) \
-         UNION ALL SELECT crm_key, external_key, shadow, false FROM ({}) AS b",
-        super::blocks::entries_sql(&s, side, 1, 3, None)
+         UNION ALL SELECT crm_key, external_key, shadow, false FROM ({blocks}) AS b"
     );
     let what = format!("reading links (state store {})", store.schema);
-    let stored: Vec<Vec<u8>> = keys.iter().map(|k| keys::to_bytes(k)).collect();
-    let ints = super::blocks::ints(&stored);
-    let rows = store
-        .db
-        .query_by_keys(&sql, &[&entity, &stored, &ints], &what)
-        .await?;
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&entity, &stored, &ints];
+    if let Some(buckets) = &dense {
+        params.push(buckets);
+    }
+    let rows = store.db.query_by_keys(&sql, &params, &what).await?;
     let mut out = HashMap::with_capacity(rows.len());
     let mut layouts = HashMap::new();
     for r in rows {
