@@ -10,8 +10,9 @@
 //! 128 (see [`EXTERNAL_SHIFT`]), both ascending. Keys from a sequence or an
 //! identity fill blocks; uuids, codes and scattered keys stay rows. An
 //! index on each side's bucket finds the blocks that can hold a key with
-//! one B-tree probe, and the key's place in the block's array gives the
-//! link.
+//! one B-tree probe (or, for a page of keys in few buckets, those
+//! buckets' blocks in one scan), and the key's place in the block's array
+//! gives the link.
 //!
 //! A block is never rewritten. A row of `links` for one of its CRM keys
 //! overrides its entry: a link that changes lives on as a row. Before a
