@@ -600,9 +600,11 @@ impl PgEndpoint {
             .iter()
             .map(|l| keys::value_bytes(&inserted[l.insert]))
             .collect();
-        let crm: Vec<&[u8]> = fresh.links.iter().map(|l| l.crm_key.as_slice()).collect();
-        let ext: Vec<&[u8]> = ext_keys.iter().map(|k| k.as_slice()).collect();
-        let crm_ints: Vec<Option<i64>> = crm.iter().map(|k| keys::stored_int(k)).collect();
+        let crm_ints: Vec<Option<i64>> = fresh
+            .links
+            .iter()
+            .map(|l| keys::stored_int(&l.crm_key))
+            .collect();
         let ext_ints: Vec<Option<i64>> = fresh
             .links
             .iter()
@@ -611,58 +613,19 @@ impl PgEndpoint {
                 _ => None,
             })
             .collect();
+        let shadows: Vec<&[u8]> = fresh.links.iter().map(|l| l.shadow.as_slice()).collect();
         let bytes: usize = fresh
             .links
             .iter()
-            .zip(&ext)
+            .zip(&ext_keys)
             .map(|(l, x)| l.crm_key.len() + x.len() + l.shadow.len())
             .sum();
-        let per_block = blocks::links_per_block(bytes / fresh.links.len().max(1));
-        let runs = blocks::runs(&crm_ints, &ext_ints, per_block);
+        let per_link = bytes / fresh.links.len().max(1);
+        let (made, in_block) = blocks::split(&crm_ints, &ext_ints, &shadows, per_link);
         let entity = fresh.entity.as_str();
         let schema = quote(&fresh.schema);
-        if !runs.is_empty() {
-            // Every key of a run is an integer (`blocks::runs`).
-            let int = |k: &Option<i64>| k.unwrap_or_default();
-            struct Block<'a> {
-                bounds: [i64; 4],
-                crm: Vec<i64>,
-                ext: Vec<i64>,
-                shadows: Vec<&'a [u8]>,
-            }
-            let made: Vec<Block> = runs
-                .iter()
-                .map(|r| {
-                    let (first, last) = (r.start, r.end - 1);
-                    Block {
-                        bounds: [
-                            int(&crm_ints[first]),
-                            int(&crm_ints[last]),
-                            int(&ext_ints[first]),
-                            int(&ext_ints[last]),
-                        ],
-                        crm: crm_ints[r.clone()].iter().map(int).collect(),
-                        ext: ext_ints[r.clone()].iter().map(int).collect(),
-                        shadows: fresh.links[r.clone()]
-                            .iter()
-                            .map(|l| l.shadow.as_slice())
-                            .collect(),
-                    }
-                })
-                .collect();
-            let columns: Vec<String> = [
-                "entity",
-                "crm_lo",
-                "crm_hi",
-                "external_lo",
-                "external_hi",
-                "crm_keys",
-                "external_keys",
-                "shadows",
-            ]
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
+        if !made.is_empty() {
+            let columns: Vec<String> = blocks::COLUMNS.iter().map(|c| c.to_string()).collect();
             let types = [
                 Type::TEXT,
                 Type::INT8,
@@ -681,16 +644,12 @@ impl PgEndpoint {
                     &b.bounds[2] as &(dyn ToSql + Sync),
                     &b.bounds[3] as &(dyn ToSql + Sync),
                     &b.crm as &(dyn ToSql + Sync),
-                    &b.ext as &(dyn ToSql + Sync),
+                    &b.external as &(dyn ToSql + Sync),
                     &b.shadows as &(dyn ToSql + Sync),
                 ]
             });
             let target = format!("{schema}.link_blocks");
             self.copy_rows(tx, &target, &columns, &types, iter).await?;
-        }
-        let mut in_block = vec![false; fresh.links.len()];
-        for r in &runs {
-            in_block[r.clone()].fill(true);
         }
         if in_block.iter().all(|b| *b) {
             return Ok(());

@@ -33,16 +33,25 @@ pub(crate) const CRM_SHIFT: u32 = 6;
 /// once still fill blocks.
 pub(crate) const EXTERNAL_SHIFT: u32 = 7;
 const CRM_BUCKET: usize = 1 << CRM_SHIFT;
+
+/// The shift that makes a `side` (`crm` or `external`) key its bucket.
+fn shift(side: &str) -> u32 {
+    if side == "crm" {
+        CRM_SHIFT
+    } else {
+        EXTERNAL_SHIFT
+    }
+}
 /// Bytes of keys and shadows in a block, at most: a block stays within
 /// one heap page (the table keeps rows of up to 8,160 bytes in place), so
 /// that a lookup reads one page and no TOAST.
 const BLOCK_BYTES: usize = 7_600;
 /// Fewer links than this stay rows.
-pub(crate) const BLOCK_MIN: usize = 2;
+const BLOCK_MIN: usize = 2;
 
 /// How many links of `bytes` bytes each (keys and shadow, on average) a
 /// block holds.
-pub(crate) fn links_per_block(bytes: usize) -> usize {
+fn links_per_block(bytes: usize) -> usize {
     // Each array element takes a header and padding besides its bytes.
     (BLOCK_BYTES / (bytes + 24).max(1)).clamp(BLOCK_MIN, CRM_BUCKET)
 }
@@ -51,7 +60,7 @@ pub(crate) fn links_per_block(bytes: usize) -> usize {
 /// sides, both strictly ascending, each side within one bucket, at most
 /// `max` (see [`links_per_block`]) and at least [`BLOCK_MIN`] of them.
 /// Any other key (text, uuid, a key out of order) stays a row.
-pub(crate) fn runs(crm: &[Option<i64>], external: &[Option<i64>], max: usize) -> Vec<Range<usize>> {
+fn runs(crm: &[Option<i64>], external: &[Option<i64>], max: usize) -> Vec<Range<usize>> {
     let n = crm.len().min(external.len());
     let mut out = Vec::new();
     let mut start = 0;
@@ -79,6 +88,62 @@ pub(crate) fn runs(crm: &[Option<i64>], external: &[Option<i64>], max: usize) ->
     out
 }
 
+/// A row of `link_blocks` but its entity, in the order of [`COLUMNS`].
+pub(crate) struct Block<'a> {
+    /// `crm_lo`, `crm_hi`, `external_lo`, `external_hi`.
+    pub bounds: [i64; 4],
+    pub crm: Vec<i64>,
+    pub external: Vec<i64>,
+    pub shadows: Vec<&'a [u8]>,
+}
+
+/// The columns of `link_blocks`: `entity`, then what a [`Block`] holds.
+pub(crate) const COLUMNS: [&str; 8] = [
+    "entity",
+    "crm_lo",
+    "crm_hi",
+    "external_lo",
+    "external_hi",
+    "crm_keys",
+    "external_keys",
+    "shadows",
+];
+
+/// New links as blocks: those of the [`runs`] of `crm` and `external`
+/// (their keys, `None` where a key is not an integer) with their
+/// `shadows`, averaging `bytes` of keys and shadow a link. Also says, by
+/// place, which links a block took; the others stay rows.
+pub(crate) fn split<'a>(
+    crm: &[Option<i64>],
+    external: &[Option<i64>],
+    shadows: &[&'a [u8]],
+    bytes: usize,
+) -> (Vec<Block<'a>>, Vec<bool>) {
+    let runs = runs(crm, external, links_per_block(bytes));
+    let mut in_block = vec![false; crm.len()];
+    // Every key of a run is an integer.
+    let ints = |keys: &[Option<i64>]| -> Vec<i64> { keys.iter().flatten().copied().collect() };
+    let blocks = runs
+        .into_iter()
+        .map(|r| {
+            in_block[r.clone()].fill(true);
+            let (crm, external) = (ints(&crm[r.clone()]), ints(&external[r.clone()]));
+            Block {
+                bounds: [
+                    crm[0],
+                    crm[crm.len() - 1],
+                    external[0],
+                    external[external.len() - 1],
+                ],
+                crm,
+                external,
+                shadows: shadows[r].to_vec(),
+            }
+        })
+        .collect();
+    (blocks, in_block)
+}
+
 /// SQL for the live block entries (`crm_key` and `external_key` in stored
 /// form, `shadow`) of entity `$entity` whose `side` key (`crm` or
 /// `external`) is one of the integers in `$keys` and has no row in
@@ -86,11 +151,7 @@ pub(crate) fn runs(crm: &[Option<i64>], external: &[Option<i64>], max: usize) ->
 /// with `$keys` place by place, and an entry of a key's own pair is left
 /// out.
 pub(crate) fn entries_sql(s: &str, side: &str, entity: u8, keys: u8, paired: Option<u8>) -> String {
-    let shift = if side == "crm" {
-        CRM_SHIFT
-    } else {
-        EXTERNAL_SHIFT
-    };
+    let shift = shift(side);
     let overridden = if side == "crm" {
         String::new()
     } else {
@@ -134,11 +195,7 @@ pub(crate) fn entries_sql(s: &str, side: &str, entity: u8, keys: u8, paired: Opt
 /// for a page of rows read in key order); `None` for scattered keys,
 /// which are better probed one by one.
 pub(crate) fn dense_buckets(side: &str, keys: &[i64]) -> Option<Vec<i64>> {
-    let shift = if side == "crm" {
-        CRM_SHIFT
-    } else {
-        EXTERNAL_SHIFT
-    };
+    let shift = shift(side);
     let mut buckets: Vec<i64> = keys.iter().map(|k| k >> shift).collect();
     buckets.sort_unstable();
     buckets.dedup();
@@ -155,11 +212,7 @@ pub(crate) fn entries_by_bucket_sql(
     keys: u8,
     buckets: u8,
 ) -> String {
-    let shift = if side == "crm" {
-        CRM_SHIFT
-    } else {
-        EXTERNAL_SHIFT
-    };
+    let shift = shift(side);
     let column = if side == "crm" { "c" } else { "x" };
     format!(
         "SELECT {s}.key_bytes(u.c) AS crm_key, {s}.key_bytes(u.x) AS external_key, \
@@ -268,6 +321,20 @@ mod tests {
         let mut ext = crm.clone();
         ext[5] = None;
         assert_eq!(runs(&crm, &ext, CRM_BUCKET), vec![0..5, 6..10]);
+    }
+
+    #[test]
+    fn split_makes_blocks_of_runs_and_leaves_the_rest_rows() {
+        let crm = [Some(1), Some(2), Some(3), None, Some(70)];
+        let ext = [Some(10), Some(11), Some(12), Some(13), Some(14)];
+        let shadows: [&[u8]; 5] = [b"a", b"b", b"c", b"d", b"e"];
+        let (blocks, in_block) = split(&crm, &ext, &shadows, 8);
+        assert_eq!(in_block, vec![true, true, true, false, false]);
+        assert_eq!(blocks.len(), 1);
+        assert_eq!(blocks[0].bounds, [1, 3, 10, 12]);
+        assert_eq!(blocks[0].crm, vec![1, 2, 3]);
+        assert_eq!(blocks[0].external, vec![10, 11, 12]);
+        assert_eq!(blocks[0].shadows, shadows[..3].to_vec());
     }
 
     #[test]
